@@ -1,0 +1,68 @@
+"""The project's exception hierarchy.
+
+Library code raises these; only ``cli.py`` turns them into one-line messages and exit codes, so the
+library stays usable (and testable) without Click.
+"""
+
+from __future__ import annotations
+
+
+class PromptbakeError(Exception):
+    """Base of every error promptbake reports to a user.
+
+    ``exit_code`` is what the CLI exits with: 2 for bad input (spec, template, data file), 1 for
+    failures at run time (teacher, budget, disk).
+    """
+
+    exit_code = 1
+
+
+class InputError(PromptbakeError):
+    """Something the user gave us is wrong; the message names the file, line or field."""
+
+    exit_code = 2
+
+
+class SpecError(InputError):
+    """A generator spec that does not parse or validate."""
+
+
+class TemplateError(InputError):
+    """A Jinja template that does not compile or render (missing variable, sandbox violation)."""
+
+
+class DataFileError(InputError):
+    """A JSONL/CSV/text input or an axis file that cannot be read."""
+
+
+class TeacherError(PromptbakeError):
+    """The teacher server failed in a way retrying cannot fix."""
+
+
+class AuthError(TeacherError):
+    """401/403 from the teacher: the run stops at once, nothing more is sent."""
+
+
+class BudgetExceeded(PromptbakeError):
+    """``--max-cost`` would be exceeded by the next request; the run stopped cleanly."""
+
+
+class StoreError(PromptbakeError):
+    """The SQLite store cannot be opened, is locked by another run, or cannot be written."""
+
+
+class OutputError(PromptbakeError):
+    """An output file or directory cannot be written (read-only, disk full)."""
+
+
+class ValidationFailed(PromptbakeError):
+    """A fine-tuning file has format errors (``validate`` exits non-zero)."""
+
+
+class ResponseRejected(PromptbakeError):
+    """A teacher answer the step cannot use (unparseable, cut off): the pool retries it and, when
+    attempts run out, records it as failed with ``raw`` kept."""
+
+    def __init__(self, reason: str, raw: str = "") -> None:
+        super().__init__(reason)
+        self.raw = raw

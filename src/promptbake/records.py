@@ -1,0 +1,33 @@
+"""Records that flow between stages: the example a spec produces, before any output format.
+
+Build stages (dedupe, balance, split) and writers (formats, export) all take ``Example``; keeping
+one neutral record lets every fine-tuning format be derived from the same data.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class Example(BaseModel):
+    """One training example plus the metadata that stays out of the training file."""
+
+    id: str
+    category: str
+    cell: dict[str, Any] = Field(default_factory=dict)
+    messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]] | None = None
+    rejected: dict[str, Any] | None = None  # a non-preferred assistant message (DPO pairs)
+    provenance: dict[str, str] = Field(default_factory=dict)  # step name -> request id
+
+    def text(self, role: str) -> str:
+        """All content of one role, joined: what dedupe compares."""
+        return "\n".join(
+            m["content"] for m in self.messages if m.get("role") == role and isinstance(m.get("content"), str)
+        )
+
+    def metadata(self) -> dict[str, Any]:
+        """The sidecar line (``metadata.jsonl``): provenance kept out of the training file."""
+        return {"id": self.id, "category": self.category, "cell": self.cell, "provenance": self.provenance}

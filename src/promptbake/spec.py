@@ -1,0 +1,334 @@
+"""Generator specs: the single pydantic source of truth for a dataset recipe.
+
+A spec file (``generators/*.yaml``) is parsed with PyYAML's node API so that a validation error can
+name the line it comes from, then validated by the models below (unknown keys are errors).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+
+from .errors import DataFileError, SpecError
+
+IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class Strict(BaseModel):
+    """Base for every spec model: unknown keys are errors, never silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class Prices(Strict):
+    """USD per million tokens."""
+
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+
+
+class TeacherConfig(Strict):
+    """Where the teacher lives and how hard we may push it. CLI flags override these."""
+
+    kind: Literal["remote", "local"] = "remote"
+    base_url: str | None = None
+    model: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    rpm: float | None = Field(default=None, gt=0)
+    tpm: float | None = Field(default=None, gt=0)
+    concurrency: int = Field(default=64, ge=1)
+    max_attempts: int = Field(default=6, ge=1)
+    timeout: float = Field(default=120.0, gt=0)
+    structured_output: Literal["auto", "json_schema", "json_object", "none"] = "auto"
+    prices: dict[str, Prices] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        # `teacher: local` is the documented shorthand for the embedded llama.cpp teacher.
+        if isinstance(data, str):
+            if data not in ("local", "remote"):
+                raise ValueError("teacher must be 'local', 'remote' or a mapping")
+            return {"kind": data}
+        return data
+
+
+class MessageTemplate(Strict):
+    """One chat message built from a Jinja template: inline ``content`` or a ``template`` file."""
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | None = None
+    template: str | None = None
+    weight: Literal[0, 1] | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> MessageTemplate:
+        if (self.content is None) == (self.template is None):
+            raise ValueError("give exactly one of 'content' (inline template) or 'template' (file)")
+        if self.weight is not None and self.role != "assistant":
+            raise ValueError("'weight' is only allowed on assistant messages")
+        return self
+
+
+class SamplingParams(Strict):
+    """Teacher parameters sent in the request body (only the ones that are set)."""
+
+    model: str | None = None
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    seed: int | None = None
+    n: int | None = Field(default=None, ge=1)
+    stop: str | list[str] | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    response_format: dict[str, Any] | None = None
+    extra_body: dict[str, Any] | None = None
+
+    def body_params(self) -> dict[str, Any]:
+        """The set params as they go into the request body (``extra_body`` merged at top level)."""
+        params = self.model_dump(exclude_none=True, exclude={"model", "extra_body"})
+        params.update(self.extra_body or {})
+        return params
+
+
+class Step(SamplingParams):
+    """One teacher call per row. Its parsed output becomes the template variable ``name``."""
+
+    name: str
+    messages: list[MessageTemplate] = Field(min_length=1)
+    parse: Literal["text", "json", "list"] = "text"
+    json_schema: dict[str, Any] | None = Field(default=None, alias="schema")
+    repeat: int | None = Field(default=None, ge=1)
+    min_items: int = Field(default=1, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> Step:
+        if not IDENTIFIER.match(self.name):
+            raise ValueError(f"step name {self.name!r} must be an identifier (letters, digits, _)")
+        if self.json_schema is not None and self.parse == "text":
+            raise ValueError("'schema' needs parse: json or parse: list")
+        return self
+
+
+class Grid(Strict):
+    """Scenario axes expanded as a Cartesian product into cells.
+
+    ``axes`` values are lists or a path (relative to the spec) to a file with one value per line.
+    ``table`` is a JSONL/CSV file whose rows are crossed with the axes (each row's fields become
+    cell variables): that is how a list of inputs becomes cells for distillation.
+    """
+
+    axes: dict[str, list[str | int | float | bool] | str] = Field(default_factory=dict)
+    table: str | None = None
+    exclude: list[dict[str, Any]] = Field(default_factory=list)
+    weights: dict[str, dict[str, float]] = Field(default_factory=dict)
+    count: int = Field(default=1, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> Grid:
+        for axis in self.axes:
+            if not IDENTIFIER.match(axis):
+                raise ValueError(f"axis name {axis!r} must be an identifier (letters, digits, _)")
+        for axis, table in self.weights.items():
+            if axis not in self.axes:
+                raise ValueError(f"weights name unknown axis {axis!r}")
+            if any(w < 0 for w in table.values()):
+                raise ValueError(f"weights for axis {axis!r} must be >= 0")
+        for rule in self.exclude:
+            unknown = set(rule) - set(self.axes)
+            if unknown:
+                raise ValueError(f"exclude rule names unknown axis {sorted(unknown)[0]!r}")
+        if not self.axes and self.table is None:
+            raise ValueError("grid needs 'axes' or a 'table'")
+        return self
+
+
+class ExampleSpec(Strict):
+    """The training example written for each final row: the baked messages."""
+
+    messages: list[MessageTemplate] = Field(min_length=1)
+    tools: list[dict[str, Any]] | None = None
+    rejected: str | None = None  # template of a rejected assistant answer, for preference pairs
+
+
+class SplitConfig(Strict):
+    test: float | int = 0.1
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> SplitConfig:
+        if isinstance(self.test, float) and not 0 <= self.test < 1:
+            raise ValueError("split.test as a fraction must be in [0, 1)")
+        if isinstance(self.test, int) and self.test < 0:
+            raise ValueError("split.test as a count must be >= 0")
+        return self
+
+
+class DedupeConfig(Strict):
+    enabled: bool = True
+    fields: list[str] = Field(default_factory=lambda: ["user", "assistant"])
+    near: bool = True
+    threshold: float = Field(default=0.85, gt=0, le=1)
+    num_perm: int = Field(default=128, ge=16)
+    shingle: int = Field(default=3, ge=1)
+
+
+class BalanceConfig(Strict):
+    mode: Literal["none", "cap", "min", "equal"] = "none"
+    n: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> BalanceConfig:
+        if self.mode in ("cap", "min") and self.n is None:
+            raise ValueError(f"balance mode {self.mode!r} needs 'n'")
+        return self
+
+
+class OutputConfig(Strict):
+    formats: list[str] = Field(default_factory=lambda: ["openai-chat"])
+    completion_separator: str = "\n\n###\n\n"
+    completion_stop: str = "\n\n===\n\n"
+
+
+class Spec(Strict):
+    name: str
+    description: str = ""
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    grid: Grid
+    category: str | None = None
+    steps: list[Step] = Field(min_length=1)
+    example: ExampleSpec
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    dedupe: DedupeConfig = Field(default_factory=DedupeConfig)
+    balance: BalanceConfig = Field(default_factory=BalanceConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    max_rounds: int = Field(default=3, ge=0)
+
+    _path: Path | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _check(self) -> Spec:
+        names = [s.name for s in self.steps]
+        dupes = {n for n in names if names.count(n) > 1}
+        if dupes:
+            raise ValueError(f"step names must be unique: {sorted(dupes)[0]!r} repeats")
+        clash = set(names) & set(self.grid.axes)
+        if clash:
+            raise ValueError(f"step {sorted(clash)[0]!r} has the same name as an axis")
+        return self
+
+    @property
+    def path(self) -> Path | None:
+        return self._path
+
+    @property
+    def base_dir(self) -> Path:
+        """Relative paths in the spec (axis files, tables, templates) resolve from here."""
+        return self._path.parent if self._path else Path.cwd()
+
+    def where(self) -> str:
+        return str(self._path) if self._path else f"spec {self.name!r}"
+
+    def spec_hash(self) -> str:
+        """Hash of the validated content: what the manifest records to tie data to its recipe."""
+        canonical = json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    def resolve(self, relative: str) -> Path:
+        path = Path(relative)
+        return path if path.is_absolute() else self.base_dir / path
+
+
+def _node_line(root: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
+    """Follow a pydantic error location through the YAML node tree to a 1-based line number."""
+    node = root
+    line = node.start_mark.line + 1 if node is not None else None
+    for key in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = next((v for k, v in node.value if k.value == str(key)), None)
+            if match is None:
+                # an unknown key: point at the key itself
+                key_node = next((k for k, _ in node.value if k.value == str(key)), None)
+                return key_node.start_mark.line + 1 if key_node is not None else line
+            node = match
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+        else:
+            continue  # pydantic adds union-branch names to locations; they have no node
+        line = node.start_mark.line + 1
+    return line
+
+
+def _format_loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("str", "list[union[str,int,float,bool]]", "function-before[_shorthand(), TeacherConfig]"):
+            continue
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def parse_spec(text: str, where: str, path: Path | None = None) -> Spec:
+    """Validate YAML text as a spec; errors name ``where`` (the file), the field and the line."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = f":{mark.line + 1}" if mark else ""
+        raise SpecError(f"{where}{line}: invalid YAML: {exc.problem or exc}") from exc
+    if not isinstance(data, dict):
+        raise SpecError(f"{where}: a spec must be a YAML mapping")
+    try:
+        spec = Spec.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = tuple(err["loc"])
+        line = _node_line(root, loc)
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise SpecError(f"{where}:{line}: {_format_loc(loc)}: {msg}{more}") from exc
+    spec._path = path
+    return spec
+
+
+def load_spec(path: str | Path) -> Spec:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise SpecError(f"{path}: no such spec file") from exc
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{path}: not UTF-8 text (byte {exc.start})") from exc
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read: {exc.strerror}") from exc
+    return parse_spec(text, str(path), path)
+
+
+def read_lines_file(path: Path, what: str) -> list[str]:
+    """One value per non-blank line (axis files, plain-text input files)."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DataFileError(f"{path}: cannot read {what}: {exc.strerror}") from exc
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise DataFileError(f"{path}:{line}: {what} is not UTF-8 text") from exc
+    values = [line.strip() for line in text.splitlines() if line.strip()]
+    if not values:
+        raise DataFileError(f"{path}: {what} is empty")
+    return values
