@@ -70,3 +70,87 @@ def teacher_options(fn: F) -> F:
         return fn(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _load(spec_path: str) -> Any:
+    from .spec import load_spec
+
+    return load_spec(spec_path)
+
+
+@cli.command()
+@click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write first-step requests as JSONL here.")
+@click.option("--dry-run", is_flag=True, help="Print counts, estimated tokens and cost; write nothing.")
+@click.option("--model", default=None, help="Model to price the dry run for (default: the spec's).")
+def expand(spec_path: str, output: str | None, dry_run: bool, model: str | None) -> None:
+    """Expand SPEC's grid into first-step requests with stable ids."""
+    from .estimate import estimate
+    from .expand import Expander
+    from .plan import Planner
+    from .teacher import model_name
+
+    spec = _load(spec_path)
+    model = model or model_name(spec.teacher)
+    if dry_run:
+        click.echo(estimate(spec, model, spec.teacher.kind).format())
+        return
+    if output is None:
+        raise click.UsageError("give -o FILE, or --dry-run")
+    from .atomic import write_jsonl_atomic
+
+    expander = Expander(spec)
+    planner = Planner(spec, expander.templates, model, spec.teacher.kind)
+    rows = (
+        {"id": r.id, "step": r.step, "cell": r.vars, "category": r.category, "cache_key": r.cache_key,
+         "body": r.body}
+        for r in planner.first_step(expander.cells(), 0)
+    )
+    count = write_jsonl_atomic(output, rows)
+    click.echo(f"wrote {count} requests to {output}", err=True)
+
+
+def _generate_options(fn: F) -> F:
+    fn = click.option("--no-cache", is_flag=True, help="Re-send requests even if an identical one is stored.")(fn)
+    fn = click.option("--max-cost", type=float, default=None, help="Stop cleanly before spending more USD.")(fn)
+    fn = click.option("-q", "--quiet", is_flag=True, help="No progress bar.")(fn)
+    return fn
+
+
+def _print_generate(report: Any) -> None:
+    for step in report.generate.steps:
+        if step.planned or step.sent or step.cached:
+            click.echo(
+                f"round {step.round} {step.step}: {step.planned} planned, {step.cached} from cache, "
+                f"{step.sent} sent, {step.ok} ok, {step.failed} failed",
+                err=True,
+            )
+    for r in report.rounds:
+        if r.short_cells:
+            click.echo(f"round {r.round}: {r.short_cells} cells short by {r.missing} examples", err=True)
+    t = report.totals
+    g = report.generate
+    click.echo(
+        f"store: {t['ok']} ok, {t['failed']} failed, {t['pending']} pending; this run: {g.attempts} attempts, "
+        f"{g.rate_limited} rate-limited, {g.prompt_tokens + g.completion_tokens:,} tokens, ${g.spent:.4f}; "
+        f"all runs: ${t['cost']:.4f}",
+        err=True,
+    )
+
+
+@cli.command()
+@click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
+@click.option("--store", "store_path", default="promptbake.db", show_default=True, type=click.Path(dir_okay=False),
+              help="SQLite store: the cache and the resume point.")
+@_generate_options
+@teacher_options
+def generate(spec_path: str, store_path: str, no_cache: bool, max_cost: float | None, quiet: bool,
+             overrides: Any) -> None:
+    """Run SPEC's steps against the teacher into the store (re-run to resume)."""
+    from .generate import GenerateOptions
+    from .pipeline import generate as run_generate
+
+    spec = _load(spec_path)
+    report = run_generate(spec, store_path, overrides,
+                          GenerateOptions(no_cache=no_cache, max_cost=max_cost, progress=not quiet))
+    _print_generate(report)

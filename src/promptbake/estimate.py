@@ -1,0 +1,114 @@
+"""The dry run: what a spec will ask for and roughly what it will cost, before paying anything.
+
+Step-0 prompts are rendered exactly (the first ``SAMPLE`` cells, extrapolated beyond that). Later
+steps depend on answers that do not exist yet, so their prompts are rendered with each earlier
+output replaced by a placeholder of its expected length; completion tokens are the upper bound the
+API reserves (``max_tokens`` × ``n``).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+from .expand import Expander
+from .plan import DEFAULT_RESERVE, Planner
+from .pricing import PriceTable
+from .spec import Spec
+from .tokens import encoding_note
+
+SAMPLE = 1000
+
+
+@dataclass
+class StepEstimate:
+    step: str
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float
+
+
+@dataclass
+class Estimate:
+    cells: int
+    examples_wanted: int
+    model: str
+    steps: list[StepEstimate] = field(default_factory=list)
+    price_known: bool = True
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def cost(self) -> float:
+        return sum(s.cost for s in self.steps)
+
+    def format(self) -> str:
+        lines = [
+            f"cells: {self.cells}",
+            f"examples wanted: {self.examples_wanted}",
+            f"model: {self.model}",
+        ]
+        for s in self.steps:
+            lines.append(
+                f"step {s.step}: {s.requests} requests, ~{s.prompt_tokens:,} prompt tokens, "
+                f"≤ {s.completion_tokens:,} completion tokens, ≤ ${s.cost:.4f}"
+            )
+        total_prompt = sum(s.prompt_tokens for s in self.steps)
+        total_completion = sum(s.completion_tokens for s in self.steps)
+        price = f"≤ ${self.cost:.4f}" if self.price_known else "unknown (no price for this model; set teacher.prices)"
+        lines.append(f"total: {sum(s.requests for s in self.steps)} requests, ~{total_prompt:,} prompt tokens, "
+                     f"≤ {total_completion:,} completion tokens, estimated cost {price}")
+        lines.extend(f"note: {n}" for n in self.notes)
+        return "\n".join(lines)
+
+
+def estimate(spec: Spec, model: str, teacher_kind: str = "remote", prices: PriceTable | None = None) -> Estimate:
+    expander = Expander(spec)
+    planner = Planner(spec, expander.templates, model, teacher_kind)
+    prices = prices or PriceTable(spec.teacher.prices)
+    cells = list(itertools.islice(expander.cells(), SAMPLE))
+    total_cells = len(cells) if len(cells) < SAMPLE else expander.cell_count()
+    wanted = sum(c.count for c in cells)
+    if total_cells > len(cells):
+        wanted = round(wanted * total_cells / len(cells))
+    scale = total_cells / max(len(cells), 1)
+    result = Estimate(cells=total_cells, examples_wanted=wanted, model=model, price_known=prices.known(model))
+    note = encoding_note(model)
+    if note:
+        result.notes.append(note)
+
+    rows_by_cell = {c.key: 1 for c in cells}
+    placeholders: dict[str, str] = {}
+    for k, step in enumerate(spec.steps):
+        step_model = step.model or model
+        if k == 0:
+            requests = list(planner.first_step(cells, 0))
+        else:
+            requests = []
+            for cell in cells:
+                variables = {**cell.values, **placeholders}
+                for rep in range(rows_by_cell[cell.key] * (step.repeat or 1)):
+                    requests.append(planner.request(
+                        k, variables, cell_key=cell.key, category=cell.category, round_=0, ord_="",
+                        parent_id=None, item_index=0, replicate=[rep]))
+        per_cell: dict[str, int] = {}
+        for r in requests:
+            per_cell[r.cell_key] = per_cell.get(r.cell_key, 0) + 1
+        reserve = (step.max_tokens or DEFAULT_RESERVE) * (step.n or 1)
+        prompt = sum(r.est_tokens - reserve for r in requests)
+        completion = reserve * len(requests)
+        n_requests = round(len(requests) * scale)
+        result.steps.append(StepEstimate(
+            step=step.name, requests=n_requests, prompt_tokens=round(prompt * scale),
+            completion_tokens=round(completion * scale),
+            cost=prices.cost(step_model, round(prompt * scale), round(completion * scale)),
+        ))
+        # what the next step sees: a row per output; a list answer is expected to hold the cell's count
+        for cell in cells:
+            outputs = per_cell.get(cell.key, 0) * (step.n or 1)
+            rows_by_cell[cell.key] = cell.count if step.parse == "list" else outputs
+            if k + 1 < len(spec.steps) and all(s.parse != "list" for s in spec.steps[k + 1 :]):
+                rows_by_cell[cell.key] = min(rows_by_cell[cell.key], cell.count) or cell.count
+        per_item = (step.max_tokens or DEFAULT_RESERVE) // (max(c.count for c in cells) if step.parse == "list" else 1)
+        placeholders[step.name] = " ".join(["word"] * max(per_item // 2, 1))
+    return result

@@ -1,0 +1,55 @@
+"""Stored answers → training examples, rendered from the spec's ``example`` templates.
+
+The rows of the last step are read in lineage order, so the same store always yields the same
+examples in the same order: that is what makes builds byte-identical.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from .expand import stable_hash
+from .plan import MessageRenderer
+from .records import Example
+from .spec import Spec
+from .store import Store
+from .templates import Templates
+
+
+class ExampleRenderer:
+    def __init__(self, spec: Spec, templates: Templates) -> None:
+        self.spec = spec
+        self.templates = templates
+        self.messages = MessageRenderer(templates, spec.example.messages, f"{spec.where()}:example")
+        self.rejected = (
+            templates.add_inline(f"{spec.where()}:example.rejected", spec.example.rejected)
+            if spec.example.rejected is not None
+            else None
+        )
+        if self.rejected:
+            templates.get(self.rejected)
+
+    def examples(self, store: Store, round_: int | None = None) -> Iterator[Example]:
+        last = len(self.spec.steps) - 1
+        name = self.spec.steps[last].name
+        for request in store.succeeded(self.spec.name, last, round_):
+            for j, output in enumerate(request.outputs or []):
+                variables = {**request.vars, name: output}
+                yield Example(
+                    id=stable_hash(request.id, j),
+                    category=request.category,
+                    cell=_cell_values(self.spec, variables),
+                    messages=self.messages.render(variables),
+                    tools=self.spec.example.tools,
+                    rejected=(
+                        {"role": "assistant", "content": self.templates.render(self.rejected, variables)}
+                        if self.rejected
+                        else None
+                    ),
+                    provenance={"request": request.id, "cell_key": request.cell_key, "round": str(request.round)},
+                )
+
+
+def _cell_values(spec: Spec, variables: dict) -> dict:
+    step_names = {s.name for s in spec.steps}
+    return {k: v for k, v in variables.items() if k not in step_names}

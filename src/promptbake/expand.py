@@ -1,0 +1,134 @@
+"""Grid expansion: spec → cells → first-step requests.
+
+Cells are produced lazily in a fixed order (table rows × axes, Cartesian, minus ``exclude`` rules)
+so a million-cell grid never sits in memory, and every id is a hash of what defines it, so
+re-expanding the same spec gives the same ids.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import itertools
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import DataFileError
+from .spec import Spec, read_lines_file
+from .templates import Templates
+
+
+def stable_hash(*parts: Any, length: int = 16) -> str:
+    """Short content hash of JSON-able parts (sorted keys), the basis of every id we write."""
+    blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+@dataclass(frozen=True)
+class Cell:
+    index: int
+    key: str
+    values: dict[str, Any]
+    category: str
+    count: int  # accepted examples wanted for this cell
+
+
+def load_axes(spec: Spec) -> dict[str, list[Any]]:
+    axes: dict[str, list[Any]] = {}
+    for name, values in spec.grid.axes.items():
+        if isinstance(values, str):
+            values = read_lines_file(spec.resolve(values), f"values of axis {name!r}")
+        if not values:
+            raise DataFileError(f"{spec.where()}: grid.axes.{name} is empty")
+        axes[name] = list(values)
+    return axes
+
+
+def load_table(path: Path) -> list[dict[str, Any]]:
+    """Rows of a JSONL, CSV or plain-text file (text: one ``input`` per non-blank line)."""
+    if path.suffix in (".jsonl", ".ndjson"):
+        rows = []
+        try:
+            with path.open(encoding="utf-8") as fh:
+                for number, line in enumerate(fh, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError as exc:
+                        raise DataFileError(f"{path}:{number}: not valid JSON: {exc.msg}") from exc
+                    if not isinstance(row, dict):
+                        raise DataFileError(f"{path}:{number}: each line must be a JSON object")
+                    rows.append(row)
+        except UnicodeDecodeError as exc:
+            raise DataFileError(f"{path}: not UTF-8 text (byte {exc.start})") from exc
+        except OSError as exc:
+            raise DataFileError(f"{path}: cannot read: {exc.strerror}") from exc
+    elif path.suffix == ".csv":
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise DataFileError(f"{path}: not UTF-8 text (byte {exc.start})") from exc
+        except OSError as exc:
+            raise DataFileError(f"{path}: cannot read: {exc.strerror}") from exc
+        rows = [dict(r) for r in csv.DictReader(io.StringIO(text))]
+    else:
+        rows = [{"input": line} for line in read_lines_file(path, "input file")]
+    if not rows:
+        raise DataFileError(f"{path}: no rows")
+    return rows
+
+
+def _excluded(values: dict[str, Any], rules: list[dict[str, Any]]) -> bool:
+    for rule in rules:
+        if all(
+            values.get(axis) in (wanted if isinstance(wanted, list) else [wanted])
+            for axis, wanted in rule.items()
+        ):
+            return True
+    return False
+
+
+def _cell_count(spec: Spec, values: dict[str, Any]) -> int:
+    weight = 1.0
+    for axis, table in spec.grid.weights.items():
+        weight *= table.get(str(values.get(axis)), 1.0)
+    return max(0, math.floor(spec.grid.count * weight + 0.5))
+
+
+class Expander:
+    """Turns a spec into cells; shared by expand, generate, build and the dry run."""
+
+    def __init__(self, spec: Spec, templates: Templates | None = None) -> None:
+        self.spec = spec
+        self.templates = templates or Templates.for_spec_dir(spec.base_dir)
+        self.axes = load_axes(spec)
+        self.table = load_table(spec.resolve(spec.grid.table)) if spec.grid.table else [{}]
+
+    def category(self, values: dict[str, Any]) -> str:
+        if self.spec.category is None:
+            return " / ".join(str(values[a]) for a in self.axes) or "all"
+        return self.templates.expression(f"{self.spec.where()}:category", self.spec.category, values)
+
+    def cells(self) -> Iterator[Cell]:
+        names = list(self.axes)
+        index = 0
+        for row in self.table:
+            for combo in itertools.product(*(self.axes[n] for n in names)):
+                values = {**row, **dict(zip(names, combo, strict=True))}
+                if _excluded(values, self.spec.grid.exclude):
+                    continue
+                count = _cell_count(self.spec, values)
+                if count == 0:
+                    continue
+                key = stable_hash(self.spec.name, values)
+                yield Cell(index, key, values, self.category(values), count)
+                index += 1
+
+    def cell_count(self) -> int:
+        return sum(1 for _ in self.cells())

@@ -1,0 +1,243 @@
+"""Generation: run a spec's steps against the teacher, round by round, into the store.
+
+Each step is planned from the store (idempotent), served from the content-keyed cache where an
+identical request was answered before, and the rest goes through the rate-limited pool. One writer
+task commits finished requests in small batches, so a kill loses at most what was in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from .client import ChatClient, ChatResult, Endpoint
+from .errors import BudgetExceeded
+from .expand import Expander
+from .limiter import Limiter
+from .parse import parse_choices
+from .plan import Planner
+from .pool import Job, Outcome, Pool
+from .pricing import PriceTable
+from .spec import Spec, Step, TeacherConfig
+from .store import AttemptRow, ResultRow, Store, StoredRequest
+
+WRITE_BATCH = 256
+WRITE_INTERVAL = 0.1  # seconds: a kill loses at most this much finished work
+
+
+@dataclass
+class StepJob(Job):
+    cache_key: str = ""
+
+
+@dataclass
+class GenerateOptions:
+    no_cache: bool = False
+    max_cost: float | None = None
+    progress: bool = True
+
+
+@dataclass
+class StepReport:
+    step: str
+    round: int
+    planned: int = 0
+    cached: int = 0
+    sent: int = 0
+    ok: int = 0
+    failed: int = 0
+
+
+@dataclass
+class GenerateReport:
+    steps: list[StepReport] = field(default_factory=list)
+    spent: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    attempts: int = 0
+    rate_limited: int = 0
+    elapsed: float = 0.0
+    stopped_for_budget: bool = False
+
+
+def _checker(step: Step) -> Callable[[ChatResult], Any]:
+    def check(result: ChatResult) -> Any:
+        return parse_choices(result.contents, result.finish_reasons, step.parse, step.json_schema, step.min_items)
+
+    return check
+
+
+class _Progress:
+    """tqdm on stderr: done/total, req/s, tok/s, spend and errors; off when not a TTY."""
+
+    def __init__(self, enabled: bool, total: int, label: str) -> None:
+        self.bar = None
+        if enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=label, unit="req", file=sys.stderr, dynamic_ncols=True)
+        self.start = time.monotonic()
+        self.tokens = 0
+        self.spent = 0.0
+        self.errors = 0
+
+    def update(self, outcome: Outcome) -> None:
+        self.tokens += sum(a.prompt_tokens + a.completion_tokens for a in outcome.attempts)
+        self.spent += sum(a.cost for a in outcome.attempts)
+        self.errors += 0 if outcome.ok else 1
+        if self.bar is not None:
+            elapsed = max(time.monotonic() - self.start, 1e-6)
+            self.bar.set_postfix_str(
+                f"{self.tokens / elapsed:,.0f} tok/s, ${self.spent:.4f}, {self.errors} failed", refresh=False
+            )
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class Generation:
+    def __init__(self, spec: Spec, store: Store, expander: Expander, endpoint: Endpoint,
+                 config: TeacherConfig, options: GenerateOptions) -> None:
+        self.spec = spec
+        self.store = store
+        self.expander = expander
+        self.endpoint = endpoint
+        self.config = config
+        self.options = options
+        self.prices = PriceTable(config.prices)
+        self.planner = Planner(spec, expander.templates, endpoint.model, config.kind)
+        self.report = GenerateReport()
+        self._forgotten: set[int] = set()
+
+    def plan(self, round_: int, k: int) -> int:
+        wants = None if round_ == 0 else self.store.wants(self.spec.name, round_)
+        if k == 0:
+            return self.store.insert_requests(self.planner.first_step(self.expander.cells(), round_, wants))
+        if wants is None:
+            wants = {c.key: c.count for c in self.expander.cells()}
+        parents = self.store.succeeded(self.spec.name, k - 1, round_)
+        return self.store.insert_requests(self.planner.next_step(k, parents, wants))
+
+    async def run_round(self, round_: int) -> None:
+        for k, step in enumerate(self.spec.steps):
+            report = StepReport(step.name, round_)
+            self.report.steps.append(report)
+            report.planned = self.plan(round_, k)
+            if self.options.no_cache and k not in self._forgotten:
+                self.store.forget_answers(self.spec.name, k)
+                self._forgotten.add(k)
+            elif not self.options.no_cache:
+                report.cached = self.store.serve_from_cache(self.spec.name, k)
+            await self._execute(k, round_, step, report)
+            if self.report.stopped_for_budget:
+                raise BudgetExceeded(
+                    f"--max-cost ${self.options.max_cost:.2f} reached after spending "
+                    f"${self.report.spent:.4f}; everything paid for is stored, re-run to continue"
+                )
+
+    def _jobs(self, k: int, round_: int, step: Step) -> Iterator[StepJob]:
+        check = _checker(step)
+        for request in self.store.pending(self.spec.name, k):
+            if request.round != round_:
+                continue
+            yield _job(request, check, step)
+
+    async def _execute(self, k: int, round_: int, step: Step, report: StepReport) -> None:
+        total = self.store.count_pending(self.spec.name, k)
+        if total == 0:
+            return
+        progress = _Progress(self.options.progress, total, f"{step.name} (round {round_})")
+        queue: asyncio.Queue[ResultRow | None] = asyncio.Queue()
+        writer = asyncio.create_task(self._writer(queue))
+
+        async def sink(outcome: Outcome) -> None:
+            progress.update(outcome)
+            report.sent += 1
+            if outcome.ok:
+                report.ok += 1
+            else:
+                report.failed += 1
+            queue.put_nowait(_result_row(outcome))
+
+        try:
+            async with ChatClient(self.endpoint, concurrency=self.config.concurrency,
+                                  timeout=self.config.timeout) as client:
+                pool = Pool(
+                    client,
+                    Limiter(rpm=self.config.rpm, tpm=self.config.tpm, concurrency=self.config.concurrency),
+                    max_attempts=self.config.max_attempts,
+                    cost=self.prices.cost,
+                    max_cost=None if self.options.max_cost is None else self.options.max_cost - self.report.spent,
+                )
+                stats = await pool.run(self._jobs(k, round_, step), sink)
+        finally:
+            queue.put_nowait(None)
+            await writer
+            progress.close()
+        self.report.spent += stats.cost
+        self.report.prompt_tokens += stats.prompt_tokens
+        self.report.completion_tokens += stats.completion_tokens
+        self.report.attempts += stats.attempts
+        self.report.rate_limited += stats.rate_limited
+        self.report.stopped_for_budget = stats.stopped_for_budget
+
+    async def _writer(self, queue: asyncio.Queue[ResultRow | None]) -> None:
+        """The single writer: commits every WRITE_INTERVAL or WRITE_BATCH rows, whichever first."""
+        batch: list[ResultRow] = []
+        started = time.monotonic()
+        while True:
+            try:
+                item = await asyncio.wait_for(queue.get(), WRITE_INTERVAL)
+            except TimeoutError:
+                item = ...  # a tick: flush what is overdue
+            except asyncio.CancelledError:
+                # Ctrl-C: what already finished is paid for, so it is committed before we go
+                batch.extend(r for r in _drain(queue) if r is not None)
+                self.store.record(batch)
+                raise
+            if isinstance(item, ResultRow):
+                if not batch:
+                    started = time.monotonic()
+                batch.append(item)
+            overdue = time.monotonic() - started >= WRITE_INTERVAL
+            if batch and (item is None or len(batch) >= WRITE_BATCH or overdue):
+                self.store.record(batch)
+                batch = []
+            if item is None:
+                return
+
+
+def _drain(queue: asyncio.Queue[ResultRow | None]) -> list[ResultRow | None]:
+    items = []
+    while not queue.empty():
+        items.append(queue.get_nowait())
+    return items
+
+
+def _job(request: StoredRequest, check: Callable[[ChatResult], Any], step: Step) -> StepJob:
+    return StepJob(id=request.id, body=request.body, est_tokens=request.est_tokens, check=check,
+                   reseed=step.seed is not None, cache_key=request.cache_key)
+
+
+def _result_row(outcome: Outcome) -> ResultRow:
+    job = outcome.job
+    assert isinstance(job, StepJob)
+    attempts = [
+        AttemptRow(a.number, a.status, a.error_kind, a.error, a.latency_ms, a.prompt_tokens,
+                   a.completion_tokens, a.cost, a.raw)
+        for a in outcome.attempts
+    ]
+    result = outcome.result
+    return ResultRow(
+        request_id=job.id, cache_key=job.cache_key, ok=outcome.ok, attempts=attempts, error=outcome.error,
+        model=result.model if result else None,
+        contents=result.contents if result else None,
+        outputs=outcome.parsed if outcome.ok else None,
+        finish_reasons=result.finish_reasons if result else None,
+    )

@@ -1,0 +1,71 @@
+"""Named, append-only schema migrations (the llm pattern): never make users delete their store.
+
+Add a new ``@migration`` function at the end; never edit or reorder an applied one.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable
+
+MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = []
+
+
+def migration(fn: Callable[[sqlite3.Connection], None]) -> Callable[[sqlite3.Connection], None]:
+    MIGRATIONS.append((fn.__name__, fn))
+    return fn
+
+
+def migrate(db: sqlite3.Connection) -> list[str]:
+    """Apply pending migrations in order; returns the names applied now."""
+    db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at REAL)")
+    done = {row[0] for row in db.execute("SELECT name FROM _migrations")}
+    applied = []
+    for name, fn in MIGRATIONS:
+        if name in done:
+            continue
+        with db:
+            fn(db)
+            db.execute("INSERT INTO _migrations VALUES (?, ?)", (name, time.time()))
+        applied.append(name)
+    return applied
+
+
+@migration
+def m001_initial(db: sqlite3.Connection) -> None:
+    db.executescript(
+        """
+        CREATE TABLE runs (
+            id INTEGER PRIMARY KEY, spec_name TEXT, spec_hash TEXT, command TEXT,
+            started_at REAL, finished_at REAL, status TEXT, stats TEXT
+        );
+        CREATE TABLE cells (
+            spec_name TEXT, key TEXT, ord INTEGER, category TEXT, cell TEXT, count INTEGER,
+            PRIMARY KEY (spec_name, key)
+        );
+        CREATE TABLE rounds (
+            spec_name TEXT, cell_key TEXT, round INTEGER, want INTEGER,
+            PRIMARY KEY (spec_name, cell_key, round)
+        );
+        CREATE TABLE requests (
+            id TEXT PRIMARY KEY, spec_name TEXT, step TEXT, step_index INTEGER, round INTEGER,
+            ord TEXT, cell_key TEXT, category TEXT, parent_id TEXT, item_index INTEGER,
+            vars TEXT, body TEXT, cache_key TEXT, est_tokens INTEGER,
+            status TEXT DEFAULT 'pending', attempts INTEGER DEFAULT 0, error TEXT, updated_at REAL
+        );
+        CREATE INDEX requests_by_step ON requests (spec_name, step_index, status, ord);
+        CREATE INDEX requests_by_cache ON requests (cache_key);
+        CREATE TABLE responses (
+            cache_key TEXT PRIMARY KEY, model TEXT, contents TEXT, outputs TEXT,
+            finish_reasons TEXT, prompt_tokens INTEGER, completion_tokens INTEGER, cost REAL,
+            created_at REAL
+        );
+        CREATE TABLE attempts (
+            id INTEGER PRIMARY KEY, request_id TEXT, cache_key TEXT, number INTEGER,
+            status_code INTEGER, error_kind TEXT, error TEXT, latency_ms REAL,
+            prompt_tokens INTEGER, completion_tokens INTEGER, cost REAL, raw TEXT, created_at REAL
+        );
+        CREATE INDEX attempts_by_request ON attempts (request_id);
+        """
+    )

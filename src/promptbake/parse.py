@@ -1,0 +1,136 @@
+"""Turn a teacher's answer into a step's outputs, or reject it so the pool retries.
+
+Small teachers rarely follow list-format instructions exactly (FACTS: SmolLM2 often ignores them),
+so ``list`` accepts JSON, a Python literal, and numbered or bulleted lines. Every parse returns a
+list of outputs; each output fans out into its own row for the next step.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from typing import Any
+
+import jsonschema
+
+from .errors import ResponseRejected
+
+_FENCE = re.compile(r"^\s*```[a-zA-Z]*\s*\n(.*?)\n?```\s*$", re.S)
+_MARKER = re.compile(r"^\s*(?:\d{1,3}[.)\]:]|[-*•–]|\(\d{1,3}\)|#\d{1,3}[.:]?)\s+(.*\S)\s*$")
+
+
+def _unfence(text: str) -> str:
+    match = _FENCE.match(text)
+    return match.group(1) if match else text
+
+
+def _load_json(text: str) -> Any:
+    text = _unfence(text).strip()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        # tolerate prose around one JSON value: take the outermost {...} or [...]
+        for open_, close in (("{", "}"), ("[", "]")):
+            start, end = text.find(open_), text.rfind(close)
+            if 0 <= start < end:
+                try:
+                    return json.loads(text[start : end + 1])
+                except json.JSONDecodeError:
+                    continue
+        raise
+
+
+def _check_schema(value: Any, schema: dict[str, Any] | None) -> None:
+    if schema is None:
+        return
+    try:
+        jsonschema.validate(value, schema)
+    except jsonschema.ValidationError as exc:
+        raise ResponseRejected(f"answer does not match the schema: {exc.message}") from exc
+
+
+def _as_list(value: Any) -> list[Any] | None:
+    if isinstance(value, list):
+        return value
+    if isinstance(value, dict):
+        lists = [v for v in value.values() if isinstance(v, list)]
+        if len(lists) == 1:
+            return lists[0]
+    return None
+
+
+def _clean_item(item: Any) -> Any:
+    if isinstance(item, str):
+        item = item.strip().strip('"').strip("'").strip()
+    return item
+
+
+def parse_list(text: str, schema: dict[str, Any] | None = None) -> list[Any]:
+    """Items of a list answer, in order; raises ResponseRejected when no list can be found."""
+    body = _unfence(text).strip()
+    items: list[Any] | None = None
+    try:
+        value = _load_json(body)
+        _check_schema(value, schema)
+        items = _as_list(value)
+    except (json.JSONDecodeError, ValueError):
+        if schema is not None:
+            raise ResponseRejected("answer is not JSON, and the step has a schema") from None
+    if items is None:
+        try:
+            items = _as_list(ast.literal_eval(body))
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            items = None
+    if items is None:
+        marked = [m.group(1) for line in body.splitlines() if (m := _MARKER.match(line))]
+        items = marked if len(marked) >= 2 else None
+    if items is None:
+        lines = [line for line in body.splitlines() if line.strip()]
+        items = lines if len(lines) >= 2 else None
+    if items is None:
+        raise ResponseRejected("no list found in the answer")
+    cleaned = [c for c in (_clean_item(i) for i in items) if c not in ("", None)]
+    if not cleaned:
+        raise ResponseRejected("the list is empty")
+    return cleaned
+
+
+def parse_output(
+    text: str, mode: str, schema: dict[str, Any] | None = None, min_items: int = 1
+) -> list[Any]:
+    """Outputs of one choice: one element for ``text``/``json``, the items for ``list``."""
+    if mode == "text":
+        stripped = text.strip()
+        if not stripped:
+            raise ResponseRejected("empty answer")
+        return [stripped]
+    if mode == "json":
+        try:
+            value = _load_json(text)
+        except json.JSONDecodeError as exc:
+            raise ResponseRejected(f"answer is not JSON: {exc.msg}") from exc
+        _check_schema(value, schema)
+        return [value]
+    items = parse_list(text, schema)
+    if len(items) < min_items:
+        raise ResponseRejected(f"list has {len(items)} items, the step needs at least {min_items}")
+    return items
+
+
+def parse_choices(
+    contents: list[str],
+    finish_reasons: list[str],
+    mode: str,
+    schema: dict[str, Any] | None = None,
+    min_items: int = 1,
+) -> list[Any]:
+    """All outputs of a response (choices in order); a cut-off choice rejects the whole answer."""
+    outputs: list[Any] = []
+    for content, reason in zip(contents, finish_reasons, strict=False):
+        if reason == "length":
+            raise ResponseRejected("answer was cut off (finish_reason: length)")
+        outputs.extend(parse_output(content or "", mode, schema, min_items))
+    if not outputs:
+        raise ResponseRejected("no choices in the answer")
+    return outputs

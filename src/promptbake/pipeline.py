@@ -1,0 +1,83 @@
+"""The library entry points: ``generate`` and ``run`` (expand → generate → build), as the CLI
+uses them. Async stays inside; these are synchronous so scripts and notebooks can call them."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .expand import Expander
+from .generate import GenerateOptions, GenerateReport, Generation
+from .spec import Spec
+from .store import Store
+from .teacher import TeacherOverrides, merge, open_teacher
+
+
+@dataclass
+class RoundReport:
+    round: int
+    short_cells: int
+    missing: int
+
+
+@dataclass
+class RunReport:
+    generate: GenerateReport
+    rounds: list[RoundReport] = field(default_factory=list)
+    totals: dict[str, Any] = field(default_factory=dict)
+    build: Any = None
+
+
+def shortfall(spec: Spec, expander: Expander, store: Store) -> dict[str, int]:
+    """Per cell, how many accepted (distinct, parsed) examples are still missing."""
+    from .dedupe import dedupe
+    from .examples import ExampleRenderer
+
+    kept = dedupe(ExampleRenderer(spec, expander.templates).examples(store), spec.dedupe).kept
+    have: dict[str, int] = {}
+    for example in kept:
+        key = example.provenance["cell_key"]
+        have[key] = have.get(key, 0) + 1
+    return {c.key: c.count - have.get(c.key, 0) for c in expander.cells() if have.get(c.key, 0) < c.count}
+
+
+def generate(
+    spec: Spec,
+    store_path: str | Path,
+    overrides: TeacherOverrides | None = None,
+    options: GenerateOptions | None = None,
+    *,
+    topup: bool = False,
+    command: str = "generate",
+) -> RunReport:
+    """Run every round the store already knows of (resuming), then, with ``topup``, more rounds
+    for cells that dedupe or parse failures left short, up to ``spec.max_rounds``."""
+    options = options or GenerateOptions()
+    config = merge(spec.teacher, overrides or TeacherOverrides())
+    expander = Expander(spec)
+    with Store(store_path) as store, open_teacher(config) as (endpoint, config):
+        run_id = store.start_run(spec.name, spec.spec_hash(), command)
+        store.save_cells(spec.name, expander.cells())
+        generation = Generation(spec, store, expander, endpoint, config, options)
+        report = RunReport(generation.report)
+        status = "failed"
+        try:
+            rounds = sorted({0, *store.rounds(spec.name)})
+            for round_ in rounds:
+                asyncio.run(generation.run_round(round_))
+            round_ = rounds[-1]
+            while topup and round_ < spec.max_rounds:
+                missing = shortfall(spec, expander, store)
+                report.rounds.append(RoundReport(round_, len(missing), sum(missing.values())))
+                if not missing:
+                    break
+                round_ += 1
+                store.set_wants(spec.name, round_, missing)
+                asyncio.run(generation.run_round(round_))
+            status = "done"
+        finally:
+            report.totals = store.totals(spec.name)
+            store.finish_run(run_id, status, report.totals)
+    return report

@@ -1,0 +1,141 @@
+"""Planning: cells and stored answers → the next step's requests.
+
+Ids and cache keys are pure functions of what defines a request, so planning the same spec twice
+(a resumed run) produces the same rows, and ``INSERT OR IGNORE`` makes it idempotent. The cache key
+is the request's *content* (model, messages, sampling params, parse mode) plus a replicate tag
+that tells deliberate repeats apart: changing one step's template re-pays only that step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from .expand import Cell, stable_hash
+from .spec import MessageTemplate, Spec, Step
+from .store import PlannedRequest, StoredRequest
+from .templates import Templates
+from .tokens import count_messages
+
+DEFAULT_RESERVE = 512  # completion tokens reserved for TPM when a step sets no max_tokens
+
+
+class MessageRenderer:
+    """Compiles a list of message templates once and renders them for many rows."""
+
+    def __init__(self, templates: Templates, messages: list[MessageTemplate], where: str) -> None:
+        self.templates = templates
+        self.parts: list[tuple[MessageTemplate, str]] = []
+        for j, message in enumerate(messages):
+            if message.template is not None:
+                name = message.template
+            else:
+                name = templates.add_inline(f"{where}.messages[{j}].content", message.content or "")
+            templates.get(name)  # compile now: a syntax error surfaces before anything is paid
+            self.parts.append((message, name))
+
+    def render(self, variables: dict[str, Any]) -> list[dict[str, Any]]:
+        out = []
+        for message, name in self.parts:
+            rendered: dict[str, Any] = {"role": message.role, "content": self.templates.render(name, variables)}
+            if message.weight is not None:
+                rendered["weight"] = message.weight
+            out.append(rendered)
+        return out
+
+
+def single_output(step: Step) -> bool:
+    """True when each request of the step yields exactly one row for the next step."""
+    return step.parse != "list" and (step.n or 1) == 1 and (step.repeat or 1) == 1
+
+
+class Planner:
+    def __init__(self, spec: Spec, templates: Templates, model: str, teacher_kind: str) -> None:
+        self.spec = spec
+        self.model = model
+        self.teacher_kind = teacher_kind
+        self.renderers = [
+            MessageRenderer(templates, step.messages, f"{spec.where()}:steps[{i}]")
+            for i, step in enumerate(spec.steps)
+        ]
+
+    def _response_format(self, step: Step) -> dict[str, Any] | None:
+        if step.response_format is not None or step.json_schema is None:
+            return step.response_format
+        mode = self.spec.teacher.structured_output
+        if mode == "auto":
+            mode = "json_object" if self.teacher_kind == "local" else "json_schema"
+        if mode == "json_object":
+            # llama.cpp's server constrains decoding by grammar with this form (FACTS.md)
+            return {"type": "json_object", "schema": step.json_schema}
+        if mode == "json_schema":
+            return {"type": "json_schema", "json_schema": {"name": step.name, "schema": step.json_schema}}
+        return None
+
+    def request(
+        self, k: int, variables: dict[str, Any], *, cell_key: str, category: str, round_: int,
+        ord_: str, parent_id: str | None, item_index: int, replicate: list[Any],
+        render_only: dict[str, Any] | None = None,
+    ) -> PlannedRequest:
+        step = self.spec.steps[k]
+        model = step.model or self.model
+        messages = self.renderers[k].render({**variables, **(render_only or {})})
+        body: dict[str, Any] = {"model": model, "messages": messages, **step.body_params()}
+        if step.seed is not None:
+            # a fresh seed per replicate and per top-up round, so repeats differ
+            body["seed"] = step.seed + int(stable_hash(replicate, length=6), 16) % 1_000_000
+        response_format = self._response_format(step)
+        if response_format is not None:
+            body["response_format"] = response_format
+        cache_key = stable_hash(body, step.parse, step.json_schema, step.min_items, replicate, length=32)
+        reserve = (step.max_tokens or DEFAULT_RESERVE) * (step.n or 1)
+        return PlannedRequest(
+            id=stable_hash(self.spec.name, step.name, cell_key, parent_id, replicate),
+            spec_name=self.spec.name, step=step.name, step_index=k, round=round_, ord=ord_,
+            cell_key=cell_key, category=category, parent_id=parent_id, item_index=item_index,
+            vars=variables, body=body, cache_key=cache_key,
+            est_tokens=count_messages(messages, model) + reserve,
+        )
+
+    def first_step(self, cells: Iterable[Cell], round_: int, wants: dict[str, int] | None = None) -> Iterator[PlannedRequest]:
+        """Requests of step 0: ``repeat`` per cell in round 0 (default: enough single answers for
+        ``count``, or one list request); later rounds ask for what the cell still lacks. Step 0's
+        templates also see ``count``: how many examples this request should aim for."""
+        step = self.spec.steps[0]
+        for cell in cells:
+            want = cell.count if wants is None else wants.get(cell.key, 0)
+            if want <= 0:
+                continue
+            if step.parse == "list":
+                times = (step.repeat or 1) if round_ == 0 else 1
+            else:
+                times = step.repeat if round_ == 0 and step.repeat else math.ceil(want / (step.n or 1))
+            for i in range(times):
+                yield self.request(
+                    0, dict(cell.values), cell_key=cell.key, category=cell.category, round_=round_,
+                    ord_=f"{cell.index:09d}.{round_:03d}.{i:05d}", parent_id=None, item_index=i,
+                    replicate=[cell.values, round_, i], render_only={"count": want},
+                )
+
+    def next_step(self, k: int, parents: Iterable[StoredRequest], wants: dict[str, int]) -> Iterator[PlannedRequest]:
+        """Requests of step k (k ≥ 1): one per output of each step k-1 answer (``repeat`` each).
+
+        When every remaining step gives one row per request, a cell gets no more rows than it
+        wants, so a list answer with surplus items does not buy surplus answers."""
+        step, previous = self.spec.steps[k], self.spec.steps[k - 1]
+        capped = all(single_output(s) for s in self.spec.steps[k:])
+        planned: Counter[str] = Counter()
+        for parent in parents:
+            for j, output in enumerate(parent.outputs or []):
+                for rep in range(step.repeat or 1):
+                    if capped and planned[parent.cell_key] >= wants.get(parent.cell_key, 0):
+                        break
+                    planned[parent.cell_key] += 1
+                    yield self.request(
+                        k, {**parent.vars, previous.name: output}, cell_key=parent.cell_key,
+                        category=parent.category, round_=parent.round,
+                        ord_=f"{parent.ord}.{j:05d}.{rep:03d}", parent_id=parent.id, item_index=j,
+                        replicate=[rep],
+                    )

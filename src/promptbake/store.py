@@ -1,0 +1,340 @@
+"""The SQLite store: every request, response, attempt and its cost.
+
+It is the cache and the resume point. Requests are planned with deterministic ids and inserted
+before anything is sent; a response is committed before its request counts as done, so a killed
+run re-sends only what has no stored success. Reads page through the table by key so a
+million-request job never sits in memory, and one writer commits results in batches.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import StoreError
+from .migrations import migrate
+
+PAGE = 2000
+
+
+@dataclass
+class PlannedRequest:
+    id: str
+    spec_name: str
+    step: str
+    step_index: int
+    round: int
+    ord: str
+    cell_key: str
+    category: str
+    parent_id: str | None
+    item_index: int
+    vars: dict[str, Any]
+    body: dict[str, Any]
+    cache_key: str
+    est_tokens: int
+
+
+@dataclass
+class StoredRequest:
+    id: str
+    step_index: int
+    round: int
+    ord: str
+    cell_key: str
+    category: str
+    vars: dict[str, Any]
+    body: dict[str, Any]
+    cache_key: str
+    est_tokens: int
+    outputs: list[Any] | None = None  # set when read together with its response
+
+
+@dataclass
+class AttemptRow:
+    number: int
+    status_code: int | None
+    error_kind: str | None
+    error: str | None
+    latency_ms: float
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float
+    raw: str | None
+
+
+@dataclass
+class ResultRow:
+    """What the writer commits for one finished request."""
+
+    request_id: str
+    cache_key: str
+    ok: bool
+    attempts: list[AttemptRow]
+    error: str | None = None
+    model: str | None = None
+    contents: list[str] | None = None
+    outputs: list[Any] | None = None
+    finish_reasons: list[str] | None = None
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+class Store:
+    """One SQLite file (WAL). Opening it for writing takes an exclusive lock on ``PATH.lock``:
+    a second process gets a clear StoreError instead of interleaving with the first. The lock is
+    an ``flock``, so the kernel drops it when the holder dies (even by ``kill -9``)."""
+
+    def __init__(self, path: str | Path, *, lock: bool = True) -> None:
+        self.path = Path(path)
+        self._lock_fd: int | None = None
+        if lock:
+            self._take_lock()
+        try:
+            self.db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.execute("PRAGMA foreign_keys=OFF")
+            migrate(self.db)
+        except sqlite3.DatabaseError as exc:
+            self._release_lock()
+            raise StoreError(f"{self.path}: cannot open the store: {exc}") from exc
+
+    def _take_lock(self) -> None:
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StoreError(f"{self.path}: cannot create the store: {exc.strerror}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise StoreError(
+                f"{self.path} is in use by another promptbake process (pid {holder}); "
+                "wait for it to finish or use another --store"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._lock_fd = fd
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def close(self) -> None:
+        self.db.close()
+        self._release_lock()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _write(self, sql: str, rows: Iterable[tuple[Any, ...]]) -> int:
+        try:
+            with self.db:
+                return self.db.executemany(sql, rows).rowcount
+        except sqlite3.OperationalError as exc:
+            raise StoreError(f"{self.path}: write failed: {exc}") from exc
+
+    # runs -------------------------------------------------------------------------------------
+    def start_run(self, spec_name: str, spec_hash: str, command: str) -> int:
+        with self.db:
+            cur = self.db.execute(
+                "INSERT INTO runs (spec_name, spec_hash, command, started_at, status) "
+                "VALUES (?, ?, ?, ?, 'running')",
+                (spec_name, spec_hash, command, time.time()),
+            )
+        return int(cur.lastrowid or 0)
+
+    def finish_run(self, run_id: int, status: str, stats: dict[str, Any]) -> None:
+        self._write(
+            "UPDATE runs SET finished_at = ?, status = ?, stats = ? WHERE id = ?",
+            [(time.time(), status, _dumps(stats), run_id)],
+        )
+
+    def last_run(self, spec_name: str) -> dict[str, Any] | None:
+        row = self.db.execute(
+            "SELECT spec_hash, command, status FROM runs WHERE spec_name = ? ORDER BY id DESC LIMIT 1",
+            (spec_name,),
+        ).fetchone()
+        return dict(zip(("spec_hash", "command", "status"), row, strict=True)) if row else None
+
+    # cells and rounds -------------------------------------------------------------------------
+    def save_cells(self, spec_name: str, cells: Iterable[Any]) -> None:
+        self._write(
+            "INSERT OR REPLACE INTO cells VALUES (?, ?, ?, ?, ?, ?)",
+            ((spec_name, c.key, c.index, c.category, _dumps(c.values), c.count) for c in cells),
+        )
+
+    def wants(self, spec_name: str, round_: int) -> dict[str, int]:
+        rows = self.db.execute(
+            "SELECT cell_key, want FROM rounds WHERE spec_name = ? AND round = ?", (spec_name, round_)
+        )
+        return dict(rows.fetchall())
+
+    def set_wants(self, spec_name: str, round_: int, wants: dict[str, int]) -> None:
+        self._write(
+            "INSERT OR REPLACE INTO rounds VALUES (?, ?, ?, ?)",
+            ((spec_name, key, round_, want) for key, want in wants.items()),
+        )
+
+    def rounds(self, spec_name: str) -> list[int]:
+        rows = self.db.execute("SELECT DISTINCT round FROM rounds WHERE spec_name = ? ORDER BY round", (spec_name,))
+        return [r[0] for r in rows]
+
+    def next_index(self, spec_name: str, cell_key: str) -> int:
+        """First free replicate index of a cell's first step (top-up rounds continue after it)."""
+        row = self.db.execute(
+            "SELECT COUNT(*) FROM requests WHERE spec_name = ? AND step_index = 0 AND cell_key = ?",
+            (spec_name, cell_key),
+        ).fetchone()
+        return int(row[0])
+
+    # requests ---------------------------------------------------------------------------------
+    def insert_requests(self, requests: Iterable[PlannedRequest]) -> int:
+        """INSERT OR IGNORE: planning twice (a resumed run) adds nothing already planned."""
+        return self._write(
+            "INSERT OR IGNORE INTO requests (id, spec_name, step, step_index, round, ord, cell_key, "
+            "category, parent_id, item_index, vars, body, cache_key, est_tokens) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                (r.id, r.spec_name, r.step, r.step_index, r.round, r.ord, r.cell_key, r.category,
+                 r.parent_id, r.item_index, _dumps(r.vars), _dumps(r.body), r.cache_key, r.est_tokens)
+                for r in requests
+            ),
+        )
+
+    def serve_from_cache(self, spec_name: str, step_index: int) -> int:
+        """Mark not-done requests whose content-keyed answer is already stored: nothing to pay."""
+        return self._write(
+            "UPDATE requests SET status = 'ok', error = NULL, updated_at = ? "
+            "WHERE spec_name = ? AND step_index = ? AND status != 'ok' "
+            "AND cache_key IN (SELECT cache_key FROM responses)",
+            [(time.time(), spec_name, step_index)],
+        )
+
+    def forget_answers(self, spec_name: str, step_index: int) -> int:
+        """``--no-cache``: make every request of the step pending again (its answer is re-paid)."""
+        return self._write(
+            "UPDATE requests SET status = 'pending' WHERE spec_name = ? AND step_index = ?",
+            [(spec_name, step_index)],
+        )
+
+    def _page(self, sql: str, params: tuple[Any, ...]) -> Iterator[tuple[Any, ...]]:
+        """Keyset pagination on ``ord``: short read transactions, bounded memory."""
+        last = ""
+        while True:
+            rows = self.db.execute(sql + " AND r.ord > ? ORDER BY r.ord LIMIT ?", (*params, last, PAGE)).fetchall()
+            yield from rows
+            if len(rows) < PAGE:
+                return
+            last = rows[-1][3]
+
+    _COLUMNS = "r.id, r.step_index, r.round, r.ord, r.cell_key, r.category, r.vars, r.body, r.cache_key, r.est_tokens"
+
+    def pending(self, spec_name: str, step_index: int) -> Iterator[StoredRequest]:
+        """Requests of a step with no stored success (never sent, interrupted, or failed)."""
+        sql = (
+            f"SELECT {self._COLUMNS} FROM requests r WHERE r.spec_name = ? AND r.step_index = ? "
+            "AND r.status != 'ok'"
+        )
+        for row in self._page(sql, (spec_name, step_index)):
+            yield StoredRequest(row[0], row[1], row[2], row[3], row[4], row[5], json.loads(row[6]),
+                                json.loads(row[7]), row[8], row[9])
+
+    def succeeded(self, spec_name: str, step_index: int, round_: int | None = None) -> Iterator[StoredRequest]:
+        """Done requests of a step with their parsed outputs, in lineage order."""
+        sql = (
+            f"SELECT {self._COLUMNS}, p.outputs FROM requests r JOIN responses p ON p.cache_key = r.cache_key "
+            "WHERE r.spec_name = ? AND r.step_index = ? AND r.status = 'ok'"
+        )
+        params: tuple[Any, ...] = (spec_name, step_index)
+        if round_ is not None:
+            sql += " AND r.round = ?"
+            params += (round_,)
+        for row in self._page(sql, params):
+            yield StoredRequest(row[0], row[1], row[2], row[3], row[4], row[5], json.loads(row[6]),
+                                json.loads(row[7]), row[8], row[9], json.loads(row[10]))
+
+    def count_pending(self, spec_name: str, step_index: int) -> int:
+        return int(self.db.execute(
+            "SELECT COUNT(*) FROM requests WHERE spec_name = ? AND step_index = ? AND status != 'ok'",
+            (spec_name, step_index),
+        ).fetchone()[0])
+
+    def failures(self, spec_name: str) -> list[dict[str, Any]]:
+        rows = self.db.execute(
+            "SELECT id, step, category, attempts, error FROM requests "
+            "WHERE spec_name = ? AND status = 'failed' ORDER BY step_index, ord",
+            (spec_name,),
+        )
+        return [dict(zip(("id", "step", "category", "attempts", "error"), r, strict=True)) for r in rows]
+
+    # results ----------------------------------------------------------------------------------
+    def record(self, results: list[ResultRow]) -> None:
+        """Commit a batch of finished requests in one transaction (the single writer)."""
+        now = time.time()
+        try:
+            with self.db:
+                self.db.executemany(
+                    "INSERT INTO attempts (request_id, cache_key, number, status_code, error_kind, error, "
+                    "latency_ms, prompt_tokens, completion_tokens, cost, raw, created_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (r.request_id, r.cache_key, a.number, a.status_code, a.error_kind, a.error,
+                         a.latency_ms, a.prompt_tokens, a.completion_tokens, a.cost, a.raw, now)
+                        for r in results
+                        for a in r.attempts
+                    ],
+                )
+                ok = [r for r in results if r.ok]
+                self.db.executemany(
+                    "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (r.cache_key, r.model, _dumps(r.contents), _dumps(r.outputs), _dumps(r.finish_reasons),
+                         sum(a.prompt_tokens for a in r.attempts), sum(a.completion_tokens for a in r.attempts),
+                         sum(a.cost for a in r.attempts), now)
+                        for r in ok
+                    ],
+                )
+                self.db.executemany(
+                    "UPDATE requests SET status = ?, attempts = attempts + ?, error = ?, updated_at = ? WHERE id = ?",
+                    [("ok" if r.ok else "failed", len(r.attempts), r.error, now, r.request_id) for r in results],
+                )
+        except sqlite3.OperationalError as exc:
+            raise StoreError(f"{self.path}: cannot record results: {exc}") from exc
+
+    def totals(self, spec_name: str | None = None) -> dict[str, Any]:
+        where, params = ("WHERE spec_name = ?", (spec_name,)) if spec_name else ("", ())
+        status = dict(self.db.execute(f"SELECT status, COUNT(*) FROM requests {where} GROUP BY status", params).fetchall())
+        join = "JOIN requests r ON r.id = a.request_id " + where.replace("spec_name", "r.spec_name") if spec_name else ""
+        row = self.db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(a.prompt_tokens), 0), COALESCE(SUM(a.completion_tokens), 0), "
+            f"COALESCE(SUM(a.cost), 0) FROM attempts a {join}",
+            params,
+        ).fetchone()
+        return {
+            "requests": sum(status.values()),
+            "ok": status.get("ok", 0),
+            "failed": status.get("failed", 0),
+            "pending": status.get("pending", 0),
+            "attempts": row[0],
+            "prompt_tokens": row[1],
+            "completion_tokens": row[2],
+            "cost": round(row[3], 6),
+        }

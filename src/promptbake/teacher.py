@@ -1,0 +1,90 @@
+"""Which teacher a command talks to: spec settings, then CLI flags, then the environment.
+
+Remote teachers follow the openai SDK's conventions (``OPENAI_API_KEY``, ``OPENAI_BASE_URL``); the
+local one is llama.cpp's server started for the duration of the job. Both end up as the same
+``Endpoint`` that the pool talks to, so every feature works the same against either.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+
+from .client import Endpoint
+from .errors import InputError
+from .spec import TeacherConfig
+
+OPENAI_BASE_URL = "https://api.openai.com/v1"
+LOCAL_MODEL = "smollm2"
+
+
+@dataclass(frozen=True)
+class TeacherOverrides:
+    """CLI flags (``teacher_options``); None means "use the spec's value"."""
+
+    teacher_kind: str | None = None
+    base_url: str | None = None
+    model: str | None = None
+    api_key_env: str | None = None
+    rpm: float | None = None
+    tpm: float | None = None
+    concurrency: int | None = None
+    max_attempts: int | None = None
+    timeout: float | None = None
+
+
+def merge(config: TeacherConfig, overrides: TeacherOverrides) -> TeacherConfig:
+    """The spec's teacher section with the flags that were given laid over it."""
+    changes = {
+        "kind": overrides.teacher_kind,
+        "base_url": overrides.base_url,
+        "model": overrides.model,
+        "api_key_env": overrides.api_key_env,
+        "rpm": overrides.rpm,
+        "tpm": overrides.tpm,
+        "concurrency": overrides.concurrency,
+        "max_attempts": overrides.max_attempts,
+        "timeout": overrides.timeout,
+    }
+    data = config.model_dump()
+    data.update({k: v for k, v in changes.items() if v is not None})
+    if overrides.teacher_kind == "local" and overrides.model is None:
+        data["model"] = None  # the spec's remote model name means nothing to the local server
+    return TeacherConfig.model_validate(data)
+
+
+def model_name(config: TeacherConfig) -> str:
+    if config.model:
+        return config.model
+    if config.kind == "local":
+        return LOCAL_MODEL
+    raise InputError("no teacher model: set teacher.model in the spec or pass --model")
+
+
+def remote_endpoint(config: TeacherConfig) -> Endpoint:
+    base_url = config.base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_BASE_URL
+    api_key = os.environ.get(config.api_key_env) or None
+    if api_key is None and base_url.rstrip("/") == OPENAI_BASE_URL:
+        raise InputError(
+            f"no API key: set {config.api_key_env}, point --base-url at an OpenAI-compatible "
+            "server, or use --teacher local"
+        )
+    return Endpoint(base_url=base_url.rstrip("/"), model=model_name(config), api_key=api_key)
+
+
+@contextlib.contextmanager
+def open_teacher(config: TeacherConfig) -> Iterator[tuple[Endpoint, TeacherConfig]]:
+    """The endpoint to talk to, and the config with limits fitting it. A local teacher's server
+    lives exactly as long as this block (stopped on errors and Ctrl-C too)."""
+    if config.kind == "remote":
+        yield remote_endpoint(config), config
+        return
+    from .local import local_server
+
+    with local_server() as server:
+        endpoint = Endpoint(base_url=server.base_url, model=model_name(config), api_key=None)
+        # llama.cpp answers one request at a time on 2 cores: more in flight only queues
+        limited = config.model_copy(update={"concurrency": min(config.concurrency, server.concurrency)})
+        yield replace(endpoint), limited

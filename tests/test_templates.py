@@ -1,0 +1,36 @@
+"""The Jinja sandbox and its error messages."""
+
+from __future__ import annotations
+
+import pytest
+
+from promptbake.errors import TemplateError
+from promptbake.templates import Templates
+
+
+def test_renders_and_reports_missing_variable_with_line():
+    t = Templates()
+    t.add_inline("inline.j2", "one\n{{ a }}\n{{ b }}")
+    assert t.render("inline.j2", {"a": 1, "b": 2}) == "one\n1\n2"
+    with pytest.raises(TemplateError, match=r"^inline.j2:3: 'b' is undefined$"):
+        t.render("inline.j2", {"a": 1})
+
+
+def test_sandbox_refuses_python_internals():
+    t = Templates()
+    t.add_inline("evil", "{{ ''.__class__.__mro__[1].__subclasses__() }}")
+    with pytest.raises(TemplateError, match="refused by the sandbox"):
+        t.render("evil", {})
+
+
+def test_syntax_error_names_line():
+    t = Templates()
+    t.add_inline("broken", "ok\n{% if %}")
+    with pytest.raises(TemplateError, match=r"^broken:2: template syntax error"):
+        t.get("broken")
+
+
+def test_category_expression_and_template_forms():
+    t = Templates()
+    assert t.expression("c1", "a ~ '-' ~ b", {"a": "x", "b": "y"}) == "x-y"
+    assert t.expression("c2", "{{ a | upper }}", {"a": "x"}) == "X"
