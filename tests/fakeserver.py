@@ -1,0 +1,397 @@
+"""A real OpenAI-compatible HTTP server on loopback, for tests and benchmarks.
+
+Teacher doubles must be real servers (STYLE.md): a monkeypatched SDK would hide exactly the bugs we
+care about (header parsing, dropped connections, timeouts, the 429 dance). The server speaks
+``POST /v1/chat/completions`` and ``GET /v1/models``, can inject every fault the pool must survive,
+can enforce RPM/TPM like OpenAI (token buckets refilled continuously, with the
+``x-ratelimit-*`` headers on every answer), and records what it was asked so tests can prove that
+nothing was paid for twice.
+
+Three ways to use it:
+
+* sync tests: ``with FakeServer(...).running() as srv: ... srv.base_url``
+  (the server runs on its own event loop in a background thread);
+* async code: ``async with FakeServer(...) as srv: ...``;
+* a separate process (benchmarks, ``kill -9`` tests):
+  ``python tests/fakeserver.py --port 0 --latency-ms 50-500 --rpm 6000`` prints
+  ``READY http://127.0.0.1:PORT/v1`` on stdout; ``GET /_stats`` returns what it recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import json
+import math
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from aiohttp import web
+
+FaultKind = Literal["429", "500", "garbage", "hang", "drop", "401", "400"]
+FAULT_KINDS: tuple[FaultKind, ...] = ("429", "500", "garbage", "hang", "drop", "401", "400")
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One injected failure. A responder may return one to fail a specific request."""
+
+    kind: FaultKind
+    retry_after_ms: float | None = 250.0  # for 429: sent as retry-after-ms and retry-after
+    hang_s: float = 3600.0  # for hang: how long before the server gives up on its own
+
+
+Responder = Callable[[dict[str, Any]], "str | dict[str, Any] | Fault"]
+
+
+def body_hash(body: dict[str, Any]) -> str:
+    """Hash of a request body independent of key order and whitespace."""
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def estimate_prompt_tokens(body: dict[str, Any]) -> int:
+    """Roughly 4 characters a token plus the chat format's per-message overhead."""
+    chars = 0
+    messages = body.get("messages") or []
+    for message in messages:
+        content = message.get("content")
+        chars += len(content) if isinstance(content, str) else len(json.dumps(content))
+    return chars // 4 + 3 * len(messages) + 3
+
+
+def max_completion(body: dict[str, Any]) -> int | None:
+    value = body.get("max_completion_tokens", body.get("max_tokens"))
+    return int(value) if value is not None else None
+
+
+class Bucket:
+    """A continuously refilled token bucket: what OpenAI-style limits look like from outside."""
+
+    def __init__(self, per_minute: float, burst_s: float) -> None:
+        self.limit = per_minute
+        self.rate = per_minute / 60.0
+        self.capacity = max(1.0, self.rate * burst_s)
+        self.level = self.capacity
+        self.stamp = time.monotonic()
+
+    def refill(self) -> None:
+        now = time.monotonic()
+        self.level = min(self.capacity, self.level + (now - self.stamp) * self.rate)
+        self.stamp = now
+
+    def wait_for(self, amount: float) -> float:
+        """Seconds until ``amount`` is available (0 when it is now)."""
+        need = min(amount, self.capacity) - self.level
+        return max(0.0, need / self.rate)
+
+    def headers(self, kind: str) -> dict[str, str]:
+        reset = max(0.0, (self.capacity - self.level) / self.rate)
+        return {
+            f"x-ratelimit-limit-{kind}": str(int(self.limit)),
+            f"x-ratelimit-remaining-{kind}": str(max(0, int(self.level))),
+            f"x-ratelimit-reset-{kind}": f"{reset:.3f}s",
+        }
+
+
+@dataclass
+class FakeServer:
+    """Configure, then start with ``running()`` (sync) or ``async with`` (async)."""
+
+    responder: Responder | None = None
+    latency_ms: float | tuple[float, float] = 0.0
+    fault_rates: dict[FaultKind, float] = field(default_factory=dict)
+    script: list[Fault | None] = field(default_factory=list)  # consumed in arrival order
+    rpm: float | None = None
+    tpm: float | None = None
+    burst_s: float = 60.0  # how many seconds of the limit the buckets hold
+    finish_reason: str = "stop"
+    model: str = "fake-model"
+    record_bodies: bool = True
+    seed: int = 0
+    port: int = 0
+
+    # what the server saw
+    count: int = field(default=0, init=False)
+    bodies: list[dict[str, Any]] = field(default_factory=list, init=False)
+    by_hash: Counter[str] = field(default_factory=Counter, init=False)  # every request
+    paid_by_hash: Counter[str] = field(default_factory=Counter, init=False)  # 200s with usage
+    statuses: Counter[str] = field(default_factory=Counter, init=False)
+    auth_headers: list[str | None] = field(default_factory=list, init=False)
+
+    def __post_init__(self) -> None:
+        self._rng = random.Random(self.seed)
+        self._answered = 0
+        self._closing = asyncio.Event()
+        self._runner: web.AppRunner | None = None
+        self._rpm = Bucket(self.rpm, self.burst_s) if self.rpm else None
+        self._tpm = Bucket(self.tpm, self.burst_s) if self.tpm else None
+        self.base_url = ""
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._closing = asyncio.Event()
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/_stats", self._stats)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port, backlog=1024)
+        await site.start()
+        sockets = site._server.sockets  # type: ignore[union-attr]
+        self.port = sockets[0].getsockname()[1]
+        self.base_url = f"http://127.0.0.1:{self.port}/v1"
+
+    async def stop(self) -> None:
+        self._closing.set()  # wakes hung handlers so shutdown does not wait for them
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> FakeServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[FakeServer]:
+        """Run on a private loop in a daemon thread, so sync tests can drive any client."""
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop.run_forever, daemon=True)
+        thread.start()
+        asyncio.run_coroutine_threadsafe(self.start(), loop).result(10)
+        try:
+            yield self
+        finally:
+            asyncio.run_coroutine_threadsafe(self.stop(), loop).result(30)
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(10)
+            loop.close()
+
+    # ---- recorded facts --------------------------------------------------------------------
+
+    def paid_twice(self) -> list[str]:
+        """Hashes of bodies answered successfully more than once."""
+        return [h for h, n in self.paid_by_hash.items() if n > 1]
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "requests": self.count,
+            "statuses": dict(self.statuses),
+            "paid": sum(self.paid_by_hash.values()),
+            "paid_by_hash": dict(self.paid_by_hash),
+        }
+
+    # ---- handlers --------------------------------------------------------------------------
+
+    async def _models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": self.model, "object": "model"}]})
+
+    async def _stats(self, request: web.Request) -> web.Response:
+        return web.json_response(self.stats())
+
+    def _next_fault(self, body: dict[str, Any]) -> Fault | str | dict[str, Any] | None:
+        if self.script:
+            scripted = self.script.pop(0)
+            if scripted is not None:
+                return scripted
+        for kind, rate in self.fault_rates.items():
+            if rate and self._rng.random() < rate:
+                return Fault(kind)
+        if self.responder is not None:
+            return self.responder(body)
+        return None
+
+    async def _sleep_latency(self) -> None:
+        latency = self.latency_ms
+        delay = self._rng.uniform(*latency) if isinstance(latency, tuple) else latency
+        if delay > 0:
+            await asyncio.sleep(delay / 1000)
+
+    def _limit_headers(self) -> dict[str, str]:
+        headers: dict[str, str] = {}
+        if self._rpm:
+            headers.update(self._rpm.headers("requests"))
+        if self._tpm:
+            headers.update(self._tpm.headers("tokens"))
+        return headers
+
+    def _throttle(self, reserve: int) -> float:
+        """Take this request from the buckets, or return the seconds to wait (a 429)."""
+        wait = 0.0
+        for bucket, amount in ((self._rpm, 1), (self._tpm, reserve)):
+            if bucket is not None:
+                bucket.refill()
+                wait = max(wait, bucket.wait_for(amount))
+        if wait > 0:
+            return wait
+        if self._rpm:
+            self._rpm.level -= 1
+        if self._tpm:
+            self._tpm.level -= reserve
+        return 0.0
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
+        self.count += 1
+        self.auth_headers.append(request.headers.get("Authorization"))
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            self.statuses["400"] += 1
+            return _error(400, "invalid_request_error", "could not parse the JSON body", None)
+        if self.record_bodies:
+            self.bodies.append(body)
+        digest = body_hash(body)
+        self.by_hash[digest] += 1
+
+        await self._sleep_latency()
+        decision = self._next_fault(body)
+        if isinstance(decision, Fault):
+            return await self._fault(request, decision)
+
+        prompt_tokens = estimate_prompt_tokens(body)
+        n = int(body.get("n") or 1)
+        wait = self._throttle(prompt_tokens + (max_completion(body) or 0) * n)
+        if wait > 0:
+            self.statuses["429"] += 1
+            return _error(
+                429, "requests", f"Rate limit reached; try again in {wait * 1000:.0f}ms.",
+                "rate_limit_exceeded", {**self._limit_headers(), **_retry_headers(wait * 1000)},
+            )
+
+        contents = [self._content(body, decision, i) for i in range(n)]
+        cap = max_completion(body)
+        choices = []
+        completion_tokens = 0
+        for i, content in enumerate(contents):
+            words = content.split()
+            finish = self.finish_reason
+            if cap is not None and len(words) > cap:
+                content, finish = " ".join(words[:cap]), "length"
+            completion_tokens += len(content.split())
+            choices.append({
+                "index": i,
+                "message": {"role": "assistant", "content": content},
+                "finish_reason": finish,
+                "logprobs": None,
+            })
+        self._answered += 1
+        self.paid_by_hash[digest] += 1
+        self.statuses["200"] += 1
+        payload = {
+            "id": f"chatcmpl-{self._answered}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body.get("model", self.model),
+            "choices": choices,
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+            "system_fingerprint": "fp_fake",
+        }
+        return web.json_response(payload, headers=self._limit_headers())
+
+    def _content(self, body: dict[str, Any], decision: str | dict[str, Any] | None, i: int) -> str:
+        if isinstance(decision, dict):
+            return json.dumps(decision)
+        if isinstance(decision, str):
+            return decision
+        last_user = next(
+            (m.get("content") for m in reversed(body.get("messages") or []) if m.get("role") == "user"),
+            "",
+        )
+        return f"echo {self._answered} {i}: {last_user}"
+
+    async def _fault(self, request: web.Request, fault: Fault) -> web.StreamResponse:
+        self.statuses[fault.kind] += 1
+        if fault.kind == "429":
+            headers = _retry_headers(fault.retry_after_ms) if fault.retry_after_ms is not None else {}
+            return _error(429, "requests", "Rate limit reached for requests.",
+                          "rate_limit_exceeded", {**self._limit_headers(), **headers})
+        if fault.kind == "500":
+            return _error(500, "server_error", "The server had an error processing your request.", None)
+        if fault.kind == "401":
+            return _error(401, "invalid_request_error", "Incorrect API key provided.", "invalid_api_key")
+        if fault.kind == "400":
+            return _error(400, "invalid_request_error", "Invalid value for 'messages'.", None)
+        if fault.kind == "garbage":
+            return web.Response(status=200, text="<html>upstream proxy says hello</html>",
+                                content_type="application/json")
+        if fault.kind == "hang":
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), fault.hang_s)
+            return _error(504, "server_error", "gave up hanging", None)
+        # drop: start a chunked answer, then cut the connection halfway through it
+        response = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        await response.write(b'{"id": "chatcmpl-dropped", "choices": [')
+        if request.transport is not None:
+            request.transport.close()
+        return response
+
+
+def _retry_headers(ms: float) -> dict[str, str]:
+    return {"retry-after-ms": f"{ms:.0f}", "retry-after": str(max(1, math.ceil(ms / 1000)))}
+
+
+def _error(status: int, type_: str, message: str, code: str | None,
+           headers: dict[str, str] | None = None) -> web.Response:
+    body = {"error": {"message": message, "type": type_, "param": None, "code": code}}
+    return web.json_response(body, status=status, headers=headers)
+
+
+@contextlib.asynccontextmanager
+async def serving(**config: Any) -> AsyncIterator[FakeServer]:
+    async with FakeServer(**config) as server:
+        yield server
+
+
+def _latency(text: str) -> float | tuple[float, float]:
+    if "-" in text:
+        low, high = text.split("-", 1)
+        return (float(low), float(high))
+    return float(text)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--latency-ms", type=_latency, default=0.0, help="N or LOW-HIGH")
+    parser.add_argument("--rpm", type=float)
+    parser.add_argument("--tpm", type=float)
+    parser.add_argument("--burst-s", type=float, default=60.0,
+                        help="seconds of the limit a bucket holds (OpenAI enforces per second: 1)")
+    parser.add_argument("--fail", action="append", default=[], metavar="KIND=RATE",
+                        help=f"fault rate, KIND in {', '.join(FAULT_KINDS)}")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    rates = {kind: float(rate) for kind, rate in (item.split("=", 1) for item in args.fail)}
+    server = FakeServer(latency_ms=args.latency_ms, rpm=args.rpm, tpm=args.tpm, burst_s=args.burst_s,
+                        fault_rates=rates, record_bodies=False, seed=args.seed, port=args.port)
+
+    async def serve() -> None:
+        await server.start()
+        print(f"READY {server.base_url}", flush=True)
+        await asyncio.Event().wait()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve())
+
+
+if __name__ == "__main__":
+    main()
