@@ -154,3 +154,38 @@ def generate(spec_path: str, store_path: str, no_cache: bool, max_cost: float | 
     report = run_generate(spec, store_path, overrides,
                           GenerateOptions(no_cache=no_cache, max_cost=max_cost, progress=not quiet))
     _print_generate(report)
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--model", default=None, help="Model to check token limits and price for (default: the target's).")
+@click.option("--target", default="openai", show_default=True,
+              type=click.Choice(["openai", "azure-openai", "together", "fireworks", "trl", "axolotl"]),
+              help="Whose rules to check the file against.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def validate(file: str, model: str | None, target: str, as_json: bool) -> None:
+    """Check a fine-tuning FILE the way the target's trainer will; exit 1 on format errors."""
+    import json
+
+    from .errors import ValidationFailed
+    from .validate import validate_file
+
+    report = validate_file(file, model=model, target=target)
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.format())
+    if not report.ok:
+        raise ValidationFailed(f"{file}: {report.error_count()} format errors ({', '.join(sorted(report.errors))})")
+
+
+@cli.command("export")
+@click.argument("directory", metavar="DIR", type=click.Path(file_okay=False))
+@click.option("-f", "--format", "formats", multiple=True, required=True,
+              type=click.Choice(["openai-chat", "messages", "openai-completion", "sharegpt", "alpaca",
+                                 "preference-openai", "preference-trl", "hf"]),
+              help="Format to write (repeatable); hf writes Parquet and a datasets folder.")
+@click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="Directory to write into.")
+def export_command(directory: str, formats: tuple[str, ...], out: str) -> None:
+    """Re-export a built dataset DIR (train/test/metadata) for other trainers."""
+    from .export import export
+
+    for report in export(directory, formats, out):
+        click.echo(report.summary(), err=True)
