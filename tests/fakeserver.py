@@ -46,6 +46,7 @@ class Fault:
     kind: FaultKind
     retry_after_ms: float | None = 250.0  # for 429: sent as retry-after-ms and retry-after
     hang_s: float = 3600.0  # for hang: how long before the server gives up on its own
+    message: str | None = None  # overrides the error message (e.g. to echo a key back)
 
 
 Responder = Callable[[dict[str, Any]], "str | dict[str, Any] | Fault"]
@@ -125,6 +126,7 @@ class FakeServer:
     paid_by_hash: Counter[str] = field(default_factory=Counter, init=False)  # 200s with usage
     statuses: Counter[str] = field(default_factory=Counter, init=False)
     auth_headers: list[str | None] = field(default_factory=list, init=False)
+    arrivals: list[float] = field(default_factory=list, init=False)  # time.monotonic() per request
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)
@@ -245,6 +247,8 @@ class FakeServer:
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
         self.count += 1
+        if self.record_bodies:
+            self.arrivals.append(time.monotonic())
         self.auth_headers.append(request.headers.get("Authorization"))
         try:
             body = json.loads(raw)
@@ -320,19 +324,22 @@ class FakeServer:
         self.statuses[fault.kind] += 1
         if fault.kind == "429":
             headers = _retry_headers(fault.retry_after_ms) if fault.retry_after_ms is not None else {}
-            return _error(429, "requests", "Rate limit reached for requests.",
+            return _error(429, "requests", fault.message or "Rate limit reached for requests.",
                           "rate_limit_exceeded", {**self._limit_headers(), **headers})
         if fault.kind == "500":
-            return _error(500, "server_error", "The server had an error processing your request.", None)
+            return _error(500, "server_error",
+                          fault.message or "The server had an error processing your request.", None)
         if fault.kind == "401":
-            return _error(401, "invalid_request_error", "Incorrect API key provided.", "invalid_api_key")
+            return _error(401, "invalid_request_error", fault.message or "Incorrect API key provided.",
+                          "invalid_api_key")
         if fault.kind == "400":
-            return _error(400, "invalid_request_error", "Invalid value for 'messages'.", None)
+            return _error(400, "invalid_request_error",
+                          fault.message or "Invalid value for 'messages'.", None)
         if fault.kind == "garbage":
             return web.Response(status=200, text="<html>upstream proxy says hello</html>",
                                 content_type="application/json")
         if fault.kind == "hang":
-            with contextlib.suppress(asyncio.TimeoutError):
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._closing.wait(), fault.hang_s)
             return _error(504, "server_error", "gave up hanging", None)
         # drop: start a chunked answer, then cut the connection halfway through it

@@ -12,7 +12,6 @@ in a repr, an exception message or anything the server echoes back to us (we scr
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
 import json
 import os
@@ -202,7 +201,7 @@ class ChatClient:
                 raw = await response.read()
                 status = response.status
                 headers = response.headers
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise RetryableError("timeout", f"no answer within {self.timeout:g} s") from None
         except aiohttp.ClientError as exc:
             raise RetryableError("connection", self._scrub(f"{type(exc).__name__}: {exc}")) from None

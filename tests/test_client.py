@@ -1,0 +1,151 @@
+"""The aiohttp transport against a real loopback server: parsing, the error taxonomy, no key leaks."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import time
+from typing import Any
+
+import pytest
+from fakeserver import FakeServer, Fault
+
+from promptbake import errors
+from promptbake.client import (
+    ChatClient,
+    ChatResult,
+    Endpoint,
+    RateLimited,
+    RequestFailed,
+    RetryableError,
+    Unauthorized,
+    parse_duration,
+    parse_retry_after,
+)
+
+KEY = "sk-test-0123456789abcdef"
+BODY = {"model": "fake-model", "messages": [{"role": "user", "content": "hello there"}]}
+
+
+def chat(server: FakeServer, body: dict[str, Any] = BODY, *, timeout: float = 5.0,
+         key: str | None = KEY) -> ChatResult:
+    async def go() -> ChatResult:
+        endpoint = Endpoint(server.base_url, "fake-model", api_key=key)
+        async with ChatClient(endpoint, timeout=timeout, concurrency=4) as client:
+            return await client.chat(body)
+
+    return asyncio.run(go())
+
+
+def failure(fault: Fault, expected: type[Exception], *, timeout: float = 5.0) -> Any:
+    """The exception one request raises when the server answers with ``fault``."""
+    with FakeServer(script=[fault]).running() as server, pytest.raises(expected) as caught:
+        chat(server, timeout=timeout)
+    return caught.value
+
+
+def test_answer_is_parsed_with_usage_and_choices():
+    with FakeServer().running() as server:
+        result = chat(server, {**BODY, "n": 3})
+    assert result.contents == [f"echo 0 {i}: hello there" for i in range(3)]
+    assert result.finish_reasons == ["stop"] * 3
+    assert result.prompt_tokens > 0
+    assert result.completion_tokens == 5 * 3  # words
+    assert result.model == "fake-model"
+    assert result.rate is None  # this server enforces no limits, so sends no headers
+    assert server.auth_headers == [f"Bearer {KEY}"]
+    assert server.bodies == [{**BODY, "n": 3}]
+
+
+def test_no_key_sends_no_authorization_header():
+    with FakeServer().running() as server:
+        chat(server, key=None)
+    assert server.auth_headers == [None]
+
+
+def test_rate_limit_headers_are_parsed():
+    with FakeServer(rpm=600, tpm=60_000).running() as server:
+        result = chat(server)
+    assert result.rate is not None
+    assert result.rate.limit_requests == 600
+    assert result.rate.remaining_requests == 599
+    assert result.rate.limit_tokens == 60_000
+    assert result.rate.remaining_tokens is not None and result.rate.remaining_tokens < 60_000
+    assert result.rate.reset_requests is not None and 0 < result.rate.reset_requests <= 0.2
+
+
+def test_finish_reason_length_when_max_tokens_cuts_the_answer():
+    with FakeServer(responder=lambda body: "one two three four five").running() as server:
+        result = chat(server, {**BODY, "max_tokens": 2})
+    assert result.contents == ["one two"]
+    assert result.finish_reasons == ["length"]
+
+
+def test_429_is_retryable_with_retry_after_ms():
+    error = failure(Fault("429", retry_after_ms=1500), RateLimited)
+    assert error.retryable
+    assert error.status == 429
+    assert error.retry_after == pytest.approx(1.5)
+
+
+@pytest.mark.parametrize(
+    ("fault", "kind"),
+    [(Fault("500"), "http_500"), (Fault("garbage"), "bad_body"), (Fault("drop"), "connection")],
+)
+def test_transient_failures_are_retryable(fault: Fault, kind: str):
+    error = failure(fault, RetryableError)
+    assert error.kind == kind
+    assert error.retryable
+
+
+def test_hang_becomes_a_retryable_timeout():
+    assert failure(Fault("hang"), RetryableError, timeout=0.3).kind == "timeout"
+
+
+def test_400_is_final():
+    error = failure(Fault("400"), RequestFailed)
+    assert not error.retryable
+    assert isinstance(error, errors.TeacherError)
+    assert "Invalid value for 'messages'" in str(error)
+
+
+def test_401_is_an_auth_error_that_never_shows_the_key():
+    error = failure(Fault("401", message=f"Incorrect API key provided: {KEY}."), Unauthorized)
+    assert isinstance(error, errors.AuthError)
+    assert not error.retryable
+    assert "Incorrect API key provided" in str(error)
+    assert KEY not in str(error)
+    assert KEY not in repr(error.args)
+
+
+def test_endpoint_repr_hides_the_key(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
+    endpoint = Endpoint.from_env("gpt-4o-mini")
+    assert endpoint.api_key == KEY
+    assert endpoint.base_url == "http://127.0.0.1:9/v1"
+    assert KEY not in repr(endpoint) and KEY not in str(endpoint)
+    assert KEY not in repr(ChatClient(endpoint))
+
+
+def test_endpoint_defaults_to_openai():
+    endpoint = Endpoint.from_env("gpt-4o-mini")
+    assert endpoint.chat_url == "https://api.openai.com/v1/chat/completions"
+    assert endpoint.api_key is None
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("1s", 1.0), ("6m0s", 360.0), ("20ms", 0.02), ("1h2m3.5s", 3723.5), ("0.250s", 0.25),
+     ("7", 7.0), (None, None), ("soon", None)],
+)
+def test_parse_duration(text: str | None, seconds: float | None):
+    assert parse_duration(text) == (pytest.approx(seconds) if seconds is not None else None)
+
+
+def test_parse_retry_after_prefers_milliseconds():
+    assert parse_retry_after({"retry-after-ms": "250", "retry-after": "1"}) == pytest.approx(0.25)
+    assert parse_retry_after({"retry-after": "3"}) == 3.0
+    assert parse_retry_after({}) is None
+    in_ten = email.utils.formatdate(time.time() + 10, usegmt=True)
+    assert 8 < parse_retry_after({"retry-after": in_ten}) <= 10  # type: ignore[operator]
