@@ -43,3 +43,33 @@ def write_spec(directory: Path, text: str = MINIMAL_SPEC, name: str = "spec.yaml
     path = directory / name
     path.write_text(textwrap.dedent(text), encoding="utf-8")
     return path
+
+
+def list_then_reply_responder(dupe_every: int = 0):
+    """A teacher for grid specs: list prompts ("... JSON array ...", "Give N things") get a JSON
+    list of distinct utterances; anything else gets a rude reply echoing the user text. With
+    ``dupe_every`` = k, every k-th utterance repeats an earlier one (to exercise dedupe/top-up)."""
+    import itertools
+    import json
+    import re
+
+    counter = itertools.count()
+    words = ["refund", "manager", "coupon", "waiting", "closing", "quality", "payment", "return", "help", "price",
+             "receipt", "size", "colour", "line", "staff", "broken", "late", "noisy", "cold", "wrong"]
+
+    def respond(body: dict) -> str:
+        user = next(m["content"] for m in reversed(body["messages"]) if m["role"] == "user")
+        match = re.search(r"(?:Give|Write) (\d+)", user)
+        if match and body["messages"][0]["role"] != "system":
+            items = []
+            for _ in range(int(match.group(1))):
+                i = next(counter)
+                if dupe_every and i % dupe_every == dupe_every - 1:
+                    i -= 1
+                picked = [words[(i * 7 + j * 3) % len(words)] for j in range(4)]
+                items.append(f"Customer {i} says: my {picked[0]} and {picked[1]} problem, then {picked[2]} "
+                             f"{picked[3]}, number {i * 7919 % 10007}.")
+            return json.dumps(items)
+        return f"Ugh. Fine. ({user[:60]}) Next!"
+
+    return respond

@@ -189,3 +189,68 @@ def export_command(directory: str, formats: tuple[str, ...], out: str) -> None:
 
     for report in export(directory, formats, out):
         click.echo(report.summary(), err=True)
+
+
+def _build_options(fn: F) -> F:
+    fn = click.option("--format", "formats", multiple=True,
+                      help="Extra output format (repeatable); train.jsonl/test.jsonl are always openai-chat.")(fn)
+    fn = click.option("--seed", type=int, default=None, help="Shuffle/split seed (default: the spec's split.seed).")(fn)
+    return fn
+
+
+def _print_build(report: Any) -> None:
+    click.echo(report.format(), err=True)
+    if report.validation is not None and not report.validation.ok:
+        click.echo(report.validation.format(), err=True)
+
+
+@cli.command()
+@click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output directory.")
+@click.option("--store", "store_path", default=None, type=click.Path(dir_okay=False),
+              help="SQLite store (default: OUT/promptbake.db).")
+@_generate_options
+@_build_options
+@teacher_options
+def run(spec_path: str, out_dir: str, store_path: str | None, no_cache: bool, max_cost: float | None, quiet: bool,
+        formats: tuple[str, ...], seed: int | None, overrides: Any) -> None:
+    """expand → generate → build: SPEC in, train/test JSONL out (re-run to resume)."""
+    from .generate import GenerateOptions
+    from .pipeline import run as run_pipeline
+
+    spec = _load(spec_path)
+    report = run_pipeline(spec, out_dir, store_path, overrides,
+                          GenerateOptions(no_cache=no_cache, max_cost=max_cost, progress=not quiet),
+                          formats=list(formats) or None, seed=seed)
+    _print_generate(report)
+    _print_build(report.build)
+
+
+@cli.command()
+@click.argument("source", metavar="STORE_OR_SPEC", type=click.Path(dir_okay=False))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output directory.")
+@click.option("--store", "store_path", default=None, type=click.Path(dir_okay=False),
+              help="With a SPEC: the store to read (default: promptbake.db).")
+@click.option("--spec-name", default=None, help="With a STORE holding several specs: which one.")
+@_build_options
+def build(source: str, out_dir: str, store_path: str | None, spec_name: str | None, formats: tuple[str, ...],
+          seed: int | None) -> None:
+    """Turn stored answers into deduplicated, balanced, split fine-tuning files."""
+    from pathlib import Path
+
+    from .build import build as run_build
+    from .pipeline import spec_from_store
+    from .store import Store
+
+    if Path(source).suffix in (".yaml", ".yml"):
+        spec = _load(source)
+        store_path = store_path or "promptbake.db"
+    else:
+        spec, store_path = spec_from_store(source, spec_name), source
+    if not Path(store_path).exists():
+        from .errors import StoreError
+
+        raise StoreError(f"{store_path}: no such store; run `promptbake generate` first")
+    with Store(store_path, lock=False) as store:
+        report = run_build(spec, store, out_dir, formats=list(formats) or None, seed=seed)
+    _print_build(report)

@@ -184,7 +184,7 @@ class Generation:
         self.report.prompt_tokens += stats.prompt_tokens
         self.report.completion_tokens += stats.completion_tokens
         self.report.attempts += stats.attempts
-        self.report.rate_limited += stats.rate_limited
+        self.report.rate_limited += stats.throttled
         self.report.stopped_for_budget = stats.stopped_for_budget
 
     async def _writer(self, queue: asyncio.Queue[ResultRow | None]) -> None:

@@ -69,3 +69,9 @@ def m001_initial(db: sqlite3.Connection) -> None:
         CREATE INDEX attempts_by_request ON attempts (request_id);
         """
     )
+
+
+@migration
+def m002_specs(db: sqlite3.Connection) -> None:
+    # the spec text a run used, so `build STORE` can render examples without the spec file at hand
+    db.execute("CREATE TABLE specs (spec_name TEXT PRIMARY KEY, spec_hash TEXT, path TEXT, text TEXT, saved_at REAL)")

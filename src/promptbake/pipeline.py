@@ -59,6 +59,8 @@ def generate(
     expander = Expander(spec)
     with Store(store_path) as store, open_teacher(config) as (endpoint, config):
         run_id = store.start_run(spec.name, spec.spec_hash(), command)
+        if spec.path is not None:
+            store.save_spec(spec.name, spec.spec_hash(), str(spec.path), spec.path.read_text(encoding="utf-8"))
         store.save_cells(spec.name, expander.cells())
         generation = Generation(spec, store, expander, endpoint, config, options)
         report = RunReport(generation.report)
@@ -81,3 +83,38 @@ def generate(
             report.totals = store.totals(spec.name)
             store.finish_run(run_id, status, report.totals)
     return report
+
+
+def run(
+    spec: Spec,
+    out_dir: str | Path,
+    store_path: str | Path | None = None,
+    overrides: TeacherOverrides | None = None,
+    options: GenerateOptions | None = None,
+    *,
+    formats: list[str] | None = None,
+    seed: int | None = None,
+) -> RunReport:
+    """expand → generate (with top-up rounds for exact counts) → build, in one call."""
+    from .build import build
+
+    store_path = store_path or Path(out_dir) / "promptbake.db"
+    report = generate(spec, store_path, overrides, options, topup=True, command="run")
+    with Store(store_path) as store:
+        report.build = build(spec, store, out_dir, formats=formats, seed=seed)
+    return report
+
+
+def spec_from_store(store_path: str | Path, name: str | None = None) -> Spec:
+    """The spec a store was generated with (``build STORE``), re-read from the text it saved."""
+    from .errors import StoreError
+    from .spec import parse_spec
+
+    if not Path(store_path).exists():
+        raise StoreError(f"{store_path}: no such store")
+    with Store(store_path, lock=False) as store:
+        saved = [s for s in store.saved_specs() if name is None or s[0] == name]
+    if not saved:
+        raise StoreError(f"{store_path}: holds no spec{f' named {name!r}' if name else ''}; pass the spec file")
+    spec_name, path, text = saved[0]
+    return parse_spec(text, path, Path(path))

@@ -174,6 +174,21 @@ class Store:
         ).fetchone()
         return dict(zip(("spec_hash", "command", "status"), row, strict=True)) if row else None
 
+    def save_spec(self, spec_name: str, spec_hash: str, path: str, text: str) -> None:
+        self._write("INSERT OR REPLACE INTO specs VALUES (?, ?, ?, ?, ?)", [(spec_name, spec_hash, path, text, time.time())])
+
+    def saved_specs(self) -> list[tuple[str, str, str]]:
+        """(name, path, text) of every spec run into this store, most recent first."""
+        return list(self.db.execute("SELECT spec_name, path, text FROM specs ORDER BY saved_at DESC"))
+
+    def models(self, spec_name: str) -> list[str]:
+        rows = self.db.execute(
+            "SELECT DISTINCT p.model FROM responses p JOIN requests r ON r.cache_key = p.cache_key "
+            "WHERE r.spec_name = ? AND p.model IS NOT NULL ORDER BY p.model",
+            (spec_name,),
+        )
+        return [r[0] for r in rows]
+
     # cells and rounds -------------------------------------------------------------------------
     def save_cells(self, spec_name: str, cells: Iterable[Any]) -> None:
         self._write(

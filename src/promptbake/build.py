@@ -1,0 +1,153 @@
+"""Build: stored answers → deduplicated, count-exact, balanced, split fine-tuning files.
+
+Order matters and is fixed: render examples in lineage order → dedupe (before splitting, so no
+near-duplicate pair straddles train and test) → keep each cell's ``count`` → balance → seeded,
+stratified split → write every format atomically → metadata sidecar, manifest → validate.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .atomic import write_jsonl_atomic, write_text_atomic
+from .balance import balance
+from .dedupe import dedupe
+from .examples import ExampleRenderer
+from .expand import Expander
+from .formats import WriteReport, ensure_dir, write_split
+from .records import Example
+from .spec import Spec
+from .split import split
+from .store import Store
+
+CANONICAL = "openai-chat"  # DIR/train.jsonl and DIR/test.jsonl; other formats go to DIR/<format>/
+
+
+@dataclass
+class BuildReport:
+    out_dir: Path
+    train: int
+    test: int
+    categories: dict[str, dict[str, int]]
+    warnings: list[str] = field(default_factory=list)
+    writes: list[WriteReport] = field(default_factory=list)
+    validation: Any = None
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    def format(self) -> str:
+        lines = [f"{'category':<40} {'rows':>6} {'exact':>6} {'near':>6} {'surplus':>7} {'kept':>6} {'train':>6} {'test':>5}"]
+        for name, c in self.categories.items():
+            lines.append(
+                f"{name[:40]:<40} {c['rows']:>6} {c['exact_dupes']:>6} {c['near_dupes']:>6} {c['surplus']:>7} "
+                f"{c['kept']:>6} {c['train']:>6} {c['test']:>5}"
+            )
+        lines.append(f"train: {self.train}, test: {self.test} → {self.out_dir}")
+        lines.extend(w.summary() for w in self.writes if w.refused)
+        lines.extend(f"warning: {w}" for w in self.warnings)
+        return "\n".join(lines)
+
+
+def _keep_counts(spec: Spec, expander: Expander, kept: list[Example]) -> tuple[list[Example], Counter[str], list[str]]:
+    """Each cell keeps its first ``count`` distinct examples; say which cells fall short."""
+    wanted = {c.key: (c.count, c.category) for c in expander.cells()}
+    taken: Counter[str] = Counter()
+    surplus: Counter[str] = Counter()
+    accepted = []
+    for example in kept:
+        key = example.provenance.get("cell_key", "")
+        if taken[key] < wanted.get(key, (0, ""))[0]:
+            taken[key] += 1
+            accepted.append(example)
+        else:
+            surplus[example.category] += 1
+    short = {key: count - taken[key] for key, (count, _) in wanted.items() if taken[key] < count}
+    warnings = []
+    if short:
+        by_category: Counter[str] = Counter()
+        for key, missing in short.items():
+            by_category[wanted[key][1]] += missing
+        detail = ", ".join(f"{cat}: {n}" for cat, n in sorted(by_category.items()))
+        warnings.append(f"{len(short)} cells are short of their count by {sum(short.values())} examples ({detail})")
+    return accepted, surplus, warnings
+
+
+def build(
+    spec: Spec,
+    store: Store,
+    out_dir: str | Path,
+    *,
+    formats: list[str] | None = None,
+    seed: int | None = None,
+    validate: bool = True,
+) -> BuildReport:
+    out = Path(out_dir)
+    ensure_dir(out)
+    expander = Expander(spec)
+    renderer = ExampleRenderer(spec, expander.templates)
+    deduped = dedupe(renderer.examples(store), spec.dedupe)
+    accepted, surplus, warnings = _keep_counts(spec, expander, deduped.kept)
+    split_config = spec.split if seed is None else spec.split.model_copy(update={"seed": seed})
+    balanced = balance(accepted, spec.balance, split_config.seed)
+    warnings.extend(balanced.warnings)
+    train, test = split(balanced.kept, split_config)
+
+    writes = []
+    formats = formats or spec.output.formats
+    for fmt in dict.fromkeys([CANONICAL, *formats]):
+        folder = out if fmt == CANONICAL else out / fmt
+        for name, rows in (("train", train), ("test", test)):
+            writes.append(write_split(rows, fmt, folder / f"{name}.jsonl", spec.output))
+    write_jsonl_atomic(
+        out / "metadata.jsonl",
+        ({**ex.metadata(), "split": name} for name, rows in (("train", train), ("test", test)) for ex in rows),
+    )
+    write_jsonl_atomic(out / "dropped.jsonl", (d.as_dict() for d in deduped.dropped))
+
+    categories = _category_table(deduped, surplus, balanced.kept, train, test)
+    totals = store.totals(spec.name)
+    manifest = {
+        "spec": spec.name,
+        "spec_hash": spec.spec_hash(),
+        "seed": split_config.seed,
+        "teacher": {"kind": spec.teacher.kind, "models": store.models(spec.name)},
+        "formats": list(dict.fromkeys([CANONICAL, *formats])),
+        "train": len(train),
+        "test": len(test),
+        "categories": categories,
+        "dedupe": spec.dedupe.model_dump(),
+        "balance": spec.balance.model_dump(),
+        "usage": {k: totals[k] for k in ("requests", "ok", "failed", "attempts", "prompt_tokens",
+                                         "completion_tokens", "cost")},
+        "warnings": warnings,
+    }
+    report = BuildReport(out, len(train), len(test), categories, warnings, writes, manifest=manifest)
+    if validate:
+        from .validate import validate_file
+
+        report.validation = validate_file(out / "train.jsonl")
+        manifest["validation"] = {"ok": report.validation.ok, "errors": report.validation.error_count()}
+    write_text_atomic(out / "manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    return report
+
+
+def _category_table(deduped: Any, surplus: Counter[str], kept: list[Example], train: list[Example],
+                    test: list[Example]) -> dict[str, dict[str, int]]:
+    after_balance = Counter(e.category for e in kept)
+    in_train = Counter(e.category for e in train)
+    in_test = Counter(e.category for e in test)
+    return {
+        name: {
+            "rows": c.before,
+            "exact_dupes": c.exact,
+            "near_dupes": c.near,
+            "surplus": surplus[name],
+            "kept": after_balance[name],
+            "train": in_train[name],
+            "test": in_test[name],
+        }
+        for name, c in sorted(deduped.counts.items())
+    }

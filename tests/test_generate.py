@@ -1,0 +1,163 @@
+"""generate/run against a real loopback OpenAI-compatible server: store, cache, resume, budget."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from fakeserver import Fault, FakeServer
+from helpers import MINIMAL_SPEC, list_then_reply_responder, write_spec
+
+from promptbake.cli import cli
+
+TESTS = Path(__file__).parent
+STEP0 = 4  # MINIMAL_SPEC: 2 × 2 cells, one list request each
+STEP1 = 8  # count 2 per cell → 8 answers
+
+
+def invoke(*args: str) -> object:
+    result = CliRunner().invoke(cli, list(args))
+    return result
+
+
+def statuses(db: Path) -> dict[str, int]:
+    with sqlite3.connect(db) as con:
+        return dict(con.execute("SELECT status, COUNT(*) FROM requests GROUP BY status").fetchall())
+
+
+def test_generate_then_rerun_sends_nothing(tmp_path):
+    spec = write_spec(tmp_path)
+    with FakeServer(responder=list_then_reply_responder()).running() as srv:
+        result = invoke("generate", str(spec), "--store", "s.db", "--base-url", srv.base_url, "-q")
+        assert result.exit_code == 0, result.output
+        assert srv.count == STEP0 + STEP1
+        assert statuses(tmp_path / "s.db") == {"ok": STEP0 + STEP1}
+        result = invoke("generate", str(spec), "--store", "s.db", "--base-url", srv.base_url, "-q")
+        assert result.exit_code == 0, result.output
+        assert srv.count == STEP0 + STEP1  # nothing re-sent
+
+
+def test_changing_one_step_repays_only_that_step(tmp_path):
+    with FakeServer(responder=list_then_reply_responder()).running() as srv:
+        invoke("generate", str(write_spec(tmp_path)), "--store", "s.db", "--base-url", srv.base_url, "-q")
+        changed = write_spec(tmp_path, MINIMAL_SPEC.replace("Be rude.", "Be very rude."), "changed.yaml")
+        result = invoke("generate", str(changed), "--store", "s.db", "--base-url", srv.base_url, "-q")
+        assert result.exit_code == 0, result.output
+        assert srv.count == STEP0 + STEP1 + STEP1  # step 0 served from the cache, step 1 re-paid
+        assert "4 from cache" in result.output
+
+
+def test_no_cache_resends(tmp_path):
+    spec = write_spec(tmp_path)
+    with FakeServer(responder=list_then_reply_responder()).running() as srv:
+        invoke("generate", str(spec), "--store", "s.db", "--base-url", srv.base_url, "-q")
+        result = invoke("generate", str(spec), "--store", "s.db", "--base-url", srv.base_url, "-q", "--no-cache")
+        assert result.exit_code == 0, result.output
+        assert srv.count == 2 * (STEP0 + STEP1)
+
+
+def test_unparseable_answers_are_recorded_with_raw_text(tmp_path):
+    def responder(body):
+        user = body["messages"][-1]["content"]
+        if "angry" in user and "shop" in user:
+            return "I refuse."  # never a list
+        return list_then_reply_responder()(body)
+
+    spec = write_spec(tmp_path)
+    with FakeServer(responder=responder).running() as srv:
+        result = invoke("generate", str(spec), "--store", "s.db", "--base-url", srv.base_url, "-q",
+                        "--max-attempts", "3")
+        assert result.exit_code == 0, result.output
+        assert "1 failed" in result.output
+    with sqlite3.connect(tmp_path / "s.db") as con:
+        error, attempts = con.execute("SELECT error, attempts FROM requests WHERE status = 'failed'").fetchone()
+        raws = [r[0] for r in con.execute("SELECT raw FROM attempts WHERE raw IS NOT NULL")]
+    assert "no list" in error
+    assert attempts == 3
+    assert raws == ["I refuse."] * 3
+
+
+def test_401_stops_and_never_leaks_the_key(tmp_path, monkeypatch):
+    key = "sk-test-SECRET-0123456789abcdef"
+    monkeypatch.setenv("OPENAI_API_KEY", key)
+    spec = write_spec(tmp_path)
+    with FakeServer(script=[Fault("401", message=f"Incorrect API key provided: {key}")] * 50).running() as srv:
+        result = invoke("generate", str(spec), "--store", "s.db", "--base-url", srv.base_url, "-q")
+        assert srv.auth_headers[0] == f"Bearer {key}"
+        assert srv.count <= 64
+    assert result.exit_code == 1
+    assert key not in result.output
+    assert "401" in result.output or "auth" in result.output.lower()
+    for path in tmp_path.iterdir():
+        if path.is_file():
+            assert key.encode() not in path.read_bytes(), path
+
+
+def test_max_cost_stops_cleanly_and_rerun_continues(tmp_path):
+    text = MINIMAL_SPEC.replace("teacher:\n  model: gpt-4o-mini",
+                                "teacher:\n  model: pricey\n  prices: {pricey: {input: 100000, output: 100000}}")
+    spec = write_spec(tmp_path, text)
+    with FakeServer(responder=list_then_reply_responder()).running() as srv:
+        result = invoke("generate", str(spec), "--store", "s.db", "--base-url", srv.base_url, "-q",
+                        "--max-cost", "100", "--concurrency", "1")
+        assert result.exit_code == 1
+        assert "--max-cost $100.00 reached" in result.output
+        with sqlite3.connect(tmp_path / "s.db") as con:
+            spent = con.execute("SELECT SUM(cost) FROM attempts").fetchone()[0]
+        assert 0 < spent <= 100
+        sent = srv.count
+        result = invoke("generate", str(spec), "--store", "s.db", "--base-url", srv.base_url, "-q")
+        assert result.exit_code == 0, result.output
+        assert srv.count == STEP0 + STEP1  # the second run sent only what the first did not
+        assert sent < srv.count
+
+
+def test_second_process_on_same_store_is_refused(tmp_path):
+    from promptbake.errors import StoreError
+    from promptbake.store import Store
+
+    with Store(tmp_path / "s.db"), pytest.raises(StoreError, match="in use by another promptbake process"):
+        Store(tmp_path / "s.db")
+
+
+def test_kill_9_resume_loses_nothing_and_repays_at_most_in_flight(tmp_path):
+    """A real process killed mid-run; the re-run sends only what has no stored success."""
+    text = MINIMAL_SPEC.replace("  count: 2", "  count: 30").replace("    parse: list", "    parse: list\n    repeat: 1")
+    spec = write_spec(tmp_path, text)
+    server = subprocess.Popen(
+        [sys.executable, str(TESTS / "fakeserver.py"), "--port", "0", "--latency-ms", "20-60", "--responder", "grid"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        base_url = server.stdout.readline().split()[-1]
+        env = {**os.environ, "PYTHONPATH": str(TESTS.parent / "src")}
+        cmd = [sys.executable, "-m", "promptbake", "generate", str(spec), "--store", str(tmp_path / "s.db"),
+               "--base-url", base_url, "-q", "--concurrency", "8"]
+        proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            time.sleep(0.2)
+            if (tmp_path / "s.db").exists() and statuses(tmp_path / "s.db").get("ok", 0) >= 40:
+                break
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        done_before = statuses(tmp_path / "s.db").get("ok", 0)
+        assert 0 < done_before < STEP0 + 120
+        subprocess.run(cmd, env=env, cwd=tmp_path, check=True, capture_output=True, timeout=120)
+        assert statuses(tmp_path / "s.db") == {"ok": STEP0 + 120}
+        stats = json.loads(subprocess.run(
+            [sys.executable, "-c", f"import urllib.request;print(urllib.request.urlopen('{base_url[:-3]}/_stats').read().decode())"],
+            capture_output=True, text=True, check=True).stdout)
+        paid_twice = sum(n - 1 for n in stats["paid_by_hash"].values() if n > 1)
+        assert paid_twice <= 8  # at most what was in flight (concurrency 8) at the kill
+    finally:
+        server.kill()
+        server.wait()
