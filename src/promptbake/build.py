@@ -16,7 +16,7 @@ from typing import Any
 from .atomic import write_jsonl_atomic, write_text_atomic
 from .balance import balance
 from .dedupe import dedupe
-from .examples import ExampleRenderer
+from .examples import ExampleRenderer, passing
 from .expand import Expander
 from .formats import WriteReport, ensure_dir, write_split
 from .records import Example
@@ -88,7 +88,8 @@ def build(
     ensure_dir(out)
     expander = Expander(spec)
     renderer = ExampleRenderer(spec, expander.templates)
-    deduped = dedupe(renderer.examples(store), spec.dedupe)
+    rejected: Counter[str] = Counter()
+    deduped = dedupe(passing(spec, renderer.examples(store), rejected), spec.dedupe)
     accepted, surplus, warnings = _keep_counts(spec, expander, deduped.kept)
     split_config = spec.split if seed is None else spec.split.model_copy(update={"seed": seed})
     balanced = balance(accepted, spec.balance, split_config.seed)
@@ -107,7 +108,7 @@ def build(
     )
     write_jsonl_atomic(out / "dropped.jsonl", (d.as_dict() for d in deduped.dropped))
 
-    categories = _category_table(deduped, surplus, balanced.kept, train, test)
+    categories = _category_table(deduped, rejected, surplus, balanced.kept, train, test)
     totals = store.totals(spec.name)
     manifest = {
         "spec": spec.name,
@@ -134,14 +135,15 @@ def build(
     return report
 
 
-def _category_table(deduped: Any, surplus: Counter[str], kept: list[Example], train: list[Example],
+def _category_table(deduped: Any, rejected: Counter[str], surplus: Counter[str], kept: list[Example], train: list[Example],
                     test: list[Example]) -> dict[str, dict[str, int]]:
     after_balance = Counter(e.category for e in kept)
     in_train = Counter(e.category for e in train)
     in_test = Counter(e.category for e in test)
     return {
         name: {
-            "rows": c.before,
+            "rows": c.before + rejected[name],
+            "rejected_by_checks": rejected[name],
             "exact_dupes": c.exact,
             "near_dupes": c.near,
             "surplus": surplus[name],
@@ -150,4 +152,9 @@ def _category_table(deduped: Any, surplus: Counter[str], kept: list[Example], tr
             "test": in_test[name],
         }
         for name, c in sorted(deduped.counts.items())
+    } | {
+        name: {"rows": n, "rejected_by_checks": n, "exact_dupes": 0, "near_dupes": 0, "surplus": 0, "kept": 0,
+               "train": 0, "test": 0}
+        for name, n in sorted(rejected.items())
+        if name not in deduped.counts
     }

@@ -6,8 +6,10 @@ examples in the same order: that is what makes builds byte-identical.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator
 
+from .checks import last_assistant
 from .expand import stable_hash
 from .plan import MessageRenderer
 from .records import Example
@@ -53,3 +55,13 @@ class ExampleRenderer:
 def _cell_values(spec: Spec, variables: dict) -> dict:
     step_names = {s.name for s in spec.steps}
     return {k: v for k, v in variables.items() if k not in step_names}
+
+
+def passing(spec: Spec, examples: Iterable[Example], rejected: Counter[str]) -> Iterator[Example]:
+    """Examples whose answer passes ``example.checks``; rejects are counted per category."""
+    checks = spec.example.checks
+    for example in examples:
+        if checks is not None and checks.failures(last_assistant(example.messages)):
+            rejected[example.category] += 1
+            continue
+        yield example

@@ -32,10 +32,13 @@ class RunReport:
 
 def shortfall(spec: Spec, expander: Expander, store: Store) -> dict[str, int]:
     """Per cell, how many accepted (distinct, parsed) examples are still missing."""
-    from .dedupe import dedupe
-    from .examples import ExampleRenderer
+    from collections import Counter
 
-    kept = dedupe(ExampleRenderer(spec, expander.templates).examples(store), spec.dedupe).kept
+    from .dedupe import dedupe
+    from .examples import ExampleRenderer, passing
+
+    examples = passing(spec, ExampleRenderer(spec, expander.templates).examples(store), Counter())
+    kept = dedupe(examples, spec.dedupe).kept
     have: dict[str, int] = {}
     for example in kept:
         key = example.provenance["cell_key"]

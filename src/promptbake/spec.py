@@ -13,17 +13,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, model_validator
 
+from .checks import Checks
 from .errors import DataFileError, SpecError
+from .strict import Strict
 
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-class Strict(BaseModel):
-    """Base for every spec model: unknown keys are errors, never silently ignored."""
-
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
 class Prices(Strict):
@@ -151,9 +147,11 @@ class Grid(Strict):
 
 
 class ExampleSpec(Strict):
-    """The training example written for each final row: the baked messages."""
+    """The training example written for each final row: the baked messages. ``checks`` drop
+    examples whose last assistant answer fails them (counted per category in the manifest)."""
 
     messages: list[MessageTemplate] = Field(min_length=1)
+    checks: Checks | None = None
     tools: list[dict[str, Any]] | None = None
     rejected: str | None = None  # template of a rejected assistant answer, for preference pairs
 

@@ -1,0 +1,83 @@
+"""Deterministic answer checks, shared by build (drop failing examples) and eval (score them).
+
+One ``Checks`` block names every condition an answer must meet; ``failures`` lists the ones it
+misses, so a reject can always say why.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import jsonschema
+from pydantic import Field, field_validator
+
+from .strict import Strict
+
+
+class Checks(Strict):
+    """Each field that is set is one check on the assistant's answer."""
+
+    json_valid: bool = Field(default=False, alias="json")
+    json_schema: dict[str, Any] | None = Field(default=None, alias="schema")
+    values: dict[str, list[Any]] | None = None  # JSON field → allowed values
+    regex: str | None = None  # re.search on the answer
+    max_length: int | None = Field(default=None, ge=1)  # characters
+    exact: bool = False  # equals the reference answer (eval, where a reference exists)
+
+    @field_validator("regex")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"invalid regex: {exc}") from exc
+        return value
+
+    @field_validator("json_schema")
+    @classmethod
+    def _valid_schema(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            try:
+                jsonschema.Draft202012Validator.check_schema(value)
+            except jsonschema.SchemaError as exc:
+                raise ValueError(f"invalid JSON schema: {exc.message}") from exc
+        return value
+
+    def active(self) -> bool:
+        return bool(self.json_valid or self.json_schema or self.values or self.regex or self.max_length or self.exact)
+
+    def failures(self, answer: str, reference: str | None = None) -> list[str]:
+        """Why ``answer`` fails, one short reason per failed check; empty when it passes."""
+        failed: list[str] = []
+        if self.max_length is not None and len(answer) > self.max_length:
+            failed.append(f"max_length: {len(answer)} > {self.max_length}")
+        if self.regex is not None and not re.search(self.regex, answer):
+            failed.append("regex: no match")
+        if self.exact and reference is not None and answer.strip() != reference.strip():
+            failed.append("exact: differs from the reference")
+        if self.json_valid or self.json_schema is not None or self.values:
+            try:
+                value = json.loads(answer)
+            except json.JSONDecodeError as exc:
+                failed.append(f"json: {exc.msg}")
+                return failed
+            if self.json_schema is not None:
+                error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(self.json_schema).iter_errors(value))
+                if error is not None:
+                    failed.append(f"schema: {error.message}")
+            for key, allowed in (self.values or {}).items():
+                got = value.get(key) if isinstance(value, dict) else None
+                if got not in allowed:
+                    failed.append(f"values: {key}={got!r} not in the allowed set")
+        return failed
+
+
+def last_assistant(messages: list[dict[str, Any]]) -> str:
+    """The answer a check looks at: the last assistant message's text."""
+    for message in reversed(messages):
+        if message.get("role") == "assistant" and isinstance(message.get("content"), str):
+            return message["content"]
+    return ""
