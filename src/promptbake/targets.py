@@ -48,7 +48,6 @@ class Target:
     roles: frozenset[str] = frozenset({"system", "user", "assistant"})
     message_keys: frozenset[str] = frozenset({"role", "content"})
     allows_weight: bool = False
-    allows_tools: bool = False
     alternating_roles: bool = False  # no two user (or two assistant) turns in a row
     system_first_only: bool = False
     strict_columns: bool = False  # unknown top-level keys are rejected, not ignored
@@ -110,7 +109,6 @@ TARGETS: dict[str, Target] = {
             roles=_OPENAI_ROLES,
             message_keys=_OPENAI_CHAT_KEYS,
             allows_weight=True,
-            allows_tools=True,
             openai_epochs=True,
             notes="openai-completion only for the legacy babbage-002/davinci-002 models. "
             "Self-serve fine-tuning takes no new jobs after 2027-01-06.",
@@ -125,7 +123,6 @@ TARGETS: dict[str, Target] = {
             roles=_OPENAI_ROLES,
             message_keys=_OPENAI_CHAT_KEYS,
             allows_weight=True,
-            allows_tools=True,
             openai_epochs=True,
             notes="Same file format as OpenAI. Training prices vary by region and tier "
             "(standard/global/developer), so no cost estimate.",
@@ -137,7 +134,6 @@ TARGETS: dict[str, Target] = {
             roles=frozenset({"system", "user", "assistant", "tool"}),
             message_keys=frozenset({"role", "content", "weight", "tool_calls", "tool_call_id", "name"}),
             allows_weight=True,
-            allows_tools=True,
             alternating_roles=True,
             strict_columns=True,
             notes="Context length and price depend on the base model chosen: no per-example limit "
@@ -151,7 +147,6 @@ TARGETS: dict[str, Target] = {
             roles=frozenset({"system", "user", "assistant", "tool"}),
             message_keys=frozenset({"role", "content", "weight", "tool_calls", "tool_call_id", "name"}),
             allows_weight=True,
-            allows_tools=True,
             system_first_only=True,
             notes="Context length depends on the base model (see its model page): not checked.",
         ),
@@ -161,7 +156,6 @@ TARGETS: dict[str, Target] = {
             min_examples=None,
             roles=frozenset({"system", "user", "assistant", "tool"}),
             message_keys=frozenset({"role", "content", "tool_calls", "tool_call_id", "name"}),
-            allows_tools=True,
             notes="Your own GPUs: no minimum and no token limit beyond the max_length you set "
             "(SFTConfig.max_length truncates).",
         ),
@@ -171,7 +165,6 @@ TARGETS: dict[str, Target] = {
             min_examples=None,
             roles=frozenset({"system", "user", "assistant", "tool"}),
             message_keys=frozenset({"role", "content", "tool_calls", "tool_call_id", "name"}),
-            allows_tools=True,
             notes="Your own GPUs: no minimum; sequence_len in your config truncates or drops long "
             "examples. Also read by LLaMA-Factory and Unsloth (sharegpt/alpaca).",
         ),

@@ -4,7 +4,7 @@ Error keys follow OpenAI's cookbook (``Chat_finetuning_data_prep``): ``data_type
 ``missing_messages_list``, ``message_missing_key``, ``message_unrecognized_key``,
 ``unrecognized_role``, ``missing_content``, ``example_missing_assistant_message``; plus
 ``invalid_json`` and the rules the other targets document (``roles_not_alternating`` for Together,
-``system_not_first`` for Fireworks, ``tools_not_supported``, ``invalid_weight``, ``missing_field``,
+``system_not_first`` for Fireworks, ``invalid_weight``, ``missing_field``,
 ``field_type``, ``invalid_output`` for the non-chat formats, ``format_not_accepted``,
 ``too_few_examples``). Every key maps to the 1-based line numbers it occurs on, so a user can jump
 straight to them. Rules come from ``targets.TARGETS``.
@@ -287,8 +287,6 @@ class _Checker:
             bad_weight = weight not in (0, 1) or isinstance(weight, bool) or role != "assistant"
             if "weight" in m and t.allows_weight and bad_weight:
                 self.error("invalid_weight", line, "weight must be 0 or 1 and only on assistant messages")
-            if calls and not t.allows_tools:
-                self.error("tools_not_supported", line, f"{t.name} does not train on tool calls")
         if need_assistant and not any(isinstance(m, dict) and m.get("role") == "assistant" for m in messages):
             self.error("example_missing_assistant_message", line, "no assistant message to learn from")
         dicts = [m for m in messages if isinstance(m, dict)]
@@ -303,8 +301,6 @@ class _Checker:
         return valid
 
     def top_keys(self, line: int, obj: dict[str, Any], allowed: set[str]) -> None:
-        if "tools" in obj and not self.target.allows_tools:
-            self.error("tools_not_supported", line, f"{self.target.name} does not train on tool definitions")
         extra = set(obj) - allowed - {"tools"}
         if extra:
             detail = f"top-level key {sorted(extra)[0]!r} is not part of the format"

@@ -1,0 +1,208 @@
+"""export: read a built dataset back, write every format and the Hugging Face datasets folder."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from promptbake.cli import cli
+from promptbake.errors import DataFileError, OutputError
+from promptbake.export import export, read_dataset
+from promptbake.formats import FORMATS, FormatRefused
+from promptbake.records import Example
+
+TOOLS = [{"type": "function", "function": {"name": "refund", "parameters": {"type": "object", "properties": {}}}}]
+
+
+def chat(i: int, *, rejected: bool = True) -> Example:
+    return Example(
+        id=f"ex{i}",
+        category="late" if i % 2 else "rude",
+        cell={"place": "shop", "n": i},
+        messages=[
+            {"role": "system", "content": "Be rude."},
+            {"role": "user", "content": f"Where is order {i}?"},
+            {"role": "assistant", "content": "Ask nicely.", "weight": 1},
+        ],
+        rejected={"role": "assistant", "content": "So sorry!"} if rejected else None,
+        provenance={"answer": f"req{i}"},
+    )
+
+
+def tool_call() -> Example:
+    return Example(
+        id="tool",
+        category="refund",
+        messages=[
+            {"role": "user", "content": "Refund me"},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "refund", "arguments": "{}"}}],
+            },
+            {"role": "tool", "tool_call_id": "c1", "content": "done"},
+            {"role": "assistant", "content": "Done. Go away."},
+        ],
+        tools=TOOLS,
+        rejected={"role": "assistant", "content": "Refunded, have a lovely day!"},
+    )
+
+
+def multi_turn() -> Example:
+    return Example(
+        id="multi",
+        category="late",
+        messages=[
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "What."},
+            {"role": "user", "content": "My order?"},
+            {"role": "assistant", "content": "Wait."},
+        ],
+        rejected={"role": "assistant", "content": "Right away!"},
+    )
+
+
+def build_dir(train: list[Example], test: list[Example], *, split_key: bool = True, path: str = "built") -> Path:
+    """A directory shaped like ``build`` writes it: openai-chat splits plus the metadata sidecar."""
+    out = Path(path)
+    out.mkdir()
+    for name, rows in (("train", train), ("test", test)):
+        lines = [json.dumps(FORMATS["openai-chat"].convert(e)) for e in rows]
+        (out / f"{name}.jsonl").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    meta = [
+        {**e.metadata(), **({"split": name} if split_key else {}), "rejected": e.rejected}
+        for name, rows in (("train", train), ("test", test))
+        for e in rows
+    ]
+    (out / "metadata.jsonl").write_text("".join(json.dumps(m) + "\n" for m in meta), encoding="utf-8")
+    (out / "manifest.json").write_text("{}", encoding="utf-8")
+    return out
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+@pytest.mark.parametrize("split_key", [True, False])
+def test_read_dataset_restores_examples(split_key):
+    train, test = [chat(1), tool_call(), chat(2)], [chat(3)]
+    data = read_dataset(build_dir(train, test, split_key=split_key))
+    assert data == {"train": train, "test": test}
+
+
+def test_read_dataset_without_metadata_uses_positions():
+    directory = build_dir([chat(1)], [chat(2)])
+    (directory / "metadata.jsonl").unlink()
+    data = read_dataset(directory)
+    assert [e.id for e in data["train"]] == ["train-000001"] and data["test"][0].messages == chat(2).messages
+
+
+def test_read_dataset_errors_name_the_file():
+    with pytest.raises(DataFileError, match="nowhere: not a dataset directory"):
+        read_dataset("nowhere")
+    directory = build_dir([chat(1), chat(2)], [chat(3)])
+    lines = (directory / "metadata.jsonl").read_text().splitlines()
+    (directory / "metadata.jsonl").write_text("\n".join(lines[:2]) + "\n")
+    with pytest.raises(DataFileError, match=r"metadata.jsonl: 0 lines for split test, test.jsonl has 1"):
+        read_dataset(directory)
+    (directory / "metadata.jsonl").unlink()
+    (directory / "train.jsonl").write_text('{"prompt": "x"}\n')
+    with pytest.raises(DataFileError, match=r"train.jsonl:1: not an openai-chat line"):
+        read_dataset(directory)
+
+
+@pytest.mark.parametrize("name", sorted(FORMATS))
+def test_export_round_trips_every_format(name):
+    train, test = [chat(i) for i in range(1, 5)], [chat(9)]
+    reports = export(build_dir(train, test), [name], "out")
+    assert [(r.path, r.written, r.refused) for r in reports] == [
+        (Path("out", name, "train.jsonl"), 4, 0),
+        (Path("out", name, "test.jsonl"), 1, 0),
+    ]
+    assert read_jsonl(Path("out", name, "train.jsonl")) == [FORMATS[name].convert(e) for e in train]
+    assert read_jsonl(Path("out", name, "test.jsonl")) == [FORMATS[name].convert(test[0])]
+
+
+def test_tool_and_multi_turn_examples_export_or_are_refused_with_reasons():
+    directory = build_dir([chat(1), tool_call(), multi_turn()], [chat(2)])
+    reports = {(r.format, r.path.stem): r for r in export(directory, ["messages", "sharegpt", "alpaca"], "out")}
+    assert reports["messages", "train"].written == 3  # tool calls and multi-turn both fit
+    messages = read_jsonl(Path("out/messages/train.jsonl"))
+    assert messages[1]["tools"] == TOOLS and messages[1]["messages"][2]["role"] == "tool"
+    assert reports["sharegpt", "train"].refused_ids == ["tool"]
+    alpaca = reports["alpaca", "train"]
+    assert (alpaca.written, alpaca.refused_ids) == (1, ["tool", "multi"])
+    assert "single-turn" in alpaca.refusals[1].reason
+
+
+def test_a_format_refusing_a_whole_split_fails_before_writing():
+    directory = build_dir([chat(1, rejected=False)], [chat(2, rejected=False)])
+    with pytest.raises(FormatRefused, match=r"no rejected answer.*all 1 train examples"):
+        export(directory, ["preference-trl"], "out")
+    assert not Path("out/preference-trl/train.jsonl").exists()
+
+
+def test_unknown_format_fails_before_anything_is_written():
+    with pytest.raises(Exception, match="unknown format 'csv'"):
+        export(build_dir([chat(1)], [chat(2)]), ["messages", "csv"], "out")
+    assert not Path("out").exists()
+
+
+def _without_nones(messages: list[dict]) -> list[dict]:
+    return [{k: v for k, v in m.items() if v is not None} for m in messages]
+
+
+def test_hf_export_loads_with_datasets_parquet_and_from_disk(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    train, test = [chat(1), tool_call(), chat(2)], [chat(3, rejected=False)]
+    reports = export(build_dir(train, test), ["hf"], "out")
+    assert [(r.path.name, r.written) for r in reports] == [("train.parquet", 3), ("test.parquet", 1), ("dataset", 4)]
+
+    files = {"train": "out/hf/train.parquet", "test": "out/hf/test.parquet"}
+    loaded = datasets.load_dataset("parquet", data_files=files, cache_dir=str(tmp_path / "cache"))
+    assert loaded["train"].num_rows == 3 and loaded["test"].num_rows == 1
+    columns = {"id", "category", "cell", "provenance", "messages", "tools", "rejected"}
+    assert columns <= set(loaded["train"].column_names)
+
+    row = loaded["train"][1]
+    assert (row["id"], row["category"]) == ("tool", "refund")
+    assert json.loads(row["tools"]) == TOOLS
+    # the fixed schema fills absent keys with None; dropping them gives back the original messages
+    assert _without_nones(row["messages"]) == _without_nones(tool_call().messages)
+    first = loaded["train"][0]
+    assert json.loads(first["cell"]) == {"place": "shop", "n": 1} and json.loads(first["provenance"]) == {
+        "answer": "req1"
+    }
+    assert first["messages"][2]["weight"] == 1 and first["rejected"]["content"] == "So sorry!"
+    assert loaded["test"][0]["rejected"] is None
+
+    from_disk = datasets.load_from_disk("out/hf/dataset")
+    assert from_disk["train"]["id"] == ["ex1", "tool", "ex2"] and from_disk["test"]["id"] == ["ex3"]
+
+
+def test_hf_export_without_datasets_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "datasets", None)
+    with pytest.raises(OutputError, match=r"pip install 'promptbake\[hf\]'"):
+        export(build_dir([chat(1)], [chat(2)]), ["hf"], "out")
+
+
+def test_cli_export_writes_each_format_and_reports_on_stderr():
+    build_dir([chat(1), multi_turn()], [chat(2)])
+    result = CliRunner().invoke(cli, ["export", "built", "-f", "messages", "--format", "alpaca", "--out", "out"])
+    assert result.exit_code == 0, result.output
+    assert Path("out/messages/train.jsonl").exists() and Path("out/alpaca/test.jsonl").exists()
+    assert "out/alpaca/train.jsonl: 1 written as alpaca, 1 refused" in result.stderr
+    assert result.stdout == ""
+
+
+def test_cli_export_errors_exit_2():
+    result = CliRunner().invoke(cli, ["export", "missing", "-f", "messages", "-o", "out"])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == "Error: missing: not a dataset directory"
+    build_dir([chat(1, rejected=False)], [chat(2, rejected=False)])
+    result = CliRunner().invoke(cli, ["export", "built", "-f", "preference-openai", "-o", "out"])
+    assert result.exit_code == 2 and "no rejected answer" in result.stderr
