@@ -156,10 +156,12 @@ def _without_nones(messages: list[dict]) -> list[dict]:
     return [{k: v for k, v in m.items() if v is not None} for m in messages]
 
 
-def test_hf_export_loads_with_datasets_parquet_and_from_disk(tmp_path):
+def test_hf_export_loads_with_datasets_parquet_and_from_disk(tmp_path, capfd):
     datasets = pytest.importorskip("datasets")
     train, test = [chat(1), tool_call(), chat(2)], [chat(3, rejected=False)]
     reports = export(build_dir(train, test), ["hf"], "out")
+    assert capfd.readouterr().err == ""  # no progress bars from datasets
+    assert datasets.is_progress_bar_enabled()  # and the caller's setting is restored
     assert [(r.path.name, r.written) for r in reports] == [("train.parquet", 3), ("test.parquet", 1), ("dataset", 4)]
 
     files = {"train": "out/hf/train.parquet", "test": "out/hf/test.parquet"}

@@ -200,6 +200,19 @@ def export_hf(data: dict[str, list[Example]], out: str | Path) -> list[WriteRepo
         ) from None
     out = Path(out)
     ensure_dir(out)
+    # datasets draws its own progress bars on stderr; our CLI reports one line per file instead.
+    bars = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        return _write_hf(data, out)
+    finally:
+        if bars:
+            datasets.enable_progress_bars()
+
+
+def _write_hf(data: dict[str, list[Example]], out: Path) -> list[WriteReport]:
+    import datasets
+
     features = _features()
     splits = {s: datasets.Dataset.from_list([hf_row(e) for e in ex], features=features) for s, ex in data.items()}
     reports = []
