@@ -254,3 +254,39 @@ def build(source: str, out_dir: str, store_path: str | None, spec_name: str | No
     with Store(store_path, lock=False) as store:
         report = run_build(spec, store, out_dir, formats=list(formats) or None, seed=seed)
     _print_build(report)
+
+
+@cli.group()
+def teacher() -> None:
+    """The embedded local teacher: SmolLM2-135M-Instruct on llama.cpp (needs promptbake[local])."""
+
+
+@teacher.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=int, default=None, help="Port to listen on (default: a free one).")
+def serve(host: str, port: int | None) -> None:
+    """Serve the local teacher in the foreground for other tools, until Ctrl-C."""
+    import json
+    import signal
+
+    from .errors import TeacherError
+    from .local import LocalTeacher
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # SIGTERM stops the server as cleanly as Ctrl-C does
+
+    signal.signal(signal.SIGTERM, interrupt)
+    local = LocalTeacher(host=host, port=port)
+    try:
+        with local as server:
+            body = json.dumps({"model": server.model, "messages": [{"role": "user", "content": "Hello"}]})
+            click.echo(f"local teacher: OpenAI-compatible API at {server.base_url} (model {server.model!r}, "
+                       f"pid {server.pid}, log {server.log_path})\n"
+                       f"send at most {server.concurrency} request(s) at a time; Ctrl-C stops it. Try:\n"
+                       f"  curl {server.base_url}/chat/completions -H 'Content-Type: application/json' "
+                       f"-d '{body}'", err=True)
+            code = local.wait()
+    except KeyboardInterrupt:
+        click.echo("local teacher stopped", err=True)
+        return
+    raise TeacherError(f"the local teacher exited on its own with code {code} (log: {server.log_path})")
