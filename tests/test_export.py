@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -184,6 +185,19 @@ def test_hf_export_loads_with_datasets_parquet_and_from_disk(tmp_path, capfd):
 
     from_disk = datasets.load_from_disk("out/hf/dataset")
     assert from_disk["train"]["id"] == ["ex1", "tool", "ex2"] and from_disk["test"]["id"] == ["ex3"]
+
+
+def test_hf_re_export_replaces_files_and_leaves_no_temp_files():
+    pytest.importorskip("datasets")
+    export(build_dir([chat(1), chat(2)], [chat(3)]), ["hf"], "out")
+    export(build_dir([chat(4)], [chat(5)], path="built2"), ["hf"], "out")
+    import datasets
+
+    assert datasets.load_from_disk("out/hf/dataset")["train"]["id"] == ["ex4"]
+    assert sorted(p.name for p in Path("out/hf").iterdir()) == ["dataset", "test.parquet", "train.parquet"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert Path("out/hf/train.parquet").stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_hf_export_without_datasets_says_how_to_install(monkeypatch):

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from promptbake.errors import InputError
-from promptbake.formats import FORMATS, FormatRefused, get_format, write_split
+from promptbake.formats import FORMATS, FormatRefused, formats_table, get_format, write_split
 from promptbake.records import Example
 from promptbake.spec import OutputConfig
 from promptbake.targets import TARGETS
@@ -194,3 +194,11 @@ def test_write_split_collects_refusals_instead_of_stopping(tmp_path):
     assert report.refused_ids == ["multi", "tool"]
     assert len((tmp_path / "train.jsonl").read_text().splitlines()) == 2
     assert "2 refused" in report.summary() and "multi" in report.summary()
+
+
+def test_formats_table_lists_every_format_with_its_targets():
+    table = formats_table()
+    for name in [*FORMATS, "hf"]:
+        assert f"| `{name}` |" in table
+    assert "| `alpaca` | sft | axolotl |" in table
+    assert "| `preference-openai` | preference | openai, azure-openai, together, fireworks |" in table

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
-import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -210,6 +211,26 @@ def export_hf(data: dict[str, list[Example]], out: str | Path) -> list[WriteRepo
             datasets.enable_progress_bars()
 
 
+@contextmanager
+def _replacing(final: Path) -> Iterator[Path]:
+    """A temp path beside ``final`` for a writer to create (file or folder, with the umask's mode);
+    moved over ``final`` on success, removed on any failure so no half export is left behind."""
+    tmp = final.with_name(f".{final.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        yield tmp
+        if final.is_dir():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException as exc:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise OutputError(f"{final}: cannot write ({exc.strerror or exc})") from None
+        raise
+
+
 def _write_hf(data: dict[str, list[Example]], out: Path) -> list[WriteReport]:
     import datasets
 
@@ -217,25 +238,10 @@ def _write_hf(data: dict[str, list[Example]], out: Path) -> list[WriteReport]:
     splits = {s: datasets.Dataset.from_list([hf_row(e) for e in ex], features=features) for s, ex in data.items()}
     reports = []
     for split, ds in splits.items():
-        path = out / f"{split}.parquet"
-        fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{split}.", suffix=".parquet")
-        os.close(fd)
-        try:
-            ds.to_parquet(tmp)
-            os.replace(tmp, path)
-        except OSError as exc:
-            Path(tmp).unlink(missing_ok=True)
-            raise OutputError(f"{path}: cannot write ({exc.strerror})") from None
-        reports.append(WriteReport(path, HF, len(ds)))
-    final = out / "dataset"
-    tmp_dir = Path(tempfile.mkdtemp(dir=out, prefix=".dataset."))
-    try:
-        datasets.DatasetDict(splits).save_to_disk(str(tmp_dir))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp_dir, final)
-    except OSError as exc:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise OutputError(f"{final}: cannot write ({exc.strerror})") from None
-    reports.append(WriteReport(final, HF, sum(len(ds) for ds in splits.values())))
+        with _replacing(out / f"{split}.parquet") as tmp:
+            ds.to_parquet(str(tmp))
+        reports.append(WriteReport(out / f"{split}.parquet", HF, len(ds)))
+    with _replacing(out / "dataset") as tmp:
+        datasets.DatasetDict(splits).save_to_disk(str(tmp))
+    reports.append(WriteReport(out / "dataset", HF, sum(len(ds) for ds in splits.values())))
     return reports

@@ -345,3 +345,16 @@ def write_split(
     fmt = get_format(fmt) if isinstance(fmt, str) else fmt
     rows, refused = convert_all(examples, fmt, config)
     return write_rows(path, fmt.name, rows, refused)
+
+
+def formats_table() -> str:
+    """The README's Markdown table of formats and the targets that read them, from the registries."""
+    from .targets import targets_for_format
+
+    lines = ["| format | kind | read by | shape |", "| --- | --- | --- | --- |"]
+    lines += [
+        f"| `{f.name}` | {f.kind} | {', '.join(targets_for_format(f.name))} | {f.doc} |" for f in FORMATS.values()
+    ]
+    lines.append("| `hf` | export | Hugging Face `datasets`, any trainer | Parquet per split + `save_to_disk` folder, "
+                 "messages plus id/category/cell/provenance columns |")
+    return "\n".join(lines)
