@@ -311,3 +311,29 @@ def test_cli_choices_match_the_registries():
     assert set(params["target"].type.choices) == set(TARGETS)
     export_params = {p.name: p for p in cli.commands["export"].params}
     assert set(export_params["formats"].type.choices) == {*FORMATS, "hf"}
+
+
+@pytest.mark.parametrize("target", sorted(TARGETS))
+def test_malformed_values_are_reported_not_crashed_on(target):
+    odd = [
+        {"messages": [{"role": ["user"], "content": 5}, {"role": "assistant", "content": {"x": 1}, "weight": "1"}]},
+        {"messages": "hello"},
+        {"messages": [None, {"role": "assistant", "content": "a", "tool_calls": "x"}]},
+        {"conversations": [{"from": {}, "value": []}]},
+        {"input": [], "preferred_output": {}, "non_preferred_output": None},
+        {"prompt": 1, "chosen": "a", "rejected": [1]},
+        {"instruction": None, "output": 3},
+        "null",
+        '"text"',
+    ]
+    report = validate_file(write_lines(odd), target=target)
+    assert report.errors["unrecognized_role"] == [1]
+    assert report.errors["data_type"] == [3, 8, 9]
+    assert report.errors["missing_messages_list"] == [2, 4, 5, 6, 7]
+    assert "line" in report.format()
+
+
+def test_malformed_sharegpt_turns_are_reported():
+    rows = [{"conversations": [{"from": {}, "value": []}, {"from": "gpt", "value": "a"}]}]
+    report = validate_file(write_lines(rows), target="axolotl")
+    assert report.errors["unrecognized_role"] == [1] and report.errors["missing_content"] == [1]

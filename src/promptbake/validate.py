@@ -218,6 +218,8 @@ def _detect(obj: dict[str, Any]) -> str | None:
     return None
 
 
+_SHAREGPT_ROLES = {"system": "system", "human": "user", "gpt": "assistant"}
+
 # --- checking --------------------------------------------------------------------------------
 
 
@@ -271,7 +273,7 @@ class _Checker:
                     "message_unrecognized_key", line, f"message key {sorted(extra)[0]!r} is not accepted by {t.name}"
                 )
             role = m.get("role")
-            if role not in t.roles:
+            if not isinstance(role, str) or role not in t.roles:
                 self.error("unrecognized_role", line, f"role {role!r} is not one of {sorted(t.roles)}")
             content = m.get("content")
             text_ok = isinstance(content, str) and content != ""
@@ -371,7 +373,8 @@ class _Checker:
                 self.error("message_missing_key", line, "a turn lacks 'from' or 'value'")
             if set(turn) - {"from", "value"}:
                 self.error("message_unrecognized_key", line, "ShareGPT turns have only 'from' and 'value'")
-            role = {"system": "system", "human": "user", "gpt": "assistant"}.get(turn.get("from"))
+            source = turn.get("from")
+            role = _SHAREGPT_ROLES.get(source) if isinstance(source, str) else None
             if role is None:
                 self.error("unrecognized_role", line, "'from' must be system, human or gpt")
             if not (isinstance(turn.get("value"), str) and turn["value"]):
