@@ -303,6 +303,10 @@ def test_cli_missing_file_exits_2_with_one_line():
     result = CliRunner().invoke(cli, ["validate", "missing.jsonl"])
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines() == ["Error: missing.jsonl: no such file"]
+    Path("latin.jsonl").write_bytes(b'{"messages": "caf\xe9"}\n')
+    result = CliRunner().invoke(cli, ["validate", "latin.jsonl"])
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == ["Error: latin.jsonl:1: not UTF-8 (byte 0xe9)"]
 
 
 def test_cli_choices_match_the_registries():
