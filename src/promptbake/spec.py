@@ -156,6 +156,14 @@ class ExampleSpec(Strict):
     rejected: str | None = None  # template of a rejected assistant answer, for preference pairs
 
 
+class EvalSpec(Strict):
+    """How ``promptbake eval`` scores a student on this dataset (``checks`` default: example.checks)."""
+
+    checks: Checks | None = None
+    criteria: str | None = None  # a rubric a judge model scores 1-5 (G-Eval style)
+    pass_score: int = Field(default=4, ge=1, le=5)  # the judge score that counts as a pass
+
+
 class SplitConfig(Strict):
     test: float | int = 0.1
     seed: int = 0
@@ -208,6 +216,7 @@ class Spec(Strict):
     balance: BalanceConfig = Field(default_factory=BalanceConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     max_rounds: int = Field(default=3, ge=0)
+    eval: EvalSpec | None = None
 
     _path: Path | None = PrivateAttr(default=None)
 
