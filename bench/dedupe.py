@@ -76,18 +76,6 @@ class _Writer:
         return " ".join(out)
 
 
-def _example(i: int, category: str, user: str, assistant: str) -> Example:
-    return Example(
-        id=f"ex{i:07d}",
-        category=category,
-        messages=[
-            {"role": "system", "content": "You are a synthetic teacher."},
-            {"role": "user", "content": user},
-            {"role": "assistant", "content": assistant},
-        ],
-    )
-
-
 def _exact_variant(rng: random.Random, text: str) -> str:
     """Same words, different surface: case, spacing, punctuation."""
     words = text.split(" ")
@@ -122,39 +110,58 @@ def _near_variant(rng: random.Random, writer: _Writer, text: str) -> str:
         edits = max(1, edits - 1)
 
 
+@dataclass
+class _Row:
+    order: tuple[float, int]  # a copy sorts somewhere after its source
+    category: str
+    user: str
+    assistant: str
+    kind: str = "distinct"
+    source: int = -1  # index of the copied distinct row
+    jaccard: float = 0.0
+
+
 def make_corpus(
-    n: int, near_rate: float = 0.1, exact_rate: float = 0.05, seed: int = 0
+    n_distinct: int, n_near: int = 0, n_exact: int = 0, seed: int = 0
 ) -> tuple[list[Example], dict[str, Truth]]:
-    """``n`` examples in which about ``near_rate`` / ``exact_rate`` are planted duplicates of an
-    earlier distinct example. Returns the examples and the truth for each id."""
+    """``n_distinct`` unrelated examples plus planted near and exact duplicates, each placed
+    somewhere after the distinct example it copies. Returns the examples and the truth per id."""
     rng = random.Random(seed)
     writer = _Writer(rng)
     boilerplate = [writer.text(10, 14) for _ in range(CATEGORIES)]
+    rows: list[_Row] = []
+    for i in range(n_distinct):
+        c = rng.randrange(CATEGORIES)
+        rows.append(_Row((i, 0), f"cat{c}", boilerplate[c] + " " + writer.text(5, 25), writer.text(30, 90)))
+    for kind, count in (("near", n_near), ("exact", n_exact)):
+        for _ in range(count):
+            s = rng.randrange(n_distinct)
+            src = rows[s]
+            order = (s + rng.random() * (n_distinct - s), 1)
+            if kind == "near":
+                # Edit the dialogue as one text so the planted similarity is what dedupe sees.
+                whole = src.user + " " + src.assistant
+                edited = _near_variant(rng, writer, whole)
+                parts, cut = edited.split(" "), len(src.user.split(" "))
+                user, assistant = " ".join(parts[:cut]), " ".join(parts[cut:])
+                rows.append(_Row(order, src.category, user, assistant, kind, s, jaccard(whole, edited)))
+            else:
+                user, assistant = _exact_variant(rng, src.user), _exact_variant(rng, src.assistant)
+                rows.append(_Row(order, src.category, user, assistant, kind, s, 1.0))
+    ordered = sorted(range(len(rows)), key=lambda i: rows[i].order)
+    ids = {i: f"ex{k:07d}" for k, i in enumerate(ordered)}
     examples: list[Example] = []
     truth: dict[str, Truth] = {}
-    distinct: list[Example] = []
-    for i in range(n):
-        r = rng.random()
-        if distinct and r < near_rate + exact_rate:
-            src = rng.choice(distinct)
-            user, assistant = src.text("user"), src.text("assistant")
-            if r < near_rate:
-                # Edit the whole dialogue as one text so the planted similarity is what dedupe sees.
-                whole = _near_variant(rng, writer, user + " " + assistant)
-                cut = len(user.split(" "))
-                parts = whole.split(" ")
-                ex = _example(i, src.category, " ".join(parts[:cut]), " ".join(parts[cut:]))
-                truth[ex.id] = Truth("near", src.id, jaccard(user + " " + assistant, whole))
-            else:
-                ex = _example(i, src.category, _exact_variant(rng, user), _exact_variant(rng, assistant))
-                truth[ex.id] = Truth("exact", src.id, 1.0)
-        else:
-            c = rng.randrange(CATEGORIES)
-            user = boilerplate[c] + " " + writer.text(5, 25)
-            ex = _example(i, f"cat{c}", user, writer.text(30, 90))
-            truth[ex.id] = Truth("distinct")
-            distinct.append(ex)
-        examples.append(ex)
+    for i in ordered:
+        row = rows[i]
+        messages = [
+            {"role": "system", "content": "You are a synthetic teacher."},
+            {"role": "user", "content": row.user},
+            {"role": "assistant", "content": row.assistant},
+        ]
+        examples.append(Example(id=ids[i], category=row.category, messages=messages))
+        source = ids[row.source] if row.kind != "distinct" else None
+        truth[ids[i]] = Truth(row.kind, source, row.jaccard)
     return examples, truth
 
 
@@ -182,7 +189,7 @@ def _peak_rss_mib() -> float:
 
 def run(n: int, config: DedupeConfig) -> None:
     t0 = time.perf_counter()
-    examples, truth = make_corpus(n)
+    examples, truth = make_corpus(n - n // 10 - n // 20, n // 10, n // 20)
     gen = time.perf_counter() - t0
     rss0 = _peak_rss_mib()
     t0, c0 = time.perf_counter(), time.process_time()
