@@ -36,17 +36,17 @@ def balance(
     before: dict[str, int] = dict.fromkeys(expected, 0)
     before.update(Counter(ex.category for ex in examples))
     present = {name: n for name, n in before.items() if n}
-    warnings = [f"category {name!r} has no examples" for name, n in before.items() if not n]
-
     target: int | None = None
-    if config.mode == "cap":
-        target = config.n
-    elif config.mode == "min" and config.n is not None:  # BalanceConfig requires n for 'min'
-        warnings += [
+    if config.mode == "min" and config.n is not None:  # BalanceConfig requires n for 'min'
+        warnings = [
             f"category {name!r} has {n} examples, {config.n - n} short of min {config.n}"
-            for name, n in present.items()
+            for name, n in before.items()
             if n < config.n
         ]
+    else:
+        warnings = [f"category {name!r} has no examples" for name, n in before.items() if not n]
+    if config.mode == "cap":
+        target = config.n
     elif config.mode == "equal" and present:
         smallest = min(present, key=present.__getitem__)
         target = present[smallest] if config.n is None else min(present[smallest], config.n)
