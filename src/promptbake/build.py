@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,13 +84,16 @@ def build(
     formats: list[str] | None = None,
     seed: int | None = None,
     validate: bool = True,
+    existing: Iterable[Example] = (),
 ) -> BuildReport:
+    """``existing``: examples the data must not repeat (distillation passes the long prompt's own
+    few-shot examples); what equals or nearly equals one is dropped like a duplicate of it."""
     out = Path(out_dir)
     ensure_dir(out)
     expander = Expander(spec)
     renderer = ExampleRenderer(spec, expander.templates)
     rejected: Counter[str] = Counter()
-    deduped = dedupe(passing(spec, renderer.examples(store), rejected), spec.dedupe)
+    deduped = dedupe(passing(spec, renderer.examples(store), rejected), spec.dedupe, existing)
     accepted, surplus, warnings = _keep_counts(spec, expander, deduped.kept)
     split_config = spec.split if seed is None else spec.split.model_copy(update={"seed": seed})
     balanced = balance(accepted, spec.balance, split_config.seed)

@@ -4,12 +4,14 @@ uses them. Async stays inside; these are synchronous so scripts and notebooks ca
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .expand import Expander
 from .generate import GenerateOptions, GenerateReport, Generation
+from .records import Example
 from .spec import Spec
 from .store import Store
 from .teacher import TeacherOverrides, merge, open_teacher
@@ -97,14 +99,17 @@ def run(
     *,
     formats: list[str] | None = None,
     seed: int | None = None,
+    existing: Iterable[Example] = (),
+    command: str = "run",
 ) -> RunReport:
-    """expand → generate (with top-up rounds for exact counts) → build, in one call."""
+    """expand → generate (with top-up rounds for exact counts) → build, in one call.
+    ``existing``: examples the built data must not repeat (see ``build.build``)."""
     from .build import build
 
     store_path = store_path or Path(out_dir) / "promptbake.db"
-    report = generate(spec, store_path, overrides, options, topup=True, command="run")
+    report = generate(spec, store_path, overrides, options, topup=True, command=command)
     with Store(store_path) as store:
-        report.build = build(spec, store, out_dir, formats=formats, seed=seed)
+        report.build = build(spec, store, out_dir, formats=formats, seed=seed, existing=existing)
     return report
 
 

@@ -6,6 +6,7 @@ that a missing variable is reported exactly like one in a file under ``templates
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -20,16 +21,29 @@ from .errors import TemplateError
 class _Loader(jinja2.BaseLoader):
     """Inline sources by name first, then files from the search path."""
 
-    def __init__(self, search_path: list[Path]) -> None:
+    def __init__(self, search_path: list[Path], base_dir: Path | None = None) -> None:
         self.inline: dict[str, str] = {}
         self.files = jinja2.FileSystemLoader([str(p) for p in search_path])
+        self.base_dir = base_dir
 
     def get_source(
         self, environment: jinja2.Environment, template: str
     ) -> tuple[str, str | None, Callable[[], bool] | None]:
         if template in self.inline:
             return self.inline[template], template, lambda: True
-        return self.files.get_source(environment, template)
+        try:
+            return self.files.get_source(environment, template)
+        except jinja2.TemplateNotFound:
+            # A path with a folder in it may point anywhere relative to the spec (a long prompt
+            # kept in samples/ for distillation); errors then name that file as written.
+            if self.base_dir is None or "/" not in template or not (self.base_dir / template).is_file():
+                raise
+            path = Path(os.path.normpath(self.base_dir / template))
+            shown = os.path.relpath(path) if path.is_absolute() and path.is_relative_to(Path.cwd()) else str(path)
+            try:
+                return path.read_text(encoding="utf-8"), shown, lambda: True
+            except UnicodeDecodeError as exc:
+                raise TemplateError(f"{shown}: not UTF-8 text (byte {exc.start})") from exc
 
 
 def _template_line(name: str) -> int | None:
@@ -45,11 +59,12 @@ def _template_line(name: str) -> int | None:
 
 class Templates:
     """The template environment of one spec (search path: the spec's folder, its ``templates/``,
-    the project's ``templates/`` above it and the working directory's ``templates/``)."""
+    the project's ``templates/`` above it and the working directory's ``templates/``; a name with a
+    folder in it, like ``../samples/prompt.md``, may also be a file relative to the spec)."""
 
-    def __init__(self, search_path: list[Path] | None = None) -> None:
+    def __init__(self, search_path: list[Path] | None = None, base_dir: Path | None = None) -> None:
         self.search_path = search_path or [Path.cwd() / "templates"]
-        self._loader = _Loader(self.search_path)
+        self._loader = _Loader(self.search_path, base_dir)
         self.env = SandboxedEnvironment(
             loader=self._loader,
             undefined=jinja2.StrictUndefined,
@@ -66,7 +81,7 @@ class Templates:
         for c in candidates:
             if c.resolve() not in [s.resolve() for s in seen]:
                 seen.append(c)
-        return cls(seen)
+        return cls(seen, base_dir)
 
     def add_inline(self, name: str, source: str) -> str:
         self._loader.inline[name] = source
