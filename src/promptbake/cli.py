@@ -290,3 +290,57 @@ def serve(host: str, port: int | None) -> None:
         click.echo("local teacher stopped", err=True)
         return
     raise TeacherError(f"the local teacher exited on its own with code {code} (log: {server.log_path})")
+
+
+@cli.command("eval")
+@click.option("--data", required=True, type=click.Path(dir_okay=False), help="Test split (openai-chat JSONL).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Per-example results (JSONL).")
+@click.option("--spec", "spec_path", default=None, type=click.Path(dir_okay=False),
+              help="Spec whose eval block (or example checks) scores the answers; its teacher is the judge.")
+@click.option("--metadata", default=None, type=click.Path(dir_okay=False),
+              help="Ids and categories (default: the metadata sidecar next to --data).")
+@click.option("--store", "store_path", default=None, type=click.Path(dir_okay=False),
+              help="SQLite store of answers, the resume point (default: OUT with a .db suffix).")
+@click.option("--sweep", "sweeps", multiple=True, metavar="NAME=V1,V2",
+              help="Sampling setting to sweep (repeatable; the grid is their Cartesian product).")
+@click.option("--check-json", is_flag=True, default=None, help="Check: the answer is valid JSON.")
+@click.option("--check-schema", type=click.Path(dir_okay=False), default=None,
+              help="Check: the answer is JSON valid against this JSON schema file.")
+@click.option("--check-regex", default=None, help="Check: the answer matches this regex (re.search).")
+@click.option("--max-length", type=int, default=None, help="Check: the answer has at most N characters.")
+@click.option("--exact", is_flag=True, default=None, help="Check: the answer equals the reference answer.")
+@click.option("--criteria", default=None, help="Rubric a judge model scores 1-5 (overrides the spec's).")
+@click.option("--pass-score", type=click.IntRange(1, 5), default=None,
+              help="Judge score that counts as a pass (default 4).")
+@click.option("--judge-model", default=None, help="Judge model (default: the spec's teacher model).")
+@click.option("--judge-base-url", default=None, help="Judge server URL (default: the spec's teacher).")
+@_generate_options
+@teacher_options
+def eval_command(data: str, out: str, spec_path: str | None, metadata: str | None, store_path: str | None,
+                 sweeps: tuple[str, ...], check_json: bool | None, check_schema: str | None, check_regex: str | None,
+                 max_length: int | None, exact: bool | None, criteria: str | None, pass_score: int | None,
+                 judge_model: str | None, judge_base_url: str | None, no_cache: bool, max_cost: float | None,
+                 quiet: bool, overrides: Any) -> None:
+    """Run a model (--model, --base-url) on a test split and score it per category."""
+    import json
+    from pathlib import Path
+
+    from .errors import DataFileError
+    from .evaluate import Scoring, judge_config, run_eval
+    from .spec import TeacherConfig
+    from .teacher import merge
+
+    spec = _load(spec_path) if spec_path else None
+    schema = None
+    if check_schema:
+        try:
+            schema = json.loads(Path(check_schema).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise DataFileError(f"{check_schema}: cannot read a JSON schema ({exc})") from None
+    flags = {"json": check_json, "schema": schema, "regex": check_regex, "max_length": max_length, "exact": exact}
+    scoring = Scoring.build(spec, flags, criteria, pass_score)
+    judge = judge_config(spec, judge_model, judge_base_url) if scoring.criteria else None
+    report = run_eval(data, out, merge(TeacherConfig(), overrides), metadata=metadata, scoring=scoring,
+                      sweeps=sweeps, judge=judge, store_path=store_path, no_cache=no_cache, max_cost=max_cost,
+                      progress=not quiet)
+    click.echo(report.format(), err=True)
