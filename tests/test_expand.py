@@ -148,3 +148,20 @@ def test_dry_run_prints_counts_and_cost():
     assert "step utterance: 100 requests" in result.output
     assert "step reply: 1000 requests" in result.output
     assert "estimated cost ≤ $" in result.output
+
+
+def test_request_body_holds_rendered_messages_and_only_sampling_params(tmp_path):
+    text = MINIMAL_SPEC.replace("    parse: list", "    parse: list\n    temperature: 0.5\n    max_tokens: 99\n"
+                                "    extra_body: {top_k: 5}")
+    spec = load_spec(write_spec(tmp_path, text))
+    from promptbake.plan import Planner
+
+    expander = Expander(spec)
+    request = next(Planner(spec, expander.templates, "m", "remote").first_step(expander.cells(), 0))
+    assert request.body == {
+        "model": "m",
+        "messages": [{"role": "user", "content": "Give 2 things a calm customer says at the shop."}],
+        "temperature": 0.5,
+        "max_tokens": 99,
+        "top_k": 5,
+    }

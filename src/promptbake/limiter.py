@@ -33,6 +33,7 @@ class TokenBucket:
     def __init__(self, per_minute: float, burst_s: float, clock: Clock) -> None:
         self.clock = clock
         self.level = 0.0
+        self.rate = self.capacity = 0.0
         self.stamp = clock()
         self.set_limit(per_minute, burst_s)
         self.level = self.capacity

@@ -92,7 +92,7 @@ class Planner:
         cache_key = stable_hash(body, step.parse, step.json_schema, step.min_items, replicate, length=32)
         reserve = (step.max_tokens or DEFAULT_RESERVE) * (step.n or 1)
         return PlannedRequest(
-            id=stable_hash(self.spec.name, step.name, cell_key, parent_id, replicate),
+            id=stable_hash(self.spec.name, step.name, cell_key, parent_id, item_index, replicate),
             spec_name=self.spec.name, step=step.name, step_index=k, round=round_, ord=ord_,
             cell_key=cell_key, category=category, parent_id=parent_id, item_index=item_index,
             vars=variables, body=body, cache_key=cache_key,
@@ -101,8 +101,10 @@ class Planner:
 
     def first_step(self, cells: Iterable[Cell], round_: int, wants: dict[str, int] | None = None) -> Iterator[PlannedRequest]:
         """Requests of step 0: ``repeat`` per cell in round 0 (default: enough single answers for
-        ``count``, or one list request); later rounds ask for what the cell still lacks. Step 0's
-        templates also see ``count``: how many examples this request should aim for."""
+        ``count``, or one list request); later rounds ask again for cells that still lack examples.
+        Step 0's templates see ``count``, the cell's count: a top-up list asks for a full list
+        (more choice against duplicates, and ``min_items`` still holds) and the next step takes
+        only what the cell lacks."""
         step = self.spec.steps[0]
         for cell in cells:
             want = cell.count if wants is None else wants.get(cell.key, 0)
@@ -116,7 +118,7 @@ class Planner:
                 yield self.request(
                     0, dict(cell.values), cell_key=cell.key, category=cell.category, round_=round_,
                     ord_=f"{cell.index:09d}.{round_:03d}.{i:05d}", parent_id=None, item_index=i,
-                    replicate=[cell.values, round_, i], render_only={"count": want},
+                    replicate=[cell.values, round_, i], render_only={"count": cell.count},
                 )
 
     def next_step(self, k: int, parents: Iterable[StoredRequest], wants: dict[str, int]) -> Iterator[PlannedRequest]:

@@ -89,7 +89,8 @@ class SamplingParams(Strict):
 
     def body_params(self) -> dict[str, Any]:
         """The set params as they go into the request body (``extra_body`` merged at top level)."""
-        params = self.model_dump(exclude_none=True, exclude={"model", "extra_body"})
+        fields = set(SamplingParams.model_fields) - {"model", "extra_body"}
+        params = self.model_dump(exclude_none=True, include=fields)
         params.update(self.extra_body or {})
         return params
 
