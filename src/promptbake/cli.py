@@ -344,3 +344,32 @@ def eval_command(data: str, out: str, spec_path: str | None, metadata: str | Non
                       sweeps=sweeps, judge=judge, store_path=store_path, no_cache=no_cache, max_cost=max_cost,
                       progress=not quiet)
     click.echo(report.format(), err=True)
+
+
+@cli.command()
+@click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
+@click.option("--eval", "eval_path", required=True, type=click.Path(dir_okay=False),
+              help="Eval results: JSONL with 'category' and 'pass' or 'score' per line.")
+@click.option("--dataset", required=True, type=click.Path(file_okay=False), help="The built dataset DIR.")
+@click.option("--threshold", type=float, default=None,
+              help="Weak: pass rate (or mean score) below this (default 0.8).")
+@click.option("--bottom", type=click.IntRange(min=1), default=None, help="Weak: the worst K categories instead.")
+@click.option("--metric", type=click.Choice(["auto", "pass", "score"]), default="auto", show_default=True,
+              help="Rank categories by pass rate or mean score (auto: pass rate when the file has it).")
+@click.option("--per-category", type=click.IntRange(min=1), default=10, show_default=True,
+              help="New examples to add to each weak category.")
+@click.option("--store", "store_path", default=None, type=click.Path(dir_okay=False),
+              help="SQLite store (default: DIR/promptbake.db).")
+@_generate_options
+@teacher_options
+def topup(spec_path: str, eval_path: str, dataset: str, threshold: float | None, bottom: int | None, metric: str,
+          per_category: int, store_path: str | None, no_cache: bool, max_cost: float | None, quiet: bool,
+          overrides: Any) -> None:
+    """Generate more examples for SPEC's weakest categories into DIR/train.vN.jsonl (test unchanged)."""
+    from .generate import GenerateOptions
+    from .topup import topup as run_topup
+
+    report = run_topup(_load(spec_path), eval_path, dataset, per_category=per_category, threshold=threshold,
+                       bottom=bottom, metric=metric, store_path=store_path, overrides=overrides,
+                       options=GenerateOptions(no_cache=no_cache, max_cost=max_cost, progress=not quiet))
+    click.echo(report.format(), err=True)

@@ -107,8 +107,12 @@ def default_metadata(data: Path) -> Path | None:
     return candidate if candidate is not None and candidate.exists() else None
 
 
-def _metadata_rows(meta_path: Path, data: Path, count: int) -> list[dict[str, Any]]:
-    """Metadata lines of this split, in file order (build writes them in the split's order)."""
+def split_metadata(data: Path, count: int, metadata: str | Path | None = None) -> list[dict[str, Any]] | None:
+    """The metadata lines of the split in ``data`` (``count`` examples), in file order (build writes
+    them in the split's order); None when there is no sidecar."""
+    meta_path = Path(metadata) if metadata is not None else default_metadata(data)
+    if meta_path is None:
+        return None
     rows = [row for _, row in read_jsonl(meta_path, "metadata")]
     split = data.name.partition(".")[0]
     if any("split" in row for row in rows):
@@ -128,8 +132,7 @@ def load_test(data: str | Path, metadata: str | Path | None = None) -> list[Test
     lines = list(read_jsonl(data, "test"))
     if not lines:
         raise DataFileError(f"{data}: no examples")
-    meta_path = Path(metadata) if metadata is not None else default_metadata(data)
-    metas = _metadata_rows(meta_path, data, len(lines)) if meta_path is not None else [{}] * len(lines)
+    metas = split_metadata(data, len(lines), metadata) or [{}] * len(lines)
     items = []
     for (number, row), meta in zip(lines, metas, strict=True):
         messages = row.get("messages")

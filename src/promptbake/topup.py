@@ -1,0 +1,340 @@
+"""Eval-driven top-up: more training data where the student is weak, the test split untouched.
+
+Weak categories come from an eval file (ours, or any JSONL with ``category`` and ``pass`` or
+``score``). New examples are made by the normal generation on a derived spec: the same spec, its
+grid replaced by a table of the weak categories' cells crossed with a ``topup_round`` axis. That
+axis changes every cell key, request id, cache key and step seed (they hash the cell values), so
+round N asks the teacher afresh instead of being served round 1's answers from the cache, while the
+templates, which never mention it, render the same prompts. The new examples are deduplicated
+against everything already in the dataset (train and test) and appended to a new train version,
+``train.v2.jsonl``, ``train.v3.jsonl``…; ``test.jsonl`` is never written, so evals stay comparable.
+The manifest's ``topups`` list records what each round added, why, and from which eval file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .atomic import json_line, write_jsonl_atomic, write_text_atomic
+from .dedupe import dedupe
+from .errors import DataFileError, InputError
+from .evaluate import read_jsonl, split_metadata
+from .examples import ExampleRenderer, passing
+from .expand import Cell, Expander
+from .formats import convert_all, ensure_dir
+from .generate import GenerateOptions
+from .pipeline import RunReport, generate
+from .records import Example
+from .spec import Grid, Spec
+from .store import Store
+from .teacher import TeacherOverrides
+
+TOPUP_AXIS = "topup_round"
+DEFAULT_THRESHOLD = 0.8
+Metric = Literal["auto", "pass", "score"]
+
+
+# --- which categories are weak ------------------------------------------------------------------
+
+
+@dataclass
+class CategoryScore:
+    category: str
+    n: int = 0
+    passed: int = 0
+    with_pass: int = 0
+    scores: list[float] = field(default_factory=list)
+
+    @property
+    def pass_rate(self) -> float | None:
+        return self.passed / self.with_pass if self.with_pass else None
+
+    @property
+    def mean_score(self) -> float | None:
+        return sum(self.scores) / len(self.scores) if self.scores else None
+
+    def value(self, metric: str) -> float | None:
+        return self.pass_rate if metric == "pass" else self.mean_score
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"n": self.n, "pass_rate": self.pass_rate, "mean_score": self.mean_score}
+
+
+def load_eval(path: str | Path) -> dict[str, CategoryScore]:
+    """Per-category results of an eval file; lines with neither ``pass`` nor ``score`` (failed
+    calls, unscored outputs) are skipped. A sweep's settings are pooled."""
+    path = Path(path)
+    scores: dict[str, CategoryScore] = {}
+    for number, row in read_jsonl(path, "eval"):
+        category = row.get("category")
+        if not isinstance(category, str) or not category:
+            raise DataFileError(f"{path}:{number}: no 'category'")
+        passed, score = row.get("pass"), row.get("score")
+        if passed is not None and not isinstance(passed, bool):
+            raise DataFileError(f"{path}:{number}: 'pass' must be true, false or null")
+        if score is not None and (isinstance(score, bool) or not isinstance(score, int | float)):
+            raise DataFileError(f"{path}:{number}: 'score' must be a number or null")
+        if passed is None and score is None:
+            continue
+        entry = scores.setdefault(category, CategoryScore(category))
+        entry.n += 1
+        if passed is not None:
+            entry.with_pass += 1
+            entry.passed += passed
+        if score is not None:
+            entry.scores.append(float(score))
+    if not scores:
+        raise DataFileError(f"{path}: no scored lines (need 'category' and 'pass' or 'score'); "
+                            "run eval with checks or a rubric")
+    return dict(sorted(scores.items()))
+
+
+def weak_categories(scores: dict[str, CategoryScore], *, metric: Metric = "auto", threshold: float | None = None,
+                    bottom: int | None = None) -> tuple[str, list[CategoryScore]]:
+    """(the metric used, the weak categories worst first): below ``threshold``, or the worst
+    ``bottom``. ``auto`` uses the pass rate when the file has ``pass`` values, else the mean score."""
+    if threshold is not None and bottom is not None:
+        raise InputError("give --threshold or --bottom, not both")
+    if metric == "auto":
+        metric = "pass" if any(s.with_pass for s in scores.values()) else "score"
+    rated = [(s.value(metric), s) for s in scores.values()]
+    missing = [s.category for value, s in rated if value is None]
+    if missing:
+        raise InputError(f"the eval has no {metric} values for {', '.join(missing)}; choose another --metric")
+    ranked = [s for _, s in sorted(rated, key=lambda pair: (pair[0], pair[1].category))]
+    if bottom is not None:
+        return metric, ranked[:bottom]
+    limit = DEFAULT_THRESHOLD if threshold is None else threshold
+    return metric, [s for s in ranked if (s.value(metric) or 0.0) < limit]
+
+
+# --- the dataset ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Split:
+    """A split as read: its lines (canonical JSON, as build writes them), examples and metadata."""
+
+    lines: list[str]
+    examples: list[Example]
+    metadata: list[dict[str, Any]]
+
+
+def read_split(path: Path, name: str) -> Split:
+    lines, examples = [], []
+    raw = list(read_jsonl(path, f"{name} split"))
+    metas = split_metadata(path, len(raw)) or [{} for _ in raw]
+    for (number, row), meta in zip(raw, metas, strict=True):
+        messages = row.get("messages")
+        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+            raise DataFileError(f"{path}:{number}: no 'messages' list (top-up reads openai-chat splits)")
+        meta.setdefault("id", f"{name}:{number}")
+        meta.setdefault("category", "")
+        meta["split"] = name
+        lines.append(json_line(row))
+        examples.append(Example(id=str(meta["id"]), category=str(meta["category"]), messages=messages,
+                                tools=row.get("tools")))
+    return Split(lines, examples, metas)
+
+
+def _manifest(directory: Path) -> dict[str, Any]:
+    path = directory / "manifest.json"
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DataFileError(f"{path}: cannot read the manifest ({exc})") from None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# --- generation on a derived spec ----------------------------------------------------------------
+
+
+def _category_expression(spec: Spec, expander: Expander) -> str:
+    """The spec's category rule, unchanged by the extra axis (the default joins every axis)."""
+    if spec.category is not None:
+        return spec.category
+    names = list(expander.axes)
+    return " ~ ' / ' ~ ".join(names) if names else "'all'"
+
+
+def plan_cells(cells: Iterable[Cell], weak: list[str], per_category: int, round_: int) -> dict[int, list[Cell]]:
+    """Cells to generate for, grouped by the count each needs: a category's N examples are spread
+    over ceil(N / count) of its cells (a seeded choice, different each round)."""
+    by_category: dict[str, list[Cell]] = defaultdict(list)
+    for cell in cells:
+        if cell.category in weak:
+            by_category[cell.category].append(cell)
+    groups: dict[int, list[Cell]] = defaultdict(list)
+    for category in weak:
+        pool = by_category.get(category, [])
+        if not pool:
+            continue
+        count = math.ceil(per_category / len(pool))
+        used = math.ceil(per_category / count)
+        chosen = random.Random(f"topup:{round_}:{category}").sample(pool, used)
+        groups[count].extend(sorted(chosen, key=lambda c: c.index))
+    return dict(sorted(groups.items()))
+
+
+def derive_spec(spec: Spec, expander: Expander, cells: list[Cell], count: int, round_: int, name: str,
+                table: Path) -> Spec:
+    """``spec`` restricted to ``cells`` (written to ``table``), ``count`` each, in top-up round ``round_``."""
+    ensure_dir(table.parent)
+    write_jsonl_atomic(table, (cell.values for cell in cells))
+    grid = Grid(axes={TOPUP_AXIS: [round_]}, table=str(table.resolve()), count=count)
+    derived = spec.model_copy(update={"name": name, "grid": grid,
+                                      "category": _category_expression(spec, expander)})
+    derived._path = spec.path
+    return derived
+
+
+def _round_robin(examples: list[Example], n: int) -> list[Example]:
+    """The first ``n`` examples taking one per cell in turn, so a category's new data is spread."""
+    queues: dict[str, list[Example]] = defaultdict(list)
+    for example in examples:
+        queues[example.provenance.get("cell_key", "")].append(example)
+    picked: list[Example] = []
+    while len(picked) < n and any(queues.values()):
+        for queue in queues.values():
+            if queue and len(picked) < n:
+                picked.append(queue.pop(0))
+    return picked
+
+
+@dataclass
+class TopupReport:
+    round: int
+    train_path: Path
+    metric: str
+    weak: list[CategoryScore]
+    added: dict[str, dict[str, int]]
+    train: int
+    warnings: list[str] = field(default_factory=list)
+    runs: list[RunReport] = field(default_factory=list)
+
+    def format(self) -> str:
+        lines = [f"top-up round {self.round}: weak categories by {self.metric}"]
+        lines.append(f"{'category':<30} {'n':>5} {'pass':>6} {'score':>6} {'wanted':>6} {'new':>5} "
+                     f"{'dupes':>5} {'added':>5}")
+        for s in self.weak:
+            a = self.added.get(s.category, {})
+            rate = "-" if s.pass_rate is None else f"{100 * s.pass_rate:.0f}%"
+            score = "-" if s.mean_score is None else f"{s.mean_score:.2f}"
+            lines.append(f"{s.category[:30]:<30} {s.n:>5} {rate:>6} {score:>6} {a.get('wanted', 0):>6} "
+                         f"{a.get('generated', 0):>5} {a.get('duplicates', 0):>5} {a.get('added', 0):>5}")
+        added = sum(a["added"] for a in self.added.values())
+        lines.append(f"train: {self.train} examples (+{added}) → {self.train_path}; test unchanged")
+        lines.extend(f"warning: {w}" for w in self.warnings)
+        return "\n".join(lines)
+
+
+def topup(spec: Spec, eval_path: str | Path, dataset: str | Path, *, per_category: int = 10,
+          threshold: float | None = None, bottom: int | None = None, metric: Metric = "auto",
+          store_path: str | Path | None = None, overrides: TeacherOverrides | None = None,
+          options: GenerateOptions | None = None) -> TopupReport:
+    """One top-up round on a built dataset DIR; returns what it added (nothing is written when no
+    category is weak)."""
+    if per_category < 1:
+        raise InputError("--per-category must be at least 1")
+    eval_path, directory = Path(eval_path), Path(dataset)
+    metric_used, weak = weak_categories(load_eval(eval_path), metric=metric, threshold=threshold, bottom=bottom)
+    manifest = _manifest(directory)
+    rounds = manifest.get("topups", [])
+    round_ = len(rounds) + 1
+    current = directory / (rounds[-1]["train"] if rounds else "train.jsonl")
+    target = directory / f"train.v{round_ + 1}.jsonl"
+    report = TopupReport(round_, target, metric_used, weak, {}, 0)
+    if not weak:
+        report.train_path = current
+        report.warnings.append("no category is weak: nothing generated")
+        return report
+
+    expander = Expander(spec)
+    cells = list(expander.cells())
+    known = {c.category for c in cells}
+    names = [s.category for s in weak if s.category in known]
+    unknown = [s.category for s in weak if s.category not in known]
+    if unknown:
+        report.warnings.append(f"not categories of spec {spec.name!r}, skipped: {', '.join(unknown)}")
+    if not names:
+        raise InputError(f"none of the weak categories ({', '.join(unknown)}) is a category of spec {spec.name!r} "
+                         f"(it has {', '.join(sorted(known))}); was the eval run with the dataset's metadata?")
+
+    train, test = read_split(current, "train"), read_split(directory / "test.jsonl", "test")
+    store_path = Path(store_path) if store_path is not None else directory / "promptbake.db"
+    fresh: list[Example] = []
+    for j, (count, group) in enumerate(plan_cells(cells, names, per_category, round_).items()):
+        tag = f"topup{round_}" + (f".{j + 1}" if j else "")
+        derived = derive_spec(spec, expander, group, count, round_, f"{spec.name}@{tag}",
+                              directory / "topups" / f"{tag}.cells.jsonl")
+        report.runs.append(generate(derived, store_path, overrides, options, topup=True, command="topup"))
+        templates = Expander(derived).templates
+        rejected: Counter[str] = Counter()
+        with Store(store_path, lock=False) as store:
+            fresh.extend(passing(derived, ExampleRenderer(derived, templates).examples(store), rejected))
+
+    deduped = dedupe(fresh, spec.dedupe, existing=[*train.examples, *test.examples])
+    new: list[Example] = []
+    for name in names:
+        kept = [e for e in deduped.kept if e.category == name]
+        chosen = _round_robin(kept, per_category)
+        counts = deduped.counts.get(name)
+        report.added[name] = {
+            "wanted": per_category,
+            "generated": counts.before if counts else 0,
+            "duplicates": (counts.exact + counts.near) if counts else 0,
+            "added": len(chosen),
+        }
+        if len(chosen) < per_category:
+            report.warnings.append(f"{name}: only {len(chosen)} of {per_category} new examples were distinct")
+        new.extend(chosen)
+
+    rows, refused = convert_all(new, "openai-chat", spec.output)
+    refused_ids = {r.example_id for r in refused}
+    accepted = [e for e in new if e.id not in refused_ids]
+    if refused:
+        report.warnings.append(f"{len(refused)} new examples cannot be written as openai-chat "
+                               f"(first: {refused[0].reason})")
+    entries = list(zip(train.lines, train.metadata, strict=True))
+    entries += [(json_line(row), {**e.metadata(), "split": "train"}) for row, e in zip(rows, accepted, strict=True)]
+    seed = spec.split.seed
+    random.Random(f"topup:{seed}:{round_}").shuffle(entries)
+    write_text_atomic(target, "".join(line + "\n" for line, _ in entries))
+    write_jsonl_atomic(directory / f"metadata.v{round_ + 1}.jsonl",
+                       [*(meta for _, meta in entries), *test.metadata])
+    report.train = len(entries)
+
+    manifest.setdefault("topups", []).append({
+        "round": round_,
+        "train": target.name,
+        "from": current.name,
+        "spec": spec.name,
+        "spec_hash": spec.spec_hash(),
+        "eval": {"path": str(eval_path), "sha256": _sha256(eval_path), "metric": metric_used,
+                 "threshold": None if bottom is not None else (DEFAULT_THRESHOLD if threshold is None else threshold),
+                 "bottom": bottom},
+        "categories": {s.category: {**s.as_dict(), **report.added.get(s.category, {"added": 0})} for s in weak},
+        "train_examples": len(entries),
+        "added": len(accepted),
+        "seed": seed,
+        "warnings": report.warnings,
+    })
+    write_text_atomic(directory / "manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    return report
