@@ -55,7 +55,8 @@ class TokenBucket:
         """Seconds until ``amount`` may be taken; an oversized amount needs only a full bucket."""
         self.refill()
         missing = min(amount, self.capacity) - self.level
-        return missing / self.rate if missing > 0 else 0.0
+        # a rounding crumb must not become a sleep too short to move the clock (a busy loop)
+        return missing / self.rate if missing > 1e-9 * self.capacity else 0.0
 
 
 class AdaptiveConcurrency:
