@@ -260,20 +260,22 @@ class FakeServer:
         digest = body_hash(body)
         self.by_hash[digest] += 1
 
-        await self._sleep_latency()
-        decision = self._next_fault(body)
-        if isinstance(decision, Fault):
-            return await self._fault(request, decision)
-
+        # Limits are counted on arrival (as OpenAI does), so a 429 comes back without latency.
         prompt_tokens = estimate_prompt_tokens(body)
         n = int(body.get("n") or 1)
         wait = self._throttle(prompt_tokens + (max_completion(body) or 0) * n)
+        limit_headers = self._limit_headers()
         if wait > 0:
             self.statuses["429"] += 1
             return _error(
                 429, "requests", f"Rate limit reached; try again in {wait * 1000:.0f}ms.",
-                "rate_limit_exceeded", {**self._limit_headers(), **_retry_headers(wait * 1000)},
+                "rate_limit_exceeded", {**limit_headers, **_retry_headers(wait * 1000)},
             )
+
+        await self._sleep_latency()
+        decision = self._next_fault(body)
+        if isinstance(decision, Fault):
+            return await self._fault(request, decision)
 
         contents = [self._content(body, decision, i) for i in range(n)]
         cap = max_completion(body)
@@ -307,7 +309,7 @@ class FakeServer:
             },
             "system_fingerprint": "fp_fake",
         }
-        return web.json_response(payload, headers=self._limit_headers())
+        return web.json_response(payload, headers=limit_headers)
 
     def _content(self, body: dict[str, Any], decision: str | dict[str, Any] | None, i: int) -> str:
         if isinstance(decision, dict):
@@ -386,10 +388,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fail", action="append", default=[], metavar="KIND=RATE",
                         help=f"fault rate, KIND in {', '.join(FAULT_KINDS)}")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--responder", choices=["echo", "grid"], default="echo",
+                        help="grid: JSON lists for list prompts, short replies otherwise (tests/helpers.py)")
     args = parser.parse_args(argv)
+    responder = None
+    if args.responder == "grid":
+        from helpers import list_then_reply_responder
+
+        responder = list_then_reply_responder()
     rates = {kind: float(rate) for kind, rate in (item.split("=", 1) for item in args.fail)}
-    server = FakeServer(latency_ms=args.latency_ms, rpm=args.rpm, tpm=args.tpm, burst_s=args.burst_s,
-                        fault_rates=rates, record_bodies=False, seed=args.seed, port=args.port)
+    server = FakeServer(responder=responder, latency_ms=args.latency_ms, rpm=args.rpm, tpm=args.tpm,
+                        burst_s=args.burst_s, fault_rates=rates, record_bodies=False, seed=args.seed,
+                        port=args.port)
 
     async def serve() -> None:
         await server.start()
