@@ -2,7 +2,7 @@
 
 Each step is planned from the store (idempotent), served from the content-keyed cache where an
 identical request was answered before, and the rest goes through the rate-limited pool. One writer
-task commits finished requests in small batches, so a kill loses at most what was in flight.
+task commits finished requests as they come, so a kill loses at most what was in flight.
 """
 
 from __future__ import annotations
@@ -25,8 +25,6 @@ from .pricing import PriceTable
 from .spec import Spec, Step, TeacherConfig
 from .store import AttemptRow, ResultRow, Store, StoredRequest
 
-WRITE_BATCH = 256
-WRITE_INTERVAL = 0.1  # seconds: a kill loses at most this much finished work
 
 
 @dataclass
@@ -118,11 +116,12 @@ class Generation:
     def plan(self, round_: int, k: int) -> int:
         wants = None if round_ == 0 else self.store.wants(self.spec.name, round_)
         if k == 0:
-            return self.store.insert_requests(self.planner.first_step(self.expander.cells(), round_, wants))
-        if wants is None:
-            wants = {c.key: c.count for c in self.expander.cells()}
-        parents = self.store.succeeded(self.spec.name, k - 1, round_)
-        return self.store.insert_requests(self.planner.next_step(k, parents, wants))
+            requests = self.planner.first_step(self.expander.cells(), round_, wants)
+        else:
+            if wants is None:
+                wants = {c.key: c.count for c in self.expander.cells()}
+            requests = self.planner.next_step(k, self.store.succeeded(self.spec.name, k - 1, round_), wants)
+        return self.store.replan(self.spec.name, k, round_, requests)
 
     async def run_round(self, round_: int) -> None:
         for k, step in enumerate(self.spec.steps):
@@ -188,28 +187,24 @@ class Generation:
         self.report.stopped_for_budget = stats.stopped_for_budget
 
     async def _writer(self, queue: asyncio.Queue[ResultRow | None]) -> None:
-        """The single writer: commits every WRITE_INTERVAL or WRITE_BATCH rows, whichever first."""
-        batch: list[ResultRow] = []
-        started = time.monotonic()
+        """The single writer: commits everything waiting each time it wakes.
+
+        Under load, results pile up while a commit runs, so batches grow by themselves; when the
+        pool is idle each result is committed at once. A kill therefore loses only what was in
+        flight, never a backlog of finished answers.
+        """
         while True:
             try:
-                item = await asyncio.wait_for(queue.get(), WRITE_INTERVAL)
-            except TimeoutError:
-                item = ...  # a tick: flush what is overdue
+                first = await queue.get()
             except asyncio.CancelledError:
                 # Ctrl-C: what already finished is paid for, so it is committed before we go
-                batch.extend(r for r in _drain(queue) if r is not None)
-                self.store.record(batch)
+                self.store.record([r for r in _drain(queue) if r is not None])
                 raise
-            if isinstance(item, ResultRow):
-                if not batch:
-                    started = time.monotonic()
-                batch.append(item)
-            overdue = time.monotonic() - started >= WRITE_INTERVAL
-            if batch and (item is None or len(batch) >= WRITE_BATCH or overdue):
-                self.store.record(batch)
-                batch = []
-            if item is None:
+            batch = [first, *_drain(queue)]
+            rows = [r for r in batch if r is not None]
+            if rows:
+                self.store.record(rows)
+            if None in batch:
                 return
 
 

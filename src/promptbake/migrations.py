@@ -75,3 +75,10 @@ def m001_initial(db: sqlite3.Connection) -> None:
 def m002_specs(db: sqlite3.Connection) -> None:
     # the spec text a run used, so `build STORE` can render examples without the spec file at hand
     db.execute("CREATE TABLE specs (spec_name TEXT PRIMARY KEY, spec_hash TEXT, path TEXT, text TEXT, saved_at REAL)")
+
+
+@migration
+def m003_current_plan(db: sqlite3.Connection) -> None:
+    # rows of an older version of a spec stay (they were paid for) but leave the current plan
+    db.execute("ALTER TABLE requests ADD COLUMN current INTEGER DEFAULT 1")
+    db.execute("CREATE INDEX requests_current ON requests (spec_name, step_index, current, status, ord)")

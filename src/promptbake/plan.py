@@ -92,7 +92,7 @@ class Planner:
         cache_key = stable_hash(body, step.parse, step.json_schema, step.min_items, replicate, length=32)
         reserve = (step.max_tokens or DEFAULT_RESERVE) * (step.n or 1)
         return PlannedRequest(
-            id=stable_hash(self.spec.name, step.name, cell_key, parent_id, item_index, replicate),
+            id=stable_hash(self.spec.name, step.name, cell_key, parent_id, item_index, replicate, cache_key),
             spec_name=self.spec.name, step=step.name, step_index=k, round=round_, ord=ord_,
             cell_key=cell_key, category=category, parent_id=parent_id, item_index=item_index,
             vars=variables, body=body, cache_key=cache_key,

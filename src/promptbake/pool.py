@@ -239,7 +239,8 @@ class Pool:
         try:
             parsed = run.job.check(result)
         except errors.ResponseRejected as exc:
-            attempt.error_kind, attempt.error, attempt.raw = "rejected", str(exc), exc.raw
+            raw = exc.raw or "\n\n".join(result.contents)  # keep what we paid for, whatever the check said
+            attempt.error_kind, attempt.error, attempt.raw = "rejected", str(exc), raw
             run.rejections += 1
             return self._delay(number, None), None
         return 0.0, Outcome(run.job, True, result, parsed, run.attempts, None)

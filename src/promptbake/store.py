@@ -89,6 +89,11 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
+def _request_row(r: PlannedRequest) -> tuple[Any, ...]:
+    return (r.id, r.spec_name, r.step, r.step_index, r.round, r.ord, r.cell_key, r.category, r.parent_id,
+            r.item_index, _dumps(r.vars), _dumps(r.body), r.cache_key, r.est_tokens)
+
+
 class Store:
     """One SQLite file (WAL). Opening it for writing takes an exclusive lock on ``PATH.lock``:
     a second process gets a clear StoreError instead of interleaving with the first. The lock is
@@ -212,33 +217,53 @@ class Store:
         rows = self.db.execute("SELECT DISTINCT round FROM rounds WHERE spec_name = ? ORDER BY round", (spec_name,))
         return [r[0] for r in rows]
 
-    def next_index(self, spec_name: str, cell_key: str) -> int:
-        """First free replicate index of a cell's first step (top-up rounds continue after it)."""
-        row = self.db.execute(
-            "SELECT COUNT(*) FROM requests WHERE spec_name = ? AND step_index = 0 AND cell_key = ?",
-            (spec_name, cell_key),
-        ).fetchone()
-        return int(row[0])
-
     # requests ---------------------------------------------------------------------------------
+    def replan(self, spec_name: str, step_index: int, round_: int, requests: Iterable[PlannedRequest]) -> int:
+        """Make ``requests`` the current plan of one step and round, in one transaction.
+
+        Ids include the request's content, so a changed template makes new rows; rows of an
+        older plan stay in the store (paid answers are never deleted) but leave the plan. Planning
+        the same thing twice (a resumed run) changes nothing. Returns how many requests are planned.
+        """
+        planned = 0
+
+        def rows() -> Iterator[tuple[Any, ...]]:
+            nonlocal planned
+            for r in requests:
+                planned += 1
+                yield _request_row(r)
+
+        try:
+            with self.db:
+                self.db.execute(
+                    "UPDATE requests SET current = 0 WHERE spec_name = ? AND step_index = ? AND round = ?",
+                    (spec_name, step_index, round_),
+                )
+                self.db.executemany(
+                    "INSERT INTO requests (id, spec_name, step, step_index, round, ord, cell_key, "
+                    "category, parent_id, item_index, vars, body, cache_key, est_tokens) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (id) DO UPDATE SET current = 1",
+                    rows(),
+                )
+        except sqlite3.OperationalError as exc:
+            raise StoreError(f"{self.path}: write failed: {exc}") from exc
+        return planned
+
     def insert_requests(self, requests: Iterable[PlannedRequest]) -> int:
-        """INSERT OR IGNORE: planning twice (a resumed run) adds nothing already planned."""
+        """INSERT OR IGNORE: add requests that are not planned yet (callers without plan versions)."""
         return self._write(
             "INSERT OR IGNORE INTO requests (id, spec_name, step, step_index, round, ord, cell_key, "
             "category, parent_id, item_index, vars, body, cache_key, est_tokens) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                (r.id, r.spec_name, r.step, r.step_index, r.round, r.ord, r.cell_key, r.category,
-                 r.parent_id, r.item_index, _dumps(r.vars), _dumps(r.body), r.cache_key, r.est_tokens)
-                for r in requests
-            ),
+            (_request_row(r) for r in requests),
         )
 
     def serve_from_cache(self, spec_name: str, step_index: int) -> int:
         """Mark not-done requests whose content-keyed answer is already stored: nothing to pay."""
         return self._write(
             "UPDATE requests SET status = 'ok', error = NULL, updated_at = ? "
-            "WHERE spec_name = ? AND step_index = ? AND status != 'ok' "
+            "WHERE spec_name = ? AND step_index = ? AND status != 'ok' AND current = 1 "
             "AND cache_key IN (SELECT cache_key FROM responses)",
             [(time.time(), spec_name, step_index)],
         )
@@ -246,7 +271,7 @@ class Store:
     def forget_answers(self, spec_name: str, step_index: int) -> int:
         """``--no-cache``: make every request of the step pending again (its answer is re-paid)."""
         return self._write(
-            "UPDATE requests SET status = 'pending' WHERE spec_name = ? AND step_index = ?",
+            "UPDATE requests SET status = 'pending' WHERE spec_name = ? AND step_index = ? AND current = 1",
             [(spec_name, step_index)],
         )
 
@@ -266,7 +291,7 @@ class Store:
         """Requests of a step with no stored success (never sent, interrupted, or failed)."""
         sql = (
             f"SELECT {self._COLUMNS} FROM requests r WHERE r.spec_name = ? AND r.step_index = ? "
-            "AND r.status != 'ok'"
+            "AND r.current = 1 AND r.status != 'ok'"
         )
         for row in self._page(sql, (spec_name, step_index)):
             yield StoredRequest(row[0], row[1], row[2], row[3], row[4], row[5], json.loads(row[6]),
@@ -276,7 +301,7 @@ class Store:
         """Done requests of a step with their parsed outputs, in lineage order."""
         sql = (
             f"SELECT {self._COLUMNS}, p.outputs FROM requests r JOIN responses p ON p.cache_key = r.cache_key "
-            "WHERE r.spec_name = ? AND r.step_index = ? AND r.status = 'ok'"
+            "WHERE r.spec_name = ? AND r.step_index = ? AND r.current = 1 AND r.status = 'ok'"
         )
         params: tuple[Any, ...] = (spec_name, step_index)
         if round_ is not None:
@@ -288,14 +313,14 @@ class Store:
 
     def count_pending(self, spec_name: str, step_index: int) -> int:
         return int(self.db.execute(
-            "SELECT COUNT(*) FROM requests WHERE spec_name = ? AND step_index = ? AND status != 'ok'",
+            "SELECT COUNT(*) FROM requests WHERE spec_name = ? AND step_index = ? AND current = 1 AND status != 'ok'",
             (spec_name, step_index),
         ).fetchone()[0])
 
     def failures(self, spec_name: str) -> list[dict[str, Any]]:
         rows = self.db.execute(
             "SELECT id, step, category, attempts, error FROM requests "
-            "WHERE spec_name = ? AND status = 'failed' ORDER BY step_index, ord",
+            "WHERE spec_name = ? AND status = 'failed' AND current = 1 ORDER BY step_index, ord",
             (spec_name,),
         )
         return [dict(zip(("id", "step", "category", "attempts", "error"), r, strict=True)) for r in rows]
@@ -336,7 +361,8 @@ class Store:
 
     def totals(self, spec_name: str | None = None) -> dict[str, Any]:
         where, params = ("WHERE spec_name = ?", (spec_name,)) if spec_name else ("", ())
-        status = dict(self.db.execute(f"SELECT status, COUNT(*) FROM requests {where} GROUP BY status", params).fetchall())
+        current = f"{where} AND current = 1" if where else "WHERE current = 1"
+        status = dict(self.db.execute(f"SELECT status, COUNT(*) FROM requests {current} GROUP BY status", params).fetchall())
         join = "JOIN requests r ON r.id = a.request_id " + where.replace("spec_name", "r.spec_name") if spec_name else ""
         row = self.db.execute(
             "SELECT COUNT(*), COALESCE(SUM(a.prompt_tokens), 0), COALESCE(SUM(a.completion_tokens), 0), "
