@@ -373,3 +373,61 @@ def topup(spec_path: str, eval_path: str, dataset: str, threshold: float | None,
                        bottom=bottom, metric=metric, store_path=store_path, overrides=overrides,
                        options=GenerateOptions(no_cache=no_cache, max_cost=max_cost, progress=not quiet))
     click.echo(report.format(), err=True)
+
+
+@cli.command()
+@click.option("--prompt", "prompt_path", required=True, type=click.Path(dir_okay=False),
+              help="The long prompt (a Jinja template: {{ variables }} come from the inputs' fields and --axis).")
+@click.option("--inputs", "inputs_path", default=None, type=click.Path(dir_okay=False),
+              help="User inputs: JSONL/CSV with an 'input' field (see --input-field), or text, one per line.")
+@click.option("--generate-inputs", type=click.IntRange(min=1), default=None,
+              help="Instead of --inputs: ask the teacher for N diverse inputs first (needs --describe).")
+@click.option("--describe", default=None, help="What the generated inputs are, e.g. 'support tickets to a SaaS'.")
+@click.option("--axis", "axes", multiple=True, metavar="NAME=V1,V2",
+              help="A grid axis (repeatable): varies generated inputs; with --inputs, crossed with every input.")
+@click.option("--input-field", default="input", show_default=True, help="The inputs file's field holding the input.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output directory.")
+@click.option("--store", "store_path", default=None, type=click.Path(dir_okay=False),
+              help="SQLite store (default: OUT/promptbake.db).")
+@click.option("--baked-system", default=None, help="The short system message the examples keep (default: none).")
+@click.option("--check-schema", type=click.Path(dir_okay=False), default=None,
+              help="Keep only answers valid against this JSON schema file.")
+@click.option("--check-regex", default=None, help="Keep only answers matching this regex (re.search).")
+@click.option("--max-length", type=click.IntRange(min=1), default=None,
+              help="Keep only answers of at most N characters.")
+@click.option("--max-tokens", type=click.IntRange(min=1), default=None, help="Teacher max_tokens per answer.")
+@click.option("--temperature", type=click.FloatRange(0, 2), default=None, help="Teacher temperature for answers.")
+@click.option("--name", default=None, help="Spec name in the store (default: distill_<prompt file name>).")
+@click.option("--price-model", default=None,
+              help="Model whose prices and tokenizer the break-even uses (default: the teacher model).")
+@click.option("--ft-price-factor", type=click.FloatRange(min=0), default=None,
+              help="Fine-tuned ÷ base per-token price (default: OpenAI's for the model, else 2).")
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help="Fine-tuning epochs for the cost estimate (default: OpenAI's rule).")
+@_generate_options
+@_build_options
+@teacher_options
+def distill(prompt_path: str, inputs_path: str | None, generate_inputs: int | None, describe: str | None,
+            axes: tuple[str, ...], input_field: str, out_dir: str, store_path: str | None, baked_system: str | None,
+            check_schema: str | None, check_regex: str | None, max_length: int | None, max_tokens: int | None,
+            temperature: float | None, name: str | None, price_model: str | None, ft_price_factor: float | None,
+            epochs: int | None, no_cache: bool, max_cost: float | None, quiet: bool, formats: tuple[str, ...],
+            seed: int | None, overrides: Any) -> None:
+    """Bake a long PROMPT into examples: inputs answered under it, kept without it (re-run to resume)."""
+    from . import distill as distillation
+    from .generate import GenerateOptions
+
+    spec = distillation.distill_spec(
+        prompt_path, inputs_path, baked_system=baked_system,
+        checks=distillation.answer_checks(check_schema, check_regex, max_length),
+        generate_inputs=generate_inputs, describe=describe, axes=dict(map(distillation.parse_axis, axes)),
+        input_field=input_field, name=name, max_tokens=max_tokens, temperature=temperature,
+    )
+    result = distillation.distill(
+        spec, out_dir, store_path, overrides,
+        GenerateOptions(no_cache=no_cache, max_cost=max_cost, progress=not quiet),
+        formats=list(formats) or None, seed=seed, price_model=price_model, ft_factor=ft_price_factor, epochs=epochs,
+    )
+    _print_generate(result.run)
+    _print_build(result.run.build)
+    click.echo(result.format(), err=True)
