@@ -31,6 +31,7 @@ from .checks import Checks
 from .client import ChatClient, ChatResult, Endpoint
 from .errors import BudgetExceeded, DataFileError, InputError
 from .expand import stable_hash
+from .formats import ensure_dir
 from .generate import StepJob, _Progress, _result_row
 from .limiter import Limiter
 from .parse import parse_output
@@ -211,7 +212,7 @@ class Scoring:
         if base is None and spec is not None:
             base = spec.example.checks
         data = base.model_dump(by_alias=True, exclude_defaults=True) if base is not None else {}
-        data.update({k: v for k, v in (flags or {}).items() if v not in (None, False)})
+        data.update({k: v for k, v in (flags or {}).items() if v is not None and v is not False})
         try:
             checks = Checks.model_validate(data)
         except ValidationError as exc:
@@ -568,7 +569,8 @@ def evaluate(items: list[TestItem], model: TeacherConfig, options: EvalOptions, 
             for k, request in enumerate(planned):
                 if answers.get(request.id):
                     item = items[k // len(grid)]
-                    body = {"model": judge_name, "temperature": 0,
+                    # no temperature: reasoning models reject any but their default
+                    body = {"model": judge_name,
                             "messages": judge_messages(item, answers[request.id][0]["text"], scoring.criteria)}
                     response_format = _judge_format(judge)
                     if response_format is not None:
@@ -605,5 +607,6 @@ def run_eval(data: str | Path, out: str | Path, model: TeacherConfig, *, metadat
     options = EvalOptions(store, no_cache=no_cache, max_cost=max_cost, progress=progress)
     usage = Usage()
     rows = evaluate(items, model, options, scoring=scoring, grid=grid, judge=judge, usage=usage)
+    ensure_dir(out.parent)
     write_jsonl_atomic(out, rows)
     return EvalReport(out, rows, summarise(rows), grid, usage)
