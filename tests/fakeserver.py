@@ -14,7 +14,8 @@ Three ways to use it:
 * async code: ``async with FakeServer(...) as srv: ...``;
 * a separate process (benchmarks, ``kill -9`` tests):
   ``python tests/fakeserver.py --port 0 --latency-ms 50-500 --rpm 6000`` prints
-  ``READY http://127.0.0.1:PORT/v1`` on stdout; ``GET /_stats`` returns what it recorded.
+  ``READY http://127.0.0.1:PORT/v1`` on stdout; ``GET /_stats`` returns what it recorded
+  (``/_stats?by_hash=1`` adds the paid count per body hash, see :func:`body_hash`).
 """
 
 from __future__ import annotations
@@ -201,7 +202,10 @@ class FakeServer:
         return web.json_response({"object": "list", "data": [{"id": self.model, "object": "model"}]})
 
     async def _stats(self, request: web.Request) -> web.Response:
-        return web.json_response(self.stats())
+        stats = self.stats()
+        if request.query.get("by_hash") != "1":
+            del stats["paid_by_hash"]
+        return web.json_response(stats)
 
     def _next_fault(self, body: dict[str, Any]) -> Fault | str | dict[str, Any] | None:
         if self.script:

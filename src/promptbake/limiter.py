@@ -24,7 +24,7 @@ from .client import RateInfo
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[object]]
 
-DEFAULT_BURST_S = 0.25
+DEFAULT_BURST_S = 0.5
 
 
 class TokenBucket:

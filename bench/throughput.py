@@ -1,0 +1,202 @@
+"""Teacher throughput and rate-limit efficiency against a loopback OpenAI-compatible server.
+
+Prints figures; it is not a test. The fake server (tests/fakeserver.py) runs as its own process so
+that it does not share a core's event loop with the client being measured.
+
+    python bench/throughput.py                    # everything, about 1.5 minutes
+    python bench/throughput.py --only a,c         # just some parts
+    python bench/throughput.py --duration 30      # shorter rate-limit run
+
+(a) bare aiohttp loop, (b) bare openai SDK loop (default transport, then DefaultAioHttpClient),
+(c) promptbake's Pool end to end — all at 0 ms server latency; (d) rate-limit efficiency: the
+server enforces --rpm with 50-500 ms latency, we report achieved RPM / limit and the 429s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from promptbake.client import ChatClient, Endpoint
+from promptbake.limiter import Limiter
+from promptbake.pool import Job, Outcome, Pool
+
+SERVER = Path(__file__).resolve().parent.parent / "tests" / "fakeserver.py"
+MODEL = "gpt-4o-mini"
+
+
+def body(i: int) -> dict[str, Any]:
+    return {"model": MODEL, "max_tokens": 64,
+            "messages": [{"role": "system", "content": "You answer in one short sentence."},
+                         {"role": "user", "content": f"Say something about item {i}."}]}
+
+
+@contextlib.contextmanager
+def fake_server(*args: str) -> Iterator[str]:
+    """Start tests/fakeserver.py in its own process; yield its base URL."""
+    proc = subprocess.Popen([sys.executable, str(SERVER), "--port", "0", *args],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line.startswith("READY "):
+            raise RuntimeError(f"fake server did not start: {line!r}")
+        yield line.split()[1]
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def server_stats(base_url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(base_url.removesuffix("/v1") + "/_stats") as response:
+        return json.load(response)
+
+
+async def run_concurrently(n: int, concurrency: int, one: Callable[[int], Awaitable[None]]) -> float:
+    """req/s for ``n`` calls of ``one`` with ``concurrency`` workers."""
+    counter = itertools.count()
+
+    async def worker() -> None:
+        while (i := next(counter)) < n:
+            await one(i)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return n / (time.perf_counter() - start)
+
+
+async def bare_aiohttp(base_url: str, n: int, concurrency: int) -> float:
+    url = base_url + "/chat/completions"
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector,
+                                     headers={"Authorization": "Bearer sk-bench"}) as session:
+
+        async def one(i: int) -> None:
+            async with session.post(url, json=body(i)) as response:
+                data = json.loads(await response.read())
+                assert data["choices"][0]["message"]["content"]
+
+        return await run_concurrently(n, concurrency, one)
+
+
+async def bare_sdk(base_url: str, n: int, concurrency: int, aiohttp_transport: bool) -> float:
+    import openai
+
+    kwargs: dict[str, Any] = {}
+    if aiohttp_transport:
+        kwargs["http_client"] = openai.DefaultAioHttpClient()
+    async with openai.AsyncOpenAI(base_url=base_url, api_key="sk-bench", max_retries=0,
+                                  **kwargs) as sdk:
+
+        async def one(i: int) -> None:
+            completion = await sdk.chat.completions.create(**body(i))
+            assert completion.choices[0].message.content
+
+        return await run_concurrently(n, concurrency, one)
+
+
+@dataclass
+class PoolRun:
+    per_second: float
+    done: int
+    throttled: int
+    attempts: int
+    elapsed: float
+
+
+async def promptbake_pool(base_url: str, jobs: Iterator[Job], concurrency: int,
+                          rpm: float | None = None) -> PoolRun:
+    """(c): what promptbake itself sustains. Swap this function to measure `promptbake generate`
+    with the store on: it gets the server URL and returns the same figures."""
+    endpoint = Endpoint(base_url, MODEL, api_key="sk-bench")
+
+    async def sink(outcome: Outcome) -> None:
+        assert outcome.ok, outcome.error
+
+    async with ChatClient(endpoint, timeout=30, concurrency=concurrency) as client:
+        pool = Pool(client, Limiter(rpm=rpm, concurrency=concurrency), max_attempts=6,
+                    cost=lambda model, prompt, completion: 0.0)
+        stats = await pool.run(jobs, sink)
+    return PoolRun(stats.per_second, stats.done, stats.throttled, stats.attempts, stats.elapsed)
+
+
+def numbered_jobs(n: int | None = None, until: float | None = None) -> Iterator[Job]:
+    for i in itertools.count():
+        if (n is not None and i >= n) or (until is not None and time.monotonic() >= until):
+            return
+        yield Job(str(i), body(i), est_tokens=100)
+
+
+async def rate_limit_efficiency(rpm: float, duration: float, warmup: float,
+                                concurrency: int) -> None:
+    with fake_server("--latency-ms", "50-500", "--rpm", str(rpm), "--burst-s", "1") as url:
+        start = time.monotonic()
+        run = asyncio.create_task(
+            promptbake_pool(url, numbered_jobs(until=start + duration), concurrency, rpm=rpm))
+        await asyncio.sleep(warmup)
+        first, t_first = server_stats(url), time.monotonic()
+        await asyncio.sleep(duration - warmup)
+        last, t_last = server_stats(url), time.monotonic()
+        result = await run
+        final = server_stats(url)
+    steady = (last["paid"] - first["paid"]) / (t_last - t_first) * 60
+    overall = final["paid"] / result.elapsed * 60
+    throttled = final["statuses"].get("429", 0)
+    print(f"(d) server limit {rpm:,.0f} RPM, latency 50-500 ms, bucket 1 s, {duration:.0f} s run")
+    print(f"    achieved {steady:,.0f} RPM after {warmup:.0f} s warm-up = {steady / rpm:.1%} of the limit"
+          f" (whole run incl. start and drain: {overall:,.0f} RPM = {overall / rpm:.1%})")
+    print(f"    429s: {throttled} of {final['requests']:,} requests = "
+          f"{throttled / max(1, final['requests']):.2%}; answers {final['paid']:,}")
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=20_000, help="for (a) and (c)")
+    parser.add_argument("--sdk-requests", type=int, default=3_000, help="for (b)")
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--rpm", type=float, default=6000)
+    parser.add_argument("--duration", type=float, default=65, help="seconds for (d)")
+    parser.add_argument("--warmup", type=float, default=5, help="seconds of (d) not measured")
+    parser.add_argument("--only", default="a,b,c,d")
+    args = parser.parse_args()
+    parts = set(args.only.split(","))
+    c = args.concurrency
+
+    if parts & {"a", "b", "c"}:
+        with fake_server() as url:
+            await bare_aiohttp(url, 1000, c)  # warm the server up
+            baseline = await bare_aiohttp(url, args.requests, c)
+            if "a" in parts:
+                print(f"{'(a) bare aiohttp, ' + str(c) + ' concurrent':46} {baseline:8,.0f} req/s  (1.00×)")
+            if "b" in parts:
+                for name, transport in (("default transport", False), ("DefaultAioHttpClient", True)):
+                    try:
+                        rate = await bare_sdk(url, args.sdk_requests, c, transport)
+                    except (ImportError, RuntimeError) as exc:
+                        print(f"(b) openai SDK, {name}: unavailable ({exc})")
+                        continue
+                    print(f"{'(b) openai SDK, ' + name:46} {rate:8,.0f} req/s  "
+                          f"({rate / baseline:.2f}×)")
+            if "c" in parts:
+                run = await promptbake_pool(url, numbered_jobs(args.requests), c)
+                print(f"{'(c) promptbake Pool end to end (no store)':46} {run.per_second:8,.0f} req/s  "
+                      f"({run.per_second / baseline:.2f}×)")
+    if "d" in parts:
+        await rate_limit_efficiency(args.rpm, args.duration, args.warmup, c)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
