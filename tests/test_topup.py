@@ -151,16 +151,20 @@ def test_second_round_builds_v3_on_v2_with_fresh_requests(tmp_path):
         spec = build(tmp_path, srv.base_url)
         data = tmp_path / "data"
         test_bytes = (data / "test.jsonl").read_bytes()
-        assert topup(spec, write_eval(tmp_path / "e1.jsonl", ANGRY_WEAK), srv.base_url,
-                     "--per-category", "2").exit_code == 0
+        first_eval = write_eval(tmp_path / "e1.jsonl", ANGRY_WEAK)
+        assert topup(spec, first_eval, srv.base_url, "--per-category", "2").exit_code == 0
         second = write_eval(tmp_path / "e2.jsonl", [{"category": "calm", "score": 0.1},
                                                     {"category": "angry", "score": 0.9}])
         result = topup(spec, second, srv.base_url, "--bottom", "1", "--per-category", "2")
         assert result.exit_code == 0, result.output
+        again = topup(spec, first_eval, srv.base_url, "--per-category", "1", "--store", "other.db")
+        assert again.exit_code == 0, again.output
+        assert "e1.jsonl already drove round 1" in again.output
+    assert len(lines(data / "train.v4.jsonl")) == len(lines(data / "train.v3.jsonl")) + 1
     v2, v3 = lines(data / "train.v2.jsonl"), lines(data / "train.v3.jsonl")
     assert len(v3) == len(v2) + 2 and not Counter(v2) - Counter(v3)
     assert (data / "test.jsonl").read_bytes() == test_bytes
-    first, again = json.loads((data / "manifest.json").read_text())["topups"]
+    first, again, _ = json.loads((data / "manifest.json").read_text())["topups"]
     assert first["train"] == "train.v2.jsonl"
     assert (again["round"], again["train"], again["from"]) == (2, "train.v3.jsonl", "train.v2.jsonl")
     assert list(again["categories"]) == ["calm"] and again["eval"]["bottom"] == 1

@@ -19,7 +19,7 @@ import math
 import random
 from collections import Counter, defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -230,6 +230,8 @@ class TopupReport:
     runs: list[RunReport] = field(default_factory=list)
 
     def format(self) -> str:
+        if not self.weak:
+            return f"no category is weak by {self.metric}: nothing generated, {self.train_path} stays current"
         lines = [f"top-up round {self.round}: weak categories by {self.metric}"]
         lines.append(f"{'category':<30} {'n':>5} {'pass':>6} {'score':>6} {'wanted':>6} {'new':>5} "
                      f"{'dupes':>5} {'added':>5}")
@@ -263,8 +265,11 @@ def topup(spec: Spec, eval_path: str | Path, dataset: str | Path, *, per_categor
     report = TopupReport(round_, target, metric_used, weak, {}, 0)
     if not weak:
         report.train_path = current
-        report.warnings.append("no category is weak: nothing generated")
         return report
+    digest = _sha256(eval_path)
+    reused = [r["round"] for r in rounds if r.get("eval", {}).get("sha256") == digest]
+    if reused:
+        report.warnings.append(f"{eval_path} already drove round {reused[-1]}; evaluate the new train split first")
 
     expander = Expander(spec)
     cells = list(expander.cells())
@@ -280,11 +285,15 @@ def topup(spec: Spec, eval_path: str | Path, dataset: str | Path, *, per_categor
     train, test = read_split(current, "train"), read_split(directory / "test.jsonl", "test")
     store_path = Path(store_path) if store_path is not None else directory / "promptbake.db"
     fresh: list[Example] = []
+    options = options or GenerateOptions()
     for j, (count, group) in enumerate(plan_cells(cells, names, per_category, round_).items()):
         tag = f"topup{round_}" + (f".{j + 1}" if j else "")
         derived = derive_spec(spec, expander, group, count, round_, f"{spec.name}@{tag}",
                               directory / "topups" / f"{tag}.cells.jsonl")
-        report.runs.append(generate(derived, store_path, overrides, options, topup=True, command="topup"))
+        run = generate(derived, store_path, overrides, options, topup=True, command="topup")
+        report.runs.append(run)
+        if options.max_cost is not None:  # one budget for the whole round
+            options = replace(options, max_cost=max(0.0, options.max_cost - run.generate.spent))
         templates = Expander(derived).templates
         rejected: Counter[str] = Counter()
         with Store(store_path, lock=False) as store:
@@ -327,7 +336,7 @@ def topup(spec: Spec, eval_path: str | Path, dataset: str | Path, *, per_categor
         "from": current.name,
         "spec": spec.name,
         "spec_hash": spec.spec_hash(),
-        "eval": {"path": str(eval_path), "sha256": _sha256(eval_path), "metric": metric_used,
+        "eval": {"path": str(eval_path), "sha256": digest, "metric": metric_used,
                  "threshold": None if bottom is not None else (DEFAULT_THRESHOLD if threshold is None else threshold),
                  "bottom": bottom},
         "categories": {s.category: {**s.as_dict(), **report.added.get(s.category, {"added": 0})} for s in weak},
