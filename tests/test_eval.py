@@ -254,3 +254,18 @@ def test_a_rubric_without_a_judge_model_is_an_input_error(tmp_path):
     result = invoke("--data", str(data), "--out", "eval.jsonl", "--model", "m", "--criteria", "x",
                     "--base-url", "http://127.0.0.1:9/v1")
     assert result.exit_code == 2 and "--judge-model" in result.output
+
+
+def test_check_schema_flag_reads_a_schema_file(tmp_path):
+    data = write_dataset(tmp_path / "data", EXAMPLES[:1] + EXAMPLES[2:3])
+    schema = {"type": "object", "properties": {"a": {"const": 1}}, "required": ["a"]}
+    (tmp_path / "schema.json").write_text(json.dumps(schema))
+    with FakeServer(responder=student).running() as srv:
+        result = invoke("--data", str(data), "--out", "eval.jsonl", "--base-url", srv.base_url, "--model", "m",
+                        "--check-schema", str(tmp_path / "schema.json"))
+        assert result.exit_code == 0, result.output
+    assert [(r["id"], r["pass"]) for r in rows()] == [("j1", True), ("c1", False)]
+    (tmp_path / "bad.json").write_text("{")
+    result = invoke("--data", str(data), "--out", "eval.jsonl", "--model", "m", "--check-schema",
+                    str(tmp_path / "bad.json"))
+    assert result.exit_code == 2 and "bad.json: cannot read a JSON schema" in result.output
