@@ -375,3 +375,35 @@ def test_sample_inputs_are_realistic_and_the_prompt_long_enough():
     tickets = rows(SAMPLES / "triage_inputs.jsonl")
     assert len(tickets) == 30 and all(t["input"].strip() for t in tickets)
     assert count_tokens(Templates.for_spec_dir(ROOT).render("samples/triage_prompt.md", {}), "gpt-4o-mini") >= 1500
+
+
+# ---- the real local teacher (slow) ----------------------------------------------------------
+
+
+@pytest.mark.local_model
+def test_tiny_distillation_on_the_local_teacher(tmp_path):
+    from promptbake import local
+    from promptbake.errors import TeacherError
+
+    try:
+        local.check_server_installed()
+        local.gguf_path()
+    except TeacherError as exc:
+        pytest.skip(str(exc))
+    (tmp_path / "prompt.md").write_text(
+        "You sort customer messages for {{ company | default('Acme') }}. Reply with one word: billing, "
+        "login or other.\n\n<example>\n<input>I was charged twice</input>\n<output>billing</output>\n</example>\n")
+    (tmp_path / "in.txt").write_text("My card was charged two times this month\nI forgot my password\n"
+                                     "Where is your office?\n")
+    result = invoke("distill", "--prompt", "prompt.md", "--inputs", "in.txt", "--out", "out", "--teacher", "local",
+                    "--max-tokens", "120", "--temperature", "0", "--max-attempts", "2", "--baked-system",
+                    "Sort the message.", "-q")
+    assert result.exit_code == 0, result.output
+    data = rows(tmp_path / "out/train.jsonl") + rows(tmp_path / "out/test.jsonl")
+    assert len(data) == 3
+    for row in data:
+        assert [m["role"] for m in row["messages"]] == ["system", "user", "assistant"]
+        assert row["messages"][0]["content"] == "Sort the message." and row["messages"][2]["content"].strip()
+    d = json.loads((tmp_path / "out/manifest.json").read_text())["distill"]
+    assert d["prompt_examples"] == 1 and d["generation_cost"] == 0
+    assert d["break_even"] is None and "smollm2" in d["break_even_note"]

@@ -425,7 +425,7 @@ class DistillResult:
             f"break-even: ${b['saving_per_call']:.6f} saved per call ({s['price_model']} ${p['input_per_1m']}/1M in, "
             f"fine-tuned ×{p['ft_factor']}); upfront ${s['generation_cost']:.4f} generation + "
             f"${f['cost']:.4f} fine-tuning ({f['tokens_per_epoch']:,} tokens × {f['epochs']} epochs × "
-            f"${f['usd_per_1m']}/1M) → {b['verdict']}"
+            f"${f['usd_per_1m']:.2f}/1M) → {b['verdict']}"
         )
         return "\n".join(lines)
 
