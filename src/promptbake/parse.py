@@ -28,14 +28,14 @@ def _unfence(text: str) -> str:
 def _load_json(text: str) -> Any:
     text = _unfence(text).strip()
     try:
-        return json.loads(text)
+        return json.loads(text, strict=False)  # llama.cpp grammars allow raw control characters
     except json.JSONDecodeError:
         # tolerate prose around one JSON value: take the outermost {...} or [...]
         for open_, close in (("{", "}"), ("[", "]")):
             start, end = text.find(open_), text.rfind(close)
             if 0 <= start < end:
                 try:
-                    return json.loads(text[start : end + 1])
+                    return json.loads(text[start : end + 1], strict=False)
                 except json.JSONDecodeError:
                     continue
         raise

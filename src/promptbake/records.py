@@ -29,5 +29,9 @@ class Example(BaseModel):
         )
 
     def metadata(self) -> dict[str, Any]:
-        """The sidecar line (``metadata.jsonl``): provenance kept out of the training file."""
-        return {"id": self.id, "category": self.category, "cell": self.cell, "provenance": self.provenance}
+        """The sidecar line (``metadata.jsonl``): provenance kept out of the training file, plus
+        the rejected answer of a preference pair so ``export`` can still write DPO formats."""
+        line = {"id": self.id, "category": self.category, "cell": self.cell, "provenance": self.provenance}
+        if self.rejected is not None:
+            line["rejected"] = self.rejected
+        return line
