@@ -15,7 +15,7 @@ Three ways to use it:
 * a separate process (benchmarks, ``kill -9`` tests):
   ``python tests/fakeserver.py --port 0 --latency-ms 50-500 --rpm 6000`` prints
   ``READY http://127.0.0.1:PORT/v1`` on stdout; ``GET /_stats`` returns what it recorded
-  (``/_stats?by_hash=1`` adds the paid count per body hash, see :func:`body_hash`).
+  (``paid_by_hash`` counts successful answers per :func:`body_hash`).
 """
 
 from __future__ import annotations
@@ -202,10 +202,7 @@ class FakeServer:
         return web.json_response({"object": "list", "data": [{"id": self.model, "object": "model"}]})
 
     async def _stats(self, request: web.Request) -> web.Response:
-        stats = self.stats()
-        if request.query.get("by_hash") != "1":
-            del stats["paid_by_hash"]
-        return web.json_response(stats)
+        return web.json_response(self.stats())
 
     def _next_fault(self, body: dict[str, Any]) -> Fault | str | dict[str, Any] | None:
         if self.script:
@@ -334,13 +331,14 @@ class FakeServer:
                           "rate_limit_exceeded", {**self._limit_headers(), **headers})
         if fault.kind == "500":
             return _error(500, "server_error",
-                          fault.message or "The server had an error processing your request.", None)
+                          fault.message or "The server had an error processing your request.", None,
+                          self._limit_headers())
         if fault.kind == "401":
             return _error(401, "invalid_request_error", fault.message or "Incorrect API key provided.",
-                          "invalid_api_key")
+                          "invalid_api_key", self._limit_headers())
         if fault.kind == "400":
             return _error(400, "invalid_request_error",
-                          fault.message or "Invalid value for 'messages'.", None)
+                          fault.message or "Invalid value for 'messages'.", None, self._limit_headers())
         if fault.kind == "garbage":
             return web.Response(status=200, text="<html>upstream proxy says hello</html>",
                                 content_type="application/json")

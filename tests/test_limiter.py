@@ -240,3 +240,15 @@ def test_non_adaptive_limiter_keeps_its_concurrency():
     lim.throttled(permit, retry_after=0.0)
     lim.timed_out(permit)
     assert lim.concurrency.limit == 8
+
+
+def test_snapshot_from_before_a_lowered_limit_is_clamped_to_the_new_bucket():
+    """A client told 10× the real limit learns it from the first answer; the bucket level it
+    recorded at send time belongs to the old, bigger bucket and must not put us deep in debt."""
+    clock = FakeClock()
+    lim = limiter(clock, rpm=12_000, burst_s=0.5)  # bucket of 100
+    permit = Permit(tokens=1, sent_at=0.0, requests_left=99.0, tokens_left=None)
+    lim.observe(permit, RateInfo(limit_requests=1200, remaining_requests=0))
+    assert lim.requests is not None
+    assert lim.requests.capacity == 10
+    assert lim.requests.level == pytest.approx(0)  # not 10 - 99

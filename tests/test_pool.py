@@ -28,7 +28,8 @@ def free(model: str, prompt: int, completion: int) -> float:
 
 
 def run_pool(server: FakeServer, jobs: Iterable[Job] | AsyncIterator[Job], *, concurrency: int = 4,
-             timeout: float = 5.0, **pool_args: Any) -> tuple[PoolStats, list[Outcome], Pool]:
+             timeout: float = 5.0, rpm: float | None = None,
+             **pool_args: Any) -> tuple[PoolStats, list[Outcome], Pool]:
     outcomes: list[Outcome] = []
     pool_args.setdefault("max_attempts", 4)
     pool_args.setdefault("cost", free)
@@ -40,7 +41,7 @@ def run_pool(server: FakeServer, jobs: Iterable[Job] | AsyncIterator[Job], *, co
     async def go() -> tuple[PoolStats, Pool]:
         endpoint = Endpoint(server.base_url, "fake-model", api_key=KEY)
         async with ChatClient(endpoint, timeout=timeout, concurrency=concurrency) as client:
-            pool = Pool(client, Limiter(concurrency=concurrency), **pool_args)
+            pool = Pool(client, Limiter(rpm=rpm, concurrency=concurrency), **pool_args)
             # a guard, not a timing assertion: a pool that fails to stop would hang the suite
             return await asyncio.wait_for(pool.run(jobs, sink), 60), pool
 
@@ -230,3 +231,22 @@ def test_429s_shrink_the_pool_concurrency_and_success_grows_it_back():
     assert kinds(outcome) == ["rate_limited", "rate_limited", None]
     # 8 → 4 on the first 429; the retry was sent after that cut, so its 429 cuts again; +1/2
     assert pool.limiter.concurrency.limit == 2.5
+
+
+def test_limit_unknown_to_us_is_learned_from_the_headers():
+    with FakeServer(rpm=600, burst_s=1).running() as server:
+        stats, _, pool = run_pool(server, (job(i) for i in range(30)), concurrency=4)
+    assert stats.done == 30
+    assert pool.limiter.requests is not None
+    assert pool.limiter.requests.per_minute == 600
+
+
+def test_server_enforced_limit_far_below_ours_still_completes_every_job():
+    """A server with a 2-request burst and a client told 10× its real limit: the 429 dance
+    (retry-after, pause, drained buckets, AIMD) must get every job through, none paid twice."""
+    with FakeServer(rpm=1200, burst_s=0.1).running() as server:
+        stats, outcomes, _ = run_pool(server, (job(i) for i in range(20)), concurrency=8,
+                                      rpm=12_000, max_attempts=20)
+    assert stats.done == 20 and all(o.ok for o in outcomes)
+    assert stats.throttled == server.statuses["429"]
+    assert not server.paid_twice()

@@ -225,7 +225,8 @@ class Limiter:
                 bucket.set_limit(limit, self.burst_s)
         if bucket is None or remaining is None or ours is None:
             return bucket
-        shortfall = ours - remaining
+        # a snapshot taken before the limit was lowered may exceed the new capacity: clamp it
+        shortfall = min(ours, bucket.capacity) - remaining
         if shortfall > 0 and sent_at > self._synced_at[kind]:
             bucket.refill()
             bucket.level -= shortfall
