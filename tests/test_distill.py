@@ -240,6 +240,24 @@ def test_answers_failing_checks_are_rejected_and_counted(tmp_path):
     assert f"{bad + 1} answers rejected by checks" in result.output
 
 
+def test_structured_answers_follow_the_schema_and_unparseable_ones_are_retried(tmp_path):
+    copy_samples(tmp_path)
+    with FakeServer(responder=triage_teacher(bad="invoice")).running() as srv:
+        result = invoke(*base_args(srv, "--inputs", "samples/triage_inputs.jsonl", "--check-schema",
+                                   "samples/triage_schema.json", "--structured", "--max-attempts", "2"))
+        assert result.exit_code == 0, result.output
+        schema = json.loads((SAMPLES / "triage_schema.json").read_text())
+        assert all(b["response_format"] == {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}}
+                   for b in srv.bodies)
+        bad = sum("invoice" in r["input"] for r in rows(SAMPLES / "triage_inputs.jsonl"))
+        assert srv.count == 30 + bad  # each non-JSON answer was asked once more, then recorded as failed
+    data = rows(tmp_path / "out/train.jsonl") + rows(tmp_path / "out/test.jsonl")
+    assert len(data) == 30 - bad
+    for row in data:  # stored parsed, written back as canonical JSON
+        answer = row["messages"][-1]["content"]
+        assert answer == json.dumps(json.loads(answer), ensure_ascii=False)
+
+
 def test_generated_inputs_fan_out_and_skip_the_prompts_examples(tmp_path):
     copy_samples(tmp_path)
     with FakeServer(responder=triage_teacher()).running() as srv:

@@ -395,6 +395,8 @@ def topup(spec_path: str, eval_path: str, dataset: str, threshold: float | None,
 @click.option("--check-regex", default=None, help="Keep only answers matching this regex (re.search).")
 @click.option("--max-length", type=click.IntRange(min=1), default=None,
               help="Keep only answers of at most N characters.")
+@click.option("--structured", is_flag=True,
+              help="Ask for --check-schema as structured output, retry unparseable answers, store canonical JSON.")
 @click.option("--max-tokens", type=click.IntRange(min=1), default=None, help="Teacher max_tokens per answer.")
 @click.option("--temperature", type=click.FloatRange(0, 2), default=None, help="Teacher temperature for answers.")
 @click.option("--name", default=None, help="Spec name in the store (default: distill_<prompt file name>).")
@@ -409,10 +411,10 @@ def topup(spec_path: str, eval_path: str, dataset: str, threshold: float | None,
 @teacher_options
 def distill(prompt_path: str, inputs_path: str | None, generate_inputs: int | None, describe: str | None,
             axes: tuple[str, ...], input_field: str, out_dir: str, store_path: str | None, baked_system: str | None,
-            check_schema: str | None, check_regex: str | None, max_length: int | None, max_tokens: int | None,
-            temperature: float | None, name: str | None, price_model: str | None, ft_price_factor: float | None,
-            epochs: int | None, no_cache: bool, max_cost: float | None, quiet: bool, formats: tuple[str, ...],
-            seed: int | None, overrides: Any) -> None:
+            check_schema: str | None, check_regex: str | None, max_length: int | None, structured: bool,
+            max_tokens: int | None, temperature: float | None, name: str | None, price_model: str | None,
+            ft_price_factor: float | None, epochs: int | None, no_cache: bool, max_cost: float | None, quiet: bool,
+            formats: tuple[str, ...], seed: int | None, overrides: Any) -> None:
     """Bake a long PROMPT into examples: inputs answered under it, kept without it (re-run to resume)."""
     from . import distill as distillation
     from .generate import GenerateOptions
@@ -421,7 +423,7 @@ def distill(prompt_path: str, inputs_path: str | None, generate_inputs: int | No
         prompt_path, inputs_path, baked_system=baked_system,
         checks=distillation.answer_checks(check_schema, check_regex, max_length),
         generate_inputs=generate_inputs, describe=describe, axes=dict(map(distillation.parse_axis, axes)),
-        input_field=input_field, name=name, max_tokens=max_tokens, temperature=temperature,
+        input_field=input_field, name=name, max_tokens=max_tokens, temperature=temperature, structured=structured,
     )
     result = distillation.distill(
         spec, out_dir, store_path, overrides,

@@ -248,12 +248,15 @@ def distill_spec(
     max_tokens: int | None = None,
     temperature: float | None = None,
     max_rounds: int | None = None,
+    structured: bool = False,
 ) -> Spec:
     """The spec of a distillation: inputs (a file, or ``generate_inputs`` asked of the teacher
     from ``describe`` and ``axes``) answered under the long prompt, baked into short examples.
 
     Paths are kept as given (relative to the working directory). In file mode each ``axes`` value
-    is crossed with every input, so a one-value axis sets a prompt variable for all of them."""
+    is crossed with every input, so a one-value axis sets a prompt variable for all of them.
+    ``structured`` sends the checks' JSON schema as the answer's response format (grammar-bound on
+    the local teacher), retries answers that do not parse, and stores them as canonical JSON."""
     prompt = Path(prompt_path)
     if not prompt.is_file():
         raise InputError(f"{prompt}: no such prompt file")
@@ -269,6 +272,12 @@ def distill_spec(
         "max_tokens": max_tokens,
         "temperature": temperature,
     }
+    assistant = "{{ " + ANSWER_STEP + " }}"
+    if structured:
+        if checks is None or checks.json_schema is None:
+            raise InputError("--structured needs --check-schema: the schema the answers must follow")
+        answer |= {"parse": "json", "schema": checks.json_schema}
+        assistant = "{{ " + ANSWER_STEP + " | tojson }}"
     grid: dict[str, Any] = {"axes": axes}
     steps: list[dict[str, Any]] = [answer]
     if inputs_path is not None:
@@ -296,7 +305,7 @@ def distill_spec(
         steps.insert(0, {"name": INPUT_STEP, "parse": "list", "temperature": 1.0,
                          "messages": [{"role": "user", "content": content}]})
         rounds = 3  # top-up rounds ask for more inputs where dedupe left a cell short
-    example = [{"role": "user", "content": user}, {"role": "assistant", "content": "{{ " + ANSWER_STEP + " }}"}]
+    example = [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
     if baked_system:
         example.insert(0, {"role": "system", "content": baked_system})
     category = " ~ ' / ' ~ ".join(axes) if axes else "'all'"
