@@ -93,7 +93,7 @@ def test_prompt_examples_in_the_sample_prompt():
 def test_prompt_example_conventions():
     text = (
         "Rules first.\n\n**Input:** first question\nstill the first\n**Output:** first answer\n\n"
-        "Some prose that is not an example.\n\n"
+        "Some prose that is not an example.\nUser: whoever sends the ticket.\n\n"
         "### Input:\nsecond question\n### Output:\n```\nsecond answer\n```\n\n"
         "<example>\nUser: third question\nAssistant: third answer\n</example>\n"
         "<example>just an input in a block</example>\n"
@@ -101,9 +101,9 @@ def test_prompt_example_conventions():
     found = prompt_examples(text)
     assert [(e.input, e.output, e.line) for e in found] == [
         ("first question\nstill the first", "first answer", 3),
-        ("second question", "second answer", 9),
-        ("third question", "third answer", 17),
-        ("just an input in a block", "", 20),
+        ("second question", "second answer", 10),
+        ("third question", "third answer", 18),
+        ("just an input in a block", "", 21),
     ]
 
 

@@ -16,7 +16,8 @@ What is specific to distillation lives here:
     below, else the whole block is the input;
   * labelled pairs: a line starting with ``Input:`` or ``User:`` (optionally decorated as
     ``**Input:**``, ``### Input:``, ``- Input:``) opens an input that runs until a line starting
-    with ``Output:``, ``Assistant:`` or ``Answer:``, whose text runs to the next blank line.
+    with ``Output:``, ``Assistant:`` or ``Answer:``, whose text runs to the next blank line (an
+    input with no output label after it is not taken as an example).
 
   A Markdown heading, a ``---`` rule or an ``<example>`` tag also ends an input or output.
 - ``break_even`` and the report: prompt tokens saved per call and the number of calls after
@@ -107,7 +108,8 @@ def _labelled(text: str, first_line: int) -> list[PromptExample]:
     out: list[str] = []
 
     def flush() -> None:
-        if inp and _clean(inp):
+        # without its output label, an "Input:" or "User:" line is more likely prose than an example
+        if state == "output" and _clean(inp):
             found.append(PromptExample(_clean(inp), _clean(out), start))
 
     for number, line in enumerate(text.splitlines(), first_line):
