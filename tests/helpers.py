@@ -70,6 +70,9 @@ def list_then_reply_responder(dupe_every: int = 0):
                 items.append(f"Customer {i} says: my {picked[0]} and {picked[1]} problem, then {picked[2]} "
                              f"{picked[3]}, number {i * 7919 % 10007}.")
             return json.dumps(items)
-        return f"Ugh. Fine. ({user[:60]}) Next!"
+        system = body["messages"][0]["content"] if body["messages"][0]["role"] == "system" else ""
+        if "rude" in system.lower():
+            return f"Ugh. Fine. ({user[:60]}) Next!"
+        return f"Happy to help with that! ({user[:60]})"
 
     return respond

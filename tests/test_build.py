@@ -1,0 +1,124 @@
+"""run/build end to end against the loopback server: exact counts, determinism, manifest, formats."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+from fakeserver import FakeServer
+from helpers import MINIMAL_SPEC, list_then_reply_responder, write_spec
+
+from promptbake.cli import cli
+
+ROOT = Path(__file__).parent.parent
+BIGGER = MINIMAL_SPEC.replace("  count: 2", "  count: 6")  # 4 cells × 6 = 24 examples
+
+
+def run(*args: str):
+    return CliRunner().invoke(cli, list(args))
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_duplicates_are_replaced_until_every_cell_has_its_count(tmp_path):
+    spec = write_spec(tmp_path, BIGGER)
+    with FakeServer(responder=list_then_reply_responder(dupe_every=4)).running() as srv:
+        result = run("run", str(spec), "--out", "out", "--base-url", srv.base_url, "-q")
+    assert result.exit_code == 0, result.output
+    assert "round 0: 4 cells short" in result.output  # every 4th utterance repeats: top-up needed
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["train"] + manifest["test"] == 24
+    assert all(c["kept"] == 12 for c in manifest["categories"].values())
+    assert sum(c["exact_dupes"] for c in manifest["categories"].values()) > 0
+    users = [r["messages"][0]["content"] for name in ("train", "test") for r in read_jsonl(tmp_path / "out" / f"{name}.jsonl")]
+    assert len(set(users)) == 24
+    dropped = read_jsonl(tmp_path / "out" / "dropped.jsonl")
+    assert dropped and all(d["reason"] == "exact" for d in dropped)
+
+
+def test_rebuild_is_byte_identical_and_sends_nothing(tmp_path):
+    spec = write_spec(tmp_path, BIGGER)
+    with FakeServer(responder=list_then_reply_responder()).running() as srv:
+        assert run("run", str(spec), "--out", "a", "--store", "s.db", "--base-url", srv.base_url, "-q").exit_code == 0
+        sent = srv.count
+        result = run("run", str(spec), "--out", "b", "--store", "s.db", "--base-url", srv.base_url, "-q")
+        assert result.exit_code == 0, result.output
+        assert srv.count == sent
+    for name in ("train.jsonl", "test.jsonl", "metadata.jsonl", "manifest.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    # build from the store alone (the spec text is in it) gives the same files too
+    result = run("build", "s.db", "--out", "c")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "a" / "train.jsonl").read_bytes() == (tmp_path / "c" / "train.jsonl").read_bytes()
+
+
+def test_another_seed_shuffles_differently_but_keeps_strata(tmp_path):
+    spec = write_spec(tmp_path, BIGGER)
+    with FakeServer(responder=list_then_reply_responder()).running() as srv:
+        run("generate", str(spec), "--store", "s.db", "--base-url", srv.base_url, "-q")
+    assert run("build", str(spec), "--store", "s.db", "--out", "a").exit_code == 0
+    assert run("build", str(spec), "--store", "s.db", "--out", "b", "--seed", "99").exit_code == 0
+    a, b = (tmp_path / "a" / "train.jsonl").read_text(), (tmp_path / "b" / "train.jsonl").read_text()
+    assert a != b
+    for out in ("a", "b"):
+        meta = read_jsonl(tmp_path / out / "metadata.jsonl")
+        for category in ("calm", "angry"):
+            assert {m["split"] for m in meta if m["category"] == category} == {"train", "test"}
+
+
+def test_manifest_and_sidecar(tmp_path):
+    spec = write_spec(tmp_path, BIGGER)
+    with FakeServer(responder=list_then_reply_responder()).running() as srv:
+        result = run("run", str(spec), "--out", "out", "--base-url", srv.base_url, "-q")
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "out"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["spec"] == "mini"
+    assert manifest["seed"] == 1
+    assert manifest["teacher"]["models"] == ["gpt-4o-mini"]  # the model the server says answered
+    assert manifest["usage"]["ok"] == 4 + 24
+    assert manifest["usage"]["prompt_tokens"] > 0
+    assert set(manifest["categories"]) == {"calm", "angry"}
+    train = read_jsonl(out / "train.jsonl")
+    assert all(set(r) == {"messages"} for r in train)  # metadata stays out of the training file
+    meta = read_jsonl(out / "metadata.jsonl")
+    assert len(meta) == manifest["train"] + manifest["test"]
+    assert {"id", "category", "cell", "provenance", "split"} <= set(meta[0])
+    assert not list(out.glob("*.tmp*"))
+
+
+def test_checks_reject_and_are_counted(tmp_path):
+    text = BIGGER.replace('      content: "{{ answer }}"\n', '      content: "{{ answer }}"\n  checks:\n    regex: "calm"\n')
+    spec = write_spec(tmp_path, text.replace("max_rounds", "x") + "max_rounds: 0\n")
+    with FakeServer(responder=list_then_reply_responder()).running() as srv:
+        result = run("run", str(spec), "--out", "out", "--base-url", srv.base_url, "-q")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    # replies echo the utterance, which never says "calm": every answer fails the regex
+    assert manifest["categories"]["calm"]["rejected_by_checks"] == 12
+    assert manifest["train"] + manifest["test"] == 0
+    assert any("short" in w for w in manifest["warnings"])
+
+
+def test_dpo_spec_builds_preference_formats(tmp_path):
+    with FakeServer(responder=list_then_reply_responder()).running() as srv:
+        result = run("run", str(ROOT / "generators" / "rude_agent_dpo.yaml"), "--out", "out",
+                     "--base-url", srv.base_url, "-q")
+    assert result.exit_code == 0, result.output
+    pairs = read_jsonl(tmp_path / "out" / "preference-trl" / "train.jsonl")
+    assert pairs and {"prompt", "chosen", "rejected"} <= set(pairs[0])
+    assert pairs[0]["chosen"] != pairs[0]["rejected"]
+    openai = read_jsonl(tmp_path / "out" / "preference-openai" / "train.jsonl")
+    assert {"input", "preferred_output", "non_preferred_output"} <= set(openai[0])
+
+
+def test_build_reports_validation_problems(tmp_path):
+    spec = write_spec(tmp_path)  # 8 examples: under OpenAI's minimum of 10
+    with FakeServer(responder=list_then_reply_responder()).running() as srv:
+        result = run("run", str(spec), "--out", "out", "--base-url", srv.base_url, "-q")
+    assert result.exit_code == 0, result.output
+    assert "too_few_examples" in result.output
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["validation"]["ok"] is False
