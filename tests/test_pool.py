@@ -250,3 +250,27 @@ def test_server_enforced_limit_far_below_ours_still_completes_every_job():
     assert stats.done == 20 and all(o.ok for o in outcomes)
     assert stats.throttled == server.statuses["429"]
     assert not server.paid_twice()
+
+
+def test_paid_attempts_of_an_interrupted_job_still_reach_the_sink():
+    """Job 0 is paid once (rejected) and then hangs; job 1 keeps failing until job 0's second
+    attempt is on the wire, then gets a 401. The run stops, but job 0's paid answer is kept."""
+    seen: list[str] = []
+
+    def responder(body: dict[str, Any]) -> str | Fault:
+        question = body["messages"][-1]["content"]
+        seen.append(question)
+        if question == "q0":
+            return "unusable" if seen.count("q0") == 1 else Fault("hang")
+        return Fault("401") if seen.count("q0") == 2 else Fault("500")
+
+    def check(result: ChatResult) -> Any:
+        raise errors.ResponseRejected("unusable", raw=result.contents[0])
+
+    received: list[Outcome] = []
+    jobs = [Job(j.id, j.body, 20, check=check) for j in (job(0), job(1))]
+    with FakeServer(responder=responder).running() as server, pytest.raises(errors.AuthError):
+        run_pool(server, jobs, concurrency=2, max_attempts=50, timeout=120, progress=received.append)
+    [interrupted] = received
+    assert interrupted.job.id == "0" and interrupted.abandoned and not interrupted.ok
+    assert [a.raw for a in interrupted.attempts] == ["unusable"]

@@ -49,8 +49,8 @@ class Attempt:
 
 @dataclass
 class Outcome:
-    """A finished job. ``abandoned`` means it was cut short by the budget, not that it failed: its
-    paid attempts must be stored, and the job stays pending for the next run."""
+    """A finished job. ``abandoned`` means it was cut short (budget, 401, cancellation), not that it
+    failed: its paid attempts must be stored, and the job stays pending for the next run."""
 
     job: Job
     ok: bool
@@ -159,11 +159,24 @@ class Pool:
                 self._stopping = True
                 self.stats.stopped_for_budget = True
                 return
-            outcome = await self._run_job(job)
-            self._account(outcome)
-            if self.progress is not None:
-                self.progress(outcome)
-            await sink(outcome)
+            run = _JobRun(job)
+            try:
+                outcome = await self._run_job(run)
+            except BaseException:
+                # Cancelled (Ctrl-C, or another worker hit a 401) or our own 401: answers this
+                # job already paid for (rejected ones) must still reach the store.
+                if any(attempt.status == 200 for attempt in run.attempts):
+                    await self._finish(Outcome(job, False, None, None, run.attempts,
+                                               "interrupted before the job finished",
+                                               abandoned=True), sink)
+                raise
+            await self._finish(outcome, sink)
+
+    async def _finish(self, outcome: Outcome, sink: Callable[[Outcome], Awaitable[None]]) -> None:
+        self._account(outcome)
+        if self.progress is not None:
+            self.progress(outcome)
+        await sink(outcome)
 
     def _worst_cost(self, job: Job) -> float:
         """Cost if the answer used every token it may; with no max tokens set, the whole
@@ -176,10 +189,10 @@ class Pool:
         out = int(cap) * int(body.get("n") or 1)
         return self.cost(model, max(0, job.est_tokens - out), out)
 
-    async def _run_job(self, job: Job) -> Outcome:
+    async def _run_job(self, run: _JobRun) -> Outcome:
         """Attempt until success, a final error or ``max_attempts``. The first attempt's budget is
         reserved by the caller; each retry reserves its own."""
-        run = _JobRun(job)
+        job = run.job
         worst = self._worst_cost(job)
         error = "no attempt"
         for number in range(1, self.max_attempts + 1):
