@@ -365,6 +365,20 @@ def test_inputs_and_generate_inputs_are_exclusive(tmp_path):
     assert result.exit_code == 2 and "--axis 'tone': write it as name=value1,value2" in result.output
 
 
+def test_many_generated_inputs_are_asked_for_in_batches(tmp_path):
+    copy_samples(tmp_path)
+    spec = distill_spec("samples/triage_prompt.md", generate_inputs=50, describe="tickets",
+                        axes={"tone": ["calm", "angry"]})
+    # 50 inputs over 2 tones: 2 batches of 13 per tone, so no request asks for more than 20
+    assert spec.grid.axes == {"description": ["tickets"], "tone": ["calm", "angry"], "batch": [1, 2]}
+    assert spec.grid.count == 13 and spec.max_rounds == 3
+    content = spec.steps[0].messages[0].content
+    assert "{{ batch }}" in content and "- tone: {{ tone }}" in content
+    small = distill_spec("samples/triage_prompt.md", generate_inputs=6, describe="tickets")
+    assert small.grid.axes == {"description": ["tickets"]} and small.grid.count == 6
+    assert "batch" not in small.steps[0].messages[0].content
+
+
 # ---- the hand-written spec ------------------------------------------------------------------
 
 

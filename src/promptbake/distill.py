@@ -263,8 +263,10 @@ def distill_spec(
     if not prompt.is_file():
         raise InputError(f"{prompt}: no such prompt file")
     axes = dict(axes or {})
-    if (inputs_path is None) == (generate_inputs is None):
+    if inputs_path is not None and generate_inputs is not None:
         raise InputError("give an inputs file (--inputs) or --generate-inputs N, not both")
+    if inputs_path is None and generate_inputs is None:
+        raise InputError("give an inputs file (--inputs) or --generate-inputs N")
     if not IDENTIFIER.match(input_field):
         raise InputError(f"--input-field {input_field!r}: must be an identifier (letters, digits, _)")
     user = "{{ " + (input_field if inputs_path is not None else INPUT_STEP) + " }}"
@@ -287,7 +289,8 @@ def distill_spec(
         grid["table"] = str(inputs_path)
         rounds = 0  # re-asking the same input cannot fill a gap a duplicate or failed check left
     else:
-        if generate_inputs is None or generate_inputs < 1:
+        wanted = generate_inputs or 0
+        if wanted < 1:
             raise InputError("--generate-inputs must be at least 1")
         if not describe:
             raise InputError("--generate-inputs needs --describe \"what the inputs are\"")
@@ -295,11 +298,11 @@ def distill_spec(
             if reserved in axes:
                 raise InputError(f"--axis {reserved}: the name is used by distillation itself")
         cells = math.prod(len(v) for v in axes.values())
-        batches = math.ceil(generate_inputs / (cells * INPUTS_PER_REQUEST))
+        batches = math.ceil(wanted / (cells * INPUTS_PER_REQUEST))
         traits = "".join(f"- {a}: {{{{ {a} }}}}\n" for a in axes)
         batch_axis = {"batch": list(range(1, batches + 1))} if batches > 1 else {}
         grid["axes"] = {"description": [describe], **axes, **batch_axis}
-        grid["count"] = math.ceil(generate_inputs / (cells * batches))
+        grid["count"] = math.ceil(wanted / (cells * batches))
         batch_line = " (This is batch {{ batch }}: make it different from the other batches.)"
         content = INPUTS_PROMPT.replace(
             "{traits}", f"Every message must fit this situation:\n{traits}" if traits else ""
