@@ -36,8 +36,8 @@ from typing import Any, Literal
 
 from aiohttp import web
 
-FaultKind = Literal["429", "500", "garbage", "hang", "drop", "401", "400"]
-FAULT_KINDS: tuple[FaultKind, ...] = ("429", "500", "garbage", "hang", "drop", "401", "400")
+FaultKind = Literal["429", "quota", "500", "garbage", "hang", "drop", "401", "400"]
+FAULT_KINDS: tuple[FaultKind, ...] = ("429", "quota", "500", "garbage", "hang", "drop", "401", "400")
 
 
 @dataclass(frozen=True)
@@ -329,6 +329,10 @@ class FakeServer:
             headers = _retry_headers(fault.retry_after_ms) if fault.retry_after_ms is not None else {}
             return _error(429, "requests", fault.message or "Rate limit reached for requests.",
                           "rate_limit_exceeded", {**self._limit_headers(), **headers})
+        if fault.kind == "quota":
+            return _error(429, "insufficient_quota",
+                          "You exceeded your current quota, please check your plan and billing details.",
+                          "insufficient_quota", self._limit_headers())
         if fault.kind == "500":
             return _error(500, "server_error",
                           fault.message or "The server had an error processing your request.", None,

@@ -15,6 +15,7 @@ from promptbake.client import (
     ChatClient,
     ChatResult,
     Endpoint,
+    QuotaExhausted,
     RateLimited,
     RequestFailed,
     RetryableError,
@@ -100,6 +101,13 @@ def test_transient_failures_are_retryable(fault: Fault, kind: str):
 
 def test_hang_becomes_a_retryable_timeout():
     assert failure(Fault("hang"), RetryableError, timeout=0.3).kind == "timeout"
+
+
+def test_exhausted_quota_is_fatal_not_a_rate_limit():
+    error = failure(Fault("quota"), QuotaExhausted)
+    assert error.fatal and not error.retryable
+    assert isinstance(error, errors.TeacherError)
+    assert "check your plan and billing" in str(error)
 
 
 def test_400_is_final():

@@ -274,3 +274,10 @@ def test_paid_attempts_of_an_interrupted_job_still_reach_the_sink():
     [interrupted] = received
     assert interrupted.job.id == "0" and interrupted.abandoned and not interrupted.ok
     assert [a.raw for a in interrupted.attempts] == ["unusable"]
+
+
+def test_exhausted_quota_stops_the_run():
+    with FakeServer(script=[Fault("quota")]).running() as server:
+        with pytest.raises(errors.TeacherError, match="exceeded your current quota"):
+            run_pool(server, (job(i) for i in range(50)), concurrency=1)
+        assert server.count == 1

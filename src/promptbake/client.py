@@ -88,9 +88,11 @@ class ChatResult:
 
 
 class AttemptError(Exception):
-    """One attempt failed. ``kind`` is a short stable name for stores and progress counters."""
+    """One attempt failed. ``kind`` is a short stable name for stores and progress counters;
+    ``fatal`` errors stop the whole run, since every other request would fail the same way."""
 
     retryable = False
+    fatal = False
 
     def __init__(self, kind: str, message: str, *, status: int | None = None,
                  retry_after: float | None = None, rate: RateInfo | None = None) -> None:
@@ -117,6 +119,14 @@ class RequestFailed(AttemptError, errors.TeacherError):
 
 class Unauthorized(AttemptError, errors.AuthError):
     """401/403: the run must stop at once; the message never contains the key."""
+
+    fatal = True
+
+
+class QuotaExhausted(AttemptError, errors.TeacherError):
+    """A 429 with ``insufficient_quota``: billing, not pacing — waiting will not bring it back."""
+
+    fatal = True
 
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
@@ -217,7 +227,10 @@ class ChatClient:
                                  status=status, rate=rate) from None
 
     def _http_error(self, status: int, raw: bytes, headers: Any, rate: RateInfo | None) -> AttemptError:
-        message = self._scrub(f"HTTP {status}: {_error_message(raw)}")
+        text, code = _error_details(raw)
+        message = self._scrub(f"HTTP {status}: {text}")
+        if status == 429 and code == "insufficient_quota":
+            return QuotaExhausted("insufficient_quota", message, status=status, rate=rate)
         if status == 429:
             return RateLimited("rate_limited", message, status=status,
                                retry_after=parse_retry_after(headers), rate=rate)
@@ -235,14 +248,18 @@ class ChatClient:
         return text.replace(key, "***") if key else text
 
 
-def _error_message(raw: bytes) -> str:
-    """OpenAI's ``{"error": {"message": ...}}`` when present, else the start of the body."""
+def _error_details(raw: bytes) -> tuple[str, str | None]:
+    """OpenAI's ``{"error": {"message": ..., "code": ...}}`` when present, else the body's start."""
+    code = None
     try:
         error = json.loads(raw)["error"]
-        message = error["message"] if isinstance(error, dict) else str(error)
+        if isinstance(error, dict):
+            message, code = error["message"], error.get("code")
+        else:
+            message = str(error)
     except (ValueError, KeyError, TypeError):
         message = raw[:200].decode("utf-8", "replace")
-    return " ".join(str(message).split())
+    return " ".join(str(message).split()), code
 
 
 def _result(decoded: dict[str, Any], body: dict[str, Any], rate: RateInfo | None) -> ChatResult:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import errors
-from .client import AttemptError, ChatClient, ChatResult, RateLimited, Unauthorized
+from .client import AttemptError, ChatClient, ChatResult, RateLimited
 from .limiter import Limiter, wait_hint
 
 CostFn = Callable[[str, int, int], float]
@@ -128,8 +128,8 @@ class Pool:
                   sink: Callable[[Outcome], Awaitable[None]]) -> PoolStats:
         """Run every job; return when all are done, or the budget stopped us.
 
-        An :class:`errors.AuthError` (or an exception from ``sink``) cancels everything in flight
-        and is re-raised: with a bad key every further request is wasted.
+        A fatal error (:class:`errors.AuthError`, an exhausted quota) or an exception from ``sink``
+        cancels everything in flight and is re-raised: every further request would be wasted.
         """
         started = time.perf_counter()
         pull = _puller(jobs)
@@ -221,7 +221,7 @@ class Pool:
         except AttemptError as exc:
             latency = (time.perf_counter() - start) * 1000
             run.attempts.append(Attempt(number, exc.status, exc.kind, str(exc), latency, seed=seed))
-            if isinstance(exc, Unauthorized):
+            if exc.fatal:
                 raise
             self.limiter.observe(permit, exc.rate)
             if not exc.retryable:
