@@ -54,8 +54,28 @@ def list_then_reply_responder(dupe_every: int = 0):
     import re
 
     counter = itertools.count()
-    words = ["refund", "manager", "coupon", "waiting", "closing", "quality", "payment", "return", "help", "price",
-             "receipt", "size", "colour", "line", "staff", "broken", "late", "noisy", "cold", "wrong"]
+    words = [
+        "refund",
+        "manager",
+        "coupon",
+        "waiting",
+        "closing",
+        "quality",
+        "payment",
+        "return",
+        "help",
+        "price",
+        "receipt",
+        "size",
+        "colour",
+        "line",
+        "staff",
+        "broken",
+        "late",
+        "noisy",
+        "cold",
+        "wrong",
+    ]
 
     def respond(body: dict) -> str:
         user = next(m["content"] for m in reversed(body["messages"]) if m["role"] == "user")
@@ -67,8 +87,10 @@ def list_then_reply_responder(dupe_every: int = 0):
                 if dupe_every and i % dupe_every == dupe_every - 1:
                     i -= 1
                 picked = [words[(i * 7 + j * 3) % len(words)] for j in range(4)]
-                items.append(f"Customer {i} says: my {picked[0]} and {picked[1]} problem, then {picked[2]} "
-                             f"{picked[3]}, number {i * 7919 % 10007}.")
+                items.append(
+                    f"Customer {i} says: my {picked[0]} and {picked[1]} problem, then {picked[2]} "
+                    f"{picked[3]}, number {i * 7919 % 10007}."
+                )
             return json.dumps(items)
         system = body["messages"][0]["content"] if body["messages"][0]["role"] == "system" else ""
         if "rude" in system.lower():

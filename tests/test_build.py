@@ -33,7 +33,11 @@ def test_duplicates_are_replaced_until_every_cell_has_its_count(tmp_path):
     assert manifest["train"] + manifest["test"] == 24
     assert all(c["kept"] == 12 for c in manifest["categories"].values())
     assert sum(c["exact_dupes"] for c in manifest["categories"].values()) > 0
-    users = [r["messages"][0]["content"] for name in ("train", "test") for r in read_jsonl(tmp_path / "out" / f"{name}.jsonl")]
+    users = [
+        r["messages"][0]["content"]
+        for name in ("train", "test")
+        for r in read_jsonl(tmp_path / "out" / f"{name}.jsonl")
+    ]
     assert len(set(users)) == 24
     dropped = read_jsonl(tmp_path / "out" / "dropped.jsonl")
     assert dropped and all(d["reason"] == "exact" for d in dropped)
@@ -91,7 +95,9 @@ def test_manifest_and_sidecar(tmp_path):
 
 
 def test_checks_reject_and_are_counted(tmp_path):
-    text = BIGGER.replace('      content: "{{ answer }}"\n', '      content: "{{ answer }}"\n  checks:\n    regex: "calm"\n')
+    text = BIGGER.replace(
+        '      content: "{{ answer }}"\n', '      content: "{{ answer }}"\n  checks:\n    regex: "calm"\n'
+    )
     spec = write_spec(tmp_path, text.replace("max_rounds", "x") + "max_rounds: 0\n")
     with FakeServer(responder=list_then_reply_responder()).running() as srv:
         result = run("run", str(spec), "--out", "out", "--base-url", srv.base_url, "-q")
@@ -105,8 +111,9 @@ def test_checks_reject_and_are_counted(tmp_path):
 
 def test_dpo_spec_builds_preference_formats(tmp_path):
     with FakeServer(responder=list_then_reply_responder()).running() as srv:
-        result = run("run", str(ROOT / "generators" / "rude_agent_dpo.yaml"), "--out", "out",
-                     "--base-url", srv.base_url, "-q")
+        result = run(
+            "run", str(ROOT / "generators" / "rude_agent_dpo.yaml"), "--out", "out", "--base-url", srv.base_url, "-q"
+        )
     assert result.exit_code == 0, result.output
     pairs = read_jsonl(tmp_path / "out" / "preference-trl" / "train.jsonl")
     assert pairs and {"prompt", "chosen", "rejected"} <= set(pairs[0])

@@ -27,24 +27,29 @@ def test_rude_agent_expands_to_100_cells():
 
 
 def test_exclude_and_weights(tmp_path):
-    text = MINIMAL_SPEC.replace("  count: 2", '  count: 2\n  exclude: [{place: gym, mood: calm}]\n'
-                                '  weights: {mood: {angry: 2.5}}')
+    text = MINIMAL_SPEC.replace(
+        "  count: 2", "  count: 2\n  exclude: [{place: gym, mood: calm}]\n  weights: {mood: {angry: 2.5}}"
+    )
     cells = list(Expander(load_spec(write_spec(tmp_path, text))).cells())
     assert [(c.values["place"], c.values["mood"], c.count) for c in cells] == [
-        ("shop", "calm", 2), ("shop", "angry", 5), ("gym", "angry", 5)]
+        ("shop", "calm", 2),
+        ("shop", "angry", 5),
+        ("gym", "angry", 5),
+    ]
 
 
 def test_axis_from_file_and_category_expression(tmp_path):
     (tmp_path / "places.txt").write_text("shop\n\nbank\n", encoding="utf-8")
     text = MINIMAL_SPEC.replace("place: [shop, gym]", "place: places.txt").replace(
-        "category: mood", "category: \"place ~ '/' ~ mood\"")
+        "category: mood", "category: \"place ~ '/' ~ mood\""
+    )
     cells = list(Expander(load_spec(write_spec(tmp_path, text))).cells())
     assert [c.category for c in cells] == ["shop/calm", "shop/angry", "bank/calm", "bank/angry"]
 
 
 def test_missing_axis_file(tmp_path):
     text = MINIMAL_SPEC.replace("place: [shop, gym]", "place: nowhere.txt")
-    with pytest.raises(DataFileError, match="nowhere.txt: cannot read values of axis 'place'"):
+    with pytest.raises(DataFileError, match=r"nowhere\.txt: cannot read values of axis 'place'"):
         Expander(load_spec(write_spec(tmp_path, text)))
 
 
@@ -64,17 +69,25 @@ def test_empty_axis(tmp_path):
 
 def test_table_rows_cross_axes(tmp_path):
     (tmp_path / "inputs.jsonl").write_text('{"input": "a"}\n{"input": "b"}\n', encoding="utf-8")
-    text = MINIMAL_SPEC.replace("  axes:\n    place: [shop, gym]\n    mood: [calm, angry]",
-                                "  table: inputs.jsonl\n  axes:\n    mood: [calm, angry]")
+    text = MINIMAL_SPEC.replace(
+        "  axes:\n    place: [shop, gym]\n    mood: [calm, angry]",
+        "  table: inputs.jsonl\n  axes:\n    mood: [calm, angry]",
+    )
     cells = list(Expander(load_spec(write_spec(tmp_path, text))).cells())
     assert [(c.values["input"], c.values["mood"]) for c in cells] == [
-        ("a", "calm"), ("a", "angry"), ("b", "calm"), ("b", "angry")]
+        ("a", "calm"),
+        ("a", "angry"),
+        ("b", "calm"),
+        ("b", "angry"),
+    ]
 
 
 def test_broken_table_line(tmp_path):
     (tmp_path / "inputs.jsonl").write_text('{"input": "a"}\n{"input": \n', encoding="utf-8")
-    text = MINIMAL_SPEC.replace("  axes:\n    place: [shop, gym]\n    mood: [calm, angry]",
-                                "  table: inputs.jsonl\n  axes:\n    mood: [calm, angry]")
+    text = MINIMAL_SPEC.replace(
+        "  axes:\n    place: [shop, gym]\n    mood: [calm, angry]",
+        "  table: inputs.jsonl\n  axes:\n    mood: [calm, angry]",
+    )
     with pytest.raises(DataFileError, match=r"inputs.jsonl:2: not valid JSON"):
         Expander(load_spec(write_spec(tmp_path, text)))
 
@@ -110,8 +123,10 @@ def test_changing_a_template_changes_only_its_prompts(tmp_path):
 def test_missing_variable_names_template_file_and_line(tmp_path):
     (tmp_path / "templates").mkdir()
     (tmp_path / "templates" / "ask.j2").write_text("Line one\nSay {{ nope }}\n", encoding="utf-8")
-    text = MINIMAL_SPEC.replace('        content: "Give {{ count }} things a {{ mood }} customer says at the {{ place }}."',
-                                "        template: ask.j2")
+    text = MINIMAL_SPEC.replace(
+        '        content: "Give {{ count }} things a {{ mood }} customer says at the {{ place }}."',
+        "        template: ask.j2",
+    )
     result = CliRunner().invoke(cli, ["expand", str(write_spec(tmp_path, text)), "-o", "x.jsonl"])
     assert result.exit_code == 2
     assert "ask.j2:2: 'nope' is undefined" in result.output
@@ -119,9 +134,11 @@ def test_missing_variable_names_template_file_and_line(tmp_path):
 
 
 def test_missing_template_file(tmp_path):
-    text = MINIMAL_SPEC.replace('        content: "Give {{ count }} things a {{ mood }} customer says at the {{ place }}."',
-                                "        template: absent.j2")
-    with pytest.raises(TemplateError, match="absent.j2: template file not found"):
+    text = MINIMAL_SPEC.replace(
+        '        content: "Give {{ count }} things a {{ mood }} customer says at the {{ place }}."',
+        "        template: absent.j2",
+    )
+    with pytest.raises(TemplateError, match=r"absent\.j2: template file not found"):
         from promptbake.plan import Planner
 
         spec = load_spec(write_spec(tmp_path, text))
@@ -136,8 +153,17 @@ def test_inline_template_error_names_spec_field(tmp_path):
     expander = Expander(spec)
     planner = Planner(spec, expander.templates, "m", "remote")
     with pytest.raises(TemplateError, match=r"spec.yaml:steps\[1\].messages\[0\].content:1: 'missing' is undefined"):
-        planner.request(1, {"place": "x", "mood": "y", "ask": "hi"}, cell_key="k", category="c", round_=0,
-                        ord_="0", parent_id=None, item_index=0, replicate=[0])
+        planner.request(
+            1,
+            {"place": "x", "mood": "y", "ask": "hi"},
+            cell_key="k",
+            category="c",
+            round_=0,
+            ord_="0",
+            parent_id=None,
+            item_index=0,
+            replicate=[0],
+        )
 
 
 def test_dry_run_prints_counts_and_cost():
@@ -151,8 +177,9 @@ def test_dry_run_prints_counts_and_cost():
 
 
 def test_request_body_holds_rendered_messages_and_only_sampling_params(tmp_path):
-    text = MINIMAL_SPEC.replace("    parse: list", "    parse: list\n    temperature: 0.5\n    max_tokens: 99\n"
-                                "    extra_body: {top_k: 5}")
+    text = MINIMAL_SPEC.replace(
+        "    parse: list", "    parse: list\n    temperature: 0.5\n    max_tokens: 99\n    extra_body: {top_k: 5}"
+    )
     spec = load_spec(write_spec(tmp_path, text))
     from promptbake.plan import Planner
 

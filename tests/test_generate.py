@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from fakeserver import Fault, FakeServer
+from fakeserver import FakeServer, Fault
 from helpers import MINIMAL_SPEC, list_then_reply_responder, write_spec
 
 from promptbake.cli import cli
@@ -90,8 +90,9 @@ def test_unparseable_answers_are_recorded_with_raw_text(tmp_path):
 
     spec = write_spec(tmp_path)
     with FakeServer(responder=responder).running() as srv:
-        result = invoke("generate", str(spec), "--store", "s.db", "--base-url", srv.base_url, "-q",
-                        "--max-attempts", "3")
+        result = invoke(
+            "generate", str(spec), "--store", "s.db", "--base-url", srv.base_url, "-q", "--max-attempts", "3"
+        )
         assert result.exit_code == 0, result.output
         assert "1 failed" in result.output
     with sqlite3.connect(tmp_path / "s.db") as con:
@@ -119,12 +120,25 @@ def test_401_stops_and_never_leaks_the_key(tmp_path, monkeypatch):
 
 
 def test_max_cost_stops_cleanly_and_rerun_continues(tmp_path):
-    text = MINIMAL_SPEC.replace("teacher:\n  model: gpt-4o-mini",
-                                "teacher:\n  model: pricey\n  prices: {pricey: {input: 100000, output: 100000}}")
+    text = MINIMAL_SPEC.replace(
+        "teacher:\n  model: gpt-4o-mini",
+        "teacher:\n  model: pricey\n  prices: {pricey: {input: 100000, output: 100000}}",
+    )
     spec = write_spec(tmp_path, text)
     with FakeServer(responder=list_then_reply_responder()).running() as srv:
-        result = invoke("generate", str(spec), "--store", "s.db", "--base-url", srv.base_url, "-q",
-                        "--max-cost", "100", "--concurrency", "1")
+        result = invoke(
+            "generate",
+            str(spec),
+            "--store",
+            "s.db",
+            "--base-url",
+            srv.base_url,
+            "-q",
+            "--max-cost",
+            "100",
+            "--concurrency",
+            "1",
+        )
         assert result.exit_code == 1
         assert "--max-cost $100.00 reached" in result.output
         with sqlite3.connect(tmp_path / "s.db") as con:
@@ -147,17 +161,32 @@ def test_second_process_on_same_store_is_refused(tmp_path):
 
 def test_kill_9_resume_loses_nothing_and_repays_at_most_in_flight(tmp_path):
     """A real process killed mid-run; the re-run sends only what has no stored success."""
-    text = MINIMAL_SPEC.replace("  count: 2", "  count: 30").replace("    parse: list", "    parse: list\n    repeat: 1")
+    text = MINIMAL_SPEC.replace("  count: 2", "  count: 30").replace(
+        "    parse: list", "    parse: list\n    repeat: 1"
+    )
     spec = write_spec(tmp_path, text)
     server = subprocess.Popen(
         [sys.executable, str(TESTS / "fakeserver.py"), "--port", "0", "--latency-ms", "20-60", "--responder", "grid"],
-        stdout=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         base_url = server.stdout.readline().split()[-1]
         env = {**os.environ, "PYTHONPATH": str(TESTS.parent / "src")}
-        cmd = [sys.executable, "-m", "promptbake", "generate", str(spec), "--store", str(tmp_path / "s.db"),
-               "--base-url", base_url, "-q", "--concurrency", "8"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "promptbake",
+            "generate",
+            str(spec),
+            "--store",
+            str(tmp_path / "s.db"),
+            "--base-url",
+            base_url,
+            "-q",
+            "--concurrency",
+            "8",
+        ]
         proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -170,9 +199,18 @@ def test_kill_9_resume_loses_nothing_and_repays_at_most_in_flight(tmp_path):
         assert 0 < done_before < STEP0 + 120
         subprocess.run(cmd, env=env, cwd=tmp_path, check=True, capture_output=True, timeout=120)
         assert statuses(tmp_path / "s.db") == {"ok": STEP0 + 120}
-        stats = json.loads(subprocess.run(
-            [sys.executable, "-c", f"import urllib.request;print(urllib.request.urlopen('{base_url[:-3]}/_stats').read().decode())"],
-            capture_output=True, text=True, check=True).stdout)
+        stats = json.loads(
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    f"import urllib.request;print(urllib.request.urlopen('{base_url[:-3]}/_stats').read().decode())",
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+        )
         paid_twice = sum(n - 1 for n in stats["paid_by_hash"].values() if n > 1)
         assert paid_twice <= 8  # at most what was in flight (concurrency 8) at the kill
     finally:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pytest
 from click.testing import CliRunner
+from helpers import MINIMAL_SPEC, write_spec
 
 from promptbake.cli import cli
 from promptbake.errors import SpecError
 from promptbake.spec import load_spec
-
-from helpers import MINIMAL_SPEC, write_spec
 
 
 def test_minimal_spec_loads(tmp_path):
@@ -36,11 +35,15 @@ def test_rude_agent_spec_loads():
         (MINIMAL_SPEC.replace("  count: 2", "  count: two"), ":9: grid.count: Input should be a valid integer"),
         (MINIMAL_SPEC.replace("    parse: list", "    parse: xml"), ":13: steps[0].parse: Input should be"),
         (MINIMAL_SPEC.replace("name: mini", "name: [mini"), ": invalid YAML"),
-        (MINIMAL_SPEC.replace("        content: Be rude.", "        content: Be rude.\n        template: x.j2"),
-         ":19: steps[1].messages[0]: give exactly one of"),
+        (
+            MINIMAL_SPEC.replace("        content: Be rude.", "        content: Be rude.\n        template: x.j2"),
+            ":19: steps[1].messages[0]: give exactly one of",
+        ),
         (MINIMAL_SPEC.replace("  - name: answer", "  - name: ask"), "step names must be unique"),
-        (MINIMAL_SPEC.replace("  count: 2", "  count: 2\n  exclude: [{colour: red}]"),
-         "exclude rule names unknown axis 'colour'"),
+        (
+            MINIMAL_SPEC.replace("  count: 2", "  count: 2\n  exclude: [{colour: red}]"),
+            "exclude rule names unknown axis 'colour'",
+        ),
     ],
 )
 def test_bad_specs_name_file_and_line(tmp_path, text, expected):

@@ -40,7 +40,9 @@ class BuildReport:
     manifest: dict[str, Any] = field(default_factory=dict)
 
     def format(self) -> str:
-        lines = [f"{'category':<40} {'rows':>6} {'exact':>6} {'near':>6} {'surplus':>7} {'kept':>6} {'train':>6} {'test':>5}"]
+        lines = [
+            f"{'category':<40} {'rows':>6} {'exact':>6} {'near':>6} {'surplus':>7} {'kept':>6} {'train':>6} {'test':>5}"
+        ]
         for name, c in self.categories.items():
             lines.append(
                 f"{name[:40]:<40} {c['rows']:>6} {c['exact_dupes']:>6} {c['near_dupes']:>6} {c['surplus']:>7} "
@@ -125,8 +127,9 @@ def build(
         "categories": categories,
         "dedupe": spec.dedupe.model_dump(),
         "balance": spec.balance.model_dump(),
-        "usage": {k: totals[k] for k in ("requests", "ok", "failed", "attempts", "prompt_tokens",
-                                         "completion_tokens", "cost")},
+        "usage": {
+            k: totals[k] for k in ("requests", "ok", "failed", "attempts", "prompt_tokens", "completion_tokens", "cost")
+        },
         "warnings": warnings,
     }
     report = BuildReport(out, len(train), len(test), categories, warnings, writes, manifest=manifest)
@@ -139,8 +142,14 @@ def build(
     return report
 
 
-def _category_table(deduped: Any, rejected: Counter[str], surplus: Counter[str], kept: list[Example], train: list[Example],
-                    test: list[Example]) -> dict[str, dict[str, int]]:
+def _category_table(
+    deduped: Any,
+    rejected: Counter[str],
+    surplus: Counter[str],
+    kept: list[Example],
+    train: list[Example],
+    test: list[Example],
+) -> dict[str, dict[str, int]]:
     after_balance = Counter(e.category for e in kept)
     in_train = Counter(e.category for e in train)
     in_test = Counter(e.category for e in test)
@@ -157,8 +166,16 @@ def _category_table(deduped: Any, rejected: Counter[str], surplus: Counter[str],
         }
         for name, c in sorted(deduped.counts.items())
     } | {
-        name: {"rows": n, "rejected_by_checks": n, "exact_dupes": 0, "near_dupes": 0, "surplus": 0, "kept": 0,
-               "train": 0, "test": 0}
+        name: {
+            "rows": n,
+            "rejected_by_checks": n,
+            "exact_dupes": 0,
+            "near_dupes": 0,
+            "surplus": 0,
+            "kept": 0,
+            "train": 0,
+            "test": 0,
+        }
         for name, n in sorted(rejected.items())
         if name not in deduped.counts
     }

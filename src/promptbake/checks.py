@@ -65,7 +65,9 @@ class Checks(Strict):
                 failed.append(f"json: {exc.msg}")
                 return failed
             if self.json_schema is not None:
-                error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(self.json_schema).iter_errors(value))
+                error = jsonschema.exceptions.best_match(
+                    jsonschema.Draft202012Validator(self.json_schema).iter_errors(value)
+                )
                 if error is not None:
                     failed.append(f"schema: {error.message}")
             for key, allowed in (self.values or {}).items():

@@ -54,7 +54,8 @@ def teacher_options(fn: F) -> F:
         click.option("--rpm", type=float, default=None, help="Requests per minute limit."),
         click.option("--tpm", type=float, default=None, help="Tokens per minute limit."),
         click.option("--concurrency", type=int, default=None, help="Most requests in flight at once."),
-        click.option("--max-attempts", type=int, default=None, help="Attempts per request before it is recorded as failed."),
+        click.option("--max-attempts", type=int, default=None,
+                     help="Attempts per request before it is recorded as failed."),
         click.option("--timeout", type=float, default=None, help="Seconds before a request is abandoned and retried."),
     ]
     for option in reversed(options):

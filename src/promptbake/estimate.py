@@ -56,8 +56,10 @@ class Estimate:
         total_prompt = sum(s.prompt_tokens for s in self.steps)
         total_completion = sum(s.completion_tokens for s in self.steps)
         price = f"≤ ${self.cost:.4f}" if self.price_known else "unknown (no price for this model; set teacher.prices)"
-        lines.append(f"total: {sum(s.requests for s in self.steps)} requests, ~{total_prompt:,} prompt tokens, "
-                     f"≤ {total_completion:,} completion tokens, estimated cost {price}")
+        lines.append(
+            f"total: {sum(s.requests for s in self.steps)} requests, ~{total_prompt:,} prompt tokens, "
+            f"≤ {total_completion:,} completion tokens, estimated cost {price}"
+        )
         lines.extend(f"note: {n}" for n in self.notes)
         return "\n".join(lines)
 
@@ -88,9 +90,19 @@ def estimate(spec: Spec, model: str, teacher_kind: str = "remote", prices: Price
             for cell in cells:
                 variables = {**cell.values, **placeholders}
                 for rep in range(rows_by_cell[cell.key] * (step.repeat or 1)):
-                    requests.append(planner.request(
-                        k, variables, cell_key=cell.key, category=cell.category, round_=0, ord_="",
-                        parent_id=None, item_index=0, replicate=[rep]))
+                    requests.append(
+                        planner.request(
+                            k,
+                            variables,
+                            cell_key=cell.key,
+                            category=cell.category,
+                            round_=0,
+                            ord_="",
+                            parent_id=None,
+                            item_index=0,
+                            replicate=[rep],
+                        )
+                    )
         per_cell: dict[str, int] = {}
         for r in requests:
             per_cell[r.cell_key] = per_cell.get(r.cell_key, 0) + 1
@@ -98,11 +110,15 @@ def estimate(spec: Spec, model: str, teacher_kind: str = "remote", prices: Price
         prompt = sum(r.est_tokens - reserve for r in requests)
         completion = reserve * len(requests)
         n_requests = round(len(requests) * scale)
-        result.steps.append(StepEstimate(
-            step=step.name, requests=n_requests, prompt_tokens=round(prompt * scale),
-            completion_tokens=round(completion * scale),
-            cost=prices.cost(step_model, round(prompt * scale), round(completion * scale)),
-        ))
+        result.steps.append(
+            StepEstimate(
+                step=step.name,
+                requests=n_requests,
+                prompt_tokens=round(prompt * scale),
+                completion_tokens=round(completion * scale),
+                cost=prices.cost(step_model, round(prompt * scale), round(completion * scale)),
+            )
+        )
         # what the next step sees: a row per output; a list answer is expected to hold the cell's count
         for cell in cells:
             outputs = per_cell.get(cell.key, 0) * (step.n or 1)

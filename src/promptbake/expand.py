@@ -86,10 +86,7 @@ def load_table(path: Path) -> list[dict[str, Any]]:
 
 def _excluded(values: dict[str, Any], rules: list[dict[str, Any]]) -> bool:
     for rule in rules:
-        if all(
-            values.get(axis) in (wanted if isinstance(wanted, list) else [wanted])
-            for axis, wanted in rule.items()
-        ):
+        if all(values.get(axis) in (wanted if isinstance(wanted, list) else [wanted]) for axis, wanted in rule.items()):
             return True
     return False
 

@@ -26,7 +26,6 @@ from .spec import Spec, Step, TeacherConfig
 from .store import AttemptRow, ResultRow, Store, StoredRequest
 
 
-
 @dataclass
 class StepJob(Job):
     cache_key: str = ""
@@ -100,8 +99,15 @@ class _Progress:
 
 
 class Generation:
-    def __init__(self, spec: Spec, store: Store, expander: Expander, endpoint: Endpoint,
-                 config: TeacherConfig, options: GenerateOptions) -> None:
+    def __init__(
+        self,
+        spec: Spec,
+        store: Store,
+        expander: Expander,
+        endpoint: Endpoint,
+        config: TeacherConfig,
+        options: GenerateOptions,
+    ) -> None:
         self.spec = spec
         self.store = store
         self.expander = expander
@@ -165,8 +171,9 @@ class Generation:
             queue.put_nowait(_result_row(outcome))
 
         try:
-            async with ChatClient(self.endpoint, concurrency=self.config.concurrency,
-                                  timeout=self.config.timeout) as client:
+            async with ChatClient(
+                self.endpoint, concurrency=self.config.concurrency, timeout=self.config.timeout
+            ) as client:
                 pool = Pool(
                     client,
                     Limiter(rpm=self.config.rpm, tpm=self.config.tpm, concurrency=self.config.concurrency),
@@ -216,21 +223,32 @@ def _drain(queue: asyncio.Queue[ResultRow | None]) -> list[ResultRow | None]:
 
 
 def _job(request: StoredRequest, check: Callable[[ChatResult], Any], step: Step) -> StepJob:
-    return StepJob(id=request.id, body=request.body, est_tokens=request.est_tokens, check=check,
-                   reseed=step.seed is not None, cache_key=request.cache_key)
+    return StepJob(
+        id=request.id,
+        body=request.body,
+        est_tokens=request.est_tokens,
+        check=check,
+        reseed=step.seed is not None,
+        cache_key=request.cache_key,
+    )
 
 
 def _result_row(outcome: Outcome) -> ResultRow:
     job = outcome.job
     assert isinstance(job, StepJob)
     attempts = [
-        AttemptRow(a.number, a.status, a.error_kind, a.error, a.latency_ms, a.prompt_tokens,
-                   a.completion_tokens, a.cost, a.raw)
+        AttemptRow(
+            a.number, a.status, a.error_kind, a.error, a.latency_ms, a.prompt_tokens, a.completion_tokens, a.cost, a.raw
+        )
         for a in outcome.attempts
     ]
     result = outcome.result
     return ResultRow(
-        request_id=job.id, cache_key=job.cache_key, ok=outcome.ok, attempts=attempts, error=outcome.error,
+        request_id=job.id,
+        cache_key=job.cache_key,
+        ok=outcome.ok,
+        attempts=attempts,
+        error=outcome.error,
         model=result.model if result else None,
         contents=result.contents if result else None,
         outputs=outcome.parsed if outcome.ok else None,

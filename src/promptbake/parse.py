@@ -96,9 +96,7 @@ def parse_list(text: str, schema: dict[str, Any] | None = None) -> list[Any]:
     return cleaned
 
 
-def parse_output(
-    text: str, mode: str, schema: dict[str, Any] | None = None, min_items: int = 1
-) -> list[Any]:
+def parse_output(text: str, mode: str, schema: dict[str, Any] | None = None, min_items: int = 1) -> list[Any]:
     """Outputs of one choice: one element for ``text``/``json``, the items for ``list``."""
     if mode == "text":
         stripped = text.strip()

@@ -124,5 +124,5 @@ def spec_from_store(store_path: str | Path, name: str | None = None) -> Spec:
         saved = [s for s in store.saved_specs() if name is None or s[0] == name]
     if not saved:
         raise StoreError(f"{store_path}: holds no spec{f' named {name!r}' if name else ''}; pass the spec file")
-    spec_name, path, text = saved[0]
+    _, path, text = saved[0]
     return parse_spec(text, path, Path(path))

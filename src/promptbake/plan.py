@@ -57,8 +57,7 @@ class Planner:
         self.model = model
         self.teacher_kind = teacher_kind
         self.renderers = [
-            MessageRenderer(templates, step.messages, f"{spec.where()}:steps[{i}]")
-            for i, step in enumerate(spec.steps)
+            MessageRenderer(templates, step.messages, f"{spec.where()}:steps[{i}]") for i, step in enumerate(spec.steps)
         ]
 
     def _response_format(self, step: Step) -> dict[str, Any] | None:
@@ -75,8 +74,17 @@ class Planner:
         return None
 
     def request(
-        self, k: int, variables: dict[str, Any], *, cell_key: str, category: str, round_: int,
-        ord_: str, parent_id: str | None, item_index: int, replicate: list[Any],
+        self,
+        k: int,
+        variables: dict[str, Any],
+        *,
+        cell_key: str,
+        category: str,
+        round_: int,
+        ord_: str,
+        parent_id: str | None,
+        item_index: int,
+        replicate: list[Any],
         render_only: dict[str, Any] | None = None,
     ) -> PlannedRequest:
         step = self.spec.steps[k]
@@ -93,13 +101,24 @@ class Planner:
         reserve = (step.max_tokens or DEFAULT_RESERVE) * (step.n or 1)
         return PlannedRequest(
             id=stable_hash(self.spec.name, step.name, cell_key, parent_id, item_index, replicate, cache_key),
-            spec_name=self.spec.name, step=step.name, step_index=k, round=round_, ord=ord_,
-            cell_key=cell_key, category=category, parent_id=parent_id, item_index=item_index,
-            vars=variables, body=body, cache_key=cache_key,
+            spec_name=self.spec.name,
+            step=step.name,
+            step_index=k,
+            round=round_,
+            ord=ord_,
+            cell_key=cell_key,
+            category=category,
+            parent_id=parent_id,
+            item_index=item_index,
+            vars=variables,
+            body=body,
+            cache_key=cache_key,
             est_tokens=count_messages(messages, model) + reserve,
         )
 
-    def first_step(self, cells: Iterable[Cell], round_: int, wants: dict[str, int] | None = None) -> Iterator[PlannedRequest]:
+    def first_step(
+        self, cells: Iterable[Cell], round_: int, wants: dict[str, int] | None = None
+    ) -> Iterator[PlannedRequest]:
         """Requests of step 0: ``repeat`` per cell in round 0 (default: enough single answers for
         ``count``, or one list request); later rounds ask again for cells that still lack examples.
         Step 0's templates see ``count``, the cell's count: a top-up list asks for a full list
@@ -116,9 +135,16 @@ class Planner:
                 times = step.repeat if round_ == 0 and step.repeat else math.ceil(want / (step.n or 1))
             for i in range(times):
                 yield self.request(
-                    0, dict(cell.values), cell_key=cell.key, category=cell.category, round_=round_,
-                    ord_=f"{cell.index:09d}.{round_:03d}.{i:05d}", parent_id=None, item_index=i,
-                    replicate=[cell.values, round_, i], render_only={"count": cell.count},
+                    0,
+                    dict(cell.values),
+                    cell_key=cell.key,
+                    category=cell.category,
+                    round_=round_,
+                    ord_=f"{cell.index:09d}.{round_:03d}.{i:05d}",
+                    parent_id=None,
+                    item_index=i,
+                    replicate=[cell.values, round_, i],
+                    render_only={"count": cell.count},
                 )
 
     def next_step(self, k: int, parents: Iterable[StoredRequest], wants: dict[str, int]) -> Iterator[PlannedRequest]:
@@ -136,8 +162,13 @@ class Planner:
                         break
                     planned[parent.cell_key] += 1
                     yield self.request(
-                        k, {**parent.vars, previous.name: output}, cell_key=parent.cell_key,
-                        category=parent.category, round_=parent.round,
-                        ord_=f"{parent.ord}.{j:05d}.{rep:03d}", parent_id=parent.id, item_index=j,
+                        k,
+                        {**parent.vars, previous.name: output},
+                        cell_key=parent.cell_key,
+                        category=parent.category,
+                        round_=parent.round,
+                        ord_=f"{parent.ord}.{j:05d}.{rep:03d}",
+                        parent_id=parent.id,
+                        item_index=j,
                         replicate=[rep],
                     )

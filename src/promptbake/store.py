@@ -90,8 +90,22 @@ def _dumps(value: Any) -> str:
 
 
 def _request_row(r: PlannedRequest) -> tuple[Any, ...]:
-    return (r.id, r.spec_name, r.step, r.step_index, r.round, r.ord, r.cell_key, r.category, r.parent_id,
-            r.item_index, _dumps(r.vars), _dumps(r.body), r.cache_key, r.est_tokens)
+    return (
+        r.id,
+        r.spec_name,
+        r.step,
+        r.step_index,
+        r.round,
+        r.ord,
+        r.cell_key,
+        r.category,
+        r.parent_id,
+        r.item_index,
+        _dumps(r.vars),
+        _dumps(r.body),
+        r.cache_key,
+        r.est_tokens,
+    )
 
 
 class Store:
@@ -160,8 +174,7 @@ class Store:
     def start_run(self, spec_name: str, spec_hash: str, command: str) -> int:
         with self.db:
             cur = self.db.execute(
-                "INSERT INTO runs (spec_name, spec_hash, command, started_at, status) "
-                "VALUES (?, ?, ?, ?, 'running')",
+                "INSERT INTO runs (spec_name, spec_hash, command, started_at, status) VALUES (?, ?, ?, ?, 'running')",
                 (spec_name, spec_hash, command, time.time()),
             )
         return int(cur.lastrowid or 0)
@@ -180,7 +193,9 @@ class Store:
         return dict(zip(("spec_hash", "command", "status"), row, strict=True)) if row else None
 
     def save_spec(self, spec_name: str, spec_hash: str, path: str, text: str) -> None:
-        self._write("INSERT OR REPLACE INTO specs VALUES (?, ?, ?, ?, ?)", [(spec_name, spec_hash, path, text, time.time())])
+        self._write(
+            "INSERT OR REPLACE INTO specs VALUES (?, ?, ?, ?, ?)", [(spec_name, spec_hash, path, text, time.time())]
+        )
 
     def saved_specs(self) -> list[tuple[str, str, str]]:
         """(name, path, text) of every spec run into this store, most recent first."""
@@ -294,8 +309,9 @@ class Store:
             "AND r.current = 1 AND r.status != 'ok'"
         )
         for row in self._page(sql, (spec_name, step_index)):
-            yield StoredRequest(row[0], row[1], row[2], row[3], row[4], row[5], json.loads(row[6]),
-                                json.loads(row[7]), row[8], row[9])
+            yield StoredRequest(
+                row[0], row[1], row[2], row[3], row[4], row[5], json.loads(row[6]), json.loads(row[7]), row[8], row[9]
+            )
 
     def succeeded(self, spec_name: str, step_index: int, round_: int | None = None) -> Iterator[StoredRequest]:
         """Done requests of a step with their parsed outputs, in lineage order."""
@@ -308,14 +324,28 @@ class Store:
             sql += " AND r.round = ?"
             params += (round_,)
         for row in self._page(sql, params):
-            yield StoredRequest(row[0], row[1], row[2], row[3], row[4], row[5], json.loads(row[6]),
-                                json.loads(row[7]), row[8], row[9], json.loads(row[10]))
+            yield StoredRequest(
+                row[0],
+                row[1],
+                row[2],
+                row[3],
+                row[4],
+                row[5],
+                json.loads(row[6]),
+                json.loads(row[7]),
+                row[8],
+                row[9],
+                json.loads(row[10]),
+            )
 
     def count_pending(self, spec_name: str, step_index: int) -> int:
-        return int(self.db.execute(
-            "SELECT COUNT(*) FROM requests WHERE spec_name = ? AND step_index = ? AND current = 1 AND status != 'ok'",
-            (spec_name, step_index),
-        ).fetchone()[0])
+        return int(
+            self.db.execute(
+                "SELECT COUNT(*) FROM requests "
+                "WHERE spec_name = ? AND step_index = ? AND current = 1 AND status != 'ok'",
+                (spec_name, step_index),
+            ).fetchone()[0]
+        )
 
     def failures(self, spec_name: str) -> list[dict[str, Any]]:
         rows = self.db.execute(
@@ -336,8 +366,20 @@ class Store:
                     "latency_ms, prompt_tokens, completion_tokens, cost, raw, created_at) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [
-                        (r.request_id, r.cache_key, a.number, a.status_code, a.error_kind, a.error,
-                         a.latency_ms, a.prompt_tokens, a.completion_tokens, a.cost, a.raw, now)
+                        (
+                            r.request_id,
+                            r.cache_key,
+                            a.number,
+                            a.status_code,
+                            a.error_kind,
+                            a.error,
+                            a.latency_ms,
+                            a.prompt_tokens,
+                            a.completion_tokens,
+                            a.cost,
+                            a.raw,
+                            now,
+                        )
                         for r in results
                         for a in r.attempts
                     ],
@@ -346,9 +388,17 @@ class Store:
                 self.db.executemany(
                     "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [
-                        (r.cache_key, r.model, _dumps(r.contents), _dumps(r.outputs), _dumps(r.finish_reasons),
-                         sum(a.prompt_tokens for a in r.attempts), sum(a.completion_tokens for a in r.attempts),
-                         sum(a.cost for a in r.attempts), now)
+                        (
+                            r.cache_key,
+                            r.model,
+                            _dumps(r.contents),
+                            _dumps(r.outputs),
+                            _dumps(r.finish_reasons),
+                            sum(a.prompt_tokens for a in r.attempts),
+                            sum(a.completion_tokens for a in r.attempts),
+                            sum(a.cost for a in r.attempts),
+                            now,
+                        )
                         for r in ok
                     ],
                 )
@@ -362,8 +412,12 @@ class Store:
     def totals(self, spec_name: str | None = None) -> dict[str, Any]:
         where, params = ("WHERE spec_name = ?", (spec_name,)) if spec_name else ("", ())
         current = f"{where} AND current = 1" if where else "WHERE current = 1"
-        status = dict(self.db.execute(f"SELECT status, COUNT(*) FROM requests {current} GROUP BY status", params).fetchall())
-        join = "JOIN requests r ON r.id = a.request_id " + where.replace("spec_name", "r.spec_name") if spec_name else ""
+        status = dict(
+            self.db.execute(f"SELECT status, COUNT(*) FROM requests {current} GROUP BY status", params).fetchall()
+        )
+        join = (
+            "JOIN requests r ON r.id = a.request_id " + where.replace("spec_name", "r.spec_name") if spec_name else ""
+        )
         row = self.db.execute(
             "SELECT COUNT(*), COALESCE(SUM(a.prompt_tokens), 0), COALESCE(SUM(a.completion_tokens), 0), "
             f"COALESCE(SUM(a.cost), 0) FROM attempts a {join}",
