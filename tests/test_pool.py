@@ -281,3 +281,37 @@ def test_exhausted_quota_stops_the_run():
         with pytest.raises(errors.TeacherError, match="exceeded your current quota"):
             run_pool(server, (job(i) for i in range(50)), concurrency=1)
         assert server.count == 1
+
+
+def test_cancelled_run_hands_paid_attempts_to_the_sink_before_it_ends():
+    """Ctrl-C arrives as a cancellation of run(): the answer already paid for must not be lost."""
+    seen: list[str] = []
+
+    def responder(body: dict[str, Any]) -> str | Fault:
+        seen.append(body["messages"][-1]["content"])
+        return "unusable" if len(seen) == 1 else Fault("hang")
+
+    def check(result: ChatResult) -> Any:
+        raise errors.ResponseRejected("unusable", raw=result.contents[0])
+
+    received: list[Outcome] = []
+
+    async def sink(outcome: Outcome) -> None:
+        received.append(outcome)
+
+    async def go(server: FakeServer) -> None:
+        async with ChatClient(Endpoint(server.base_url, "fake-model"), timeout=120) as client:
+            pool = Pool(client, Limiter(concurrency=1), max_attempts=5, cost=free,
+                        backoff_base=0.01)
+            base = job(0)
+            run = asyncio.create_task(pool.run([Job("0", base.body, 20, check=check)], sink))
+            while len(seen) < 2:  # the second attempt is hanging on the server
+                await asyncio.sleep(0.01)
+            run.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await run
+
+    with FakeServer(responder=responder).running() as server:
+        asyncio.run(asyncio.wait_for(go(server), 60))
+    [interrupted] = received
+    assert interrupted.abandoned and [a.raw for a in interrupted.attempts] == ["unusable"]

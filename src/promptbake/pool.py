@@ -136,16 +136,15 @@ class Pool:
         workers = [asyncio.create_task(self._worker(pull, sink))
                    for _ in range(self.limiter.concurrency.cap)]
         try:
-            done, pending = await asyncio.wait(workers, return_when=asyncio.FIRST_EXCEPTION)
+            done, _ = await asyncio.wait(workers, return_when=asyncio.FIRST_EXCEPTION)
             failure = next((t.exception() for t in done if t.exception() is not None), None)
             if failure is not None:
-                for task in pending:
-                    task.cancel()
-                await asyncio.gather(*pending, return_exceptions=True)
                 raise failure
         finally:
             for task in workers:
                 task.cancel()
+            # interrupted workers hand their paid attempts to the sink before we return or raise
+            await asyncio.gather(*workers, return_exceptions=True)
             self.stats.elapsed = time.perf_counter() - started
         return self.stats
 
