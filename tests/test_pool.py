@@ -297,6 +297,7 @@ def test_cancelled_run_hands_paid_attempts_to_the_sink_before_it_ends():
     received: list[Outcome] = []
 
     async def sink(outcome: Outcome) -> None:
+        await asyncio.sleep(0.05)  # a writer that takes its time
         received.append(outcome)
 
     async def go(server: FakeServer) -> None:
@@ -310,8 +311,8 @@ def test_cancelled_run_hands_paid_attempts_to_the_sink_before_it_ends():
             run.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await run
+            [interrupted] = received  # delivered before run() ended, not at loop shutdown
+            assert interrupted.abandoned and [a.raw for a in interrupted.attempts] == ["unusable"]
 
     with FakeServer(responder=responder).running() as server:
         asyncio.run(asyncio.wait_for(go(server), 60))
-    [interrupted] = received
-    assert interrupted.abandoned and [a.raw for a in interrupted.attempts] == ["unusable"]
