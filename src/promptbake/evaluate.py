@@ -19,7 +19,7 @@ import itertools
 import json
 import statistics
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,8 @@ from .client import ChatClient, ChatResult, Endpoint
 from .errors import BudgetExceeded, DataFileError, InputError
 from .expand import stable_hash
 from .formats import ensure_dir
-from .generate import StepJob, _Progress, _result_row
+from .generate import Progress, StepJob, result_row
+from .jsonl import read_jsonl
 from .limiter import Limiter
 from .parse import parse_output
 from .pool import Pool, PoolStats
@@ -64,28 +65,6 @@ _FLUSH_SECONDS = 0.5
 
 
 # --- input ------------------------------------------------------------------------------------
-
-
-def read_jsonl(path: Path, what: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, object) per non-blank line; errors name the file and line."""
-    try:
-        with path.open(encoding="utf-8") as fh:
-            for number, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DataFileError(f"{path}:{number}: not valid JSON: {exc.msg}") from None
-                if not isinstance(row, dict):
-                    raise DataFileError(f"{path}:{number}: each {what} line must be a JSON object")
-                yield number, row
-    except FileNotFoundError:
-        raise DataFileError(f"{path}: no such {what} file") from None
-    except UnicodeDecodeError as exc:
-        raise DataFileError(f"{path}: not UTF-8 text (byte {exc.start})") from None
-    except OSError as exc:
-        raise DataFileError(f"{path}: cannot read: {exc.strerror}") from None
 
 
 @dataclass(frozen=True)
@@ -378,7 +357,7 @@ class _Calls:
         return answers, errors
 
     async def _send(self, jobs: list[StepJob], endpoint: Endpoint, config: TeacherConfig, label: str) -> PoolStats:
-        progress = _Progress(self.options.progress, len(jobs), label)
+        progress = Progress(self.options.progress, len(jobs), label)
         finished: list[Any] = []
         flushed = time.monotonic()
 
@@ -386,7 +365,7 @@ class _Calls:
             nonlocal flushed
             progress.update(outcome)
             self.usage.failed += 0 if outcome.ok else 1
-            finished.append(_result_row(outcome))
+            finished.append(result_row(outcome))
             if len(finished) >= _FLUSH_ROWS or time.monotonic() - flushed >= _FLUSH_SECONDS:
                 self.store.record(finished)
                 finished.clear()

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import DataFileError
+from .jsonl import read_jsonl
 from .spec import Spec, read_lines_file
 from .templates import Templates
 
@@ -52,23 +53,7 @@ def load_axes(spec: Spec) -> dict[str, list[Any]]:
 def load_table(path: Path) -> list[dict[str, Any]]:
     """Rows of a JSONL, CSV or plain-text file (text: one ``input`` per non-blank line)."""
     if path.suffix in (".jsonl", ".ndjson"):
-        rows = []
-        try:
-            with path.open(encoding="utf-8") as fh:
-                for number, line in enumerate(fh, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError as exc:
-                        raise DataFileError(f"{path}:{number}: not valid JSON: {exc.msg}") from exc
-                    if not isinstance(row, dict):
-                        raise DataFileError(f"{path}:{number}: each line must be a JSON object")
-                    rows.append(row)
-        except UnicodeDecodeError as exc:
-            raise DataFileError(f"{path}: not UTF-8 text (byte {exc.start})") from exc
-        except OSError as exc:
-            raise DataFileError(f"{path}: cannot read: {exc.strerror}") from exc
+        rows = [row for _, row in read_jsonl(path, "input")]
     elif path.suffix == ".csv":
         try:
             text = path.read_text(encoding="utf-8")

@@ -24,25 +24,16 @@ from typing import Any
 
 from .errors import DataFileError, OutputError
 from .formats import FormatRefused, WriteReport, convert_all, ensure_dir, get_format, write_rows
+from .jsonl import read_jsonl
 from .records import Example
 from .spec import OutputConfig
-from .validate import read_text_lines
 
 SPLITS = ("train", "test")
 HF = "hf"
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    for lineno, line in enumerate(read_text_lines(path), 1):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataFileError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-        if not isinstance(row, dict):
-            raise DataFileError(f"{path}:{lineno}: expected a JSON object")
-        rows.append(row)
-    return rows
+    return [row for _, row in read_jsonl(path)]
 
 
 def _metadata_by_split(directory: Path, sizes: dict[str, int]) -> dict[str, list[dict[str, Any]]]:

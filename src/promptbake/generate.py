@@ -68,7 +68,7 @@ def _checker(step: Step) -> Callable[[ChatResult], Any]:
     return check
 
 
-class _Progress:
+class Progress:
     """tqdm on stderr: done/total, req/s, tok/s, spend and errors; off when not a TTY."""
 
     def __init__(self, enabled: bool, total: int, label: str) -> None:
@@ -157,7 +157,7 @@ class Generation:
         total = self.store.count_pending(self.spec.name, k)
         if total == 0:
             return
-        progress = _Progress(self.options.progress, total, f"{step.name} (round {round_})")
+        progress = Progress(self.options.progress, total, f"{step.name} (round {round_})")
         queue: asyncio.Queue[ResultRow | None] = asyncio.Queue()
         writer = asyncio.create_task(self._writer(queue))
 
@@ -168,7 +168,7 @@ class Generation:
                 report.ok += 1
             else:
                 report.failed += 1
-            queue.put_nowait(_result_row(outcome))
+            queue.put_nowait(result_row(outcome))
 
         try:
             async with ChatClient(
@@ -233,7 +233,7 @@ def _job(request: StoredRequest, check: Callable[[ChatResult], Any], step: Step)
     )
 
 
-def _result_row(outcome: Outcome) -> ResultRow:
+def result_row(outcome: Outcome) -> ResultRow:
     job = outcome.job
     assert isinstance(job, StepJob)
     attempts = [

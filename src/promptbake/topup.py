@@ -26,11 +26,12 @@ from typing import Any, Literal
 from .atomic import json_line, write_jsonl_atomic, write_text_atomic
 from .dedupe import dedupe
 from .errors import DataFileError, InputError
-from .evaluate import read_jsonl, split_metadata
+from .evaluate import split_metadata
 from .examples import ExampleRenderer, passing
 from .expand import Cell, Expander
 from .formats import convert_all, ensure_dir
 from .generate import GenerateOptions
+from .jsonl import read_jsonl
 from .pipeline import RunReport, generate
 from .records import Example
 from .spec import Grid, Spec
