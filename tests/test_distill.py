@@ -34,7 +34,7 @@ LEAKY = "Hi, our invoice INV-20931 for October"  # the sample inputs hold a near
 EXAMPLE_INPUT = (SAMPLES / "triage_prompt.md").read_text().split("<input>")[1].split("</input>")[0].strip()
 
 
-def triage_teacher(bad: str | None = None):
+def triage_teacher(bad: str | None = None, parrot: str | None = None):
     """Answers the answer step with compact triage JSON (plain text when the ticket contains
     ``bad``); list requests get distinct tickets, the very first a copy of a prompt example."""
     counter = itertools.count()
@@ -52,6 +52,8 @@ def triage_teacher(bad: str | None = None):
             return json.dumps(items)
         if bad and bad in user:
             return "This looks like a billing problem to me."
+        if parrot and parrot in user:  # copies the prompt's first example answer, summary and all
+            return json.dumps(json.loads(prompt_examples((SAMPLES / "triage_prompt.md").read_text())[0].output))
         return json.dumps({"category": "billing" if "invoice" in user.lower() else "bug", "priority": "P3",
                            "team": "product-eng", "summary": f"Ticket of {len(user)} characters."})
 
@@ -207,6 +209,16 @@ def test_distill_from_inputs_file_end_to_end(tmp_path):
     assert f"{d['tokens_saved_per_call']:,} prompt tokens saved per call" in result.output
     assert f"pays back after {d['break_even']['calls']:,} calls" in result.output
     assert "1 inputs dropped as copies of them" in result.output
+
+
+def test_answers_quoting_the_prompt_are_reported(tmp_path):
+    copy_samples(tmp_path)
+    with FakeServer(responder=triage_teacher(parrot="password")).running() as srv:
+        result = invoke(*base_args(srv, "--inputs", "samples/triage_inputs.jsonl"))
+        assert result.exit_code == 0, result.output
+    d = json.loads((tmp_path / "out/manifest.json").read_text())["distill"]
+    assert d["examples_quoting_prompt"] == 1
+    assert "warning: 1 examples quote 40+ characters of the long prompt" in result.output
 
 
 def test_baked_system_message_is_kept_and_counted(tmp_path):

@@ -489,12 +489,24 @@ def _quotes_prompt(rows: list[dict[str, Any]], windows: set[str]) -> int:
     return hits
 
 
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    return [s for item in value for s in _strings(item)] if isinstance(value, list) else []
+
+
 def prompt_windows(prompt: str, examples: list[PromptExample]) -> set[str]:
-    """Every ``TRACE_CHARS``-long run of the prompt, except inside its example outputs: an answer
-    in the required format legitimately shares long runs with them."""
+    """Every ``TRACE_CHARS``-long run of the prompt. In a JSON example output only the string
+    values count: an answer in the required format legitimately shares its keys and layout, but
+    copying the example's summary is a trace."""
     for e in examples:
-        if e.output:
-            prompt = prompt.replace(e.output, "\0")
+        try:
+            kept = _strings(json.loads(e.output))
+        except json.JSONDecodeError:
+            continue
+        prompt = prompt.replace(e.output, "\0" + "\0".join(kept) + "\0")
     runs = (prompt[i:i + TRACE_CHARS] for i in range(len(prompt) - TRACE_CHARS + 1))
     return {run for run in runs if "\0" not in run}
 
