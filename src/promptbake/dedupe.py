@@ -19,7 +19,6 @@ process-independent functions (crc32, blake2b), so decisions are identical acros
 from __future__ import annotations
 
 import hashlib
-import re
 import unicodedata
 import zlib
 from collections.abc import Iterable, Iterator
@@ -37,7 +36,6 @@ from .spec import DedupeConfig
 ROLES = ("system", "developer", "user", "assistant", "tool")
 Reason = Literal["exact", "near"]
 
-_STRIP = re.compile(r"[^\w\s]|_")  # punctuation and symbols; `_` is the one non-letter in \w
 _SEED = 1  # fixed permutation seed: the same text must get the same signature in every run
 _SCHEME = "affine32"
 # Shingles per numpy batch: shingles x num_perm uint32 (1 MiB at 128 perms) stays in cache, which
@@ -48,9 +46,26 @@ _BATCH = 2048
 _LSH_WEIGHTS = (0.1, 0.9)  # (false positive, false negative)
 
 
+class _Punctuation(dict[int, int | None]):
+    r"""``str.translate`` table deleting Unicode punctuation (categories P*), filled lazily since
+    building it for all code points up front costs more than most runs.
+
+    Only punctuation: deleting symbols would make "great 👍" and "great 👎" equal, and a regex
+    like ``[^\w\s]`` would also delete combining marks (Indic vowel signs), merging distinct words.
+    """
+
+    def __missing__(self, codepoint: int) -> int | None:
+        value = None if unicodedata.category(chr(codepoint)).startswith("P") else codepoint
+        self[codepoint] = value
+        return value
+
+
+_PUNCTUATION = _Punctuation()
+
+
 def normalise(text: str) -> str:
-    """The text exact dedupe compares: NFKC, casefolded, punctuation/symbols removed, one space."""
-    return " ".join(_STRIP.sub("", unicodedata.normalize("NFKC", text).casefold()).split())
+    """The text exact dedupe compares: NFKC, casefolded, punctuation removed, single spaces."""
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().translate(_PUNCTUATION).split())
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,8 +135,9 @@ class _Signer:
         # still compared (they match only when their words match).
         return max(n_words - self.shingle + 1, 1)
 
-    def shingle_hashes(self, docs: list[list[str]]) -> np.ndarray:
-        """uint32 hash of every shingle of every doc (each doc non-empty), docs concatenated."""
+    def shingle_hashes(self, docs: list[list[str]]) -> tuple[np.ndarray, np.ndarray]:
+        """uint32 hash of every shingle of every doc (each doc non-empty), docs concatenated, and
+        the number of shingles per doc."""
         k = self.shingle
         lengths = np.fromiter((len(d) for d in docs), dtype=np.int64, count=len(docs))
         total = int(lengths.sum())
@@ -143,17 +159,17 @@ class _Signer:
         counts = np.maximum(lengths - k + 1, 1)
         keep = (pos - np.repeat(starts, lengths)) < np.repeat(counts, lengths)
         h = h[keep]
-        return (h ^ (h >> np.uint64(32))).astype(np.uint32)
+        return (h ^ (h >> np.uint64(32))).astype(np.uint32), counts
 
     def signatures(self, docs: list[list[str]]) -> np.ndarray:
         """(len(docs), num_perm) uint32 MinHash values, datasketch's affine32 scheme."""
-        hv = _fmix32(self.shingle_hashes(docs))
+        hashes, counts = self.shingle_hashes(docs)
+        hv = _fmix32(hashes)
         if len(docs) == 1:
             sig = np.full(self.num_perm, np.iinfo(np.uint32).max, dtype=np.uint32)
             for s in range(0, len(hv), _BATCH):
                 sig = np.minimum(sig, (hv[s : s + _BATCH, None] * self._a + self._b).min(axis=0))
             return sig[None, :]
-        counts = np.fromiter((self.shingle_count(len(d)) for d in docs), dtype=np.int64)
         offsets = np.concatenate(([0], np.cumsum(counts)[:-1]))
         return np.minimum.reduceat(hv[:, None] * self._a + self._b, offsets, axis=0)
 
