@@ -6,6 +6,7 @@ that it does not share a core's event loop with the client being measured.
     python bench/throughput.py                    # everything, about 1.5 minutes
     python bench/throughput.py --only a,c         # just some parts
     python bench/throughput.py --duration 30      # shorter rate-limit run
+    python bench/throughput.py --only d --learn-limit --burst-s 0.2   # harsher (d)
 
 (a) bare aiohttp loop, (b) bare openai SDK loop (default transport, then DefaultAioHttpClient),
 (c) promptbake's Pool end to end — all at 0 ms server latency; (d) rate-limit efficiency: the
@@ -140,12 +141,13 @@ def numbered_jobs(n: int | None = None, until: float | None = None) -> Iterator[
         yield Job(str(i), body(i), est_tokens=100)
 
 
-async def rate_limit_efficiency(rpm: float, duration: float, warmup: float,
-                                concurrency: int) -> None:
-    with fake_server("--latency-ms", "50-500", "--rpm", str(rpm), "--burst-s", "1") as url:
+async def rate_limit_efficiency(rpm: float, duration: float, warmup: float, concurrency: int,
+                                burst_s: float, learn: bool) -> None:
+    server_args = ("--latency-ms", "50-500", "--rpm", str(rpm), "--burst-s", str(burst_s))
+    with fake_server(*server_args) as url:
         start = time.monotonic()
-        run = asyncio.create_task(
-            promptbake_pool(url, numbered_jobs(until=start + duration), concurrency, rpm=rpm))
+        run = asyncio.create_task(promptbake_pool(
+            url, numbered_jobs(until=start + duration), concurrency, rpm=None if learn else rpm))
         await asyncio.sleep(warmup)
         first, t_first = server_stats(url), time.monotonic()
         await asyncio.sleep(duration - warmup)
@@ -155,7 +157,9 @@ async def rate_limit_efficiency(rpm: float, duration: float, warmup: float,
     steady = (last["paid"] - first["paid"]) / (t_last - t_first) * 60
     overall = final["paid"] / result.elapsed * 60
     throttled = final["statuses"].get("429", 0)
-    print(f"(d) server limit {rpm:,.0f} RPM, latency 50-500 ms, bucket 1 s, {duration:.0f} s run")
+    told = "learned from x-ratelimit headers" if learn else "given with --rpm"
+    print(f"(d) server limit {rpm:,.0f} RPM ({told}), latency 50-500 ms, server bucket "
+          f"{burst_s:g} s, {duration:.0f} s run")
     print(f"    achieved {steady:,.0f} RPM after {warmup:.0f} s warm-up = {steady / rpm:.1%} of the limit"
           f" (whole run incl. start and drain: {overall:,.0f} RPM = {overall / rpm:.1%})")
     print(f"    429s: {throttled} of {final['requests']:,} requests = "
@@ -170,6 +174,10 @@ async def main() -> None:
     parser.add_argument("--rpm", type=float, default=6000)
     parser.add_argument("--duration", type=float, default=65, help="seconds for (d)")
     parser.add_argument("--warmup", type=float, default=5, help="seconds of (d) not measured")
+    parser.add_argument("--burst-s", type=float, default=1.0,
+                        help="(d): seconds of the limit the server's bucket holds")
+    parser.add_argument("--learn-limit", action="store_true",
+                        help="(d): do not tell the client the limit; it must read the headers")
     parser.add_argument("--only", default="a,b,c,d")
     args = parser.parse_args()
     parts = set(args.only.split(","))
@@ -195,7 +203,8 @@ async def main() -> None:
                 print(f"{'(c) promptbake Pool end to end (no store)':46} {run.per_second:8,.0f} req/s  "
                       f"({run.per_second / baseline:.2f}×)")
     if "d" in parts:
-        await rate_limit_efficiency(args.rpm, args.duration, args.warmup, c)
+        await rate_limit_efficiency(args.rpm, args.duration, args.warmup, c, args.burst_s,
+                                    args.learn_limit)
 
 
 if __name__ == "__main__":
