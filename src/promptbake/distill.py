@@ -48,8 +48,9 @@ from .pipeline import run as run_pipeline
 from .pricing import PriceTable
 from .records import Example
 from .spec import IDENTIFIER, MessageTemplate, Spec
+from .targets import get_target
 from .teacher import TeacherOverrides, merge, model_name
-from .tokens import TOKENS_PER_MESSAGE, count_tokens, encoding_note
+from .tokens import TOKENS_PER_MESSAGE, count_messages, count_tokens, encoding_note
 from .validate import billed_tokens, default_epochs
 
 ANSWER_STEP = "answer"
@@ -343,8 +344,8 @@ class BreakEven:
 
     def verdict(self) -> str:
         if self.calls is None:
-            return ("never breaks even: the fine-tuned model's higher per-token price costs more per call "
-                    "than the shorter prompt saves")
+            return ("never breaks even: at the fine-tuned model's per-token prices a call costs at least as "
+                    "much as a call with the long prompt")
         return f"pays back after {self.calls:,} calls"
 
 
@@ -390,8 +391,6 @@ def finetune_estimate(lengths: list[int], model: str, *, epochs: int | None = No
                       target: str = "openai") -> FineTuneEstimate:
     """Training cost of examples of ``lengths`` tokens: billed tokens × epochs × the training
     price targets.py lists for ``model`` (else ``DEFAULT_TRAIN_USD_PER_1M``, and it says so)."""
-    from .targets import get_target
-
     limits = get_target(target).limits(model)
     epochs = default_epochs(len(lengths)) if epochs is None else epochs
     per_epoch = billed_tokens(lengths, limits.context if limits else None, 1)
@@ -578,8 +577,6 @@ def _break_even_section(summary: dict[str, Any], train: list[dict[str, Any]], mo
     if not train:
         return {"break_even": None, "break_even_note": "no training examples were kept"}
     factor = ft_factor if ft_factor is not None else ft_price_factor(model)
-    from .tokens import count_messages
-
     lengths = [count_messages(row["messages"], model) for row in train]
     users = [_role_tokens(row, "user", model) for row in train]
     answers = [_role_tokens(row, "assistant", model) for row in train]
