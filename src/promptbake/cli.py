@@ -416,7 +416,7 @@ def distill(prompt_path: str, inputs_path: str | None, generate_inputs: int | No
             max_tokens: int | None, temperature: float | None, name: str | None, price_model: str | None,
             ft_price_factor: float | None, epochs: int | None, no_cache: bool, max_cost: float | None, quiet: bool,
             formats: tuple[str, ...], seed: int | None, overrides: Any) -> None:
-    """Bake a long PROMPT into examples: inputs answered under it, kept without it (re-run to resume)."""
+    """Bake a long --prompt into examples: inputs answered under it, kept without it (re-run to resume)."""
     from . import distill as distillation
     from .generate import GenerateOptions
 
