@@ -35,7 +35,7 @@ class Endpoint:
     base_url: str
     model: str
     api_key: str | None = field(default=None, repr=False)
-    headers: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict, repr=False)  # may hold an Azure api-key
 
     @classmethod
     def from_env(cls, model: str, base_url: str | None = None,
