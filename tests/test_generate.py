@@ -144,6 +144,7 @@ def test_max_cost_stops_cleanly_and_rerun_continues(tmp_path):
         with sqlite3.connect(tmp_path / "s.db") as con:
             spent = con.execute("SELECT SUM(cost) FROM attempts").fetchone()[0]
         assert 0 < spent <= 100
+        assert "failed" not in statuses(tmp_path / "s.db")  # stopped, not failed: the re-run sends them
         sent = srv.count
         result = invoke("generate", str(spec), "--store", "s.db", "--base-url", srv.base_url, "-q")
         assert result.exit_code == 0, result.output

@@ -166,7 +166,7 @@ class Generation:
             report.sent += 1
             if outcome.ok:
                 report.ok += 1
-            else:
+            elif not outcome.abandoned:
                 report.failed += 1
             queue.put_nowait(result_row(outcome))
 
@@ -247,6 +247,7 @@ def result_row(outcome: Outcome) -> ResultRow:
         request_id=job.id,
         cache_key=job.cache_key,
         ok=outcome.ok,
+        abandoned=outcome.abandoned,
         attempts=attempts,
         error=outcome.error,
         model=result.model if result else None,

@@ -79,6 +79,7 @@ class ResultRow:
     ok: bool
     attempts: list[AttemptRow]
     error: str | None = None
+    abandoned: bool = False  # cut short (budget, auth, Ctrl-C): attempts kept, request stays pending
     model: str | None = None
     contents: list[str] | None = None
     outputs: list[Any] | None = None
@@ -87,6 +88,12 @@ class ResultRow:
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _status(result: ResultRow) -> str:
+    if result.ok:
+        return "ok"
+    return "pending" if result.abandoned else "failed"
 
 
 def _request_row(r: PlannedRequest) -> tuple[Any, ...]:
@@ -404,7 +411,7 @@ class Store:
                 )
                 self.db.executemany(
                     "UPDATE requests SET status = ?, attempts = attempts + ?, error = ?, updated_at = ? WHERE id = ?",
-                    [("ok" if r.ok else "failed", len(r.attempts), r.error, now, r.request_id) for r in results],
+                    [(_status(r), len(r.attempts), r.error, now, r.request_id) for r in results],
                 )
         except sqlite3.OperationalError as exc:
             raise StoreError(f"{self.path}: cannot record results: {exc}") from exc
