@@ -9,7 +9,8 @@ that it does not share a core's event loop with the client being measured.
     python bench/throughput.py --only d --learn-limit --burst-s 0.2   # harsher (d)
 
 (a) bare aiohttp loop, (b) bare openai SDK loop (default transport, then DefaultAioHttpClient),
-(c) promptbake's Pool end to end — all at 0 ms server latency; (d) rate-limit efficiency: the
+(c) promptbake's Pool end to end, then ``promptbake generate`` with its SQLite store as a user runs
+it — all at 0 ms server latency; (d) rate-limit efficiency: the
 server enforces --rpm with 50-500 ms latency, we report achieved RPM / limit and the 429s.
 """
 
@@ -166,6 +167,49 @@ async def rate_limit_efficiency(rpm: float, duration: float, warmup: float, conc
           f"{throttled / max(1, final['requests']):.2%}; answers {final['paid']:,}")
 
 
+GENERATE_SPEC = """
+name: bench
+teacher: {model: gpt-4o-mini}
+grid: {table: inputs.jsonl, count: 1}
+steps:
+  - name: answer
+    max_tokens: 64
+    messages:
+      - {role: system, content: You answer in one short sentence.}
+      - {role: user, content: "Say something about {{ input }}."}
+example:
+  messages:
+    - {role: user, content: "{{ input }}"}
+    - {role: assistant, content: "{{ answer }}"}
+"""
+
+
+def promptbake_generate(base_url: str, n: int, concurrency: int) -> tuple[float, float, float]:
+    """``promptbake generate`` as a user runs it (a subprocess, store on): returns the sustained
+    req/s while answers arrive (from the store's timestamps), the end-to-end req/s including
+    start-up and planning, and the process's peak RSS in MB."""
+    import resource
+    import sqlite3
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        (folder / "spec.yaml").write_text(GENERATE_SPEC)
+        with (folder / "inputs.jsonl").open("w") as fh:
+            fh.writelines(json.dumps({"input": f"item {i}"}) + "\n" for i in range(n))
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "promptbake", "generate", "spec.yaml", "--store", "s.db",
+                        "--base-url", base_url, "--concurrency", str(concurrency), "-q"],
+                       cwd=folder, check=True, capture_output=True)
+        elapsed = time.perf_counter() - start
+        with sqlite3.connect(folder / "s.db") as db:
+            first, last, count = db.execute(
+                "SELECT MIN(created_at), MAX(created_at), COUNT(*) FROM attempts"
+            ).fetchone()
+    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return count / (last - first), n / elapsed, peak_mb
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=20_000, help="for (a) and (c)")
@@ -202,6 +246,11 @@ async def main() -> None:
                 run = await promptbake_pool(url, numbered_jobs(args.requests), c)
                 print(f"{'(c) promptbake Pool end to end (no store)':46} {run.per_second:8,.0f} req/s  "
                       f"({run.per_second / baseline:.2f}×)")
+                sustained, overall, peak = promptbake_generate(url, args.requests, c)
+                print(f"{'(c) promptbake generate, store on, sustained':46} {sustained:8,.0f} req/s  "
+                      f"({sustained / baseline:.2f}×)")
+                print(f"{'    same, incl. start-up and planning':46} {overall:8,.0f} req/s  "
+                      f"({overall / baseline:.2f}×), peak RSS {peak:,.0f} MB")
     if "d" in parts:
         await rate_limit_efficiency(args.rpm, args.duration, args.warmup, c, args.burst_s,
                                     args.learn_limit)
