@@ -129,3 +129,28 @@ def test_build_reports_validation_problems(tmp_path):
     assert result.exit_code == 0, result.output
     assert "too_few_examples" in result.output
     assert json.loads((tmp_path / "out" / "manifest.json").read_text())["validation"]["ok"] is False
+
+
+def test_rude_agent_gives_1000_distinct_examples_split_90_10(tmp_path):
+    """Issue 4's acceptance run, against the loopback teacher (which repeats every 13th utterance)."""
+    spec = str(ROOT / "generators" / "rude_agent.yaml")
+    with FakeServer(responder=list_then_reply_responder(dupe_every=13)).running() as srv:
+        args = ["run", spec, "--out", "out", "--store", "s.db", "--base-url", srv.base_url, "--rpm", "1000000", "-q"]
+        result = run(*args)
+        assert result.exit_code == 0, result.output
+        sent = srv.count
+        assert run(*args[:2], "--out", "again", *args[4:]).exit_code == 0
+        assert srv.count == sent
+    out = tmp_path / "out"
+    train, test = read_jsonl(out / "train.jsonl"), read_jsonl(out / "test.jsonl")
+    assert (len(train), len(test)) == (900, 100)
+    users = {r["messages"][0]["content"] for r in train + test}
+    assert len(users) == 1000
+    meta = read_jsonl(out / "metadata.jsonl")
+    situations = {m["cell"]["situation"] for m in meta}
+    assert len(situations) == 10
+    for situation in situations:
+        assert {m["split"] for m in meta if m["cell"]["situation"] == situation} == {"train", "test"}
+    assert run("validate", str(out / "train.jsonl")).exit_code == 0
+    for name in ("train.jsonl", "test.jsonl", "metadata.jsonl"):
+        assert (out / name).read_bytes() == (tmp_path / "again" / name).read_bytes()
