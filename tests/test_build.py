@@ -154,3 +154,18 @@ def test_rude_agent_gives_1000_distinct_examples_split_90_10(tmp_path):
     assert run("validate", str(out / "train.jsonl")).exit_code == 0
     for name in ("train.jsonl", "test.jsonl", "metadata.jsonl"):
         assert (out / name).read_bytes() == (tmp_path / "again" / name).read_bytes()
+
+
+def test_a_spec_built_in_code_can_be_rebuilt_from_the_store(tmp_path):
+    import yaml
+
+    from promptbake.pipeline import run as run_pipeline
+    from promptbake.spec import Spec
+    from promptbake.teacher import TeacherOverrides
+
+    spec = Spec.model_validate(yaml.safe_load(BIGGER))  # no file behind it, as with `distill`
+    with FakeServer(responder=list_then_reply_responder()).running() as srv:
+        run_pipeline(spec, "a", "s.db", TeacherOverrides(base_url=srv.base_url))
+    result = run("build", "s.db", "--out", "b")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "a" / "train.jsonl").read_bytes() == (tmp_path / "b" / "train.jsonl").read_bytes()

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from .expand import Expander
 from .generate import GenerateOptions, GenerateReport, Generation
 from .records import Example
@@ -64,8 +66,7 @@ def generate(
     expander = Expander(spec)
     with Store(store_path) as store, open_teacher(config) as (endpoint, config):
         run_id = store.start_run(spec.name, spec.spec_hash(), command)
-        if spec.path is not None:
-            store.save_spec(spec.name, spec.spec_hash(), str(spec.path), spec.path.read_text(encoding="utf-8"))
+        store.save_spec(spec.name, spec.spec_hash(), str(spec.path or ""), spec_text(spec))
         store.save_cells(spec.name, expander.cells())
         generation = Generation(spec, store, expander, endpoint, config, options)
         report = RunReport(generation.report)
@@ -113,6 +114,14 @@ def run(
     return report
 
 
+def spec_text(spec: Spec) -> str:
+    """What the store keeps of a spec: its file as written, or (a spec built in code, such as a
+    distillation) the validated model as YAML, so ``build STORE`` can always rebuild."""
+    if spec.path is not None:
+        return spec.path.read_text(encoding="utf-8")
+    return yaml.safe_dump(spec.model_dump(mode="json", by_alias=True, exclude_none=True), sort_keys=False)
+
+
 def spec_from_store(store_path: str | Path, name: str | None = None) -> Spec:
     """The spec a store was generated with (``build STORE``), re-read from the text it saved."""
     from .errors import StoreError
@@ -124,5 +133,5 @@ def spec_from_store(store_path: str | Path, name: str | None = None) -> Spec:
         saved = [s for s in store.saved_specs() if name is None or s[0] == name]
     if not saved:
         raise StoreError(f"{store_path}: holds no spec{f' named {name!r}' if name else ''}; pass the spec file")
-    _, path, text = saved[0]
-    return parse_spec(text, path, Path(path))
+    spec_name, path, text = saved[0]
+    return parse_spec(text, path or f"{store_path}:{spec_name}", Path(path) if path else None)
