@@ -217,3 +217,18 @@ def test_kill_9_resume_loses_nothing_and_repays_at_most_in_flight(tmp_path):
     finally:
         server.kill()
         server.wait()
+
+
+def test_a_long_system_prompt_is_stored_once_and_sent_whole(tmp_path):
+    prompt = "Rules of the house. " * 100  # 2,000 characters
+    text = MINIMAL_SPEC.replace("        content: Be rude.", f"        content: {prompt.strip()}")
+    spec = write_spec(tmp_path, text)
+    with FakeServer(responder=list_then_reply_responder()).running() as srv:
+        result = invoke("generate", str(spec), "--store", "s.db", "--base-url", srv.base_url, "-q")
+        assert result.exit_code == 0, result.output
+        sent = [b["messages"][0]["content"] for b in srv.bodies if b["messages"][0]["role"] == "system"]
+    assert sent == [prompt.strip()] * STEP1
+    with sqlite3.connect(tmp_path / "s.db") as con:
+        assert con.execute("SELECT COUNT(*) FROM blobs").fetchone()[0] == 1
+        bodies = [r[0] for r in con.execute("SELECT body FROM requests WHERE step_index = 1")]
+    assert all("Rules of the house" not in b and '"$blob"' in b for b in bodies)

@@ -88,3 +88,9 @@ def m003_current_plan(db: sqlite3.Connection) -> None:
 def m004_drop_superseded_index(db: sqlite3.Connection) -> None:
     # requests_current (m003) serves every query requests_by_step did; one index less per write
     db.execute("DROP INDEX IF EXISTS requests_by_step")
+
+
+@migration
+def m005_blobs(db: sqlite3.Connection) -> None:
+    # long system prompts are stored once by content hash, not in every request body
+    db.execute("CREATE TABLE blobs (hash TEXT PRIMARY KEY, text TEXT)")

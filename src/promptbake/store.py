@@ -9,6 +9,7 @@ million-request job never sits in memory, and one writer commits results in batc
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import sqlite3
@@ -96,7 +97,36 @@ def _status(result: ResultRow) -> str:
     return "pending" if result.abandoned else "failed"
 
 
-def _request_row(r: PlannedRequest) -> tuple[Any, ...]:
+BLOB_MIN = 1024  # characters: a system prompt this long is stored once, by hash
+BLOB_ROLES = ("system", "developer")
+
+
+def _pack(body: dict[str, Any], blobs: dict[str, str]) -> dict[str, Any]:
+    """The body with long system prompts replaced by ``{"$blob": hash}`` (collected in ``blobs``):
+    distilling a 2,000-token prompt over 100,000 inputs would otherwise store it 100,000 times."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not any(_blobbable(m) for m in messages):
+        return body
+    packed = []
+    for message in messages:
+        if _blobbable(message):
+            digest = hashlib.sha256(message["content"].encode()).hexdigest()[:32]
+            blobs[digest] = message["content"]
+            message = {**message, "content": {"$blob": digest}}
+        packed.append(message)
+    return {**body, "messages": packed}
+
+
+def _blobbable(message: Any) -> bool:
+    return (
+        isinstance(message, dict)
+        and message.get("role") in BLOB_ROLES
+        and isinstance(message.get("content"), str)
+        and len(message["content"]) >= BLOB_MIN
+    )
+
+
+def _request_row(r: PlannedRequest, blobs: dict[str, str]) -> tuple[Any, ...]:
     return (
         r.id,
         r.spec_name,
@@ -109,7 +139,7 @@ def _request_row(r: PlannedRequest) -> tuple[Any, ...]:
         r.parent_id,
         r.item_index,
         _dumps(r.vars),
-        _dumps(r.body),
+        _dumps(_pack(r.body, blobs)),
         r.cache_key,
         r.est_tokens,
     )
@@ -123,6 +153,7 @@ class Store:
     def __init__(self, path: str | Path, *, lock: bool = True) -> None:
         self.path = Path(path)
         self._lock_fd: int | None = None
+        self._blob_cache: dict[str, str] = {}
         if lock:
             self._take_lock()
         try:
@@ -248,12 +279,13 @@ class Store:
         the same thing twice (a resumed run) changes nothing. Returns how many requests are planned.
         """
         planned = 0
+        blobs: dict[str, str] = {}
 
         def rows() -> Iterator[tuple[Any, ...]]:
             nonlocal planned
             for r in requests:
                 planned += 1
-                yield _request_row(r)
+                yield _request_row(r, blobs)
 
         try:
             with self.db:
@@ -268,18 +300,39 @@ class Store:
                     "ON CONFLICT (id) DO UPDATE SET current = 1",
                     rows(),
                 )
+                self.db.executemany("INSERT OR IGNORE INTO blobs VALUES (?, ?)", blobs.items())
         except sqlite3.OperationalError as exc:
             raise StoreError(f"{self.path}: write failed: {exc}") from exc
         return planned
 
     def insert_requests(self, requests: Iterable[PlannedRequest]) -> int:
         """INSERT OR IGNORE: add requests that are not planned yet (callers without plan versions)."""
-        return self._write(
+        blobs: dict[str, str] = {}
+        added = self._write(
             "INSERT OR IGNORE INTO requests (id, spec_name, step, step_index, round, ord, cell_key, "
             "category, parent_id, item_index, vars, body, cache_key, est_tokens) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (_request_row(r) for r in requests),
+            (_request_row(r, blobs) for r in requests),
         )
+        self._write("INSERT OR IGNORE INTO blobs VALUES (?, ?)", blobs.items())
+        return added
+
+    def _unpack(self, text: str) -> dict[str, Any]:
+        """A stored body with its blobs put back (a few distinct prompts: cached by hash)."""
+        body = json.loads(text)
+        if '"$blob"' not in text:
+            return body
+        for message in body["messages"]:
+            content = message.get("content")
+            if isinstance(content, dict) and "$blob" in content:
+                digest = content["$blob"]
+                if digest not in self._blob_cache:
+                    if len(self._blob_cache) >= 64:
+                        self._blob_cache.clear()
+                    row = self.db.execute("SELECT text FROM blobs WHERE hash = ?", (digest,)).fetchone()
+                    self._blob_cache[digest] = row[0]
+                message["content"] = self._blob_cache[digest]
+        return body
 
     def serve_from_cache(self, spec_name: str, step_index: int) -> int:
         """Mark not-done requests whose content-keyed answer is already stored: nothing to pay."""
@@ -317,7 +370,7 @@ class Store:
         )
         for row in self._page(sql, (spec_name, step_index)):
             yield StoredRequest(
-                row[0], row[1], row[2], row[3], row[4], row[5], json.loads(row[6]), json.loads(row[7]), row[8], row[9]
+                row[0], row[1], row[2], row[3], row[4], row[5], json.loads(row[6]), self._unpack(row[7]), row[8], row[9]
             )
 
     def succeeded(self, spec_name: str, step_index: int, round_: int | None = None) -> Iterator[StoredRequest]:
@@ -339,7 +392,7 @@ class Store:
                 row[4],
                 row[5],
                 json.loads(row[6]),
-                json.loads(row[7]),
+                self._unpack(row[7]),
                 row[8],
                 row[9],
                 json.loads(row[10]),
