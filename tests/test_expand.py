@@ -192,3 +192,13 @@ def test_request_body_holds_rendered_messages_and_only_sampling_params(tmp_path)
         "max_tokens": 99,
         "top_k": 5,
     }
+
+
+def test_list_prompt_never_asks_for_fewer_than_min_items(tmp_path):
+    text = MINIMAL_SPEC.replace("    parse: list", "    parse: list\n    min_items: 5")
+    spec = load_spec(write_spec(tmp_path, text))
+    from promptbake.plan import Planner
+
+    expander = Expander(spec)
+    request = next(Planner(spec, expander.templates, "m", "remote").first_step(expander.cells(), 0))
+    assert request.body["messages"][0]["content"] == "Give 5 things a calm customer says at the shop."

@@ -121,14 +121,18 @@ class Planner:
     ) -> Iterator[PlannedRequest]:
         """Requests of step 0: ``repeat`` per cell in round 0 (default: enough single answers for
         ``count``, or one list request); later rounds ask again for cells that still lack examples.
-        Step 0's templates see ``count``, the cell's count: a top-up list asks for a full list
-        (more choice against duplicates, and ``min_items`` still holds) and the next step takes
-        only what the cell lacks."""
+        Step 0's templates see ``count``: the cell's count, and for a list step at least its
+        ``min_items`` (a prompt must not ask for fewer items than the parse accepts). A top-up list
+        asks for a full list, for more choice against duplicates; the next step takes only what
+        the cell lacks."""
         step = self.spec.steps[0]
+        # a list request never asks for fewer items than the step accepts (min_items)
+        floor = step.min_items if step.parse == "list" else 1
         for cell in cells:
             want = cell.count if wants is None else wants.get(cell.key, 0)
             if want <= 0:
                 continue
+            ask = max(cell.count, floor)
             if step.parse == "list":
                 times = (step.repeat or 1) if round_ == 0 else 1
             else:
@@ -144,7 +148,7 @@ class Planner:
                     parent_id=None,
                     item_index=i,
                     replicate=[cell.values, round_, i],
-                    render_only={"count": cell.count},
+                    render_only={"count": ask},
                 )
 
     def next_step(self, k: int, parents: Iterable[StoredRequest], wants: dict[str, int]) -> Iterator[PlannedRequest]:
