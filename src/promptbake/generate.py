@@ -57,7 +57,6 @@ class GenerateReport:
     completion_tokens: int = 0
     attempts: int = 0
     rate_limited: int = 0
-    elapsed: float = 0.0
     stopped_for_budget: bool = False
 
 
