@@ -37,6 +37,7 @@ def atomic_writer(path: str | os.PathLike[str]) -> Iterator[TextIO]:
     directory, disk full) becomes an ``OutputError`` naming the path, anything else propagates.
     """
     path = Path(path)
+    _sweep_stale(path)
     # Not tempfile.mkstemp: its 0600 mode would survive the rename; os.open honours the umask.
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
@@ -56,6 +57,28 @@ def atomic_writer(path: str | os.PathLike[str]) -> Iterator[TextIO]:
             raise OutputError(f"{path}: cannot write ({_reason(exc)})") from None
         raise
     _fsync_dir(path.parent)
+
+
+def _sweep_stale(path: Path) -> None:
+    """Remove temp files of ``path`` whose writer died without cleaning up (``kill -9``, power
+    loss): the next write of the same file is the only moment anyone will look for them."""
+    prefix = f".{path.name}."
+    with suppress(OSError):
+        for tmp in path.parent.iterdir():
+            pid = tmp.name[len(prefix):].split(".", 1)[0]
+            if tmp.name.startswith(prefix) and tmp.name.endswith(".tmp") and pid.isdigit() and not _alive(int(pid)):
+                with suppress(OSError):
+                    tmp.unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
 
 
 def _fsync_dir(directory: Path) -> None:
