@@ -319,7 +319,8 @@ def load_spec(path: str | Path) -> Spec:
     except FileNotFoundError as exc:
         raise SpecError(f"{path}: no such spec file") from exc
     except UnicodeDecodeError as exc:
-        raise SpecError(f"{path}: not UTF-8 text (byte {exc.start})") from exc
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise SpecError(f"{path}:{line}: not UTF-8 text (byte {exc.start})") from exc
     except OSError as exc:
         raise SpecError(f"{path}: cannot read: {exc.strerror}") from exc
     return parse_spec(text, str(path), path)
