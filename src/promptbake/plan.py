@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from .errors import TemplateError
 from .expand import Cell, stable_hash
 from .spec import MessageTemplate, Spec, Step
 from .store import PlannedRequest, StoredRequest
@@ -33,7 +34,13 @@ class MessageRenderer:
                 name = message.template
             else:
                 name = templates.add_inline(f"{where}.messages[{j}].content", message.content or "")
-            templates.get(name)  # compile now: a syntax error surfaces before anything is paid
+            try:
+                templates.get(name)  # compile now: a syntax error surfaces before anything is paid
+            except TemplateError as exc:
+                if message.template is None:
+                    raise
+                # a missing or broken file: say which spec field points at it
+                raise TemplateError(f"{where}.messages[{j}].template: {exc}") from exc
             self.parts.append((message, name))
 
     def render(self, variables: dict[str, Any]) -> list[dict[str, Any]]:
