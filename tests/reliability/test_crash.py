@@ -51,7 +51,7 @@ def repaid(server: FakeServer) -> int:
     return sum(n - 1 for n in server.paid_by_hash.values())
 
 
-@pytest.mark.parametrize("after_ok", [40, 200])
+@pytest.mark.parametrize("after_ok", [40, 150])
 def test_kill_9_during_generate(tmp_path, reference, after_ok):
     (tmp_path / "spec.yaml").write_text(SPEC, encoding="utf-8")
     db = tmp_path / "out" / "promptbake.db"
