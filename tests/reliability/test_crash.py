@@ -4,10 +4,12 @@ to an uninterrupted run's, and no request is paid twice beyond those in flight a
 from __future__ import annotations
 
 import filecmp
+import itertools
 import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -51,18 +53,32 @@ def repaid(server: FakeServer) -> int:
     return sum(n - 1 for n in server.paid_by_hash.values())
 
 
-@pytest.mark.parametrize("after_ok", [40, 150])
-def test_kill_9_during_generate(tmp_path, reference, after_ok):
+@pytest.mark.parametrize("after_ok, hold", [(40, False), (150, True)])
+def test_kill_9_during_generate(tmp_path, reference, after_ok, hold):
+    """Killed while answers stream in (``hold=False``: some may be paid but not yet committed), or
+    while the server holds every request after the ``after_ok``-th (a kill point that a slow
+    machine cannot overshoot)."""
     (tmp_path / "spec.yaml").write_text(SPEC, encoding="utf-8")
     db = tmp_path / "out" / "promptbake.db"
-    with FakeServer(responder=pure_answer, latency_ms=(10, 40)).running() as srv:
-        cmd = [sys.executable, "-m", "promptbake", *run_args(srv.base_url)]
-        proc = subprocess.Popen(cmd, cwd=tmp_path, env=cli_env(), stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 60
-        while statuses(db).get("ok", 0) < after_ok and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-        assert proc.wait() == -signal.SIGKILL
+    gate = threading.Event()
+    calls = itertools.count(1)
+
+    def respond(body: dict) -> str:
+        if hold and next(calls) > after_ok:
+            gate.wait(60)
+        return pure_answer(body)
+
+    with FakeServer(responder=respond, latency_ms=(10, 40)).running() as srv:
+        try:
+            cmd = [sys.executable, "-m", "promptbake", *run_args(srv.base_url)]
+            proc = subprocess.Popen(cmd, cwd=tmp_path, env=cli_env(), stderr=subprocess.DEVNULL)
+            deadline = time.monotonic() + 60
+            while statuses(db).get("ok", 0) < after_ok and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.02)
+            proc.send_signal(signal.SIGKILL)
+            assert proc.wait() == -signal.SIGKILL
+        finally:
+            gate.set()
         before = statuses(db).get("ok", 0)
         assert after_ok <= before < PLANNED, before  # really killed mid-generate
         assert not (tmp_path / "out" / "train.jsonl").exists()
