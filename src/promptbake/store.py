@@ -15,6 +15,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -201,16 +202,30 @@ class Store:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """All or nothing. ``with connection:`` does not BEGIN on an autocommit connection
+        (``isolation_level=None``): each row of an ``executemany`` would commit alone, so a failure
+        (disk full) left half a batch behind, and every row cost its own write to the log."""
+        self.db.execute("BEGIN")
+        try:
+            yield
+            self.db.execute("COMMIT")
+        except BaseException:
+            if self.db.in_transaction:  # SQLite may already have rolled back (SQLITE_FULL)
+                self.db.execute("ROLLBACK")
+            raise
+
     def _write(self, sql: str, rows: Iterable[tuple[Any, ...]]) -> int:
         try:
-            with self.db:
+            with self._transaction():
                 return self.db.executemany(sql, rows).rowcount
         except sqlite3.OperationalError as exc:
             raise StoreError(f"{self.path}: write failed: {exc}") from exc
 
     # runs -------------------------------------------------------------------------------------
     def start_run(self, spec_name: str, spec_hash: str, command: str) -> int:
-        with self.db:
+        with self._transaction():
             cur = self.db.execute(
                 "INSERT INTO runs (spec_name, spec_hash, command, started_at, status) VALUES (?, ?, ?, ?, 'running')",
                 (spec_name, spec_hash, command, time.time()),
@@ -288,7 +303,7 @@ class Store:
                 yield _request_row(r, blobs)
 
         try:
-            with self.db:
+            with self._transaction():
                 self.db.execute(
                     "UPDATE requests SET current = 0 WHERE spec_name = ? AND step_index = ? AND round = ?",
                     (spec_name, step_index, round_),
@@ -420,7 +435,7 @@ class Store:
         """Commit a batch of finished requests in one transaction (the single writer)."""
         now = time.time()
         try:
-            with self.db:
+            with self._transaction():
                 self.db.executemany(
                     "INSERT INTO attempts (request_id, cache_key, number, status_code, error_kind, error, "
                     "latency_ms, prompt_tokens, completion_tokens, cost, raw, created_at) "
