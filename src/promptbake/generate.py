@@ -161,6 +161,9 @@ class Generation:
         writer = asyncio.create_task(self._writer(queue))
 
         async def sink(outcome: Outcome) -> None:
+            if writer.done():
+                # the writer died (disk full): stop the pool, or it pays for answers nobody keeps
+                writer.result()
             progress.update(outcome)
             report.sent += 1
             if outcome.ok:
