@@ -8,6 +8,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 from pathlib import Path
 
 TESTS = Path(__file__).resolve().parent.parent
@@ -60,14 +61,14 @@ def pure_answer(body: dict) -> str:
 def statuses(db: Path) -> dict[str, int]:
     """Current requests by status (empty while the store is still being created)."""
     try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+        with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
             return dict(con.execute("SELECT status, COUNT(*) FROM requests WHERE current = 1 GROUP BY status"))
     except sqlite3.OperationalError:
         return {}
 
 
 def integrity(db: Path) -> str:
-    with sqlite3.connect(db) as con:
+    with closing(sqlite3.connect(db)) as con:
         return con.execute("PRAGMA integrity_check").fetchone()[0]
 
 
