@@ -25,16 +25,30 @@ def migrate(db: sqlite3.Connection) -> list[str]:
     for name, fn in MIGRATIONS:
         if name in done:
             continue
-        with db:
+        # the connection autocommits, so BEGIN explicitly: a migration and its record land together
+        db.execute("BEGIN")
+        try:
             fn(db)
             db.execute("INSERT INTO _migrations VALUES (?, ?)", (name, time.time()))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
         applied.append(name)
     return applied
 
 
+def _statements(db: sqlite3.Connection, script: str) -> None:
+    """Run a script statement by statement (``executescript`` would COMMIT the transaction)."""
+    for statement in script.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
 @migration
 def m001_initial(db: sqlite3.Connection) -> None:
-    db.executescript(
+    _statements(
+        db,
         """
         CREATE TABLE runs (
             id INTEGER PRIMARY KEY, spec_name TEXT, spec_hash TEXT, command TEXT,
