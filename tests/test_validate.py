@@ -284,10 +284,10 @@ def test_cli_clean_file_exits_0():
     assert "No format errors." in result.stdout
 
 
-def test_cli_format_errors_exit_1_with_lines():
+def test_cli_format_errors_exit_2_with_lines():
     path = write_lines([*good(10), BAD_LINES["unrecognized_role"]])
     result = CliRunner().invoke(cli, ["validate", str(path)])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "unrecognized_role: 1 (line 11)" in result.stdout
     assert result.stderr.strip().startswith("Error: data.jsonl: 1 format errors (unrecognized_role)")
 

@@ -165,7 +165,7 @@ def generate(spec_path: str, store_path: str, no_cache: bool, max_cost: float | 
               help="Whose rules to check the file against.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def validate(file: str, model: str | None, target: str, as_json: bool) -> None:
-    """Check a fine-tuning FILE the way the target's trainer will; exit 1 on format errors."""
+    """Check a fine-tuning FILE the way the target's trainer will; exit 2 on format errors."""
     import json
 
     from .errors import ValidationFailed

@@ -55,8 +55,9 @@ class OutputError(PromptbakeError):
     """An output file or directory cannot be written (read-only, disk full)."""
 
 
-class ValidationFailed(PromptbakeError):
-    """A fine-tuning file has format errors (``validate`` exits non-zero)."""
+class ValidationFailed(InputError):
+    """A fine-tuning file has format errors: bad input like any other (exit 2), with the report
+    naming every rejected line."""
 
 
 class ResponseRejected(PromptbakeError):

@@ -54,10 +54,10 @@ def test_bad_spec_or_input_gives_one_line_naming_the_place(corpus, name, command
 
 
 def test_validate_broken_jsonl_and_10mb_line(corpus):
-    """``validate`` reports content problems in its report (exit 1, by its contract: the file is
-    readable, it just would be rejected), always naming the line; a 10 MB line is counted, not choked on."""
+    """``validate`` reports content problems in its report and exits 2 like any bad input, always
+    naming the line; a 10 MB line is counted, not choked on."""
     done = promptbake("validate", "broken_validate.jsonl", cwd=corpus, timeout=60)
-    assert done.returncode == 1
+    assert done.returncode == 2
     assert one_line_error(done.stderr).startswith("Error: broken_validate.jsonl: 2 format errors (invalid_json")
     assert "invalid_json: 1 (line 2)" in done.stdout
 
@@ -72,7 +72,7 @@ def test_validate_broken_jsonl_and_10mb_line(corpus):
 
 def test_validate_names_every_provider_rejected_shape_with_its_line(corpus):
     done = promptbake("validate", "rejected_shapes.jsonl", "--json", cwd=corpus, timeout=60)
-    assert done.returncode == 1
+    assert done.returncode == 2
     line = one_line_error(done.stderr)
     assert line.startswith("Error: rejected_shapes.jsonl: "), line
     errors = json.loads(done.stdout)["errors"]
