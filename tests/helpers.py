@@ -98,3 +98,28 @@ def list_then_reply_responder(dupe_every: int = 0):
         return f"Happy to help with that! ({user[:60]})"
 
     return respond
+
+
+TOOLS = [{"type": "function", "function": {"name": "refund", "parameters": {"type": "object", "properties": {}}}}]
+
+
+def tool_call_example(*, rejected: bool = False):
+    """A function-calling example: tool call, tool answer, final reply (formats and export tests)."""
+    from promptbake.records import Example
+
+    return Example(
+        id="tool",
+        category="refund",
+        messages=[
+            {"role": "user", "content": "Refund me"},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "refund", "arguments": "{}"}}],
+            },
+            {"role": "tool", "tool_call_id": "c1", "content": "done"},
+            {"role": "assistant", "content": "Done. Go away."},
+        ],
+        tools=TOOLS,
+        rejected={"role": "assistant", "content": "Refunded, have a lovely day!"} if rejected else None,
+    )

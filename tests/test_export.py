@@ -9,14 +9,13 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from helpers import TOOLS, tool_call_example
 
 from promptbake.cli import cli
 from promptbake.errors import DataFileError, OutputError
 from promptbake.export import export, read_dataset
 from promptbake.formats import FORMATS, FormatRefused
 from promptbake.records import Example
-
-TOOLS = [{"type": "function", "function": {"name": "refund", "parameters": {"type": "object", "properties": {}}}}]
 
 
 def chat(i: int, *, rejected: bool = True) -> Example:
@@ -35,22 +34,7 @@ def chat(i: int, *, rejected: bool = True) -> Example:
 
 
 def tool_call() -> Example:
-    return Example(
-        id="tool",
-        category="refund",
-        messages=[
-            {"role": "user", "content": "Refund me"},
-            {
-                "role": "assistant",
-                "content": None,
-                "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "refund", "arguments": "{}"}}],
-            },
-            {"role": "tool", "tool_call_id": "c1", "content": "done"},
-            {"role": "assistant", "content": "Done. Go away."},
-        ],
-        tools=TOOLS,
-        rejected={"role": "assistant", "content": "Refunded, have a lovely day!"},
-    )
+    return tool_call_example(rejected=True)
 
 
 def multi_turn() -> Example:

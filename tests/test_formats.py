@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
+from helpers import TOOLS, tool_call_example
 
 from promptbake.errors import InputError
 from promptbake.formats import FORMATS, FormatRefused, formats_table, get_format, write_split
 from promptbake.records import Example
 from promptbake.spec import OutputConfig
 from promptbake.targets import TARGETS
-
-TOOLS = [{"type": "function", "function": {"name": "refund", "parameters": {"type": "object", "properties": {}}}}]
 
 
 def single(i: int = 1, *, system: bool = True, rejected: bool = False) -> Example:
@@ -45,21 +44,7 @@ def multi_turn() -> Example:
 
 
 def tool_example() -> Example:
-    return Example(
-        id="tool",
-        category="refund",
-        messages=[
-            {"role": "user", "content": "Refund me"},
-            {
-                "role": "assistant",
-                "content": None,
-                "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "refund", "arguments": "{}"}}],
-            },
-            {"role": "tool", "tool_call_id": "c1", "content": "done"},
-            {"role": "assistant", "content": "Done. Go away."},
-        ],
-        tools=TOOLS,
-    )
+    return tool_call_example()
 
 
 def test_openai_chat_keeps_weight_and_tools_and_maps_developer():
