@@ -232,3 +232,26 @@ def test_a_long_system_prompt_is_stored_once_and_sent_whole(tmp_path):
         assert con.execute("SELECT COUNT(*) FROM blobs").fetchone()[0] == 1
         bodies = [r[0] for r in con.execute("SELECT body FROM requests WHERE step_index = 1")]
     assert all("Rules of the house" not in b and '"$blob"' in b for b in bodies)
+
+
+def test_ctrl_c_says_how_to_resume_and_keeps_answers(tmp_path):
+    text = MINIMAL_SPEC.replace("  count: 2", "  count: 40")
+    spec = write_spec(tmp_path, text)
+    with FakeServer(responder=list_then_reply_responder(), latency_ms=(100.0, 200.0)).running() as srv:
+        cmd = [sys.executable, "-m", "promptbake", "generate", str(spec), "--store", "s.db", "--base-url",
+               srv.base_url, "-q", "--concurrency", "4"]
+        env = {**os.environ, "PYTHONPATH": str(TESTS.parent / "src")}
+        proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 30
+        while statuses(tmp_path / "s.db").get("ok", 0) < STEP0 + 4 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 130
+        assert "Interrupted: every answer received so far is stored" in err
+        assert "Traceback" not in err
+        kept = statuses(tmp_path / "s.db").get("ok", 0)
+        assert kept >= STEP0 + 4
+        subprocess.run(cmd, env=env, cwd=tmp_path, check=True, capture_output=True, timeout=120)
+        assert statuses(tmp_path / "s.db") == {"ok": STEP0 + 160}
+        assert len(srv.paid_twice()) <= 4  # only what was in flight at the interrupt

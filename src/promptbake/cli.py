@@ -30,6 +30,11 @@ class _Group(click.Group):
                 raise
             click.echo(f"Error: {exc}", err=True)
             ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            # answers are committed as they arrive: the store already holds everything paid for
+            click.echo("Interrupted: every answer received so far is stored; run the same command to resume.",
+                       err=True)
+            ctx.exit(130)
 
 
 @click.group(cls=_Group)
