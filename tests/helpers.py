@@ -123,3 +123,19 @@ def tool_call_example(*, rejected: bool = False):
         tools=TOOLS,
         rejected={"role": "assistant", "content": "Refunded, have a lovely day!"} if rejected else None,
     )
+
+
+def same_output_under_hash_seeds(script: str, seeds: tuple[str, ...] = ("0", "123")) -> str:
+    """Run ``script`` in fresh interpreters with different PYTHONHASHSEEDs; assert they all print
+    the same thing (nothing may depend on set/dict order of str hashes) and return it."""
+    import os
+    import subprocess
+    import sys
+
+    outputs = {
+        subprocess.run([sys.executable, "-c", script], env={**os.environ, "PYTHONHASHSEED": seed},
+                       capture_output=True, text=True, check=True).stdout
+        for seed in seeds
+    }
+    assert len(outputs) == 1, outputs
+    return outputs.pop()

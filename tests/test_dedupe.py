@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from datasketch import MinHash
+from helpers import same_output_under_hash_seeds
 
 from promptbake.dedupe import Deduper, _Signer, dedupe, normalise
 from promptbake.errors import SpecError
@@ -227,10 +226,4 @@ def test_decisions_are_identical_across_processes_and_hash_seeds(tmp_path):
         "examples, _ = m.make_corpus(150, n_near=40, n_exact=10, seed=3)\n"
         "print(json.dumps([d.as_dict() for d in dedupe(examples, DedupeConfig()).dropped]))\n"
     )
-    outputs = set()
-    for hash_seed in ("1", "2"):
-        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
-        run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
-        outputs.add(run.stdout)
-    assert len(outputs) == 1
-    assert len(json.loads(outputs.pop())) >= 45
+    assert len(json.loads(same_output_under_hash_seeds(script))) >= 45

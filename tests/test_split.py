@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections import Counter
 from itertools import pairwise
 
 import pytest
+from helpers import same_output_under_hash_seeds
 
 from promptbake.records import Example
 from promptbake.spec import SplitConfig
@@ -117,14 +115,9 @@ def test_identical_across_processes_and_hash_seeds():
         "train, test = split(data, SplitConfig(test=0.1, seed=7))\n"
         "print(json.dumps([[e.id for e in train], [e.id for e in test]]))\n"
     )
-    outputs = set()
-    for hash_seed in ("0", "123"):
-        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
-        run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
-        outputs.add(run.stdout)
-    assert len(outputs) == 1
+    output = same_output_under_hash_seeds(script)
     train, test = split(make(SIZES), SplitConfig(test=0.1, seed=7))
-    assert json.loads(outputs.pop()) == [ids(train), ids(test)]
+    assert json.loads(output) == [ids(train), ids(test)]
 
 
 @pytest.mark.parametrize("test_size", [0.1, 0.3, 5, 17])
