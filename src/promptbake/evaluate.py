@@ -18,7 +18,6 @@ import asyncio
 import itertools
 import json
 import statistics
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,16 +27,14 @@ from pydantic import ValidationError
 
 from .atomic import write_jsonl_atomic
 from .checks import Checks
-from .client import ChatClient, ChatResult, Endpoint
+from .client import ChatResult, Endpoint
 from .errors import BudgetExceeded, DataFileError, InputError
 from .expand import stable_hash
 from .formats import ensure_dir
-from .generate import Progress, StepJob, result_row
+from .generate import Progress, StepJob, send_to_store
 from .jsonl import read_jsonl
-from .limiter import Limiter
 from .parse import parse_output
-from .pool import Pool, PoolStats
-from .pricing import PriceTable
+from .pool import PoolStats
 from .spec import SamplingParams, Spec, TeacherConfig
 from .store import PlannedRequest, Store
 from .teacher import TeacherOverrides, merge, model_name, open_teacher
@@ -60,8 +57,6 @@ JUDGE_SYSTEM = (
 SWEEPABLE = ("temperature", "top_p", "max_tokens", "seed", "presence_penalty", "frequency_penalty")
 DEFAULT_RESERVE = 512  # completion tokens TPM reserves per answer when max_tokens is not set
 _SENT_KEYS = ("role", "content", "name", "tool_calls", "tool_call_id")  # no training-only "weight"
-_FLUSH_ROWS = 64
-_FLUSH_SECONDS = 0.5
 
 
 # --- input ------------------------------------------------------------------------------------
@@ -357,30 +352,15 @@ class _Calls:
         return answers, errors
 
     async def _send(self, jobs: list[StepJob], endpoint: Endpoint, config: TeacherConfig, label: str) -> PoolStats:
-        progress = Progress(self.options.progress, len(jobs), label)
-        finished: list[Any] = []
-        flushed = time.monotonic()
-
-        async def sink(outcome: Any) -> None:
-            nonlocal flushed
-            progress.update(outcome)
+        def count(outcome: Any) -> None:
             self.usage.failed += 0 if outcome.ok else 1
-            finished.append(result_row(outcome))
-            if len(finished) >= _FLUSH_ROWS or time.monotonic() - flushed >= _FLUSH_SECONDS:
-                self.store.record(finished)
-                finished.clear()
-                flushed = time.monotonic()
 
-        left = None if self.options.max_cost is None else self.options.max_cost - self.usage.cost
-        try:
-            async with ChatClient(endpoint, concurrency=config.concurrency, timeout=config.timeout) as client:
-                limiter = Limiter(rpm=config.rpm, tpm=config.tpm, concurrency=config.concurrency)
-                pool = Pool(client, limiter, max_attempts=config.max_attempts,
-                            cost=PriceTable(config.prices).cost, max_cost=left)
-                return await pool.run(jobs, sink)
-        finally:
-            self.store.record(finished)  # paid for: kept even when the run stops on an error
-            progress.close()
+        return await send_to_store(
+            self.store, endpoint, config, jobs,
+            progress=Progress(self.options.progress, len(jobs), label),
+            max_cost=None if self.options.max_cost is None else self.options.max_cost - self.usage.cost,
+            on_outcome=count,
+        )
 
 
 @dataclass

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +20,7 @@ from .expand import Expander
 from .limiter import Limiter
 from .parse import parse_choices
 from .plan import Planner
-from .pool import Job, Outcome, Pool
+from .pool import Job, Outcome, Pool, PoolStats
 from .pricing import PriceTable
 from .spec import Spec, Step, TeacherConfig
 from .store import AttemptRow, ResultRow, Store, StoredRequest
@@ -113,7 +113,6 @@ class Generation:
         self.endpoint = endpoint
         self.config = config
         self.options = options
-        self.prices = PriceTable(config.prices)
         self.planner = Planner(spec, expander.templates, endpoint.model, config.kind)
         self.report = GenerateReport()
         self._forgotten: set[int] = set()
@@ -156,38 +155,23 @@ class Generation:
         total = self.store.count_pending(self.spec.name, k)
         if total == 0:
             return
-        progress = Progress(self.options.progress, total, f"{step.name} (round {round_})")
-        queue: asyncio.Queue[ResultRow | None] = asyncio.Queue()
-        writer = asyncio.create_task(self._writer(queue))
 
-        async def sink(outcome: Outcome) -> None:
-            if writer.done():
-                # the writer died (disk full): stop the pool, or it pays for answers nobody keeps
-                writer.result()
-            progress.update(outcome)
+        def count(outcome: Outcome) -> None:
             report.sent += 1
             if outcome.ok:
                 report.ok += 1
             elif not outcome.abandoned:
                 report.failed += 1
-            queue.put_nowait(result_row(outcome))
 
-        try:
-            async with ChatClient(
-                self.endpoint, concurrency=self.config.concurrency, timeout=self.config.timeout
-            ) as client:
-                pool = Pool(
-                    client,
-                    Limiter(rpm=self.config.rpm, tpm=self.config.tpm, concurrency=self.config.concurrency),
-                    max_attempts=self.config.max_attempts,
-                    cost=self.prices.cost,
-                    max_cost=None if self.options.max_cost is None else self.options.max_cost - self.report.spent,
-                )
-                stats = await pool.run(self._jobs(k, round_, step), sink)
-        finally:
-            queue.put_nowait(None)
-            await writer
-            progress.close()
+        stats = await send_to_store(
+            self.store,
+            self.endpoint,
+            self.config,
+            self._jobs(k, round_, step),
+            progress=Progress(self.options.progress, total, f"{step.name} (round {round_})"),
+            max_cost=None if self.options.max_cost is None else self.options.max_cost - self.report.spent,
+            on_outcome=count,
+        )
         self.report.spent += stats.cost
         self.report.prompt_tokens += stats.prompt_tokens
         self.report.completion_tokens += stats.completion_tokens
@@ -195,26 +179,68 @@ class Generation:
         self.report.rate_limited += stats.throttled
         self.report.stopped_for_budget = stats.stopped_for_budget
 
-    async def _writer(self, queue: asyncio.Queue[ResultRow | None]) -> None:
-        """The single writer: commits everything waiting each time it wakes.
 
-        Under load, results pile up while a commit runs, so batches grow by themselves; when the
-        pool is idle each result is committed at once. A kill therefore loses only what was in
-        flight, never a backlog of finished answers.
-        """
-        while True:
-            try:
-                first = await queue.get()
-            except asyncio.CancelledError:
-                # Ctrl-C: what already finished is paid for, so it is committed before we go
-                self.store.record([r for r in _drain(queue) if r is not None])
-                raise
-            batch = [first, *_drain(queue)]
-            rows = [r for r in batch if r is not None]
-            if rows:
-                self.store.record(rows)
-            if None in batch:
-                return
+async def send_to_store(
+    store: Store,
+    endpoint: Endpoint,
+    config: TeacherConfig,
+    jobs: Iterable[StepJob],
+    *,
+    progress: Progress,
+    max_cost: float | None = None,
+    on_outcome: Callable[[Outcome], None] | None = None,
+) -> PoolStats:
+    """Send jobs through the rate-limited pool; every finished one goes to the store's single
+    writer. The one path by which generate and eval pay for answers."""
+    queue: asyncio.Queue[ResultRow | None] = asyncio.Queue()
+    writer = asyncio.create_task(_writer(store, queue))
+
+    async def sink(outcome: Outcome) -> None:
+        if writer.done():
+            # the writer died (disk full): stop the pool, or it pays for answers nobody keeps
+            writer.result()
+        progress.update(outcome)
+        if on_outcome is not None:
+            on_outcome(outcome)
+        queue.put_nowait(result_row(outcome))
+
+    try:
+        async with ChatClient(endpoint, concurrency=config.concurrency, timeout=config.timeout) as client:
+            limiter = Limiter(rpm=config.rpm, tpm=config.tpm, concurrency=config.concurrency)
+            pool = Pool(
+                client,
+                limiter,
+                max_attempts=config.max_attempts,
+                cost=PriceTable(config.prices).cost,
+                max_cost=max_cost,
+            )
+            return await pool.run(jobs, sink)
+    finally:
+        queue.put_nowait(None)
+        await writer
+        progress.close()
+
+
+async def _writer(store: Store, queue: asyncio.Queue[ResultRow | None]) -> None:
+    """The single writer: commits everything waiting each time it wakes.
+
+    Under load, results pile up while a commit runs, so batches grow by themselves; when the
+    pool is idle each result is committed at once. A kill therefore loses only what was in
+    flight, never a backlog of finished answers.
+    """
+    while True:
+        try:
+            first = await queue.get()
+        except asyncio.CancelledError:
+            # Ctrl-C: what already finished is paid for, so it is committed before we go
+            store.record([r for r in _drain(queue) if r is not None])
+            raise
+        batch = [first, *_drain(queue)]
+        rows = [r for r in batch if r is not None]
+        if rows:
+            store.record(rows)
+        if None in batch:
+            return
 
 
 def _drain(queue: asyncio.Queue[ResultRow | None]) -> list[ResultRow | None]:
