@@ -1,0 +1,1 @@
+"""From stored answers to examples: checks, dedupe, balance, split."""

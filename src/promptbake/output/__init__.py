@@ -1,0 +1,1 @@
+"""Writing and checking datasets: formats, export, validation, provider targets."""

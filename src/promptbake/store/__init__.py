@@ -1,0 +1,1 @@
+"""The SQLite store: requests, answers, attempts, and its named migrations."""

@@ -1,0 +1,1 @@
+"""Reaching the teacher: wire client, limiter, pool, local server, pricing, tokens, and the generate driver."""

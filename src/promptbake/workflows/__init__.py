@@ -1,0 +1,1 @@
+"""Workflows on top of the pipeline: run, distill, evaluate, top-up."""
