@@ -21,9 +21,9 @@ import sys
 import time
 from dataclasses import dataclass
 
-from promptbake.dedupe import dedupe, normalise
+from promptbake.build.dedupe import dedupe, normalise
 from promptbake.records import Example
-from promptbake.spec import DedupeConfig
+from promptbake.spec.models import DedupeConfig
 
 NEAR_MIN = 0.9
 CATEGORIES = 10

@@ -16,7 +16,7 @@ import time
 import urllib.request
 from typing import Any
 
-from promptbake.local import LocalServer, local_server
+from promptbake.teacher.local import LocalServer, local_server
 
 COMPLAINTS = [{"role": "user", "content": "List 5 different complaints an angry customer might send to an "
                                           "online shop's support chat. Answer as a JSON list of strings."}]

@@ -32,9 +32,9 @@ from typing import Any
 
 import aiohttp
 
-from promptbake.client import ChatClient, Endpoint
-from promptbake.limiter import Limiter
-from promptbake.pool import Job, Outcome, Pool
+from promptbake.teacher.client import ChatClient, Endpoint
+from promptbake.teacher.limiter import Limiter
+from promptbake.teacher.pool import Job, Outcome, Pool
 
 SERVER = Path(__file__).resolve().parent.parent / "tests" / "fakeserver.py"
 MODEL = "gpt-4o-mini"

@@ -9,7 +9,7 @@ import stat
 
 import pytest
 
-from promptbake.atomic import atomic_writer, json_line, write_jsonl_atomic, write_text_atomic
+from promptbake.output.atomic import atomic_writer, json_line, write_jsonl_atomic, write_text_atomic
 from promptbake.errors import OutputError
 
 

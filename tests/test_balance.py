@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from promptbake.balance import balance
+from promptbake.build.balance import balance
 from promptbake.records import Example
-from promptbake.spec import BalanceConfig
+from promptbake.spec.models import BalanceConfig
 
 
 def make(sizes: dict[str, int]) -> list[Example]:

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from fakeserver import FakeServer
 from helpers import MINIMAL_SPEC, list_then_reply_responder, write_spec
 
-from promptbake.cli import cli
+from promptbake.cli.main import cli
 
 ROOT = Path(__file__).parent.parent
 BIGGER = MINIMAL_SPEC.replace("  count: 2", "  count: 6")  # 4 cells × 6 = 24 examples
@@ -159,9 +159,9 @@ def test_rude_agent_gives_1000_distinct_examples_split_90_10(tmp_path):
 def test_a_spec_built_in_code_can_be_rebuilt_from_the_store(tmp_path):
     import yaml
 
-    from promptbake.pipeline import run as run_pipeline
-    from promptbake.spec import Spec
-    from promptbake.teacher import TeacherOverrides
+    from promptbake.workflows.pipeline import run as run_pipeline
+    from promptbake.spec.models import Spec
+    from promptbake.teacher.config import TeacherOverrides
 
     spec = Spec.model_validate(yaml.safe_load(BIGGER))  # no file behind it, as with `distill`
     with FakeServer(responder=list_then_reply_responder()).running() as srv:

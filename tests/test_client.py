@@ -11,7 +11,7 @@ import pytest
 from fakeserver import FakeServer, Fault
 
 from promptbake import errors
-from promptbake.client import (
+from promptbake.teacher.client import (
     ChatClient,
     ChatResult,
     Endpoint,

@@ -15,8 +15,8 @@ import pytest
 from click.testing import CliRunner
 from fakeserver import FakeServer
 
-from promptbake.cli import cli
-from promptbake.distill import (
+from promptbake.cli.main import cli
+from promptbake.workflows.distill import (
     TRACE_CHARS,
     answer_checks,
     break_even,
@@ -25,8 +25,8 @@ from promptbake.distill import (
     prompt_examples,
 )
 from promptbake.errors import InputError
-from promptbake.templates import Templates
-from promptbake.tokens import count_tokens
+from promptbake.spec.templates import Templates
+from promptbake.teacher.tokens import count_tokens
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"
@@ -426,7 +426,7 @@ def test_sample_inputs_are_realistic_and_the_prompt_long_enough():
 
 @pytest.mark.local_model
 def test_tiny_distillation_on_the_local_teacher(tmp_path):
-    from promptbake import local
+    from promptbake.teacher import local
     from promptbake.errors import TeacherError
 
     try:

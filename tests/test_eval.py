@@ -9,10 +9,10 @@ import pytest
 from click.testing import CliRunner
 from fakeserver import FakeServer, Fault
 
-from promptbake.cli import cli
+from promptbake.cli.main import cli
 from promptbake.errors import InputError
-from promptbake.evaluate import Scoring, load_test, parse_sweeps, summarise
-from promptbake.spec import parse_spec
+from promptbake.workflows.evaluate import Scoring, load_test, parse_sweeps, summarise
+from promptbake.spec.models import parse_spec
 
 EXAMPLES = [  # (id, category, user text, reference answer)
     ("j1", "json", "give json please", '{"a": 1}'),

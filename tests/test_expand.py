@@ -9,10 +9,10 @@ import pytest
 from click.testing import CliRunner
 from helpers import MINIMAL_SPEC, write_spec
 
-from promptbake.cli import cli
+from promptbake.cli.main import cli
 from promptbake.errors import DataFileError, TemplateError
-from promptbake.expand import Expander
-from promptbake.spec import load_spec
+from promptbake.plan.expand import Expander
+from promptbake.spec.models import load_spec
 
 ROOT = Path(__file__).parent.parent
 
@@ -111,7 +111,7 @@ def test_expand_ids_are_stable(tmp_path):
 def test_changing_a_template_changes_only_its_prompts(tmp_path):
     a = load_spec(write_spec(tmp_path, MINIMAL_SPEC, "a.yaml"))
     b = load_spec(write_spec(tmp_path, MINIMAL_SPEC.replace("Be rude.", "Be ruder."), "b.yaml"))
-    from promptbake.plan import Planner
+    from promptbake.plan.planner import Planner
 
     def first_keys(spec):
         expander = Expander(spec)
@@ -139,7 +139,7 @@ def test_missing_template_file(tmp_path):
         "        template: absent.j2",
     )
     with pytest.raises(TemplateError, match=r"absent\.j2: template file not found"):
-        from promptbake.plan import Planner
+        from promptbake.plan.planner import Planner
 
         spec = load_spec(write_spec(tmp_path, text))
         Planner(spec, Expander(spec).templates, "m", "remote")
@@ -148,7 +148,7 @@ def test_missing_template_file(tmp_path):
 def test_inline_template_error_names_spec_field(tmp_path):
     text = MINIMAL_SPEC.replace("Be rude.", "Be rude {{ missing }}.")
     spec = load_spec(write_spec(tmp_path, text))
-    from promptbake.plan import Planner
+    from promptbake.plan.planner import Planner
 
     expander = Expander(spec)
     planner = Planner(spec, expander.templates, "m", "remote")
@@ -181,7 +181,7 @@ def test_request_body_holds_rendered_messages_and_only_sampling_params(tmp_path)
         "    parse: list", "    parse: list\n    temperature: 0.5\n    max_tokens: 99\n    extra_body: {top_k: 5}"
     )
     spec = load_spec(write_spec(tmp_path, text))
-    from promptbake.plan import Planner
+    from promptbake.plan.planner import Planner
 
     expander = Expander(spec)
     request = next(Planner(spec, expander.templates, "m", "remote").first_step(expander.cells(), 0))
@@ -197,7 +197,7 @@ def test_request_body_holds_rendered_messages_and_only_sampling_params(tmp_path)
 def test_list_prompt_never_asks_for_fewer_than_min_items(tmp_path):
     text = MINIMAL_SPEC.replace("    parse: list", "    parse: list\n    min_items: 5")
     spec = load_spec(write_spec(tmp_path, text))
-    from promptbake.plan import Planner
+    from promptbake.plan.planner import Planner
 
     expander = Expander(spec)
     request = next(Planner(spec, expander.templates, "m", "remote").first_step(expander.cells(), 0))

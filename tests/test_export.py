@@ -11,10 +11,10 @@ import pytest
 from click.testing import CliRunner
 from helpers import TOOLS, tool_call_example
 
-from promptbake.cli import cli
+from promptbake.cli.main import cli
 from promptbake.errors import DataFileError, OutputError
-from promptbake.export import export, read_dataset
-from promptbake.formats import FORMATS, FormatRefused
+from promptbake.output.export import export, read_dataset
+from promptbake.output.formats import FORMATS, FormatRefused
 from promptbake.records import Example
 
 

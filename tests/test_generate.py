@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from fakeserver import FakeServer, Fault
 from helpers import MINIMAL_SPEC, list_then_reply_responder, write_spec
 
-from promptbake.cli import cli
+from promptbake.cli.main import cli
 
 TESTS = Path(__file__).parent
 STEP0 = 4  # MINIMAL_SPEC: 2 × 2 cells, one list request each
@@ -154,7 +154,7 @@ def test_max_cost_stops_cleanly_and_rerun_continues(tmp_path):
 
 def test_second_process_on_same_store_is_refused(tmp_path):
     from promptbake.errors import StoreError
-    from promptbake.store import Store
+    from promptbake.store.db import Store
 
     with Store(tmp_path / "s.db"), pytest.raises(StoreError, match="in use by another promptbake process"):
         Store(tmp_path / "s.db")

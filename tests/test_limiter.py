@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from promptbake.client import RateInfo
-from promptbake.limiter import AdaptiveConcurrency, Limiter, Permit, wait_hint
+from promptbake.teacher.client import RateInfo
+from promptbake.teacher.limiter import AdaptiveConcurrency, Limiter, Permit, wait_hint
 
 
 class FakeClock:

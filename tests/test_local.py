@@ -23,10 +23,10 @@ from pathlib import Path
 
 import pytest
 
-from promptbake import local
-from promptbake.client import ChatClient, Endpoint
+from promptbake.teacher import local
+from promptbake.teacher.client import ChatClient, Endpoint
 from promptbake.errors import TeacherError
-from promptbake.local import LocalServer, LocalTeacher, gguf_path, llama_server_command, local_server
+from promptbake.teacher.local import LocalServer, LocalTeacher, gguf_path, llama_server_command, local_server
 
 STANDIN = textwrap.dedent("""
     import json, os, signal, sys, time
@@ -270,7 +270,7 @@ def test_the_server_dies_with_a_parent_killed_by_sigkill(standin, tmp_path):
     parent = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(f"""
             import sys, time
-            from promptbake.local import LocalTeacher
+            from promptbake.teacher.local import LocalTeacher
             argv = {argv!r}
             command = lambda host, port: argv[:-1] + [str(port)]
             with LocalTeacher(command=command, log_path={str(tmp_path / "parent.log")!r}) as server:

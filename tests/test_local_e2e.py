@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 from helpers import write_spec
 
-from promptbake.cli import cli
+from promptbake.cli.main import cli
 
 pytestmark = pytest.mark.local_model
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from promptbake.errors import ResponseRejected
-from promptbake.parse import parse_choices, parse_list, parse_output
+from promptbake.teacher.parse import parse_choices, parse_list, parse_output
 
 
 @pytest.mark.parametrize(

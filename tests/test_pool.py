@@ -11,9 +11,9 @@ import pytest
 from fakeserver import FakeServer, Fault, body_hash
 
 from promptbake import errors
-from promptbake.client import ChatClient, ChatResult, Endpoint
-from promptbake.limiter import Limiter
-from promptbake.pool import Job, Outcome, Pool, PoolStats
+from promptbake.teacher.client import ChatClient, ChatResult, Endpoint
+from promptbake.teacher.limiter import Limiter
+from promptbake.teacher.pool import Job, Outcome, Pool, PoolStats
 
 KEY = "sk-pool-test-key-0123456789"
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 import pytest
 
-from promptbake.cli import cli
+from promptbake.cli.main import cli
 
 ROOT = Path(__file__).parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")

@@ -6,9 +6,9 @@ import pytest
 from click.testing import CliRunner
 from helpers import MINIMAL_SPEC, write_spec
 
-from promptbake.cli import cli
+from promptbake.cli.main import cli
 from promptbake.errors import SpecError
-from promptbake.spec import load_spec
+from promptbake.spec.models import load_spec
 
 
 def test_minimal_spec_loads(tmp_path):

@@ -6,9 +6,9 @@ import sqlite3
 
 import pytest
 
-from promptbake import migrations
-from promptbake.migrations import MIGRATIONS, migrate
-from promptbake.store import Store
+from promptbake.store import migrations
+from promptbake.store.migrations import MIGRATIONS, migrate
+from promptbake.store.db import Store
 
 
 def tables(db: sqlite3.Connection) -> set[str]:

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from promptbake import tokens
-from promptbake.cli import cli
+from promptbake.teacher import tokens
+from promptbake.cli.main import cli
 from promptbake.errors import DataFileError
-from promptbake.formats import FORMATS
+from promptbake.output.formats import FORMATS
 from promptbake.records import Example
-from promptbake.targets import TARGETS
-from promptbake.validate import (
+from promptbake.output.targets import TARGETS
+from promptbake.output.validate import (
     TokenStats,
     billed_tokens,
     default_epochs,

@@ -1,3 +1,3 @@
-from .cli import cli
+from promptbake.cli.main import cli
 
 cli()

@@ -21,9 +21,9 @@ def _die() -> None:
 
 def arm(point: str) -> None:
     if point == "build":
-        import promptbake.build
+        import promptbake.build.builder
 
-        promptbake.build.build = lambda *a, **k: _die()  # type: ignore[assignment]
+        promptbake.build.builder.build = lambda *a, **k: _die()  # type: ignore[assignment]
         return
     kind, _, n = point.partition(":")
     if kind != "replace":
@@ -45,6 +45,6 @@ if __name__ == "__main__":
     point, separator, *args = sys.argv[1:]
     assert separator == "--"
     arm(point)
-    from promptbake.cli import cli
+    from promptbake.cli.main import cli
 
     cli(args, prog_name="promptbake")

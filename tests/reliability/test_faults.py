@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from fakeserver import FakeServer, Fault, body_hash
 from relkit import pure_answer, statuses, text_spec
 
-from promptbake.cli import cli
+from promptbake.cli.main import cli
 
 FAULTS = {"500": 0.05, "garbage": 0.02, "hang": 0.01, "drop": 0.01, "429": 0.02}
 

@@ -13,8 +13,8 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from .records import Example
-from .spec import BalanceConfig
+from promptbake.records import Example
+from promptbake.spec.models import BalanceConfig
 
 
 @dataclass

@@ -14,16 +14,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .atomic import write_jsonl_atomic, write_text_atomic
-from .balance import balance
-from .dedupe import dedupe
-from .examples import ExampleRenderer, passing
-from .expand import Expander
-from .formats import WriteReport, ensure_dir, write_split
-from .records import Example
-from .spec import Spec
-from .split import split
-from .store import Store
+from promptbake.output.atomic import write_jsonl_atomic, write_text_atomic
+from promptbake.build.balance import balance
+from promptbake.build.dedupe import dedupe
+from promptbake.build.examples import ExampleRenderer, passing
+from promptbake.plan.expand import Expander
+from promptbake.output.formats import WriteReport, ensure_dir, write_split
+from promptbake.records import Example
+from promptbake.spec.models import Spec
+from promptbake.build.split import split
+from promptbake.store.db import Store
 
 CANONICAL = "openai-chat"  # DIR/train.jsonl and DIR/test.jsonl; other formats go to DIR/<format>/
 
@@ -134,7 +134,7 @@ def build(
     }
     report = BuildReport(out, len(train), len(test), categories, warnings, writes, manifest=manifest)
     if validate:
-        from .validate import validate_file
+        from promptbake.output.validate import validate_file
 
         report.validation = validate_file(out / "train.jsonl")
         manifest["validation"] = {"ok": report.validation.ok, "errors": report.validation.error_count()}

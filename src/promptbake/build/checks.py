@@ -13,7 +13,7 @@ from typing import Any
 import jsonschema
 from pydantic import Field, field_validator
 
-from .strict import Strict
+from promptbake.spec.strict import Strict
 
 
 class Checks(Strict):

@@ -29,9 +29,9 @@ from typing import Literal
 import numpy as np
 from datasketch import LeanMinHash, MinHash, MinHashLSH
 
-from .errors import SpecError
-from .records import Example
-from .spec import DedupeConfig
+from promptbake.errors import SpecError
+from promptbake.records import Example
+from promptbake.spec.models import DedupeConfig
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
 Reason = Literal["exact", "near"]

@@ -9,13 +9,13 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Iterator
 
-from .checks import last_assistant
-from .expand import stable_hash
-from .plan import MessageRenderer
-from .records import Example
-from .spec import Spec
-from .store import Store
-from .templates import Templates
+from promptbake.build.checks import last_assistant
+from promptbake.plan.expand import stable_hash
+from promptbake.plan.planner import MessageRenderer
+from promptbake.records import Example
+from promptbake.spec.models import Spec
+from promptbake.store.db import Store
+from promptbake.spec.templates import Templates
 
 
 class ExampleRenderer:

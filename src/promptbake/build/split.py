@@ -15,8 +15,8 @@ import heapq
 import math
 import random
 
-from .records import Example
-from .spec import SplitConfig
+from promptbake.records import Example
+from promptbake.spec.models import SplitConfig
 
 
 def split(examples: list[Example], config: SplitConfig) -> tuple[list[Example], list[Example]]:

@@ -13,8 +13,8 @@ from typing import Any, TypeVar
 
 import click
 
-from . import __version__
-from .errors import PromptbakeError
+from promptbake import __version__
+from promptbake.errors import PromptbakeError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -68,7 +68,7 @@ def teacher_options(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from .teacher import TeacherOverrides
+        from promptbake.teacher.config import TeacherOverrides
 
         keys = ["teacher_kind", "base_url", "model", "api_key_env", "rpm", "tpm", "concurrency",
                 "max_attempts", "timeout"]
@@ -79,7 +79,7 @@ def teacher_options(fn: F) -> F:
 
 
 def _load(spec_path: str) -> Any:
-    from .spec import load_spec
+    from promptbake.spec.models import load_spec
 
     return load_spec(spec_path)
 
@@ -91,10 +91,10 @@ def _load(spec_path: str) -> Any:
 @click.option("--model", default=None, help="Model to price the dry run for (default: the spec's).")
 def expand(spec_path: str, output: str | None, dry_run: bool, model: str | None) -> None:
     """Expand SPEC's grid into first-step requests with stable ids."""
-    from .estimate import estimate
-    from .expand import Expander
-    from .plan import Planner
-    from .teacher import model_name
+    from promptbake.plan.estimate import estimate
+    from promptbake.plan.expand import Expander
+    from promptbake.plan.planner import Planner
+    from promptbake.teacher.config import model_name
 
     spec = _load(spec_path)
     model = model or model_name(spec.teacher)
@@ -103,7 +103,7 @@ def expand(spec_path: str, output: str | None, dry_run: bool, model: str | None)
         return
     if output is None:
         raise click.UsageError("give -o FILE, or --dry-run")
-    from .atomic import write_jsonl_atomic
+    from promptbake.output.atomic import write_jsonl_atomic
 
     expander = Expander(spec)
     planner = Planner(spec, expander.templates, model, spec.teacher.kind)
@@ -153,8 +153,8 @@ def _print_generate(report: Any) -> None:
 def generate(spec_path: str, store_path: str, no_cache: bool, max_cost: float | None, quiet: bool,
              overrides: Any) -> None:
     """Run SPEC's steps against the teacher into the store (re-run to resume)."""
-    from .generate import GenerateOptions
-    from .pipeline import generate as run_generate
+    from promptbake.teacher.generate import GenerateOptions
+    from promptbake.workflows.pipeline import generate as run_generate
 
     spec = _load(spec_path)
     report = run_generate(spec, store_path, overrides,
@@ -173,8 +173,8 @@ def validate(file: str, model: str | None, target: str, as_json: bool) -> None:
     """Check a fine-tuning FILE the way the target's trainer will; exit 2 on format errors."""
     import json
 
-    from .errors import ValidationFailed
-    from .validate import validate_file
+    from promptbake.errors import ValidationFailed
+    from promptbake.output.validate import validate_file
 
     report = validate_file(file, model=model, target=target)
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.format())
@@ -191,7 +191,7 @@ def validate(file: str, model: str | None, target: str, as_json: bool) -> None:
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="Directory to write into.")
 def export_command(directory: str, formats: tuple[str, ...], out: str) -> None:
     """Re-export a built dataset DIR (train/test/metadata) for other trainers."""
-    from .export import export
+    from promptbake.output.export import export
 
     for report in export(directory, formats, out):
         click.echo(report.summary(), err=True)
@@ -221,8 +221,8 @@ def _print_build(report: Any) -> None:
 def run(spec_path: str, out_dir: str, store_path: str | None, no_cache: bool, max_cost: float | None, quiet: bool,
         formats: tuple[str, ...], seed: int | None, overrides: Any) -> None:
     """expand → generate → build: SPEC in, train/test JSONL out (re-run to resume)."""
-    from .generate import GenerateOptions
-    from .pipeline import run as run_pipeline
+    from promptbake.teacher.generate import GenerateOptions
+    from promptbake.workflows.pipeline import run as run_pipeline
 
     spec = _load(spec_path)
     report = run_pipeline(spec, out_dir, store_path, overrides,
@@ -244,9 +244,9 @@ def build(source: str, out_dir: str, store_path: str | None, spec_name: str | No
     """Turn stored answers into deduplicated, balanced, split fine-tuning files."""
     from pathlib import Path
 
-    from .build import build as run_build
-    from .pipeline import spec_from_store
-    from .store import Store
+    from promptbake.build.builder import build as run_build
+    from promptbake.workflows.pipeline import spec_from_store
+    from promptbake.store.db import Store
 
     if Path(source).suffix in (".yaml", ".yml"):
         spec = _load(source)
@@ -254,7 +254,7 @@ def build(source: str, out_dir: str, store_path: str | None, spec_name: str | No
     else:
         spec, store_path = spec_from_store(source, spec_name), source
     if not Path(store_path).exists():
-        from .errors import StoreError
+        from promptbake.errors import StoreError
 
         raise StoreError(f"{store_path}: no such store; run `promptbake generate` first")
     with Store(store_path, lock=False) as store:
@@ -275,8 +275,8 @@ def serve(host: str, port: int | None) -> None:
     import json
     import signal
 
-    from .errors import TeacherError
-    from .local import LocalTeacher
+    from promptbake.errors import TeacherError
+    from promptbake.teacher.local import LocalTeacher
 
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt  # SIGTERM stops the server as cleanly as Ctrl-C does
@@ -331,10 +331,10 @@ def eval_command(data: str, out: str, spec_path: str | None, metadata: str | Non
     import json
     from pathlib import Path
 
-    from .errors import DataFileError
-    from .evaluate import Scoring, judge_config, run_eval
-    from .spec import TeacherConfig
-    from .teacher import merge
+    from promptbake.errors import DataFileError
+    from promptbake.workflows.evaluate import Scoring, judge_config, run_eval
+    from promptbake.spec.models import TeacherConfig
+    from promptbake.teacher.config import merge
 
     spec = _load(spec_path) if spec_path else None
     schema = None
@@ -372,8 +372,8 @@ def topup(spec_path: str, eval_path: str, dataset: str, threshold: float | None,
           per_category: int, store_path: str | None, no_cache: bool, max_cost: float | None, quiet: bool,
           overrides: Any) -> None:
     """Generate more examples for SPEC's weakest categories into DIR/train.vN.jsonl (test unchanged)."""
-    from .generate import GenerateOptions
-    from .topup import topup as run_topup
+    from promptbake.teacher.generate import GenerateOptions
+    from promptbake.workflows.topup import topup as run_topup
 
     report = run_topup(_load(spec_path), eval_path, dataset, per_category=per_category, threshold=threshold,
                        bottom=bottom, metric=metric, store_path=store_path, overrides=overrides,
@@ -422,8 +422,8 @@ def distill(prompt_path: str, inputs_path: str | None, generate_inputs: int | No
             ft_price_factor: float | None, epochs: int | None, no_cache: bool, max_cost: float | None, quiet: bool,
             formats: tuple[str, ...], seed: int | None, overrides: Any) -> None:
     """Bake a long --prompt into examples: inputs answered under it, kept without it (re-run to resume)."""
-    from . import distill as distillation
-    from .generate import GenerateOptions
+    from promptbake.workflows import distill as distillation
+    from promptbake.teacher.generate import GenerateOptions
 
     spec = distillation.distill_spec(
         prompt_path, inputs_path, baked_system=baked_system,

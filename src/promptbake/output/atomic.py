@@ -17,7 +17,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, TextIO
 
-from .errors import OutputError
+from promptbake.errors import OutputError
 
 
 def json_line(row: Any) -> str:

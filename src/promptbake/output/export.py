@@ -22,11 +22,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .errors import DataFileError, OutputError
-from .formats import FormatRefused, WriteReport, convert_all, ensure_dir, get_format, write_rows
-from .jsonl import read_jsonl
-from .records import Example
-from .spec import OutputConfig
+from promptbake.errors import DataFileError, OutputError
+from promptbake.output.formats import FormatRefused, WriteReport, convert_all, ensure_dir, get_format, write_rows
+from promptbake.output.jsonl import read_jsonl
+from promptbake.records import Example
+from promptbake.spec.models import OutputConfig
 
 SPLITS = ("train", "test")
 HF = "hf"

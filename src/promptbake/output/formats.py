@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError, OutputError
-from .records import Example
-from .spec import OutputConfig
+from promptbake.errors import InputError, OutputError
+from promptbake.records import Example
+from promptbake.spec.models import OutputConfig
 
 Row = dict[str, Any]
 
@@ -330,7 +330,7 @@ def ensure_dir(path: Path) -> None:
 
 def write_rows(path: str | Path, fmt: str, rows: list[Row], refused: list[FormatRefused]) -> WriteReport:
     """Write converted rows atomically (temp file + rename) and report what was left out."""
-    from .atomic import write_jsonl_atomic
+    from promptbake.output.atomic import write_jsonl_atomic
 
     path = Path(path)
     ensure_dir(path.parent)
@@ -349,7 +349,7 @@ def write_split(
 
 def formats_table() -> str:
     """The README's Markdown table of formats and the targets that read them, from the registries."""
-    from .targets import targets_for_format
+    from promptbake.output.targets import targets_for_format
 
     lines = ["| format | kind | read by | shape |", "| --- | --- | --- | --- |"]
     lines += [

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .errors import DataFileError
+from promptbake.errors import DataFileError
 
 
 def read_jsonl(path: Path, what: str = "JSONL") -> Iterator[tuple[int, dict[str, Any]]]:

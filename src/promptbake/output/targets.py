@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .errors import InputError
+from promptbake.errors import InputError
 
 
 @dataclass(frozen=True)

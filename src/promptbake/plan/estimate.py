@@ -11,11 +11,11 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 
-from .expand import Expander
-from .plan import DEFAULT_RESERVE, Planner
-from .pricing import PriceTable
-from .spec import Spec
-from .tokens import encoding_note
+from promptbake.plan.expand import Expander
+from promptbake.plan.planner import DEFAULT_RESERVE, Planner
+from promptbake.teacher.pricing import PriceTable
+from promptbake.spec.models import Spec
+from promptbake.teacher.tokens import encoding_note
 
 SAMPLE = 1000
 

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import DataFileError
-from .jsonl import read_jsonl
-from .spec import Spec, read_lines_file
-from .templates import Templates
+from promptbake.errors import DataFileError
+from promptbake.output.jsonl import read_jsonl
+from promptbake.spec.models import Spec, read_lines_file
+from promptbake.spec.templates import Templates
 
 
 def stable_hash(*parts: Any, length: int = 16) -> str:

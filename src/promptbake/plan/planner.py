@@ -13,12 +13,12 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from .errors import TemplateError
-from .expand import Cell, stable_hash
-from .spec import MessageTemplate, Spec, Step
-from .store import PlannedRequest, StoredRequest
-from .templates import Templates
-from .tokens import count_messages
+from promptbake.errors import TemplateError
+from promptbake.plan.expand import Cell, stable_hash
+from promptbake.spec.models import MessageTemplate, Spec, Step
+from promptbake.store.db import PlannedRequest, StoredRequest
+from promptbake.spec.templates import Templates
+from promptbake.teacher.tokens import count_messages
 
 DEFAULT_RESERVE = 512  # completion tokens reserved for TPM when a step sets no max_tokens
 

@@ -15,9 +15,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, PrivateAttr, ValidationError, model_validator
 
-from .checks import Checks
-from .errors import DataFileError, SpecError
-from .strict import Strict
+from promptbake.build.checks import Checks
+from promptbake.errors import DataFileError, SpecError
+from promptbake.spec.strict import Strict
 
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 

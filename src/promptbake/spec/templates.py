@@ -15,7 +15,7 @@ from typing import Any
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment, SecurityError
 
-from .errors import TemplateError
+from promptbake.errors import TemplateError
 
 
 class _Loader(jinja2.BaseLoader):

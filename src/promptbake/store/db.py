@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import StoreError
-from .migrations import migrate
+from promptbake.errors import StoreError
+from promptbake.store.migrations import migrate
 
 PAGE = 2000
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import aiohttp
 
-from . import errors
+from promptbake import errors
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 RETRYABLE_STATUSES = frozenset({408, 409, 429})

@@ -12,9 +12,9 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
-from .client import Endpoint
-from .errors import InputError
-from .spec import TeacherConfig
+from promptbake.teacher.client import Endpoint
+from promptbake.errors import InputError
+from promptbake.spec.models import TeacherConfig
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 LOCAL_MODEL = "smollm2"
@@ -81,7 +81,7 @@ def open_teacher(config: TeacherConfig) -> Iterator[tuple[Endpoint, TeacherConfi
     if config.kind == "remote":
         yield remote_endpoint(config), config
         return
-    from .local import local_server
+    from promptbake.teacher.local import local_server
 
     with local_server() as server:
         endpoint = Endpoint(base_url=server.base_url, model=model_name(config), api_key=None)

@@ -19,7 +19,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from .client import RateInfo
+from promptbake.teacher.client import RateInfo
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[object]]

@@ -14,7 +14,7 @@ from typing import Any
 
 import jsonschema
 
-from .errors import ResponseRejected
+from promptbake.errors import ResponseRejected
 
 _FENCE = re.compile(r"^\s*```[a-zA-Z]*\s*\n(.*?)\n?```\s*$", re.S)
 _MARKER = re.compile(r"^\s*(?:\d{1,3}[.)\]:]|[-*•–]|\(\d{1,3}\)|#\d{1,3}[.:]?)\s+(.*\S)\s*$")

@@ -15,9 +15,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import errors
-from .client import AttemptError, ChatClient, ChatResult, RateLimited
-from .limiter import Limiter, wait_hint
+from promptbake import errors
+from promptbake.teacher.client import AttemptError, ChatClient, ChatResult, RateLimited
+from promptbake.teacher.limiter import Limiter, wait_hint
 
 CostFn = Callable[[str, int, int], float]
 

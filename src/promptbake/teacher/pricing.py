@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from .spec import Prices
+from promptbake.spec.models import Prices
 
 DEFAULT_PRICES: dict[str, Prices] = {
     "gpt-5": Prices(input=1.25, output=10.00),

@@ -38,20 +38,20 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .atomic import write_text_atomic
-from .checks import Checks
-from .errors import DataFileError, InputError
-from .expand import Expander, load_table
-from .generate import GenerateOptions
-from .pipeline import RunReport
-from .pipeline import run as run_pipeline
-from .pricing import PriceTable
-from .records import Example
-from .spec import IDENTIFIER, MessageTemplate, Spec
-from .targets import get_target
-from .teacher import TeacherOverrides, merge, model_name
-from .tokens import TOKENS_PER_MESSAGE, count_messages, count_tokens, encoding_note
-from .validate import billed_tokens, default_epochs
+from promptbake.output.atomic import write_text_atomic
+from promptbake.build.checks import Checks
+from promptbake.errors import DataFileError, InputError
+from promptbake.plan.expand import Expander, load_table
+from promptbake.teacher.generate import GenerateOptions
+from promptbake.workflows.pipeline import RunReport
+from promptbake.workflows.pipeline import run as run_pipeline
+from promptbake.teacher.pricing import PriceTable
+from promptbake.records import Example
+from promptbake.spec.models import IDENTIFIER, MessageTemplate, Spec
+from promptbake.output.targets import get_target
+from promptbake.teacher.config import TeacherOverrides, merge, model_name
+from promptbake.teacher.tokens import TOKENS_PER_MESSAGE, count_messages, count_tokens, encoding_note
+from promptbake.output.validate import billed_tokens, default_epochs
 
 ANSWER_STEP = "answer"
 INPUT_STEP = "input"  # the generated-inputs step; its items become the variable ``input``

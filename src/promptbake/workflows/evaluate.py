@@ -25,20 +25,20 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .atomic import write_jsonl_atomic
-from .checks import Checks
-from .client import ChatResult, Endpoint
-from .errors import BudgetExceeded, DataFileError, InputError
-from .expand import stable_hash
-from .formats import ensure_dir
-from .generate import Progress, StepJob, send_to_store
-from .jsonl import read_jsonl
-from .parse import parse_output
-from .pool import PoolStats
-from .spec import SamplingParams, Spec, TeacherConfig
-from .store import PlannedRequest, Store
-from .teacher import TeacherOverrides, merge, model_name, open_teacher
-from .tokens import count_messages
+from promptbake.output.atomic import write_jsonl_atomic
+from promptbake.build.checks import Checks
+from promptbake.teacher.client import ChatResult, Endpoint
+from promptbake.errors import BudgetExceeded, DataFileError, InputError
+from promptbake.plan.expand import stable_hash
+from promptbake.output.formats import ensure_dir
+from promptbake.teacher.generate import Progress, StepJob, send_to_store
+from promptbake.output.jsonl import read_jsonl
+from promptbake.teacher.parse import parse_output
+from promptbake.teacher.pool import PoolStats
+from promptbake.spec.models import SamplingParams, Spec, TeacherConfig
+from promptbake.store.db import PlannedRequest, Store
+from promptbake.teacher.config import TeacherOverrides, merge, model_name, open_teacher
+from promptbake.teacher.tokens import count_messages
 
 JUDGE_SCHEMA: dict[str, Any] = {
     "type": "object",

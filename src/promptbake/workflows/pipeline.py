@@ -11,12 +11,12 @@ from typing import Any
 
 import yaml
 
-from .expand import Expander
-from .generate import GenerateOptions, GenerateReport, Generation
-from .records import Example
-from .spec import Spec
-from .store import Store
-from .teacher import TeacherOverrides, merge, open_teacher
+from promptbake.plan.expand import Expander
+from promptbake.teacher.generate import GenerateOptions, GenerateReport, Generation
+from promptbake.records import Example
+from promptbake.spec.models import Spec
+from promptbake.store.db import Store
+from promptbake.teacher.config import TeacherOverrides, merge, open_teacher
 
 
 @dataclass
@@ -38,8 +38,8 @@ def shortfall(spec: Spec, expander: Expander, store: Store) -> dict[str, int]:
     """Per cell, how many accepted (distinct, parsed) examples are still missing."""
     from collections import Counter
 
-    from .dedupe import dedupe
-    from .examples import ExampleRenderer, passing
+    from promptbake.build.dedupe import dedupe
+    from promptbake.build.examples import ExampleRenderer, passing
 
     examples = passing(spec, ExampleRenderer(spec, expander.templates).examples(store), Counter())
     kept = dedupe(examples, spec.dedupe).kept
@@ -105,7 +105,7 @@ def run(
 ) -> RunReport:
     """expand → generate (with top-up rounds for exact counts) → build, in one call.
     ``existing``: examples the built data must not repeat (see ``build.build``)."""
-    from .build import build
+    from promptbake.build.builder import build
 
     store_path = store_path or Path(out_dir) / "promptbake.db"
     report = generate(spec, store_path, overrides, options, topup=True, command=command)
@@ -124,8 +124,8 @@ def spec_text(spec: Spec) -> str:
 
 def spec_from_store(store_path: str | Path, name: str | None = None) -> Spec:
     """The spec a store was generated with (``build STORE``), re-read from the text it saved."""
-    from .errors import StoreError
-    from .spec import parse_spec
+    from promptbake.errors import StoreError
+    from promptbake.spec.models import parse_spec
 
     if not Path(store_path).exists():
         raise StoreError(f"{store_path}: no such store")

@@ -23,20 +23,20 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from .atomic import json_line, write_jsonl_atomic, write_text_atomic
-from .dedupe import dedupe
-from .errors import DataFileError, InputError
-from .evaluate import split_metadata
-from .examples import ExampleRenderer, passing
-from .expand import Cell, Expander
-from .formats import convert_all, ensure_dir
-from .generate import GenerateOptions
-from .jsonl import read_jsonl
-from .pipeline import RunReport, generate
-from .records import Example
-from .spec import Grid, Spec
-from .store import Store
-from .teacher import TeacherOverrides
+from promptbake.output.atomic import json_line, write_jsonl_atomic, write_text_atomic
+from promptbake.build.dedupe import dedupe
+from promptbake.errors import DataFileError, InputError
+from promptbake.workflows.evaluate import split_metadata
+from promptbake.build.examples import ExampleRenderer, passing
+from promptbake.plan.expand import Cell, Expander
+from promptbake.output.formats import convert_all, ensure_dir
+from promptbake.teacher.generate import GenerateOptions
+from promptbake.output.jsonl import read_jsonl
+from promptbake.workflows.pipeline import RunReport, generate
+from promptbake.records import Example
+from promptbake.spec.models import Grid, Spec
+from promptbake.store.db import Store
+from promptbake.teacher.config import TeacherOverrides
 
 TOPUP_AXIS = "topup_round"
 DEFAULT_THRESHOLD = 0.8
