@@ -13,6 +13,7 @@ from promptbake.teacher import tokens
 from promptbake.cli.main import cli
 from promptbake.errors import DataFileError
 from promptbake.output.formats import FORMATS
+from promptbake.output.export import HF_FORMATS
 from promptbake.records import Example
 from promptbake.output.targets import TARGETS
 from promptbake.output.validate import (
@@ -314,7 +315,7 @@ def test_cli_choices_match_the_registries():
     params = {p.name: p for p in cli.commands["validate"].params}
     assert set(params["target"].type.choices) == set(TARGETS)
     export_params = {p.name: p for p in cli.commands["export"].params}
-    assert set(export_params["formats"].type.choices) == {*FORMATS, "hf"}
+    assert set(export_params["formats"].type.choices) == {*FORMATS, *HF_FORMATS}
 
 
 @pytest.mark.parametrize("target", sorted(TARGETS))

@@ -186,14 +186,16 @@ def validate(file: str, model: str | None, target: str, as_json: bool) -> None:
 @click.argument("directory", metavar="DIR", type=click.Path(file_okay=False))
 @click.option("-f", "--format", "formats", multiple=True, required=True,
               type=click.Choice(["openai-chat", "messages", "openai-completion", "sharegpt", "alpaca",
-                                 "preference-openai", "preference-trl", "hf"]),
-              help="Format to write (repeatable); hf writes Parquet and a datasets folder.")
+                                 "preference-openai", "preference-trl", "hf", "hf-preference"]),
+              help="Format to write (repeatable); hf and hf-preference write Parquet and a datasets folder.")
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="Directory to write into.")
-def export_command(directory: str, formats: tuple[str, ...], out: str) -> None:
+@click.option("--system", default=None,
+              help="System message for examples that have none (else the student's template adds its default).")
+def export_command(directory: str, formats: tuple[str, ...], out: str, system: str | None) -> None:
     """Re-export a built dataset DIR (train/test/metadata) for other trainers."""
     from promptbake.output.export import export
 
-    for report in export(directory, formats, out):
+    for report in export(directory, formats, out, system=system):
         click.echo(report.summary(), err=True)
 
 

@@ -5,10 +5,11 @@ lines follow the training lines in order (train first, then test, or grouped by 
 ``read_dataset`` turns them back into ``Example`` records, so exporting never needs the store or
 the teacher again; a ``rejected`` message in a metadata line restores a DPO pair.
 
-``hf`` writes ``DIR2/hf/{split}.parquet`` and a ``DIR2/hf/dataset`` folder (``save_to_disk``)
-with one fixed schema, so splits with and without tool calls load together:
-``datasets.load_dataset("parquet", data_files={"train": ..., "test": ...})``. ``cell``,
-``provenance`` and ``tools`` are JSON strings because their shape differs from row to row.
+``hf`` (SFT: the ``messages`` format) and ``hf-preference`` (DPO: ``preference-trl``) write
+``DIR2/<name>/{split}.parquet`` and a ``DIR2/<name>/dataset`` folder (``save_to_disk``) with one
+schema for all splits, so they load together:
+``datasets.load_dataset("parquet", data_files={"train": ..., "test": ...})``. The metadata stays
+in the built directory's ``metadata.jsonl``, line for line with the rows.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from promptbake.errors import DataFileError, OutputError
-from promptbake.output.formats import FormatRefused, WriteReport, convert_all, ensure_dir, get_format, write_rows
+from promptbake.output.formats import FormatRefused, Row, WriteReport, convert_all, ensure_dir, get_format, write_rows
 from promptbake.output.jsonl import read_jsonl
 from promptbake.records import Example
 from promptbake.spec.models import OutputConfig
@@ -92,24 +93,24 @@ def export(
     out: str | Path,
     *,
     config: OutputConfig | None = None,
+    system: str | None = None,
 ) -> list[WriteReport]:
     """Write each format's splits under ``out/<format>/``; returns one report per file written.
 
     A format that refuses every example of a split raises ``FormatRefused`` before writing it
     (an empty training file is never what anyone wants); partial refusals are in the reports.
+    ``system`` is given to every example without a system message: left without one, the
+    student's chat template adds its own default at training time (SmolLM2: "You are a helpful AI
+    assistant named SmolLM..."), which is rarely the prompt it will see at inference.
     """
     formats = list(dict.fromkeys(formats))
-    for name in formats:
-        if name != HF:
-            get_format(name)  # unknown names fail before anything is written
+    line_formats = {name: get_format(HF_FORMATS.get(name, name)) for name in formats}  # unknown names fail first
     data = read_dataset(source)
+    if system is not None:
+        data = {split: [e.with_default_system(system) for e in examples] for split, examples in data.items()}
     out = Path(out)
     reports: list[WriteReport] = []
-    for name in formats:
-        if name == HF:
-            reports += export_hf(data, out / HF)
-            continue
-        fmt = get_format(name)
+    for name, fmt in line_formats.items():
         converted = {split: convert_all(examples, fmt, config) for split, examples in data.items()}
         for split, (rows, refused) in converted.items():
             if refused and not rows:
@@ -117,6 +118,9 @@ def export(
                 raise FormatRefused(
                     first.example_id, name, f"{first.reason} (and so do all {len(refused)} {split} examples)"
                 )
+        if name in HF_FORMATS:
+            reports += export_hf(converted, out / name, name)
+            continue
         reports += [
             write_rows(out / name / f"{split}.jsonl", name, rows, refused)
             for split, (rows, refused) in converted.items()
@@ -126,63 +130,91 @@ def export(
 
 # --- Hugging Face datasets -------------------------------------------------------------------
 
+# Each HF export is the Arrow form of one line format and has exactly that format's columns.
+# TRL decides whether a dataset is conversational from whichever of its known columns a set
+# yields first (an order that changes with PYTHONHASHSEED), so a column of the other kind, even
+# an all-null one, makes training fail on some process starts.
+HF_FORMATS = {HF: "messages", "hf-preference": "preference-trl"}
+_MESSAGE_COLUMNS = ("messages", "prompt", "chosen", "rejected")
+HF_DOCS = {  # name: (kind, read by, shape, beyond the file), for the README's export table
+    HF: (
+        "sft",
+        "Hugging Face `datasets`, trl",
+        "Parquet per split + `save_to_disk` folder with exactly the `messages` format's columns: "
+        "`messages` (plus `tools` when a row has tools); metadata stays in `metadata.jsonl`, line for line.",
+        "TRL SFTTrainer as is; `tools` is a JSON string (its schemas differ from row to row): parse it "
+        "before training tool calls.",
+    ),
+    "hf-preference": (
+        "preference",
+        "Hugging Face `datasets`, trl",
+        "Parquet + `save_to_disk` folder with exactly `prompt`, `chosen`, `rejected` (as `preference-trl`).",
+        "TRL DPOTrainer as is.",
+    ),
+}
 
-def _features() -> Any:
-    from datasets import Features, Value
 
-    message = {
+def _message_feature(keys: set[str]) -> dict[str, Any]:
+    """A message struct with only the keys some message uses: a key null in every message would
+    reach the chat template as an explicit ``None``."""
+    from datasets import Value
+
+    function = {"name": Value("string"), "arguments": Value("string")}
+    types: dict[str, Any] = {
         "role": Value("string"),
         "content": Value("string"),
         "name": Value("string"),
-        "weight": Value("int64"),
-        "tool_calls": [
-            {
-                "id": Value("string"),
-                "type": Value("string"),
-                "function": {"name": Value("string"), "arguments": Value("string")},
-            }
-        ],
+        "tool_calls": [{"id": Value("string"), "type": Value("string"), "function": function}],
         "tool_call_id": Value("string"),
+        "function_call": function,
     }
-    return Features(
-        {
-            "id": Value("string"),
-            "category": Value("string"),
-            "cell": Value("string"),
-            "provenance": Value("string"),
-            "messages": [message],
-            "tools": Value("string"),
-            "rejected": message,
-        }
-    )
+    return {k: v for k, v in types.items() if k in keys}
 
 
-def _hf_message(message: dict[str, Any]) -> dict[str, Any]:
-    content = message.get("content")
-    return {
-        "role": "system" if message.get("role") == "developer" else message.get("role"),
-        "content": content if content is None or isinstance(content, str) else json.dumps(content),
-        "name": message.get("name"),
-        "weight": message.get("weight"),
-        "tool_calls": message.get("tool_calls"),
-        "tool_call_id": message.get("tool_call_id"),
+def _hf_messages(messages: list[dict[str, Any]], keys: list[str]) -> list[dict[str, Any]]:
+    # Arrow needs one type per field: content given as parts becomes its JSON text.
+    return [
+        {k: json.dumps(m[k], ensure_ascii=False) if k == "content" and isinstance(m.get(k), list) else m.get(k)
+         for k in keys}
+        for m in messages
+    ]
+
+
+def hf_tables(rows: dict[str, list[Row]]) -> tuple[Any, dict[str, list[Row]]]:
+    """One ``datasets.Features`` for every split (so they load together) and the rows shaped to it.
+
+    Columns are the format's own; ``tools`` (a JSON string, since its schemas differ from row to
+    row) only when some row has tools.
+    """
+    from datasets import Features, Value
+
+    every = [row for split_rows in rows.values() for row in split_rows]
+    columns = list(dict.fromkeys(k for row in every for k in row))
+    keys = {
+        column: {k for row in every for m in row.get(column) or [] for k, v in m.items() if v is not None}
+        for column in columns
+        if column in _MESSAGE_COLUMNS
     }
+    structs = {c: _message_feature(k) for c, k in keys.items()}
+    features = Features({c: [structs[c]] if c in structs else Value("string") for c in columns})
+    order = {c: list(struct) for c, struct in structs.items()}
+
+    def shape(row: Row) -> Row:
+        out: Row = {}
+        for column in columns:
+            value = row.get(column)
+            if column in order:
+                out[column] = _hf_messages(value or [], order[column])
+            else:
+                out[column] = None if value is None else json.dumps(value, ensure_ascii=False)
+        return out
+
+    return features, {split: [shape(r) for r in split_rows] for split, split_rows in rows.items()}
 
 
-def hf_row(example: Example) -> dict[str, Any]:
-    """One example as a row of the fixed ``hf`` schema (metadata columns beside the messages)."""
-    return {
-        "id": example.id,
-        "category": example.category,
-        "cell": json.dumps(example.cell, ensure_ascii=False, sort_keys=True),
-        "provenance": json.dumps(example.provenance, ensure_ascii=False, sort_keys=True),
-        "messages": [_hf_message(m) for m in example.messages],
-        "tools": json.dumps(example.tools, ensure_ascii=False) if example.tools else None,
-        "rejected": _hf_message({"role": "assistant", **example.rejected}) if example.rejected else None,
-    }
-
-
-def export_hf(data: dict[str, list[Example]], out: str | Path) -> list[WriteReport]:
+def export_hf(
+    converted: dict[str, tuple[list[Row], list[FormatRefused]]], out: str | Path, name: str = HF
+) -> list[WriteReport]:
     """Parquet per split plus a ``save_to_disk`` folder; each written atomically (temp + rename)."""
     try:
         import datasets
@@ -196,7 +228,7 @@ def export_hf(data: dict[str, list[Example]], out: str | Path) -> list[WriteRepo
     bars = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()
     try:
-        return _write_hf(data, out)
+        return _write_hf(converted, out, name)
     finally:
         if bars:
             datasets.enable_progress_bars()
@@ -222,17 +254,18 @@ def _replacing(final: Path) -> Iterator[Path]:
         raise
 
 
-def _write_hf(data: dict[str, list[Example]], out: Path) -> list[WriteReport]:
+def _write_hf(converted: dict[str, tuple[list[Row], list[FormatRefused]]], out: Path, name: str) -> list[WriteReport]:
     import datasets
 
-    features = _features()
-    splits = {s: datasets.Dataset.from_list([hf_row(e) for e in ex], features=features) for s, ex in data.items()}
+    features, shaped = hf_tables({split: rows for split, (rows, _) in converted.items()})
+    splits = {s: datasets.Dataset.from_list(r, features=features) for s, r in shaped.items()}
     reports = []
     for split, ds in splits.items():
         with _replacing(out / f"{split}.parquet") as tmp:
             ds.to_parquet(str(tmp))
-        reports.append(WriteReport(out / f"{split}.parquet", HF, len(ds)))
+        refused = converted[split][1]
+        reports.append(WriteReport(out / f"{split}.parquet", name, len(ds), len(refused), refused[: WriteReport.KEEP]))
     with _replacing(out / "dataset") as tmp:
         datasets.DatasetDict(splits).save_to_disk(str(tmp))
-    reports.append(WriteReport(out / "dataset", HF, sum(len(ds) for ds in splits.values())))
+    reports.append(WriteReport(out / "dataset", name, sum(len(ds) for ds in splits.values())))
     return reports
