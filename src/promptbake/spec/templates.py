@@ -70,6 +70,7 @@ class Templates:
             undefined=jinja2.StrictUndefined,
             keep_trailing_newline=False,
             autoescape=False,
+            finalize=_finalize,
         )
         self.env.filters["tojson"] = _tojson
         self._compiled: dict[str, jinja2.Template] = {}
@@ -131,3 +132,9 @@ def _tojson(value: Any) -> str:
     import json
 
     return json.dumps(value, ensure_ascii=False)
+
+
+def _finalize(value: Any) -> Any:
+    """``{{ answer }}`` of a ``parse: json`` step (or a table cell holding a list) prints as JSON, as
+    a training message needs it, not as a Python repr with single quotes and ``True``."""
+    return _tojson(value) if isinstance(value, (dict, list)) else value
