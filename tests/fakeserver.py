@@ -394,14 +394,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fail", action="append", default=[], metavar="KIND=RATE",
                         help=f"fault rate, KIND in {', '.join(FAULT_KINDS)}")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--responder", choices=["echo", "grid"], default="echo",
-                        help="grid: JSON lists for list prompts, short replies otherwise (tests/helpers.py)")
+    parser.add_argument("--responder", choices=["echo", "grid", "readme"], default="echo",
+                        help="grid: JSON lists for list prompts, short replies otherwise; readme: also judge "
+                             "verdicts, the formatting task's answers and structured output (tests/helpers.py)")
     args = parser.parse_args(argv)
     responder = None
     if args.responder == "grid":
         from helpers import list_then_reply_responder
 
         responder = list_then_reply_responder()
+    elif args.responder == "readme":
+        from helpers import readme_responder
+
+        responder = readme_responder()
     rates = {kind: float(rate) for kind, rate in (item.split("=", 1) for item in args.fail)}
     server = FakeServer(responder=responder, latency_ms=args.latency_ms, rpm=args.rpm, tpm=args.tpm,
                         burst_s=args.burst_s, fault_rates=rates, record_bodies=False, seed=args.seed,

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, PrivateAttr, ValidationError, model_validator
 
-from promptbake.build.checks import Checks
+from promptbake.build.checks import AnswerList, Checks
 from promptbake.errors import DataFileError, SpecError
 from promptbake.spec.strict import Strict
 
@@ -158,9 +158,15 @@ class ExampleSpec(Strict):
 
 
 class EvalSpec(Strict):
-    """How ``promptbake eval`` scores a student on this dataset (``checks`` default: example.checks)."""
+    """How ``promptbake eval`` scores a student on this dataset (``checks`` default: example.checks).
+
+    ``reference``: a template over the example's cell (from the metadata) giving the right answer,
+    when it is known apart from the teacher's (a question bank's key); else the test answer is it.
+    ``answers`` scores an answer that is a list of items, one per question, on five metrics."""
 
     checks: Checks | None = None
+    reference: str | None = None
+    answers: AnswerList | None = None
     criteria: str | None = None  # a rubric a judge model scores 1-5 (G-Eval style)
     pass_score: int = Field(default=4, ge=1, le=5)  # the judge score that counts as a pass
 

@@ -26,7 +26,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from promptbake.output.atomic import write_jsonl_atomic
-from promptbake.build.checks import Checks
+from promptbake.build.checks import AnswerList, Checks
 from promptbake.teacher.client import ChatResult, Endpoint
 from promptbake.errors import BudgetExceeded, DataFileError, InputError
 from promptbake.plan.expand import stable_hash
@@ -36,6 +36,7 @@ from promptbake.output.jsonl import read_jsonl
 from promptbake.teacher.parse import parse_output
 from promptbake.teacher.pool import PoolStats
 from promptbake.spec.models import SamplingParams, Spec, TeacherConfig
+from promptbake.spec.templates import Templates
 from promptbake.store.db import PlannedRequest, Store
 from promptbake.teacher.config import TeacherOverrides, merge, model_name, open_teacher
 from promptbake.teacher.tokens import count_messages
@@ -72,6 +73,7 @@ class TestItem:
     prompt: list[dict[str, Any]]
     reference: str | None
     tools: list[dict[str, Any]] | None = None
+    cell: dict[str, Any] = field(default_factory=dict)
 
 
 def default_metadata(data: Path) -> Path | None:
@@ -124,6 +126,7 @@ def load_test(data: str | Path, metadata: str | Path | None = None) -> list[Test
             prompt=[{k: m[k] for k in _SENT_KEYS if k in m} for m in prompt],
             reference=reference if isinstance(reference, str) else None,
             tools=row.get("tools") or None,
+            cell=meta.get("cell") or {},
         ))
     return items
 
@@ -170,11 +173,18 @@ def setting_label(settings: dict[str, Any]) -> str:
 
 @dataclass(frozen=True)
 class Scoring:
-    """What makes an answer pass: checks, and a rubric score of at least ``pass_score``."""
+    """What makes an answer pass: checks, the answer list right (``answers``, against the
+    ``reference`` rendered from the cell, else the test answer), and a rubric score of at least
+    ``pass_score``."""
 
     checks: Checks | None = None
     criteria: str | None = None
     pass_score: int = 4
+    answers: AnswerList | None = None
+    reference: Callable[[dict[str, Any]], str] | None = None
+
+    def reference_for(self, item: TestItem) -> str | None:
+        return self.reference(item.cell) if self.reference is not None else item.reference
 
     @classmethod
     def build(cls, spec: Spec | None, flags: dict[str, Any] | None = None, criteria: str | None = None,
@@ -196,7 +206,20 @@ class Scoring:
             checks=checks if checks.active() else None,
             criteria=criteria or (block.criteria if block is not None else None),
             pass_score=pass_score or (block.pass_score if block is not None else 4),
+            answers=block.answers if block is not None else None,
+            reference=_reference(spec) if spec is not None else None,
         )
+
+
+def _reference(spec: Spec) -> Callable[[dict[str, Any]], str] | None:
+    """The spec's ``eval.reference`` template, compiled now so a syntax error stops the eval before
+    any request; it renders over an example's cell."""
+    if spec.eval is None or spec.eval.reference is None:
+        return None
+    templates = Templates.for_spec_dir(spec.base_dir)
+    name = templates.add_inline(f"{spec.where()}:eval.reference", spec.eval.reference)
+    templates.get(name)
+    return lambda cell: templates.render(name, cell)
 
 
 def _is_json(text: str) -> bool:
@@ -226,6 +249,15 @@ def score_row(item: TestItem, settings: dict[str, Any], answer: dict[str, str] |
         row["failures"] = scoring.checks.failures(text, item.reference)
         scores["checks"] = 0.0 if row["failures"] else 1.0
         passed.append(not row["failures"])
+    if text is not None and scoring.answers is not None:
+        metrics = scoring.answers.metrics(text, scoring.reference_for(item))
+        row["metrics"] = metrics
+        if metrics["items"] is not None:
+            scores["answers"] = metrics["items"]
+            passed.append(metrics["correct"] == 1)
+        else:  # no right answers known: the format is what is scored
+            scores["answers"] = float(bool(metrics["keys"]) and metrics["values"] != 0)
+            passed.append(scores["answers"] == 1)
     judged = text is not None and scoring.criteria is not None
     if judged and verdict is not None:
         scores["judge"] = verdict["score"]
@@ -235,7 +267,7 @@ def score_row(item: TestItem, settings: dict[str, Any], answer: dict[str, str] |
         row["judge_error"] = judge_error or "not judged"
     row["scores"] = scores
     complete = bool(scores) and not (judged and verdict is None)
-    parts = [scores["checks"]] if "checks" in scores else []
+    parts = [scores[k] for k in ("checks", "answers") if k in scores]
     parts += [(scores["judge"] - 1) / 4] if "judge" in scores else []
     row["score"] = round(sum(parts) / len(parts), 4) if complete else None
     row["pass"] = all(passed) if complete else None
@@ -377,6 +409,7 @@ class Group:
     lengths: list[int] = field(default_factory=list)
     json_ok: int = 0
     cut: int = 0
+    metrics: dict[str, list[float]] = field(default_factory=dict)
 
     def add(self, row: dict[str, Any]) -> None:
         self.n += 1
@@ -386,6 +419,9 @@ class Group:
         self.lengths.append(row["length"])
         self.json_ok += bool(row["json"])
         self.cut += row["finish_reason"] == "length"
+        for name, value in (row.get("metrics") or {}).items():
+            if value is not None:
+                self.metrics.setdefault(name, []).append(value)
         if row["pass"] is not None:
             self.scored += 1
             self.passed += bool(row["pass"])
@@ -408,11 +444,18 @@ class Group:
             "median_length": statistics.median(self.lengths) if self.lengths else None,
             "json_share": self.json_ok / answered if answered else None,
             "cut_share": self.cut / answered if answered else None,
+            **{f"metric_{name}": statistics.fmean(values) for name, values in self.metrics.items()},
         }
 
 
+def _rank(group: Group) -> tuple[bool, float]:
+    value = group.pass_rate if group.pass_rate is not None else group.mean_score
+    return (value is None, -(value or 0.0))
+
+
 def summarise(rows: list[dict[str, Any]]) -> list[Group]:
-    """Groups per (category, setting), categories sorted, plus an ``all`` row per setting."""
+    """Groups per (category, setting), categories sorted, plus an ``all`` row per setting; within a
+    category the best setting (pass rate, else mean score) comes first."""
     groups: dict[tuple[str, str], Group] = {}
     for row in rows:
         label = setting_label(row["settings"])
@@ -425,7 +468,9 @@ def summarise(rows: list[dict[str, Any]]) -> list[Group]:
         groups = {k: g for k, g in groups.items() if k[0] != "all"}
     settings = list(dict.fromkeys(setting_label(r["settings"]) for r in rows))
     order = [*sorted(categories), "all"]
-    return [groups[(c, s)] for c in order for s in settings if (c, s) in groups]
+    return [
+        g for c in order for g in sorted((groups[(c, s)] for s in settings if (c, s) in groups), key=_rank)
+    ]
 
 
 def _pct(value: float | None) -> str:
@@ -437,17 +482,21 @@ def _num(value: float | None, digits: int = 2) -> str:
 
 
 def format_table(groups: list[Group]) -> str:
+    """One line per category and setting; with an ``answers`` block, its five metrics as shares
+    (``values`` among answers with a valid list and keys)."""
     wide = max([8, *(len(g.category) for g in groups)])
-    sweep = len({g.setting for g in groups}) > 1
-    head = f"{'category':<{wide}} " + (f"{'setting':<24} " if sweep else "")
-    lines = [head + f"{'n':>5} {'failed':>6} {'pass':>5} {'score':>5} {'len':>7} {'median':>7} {'json':>5} {'cut':>5}"]
+    sweep = max([7, *(len(g.setting) for g in groups)]) if len({g.setting for g in groups}) > 1 else 0
+    metrics = [m for m in AnswerList.METRICS if any(m in g.metrics for g in groups)]
+    head = f"{'category':<{wide}} " + (f"{'setting':<{sweep}} " if sweep else "")
+    head += f"{'n':>5} {'failed':>6} {'pass':>5} {'score':>5} {'len':>7} {'median':>7} {'json':>5} {'cut':>5}"
+    lines = [head + "".join(f" {m:>7}" for m in metrics)]
     for g in groups:
         d = g.as_dict()
         lines.append(
-            f"{g.category:<{wide}} " + (f"{g.setting:<24} " if sweep else "")
+            f"{g.category:<{wide}} " + (f"{g.setting:<{sweep}} " if sweep else "")
             + f"{g.n:>5} {g.errors:>6} {_pct(d['pass_rate']):>5} {_num(d['mean_score']):>5} "
             f"{_num(d['mean_length'], 1):>7} {_num(d['median_length'], 1):>7} {_pct(d['json_share']):>5} "
-            f"{_pct(d['cut_share']):>5}"
+            f"{_pct(d['cut_share']):>5}" + "".join(f" {_pct(d.get(f'metric_{m}')):>7}" for m in metrics)
         )
     return "\n".join(lines)
 
