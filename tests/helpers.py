@@ -216,6 +216,7 @@ def readme_responder():
     """The README's stand-in teacher: the grid responder's lists and replies, judge verdicts,
     the formatting task's JSON answers, and schema-shaped answers to structured-output requests."""
     import json
+    import re
 
     grid, formatting = list_then_reply_responder(), json_format_responder()
 
@@ -225,6 +226,9 @@ def readme_responder():
         answer = formatting(body)
         if answer is not None:
             return answer
+        user = next((m["content"] for m in reversed(body["messages"]) if m["role"] == "user"), "")
+        if re.search(r"(?:Give|Write) \d+", user):  # a list prompt, with or without a system message
+            body = {**body, "messages": [m for m in body["messages"] if m["role"] != "system"]}
         text = grid(body)
         response_format = body.get("response_format") or {}
         schema = response_format.get("schema") or (response_format.get("json_schema") or {}).get("schema")

@@ -75,3 +75,15 @@ def test_answer_list_metrics_without_a_known_reference():
     extra = '[{"question": 1, "answer": "2", "why": "x"}]'
     assert answers.metrics(extra, '[{"question": 1, "answer": "2"}]')["keys"] == 0.0
     assert answers.metrics(extra, '[{"question": 1, "answer": "2"}]')["items"] == 1.0
+
+
+def test_build_spec_finds_the_store_run_kept_in_out(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    with FakeServer(responder=json_format_responder()).running() as server:
+        out = run_formatting_task(server.base_url)
+    assert not Path("promptbake.db").exists()
+    result = CliRunner().invoke(cli, ["build", SPEC, "--out", str(out), "--format", "messages"])
+    assert result.exit_code == 0, result.output
+    assert len((out / "messages" / "train.jsonl").read_text().splitlines()) == 12
+    result = CliRunner().invoke(cli, ["build", SPEC, "--out", "elsewhere"])
+    assert result.exit_code != 0 and "elsewhere/promptbake.db" in result.stderr

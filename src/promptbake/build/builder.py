@@ -19,7 +19,8 @@ from promptbake.build.balance import balance
 from promptbake.build.dedupe import dedupe
 from promptbake.build.examples import ExampleRenderer, passing
 from promptbake.plan.expand import Expander
-from promptbake.output.formats import WriteReport, ensure_dir, write_split
+from promptbake.output.export import write_format
+from promptbake.output.formats import WriteReport, ensure_dir
 from promptbake.records import Example
 from promptbake.spec.models import Spec
 from promptbake.build.split import split
@@ -105,9 +106,8 @@ def build(
     writes = []
     formats = formats or spec.output.formats
     for fmt in dict.fromkeys([CANONICAL, *formats]):
-        folder = out if fmt == CANONICAL else out / fmt
-        for name, rows in (("train", train), ("test", test)):
-            writes.append(write_split(rows, fmt, folder / f"{name}.jsonl", spec.output))
+        writes += write_format(fmt, {"train": train, "test": test}, out if fmt == CANONICAL else out / fmt,
+                               spec.output, strict=False)
     write_jsonl_atomic(
         out / "metadata.jsonl",
         ({**ex.metadata(), "split": name} for name, rows in (("train", train), ("test", test)) for ex in rows),

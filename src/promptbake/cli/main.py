@@ -238,7 +238,7 @@ def run(spec_path: str, out_dir: str, store_path: str | None, no_cache: bool, ma
 @click.argument("source", metavar="STORE_OR_SPEC", type=click.Path(dir_okay=False))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output directory.")
 @click.option("--store", "store_path", default=None, type=click.Path(dir_okay=False),
-              help="With a SPEC: the store to read (default: promptbake.db).")
+              help="With a SPEC: the store to read (default: OUT/promptbake.db as run keeps it, else promptbake.db).")
 @click.option("--spec-name", default=None, help="With a STORE holding several specs: which one.")
 @_build_options
 def build(source: str, out_dir: str, store_path: str | None, spec_name: str | None, formats: tuple[str, ...],
@@ -247,18 +247,19 @@ def build(source: str, out_dir: str, store_path: str | None, spec_name: str | No
     from pathlib import Path
 
     from promptbake.build.builder import build as run_build
-    from promptbake.workflows.pipeline import spec_from_store
     from promptbake.store.db import Store
+    from promptbake.workflows.pipeline import default_store, spec_from_store
 
     if Path(source).suffix in (".yaml", ".yml"):
         spec = _load(source)
-        store_path = store_path or "promptbake.db"
+        store_path = store_path or str(default_store(out_dir))
     else:
         spec, store_path = spec_from_store(source, spec_name), source
     if not Path(store_path).exists():
         from promptbake.errors import StoreError
 
-        raise StoreError(f"{store_path}: no such store; run `promptbake generate` first")
+        raise StoreError(f"{store_path}: no such store (nor {Path(out_dir) / 'promptbake.db'}); "
+                         "run `promptbake generate` or `promptbake run` first, or name it with --store")
     with Store(store_path, lock=False) as store:
         report = run_build(spec, store, out_dir, formats=list(formats) or None, seed=seed)
     _print_build(report)

@@ -108,24 +108,32 @@ def export(
     data = read_dataset(source)
     if system is not None:
         data = {split: [e.with_default_system(system) for e in examples] for split, examples in data.items()}
-    out = Path(out)
-    reports: list[WriteReport] = []
-    for name, fmt in line_formats.items():
-        converted = {split: convert_all(examples, fmt, config) for split, examples in data.items()}
-        for split, (rows, refused) in converted.items():
-            if refused and not rows:
-                first = refused[0]
-                raise FormatRefused(
-                    first.example_id, name, f"{first.reason} (and so do all {len(refused)} {split} examples)"
-                )
-        if name in HF_FORMATS:
-            reports += export_hf(converted, out / name, name)
-            continue
-        reports += [
-            write_rows(out / name / f"{split}.jsonl", name, rows, refused)
-            for split, (rows, refused) in converted.items()
-        ]
-    return reports
+    return [report for name in line_formats for report in write_format(name, data, Path(out) / name, config)]
+
+
+def write_format(
+    name: str,
+    data: dict[str, list[Example]],
+    folder: Path,
+    config: OutputConfig | None = None,
+    *,
+    strict: bool = True,
+) -> list[WriteReport]:
+    """One format's splits into ``folder`` (JSONL per split, or the HF files). ``strict``: a split
+    whose every example the format refuses raises ``FormatRefused`` before anything is written."""
+    fmt = get_format(HF_FORMATS.get(name, name))
+    converted = {split: convert_all(examples, fmt, config) for split, examples in data.items()}
+    for split, (rows, refused) in converted.items():
+        if strict and refused and not rows:
+            first = refused[0]
+            raise FormatRefused(
+                first.example_id, name, f"{first.reason} (and so do all {len(refused)} {split} examples)"
+            )
+    if name in HF_FORMATS:
+        return export_hf(converted, folder, name)
+    return [
+        write_rows(folder / f"{split}.jsonl", name, rows, refused) for split, (rows, refused) in converted.items()
+    ]
 
 
 # --- Hugging Face datasets -------------------------------------------------------------------

@@ -100,7 +100,8 @@ def _text(example: Example, fmt: str, message: dict[str, Any]) -> str:
 def _rejected(example: Example, fmt: str) -> dict[str, Any]:
     if not example.rejected:
         raise _refuse(
-            example, fmt, "it has no rejected answer (name a rejected step in the spec for DPO pairs)"
+            example, fmt, "it has no rejected answer: build it from a spec with an example.rejected template "
+            "(generators/rude_agent_dpo.yaml is one)"
         )
     rejected = {**example.rejected, "role": example.rejected.get("role", "assistant")}
     if rejected["role"] != "assistant":

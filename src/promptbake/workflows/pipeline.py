@@ -114,6 +114,13 @@ def run(
     return report
 
 
+def default_store(out_dir: str | Path) -> Path:
+    """The store ``build SPEC --out OUT`` reads when none is named: the one ``run --out OUT`` kept
+    in OUT, else ``generate``'s default in the working directory."""
+    run_store = Path(out_dir) / "promptbake.db"
+    return run_store if run_store.exists() else Path("promptbake.db")
+
+
 def spec_text(spec: Spec) -> str:
     """What the store keeps of a spec: its file as written, or (a spec built in code, such as a
     distillation) the validated model as YAML, so ``build STORE`` can always rebuild."""
