@@ -94,6 +94,7 @@ def expand(spec_path: str, output: str | None, dry_run: bool, model: str | None)
     from promptbake.plan.estimate import estimate
     from promptbake.plan.expand import Expander
     from promptbake.plan.planner import Planner
+    from promptbake.plan.preflight import check_templates
     from promptbake.teacher.config import model_name
 
     spec = _load(spec_path)
@@ -106,6 +107,7 @@ def expand(spec_path: str, output: str | None, dry_run: bool, model: str | None)
     from promptbake.output.atomic import write_jsonl_atomic
 
     expander = Expander(spec)
+    check_templates(spec, expander)
     planner = Planner(spec, expander.templates, model, spec.teacher.kind)
     rows = (
         {"id": r.id, "step": r.step, "cell": r.vars, "category": r.category, "cache_key": r.cache_key,

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
+from typing import Any
 
 from promptbake.plan.expand import Expander
 from promptbake.plan.planner import DEFAULT_RESERVE, Planner
+from promptbake.plan.preflight import check_templates, placeholder
 from promptbake.teacher.pricing import PriceTable
 from promptbake.spec.models import Spec
 from promptbake.teacher.tokens import encoding_note
@@ -66,6 +68,7 @@ class Estimate:
 
 def estimate(spec: Spec, model: str, teacher_kind: str = "remote", prices: PriceTable | None = None) -> Estimate:
     expander = Expander(spec)
+    check_templates(spec, expander)
     planner = Planner(spec, expander.templates, model, teacher_kind)
     prices = prices or PriceTable(spec.teacher.prices)
     cells = list(itertools.islice(expander.cells(), SAMPLE))
@@ -80,7 +83,7 @@ def estimate(spec: Spec, model: str, teacher_kind: str = "remote", prices: Price
         result.notes.append(note)
 
     rows_by_cell = {c.key: 1 for c in cells}
-    placeholders: dict[str, str] = {}
+    placeholders: dict[str, Any] = {}
     for k, step in enumerate(spec.steps):
         step_model = step.model or model
         if k == 0:
@@ -126,5 +129,5 @@ def estimate(spec: Spec, model: str, teacher_kind: str = "remote", prices: Price
             if k + 1 < len(spec.steps) and all(s.parse != "list" for s in spec.steps[k + 1 :]):
                 rows_by_cell[cell.key] = min(rows_by_cell[cell.key], cell.count) or cell.count
         per_item = (step.max_tokens or DEFAULT_RESERVE) // (max(c.count for c in cells) if step.parse == "list" else 1)
-        placeholders[step.name] = " ".join(["word"] * max(per_item // 2, 1))
+        placeholders[step.name] = placeholder(step, " ".join(["word"] * max(per_item // 2, 1)))
     return result

@@ -131,7 +131,7 @@ class Templates:
 def _tojson(value: Any) -> str:
     import json
 
-    return json.dumps(value, ensure_ascii=False)
+    return json.dumps(value, ensure_ascii=False, default=str)  # str: preflight's placeholders
 
 
 def _finalize(value: Any) -> Any:

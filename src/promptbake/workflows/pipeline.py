@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from promptbake.plan.expand import Expander
+from promptbake.plan.preflight import check_templates
 from promptbake.teacher.generate import GenerateOptions, GenerateReport, Generation
 from promptbake.records import Example
 from promptbake.spec.models import Spec
@@ -64,6 +65,7 @@ def generate(
     options = options or GenerateOptions()
     config = merge(spec.teacher, overrides or TeacherOverrides())
     expander = Expander(spec)
+    check_templates(spec, expander)  # a template typo is refused before the store, the teacher or a request
     with Store(store_path) as store, open_teacher(config) as (endpoint, config):
         run_id = store.start_run(spec.name, spec.spec_hash(), command)
         store.save_spec(spec.name, spec.spec_hash(), str(spec.path or ""), spec_text(spec))
