@@ -413,14 +413,14 @@ class Store:
                 json.loads(row[10]),
             )
 
-    def count_pending(self, spec_name: str, step_index: int) -> int:
-        return int(
-            self.db.execute(
-                "SELECT COUNT(*) FROM requests "
-                "WHERE spec_name = ? AND step_index = ? AND current = 1 AND status != 'ok'",
-                (spec_name, step_index),
-            ).fetchone()[0]
-        )
+    def count_pending(self, spec_name: str, step_index: int, round_: int | None = None) -> int:
+        """Requests of a step (of one round, when given) with no stored success."""
+        sql = "SELECT COUNT(*) FROM requests WHERE spec_name = ? AND step_index = ? AND current = 1 AND status != 'ok'"
+        params: tuple[Any, ...] = (spec_name, step_index)
+        if round_ is not None:
+            sql += " AND round = ?"
+            params += (round_,)
+        return int(self.db.execute(sql, params).fetchone()[0])
 
     def failures(self, spec_name: str) -> list[dict[str, Any]]:
         rows = self.db.execute(
