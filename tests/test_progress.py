@@ -4,6 +4,7 @@ a terminal (a log, CI, a pipe), with done/total, rate, spend and failures; total
 from __future__ import annotations
 
 import io
+import json
 import re
 import time
 from pathlib import Path
@@ -79,3 +80,49 @@ def test_a_notebook_gets_a_tqdm_auto_bar_not_lines(monkeypatch):
     progress.update(outcome())
     progress.close()
     assert progress.bar is not None and "reply" in stream.getvalue() and "1/2" in stream.getvalue()
+
+
+def test_summary_names_the_store_and_a_rerun_says_what_was_already_stored(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    spec = str(write_spec(Path.cwd(), MINIMAL_SPEC))
+    with FakeServer(responder=list_then_reply_responder()).running() as server:
+        args = ["run", spec, "--out", "out", "--base-url", server.base_url, "-q"]
+        first = CliRunner().invoke(cli, args)
+        again = CliRunner().invoke(cli, args)
+    assert first.exit_code == 0 and again.exit_code == 0, first.output + again.output
+    assert "store file: out/promptbake.db" in first.stderr and "already stored" not in first.stderr
+    assert "round 0 ask: 4 planned, 0 from cache, 0 sent, 0 ok, 0 failed; 4 already stored by an earlier run" in (
+        again.stderr
+    )
+    assert "round 0 answer: 8 planned, 0 from cache, 0 sent, 0 ok, 0 failed; 8 already stored" in again.stderr
+
+
+def test_debug_works_after_the_subcommand():
+    quiet = CliRunner().invoke(cli, ["expand", "missing.yaml", "--dry-run"])
+    assert quiet.exit_code == 2 and quiet.stderr.startswith("Error: missing.yaml: no such spec file")
+    before, after = ["--debug", "expand", "missing.yaml", "--dry-run"], ["expand", "missing.yaml", "--dry-run", "--debug"]
+    for args in (before, after):
+        result = CliRunner().invoke(cli, args)
+        assert type(result.exception).__name__ == "SpecError", args  # the traceback, not a one-line error
+
+
+def test_validation_at_the_end_names_the_teachers_target(monkeypatch):
+    """8 examples are too few for OpenAI, fine for TRL: a run with a remote teacher is checked
+    against OpenAI's rules; the same data from a local teacher against an open model's (trl)."""
+    from promptbake.output.targets import target_for_teacher
+
+    assert target_for_teacher("local", None) == "trl"
+    assert target_for_teacher("remote", "https://acme.openai.azure.com/openai/v1") == "azure-openai"
+    assert target_for_teacher("remote", "https://api.together.xyz/v1") == "together"
+    assert target_for_teacher("remote", "https://api.fireworks.ai/inference/v1") == "fireworks"
+    assert target_for_teacher("remote", None) == "openai"
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    spec = write_spec(Path.cwd(), MINIMAL_SPEC)
+    with FakeServer(responder=list_then_reply_responder()).running() as server:
+        remote = CliRunner().invoke(cli, ["run", str(spec), "--out", "out", "--base-url", server.base_url, "-q"])
+    assert "format openai-chat, target openai" in remote.stderr and "too_few_examples" in remote.stderr
+    local = write_spec(Path.cwd(), MINIMAL_SPEC.replace("  model: gpt-4o-mini", "  kind: local"), "local.yaml")
+    result = CliRunner().invoke(cli, ["build", str(local), "--out", "out"])
+    assert result.exit_code == 0, result.output
+    assert "too_few_examples" not in result.stderr and "approximate" not in result.stderr  # no o200k note
+    assert json.loads(Path("out/manifest.json").read_text())["validation"] == {"ok": True, "errors": 0, "target": "trl"}

@@ -41,12 +41,14 @@ class BuildReport:
     manifest: dict[str, Any] = field(default_factory=dict)
 
     def format(self) -> str:
+        wide = max([8, *map(len, self.categories)])  # whole names: categories often differ only at the end
         lines = [
-            f"{'category':<40} {'rows':>6} {'exact':>6} {'near':>6} {'surplus':>7} {'kept':>6} {'train':>6} {'test':>5}"
+            f"{'category':<{wide}} {'rows':>6} {'exact':>6} {'near':>6} {'surplus':>7} {'kept':>6} {'train':>6} "
+            f"{'test':>5}"
         ]
         for name, c in self.categories.items():
             lines.append(
-                f"{name[:40]:<40} {c['rows']:>6} {c['exact_dupes']:>6} {c['near_dupes']:>6} {c['surplus']:>7} "
+                f"{name:<{wide}} {c['rows']:>6} {c['exact_dupes']:>6} {c['near_dupes']:>6} {c['surplus']:>7} "
                 f"{c['kept']:>6} {c['train']:>6} {c['test']:>5}"
             )
         lines.append(f"train: {self.train}, test: {self.test} → {self.out_dir}")
@@ -88,9 +90,11 @@ def build(
     seed: int | None = None,
     validate: bool = True,
     existing: Iterable[Example] = (),
+    target: str | None = None,
 ) -> BuildReport:
     """``existing``: examples the data must not repeat (distillation passes the long prompt's own
-    few-shot examples); what equals or nearly equals one is dropped like a duplicate of it."""
+    few-shot examples); what equals or nearly equals one is dropped like a duplicate of it.
+    ``target``: whose rules ``train.jsonl`` is validated against (default: from the spec's teacher)."""
     out = Path(out_dir)
     ensure_dir(out)
     expander = Expander(spec)
@@ -134,10 +138,13 @@ def build(
     }
     report = BuildReport(out, len(train), len(test), categories, warnings, writes, manifest=manifest)
     if validate:
+        from promptbake.output.targets import target_for_teacher
         from promptbake.output.validate import validate_file
 
-        report.validation = validate_file(out / "train.jsonl")
-        manifest["validation"] = {"ok": report.validation.ok, "errors": report.validation.error_count()}
+        target = target or target_for_teacher(spec.teacher.kind, spec.teacher.base_url)
+        report.validation = validate_file(out / "train.jsonl", target=target)
+        manifest["validation"] = {"ok": report.validation.ok, "errors": report.validation.error_count(),
+                                  "target": target}
     write_text_atomic(out / "manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
     return report
 

@@ -22,6 +22,13 @@ F = TypeVar("F", bound=Callable[..., Any])
 class _Group(click.Group):
     """Turns library errors into ``Error: <one line>`` and the error's exit code."""
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        # `--debug` is accepted after the subcommand too (`promptbake run SPEC --debug`)
+        if "--debug" in args[1:]:
+            args = [args[0], *(a for a in args[1:] if a != "--debug")]
+            ctx.ensure_object(dict)["debug"] = True
+        return super().parse_args(ctx, args)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -44,7 +51,7 @@ class _Group(click.Group):
 def cli(ctx: click.Context, debug: bool) -> None:
     """Bake prompts into fine-tuning data."""
     ctx.ensure_object(dict)
-    ctx.obj["debug"] = debug
+    ctx.obj["debug"] = debug or ctx.obj.get("debug", False)
 
 
 def teacher_options(fn: F) -> F:
@@ -130,7 +137,8 @@ def _print_generate(report: Any) -> None:
         if step.planned or step.sent or step.cached:
             click.echo(
                 f"round {step.round} {step.step}: {step.planned} planned, {step.cached} from cache, "
-                f"{step.sent} sent, {step.ok} ok, {step.failed} failed",
+                f"{step.sent} sent, {step.ok} ok, {step.failed} failed"
+                + (f"; {step.stored} already stored by an earlier run" if step.stored else ""),
                 err=True,
             )
     for r in report.rounds:
@@ -141,7 +149,7 @@ def _print_generate(report: Any) -> None:
     click.echo(
         f"store: {t['ok']} ok, {t['failed']} failed, {t['pending']} pending; this run: {g.attempts} attempts, "
         f"{g.rate_limited} rate-limited, {g.prompt_tokens + g.completion_tokens:,} tokens, ${g.spent:.4f}; "
-        f"all runs: ${t['cost']:.4f}",
+        f"all runs: ${t['cost']:.4f}; store file: {report.store_path}",
         err=True,
     )
 

@@ -78,7 +78,7 @@ def estimate(spec: Spec, model: str, teacher_kind: str = "remote", prices: Price
         wanted = round(wanted * total_cells / len(cells))
     scale = total_cells / max(len(cells), 1)
     result = Estimate(cells=total_cells, examples_wanted=wanted, model=model, price_known=prices.known(model))
-    note = encoding_note(model)
+    note = encoding_note(model) if teacher_kind != "local" else None  # a local model is no OpenAI tokenizer
     if note:
         result.notes.append(note)
 

@@ -45,6 +45,7 @@ class StepReport:
     step: str
     round: int
     planned: int = 0
+    stored: int = 0  # answered by an earlier run (a resume)
     cached: int = 0
     sent: int = 0
     ok: int = 0
@@ -194,6 +195,7 @@ class Generation:
 
     async def _execute(self, k: int, round_: int, step: Step, report: StepReport) -> None:
         total = self.store.count_pending(self.spec.name, k, round_)
+        report.stored = max(report.planned - report.cached - total, 0)
         if total == 0:
             return
 

@@ -33,6 +33,7 @@ class RunReport:
     rounds: list[RoundReport] = field(default_factory=list)
     totals: dict[str, Any] = field(default_factory=dict)
     build: Any = None
+    store_path: str = ""
 
 
 def shortfall(spec: Spec, expander: Expander, store: Store) -> dict[str, int]:
@@ -71,7 +72,7 @@ def generate(
         store.save_spec(spec.name, spec.spec_hash(), str(spec.path or ""), spec_text(spec))
         store.save_cells(spec.name, expander.cells())
         generation = Generation(spec, store, expander, endpoint, config, options)
-        report = RunReport(generation.report)
+        report = RunReport(generation.report, store_path=str(store_path))
         status = "failed"
         try:
             rounds = sorted({0, *store.rounds(spec.name)})
@@ -109,10 +110,14 @@ def run(
     ``existing``: examples the built data must not repeat (see ``build.build``)."""
     from promptbake.build.builder import build
 
+    from promptbake.output.targets import target_for_teacher
+
     store_path = store_path or Path(out_dir) / "promptbake.db"
     report = generate(spec, store_path, overrides, options, topup=True, command=command)
+    config = merge(spec.teacher, overrides or TeacherOverrides())
     with Store(store_path) as store:
-        report.build = build(spec, store, out_dir, formats=formats, seed=seed, existing=existing)
+        report.build = build(spec, store, out_dir, formats=formats, seed=seed, existing=existing,
+                             target=target_for_teacher(config.kind, config.base_url))
     return report
 
 

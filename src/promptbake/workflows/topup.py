@@ -234,13 +234,14 @@ class TopupReport:
         if not self.weak:
             return f"no category is weak by {self.metric}: nothing generated, {self.train_path} stays current"
         lines = [f"top-up round {self.round}: weak categories by {self.metric}"]
-        lines.append(f"{'category':<30} {'n':>5} {'pass':>6} {'score':>6} {'wanted':>6} {'new':>5} "
+        wide = max([8, *(len(s.category) for s in self.weak)])
+        lines.append(f"{'category':<{wide}} {'n':>5} {'pass':>6} {'score':>6} {'wanted':>6} {'new':>5} "
                      f"{'dupes':>5} {'added':>5}")
         for s in self.weak:
             a = self.added.get(s.category, {})
             rate = "-" if s.pass_rate is None else f"{100 * s.pass_rate:.0f}%"
             score = "-" if s.mean_score is None else f"{s.mean_score:.2f}"
-            lines.append(f"{s.category[:30]:<30} {s.n:>5} {rate:>6} {score:>6} {a.get('wanted', 0):>6} "
+            lines.append(f"{s.category:<{wide}} {s.n:>5} {rate:>6} {score:>6} {a.get('wanted', 0):>6} "
                          f"{a.get('generated', 0):>5} {a.get('duplicates', 0):>5} {a.get('added', 0):>5}")
         added = sum(a["added"] for a in self.added.values())
         lines.append(f"train: {self.train} examples (+{added}) → {self.train_path}; test unchanged")
