@@ -100,7 +100,8 @@ def test_summary_names_the_store_and_a_rerun_says_what_was_already_stored(monkey
 def test_debug_works_after_the_subcommand():
     quiet = CliRunner().invoke(cli, ["expand", "missing.yaml", "--dry-run"])
     assert quiet.exit_code == 2 and quiet.stderr.startswith("Error: missing.yaml: no such spec file")
-    before, after = ["--debug", "expand", "missing.yaml", "--dry-run"], ["expand", "missing.yaml", "--dry-run", "--debug"]
+    before = ["--debug", "expand", "missing.yaml", "--dry-run"]
+    after = ["expand", "missing.yaml", "--dry-run", "--debug"]
     for args in (before, after):
         result = CliRunner().invoke(cli, args)
         assert type(result.exception).__name__ == "SpecError", args  # the traceback, not a one-line error
