@@ -15,8 +15,8 @@ from typing import Any
 from promptbake.plan.expand import Expander
 from promptbake.plan.planner import DEFAULT_RESERVE, Planner
 from promptbake.plan.preflight import check_templates, placeholder
-from promptbake.teacher.pricing import PriceTable
 from promptbake.spec.models import Spec
+from promptbake.teacher.pricing import PriceTable
 from promptbake.teacher.tokens import encoding_note
 
 SAMPLE = 1000

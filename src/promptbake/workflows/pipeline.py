@@ -13,11 +13,11 @@ import yaml
 
 from promptbake.plan.expand import Expander
 from promptbake.plan.preflight import check_templates
-from promptbake.teacher.generate import GenerateOptions, GenerateReport, Generation
 from promptbake.records import Example
 from promptbake.spec.models import Spec
 from promptbake.store.db import Store
 from promptbake.teacher.config import TeacherOverrides, merge, open_teacher
+from promptbake.teacher.generate import GenerateOptions, GenerateReport, Generation
 
 
 @dataclass
@@ -109,7 +109,6 @@ def run(
     """expand → generate (with top-up rounds for exact counts) → build, in one call.
     ``existing``: examples the built data must not repeat (see ``build.build``)."""
     from promptbake.build.builder import build
-
     from promptbake.output.targets import target_for_teacher
 
     store_path = store_path or Path(out_dir) / "promptbake.db"
