@@ -87,3 +87,19 @@ def test_build_spec_finds_the_store_run_kept_in_out(monkeypatch):
     assert len((out / "messages" / "train.jsonl").read_text().splitlines()) == 12
     result = CliRunner().invoke(cli, ["build", SPEC, "--out", "elsewhere"])
     assert result.exit_code != 0 and "elsewhere/promptbake.db" in result.stderr
+
+
+def test_a_reference_that_cannot_render_stops_eval_before_any_request(monkeypatch, tmp_path):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    with FakeServer(responder=json_format_responder()).running() as teacher:
+        out = run_formatting_task(teacher.base_url)
+    spec = tmp_path / "generators" / "json_format.yaml"
+    spec.parent.mkdir()
+    spec.write_text(Path(SPEC).read_text().replace("questions | map", "questionz | map"))
+    with FakeServer(responder=json_format_responder()).running() as student:
+        result = CliRunner().invoke(cli, [
+            "eval", "--spec", str(spec), "--model", "student", "--base-url", student.base_url,
+            "--data", str(out / "test.jsonl"), "--out", "eval.jsonl", "-q",
+        ])
+        assert student.stats()["requests"] == 0
+    assert result.exit_code == 2 and "json_format.yaml:eval.reference:1: 'questionz' is undefined" in result.stderr

@@ -555,6 +555,8 @@ def evaluate(items: list[TestItem], model: TeacherConfig, options: EvalOptions, 
     if scoring.criteria is not None and judge is None:
         raise InputError("a rubric needs a judge: pass judge=judge_config(...)")
     usage = usage if usage is not None else Usage()
+    for item in items:
+        scoring.reference_for(item)  # a reference template that cannot render fails before anything is paid
     name = model_name(model)
     with Store(options.store_path) as store:
         calls = _Calls(store, model, f"@eval/{name}", options, usage)
