@@ -127,3 +127,24 @@ def test_validation_at_the_end_names_the_teachers_target(monkeypatch):
     assert result.exit_code == 0, result.output
     assert "too_few_examples" not in result.stderr and "approximate" not in result.stderr  # no o200k note
     assert json.loads(Path("out/manifest.json").read_text())["validation"] == {"ok": True, "errors": 0, "target": "trl"}
+
+
+def test_the_o200k_note_is_printed_once(monkeypatch):
+    """A distillation whose validation fails (too few examples for OpenAI) printed the
+    approximate-token-count note twice: in the validation report and in the distill summary."""
+    from test_distill import copy_samples, triage_teacher
+
+    from promptbake.teacher.tokens import encoding_note
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    copy_samples(Path.cwd())
+    Path("inputs.txt").write_text("My invoice is wrong\nThe app crashes\nI cannot log in\n")
+    with FakeServer(responder=triage_teacher()).running() as server:
+        result = CliRunner().invoke(cli, [
+            "distill", "--prompt", "samples/triage_prompt.md", "--inputs", "inputs.txt", "--out", "out",
+            "--base-url", server.base_url, "--model", "gpt-4o-mini", "-q",
+        ])
+    assert result.exit_code == 0, result.output
+    assert "too_few_examples" in result.stderr
+    expected = 1 if encoding_note("gpt-4o-mini") else 0  # 0 where o200k_base is cached
+    assert result.stderr.count("not cached offline") == expected, result.stderr
