@@ -35,13 +35,13 @@ class RunReport:
 
 
 def shortfall(spec: Spec, expander: Expander, store: Store) -> dict[str, int]:
-    """Per cell, how many accepted (distinct, parsed) examples are still missing."""
-    from collections import Counter
-
+    """Per cell, how many accepted examples (parsed, through every quality gate, distinct) are
+    still missing."""
     from promptbake.build.dedupe import dedupe
-    from promptbake.build.examples import ExampleRenderer, passing
+    from promptbake.build.examples import ExampleRenderer
+    from promptbake.build.gates import Gates
 
-    examples = passing(spec, ExampleRenderer(spec, expander.templates).examples(store), Counter())
+    examples = Gates(spec, store).passing(ExampleRenderer(spec, expander.templates).examples(store))
     kept = dedupe(examples, spec.dedupe).kept
     have: dict[str, int] = {}
     for example in kept:
