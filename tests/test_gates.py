@@ -117,7 +117,7 @@ def test_dry_run_prices_the_judge(tmp_path):
     requests = int(line.split(":")[1].split()[0])
     assert requests == 28  # 4 cells × ceil(5 accepted / the default 80% expected pass rate)
     assert "$" in line
-    assert "expected pass rate" in result.output
+    assert "80% of examples assumed to pass (judge.expected_pass_rate; an estimate)" in result.output
 
 
 @pytest.mark.parametrize(
