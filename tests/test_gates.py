@@ -121,25 +121,24 @@ def test_dry_run_prices_the_judge(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("filters", "prompt", "answer", "gate"),
+    ("filters", "prompt", "answer", "gate", "good"),
     [
-        (["no_echo"], "Where is the manager? I want a refund.", "where is the manager i want a refund", "no_echo"),
-        (["no_refusal"], "Refund me", "As an AI, I cannot do that.", "no_refusal"),
-        (["no_empty"], "Refund me", "   ", "no_empty"),
-        ([{"max_chars": 5}], "Refund me", "No refunds here.", "max_chars"),
-        ([{"min_chars": 30}], "Refund me", "No.", "min_chars"),
-        ([{"language": "en"}], "Refund me", "Nein, das geht nicht, gehen Sie bitte sofort.", "language"),
-        ([{"regex": "^Ugh"}], "Refund me", "Fine.", "regex"),
-        ([{"not_regex": "(?i)sorry"}], "Refund me", "Sorry, no.", "not_regex"),
+        (["no_echo"], "Where is the manager? I want a refund.", "where is the manager i want a refund", "no_echo", "He left. Deal with it."),
+        (["no_refusal"], "Refund me", "As an AI, I cannot do that.", "no_refusal", "Ugh, figure it out yourself."),
+        (["no_empty"], "Refund me", "   ", "no_empty", "No."),
+        ([{"max_chars": 5}], "Refund me", "No refunds here.", "max_chars", "No."),
+        ([{"min_chars": 30}], "Refund me", "No.", "min_chars", "Ugh, figure it out yourself, pal."),
+        ([{"language": "en"}], "Refund me", "Nein, das geht nicht, gehen Sie bitte sofort.", "language", "Figure it out yourself, we close at nine."),
+        ([{"regex": "^Ugh"}], "Refund me", "Fine.", "regex", "Ugh. Fine."),
+        ([{"not_regex": "(?i)sorry"}], "Refund me", "Sorry, no.", "not_regex", "No."),
     ],
 )
-def test_each_builtin_filter_drops_with_its_name(filters, prompt, answer, gate):
+def test_each_builtin_filter_drops_with_its_name(filters, prompt, answer, gate, good):
     compiled = FilterSet.model_validate(filters).compile()
     messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
     reasons = compiled.failures(messages)
     assert len(reasons) == 1 and reasons[0].startswith(f"{gate}:"), reasons
-    good = [{"role": "user", "content": prompt}, {"role": "assistant", "content": "Ugh, figure it out yourself, pal."}]
-    assert compiled.failures(good) == []
+    assert compiled.failures([{"role": "user", "content": prompt}, {"role": "assistant", "content": good}]) == []
 
 
 def test_echo_score_ignores_case_and_punctuation_but_not_new_words():
