@@ -123,12 +123,14 @@ def test_dry_run_prices_the_judge(tmp_path):
 @pytest.mark.parametrize(
     ("filters", "prompt", "answer", "gate", "good"),
     [
-        (["no_echo"], "Where is the manager? I want a refund.", "where is the manager i want a refund", "no_echo", "He left. Deal with it."),
+        (["no_echo"], "Where is the manager? I want a refund.", "where is the manager i want a refund", "no_echo",
+         "He left. Deal with it."),
         (["no_refusal"], "Refund me", "As an AI, I cannot do that.", "no_refusal", "Ugh, figure it out yourself."),
         (["no_empty"], "Refund me", "   ", "no_empty", "No."),
         ([{"max_chars": 5}], "Refund me", "No refunds here.", "max_chars", "No."),
         ([{"min_chars": 30}], "Refund me", "No.", "min_chars", "Ugh, figure it out yourself, pal."),
-        ([{"language": "en"}], "Refund me", "Nein, das geht nicht, gehen Sie bitte sofort.", "language", "Figure it out yourself, we close at nine."),
+        ([{"language": "en"}], "Refund me", "Nein, das geht nicht, gehen Sie bitte sofort.", "language",
+         "Figure it out yourself, we close at nine."),
         ([{"regex": "^Ugh"}], "Refund me", "Fine.", "regex", "Ugh. Fine."),
         ([{"not_regex": "(?i)sorry"}], "Refund me", "Sorry, no.", "not_regex", "No."),
     ],
