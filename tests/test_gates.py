@@ -35,6 +35,9 @@ def gated_responder():
     def respond(body: dict) -> str:
         system = body["messages"][0]["content"] if body["messages"][0]["role"] == "system" else ""
         user = body["messages"][-1]["content"]
+        if user.startswith("Second opinion"):
+            verdict = 5 if "Ticket 3" in user or "Ticket 4" in user else 1
+            return json.dumps({"reasoning": "second", "score": verdict})
         if "strict judge" in system:
             judged.append(user)
             rude = "Ugh" in user.split("[assistant]")[-1]
@@ -109,6 +112,24 @@ def test_gated_rebuild_is_byte_identical_and_judges_nothing_again(tmp_path):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
 
 
+def test_several_judges_must_all_pass_and_a_judge_may_be_a_template(tmp_path):
+    (tmp_path / "templates").mkdir()
+    (tmp_path / "templates" / "second.j2").write_text("Second opinion on {{ example }}. Score it.\n")
+    spec = write_spec(tmp_path, GATED.replace("  fields: [user, assistant]\n", "  fields: [user, assistant]\n"
+                                              "  - {template: templates/second.j2, min_score: 4}\n")
+                      .replace("judge:\n  criteria", "judge:\n  - criteria").replace("\n  min_score: 4\n  fields",
+                                                                                  "\n    min_score: 4\n    fields"))
+    with FakeServer(responder=gated_responder()).running() as srv:
+        result = run("run", str(spec), "--out", "out", "--base-url", srv.base_url, "-q")
+    assert result.exit_code == 0, result.output
+    meta = read_jsonl(tmp_path / "out" / "metadata.jsonl")
+    assert len(meta) == 20
+    assert all(m["scores"] == {"judge": 5, "judge_2": 5} for m in meta)
+    replies = [r["messages"][-1]["content"] for n in ("train", "test")
+               for r in read_jsonl(tmp_path / "out" / f"{n}.jsonl")]
+    assert {r[-9:] for r in replies} == {"Ticket 3.", "Ticket 4."}
+
+
 def test_dry_run_prices_the_judge(tmp_path):
     spec = write_spec(tmp_path, GATED)
     result = run("expand", str(spec), "--dry-run")
@@ -141,6 +162,14 @@ def test_each_builtin_filter_drops_with_its_name(filters, prompt, answer, gate, 
     reasons = compiled.failures(messages)
     assert len(reasons) == 1 and reasons[0].startswith(f"{gate}:"), reasons
     assert compiled.failures([{"role": "user", "content": prompt}, {"role": "assistant", "content": good}]) == []
+
+
+def test_a_filter_can_check_the_user_turn():
+    compiled = FilterSet.model_validate([{"regex": r"(?i)\b(I|my|me)\b", "role": "user"}]).compile()
+    narration = [{"role": "user", "content": "A man walks in."}, {"role": "assistant", "content": "Out."}]
+    assert compiled.failures(narration) == ["regex: no match for '(?i)\\\\b(I|my|me)\\\\b' (user)"]
+    spoken = [{"role": "user", "content": "I want my money back."}, {"role": "assistant", "content": "No."}]
+    assert compiled.failures(spoken) == []
 
 
 def test_echo_score_ignores_case_and_punctuation_but_not_new_words():

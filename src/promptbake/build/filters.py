@@ -173,32 +173,33 @@ BUILTINS: dict[str, tuple[Callable[[Any], Any], Callable[[Any], Check]]] = {
 
 
 class FilterSet(RootModel[list[str | dict[str, Any]]]):
-    """The spec's ``filters:`` list, validated up front so a typo is a spec error, not a run-time one."""
+    """The spec's ``filters:`` list, validated up front so a typo is a spec error, not a run-time one.
+
+    A filter checks the last assistant answer, or with ``role: user`` the last user message (the
+    generated prompt): ``{regex: "\\bI\\b", role: user}``."""
 
     root: list[str | dict[str, Any]] = []
 
     @model_validator(mode="after")
     def _known(self) -> FilterSet:
         for entry in self.root:
-            name, value = _entry(entry)
-            if name not in BUILTINS:
-                raise ValueError(f"unknown filter {name!r} (known: {', '.join(BUILTINS)})")
+            name, value, _ = _entry(entry)
             BUILTINS[name][0](value)
         return self
 
     def compile(self) -> Filters:
         checks = []
         for entry in self.root:
-            name, value = _entry(entry)
+            name, value, role = _entry(entry)
             parse, make = BUILTINS[name]
-            checks.append(make(parse(value)))
+            checks.append((make(parse(value)), role))
         return Filters(checks)
 
 
 class Filters:
     """The compiled filters of one spec, built once per build or plan."""
 
-    def __init__(self, checks: list[Check]) -> None:
+    def __init__(self, checks: list[tuple[Check, str]]) -> None:
         self.checks = checks
 
     def failures(self, messages: list[dict[str, Any]]) -> list[str]:
@@ -206,12 +207,26 @@ class Filters:
         if not self.checks:
             return []
         prompt, answer = last_user(messages), last_assistant(messages)
-        return [reason for check in self.checks if (reason := check(prompt, answer)) is not None]
+        reasons = []
+        for check, role in self.checks:
+            reason = check(prompt, answer) if role == "assistant" else check("", prompt)
+            if reason is not None:
+                reasons.append(reason if role == "assistant" else f"{reason} (user)")
+        return reasons
 
 
-def _entry(entry: str | dict[str, Any]) -> tuple[str, Any]:
+def _entry(entry: str | dict[str, Any]) -> tuple[str, Any, str]:
+    """(filter name, its value, the role it checks) of one ``filters:`` item."""
     if isinstance(entry, str):
-        return entry, True
-    if len(entry) != 1:
-        raise ValueError("a filter is a name or a one-key mapping such as {max_chars: 300}")
-    return next(iter(entry.items()))
+        name, value, role = entry, True, "assistant"
+    else:
+        rest = dict(entry)
+        role = rest.pop("role", "assistant")
+        if len(rest) != 1:
+            raise ValueError("a filter is a name or a one-key mapping such as {max_chars: 300} (plus an optional role)")
+        if role not in ("assistant", "user"):
+            raise ValueError("a filter's role is 'assistant' (the default) or 'user'")
+        name, value = next(iter(rest.items()))
+    if name not in BUILTINS:
+        raise ValueError(f"unknown filter {name!r} (known: {', '.join(BUILTINS)})")
+    return name, value, role
