@@ -33,8 +33,8 @@ from promptbake.spec.models import Spec
 REPORT = "report.html"
 SAMPLE = 1000  # examples of each kind (kept, dropped) in the page's table
 OPENING_WORDS = 3
-DROP_COLORS = {"kept": "#59a14f", "checks": "#e15759", "exact": "#f28e2b", "near": "#edc948",
-               "count/balance": "#bab0ac"}
+STAGE_COLORS = {"kept": "#59a14f", "rejected_by_checks": "#e15759", "exact_dupes": "#f28e2b",
+                "near_dupes": "#edc948", "surplus": "#bab0ac", "balanced_away": "#9c755f"}
 
 
 # --- reading what the build wrote -------------------------------------------------------------
@@ -473,10 +473,7 @@ def _funnel(manifest: dict[str, Any]) -> Any:
     stages = [c for c in header[1:] if c not in ("rows", "kept", "train", "test")]
     stacks = {"kept": [r[header.index("kept")] for r in rows]} if "kept" in header else {}
     stacks.update({s: [r[header.index(s)] for r in rows] for s in stages if any(r[header.index(s)] for r in rows)})
-    colors = {"kept": DROP_COLORS["kept"], "rejected_by_checks": DROP_COLORS["checks"],
-              "exact_dupes": DROP_COLORS["exact"], "near_dupes": DROP_COLORS["near"],
-              "surplus": DROP_COLORS["count/balance"]}
-    return plots.stacked_bars("funnel", [r[0] for r in rows], stacks, "examples", colors)
+    return plots.stacked_bars("funnel", [r[0] for r in rows], stacks, "examples", STAGE_COLORS)
 
 
 def dataset_context(data: Dataset, sample: int = SAMPLE) -> dict[str, Any]:
@@ -595,7 +592,7 @@ def eval_context(path: str | Path, sample: int = SAMPLE) -> dict[str, Any]:
         "notes": [], "metric_name": metric_name, "n": len(rows),
         "pooled": [[c, s.n, s.pass_rate, s.mean_score] for c, s in pooled.items()],
         "bars": bars, "sweep": plots.lines("sweep", panels, metric_name) if panels else None,
-        "swept": swept, "table": table, "best": best if len(settings) > 1 else {},
+        "swept": swept, "setting_rows": table, "best": best if len(settings) > 1 else {},
         "rows": sample_rows[:sample], "sample_note": f"showing the first {sample} of {len(rows)} answers"
         if len(rows) > sample else "", "row_categories": sorted({r.category for r in sample_rows}),
         "statuses": ["pass", "fail", "unscored", "error"],
