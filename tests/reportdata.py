@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from click.testing import CliRunner
-from fakeserver import Fault, FakeServer
+from fakeserver import FakeServer, Fault
 from helpers import MINIMAL_SPEC, list_then_reply_responder, write_spec
 
 from promptbake.cli.main import cli

@@ -99,14 +99,19 @@ def stacked_bars(name: str, bars: Sequence[str], stacks: dict[str, list[float]],
     ax.tick_params(axis="y", labelsize=8)
     ax.invert_yaxis()
     ax.set_xlabel(xlabel)
-    ax.legend(fontsize=8, loc="lower right")
+    _legend_below(fig, len(stacks))
     return _svg(fig, name)
+
+
+def _legend_below(fig: Figure, entries: int) -> None:
+    """Under the plot, where it cannot hide a bar."""
+    fig.legend(loc="outside lower center", ncols=min(entries, 4), fontsize=8, frameon=False)
 
 
 def grouped_bars(name: str, groups: Sequence[str], series: dict[str, list[float | None]], xlabel: str,
                  xlim: tuple[float, float] | None = None) -> Markup:
     """Horizontal bars, one per series within each group (distinct-n per category, say)."""
-    fig = _figure(height=max(2.0, 0.5 * len(groups) * max(1, len(series)) / 2 + 1.2))
+    fig = _figure(height=max(2.0, 0.22 * len(groups) * max(1, len(series)) + 1.2))
     ax = fig.add_subplot()
     height = 0.8 / max(1, len(series))
     for k, (label, values) in enumerate(series.items()):
@@ -117,7 +122,7 @@ def grouped_bars(name: str, groups: Sequence[str], series: dict[str, list[float 
     if xlim:
         ax.set_xlim(*xlim)
     ax.set_xlabel(xlabel)
-    ax.legend(fontsize=8, loc="lower right")
+    _legend_below(fig, len(series))
     return _svg(fig, name)
 
 

@@ -62,6 +62,7 @@ class StoreFacts:
     failures: list[dict[str, Any]]
     rounds: list[dict[str, Any]]
     examples: list[Example]
+    spec_text: str | None  # as the run saved it: the spec file may have moved or changed since
 
 
 @dataclass
@@ -116,6 +117,7 @@ def _store_facts(store_path: Path, spec: Spec) -> StoreFacts:
             failures=store.failures(spec.name),
             rounds=rounds,
             examples=list(ExampleRenderer(spec, Expander(spec).templates).examples(store)),
+            spec_text=next((text for name, _, text in store.saved_specs() if name == spec.name), None),
         )
 
 
@@ -494,7 +496,7 @@ def dataset_context(data: Dataset, sample: int = SAMPLE) -> dict[str, Any]:
         "rounds": data.store.rounds if data.store else [],
         "attempt_errors": data.store.attempt_errors if data.store else {},
         "failed_requests": sorted(failed_requests.items(), key=lambda kv: -kv[1]),
-        "spec_text": _spec_text(data.spec),
+        "spec_text": data.store.spec_text if data.store else _spec_text(data.spec),
         "category_columns": category_columns, "category_rows": category_rows,
         "funnel": _funnel(data.manifest),
         "cell_columns": cell_columns, "cell_rows": cell_rows, "axes": axes, "heatmap": heat,
