@@ -6,6 +6,7 @@ no network request, draw every plot, and its search must filter the example tabl
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -13,8 +14,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
+from fakeserver import FakeServer
+from helpers import list_then_reply_responder
 from reportdata import build_dataset, write_sweep
 
+from promptbake.cli.main import cli
 from promptbake.output.report import write_eval_report
 
 ROOT = Path(__file__).parent.parent
@@ -112,6 +117,31 @@ def check_dataset_page(browser: object, path: Path, shot: Path) -> None:
     view.page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 100_000
     assert view.problems == []
+
+
+def test_the_rude_agent_run_in_chromium(tmp_path):
+    """The issue's acceptance run: the full rude-agent grid (100 cells, 1,000 examples) against the
+    loopback teacher, its report opened in Chromium with every section drawn."""
+    spec = str(ROOT / "generators" / "rude_agent.yaml")
+    with FakeServer(responder=list_then_reply_responder(dupe_every=13)).running() as srv:
+        result = CliRunner().invoke(cli, ["run", spec, "--out", str(tmp_path / "out"), "--base-url", srv.base_url,
+                                          "--rpm", "1000000", "-q", "--sizes", "100,500"])
+    assert result.exit_code == 0, result.output
+    with chromium() as browser:
+        view = Page(browser, tmp_path / "out" / "report.html")
+        view.check_loaded()
+        assert view.plots == {"funnel", "heatmap", "tokens", "lengths", "diversity", "sizes", "similarity"} - {
+            "similarity"}  # the stand-in's repeats are exact: no near-duplicate pairs to plot
+        for section in ("glance", "categories", "cells", "distributions", "diversity", "sizes", "examples-section"):
+            assert view.page.is_visible(f"#{section}"), section
+        manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+        duplicates = sum(c["exact_dupes"] for c in manifest["categories"].values())
+        assert duplicates > 0
+        assert len(view.visible_rows()) == 1000 + duplicates  # every kept example and every duplicate
+        view.page.fill("#search", "exact duplicate of")
+        assert len(view.visible_rows()) == duplicates
+        view.page.screenshot(path=str(tmp_path / "rude.png"))
+        assert view.problems == []
 
 
 def test_eval_report_in_chromium(tmp_path):

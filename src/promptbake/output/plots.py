@@ -27,7 +27,7 @@ def _short(label: str, width: int = 28) -> str:
 def _svg(fig: Figure, name: str) -> Markup:
     buffer = io.StringIO()
     with rc_context({"svg.hashsalt": name, "svg.fonttype": "path"}):
-        fig.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Date": None})
+        fig.savefig(buffer, format="svg", metadata={"Date": None})  # constrained layout: no second draw
     text = buffer.getvalue()
     return Markup(text[text.index("<svg"):])  # inline: no XML declaration or DOCTYPE inside HTML
 
