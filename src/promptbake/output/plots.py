@@ -39,18 +39,18 @@ def _figure(rows: int = 1, height: float = 3.0) -> Figure:
 
 
 def heatmap(name: str, rows: Sequence[str], cols: Sequence[str], values: list[list[float | None]],
-            labels: list[list[str]], row_axis: str, col_axis: str, scale: str) -> Markup:
-    """A grid of cells: colour by ``values`` (None: no such cell), text from ``labels``."""
+            labels: list[list[str]], row_axis: str, col_axis: str, scale: str, vmax: float | None = None) -> Markup:
+    """A grid of cells: colour by ``values`` (None: no such cell) from 0 to ``vmax``, text from ``labels``."""
     import numpy as np
 
     data = np.ma.masked_invalid(np.array([[np.nan if v is None else v for v in row] for row in values], dtype=float))
     fig = _figure(height=max(2.2, 0.45 * len(rows) + 1.2))
     ax = fig.add_subplot()
-    image = ax.imshow(data, cmap="YlGnBu", aspect="auto", vmin=0)
+    image = ax.imshow(data, cmap="YlGnBu", aspect="auto", vmin=0, vmax=vmax)
     for i, row in enumerate(labels):
         for j, text in enumerate(row):
             if text:
-                dark = values[i][j] is not None and data.max() and values[i][j] > 0.6 * data.max()
+                dark = values[i][j] is not None and values[i][j] > 0.6 * (vmax or data.max())
                 ax.text(j, i, text, ha="center", va="center", fontsize=8, color="white" if dark else "#222")
     ax.set_xticks(range(len(cols)), [_short(c, 18) for c in cols], rotation=30, ha="right", fontsize=8)
     ax.set_yticks(range(len(rows)), [_short(r) for r in rows], fontsize=8)

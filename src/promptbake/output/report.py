@@ -280,7 +280,16 @@ def _category_table(manifest: dict[str, Any]) -> tuple[list[str], list[list[Any]
     return header, rows
 
 
-def _cells(data: Dataset, classified: Classified) -> tuple[list[str], list[list[Any]], list[str], Any]:
+@dataclass
+class CellView:
+    columns: list[str]
+    rows: list[list[Any]]
+    axes: list[str]
+    heatmap: Markup | None
+    share: bool  # the heat map's colour is kept ÷ requested (the spec is known), else kept
+
+
+def _cells(data: Dataset, classified: Classified) -> CellView:
     """Per-cell rows (requested, generated, drops, kept, train, test) and the heat map over the
     two main axes: kept per cell, coloured by the share of the requested count when known."""
     from promptbake.output import plots
@@ -296,38 +305,38 @@ def _cells(data: Dataset, classified: Classified) -> tuple[list[str], list[list[
         key = meta.get("provenance", {}).get("cell_key") or _label(meta.get("cell", {}))
         cells.setdefault(key, meta.get("cell", {}))
         splits[key][meta.get("split", "")] += 1
-    axes = main_axes(cells.values())
     fate_names = [f for f in ("checks", "exact", "near", "count/balance")
                   if any(f in c for c in classified.fates.values())]
     fate_names += sorted({f for c in classified.fates.values() for f in c} - {"generated", *fate_names})
-    columns = ["cell", "requested", "generated", *fate_names, "kept", "train", "test"]
-    table = []
+    view = CellView(["cell", "requested", "generated", *fate_names, "kept", "train", "test"], [],
+                    main_axes(cells.values()), None, bool(requested))
     for key, values in cells.items():
-        fates = classified.fates.get(key, Counter())
-        got = splits[key]
-        table.append([_label(values, axes or None), requested[key][1] if key in requested else "",
-                      fates["generated"] if data.store else "", *(fates[f] for f in fate_names),
-                      got["train"] + got["test"], got["train"], got["test"]])
-    if not axes:
-        return columns, table, axes, None
-    rows_axis = list(dict.fromkeys(str(v.get(axes[0])) for v in cells.values()))
-    cols_axis = list(dict.fromkeys(str(v.get(axes[1])) for v in cells.values())) if len(axes) > 1 else ["all"]
+        fates, got = classified.fates.get(key, Counter()), splits[key]
+        view.rows.append([_label(values), requested[key][1] if key in requested else "",
+                          fates["generated"] if data.store else "", *(fates[f] for f in fate_names),
+                          got["train"] + got["test"], got["train"], got["test"]])
+    if not view.axes:
+        return view
+
+    def at(values: dict[str, Any]) -> tuple[str, str]:
+        return str(values.get(view.axes[0])), str(values.get(view.axes[1])) if len(view.axes) > 1 else "all"
+
     kept_at: Counter[tuple[str, str]] = Counter()
     wanted_at: Counter[tuple[str, str]] = Counter()
     for key, values in cells.items():
-        at = (str(values.get(axes[0])), str(values.get(axes[1])) if len(axes) > 1 else "all")
-        kept_at[at] += splits[key]["train"] + splits[key]["test"]
-        if key in requested:
-            wanted_at[at] += requested[key][1]
-    present = {(str(v.get(axes[0])), str(v.get(axes[1])) if len(axes) > 1 else "all") for v in cells.values()}
-    share = bool(wanted_at)
-    values_grid = [[(kept_at[(r, c)] / wanted_at[(r, c)] if share and wanted_at[(r, c)] else kept_at[(r, c)])
-                    if (r, c) in present else None for c in cols_axis] for r in rows_axis]
-    labels = [[(f"{kept_at[(r, c)]}/{wanted_at[(r, c)]}" if share else str(kept_at[(r, c)]))
-               if (r, c) in present else "" for c in cols_axis] for r in rows_axis]
-    heat = plots.heatmap("heatmap", rows_axis, cols_axis, values_grid, labels, axes[0],
-                         axes[1] if len(axes) > 1 else "", "kept ÷ requested" if share else "kept")
-    return columns, table, axes, heat
+        kept_at[at(values)] += splits[key]["train"] + splits[key]["test"]
+        wanted_at[at(values)] += requested[key][1] if key in requested else 0
+    rows_axis = list(dict.fromkeys(at(v)[0] for v in cells.values()))
+    cols_axis = list(dict.fromkeys(at(v)[1] for v in cells.values()))
+    grid = [[(r, c) if (r, c) in kept_at else None for c in cols_axis] for r in rows_axis]
+    values_grid = [[None if p is None else kept_at[p] / wanted_at[p] if view.share and wanted_at[p] else kept_at[p]
+                    for p in row] for row in grid]
+    labels = [["" if p is None else f"{kept_at[p]}/{wanted_at[p]}" if view.share else str(kept_at[p]) for p in row]
+              for row in grid]
+    view.heatmap = plots.heatmap("heatmap", rows_axis, cols_axis, values_grid, labels, view.axes[0],
+                                 view.axes[1] if len(view.axes) > 1 else "",
+                                 "kept ÷ requested" if view.share else "kept", vmax=1.0 if view.share else None)
+    return view
 
 
 def _glance(data: Dataset) -> list[tuple[str, str]]:
@@ -481,7 +490,7 @@ def _funnel(manifest: dict[str, Any]) -> Any:
 def dataset_context(data: Dataset, sample: int = SAMPLE) -> dict[str, Any]:
     classified = _classify(data)
     rows, sample_note = _sample(classified.rows, sample)
-    cell_columns, cell_rows, axes, heat = _cells(data, classified)
+    cells = _cells(data, classified)
     category_columns, category_rows = _category_table(data.manifest)
     diversity, diversity_plot, common_openings = _diversity(data)
     size_columns, size_rows, size_plot = _sizes(data.manifest)
@@ -499,7 +508,7 @@ def dataset_context(data: Dataset, sample: int = SAMPLE) -> dict[str, Any]:
         "spec_text": data.store.spec_text if data.store else _spec_text(data.spec),
         "category_columns": category_columns, "category_rows": category_rows,
         "funnel": _funnel(data.manifest),
-        "cell_columns": cell_columns, "cell_rows": cell_rows, "axes": axes, "heatmap": heat,
+        "cells": cells,
         "dist": _distributions(data),
         "diversity": diversity, "diversity_plot": diversity_plot, "common_openings": common_openings,
         "opening_words": OPENING_WORDS,
