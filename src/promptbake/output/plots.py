@@ -132,6 +132,8 @@ def lines(name: str, panels: dict[str, dict[str, list[tuple[float, float]]]], yl
     for p, (xlabel, series) in enumerate(panels.items()):
         ax = fig.add_subplot(len(panels), 1, p + 1)
         for k, (label, points) in enumerate(series.items()):
+            if not points:  # nothing scored in this series
+                continue
             xs, ys = zip(*sorted(points), strict=True)
             style = {"color": "#222", "linewidth": 2.5} if label == "all" else {"color": PALETTE[k % len(PALETTE)]}
             ax.plot(xs, ys, marker="o", label=_short(label), **style)

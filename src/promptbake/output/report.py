@@ -530,6 +530,10 @@ def _spec_text(spec: Spec | None) -> str | None:
 # --- eval files -------------------------------------------------------------------------------
 
 
+def _settings(row: dict[str, Any]) -> dict[str, Any]:
+    return row["settings"] if isinstance(row.get("settings"), dict) else {}
+
+
 def eval_context(path: str | Path, sample: int = SAMPLE) -> dict[str, Any]:
     """Pass rate and mean score per category; for a sweep, both against each swept setting."""
     from promptbake.output import plots
@@ -539,20 +543,19 @@ def eval_context(path: str | Path, sample: int = SAMPLE) -> dict[str, Any]:
     path = Path(path)
     pooled = load_eval(path)  # validates every line, names a bad one
     rows = [row for _, row in read_jsonl(path, "eval")]
+    settings = {setting_label(_settings(row)): _settings(row) for row in rows}
+    swept = [k for k in dict.fromkeys(k for s in settings.values() for k in s)
+             if len({json.dumps(s.get(k)) for s in settings.values()}) > 1
+             and all(isinstance(s.get(k), int | float) for s in settings.values())]
     by_setting: dict[tuple[str, str], CategoryScore] = {}
-    settings: dict[str, dict[str, Any]] = {}
+    by_value: dict[str, dict[str, dict[float, CategoryScore]]] = {name: {} for name in swept}
     for row in rows:
-        setting = row.get("settings") if isinstance(row.get("settings"), dict) else {}
-        label = setting_label(setting)
-        settings[label] = setting
         for category in (row["category"], "all"):
-            entry = by_setting.setdefault((category, label), CategoryScore(category))
-            entry.n += 1
-            if row.get("pass") is not None:
-                entry.with_pass += 1
-                entry.passed += bool(row["pass"])
-            if row.get("score") is not None:
-                entry.scores.append(float(row["score"]))
+            by_setting.setdefault((category, setting_label(_settings(row))), CategoryScore(category)).add(
+                row.get("pass"), row.get("score"))
+            for name in swept:
+                by_value[name].setdefault(category, {}).setdefault(
+                    float(row["settings"][name]), CategoryScore(category)).add(row.get("pass"), row.get("score"))
     metric = "pass" if any(s.with_pass for s in pooled.values()) else "score"
     metric_name = "pass rate" if metric == "pass" else "mean score"
     categories = list(pooled)
@@ -560,27 +563,8 @@ def eval_context(path: str | Path, sample: int = SAMPLE) -> dict[str, Any]:
         "pass rate": [pooled[c].pass_rate for c in categories],
         "mean score": [pooled[c].mean_score for c in categories],
     }, "pass rate / mean score (0-1)", xlim=(0, 1))
-    swept = [k for k in dict.fromkeys(k for s in settings.values() for k in s)
-             if len({json.dumps(s.get(k)) for s in settings.values()}) > 1
-             and all(isinstance(s.get(k), int | float) for s in settings.values())]
-    panels: dict[str, dict[str, list[tuple[float, float]]]] = {}
-    for name in swept:
-        series: dict[str, list[tuple[float, float]]] = {}
-        for category in [*categories, "all"]:
-            pooled_at: dict[float, CategoryScore] = {}
-            for label, setting in settings.items():
-                score = by_setting.get((category, label))
-                if score is None:
-                    continue
-                into = pooled_at.setdefault(float(setting[name]), CategoryScore(category))
-                into.n += score.n
-                into.with_pass += score.with_pass
-                into.passed += score.passed
-                into.scores += score.scores
-            points = [(x, s.value(metric)) for x, s in pooled_at.items() if s.value(metric) is not None]
-            if points:
-                series[category] = points  # type: ignore[assignment]
-        panels[name] = series
+    panels = {name: {category: [(x, s.value(metric)) for x, s in points.items() if s.value(metric) is not None]
+                     for category, points in series.items()} for name, series in by_value.items()}
     table = [[category, label, s.n, s.pass_rate, s.mean_score] for (category, label), s in by_setting.items()
              if category != "all" or len(categories) > 1]
     table.sort(key=lambda r: (r[0] == "all", r[0], list(settings).index(r[1])))
@@ -596,7 +580,7 @@ def eval_context(path: str | Path, sample: int = SAMPLE) -> dict[str, Any]:
         reason = "; ".join(str(x) for x in [row.get("error"), *(row.get("failures") or []),
                                             row.get("judge_reasoning")] if x)
         score = row.get("score")
-        sample_rows.append(Row(status, row["category"], setting_label(row.get("settings") or {}),
+        sample_rows.append(Row(status, row["category"], setting_label(_settings(row)),
                                "" if score is None else f"score {score}", str(row.get("output") or ""), reason))
     return {
         "kind": "eval", "title": f"promptbake eval report: {path.name}", "source": str(path),
