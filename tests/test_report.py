@@ -128,6 +128,9 @@ def test_run_writes_a_report_with_every_section_and_every_drop_explained(tmp_pat
     assert re.search(r"<td>http_500</td><td class=\"n\">1</td>", page), "failures by reason"
     assert re.search(r"<td>rate_limited</td><td class=\"n\">1</td>", page)
     assert "more examples for" in page and "s over 1 run(s)" in page and "name: mini" in page
+    # per category: requested (2 cells × 8), then the manifest's counts
+    for name, counts in categories.items():
+        assert re.search(rf"<td>{name}</td><td class=\"n\">16</td><td class=\"n\">{counts['rows']}</td>", page)
     # per cell: requested 8 everywhere, and kept as in metadata.jsonl
     kept = Counter(" · ".join(json.loads(line)["cell"].values()) for line in lines(out / "metadata.jsonl"))
     for cell, n in kept.items():

@@ -27,6 +27,7 @@ from markupsafe import Markup
 from promptbake.build.checks import last_assistant
 from promptbake.errors import DataFileError
 from promptbake.output.jsonl import read_jsonl
+from promptbake.plan.expand import Expander
 from promptbake.records import Example
 from promptbake.spec.models import Spec
 
@@ -74,6 +75,7 @@ class Dataset:
     spec: Spec | None = None
     store: StoreFacts | None = None
     notes: list[str] = field(default_factory=list)
+    requested: dict[str, Any] = field(default_factory=dict)  # cell key → the spec's Cell (count, category)
 
 
 def _manifest(directory: Path) -> dict[str, Any]:
@@ -100,9 +102,8 @@ def _kept(directory: Path) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     return pairs
 
 
-def _store_facts(store_path: Path, spec: Spec) -> StoreFacts:
+def _store_facts(store_path: Path, spec: Spec, expander: Expander) -> StoreFacts:
     from promptbake.build.examples import ExampleRenderer
-    from promptbake.plan.expand import Expander
     from promptbake.store.db import Store
 
     with Store(store_path, lock=False) as store:
@@ -116,7 +117,7 @@ def _store_facts(store_path: Path, spec: Spec) -> StoreFacts:
             attempt_errors=store.attempt_errors(spec.name),
             failures=store.failures(spec.name),
             rounds=rounds,
-            examples=list(ExampleRenderer(spec, Expander(spec).templates).examples(store)),
+            examples=list(ExampleRenderer(spec, expander.templates).examples(store)),
             spec_text=next((text for name, _, text in store.saved_specs() if name == spec.name), None),
         )
 
@@ -140,11 +141,14 @@ def load_dataset(directory: str | Path, store_path: str | Path | None = None, sp
     if spec is None and store.exists():
         spec = spec_from_store(store, manifest.get("spec"))
     data.spec = spec
-    if spec is not None and store.exists():
-        data.store = _store_facts(store, spec)
-    else:
-        data.notes.append(f"no store at {store}: timings, failures, requested counts and the text of dropped "
-                          "examples are not shown (pass --store)")
+    if spec is not None:
+        expander = Expander(spec)
+        data.requested = {c.key: c for c in expander.cells()}
+        if store.exists():
+            data.store = _store_facts(store, spec, expander)
+    if data.store is None:
+        data.notes.append(f"no store at {store}: timings, failures" + ("" if spec else ", requested counts")
+                          + " and the text of dropped examples are not shown (pass --store)")
     return data
 
 
@@ -262,19 +266,24 @@ def _sample(rows: list[Row], limit: int) -> tuple[list[Row], str]:
     return kept[:limit] + dropped[:limit], note
 
 
-def _category_table(manifest: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
-    """The manifest's per-category counts, with what balance cut made explicit."""
-    categories = manifest.get("categories", {})
+def _category_table(data: Dataset) -> tuple[list[str], list[list[Any]]]:
+    """The manifest's per-category counts, after what the spec requested (when known), with what
+    balance cut made explicit."""
+    categories = data.manifest.get("categories", {})
     columns = list(dict.fromkeys(k for counts in categories.values() for k in counts))
     drops = [c for c in columns if c not in ("rows", "kept", "train", "test")]
     with_balance = "rows" in columns and "kept" in columns
+    requested: Counter[str] = Counter()
+    for cell in data.requested.values():
+        requested[cell.category] += cell.count
     rows = []
     for name, counts in categories.items():
-        values = [counts.get(c, 0) for c in columns]
+        values = [*([requested[name]] if requested else []), *(counts.get(c, 0) for c in columns)]
         if with_balance:
             values.append(counts.get("rows", 0) - sum(counts.get(c, 0) for c in drops) - counts.get("kept", 0))
         rows.append([name, *values])
-    header = ["category", *columns, *(["balanced_away"] if with_balance else [])]
+    header = ["category", *(["requested"] if requested else []), *columns,
+              *(["balanced_away"] if with_balance else [])]
     if rows:
         rows.append(["all", *(sum(r[i] for r in rows) for i in range(1, len(header)))])
     return header, rows
@@ -294,11 +303,7 @@ def _cells(data: Dataset, classified: Classified) -> CellView:
     two main axes: kept per cell, coloured by the share of the requested count when known."""
     from promptbake.output import plots
 
-    requested: dict[str, tuple[dict[str, Any], int]] = {}
-    if data.spec is not None:
-        from promptbake.plan.expand import Expander
-
-        requested = {c.key: (c.values, c.count) for c in Expander(data.spec).cells()}
+    requested = {key: (cell.values, cell.count) for key, cell in data.requested.items()}
     cells: dict[str, dict[str, Any]] = {key: values for key, (values, _) in requested.items()}
     splits: dict[str, Counter[str]] = defaultdict(Counter)
     for meta, _ in data.kept:
@@ -473,15 +478,14 @@ def _sizes(manifest: dict[str, Any]) -> tuple[list[str], list[list[Any]], Any]:
     return ["size", *names, "total"], table, plot
 
 
-def _funnel(manifest: dict[str, Any]) -> Any:
+def _funnel(header: list[str], rows: list[list[Any]]) -> Markup | None:
     """Per category: kept, and what each stage dropped, as one stacked bar."""
     from promptbake.output import plots
 
-    header, rows = _category_table(manifest)
     rows = [r for r in rows if r[0] != "all"]
     if not rows:
         return None
-    stages = [c for c in header[1:] if c not in ("rows", "kept", "train", "test")]
+    stages = [c for c in header[1:] if c not in ("requested", "rows", "kept", "train", "test")]
     stacks = {"kept": [r[header.index("kept")] for r in rows]} if "kept" in header else {}
     stacks.update({s: [r[header.index(s)] for r in rows] for s in stages if any(r[header.index(s)] for r in rows)})
     return plots.stacked_bars("funnel", [r[0] for r in rows], stacks, "examples", STAGE_COLORS)
@@ -491,7 +495,7 @@ def dataset_context(data: Dataset, sample: int = SAMPLE) -> dict[str, Any]:
     classified = _classify(data)
     rows, sample_note = _sample(classified.rows, sample)
     cells = _cells(data, classified)
-    category_columns, category_rows = _category_table(data.manifest)
+    category_columns, category_rows = _category_table(data)
     diversity, diversity_plot, common_openings = _diversity(data)
     size_columns, size_rows, size_plot = _sizes(data.manifest)
     failed_requests = Counter((f["step"], (f["error"] or "")[:120]) for f in data.store.failures) if data.store else {}
@@ -507,7 +511,7 @@ def dataset_context(data: Dataset, sample: int = SAMPLE) -> dict[str, Any]:
         "failed_requests": sorted(failed_requests.items(), key=lambda kv: -kv[1]),
         "spec_text": data.store.spec_text if data.store else _spec_text(data.spec),
         "category_columns": category_columns, "category_rows": category_rows,
-        "funnel": _funnel(data.manifest),
+        "funnel": _funnel(category_columns, category_rows),
         "cells": cells,
         "dist": _distributions(data),
         "diversity": diversity, "diversity_plot": diversity_plot, "common_openings": common_openings,
