@@ -14,7 +14,7 @@ from promptbake.cli.main import cli
 @click.option("-o", "--output", type=click.Path(dir_okay=False),
               help="The HTML file to write (default: DIR/report.html, or EVAL with an .html suffix).")
 @click.option("--eval", "is_eval", is_flag=True,
-              help="SOURCE is an eval results file (implied for a .jsonl file).")
+              help="SOURCE is an eval results file (implied when SOURCE is a file, not a directory).")
 @click.option("--store", "store_path", type=click.Path(dir_okay=False),
               help="The run's store, for timings, failures, requested counts and dropped texts "
                    "(default: DIR/promptbake.db when it exists).")
