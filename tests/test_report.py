@@ -136,6 +136,13 @@ def test_run_writes_a_report_with_every_section_and_every_drop_explained(tmp_pat
     for cell, n in kept.items():
         assert re.search(rf"<td>{re.escape(cell)}</td><td class=\"n\">8</td>.*?<td class=\"n\">{n}</td>"
                          rf"<td class=\"n\">\d+</td><td class=\"n\">\d+</td></tr>", page), cell
+    # the subsets' category balance, next to the full train split's
+    sizes = manifest["sizes"]
+    for name in categories:
+        assert re.search(rf"<td>{name}</td><td class=\"n\">{sizes['4'][name]}</td><td class=\"n\">{sizes['8'][name]}"
+                         rf"</td><td class=\"n\">{categories[name]['train']}</td></tr>", page)
+    total = manifest["train"]
+    assert re.search(rf'<td>all</td><td class="n">4</td><td class="n">8</td><td class="n">{total}</td>', page)
     # diversity: the stand-in opens every rude reply the same way
     assert "“Ugh. Fine. (Customer…” ×" in html.unescape(page).replace("&#34;", '"')
 

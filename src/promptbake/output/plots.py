@@ -94,7 +94,7 @@ def stacked_bars(name: str, bars: Sequence[str], stacks: dict[str, list[float]],
     labels = [_short(b) for b in bars]
     for k, (stack, widths) in enumerate(stacks.items()):
         color = (colors or {}).get(stack, PALETTE[k % len(PALETTE)])
-        ax.barh(labels, widths, left=left, label=stack, color=color)
+        ax.barh(labels, widths, left=left, label=_short(stack, 26), color=color)
         left = [a + b for a, b in zip(left, widths, strict=True)]
     ax.tick_params(axis="y", labelsize=8)
     ax.invert_yaxis()
@@ -105,7 +105,7 @@ def stacked_bars(name: str, bars: Sequence[str], stacks: dict[str, list[float]],
 
 def _legend_below(fig: Figure, entries: int) -> None:
     """Under the plot, where it cannot hide a bar."""
-    fig.legend(loc="outside lower center", ncols=min(entries, 4), fontsize=8, frameon=False)
+    fig.legend(loc="outside lower center", ncols=min(entries, 3), fontsize=8, frameon=False)
 
 
 def grouped_bars(name: str, groups: Sequence[str], series: dict[str, list[float | None]], xlabel: str,

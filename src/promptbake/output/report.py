@@ -462,20 +462,21 @@ def _diversity(data: Dataset) -> tuple[list[dict[str, Any]], Any, list[tuple[str
     return table, plot, everywhere
 
 
-def _sizes(manifest: dict[str, Any]) -> tuple[list[str], list[list[Any]], Any]:
+def _sizes(manifest: dict[str, Any]) -> tuple[list[str], list[list[Any]], Markup | None]:
+    """Each nested subset's examples per category, and the full train split's, side by side."""
     from promptbake.output import plots
 
-    sizes = manifest.get("sizes") or {}
-    if not sizes:
+    if not manifest.get("sizes"):
         return [], [], None
-    names = sorted({c for counts in sizes.values() for c in counts})
-    table = [[n, *(counts.get(c, 0) for c in names), sum(counts.values())] for n, counts in sizes.items()]
     train = {name: c.get("train", 0) for name, c in manifest.get("categories", {}).items()}
-    table.append(["train", *(train.get(c, 0) for c in names), sum(train.values())])
-    shares = {c: [100 * row[i + 1] / row[-1] if row[-1] else 0 for row in table] for i, c in enumerate(names)}
-    plot = plots.stacked_bars("sizes", [f"train.{row[0]}" if row[0] != "train" else "train" for row in table],
-                              shares, "share of the subset per category (%)")
-    return ["size", *names, "total"], table, plot
+    subsets = {f"train.{n}": counts for n, counts in manifest["sizes"].items()} | {"train": train}
+    names = sorted({c for counts in subsets.values() for c in counts})
+    table = [[c, *(counts.get(c, 0) for counts in subsets.values())] for c in names]
+    totals = [sum(counts.values()) for counts in subsets.values()]
+    shares = {c: [100 * counts.get(c, 0) / total if total else 0 for counts, total in
+                  zip(subsets.values(), totals, strict=True)] for c in names}
+    plot = plots.stacked_bars("sizes", list(subsets), shares, "share of the subset per category (%)")
+    return ["category", *subsets], [*table, ["all", *totals]], plot
 
 
 def _funnel(header: list[str], rows: list[list[Any]]) -> Markup | None:
