@@ -98,6 +98,10 @@ def test_every_cell_gets_its_count_of_examples_that_pass_every_gate(tmp_path):
     for text in responder.judged:
         user, assistant = re.match(r"(?s).*\[user\]\n(.*)\n\n\[assistant\]\n(.*)\n\nFirst reason", text).groups()
         assert user != assistant
+    # the report shows the judge's scores and why each example was dropped
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert "No judge scores recorded" not in page
+    assert "judge: score 2 &lt; 4 — polite" in page and "filters: no_echo: repeats" in page
 
 
 def test_gated_rebuild_is_byte_identical_and_judges_nothing_again(tmp_path):

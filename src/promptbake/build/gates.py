@@ -78,15 +78,16 @@ class Gates:
     def _judged(self, example: Example) -> bool:
         for judge, verdicts in zip(self.spec.judge, self.verdicts, strict=True):
             name = judge.name or "judge"
+            by = "" if name == "judge" else f" by {name}"
             verdict = verdicts.get(example.id)
             score = verdict_score(verdict)
             if score is None:
-                self._drop(example, "judge", [f"{name}: no verdict"])
+                self._drop(example, "judge", [f"no verdict{by}"])
                 return False
             example.scores[name] = score
             if score < judge.min_score:
                 reasoning = verdict.get("reasoning") if isinstance(verdict, dict) else None
-                self._drop(example, "judge", [f"{name}: score {score} < {judge.min_score}"], score,
+                self._drop(example, "judge", [f"score {score} < {judge.min_score}{by}"], score,
                            reasoning if isinstance(reasoning, str) else None)
                 return False
         return True

@@ -177,14 +177,17 @@ def _judge_score(meta: dict[str, Any]) -> float | None:
 
 
 def _drop_reason(row: dict[str, Any]) -> str:
-    reason = str(row.get("gate") or row.get("reason") or "dropped")
+    """One line from a ``dropped.jsonl`` row: the gate and its reasons (``checks: regex: no match``,
+    ``judge: score 2 < 4 — too polite``), or the duplicate and what it duplicates."""
+    reason = str(row.get("reason") or "dropped")
+    if row.get("detail"):
+        reason += f": {row['detail']}"
+    if row.get("reasoning"):
+        reason += f" — {row['reasoning']}"
     if row.get("duplicate_of"):
         similarity = row.get("similarity")
         reason += f" duplicate of {row['duplicate_of']}" + (f" (similarity {similarity:.2f})"
                                                              if isinstance(similarity, float) else "")
-    for key in ("score", "detail", "why"):
-        if row.get(key) is not None:
-            reason += f"; {key}: {row[key]}"
     return reason
 
 
@@ -223,8 +226,8 @@ class Classified:
 
 def _classify(data: Dataset) -> Classified:
     """Kept rows come from the files; dropped ones are re-rendered from the store when it is here
-    (else listed from ``dropped.jsonl`` without text). Anything rendered that is neither kept, nor a
-    listed duplicate, nor failing the checks was cut by the cell's count or by balance."""
+    (else listed from ``dropped.jsonl`` without text). Anything rendered that is neither kept nor
+    listed there (a gate's drop or a duplicate) was cut by the cell's count or by balance."""
     rows = []
     for meta, train_row in data.kept:
         messages = train_row.get("messages", [])
@@ -236,18 +239,14 @@ def _classify(data: Dataset) -> Classified:
         rows += [Row("dropped", str(d.get("category", "")), "", "", "", _drop_reason(d)) for d in data.dropped]
         return Classified(rows, fates)
     kept_ids = {meta.get("id") for meta, _ in data.kept}
-    checks = data.spec.example.checks if data.spec is not None else None
     for ex in data.store.examples:
         key = ex.provenance.get("cell_key", "")
         fates[key]["generated"] += 1
         if ex.id in kept_ids:
             continue
         answer = last_assistant(ex.messages)
-        failed = checks.failures(answer) if checks is not None else []
         if ex.id in listed:
-            fate, reason = str(listed[ex.id].get("gate") or listed[ex.id].get("reason")), _drop_reason(listed[ex.id])
-        elif failed:
-            fate, reason = "checks", "checks: " + "; ".join(failed)
+            fate, reason = str(listed[ex.id].get("reason")), _drop_reason(listed[ex.id])
         else:
             fate, reason = "count/balance", "not needed: its cell already had its count, or balance left it out"
         fates[key][fate] += 1
