@@ -3,7 +3,7 @@
 Step 0's prompts are rendered when they are planned, but a later step's only once the answers it
 builds on exist, and the training example's only at build time: a typo there (``{{ replyy }}``)
 used to surface after the teacher had been paid. ``check_templates`` renders each step (with the
-variables it will really see) and the example, with placeholders standing for the answers.
+variables it will really see), the example and the judges, with placeholders for the answers.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from promptbake.plan.expand import Expander
+from promptbake.plan.judge import judge_steps
 from promptbake.plan.planner import MessageRenderer
 from promptbake.spec.models import Spec, Step
 
@@ -66,3 +67,6 @@ def check_templates(spec: Spec, expander: Expander) -> None:
     example.messages.render(variables)
     if example.rejected is not None:
         expander.templates.render(example.rejected, variables)
+    for i, (judge, step) in enumerate(zip(spec.judge, judge_steps(spec), strict=True)):
+        renderer = MessageRenderer(expander.templates, step.messages, f"{spec.where()}:judge[{i}]")
+        renderer.render({**variables, "example": "<example>", "criteria": judge.criteria})
