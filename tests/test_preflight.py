@@ -69,3 +69,16 @@ def test_fields_of_structured_answers_are_not_mistakes():
     text_field = JSON_STEP.replace("{{ reply }}", "{{ reply.text }}")  # a text answer has no fields
     result = CliRunner().invoke(cli, ["expand", str(write_spec(Path.cwd(), text_field)), "--dry-run"])
     assert result.exit_code == 2 and "example.messages[1].content:1:" in result.stderr
+
+
+def test_a_judge_template_typo_is_caught_before_anything_is_sent(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    Path("templates").mkdir()
+    Path("templates/judge.j2").write_text("Rate this:\n{{ exampel }}\n", encoding="utf-8")
+    spec = str(write_spec(Path.cwd(), MINIMAL_SPEC + "judge:\n  template: judge.j2\n"))
+    with FakeServer(responder=list_then_reply_responder()).running() as server:
+        result = CliRunner().invoke(cli, ["run", spec, "--out", "out", "--base-url", server.base_url, "-q"])
+        assert server.stats()["requests"] == 0
+    assert result.exit_code == 2 and "judge.j2:2: 'exampel' is undefined" in result.stderr, result.output
+    Path("templates/judge.j2").write_text("Rate this:\n{{ example }} against {{ place }}\n", encoding="utf-8")
+    assert CliRunner().invoke(cli, ["expand", spec, "--dry-run"]).exit_code == 0
