@@ -178,6 +178,21 @@ class SplitConfig(Strict):
         return self
 
 
+class DedupeStorage(Strict):
+    """A shared near-duplicate index in Redis (datasketch's ``storage_config``), so that several
+    machines building parts of one dataset dedupe against each other. ``basename`` names the index:
+    every machine of one dataset uses the same one. ``redis`` is passed to ``redis.Redis``; a value
+    may be ``{env: NAME, default: ...}`` so that a password stays out of the spec and manifest."""
+
+    type: Literal["redis"] = "redis"
+    redis: dict[str, Any] = Field(default_factory=lambda: {"host": "localhost", "port": 6379})
+    basename: str = Field(min_length=1)
+
+    def storage_config(self) -> dict[str, Any]:
+        """What ``datasketch.MinHashLSH(storage_config=...)`` takes."""
+        return {"type": self.type, "redis": self.redis, "basename": self.basename.encode("utf-8")}
+
+
 class DedupeConfig(Strict):
     enabled: bool = True
     fields: list[str] = Field(default_factory=lambda: ["user", "assistant"])
@@ -185,6 +200,7 @@ class DedupeConfig(Strict):
     threshold: float = Field(default=0.85, gt=0, le=1)
     num_perm: int = Field(default=128, ge=16)
     shingle: int = Field(default=3, ge=1)
+    storage: DedupeStorage | None = None  # None: the index lives in this process's memory
 
 
 class BalanceConfig(Strict):
