@@ -29,6 +29,19 @@ class Prices(Strict):
     output: float = Field(ge=0)
 
 
+class EndpointConfig(Strict):
+    """One server of a fleet (``teacher.endpoints``). Unset fields take the teacher section's
+    value; limits are this endpoint's own (each replica or account has its own)."""
+
+    base_url: str
+    model: str | None = None
+    api_key_env: str | None = None
+    rpm: float | None = Field(default=None, gt=0)
+    tpm: float | None = Field(default=None, gt=0)
+    concurrency: int | None = Field(default=None, ge=1)
+    weight: float = Field(default=1.0, gt=0)  # preference among endpoints that all have room
+
+
 class TeacherConfig(Strict):
     """Where the teacher lives and how hard we may push it. CLI flags override these."""
 
@@ -43,6 +56,7 @@ class TeacherConfig(Strict):
     timeout: float = Field(default=120.0, gt=0)
     structured_output: Literal["auto", "json_schema", "json_object", "none"] = "auto"
     prices: dict[str, Prices] = Field(default_factory=dict)
+    endpoints: list[EndpointConfig] = Field(default_factory=list)  # several servers instead of base_url
 
     @model_validator(mode="before")
     @classmethod

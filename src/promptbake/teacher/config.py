@@ -26,6 +26,7 @@ class TeacherOverrides:
 
     teacher_kind: str | None = None
     base_url: str | None = None
+    endpoints: tuple[str, ...] = ()  # --base-url given more than once: one endpoint each
     model: str | None = None
     api_key_env: str | None = None
     rpm: float | None = None
@@ -50,6 +51,10 @@ def merge(config: TeacherConfig, overrides: TeacherOverrides) -> TeacherConfig:
     }
     data = config.model_dump()
     data.update({k: v for k, v in changes.items() if v is not None})
+    if overrides.base_url is not None:
+        data["endpoints"] = []  # one URL on the command line replaces the spec's fleet
+    if overrides.endpoints:
+        data["endpoints"] = [{"base_url": url} for url in overrides.endpoints]
     if overrides.teacher_kind == "local" and overrides.model is None:
         data["model"] = None  # the spec's remote model name means nothing to the local server
     return TeacherConfig.model_validate(data)
@@ -78,6 +83,13 @@ def remote_endpoint(config: TeacherConfig) -> Endpoint:
 def open_teacher(config: TeacherConfig) -> Iterator[tuple[Endpoint, TeacherConfig]]:
     """The endpoint to talk to, and the config with limits fitting it. A local teacher's server
     lives exactly as long as this block (stopped on errors and Ctrl-C too)."""
+    if config.kind == "remote" and config.endpoints:
+        from promptbake.teacher.endpoints import fleet_model
+
+        # requests are planned under the fleet's model; the pool sends them to its endpoints
+        first = config.endpoints[0]
+        yield Endpoint(base_url=first.base_url.rstrip("/"), model=fleet_model(config)), config
+        return
     if config.kind == "remote":
         yield remote_endpoint(config), config
         return
