@@ -10,10 +10,10 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from promptbake.errors import InputError
-from promptbake.spec.models import TeacherConfig
+from promptbake.spec.models import EndpointConfig, TeacherConfig
 from promptbake.teacher.client import Endpoint
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
@@ -93,10 +93,15 @@ def open_teacher(config: TeacherConfig) -> Iterator[tuple[Endpoint, TeacherConfi
     if config.kind == "remote":
         yield remote_endpoint(config), config
         return
-    from promptbake.teacher.local import local_server
+    from promptbake.teacher.local import local_servers
 
-    with local_server() as server:
-        endpoint = Endpoint(base_url=server.base_url, model=model_name(config), api_key=None)
-        # llama.cpp answers one request at a time on 2 cores: more in flight only queues
-        limited = config.model_copy(update={"concurrency": min(config.concurrency, server.concurrency)})
-        yield replace(endpoint), limited
+    with local_servers() as servers:
+        model = model_name(config)
+        first = Endpoint(base_url=servers[0].base_url, model=model, api_key=None)
+        # llama.cpp answers one request at a time per server: more in flight only queues
+        if len(servers) == 1:
+            yield first, config.model_copy(update={"concurrency": min(config.concurrency, servers[0].concurrency)})
+            return
+        # one server per core behind the endpoints layer: each core answers its own request
+        endpoints = [EndpointConfig(base_url=s.base_url, model=model, concurrency=s.concurrency) for s in servers]
+        yield first, config.model_copy(update={"endpoints": endpoints})

@@ -247,7 +247,7 @@ def fleet_model(config: TeacherConfig) -> str:
 async def connect(endpoint: Endpoint, config: TeacherConfig) -> AsyncIterator[tuple[ChatClient, Limiter | Fleet]]:
     """The client and limiter the pool runs with: one endpoint's, or a :class:`Fleet` over
     ``config.endpoints`` (then the client is only a fallback; each permit names its own)."""
-    if not config.endpoints or config.kind != "remote":
+    if not config.endpoints:
         async with ChatClient(endpoint, concurrency=config.concurrency, timeout=config.timeout) as client:
             yield client, Limiter(rpm=config.rpm, tpm=config.tpm, concurrency=config.concurrency)
         return
@@ -259,8 +259,10 @@ async def connect(endpoint: Endpoint, config: TeacherConfig) -> AsyncIterator[tu
                 "api_key_env": spec.api_key_env or config.api_key_env,
             })
             concurrency = spec.concurrency or config.concurrency
+            # the local servers we started get no API key (the remote check would send one)
+            where = remote_endpoint(own) if config.kind == "remote" else Endpoint(spec.base_url, own.model or "")
             client = await stack.enter_async_context(
-                ChatClient(remote_endpoint(own), concurrency=concurrency, timeout=config.timeout))
+                ChatClient(where, concurrency=concurrency, timeout=config.timeout))
             limiter = Limiter(rpm=spec.rpm or config.rpm, tpm=spec.tpm or config.tpm, concurrency=concurrency)
             members.append((client.endpoint, client, limiter, spec.weight))
         fleet = Fleet(members)
