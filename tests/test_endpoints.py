@@ -242,3 +242,27 @@ def test_one_base_url_flag_replaces_the_specs_endpoints_and_several_make_them():
     assert [(e.base_url, e.rpm) for e in several.endpoints] == [("http://c/v1", None), ("http://d/v1", None)]
     assert several.rpm == 3000  # each endpoint takes the teacher's limits: 3,000 RPM apiece
     assert merge(config, TeacherOverrides()).endpoints == config.endpoints
+
+
+def test_failures_of_attempts_sent_before_a_take_out_do_not_extend_it():
+    async def scenario() -> tuple[int, int, float]:
+        dead = f"http://127.0.0.1:{_free_port()}/v1"
+        with FakeServer(latency_ms=20).running() as alive:
+            async with ChatClient(Endpoint(dead, "m1")) as cd, ChatClient(Endpoint(alive.base_url, "m1")) as ca:
+                fleet = Fleet([(cd.endpoint, cd, Limiter(concurrency=16), 1.0),
+                               (ca.endpoint, ca, Limiter(concurrency=16), 1.0)])
+                pool = Pool(ca, fleet, max_attempts=4, cost=lambda *args: 0.0)  # type: ignore[arg-type]
+                outcomes = []
+
+                async def sink(outcome: object) -> None:
+                    outcomes.append(outcome)
+
+                jobs = [Job(str(i), {"model": "m1", "messages": [{"role": "user", "content": str(i)}]}, 10)
+                        for i in range(100)]
+                await pool.run(jobs, sink)  # well under the first 1 s out
+                member = fleet.members[0]
+                return sum(o.ok for o in outcomes), member.stats.taken_out, member.backoff
+
+    ok, taken_out, backoff = asyncio.run(scenario())
+    assert ok == 100
+    assert taken_out == 1 and backoff == 2.0  # 16 refused at once are one failure of the endpoint

@@ -414,19 +414,6 @@ def _owner(found: list[bytes], item: _Prepared) -> str | None:
     return None if owner == item.example.id else owner
 
 
-def _inner_pairs(bands: np.ndarray) -> dict[int, list[int]]:
-    """LSH candidates within one chunk: row -> the earlier rows sharing one of its bands."""
-    pairs: set[tuple[int, int]] = set()
-    for t in range(bands.shape[1]):
-        order = np.argsort(bands[:, t], kind="stable")
-        rows, earlier = _equal_pairs(bands[order, t], order, bands[:, t])
-        pairs.update(zip(rows[earlier < rows].tolist(), earlier[earlier < rows].tolist(), strict=True))
-    inner: dict[int, list[int]] = {}
-    for row, earlier in sorted(pairs):
-        inner.setdefault(row, []).append(earlier)
-    return inner
-
-
 class Deduper:
     """Streams examples against everything kept (or seeded) so far.
 
@@ -474,9 +461,11 @@ class Deduper:
         bands = self._bands.hashes(sigs)
         exact = self._index.exact(chunk)
         nearest = self._index.nearest([chunk[i] for i in signed], sigs, bands)
-        inner = _inner_pairs(bands)
+        # The chunk's own kept rows, by band hash: only kept rows are ever candidates, so a chunk
+        # of a thousand copies of one refusal costs a thousand lookups, not a million pairs.
+        buckets: list[dict[int, list[int]]] = [{} for _ in range(self._bands.count)]
+        band_rows = bands.tolist()
         decisions: list[Dropped | None] = []
-        kept_rows: set[int] = set()
         first_seen: dict[bytes, str] = {}
         for i, item in enumerate(chunk):
             ex = item.example
@@ -487,15 +476,16 @@ class Deduper:
             row = row_of.get(i)
             if row is not None:
                 best = nearest[row]
-                for earlier in inner.get(row, ()):
-                    if earlier in kept_rows:  # registered later than the index's: wins only if better
-                        score = float(_similarity(sigs[earlier], sigs[row]))
-                        if best is None or score > best[1]:
-                            best = (chunk[signed[earlier]].example.id, score)
+                earlier = {e for t, h in enumerate(band_rows[row]) for e in buckets[t].get(h, ())}
+                for e in sorted(earlier):  # registered after the index's: wins only if better
+                    score = float(_similarity(sigs[e], sigs[row]))
+                    if best is None or score > best[1]:
+                        best = (chunk[signed[e]].example.id, score)
                 if best is not None and best[1] >= self.config.threshold:
                     decisions.append(Dropped(ex.id, ex.category, "near", best[0], best[1]))
                     continue
-                kept_rows.add(row)
+                for t, h in enumerate(band_rows[row]):
+                    buckets[t].setdefault(h, []).append(row)
             first_seen.setdefault(item.key, ex.id)
             decisions.append(None)
         kept = [i for i, d in enumerate(decisions) if d is None]

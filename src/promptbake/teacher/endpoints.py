@@ -91,6 +91,7 @@ class _Member:
         self.stats = EndpointStats()
         self.streak = 0
         self.out_until = float("-inf")
+        self.out_since = float("-inf")  # when it was last taken out
         self.probing = False  # back from a time-out: one request at a time until one succeeds
         self.backoff = BACKOFF_START
         self.recent: float | None = None  # EWMA of latency, seconds
@@ -129,7 +130,7 @@ class _MemberClient:
         try:
             result = await member.client.chat(body)
         except AttemptError as exc:
-            self.fleet.failed(member, exc)
+            self.fleet.failed(member, exc, start)
             raise
         self.fleet.answered(member, result, start)
         return result
@@ -219,14 +220,15 @@ class Fleet:
         if member.recent > LATENCY_RISE * member.floor and member.recent - member.floor > LATENCY_SLACK_S:
             member.limiter.concurrency.decrease(start)  # once per round trip, like a 429
 
-    def failed(self, member: _Member, exc: AttemptError) -> None:
+    def failed(self, member: _Member, exc: AttemptError, start: float) -> None:
         member.stats.errors[exc.kind] += 1
         unhealthy = exc.kind in ("connection", "timeout") or (exc.status or 0) >= 500
-        if not unhealthy or isinstance(exc, RateLimited):
-            return
+        if not unhealthy or isinstance(exc, RateLimited) or start < member.out_since:
+            return  # an attempt sent before the last take-out says nothing new about the endpoint
         member.streak += 1
         if member.probing or member.streak >= STREAK:
-            member.out_until = self.clock() + member.backoff
+            member.out_since = self.clock()
+            member.out_until = member.out_since + member.backoff
             member.backoff = min(member.backoff * 2, BACKOFF_CAP)
             member.probing = True
             member.streak = 0
