@@ -266,3 +266,12 @@ def test_failures_of_attempts_sent_before_a_take_out_do_not_extend_it():
     ok, taken_out, backoff = asyncio.run(scenario())
     assert ok == 100
     assert taken_out == 1 and backoff == 2.0  # 16 refused at once are one failure of the endpoint
+
+
+def test_a_fleet_of_models_is_priced_at_its_dearest_for_the_budget():
+    from promptbake.teacher.pricing import PriceTable
+
+    prices = PriceTable()
+    assert prices.lookup("gpt-4o-mini+gpt-4o") == prices.lookup("gpt-4o")
+    assert prices.lookup("gpt-4o-mini+my-vllm-model") == prices.lookup("gpt-4o-mini")
+    assert prices.lookup("a-model+b-model") is None
