@@ -36,7 +36,7 @@ def jobs(n: int) -> Iterator[Job]:
         body = {"model": MODEL_ALIAS, "max_tokens": 64, "temperature": 0.7, "seed": i, "messages": [
             {"role": "user", "content": f"Write what an angry customer says about {TOPICS[i % len(TOPICS)]}."}]}
         yield Job(str(i), body, est_tokens=100)
-    structured = {"model": MODEL_ALIAS, "max_tokens": 64, "temperature": 0.7, "seed": 1,
+    structured = {"model": MODEL_ALIAS, "max_tokens": 160, "temperature": 0.7, "seed": 1,
                   "response_format": {"type": "json_object", "schema": LIST_SCHEMA},
                   "messages": [{"role": "user", "content": "List 3 complaints as a JSON list of strings."}]}
     yield Job("json", structured, est_tokens=100)
@@ -84,9 +84,12 @@ def main() -> None:
         with setup() as (endpoint, config):
             rate, ok, listed = asyncio.run(measure(endpoint, config, args.requests))
         results[name] = rate
-        valid = isinstance(json.loads(listed), list)
+        try:
+            valid = f"valid: {isinstance(json.loads(listed, strict=False), list)}"
+        except ValueError as exc:
+            valid = f"invalid ({exc})"
         print(f"{name}: {rate:.1f} completion tok/s, {ok} of {args.requests + 1} ok; "
-              f"grammar-constrained JSON list valid: {valid} ({listed.strip()[:80]})")
+              f"grammar-constrained JSON list {valid}: {listed.strip()[:80]!r}")
     before, now = results.values()
     print(f"ratio now / before: {now / before:.2f}x (load average after: {os.getloadavg()})")
 
