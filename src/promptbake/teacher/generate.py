@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from promptbake.teacher.client import ChatClient, ChatResult, Endpoint
 from promptbake.errors import BudgetExceeded
@@ -25,6 +25,9 @@ from promptbake.teacher.pricing import PriceTable
 from promptbake.spec.models import Spec, Step, TeacherConfig
 from promptbake.store.db import AttemptRow, ResultRow, Store, StoredRequest
 
+if TYPE_CHECKING:
+    from promptbake.teacher.batch import BatchOptions, BatchTotals
+
 
 @dataclass
 class StepJob(Job):
@@ -36,6 +39,7 @@ class GenerateOptions:
     no_cache: bool = False
     max_cost: float | None = None
     progress: bool = True
+    batch: BatchOptions | None = None  # --batch: steps go through the Batch API, not the online pool
 
 
 @dataclass
@@ -58,6 +62,7 @@ class GenerateReport:
     attempts: int = 0
     rate_limited: int = 0
     stopped_for_budget: bool = False
+    batch: BatchTotals | None = None  # set in batch mode
 
 
 def _checker(step: Step) -> Callable[[ChatResult], Any]:
@@ -163,15 +168,23 @@ class Generation:
             elif not outcome.abandoned:
                 report.failed += 1
 
-        stats = await send_to_store(
-            self.store,
-            self.endpoint,
-            self.config,
-            self._jobs(k, round_, step),
-            progress=Progress(self.options.progress, total, f"{step.name} (round {round_})"),
-            max_cost=None if self.options.max_cost is None else self.options.max_cost - self.report.spent,
-            on_outcome=count,
-        )
+        progress = Progress(self.options.progress, total, f"{step.name} (round {round_})")
+        budget = None if self.options.max_cost is None else self.options.max_cost - self.report.spent
+        if self.options.batch is not None:
+            from promptbake.teacher.batch import send_step_batches
+
+            stats = await send_step_batches(self, k, round_, step, progress=progress, max_cost=budget,
+                                            on_outcome=count)
+        else:
+            stats = await send_to_store(
+                self.store,
+                self.endpoint,
+                self.config,
+                self._jobs(k, round_, step),
+                progress=progress,
+                max_cost=budget,
+                on_outcome=count,
+            )
         self.report.spent += stats.cost
         self.report.prompt_tokens += stats.prompt_tokens
         self.report.completion_tokens += stats.completion_tokens
