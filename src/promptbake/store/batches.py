@@ -183,3 +183,36 @@ def _errors_text(errors: Any) -> str | None:
         parts.append(f"{error.get('code') or 'error'}: {error.get('message') or ''}{line}")
     more = f"; and {len(data) - 5} more" if len(data) > 5 else ""
     return "; ".join(parts) + more
+
+
+@dataclass
+class Holder:
+    """A current request waiting for the answer a custom_id (cache key) carries."""
+
+    request_id: str
+    spec_name: str
+    step_index: int
+    status: str
+    attempts: int
+    model: str
+
+
+def holders(store: Store, custom_id: str) -> list[Holder]:
+    """Current requests with this cache key, in plan order (offline import)."""
+    rows = store.db.execute(
+        "SELECT id, spec_name, step_index, status, attempts, COALESCE(json_extract(body, '$.model'), '') "
+        "FROM requests WHERE cache_key = ? AND current = 1 ORDER BY spec_name, step_index, ord",
+        (custom_id,),
+    )
+    return [Holder(*row) for row in rows]
+
+
+def exhausted(store: Store, spec_name: str, step_index: int, max_attempts: int) -> set[str]:
+    """Ids of failed requests that used every attempt: an offline export leaves them out."""
+    rows = store.db.execute(
+        "SELECT id FROM requests WHERE spec_name = ? AND step_index = ? AND current = 1 AND status = 'failed' "
+        "AND attempts >= ?",
+        (spec_name, step_index, max_attempts),
+    )
+    return {row[0] for row in rows}
+

@@ -202,9 +202,6 @@ async def send_step_batches(generation: Generation, k: int, round_: int, step: S
                             max_cost: float | None, on_outcome: Callable[[Outcome], None]) -> PoolStats:
     """Generation's seam into batch mode: one step of one round, like ``send_to_store``."""
     config = generation.config
-    if config.kind == "local":
-        raise InputError("--batch needs a remote server with the Batch API; the local teacher has none "
-                         "(run without --batch, or use `promptbake batch export` for vLLM's run_batch)")
     options = generation.options.batch
     assert options is not None
     if generation.report.batch is None:
@@ -442,32 +439,12 @@ class BatchRun:
             self._account(outcome, final)
 
     def _outcome(self, item: Item, line: LineResult, age_ms: float) -> tuple[Outcome, bool]:
-        """The line as the pool would have reported the attempt; and whether to try again."""
-        cid = item.custom_id
-        job = StepJob(id=item.request_id, body={"model": item.model}, est_tokens=0, cache_key=cid)
-        number = self.tries[cid]
-        if not line.ok:
-            kind = f"http_{line.status}" if line.status else (line.code or "batch_error")
-            attempt = Attempt(number, line.status, kind, line.error, age_ms)
-            return Outcome(job, False, None, None, [attempt], line.error), line.retryable
-        try:
-            result = _result(line.body or {}, job.body, None)
-        except (ValueError, KeyError, TypeError, IndexError, AttributeError):
-            error = f"unparseable answer: {str(line.body)[:120]!r}"
-            return Outcome(job, False, None, None, [Attempt(number, 200, "bad_body", error, age_ms)], error), True
-        model = item.model or result.model
-        cost = self.prices.batch_cost(model, result.prompt_tokens, result.completion_tokens)
-        attempt = Attempt(number, 200, None, None, age_ms, result.prompt_tokens, result.completion_tokens, cost)
-        self.totals.cost += cost
-        self.totals.online_cost += self.prices.cost(model, result.prompt_tokens, result.completion_tokens)
-        try:
-            parsed = self.scope.check(result)
-        except ResponseRejected as exc:
-            attempt.error_kind, attempt.error = "rejected", str(exc)
-            attempt.raw = exc.raw or "\n\n".join(result.contents)
-            self.rejections[cid] += 1
-            return Outcome(job, False, result, None, [attempt], str(exc)), True
-        return Outcome(job, True, result, parsed, [attempt], None), False
+        answer = line_outcome(item, line, self.tries[item.custom_id], self.scope.check, self.prices, age_ms)
+        self.totals.cost += answer.cost
+        self.totals.online_cost += answer.online_cost
+        if answer.rejected:
+            self.rejections[item.custom_id] += 1
+        return answer.outcome, answer.retryable
 
     def _account(self, outcome: Outcome, final: bool) -> None:
         stats = self.stats
@@ -485,3 +462,104 @@ class BatchRun:
         else:
             stats.failed += 1
         self.on_outcome(outcome)
+
+
+@dataclass
+class LineOutcome:
+    outcome: Outcome
+    retryable: bool  # a failure another attempt may fix
+    rejected: bool = False  # answered, but the step could not use the answer
+    cost: float = 0.0  # at batch prices
+    online_cost: float = 0.0  # the same tokens at online prices
+
+
+def line_outcome(item: Item, line: LineResult, number: int, check: Callable[[ChatResult], Any],
+                 prices: PriceTable, age_ms: float = 0.0) -> LineOutcome:
+    """One output line as the pool would have reported the attempt, ready for ``result_row``."""
+    job = StepJob(id=item.request_id, body={"model": item.model}, est_tokens=0, cache_key=item.custom_id)
+    if not line.ok:
+        kind = f"http_{line.status}" if line.status else (line.code or "batch_error")
+        attempt = Attempt(number, line.status, kind, line.error, age_ms)
+        return LineOutcome(Outcome(job, False, None, None, [attempt], line.error), line.retryable)
+    try:
+        result = _result(line.body or {}, job.body, None)
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+        error = f"unparseable answer: {str(line.body)[:120]!r}"
+        return LineOutcome(Outcome(job, False, None, None, [Attempt(number, 200, "bad_body", error, age_ms)], error),
+                           True)
+    model = item.model or result.model
+    cost = prices.batch_cost(model, result.prompt_tokens, result.completion_tokens)
+    online = prices.cost(model, result.prompt_tokens, result.completion_tokens)
+    attempt = Attempt(number, 200, None, None, age_ms, result.prompt_tokens, result.completion_tokens, cost)
+    try:
+        parsed = check(result)
+    except ResponseRejected as exc:
+        attempt.error_kind, attempt.error = "rejected", str(exc)
+        attempt.raw = exc.raw or "\n\n".join(result.contents)
+        return LineOutcome(Outcome(job, False, result, None, [attempt], str(exc)), True, True, cost, online)
+    return LineOutcome(Outcome(job, True, result, parsed, [attempt], None), False, False, cost, online)
+
+
+def _endpoint_for(base_url: str, api_key_env: str) -> Endpoint:
+    import os
+
+    return Endpoint(base_url=base_url, model="", api_key=os.environ.get(api_key_env) or None)
+
+
+async def _refresh(files: list[BatchFile], api_key_env: str, act: str) -> list[tuple[BatchFile, dict[str, Any]]]:
+    """Ask each open batch's provider about it (``act``: "retrieve" or "cancel")."""
+    answers = []
+    for base_url in sorted({f.base_url for f in files}):
+        async with BatchApi(_endpoint_for(base_url, api_key_env)) as api:
+            for file in files:
+                if file.base_url == base_url and file.batch_id and file.status not in TERMINAL:
+                    call = api.cancel if act == "cancel" else api.retrieve
+                    answers.append((file, await call(file.batch_id)))
+    return answers
+
+
+def batch_status(store_path: str, *, refresh: bool = True, api_key_env: str = "OPENAI_API_KEY") -> list[BatchFile]:
+    """Every batch file of a store, the open ones as their provider sees them now (read-only:
+    works while a run holds the store)."""
+    _must_exist(store_path)
+    with Store(store_path, lock=False) as store:
+        files = BatchLedger(store).all_files()
+    if refresh:
+        for file, batch in asyncio.run(_refresh([f for f in files if f.collected_at is None], api_key_env,
+                                                "retrieve")):
+            file.status, file.counts = batch["status"], batch.get("request_counts") or file.counts
+    return files
+
+
+def cancel_batches(store_path: str, *, api_key_env: str = "OPENAI_API_KEY") -> list[BatchFile]:
+    """Cancel every open batch of a store; the next run keeps what they completed and re-submits
+    the rest. Takes the store's lock: a run in progress would re-submit at once."""
+    _must_exist(store_path)
+    with Store(store_path) as store:
+        ledger = BatchLedger(store)
+        cancelled = []
+        for file, batch in asyncio.run(_refresh(ledger.open_files(), api_key_env, "cancel")):
+            ledger.set_batch(file, batch)
+            cancelled.append(file)
+    return cancelled
+
+
+def _must_exist(store_path: str) -> None:
+    from pathlib import Path
+
+    if not Path(store_path).exists():
+        raise InputError(f"{store_path}: no such store")
+
+
+def format_files(files: list[BatchFile]) -> str:
+    """One line per batch file: what `batch status` prints."""
+    if not files:
+        return "no batches in this store"
+    lines = []
+    for f in files:
+        counts = f.counts or {}
+        state = "collected" if f.collected_at else "open"
+        lines.append(f"{f.batch_id or '-'}\t{f.spec_name} step {f.step_index} round {f.round}\t{f.status}\t"
+                     f"{counts.get('completed', 0)}/{counts.get('failed', 0)}/{f.lines} done/failed/requests\t"
+                     f"{state}\t{f.file_id or '-'}\t{f.base_url}")
+    return "\n".join(lines)

@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from promptbake.errors import InputError
 from promptbake.plan.expand import Expander
 from promptbake.teacher.generate import GenerateOptions, GenerateReport, Generation
 from promptbake.records import Example
@@ -63,11 +64,13 @@ def generate(
     for cells that dedupe or parse failures left short, up to ``spec.max_rounds``."""
     options = options or GenerateOptions()
     config = merge(spec.teacher, overrides or TeacherOverrides())
+    if options.batch is not None and config.kind == "local":
+        raise InputError("--batch needs a remote server with the Batch API; the local teacher has none (run "
+                         "without --batch, or use `promptbake batch export` for vLLM's run_batch)")
     expander = Expander(spec)
     with Store(store_path) as store, open_teacher(config) as (endpoint, config):
         run_id = store.start_run(spec.name, spec.spec_hash(), command)
-        store.save_spec(spec.name, spec.spec_hash(), str(spec.path or ""), spec_text(spec))
-        store.save_cells(spec.name, expander.cells())
+        save_run_context(spec, store, expander)
         generation = Generation(spec, store, expander, endpoint, config, options)
         report = RunReport(generation.report)
         status = "failed"
@@ -112,6 +115,12 @@ def run(
     with Store(store_path) as store:
         report.build = build(spec, store, out_dir, formats=formats, seed=seed, existing=existing)
     return report
+
+
+def save_run_context(spec: Spec, store: Store, expander: Expander) -> None:
+    """What ``build STORE`` and later rounds need from the spec: its text and its cells."""
+    store.save_spec(spec.name, spec.spec_hash(), str(spec.path or ""), spec_text(spec))
+    store.save_cells(spec.name, expander.cells())
 
 
 def spec_text(spec: Spec) -> str:
