@@ -267,3 +267,40 @@ def test_batch_max_lines_needs_batch(tmp_path):
     result = invoke("generate", str(write_spec(tmp_path)), "--batch-max-lines", "10")
     assert result.exit_code == 2
     assert "--batch-max-lines needs --batch" in result.output
+
+
+def test_progress_bar_counts_requests_across_open_batches_with_their_status(tmp_path):
+    """On a terminal, one bar per step over the requests the open batches completed, with the
+    provider's status of each batch and the spend."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import subprocess
+    import sys
+    import termios
+
+    spec = write_spec(tmp_path)
+    with FakeServer(responder=pure_grid_responder(), batch_polls=3).running() as srv:
+        leader, follower = pty.openpty()
+        fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 160, 0, 0))
+        env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+        proc = subprocess.Popen([sys.executable, "-m", "promptbake", "generate", str(spec), "--store", "s.db",
+                                 "--base-url", srv.base_url, "--batch", "--batch-poll", "0.2"],
+                                cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, stdout=follower, stderr=follower)
+        os.close(follower)
+        chunks = []
+        while True:
+            try:
+                data = os.read(leader, 65536)
+            except OSError:  # the child closed the terminal
+                break
+            if not data:
+                break
+            chunks.append(data)
+        assert proc.wait(60) == 0
+        os.close(leader)
+    screen = b"".join(chunks).decode(errors="replace")
+    assert "ask (round 0):  50%" in screen and "2/4" in screen, screen  # partway, from the provider's counts
+    assert "batches: 1 in_progress" in screen and "batches: 1 completed" in screen, screen
+    assert "8/8" in screen, screen

@@ -393,7 +393,7 @@ class BatchRun:
         statuses = Counter(f.status for f in files)
         bar.total = sum(f.lines for f in files)
         bar.n = sum(f.lines if f.collected_at else min(f.done, f.lines) for f in files)
-        bar.set_postfix_str(", ".join(f"{n} {s}" for s, n in sorted(statuses.items()))
+        bar.set_postfix_str("batches: " + ", ".join(f"{n} {s}" for s, n in sorted(statuses.items()))
                             + f", ${self.stats.cost:.4f}, {self.stats.failed} failed", refresh=False)
         bar.refresh()
 
