@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from fakeserver import FakeServer
-from relkit import cli_env, promptbake, pure_answer, statuses, text_spec
+from relkit import cli_env, promptbake, pure_answer, reference_run, statuses, text_spec
 
 HERE = Path(__file__).resolve().parent
 SPEC = text_spec(4, 5, 5)  # 100 requests in one step
@@ -26,12 +26,8 @@ def run_args(base_url: str, *extra: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("online")
-    (root / "spec.yaml").write_text(SPEC, encoding="utf-8")
-    with FakeServer(responder=pure_answer).running() as srv:
-        done = promptbake(*run_args(srv.base_url), cwd=root)
-    assert done.returncode == 0, done.stderr
-    return root / "out"
+    """An online run of the same spec against the same (pure-function) teacher."""
+    return reference_run(tmp_path_factory.mktemp("online"), SPEC, run_args)
 
 
 @pytest.mark.parametrize("point, at_kill", [
