@@ -401,6 +401,7 @@ class FakeServer:
         return file_id
 
     async def _file_upload(self, request: web.Request) -> web.Response:
+        self.auth_headers.append(request.headers.get("Authorization"))
         form = await request.post()
         upload, purpose = form.get("file"), str(form.get("purpose"))
         if not isinstance(upload, web.FileField) or purpose != "batch":

@@ -111,8 +111,7 @@ class BatchApi:
         await self._client.close()
 
     def _scrub(self, text: str) -> str:
-        key = self.endpoint.api_key
-        return text.replace(key, "***") if key else text
+        return scrub(text, self.endpoint.api_key)
 
     @contextlib.contextmanager
     def _errors(self, what: str, hint: str = "") -> Iterator[None]:
@@ -187,6 +186,11 @@ class BatchApi:
                 async for text in response.iter_lines():
                     if text.strip():
                         yield text
+
+
+def scrub(text: str, key: str | None) -> str:
+    """The text with the API key blotted out: providers may echo what they were sent."""
+    return text.replace(key, "***") if key else text
 
 
 def _message(exc: Any) -> str:
@@ -411,6 +415,8 @@ class BatchRun:
                 return
             cid = line.custom_id
             self.tries[cid] += 1
+            if line.error:
+                line.error = scrub(line.error, self.endpoint.api_key)
             outcome, retry = self._outcome(group[0], line, age)
             final = outcome.ok or not retry or self.tries[cid] >= self.max_attempts
             if not outcome.ok and final:
