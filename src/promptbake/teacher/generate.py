@@ -14,16 +14,16 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from promptbake.teacher.client import ChatClient, ChatResult, Endpoint
 from promptbake.errors import BudgetExceeded
 from promptbake.plan.expand import Expander
-from promptbake.teacher.limiter import Limiter
-from promptbake.teacher.parse import parse_choices
 from promptbake.plan.planner import Planner
-from promptbake.teacher.pool import Job, Outcome, Pool, PoolStats
-from promptbake.teacher.pricing import PriceTable
 from promptbake.spec.models import Spec, Step, TeacherConfig
 from promptbake.store.db import AttemptRow, ResultRow, Store, StoredRequest
+from promptbake.teacher.client import ChatClient, ChatResult, Endpoint
+from promptbake.teacher.limiter import Limiter
+from promptbake.teacher.parse import parse_choices
+from promptbake.teacher.pool import Job, Outcome, Pool, PoolStats
+from promptbake.teacher.pricing import PriceTable
 
 if TYPE_CHECKING:
     from promptbake.teacher.batch import BatchOptions, BatchTotals

@@ -13,11 +13,11 @@ import yaml
 
 from promptbake.errors import InputError
 from promptbake.plan.expand import Expander
-from promptbake.teacher.generate import GenerateOptions, GenerateReport, Generation
 from promptbake.records import Example
 from promptbake.spec.models import Spec
 from promptbake.store.db import Store
 from promptbake.teacher.config import TeacherOverrides, merge, open_teacher
+from promptbake.teacher.generate import GenerateOptions, GenerateReport, Generation
 
 
 @dataclass
