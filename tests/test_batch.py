@@ -99,6 +99,24 @@ def test_identical_requests_are_submitted_once(tmp_path):
     assert statuses(tmp_path / "s.db") == {"ok": STEP0 + STEP1}
 
 
+def test_identical_requests_across_files_share_one_line(tmp_path):
+    """With one request per file, a request identical to one in an already submitted file joins
+    that file's answer instead of going out again."""
+    spec = write_spec(tmp_path)
+
+    def respond(body: dict) -> str:
+        if body["messages"][0]["role"] != "system":
+            return json.dumps(["I want a refund.", "Where is the manager?"])
+        return "No."
+
+    with FakeServer(responder=respond).running() as srv:
+        result = invoke("generate", str(spec), "--store", "s.db", *batch_args(srv, "--batch-max-lines", "1"))
+        assert result.exit_code == 0, result.output
+        assert [len(f) for f in uploaded_lines(srv)] == [1, 1, 1, 1, 1, 1]  # 4 asks, then 2 distinct replies
+        assert srv.batch_lines == STEP0 + 2
+    assert statuses(tmp_path / "s.db") == {"ok": STEP0 + STEP1}
+
+
 def _flaky(fail_first: set[int], always: set[int]):
     """Number distinct replies as they arrive; fail the ``fail_first`` ones once (a 500) and the
     ``always`` ones every time (a 400)."""
@@ -180,6 +198,7 @@ def test_an_oversized_file_is_refused_with_a_way_out(tmp_path):
         error = [line for line in result.output.splitlines() if line.startswith("Error:")]
         assert len(error) == 1 and "--batch-max-lines" in error[0] and "HTTP 400" in error[0], result.output
         assert srv.uploads == [] and srv.batches == {}
+        assert "no batches in this store" in invoke("batch", "status", "s.db").output  # nothing left open
         result = invoke("generate", str(spec), "--store", "s.db", *batch_args(srv, "--batch-max-lines", "3"))
         assert result.exit_code == 0, result.output
         assert [len(f) for f in uploaded_lines(srv)] == [3, 1, 3, 3, 2]

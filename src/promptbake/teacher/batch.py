@@ -87,6 +87,10 @@ class Scope:
     reseed: bool
 
 
+class UploadRefused(TeacherError):
+    """The provider answered the upload with an error: no file exists at its end."""
+
+
 class BatchApi:
     """Files and batches at an OpenAI-compatible provider, as plain dicts; errors become the
     project's exceptions with the API key scrubbed out."""
@@ -114,10 +118,13 @@ class BatchApi:
         return scrub(text, self.endpoint.api_key)
 
     @contextlib.contextmanager
-    def _errors(self, what: str, hint: str = "") -> Iterator[None]:
+    def _errors(self, what: str, hint: str = "", refused: type[TeacherError] = TeacherError) -> Iterator[None]:
+        """Translate SDK errors; an HTTP error answer raises ``refused`` (the server said no, so
+        nothing happened), a lost connection the plain TeacherError (it may have happened)."""
         import openai
 
         where = self.endpoint.base_url
+        error: type[TeacherError] = refused
         try:
             yield
         except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
@@ -129,15 +136,15 @@ class BatchApi:
         except openai.APIStatusError as exc:
             message = f"{what}: HTTP {exc.status_code} from {where}: {_message(exc)}{hint}"
         except openai.APIError as exc:  # connection errors and timeouts, after the SDK's retries
-            message = f"{what}: cannot reach {where}: {exc}"
+            message, error = f"{what}: cannot reach {where}: {exc}", TeacherError
         else:
             return
-        raise TeacherError(self._scrub(message)) from None
+        raise error(self._scrub(message)) from None
 
     async def upload(self, name: str, handle: IO[bytes], lines: int, size: int) -> str:
         hint = (f" (the file had {lines:,} requests, {size / 1e6:.1f} MB: lower --batch-max-lines if the provider's "
                 "limits are below 50,000 requests / 200 MB)")
-        with self._errors("uploading a batch input file", hint):
+        with self._errors("uploading a batch input file", hint, UploadRefused):
             uploaded = await self._client.files.create(file=(name, handle, "application/jsonl"), purpose="batch",
                                                        extra_headers=self._headers)
         return str(uploaded.id)
@@ -350,7 +357,12 @@ class BatchRun:
         file = self.ledger.add_file(scope.spec_name, scope.step_index, scope.round, self.endpoint.base_url,
                                     built.lines, built.size, built.reserved, built.items)
         built.handle.seek(0)
-        self.ledger.set_file_id(file, await api.upload(file.name, built.handle, built.lines, built.size))
+        try:
+            file_id = await api.upload(file.name, built.handle, built.lines, built.size)
+        except UploadRefused:
+            self.ledger.forget(file)  # its requests stay pending, for a run with other limits
+            raise
+        self.ledger.set_file_id(file, file_id)
         self.totals.uploaded += 1
         self.totals.submitted += built.lines
         await self._create(api, file)
