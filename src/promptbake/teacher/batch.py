@@ -321,7 +321,7 @@ class BatchRun:
             current: InputFile | None = None
             for job in jobs:
                 cid = job.cache_key
-                if cid in self.final or self.tries[cid] >= self.max_attempts:
+                if cid in self.final:  # failed for good, or out of attempts
                     continue
                 where = placed.get(cid)
                 if isinstance(where, InputFile):
@@ -387,7 +387,7 @@ class BatchRun:
     # wait and collect ------------------------------------------------------------------------
     async def _wait(self, api: BatchApi, files: list[BatchFile]) -> None:
         """Poll the open batches with backoff, collecting each as soon as it ends."""
-        delay = POLL_FIRST
+        delay = min(POLL_FIRST, self.options.poll_max)
         waiting = list(files)
         while True:
             for file in list(waiting):
