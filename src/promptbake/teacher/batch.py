@@ -162,7 +162,7 @@ class BatchApi:
             batch = await self._client.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions",
                                                       completion_window="24h", metadata=metadata,
                                                       extra_headers=self._headers)
-        return batch.model_dump()
+        return dict(batch.model_dump())
 
     async def find_batch(self, file_id: str, since: float) -> dict[str, Any] | None:
         """The batch made of ``file_id`` (killed before its id was recorded); the listing is newest
@@ -178,12 +178,12 @@ class BatchApi:
     async def retrieve(self, batch_id: str) -> dict[str, Any]:
         with self._errors(f"checking batch {batch_id}"):
             batch = await self._client.batches.retrieve(batch_id, extra_headers=self._headers)
-        return batch.model_dump()
+        return dict(batch.model_dump())
 
     async def cancel(self, batch_id: str) -> dict[str, Any]:
         with self._errors(f"cancelling batch {batch_id}"):
             batch = await self._client.batches.cancel(batch_id, extra_headers=self._headers)
-        return batch.model_dump()
+        return dict(batch.model_dump())
 
     async def lines(self, file_id: str) -> AsyncIterator[str]:
         """A result file's lines, streamed: an output file can be larger than its 200 MB input."""

@@ -9,7 +9,7 @@ and ``build`` can run.
 
 from __future__ import annotations
 
-import sys
+import contextlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,25 +119,18 @@ def write_input_files(lines: Iterable[bytes], directory: Path, stem: str, max_li
                       max_bytes: int) -> list[tuple[Path, int]]:
     """``stem.001.jsonl``, ``stem.002.jsonl``, ...: each within the limits, each written atomically."""
     written: list[tuple[Path, int]] = []
-    writer = None
     current: InputFile | None = None
-    try:
+    with contextlib.ExitStack() as stack:  # on an error, the file being written is removed
         for line in lines:
             if current is not None and not current.fits(line):
-                writer.__exit__(None, None, None)  # type: ignore[union-attr]
-                written.append((Path(directory) / f"{stem}.{len(written) + 1:03d}.jsonl", current.lines))
+                stack.close()  # the full file moves into place
                 current = None
             if current is None:
-                writer = atomic_writer(Path(directory) / f"{stem}.{len(written) + 1:03d}.jsonl")
-                current = InputFile(writer.__enter__().buffer, max_lines, max_bytes)
+                path = Path(directory) / f"{stem}.{len(written) + 1:03d}.jsonl"
+                current = InputFile(stack.enter_context(atomic_writer(path)).buffer, max_lines, max_bytes)
+                written.append((path, 0))
             current.add(line, 0.0)
-    except BaseException:
-        if writer is not None and current is not None:
-            writer.__exit__(*sys.exc_info())
-        raise
-    if current is not None:
-        writer.__exit__(None, None, None)  # type: ignore[union-attr]
-        written.append((Path(directory) / f"{stem}.{len(written) + 1:03d}.jsonl", current.lines))
+            written[-1] = (written[-1][0], current.lines)
     return written
 
 
