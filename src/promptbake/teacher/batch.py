@@ -573,7 +573,7 @@ def format_files(files: list[BatchFile]) -> str:
     """One line per batch file: what `batch status` prints."""
     if not files:
         return "no batches in this store"
-    lines = []
+    lines = ["batch\tstep\tstatus\tcounts\tin the store\tinput file\tserver"]
     for f in files:
         counts = f.counts or {}
         state = "collected" if f.collected_at else "open"
