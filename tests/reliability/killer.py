@@ -23,9 +23,15 @@ def _die() -> None:
 def arm_batch(point: str) -> None:
     """``batch-poll:N``: as the N-th status check of an open batch starts; ``batch-uploaded`` /
     ``batch-created``: right after the provider returned the file id / batch id, before the store
-    could record it (the narrowest windows a resume must cover)."""
+    could record it (the narrowest windows a resume must cover); ``batch-collect``: a finished
+    batch's answers written into the store's transaction, not yet committed."""
     from promptbake.teacher.batch import BatchApi
 
+    if point == "batch-collect":
+        from promptbake.store.batches import BatchLedger
+
+        BatchLedger.mark_collected = lambda *a, **k: _die()  # type: ignore[method-assign]
+        return
     kind, _, n = point.partition(":")
     name = {"batch-poll": "retrieve", "batch-uploaded": "upload", "batch-created": "create"}[kind]
     real = getattr(BatchApi, name)

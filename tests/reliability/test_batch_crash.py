@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import filecmp
 import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -34,6 +35,7 @@ def reference(tmp_path_factory) -> Path:
     ("batch-uploaded", (1, 0)),  # the first file is at the provider, its id not yet in the store
     ("batch-created", (1, 1)),  # the first batch exists (and is being paid for), its id not yet in the store
     ("batch-poll:2", (2, 2)),  # both batches submitted, ids recorded, waiting for them
+    ("batch-collect", (2, 2)),  # the first batch's answers written, not committed
 ])
 def test_kill_9_in_batch_mode_then_resume_submits_nothing_twice(tmp_path, reference, point, at_kill):
     (tmp_path / "spec.yaml").write_text(SPEC, encoding="utf-8")
@@ -54,5 +56,7 @@ def test_kill_9_in_batch_mode_then_resume_submits_nothing_twice(tmp_path, refere
         assert srv.batch_lines == PLANNED and not srv.paid_twice()
         assert srv.count == 0
     assert statuses(tmp_path / "out" / "promptbake.db") == {"ok": PLANNED}
+    with sqlite3.connect(tmp_path / "out" / "promptbake.db") as con:
+        assert con.execute("SELECT COUNT(*) FROM attempts").fetchone()[0] == PLANNED  # each answer stored once
     for name in FILES:
         assert filecmp.cmp(tmp_path / "out" / name, reference / name, shallow=False), name
