@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from fakeserver import FakeServer, Fault
-from helpers import MINIMAL_SPEC, pure_grid_responder, write_spec
+from helpers import MINIMAL_SPEC, list_then_reply_responder, pure_grid_responder, write_spec
 
 from promptbake.cli.main import cli
 from promptbake.spec.models import Prices
@@ -323,3 +323,19 @@ def test_progress_bar_counts_requests_across_open_batches_with_their_status(tmp_
     assert "ask (round 0):  50%" in screen and "2/4" in screen, screen  # partway, from the provider's counts
     assert "batches: 1 in_progress" in screen and "batches: 1 completed" in screen, screen
     assert "8/8" in screen, screen
+
+
+def test_top_up_rounds_go_through_batches_too(tmp_path):
+    """Duplicates leave cells short: the top-up round is planned and sent as batches as well, and
+    every cell ends with its exact count."""
+    spec = write_spec(tmp_path, MINIMAL_SPEC.replace("  count: 2", "  count: 6"))
+    with FakeServer(responder=list_then_reply_responder(dupe_every=4)).running() as srv:
+        result = invoke("run", str(spec), "--out", "out", *batch_args(srv))
+        assert result.exit_code == 0, result.output
+        assert "round 0: 4 cells short" in result.output
+        assert srv.count == 0 and len(srv.batches) >= 4  # two steps in round 0, two in round 1
+    with sqlite3.connect(tmp_path / "out" / "promptbake.db") as con:
+        rounds = {r for (r,) in con.execute("SELECT DISTINCT round FROM batch_files")}
+    assert rounds >= {0, 1}
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["train"] + manifest["test"] == 24
