@@ -13,7 +13,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 from fakeserver import FakeServer, estimate_prompt_tokens
-from helpers import pure_grid_responder, write_spec
+from helpers import MINIMAL_SPEC, list_then_reply_responder, pure_grid_responder, write_spec
 
 from promptbake.cli.main import cli
 
@@ -146,3 +146,24 @@ def test_import_names_a_broken_line_and_stores_nothing_of_its_file(tmp_path):
     result = invoke("batch", "import", "s.db", "other.jsonl")
     assert result.exit_code == 2
     assert "none of its answers match a request in s.db" in result.output
+
+
+def test_export_writes_top_up_rounds_for_cells_left_short(tmp_path):
+    """Duplicates leave cells short after round 0: the next export is round 1's first step, and
+    the loop ends with every cell at its count, as `run` would."""
+    spec = str(write_spec(tmp_path, MINIMAL_SPEC.replace("  count: 2", "  count: 6")))
+    answer = list_then_reply_responder(dupe_every=4)
+    steps = []
+    for n in range(12):
+        result = invoke("batch", "export", spec, "--store", "s.db", "--out", f"in{n}")
+        assert result.exit_code == 0, result.output
+        if "nothing left to generate" in result.output:
+            break
+        steps.append(result.output.split(":")[0])
+        vllm_run_batch(sorted((tmp_path / f"in{n}").glob("*.jsonl")), tmp_path / f"out{n}.jsonl", answer)
+        assert invoke("batch", "import", "s.db", f"out{n}.jsonl").exit_code == 0
+    assert steps[:3] == ["round 0 step ask", "round 0 step answer", "round 1 step ask"], steps
+    result = invoke("build", "s.db", "--out", "out")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["train"] + manifest["test"] == 24

@@ -26,7 +26,7 @@ from promptbake.teacher.client import Endpoint
 from promptbake.teacher.config import TeacherOverrides, merge, model_name
 from promptbake.teacher.generate import GenerateOptions, Generation, _checker, result_row
 from promptbake.teacher.pricing import PriceTable
-from promptbake.workflows.pipeline import save_run_context, shortfall, spec_from_store
+from promptbake.workflows.pipeline import ask_for, save_run_context, shortfall, spec_from_store
 
 
 @dataclass
@@ -98,10 +98,10 @@ def _next_step(spec: Spec, store: Store, expander: Expander, generation: Generat
     round_ = rounds[-1]
     if round_ >= spec.max_rounds:
         return None
-    missing = shortfall(spec, expander, store)
+    missing, pass_rate = shortfall(spec, expander, store)
     if not missing:
         return None
-    store.set_wants(spec.name, round_ + 1, missing)
+    store.set_wants(spec.name, round_ + 1, ask_for(missing, pass_rate))
     return _plan(spec, store, generation, round_ + 1, 0, max_attempts)
 
 
