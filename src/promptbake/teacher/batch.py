@@ -239,6 +239,7 @@ def _add(a: PoolStats, b: PoolStats) -> PoolStats:
                  "completion_tokens", "cost", "elapsed"):
         setattr(a, name, getattr(a, name) + getattr(b, name))
     a.stopped_for_budget = a.stopped_for_budget or b.stopped_for_budget
+    a.endpoints = {**a.endpoints, **b.endpoints}  # only the online retries ran on endpoints
     return a
 
 
