@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 MINIMAL_SPEC = """
 name: mini
@@ -233,5 +235,33 @@ def readme_responder():
         response_format = body.get("response_format") or {}
         schema = response_format.get("schema") or (response_format.get("json_schema") or {}).get("schema")
         return json.dumps(schema_instance(schema, text)) if schema else text
+
+
+def pure_grid_responder(fail: Callable[[dict], Any] | None = None):
+    """Like :func:`list_then_reply_responder`, but every answer is a pure function of the request
+    body: online and batch runs, in any order, get the same answers. ``fail(body)`` may return a
+    fake-server ``Fault`` to fail that request instead."""
+    import hashlib
+    import json
+    import re
+
+    words = ["refund", "manager", "coupon", "waiting", "closing", "quality", "payment", "return", "help", "price",
+             "receipt", "size", "colour", "line", "staff", "broken", "late", "noisy", "cold", "wrong", "ticket",
+             "parking", "towel", "locker", "popcorn", "seat", "ride", "queue", "sofa", "delivery"]
+
+    def respond(body: dict):
+        if fail is not None and (fault := fail(body)) is not None:
+            return fault
+        digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).digest()
+        user = next(m["content"] for m in reversed(body["messages"]) if m["role"] == "user")
+        match = re.search(r"(?:Give|Write) (\d+)", user)
+        if match and body["messages"][0]["role"] != "system":
+            items = []
+            for i in range(int(match.group(1))):
+                picked = [words[(digest[(i * 5 + j) % 32] + 7 * i + j) % len(words)] for j in range(5)]
+                items.append(f"Customer {digest[i % 32]}-{i}: my {picked[0]} and {picked[1]} problem, then "
+                             f"{picked[2]} {picked[3]} {picked[4]}, number {int.from_bytes(digest[i:i + 3], 'big')}.")
+            return json.dumps(items)
+        return f"Ugh. Fine. ({user[:60]}) Ticket {digest.hex()[:10]}. Next!"
 
     return respond

@@ -137,6 +137,39 @@ def _generate_options(fn: F) -> F:
     return fn
 
 
+def batch_options(fn: F) -> F:
+    """``--batch`` and its flags for the commands that generate (run, generate): injects ``batch``,
+    the :class:`BatchOptions`, or None for online mode."""
+    options = [
+        click.option("--batch", "batch_mode", is_flag=True,
+                     help="Send every step through the provider's Batch API (half price on OpenAI, within 24 h)."),
+        click.option("--batch-max-lines", type=click.IntRange(1, 50_000), default=None,
+                     help="Most requests per batch input file (the provider's limit: 50,000)."),
+        click.option("--batch-retry", type=click.Choice(["batch", "online"]), default="batch", show_default=True,
+                     help="Where failed batch requests are retried: another batch, or the online pool."),
+        click.option("--batch-poll", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
+                     help="Longest wait in seconds between two batch status checks."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        mode, lines = kwargs.pop("batch_mode"), kwargs.pop("batch_max_lines")
+        retry, poll = kwargs.pop("batch_retry"), kwargs.pop("batch_poll")
+        kwargs["batch"] = None
+        if mode:
+            from promptbake.teacher.batch import BatchOptions
+            from promptbake.teacher.batchfile import MAX_LINES
+
+            kwargs["batch"] = BatchOptions(max_lines=lines or MAX_LINES, retry=retry, poll_max=poll)
+        elif lines is not None:
+            raise click.UsageError("--batch-max-lines needs --batch")
+        return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
 def _print_generate(report: Any) -> None:
     for step in report.generate.steps:
         if step.planned or step.sent or step.cached:
@@ -151,6 +184,8 @@ def _print_generate(report: Any) -> None:
             click.echo(f"round {r.round}: {r.short_cells} cells short by {r.missing} examples", err=True)
     t = report.totals
     g = report.generate
+    if g.batch is not None:
+        click.echo(g.batch.format(), err=True)
     click.echo(
         f"store: {t['ok']} ok, {t['failed']} failed, {t['pending']} pending; this run: {g.attempts} attempts, "
         f"{g.rate_limited} rate-limited, {g.prompt_tokens + g.completion_tokens:,} tokens, ${g.spent:.4f}; "
@@ -166,8 +201,9 @@ def _print_generate(report: Any) -> None:
 @click.option("--store", "store_path", default="promptbake.db", show_default=True, type=click.Path(dir_okay=False),
               help="SQLite store: the cache and the resume point.")
 @_generate_options
+@batch_options
 @teacher_options
-def generate(spec_path: str, store_path: str, no_cache: bool, max_cost: float | None, quiet: bool,
+def generate(spec_path: str, store_path: str, no_cache: bool, max_cost: float | None, quiet: bool, batch: Any,
              overrides: Any) -> None:
     """Run SPEC's steps against the teacher into the store (re-run to resume)."""
     from promptbake.teacher.generate import GenerateOptions
@@ -175,7 +211,7 @@ def generate(spec_path: str, store_path: str, no_cache: bool, max_cost: float | 
 
     spec = _load(spec_path)
     report = run_generate(spec, store_path, overrides,
-                          GenerateOptions(no_cache=no_cache, max_cost=max_cost, progress=not quiet))
+                          GenerateOptions(no_cache=no_cache, max_cost=max_cost, progress=not quiet, batch=batch))
     _print_generate(report)
 
 
@@ -261,16 +297,18 @@ def _print_build(report: Any) -> None:
 @_generate_options
 @_build_options
 @_report_options
+@batch_options
 @teacher_options
 def run(spec_path: str, out_dir: str, store_path: str | None, no_cache: bool, max_cost: float | None, quiet: bool,
-        formats: tuple[str, ...], seed: int | None, sizes: list[int], no_report: bool, overrides: Any) -> None:
+        formats: tuple[str, ...], seed: int | None, sizes: list[int], no_report: bool, batch: Any,
+        overrides: Any) -> None:
     """expand → generate → build: SPEC in, train/test JSONL out (re-run to resume)."""
     from promptbake.teacher.generate import GenerateOptions
     from promptbake.workflows.pipeline import run as run_pipeline
 
     spec = _load(spec_path)
     report = run_pipeline(spec, out_dir, store_path, overrides,
-                          GenerateOptions(no_cache=no_cache, max_cost=max_cost, progress=not quiet),
+                          GenerateOptions(no_cache=no_cache, max_cost=max_cost, progress=not quiet, batch=batch),
                           formats=list(formats) or None, seed=seed, sizes=sizes)
     _print_generate(report)
     _print_build(report.build)

@@ -32,6 +32,7 @@ class StepEstimate:
     prompt_tokens: int
     completion_tokens: int
     cost: float
+    batch_cost: float = 0.0  # the same requests through the Batch API (--batch)
 
 
 @dataclass
@@ -46,6 +47,10 @@ class Estimate:
     @property
     def cost(self) -> float:
         return sum(s.cost for s in self.steps)
+
+    @property
+    def batch_cost(self) -> float:
+        return sum(s.batch_cost for s in self.steps)
 
     def format(self) -> str:
         lines = [
@@ -65,6 +70,8 @@ class Estimate:
             f"total: {sum(s.requests for s in self.steps)} requests, ~{total_prompt:,} prompt tokens, "
             f"≤ {total_completion:,} completion tokens, estimated cost {price}"
         )
+        if self.price_known:
+            lines.append(f"with --batch (Batch API prices): ≤ ${self.batch_cost:.4f}")
         lines.extend(f"note: {n}" for n in self.notes)
         return "\n".join(lines)
 
@@ -125,6 +132,7 @@ def estimate(spec: Spec, model: str, teacher_kind: str = "remote", prices: Price
                 prompt_tokens=round(prompt * scale),
                 completion_tokens=round(completion * scale),
                 cost=prices.cost(step_model, round(prompt * scale), round(completion * scale)),
+                batch_cost=prices.batch_cost(step_model, round(prompt * scale), round(completion * scale)),
             )
         )
         # what the next step sees: a row per output; a list answer is expected to hold the cell's count

@@ -24,10 +24,12 @@ IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 class Prices(Strict):
-    """USD per million tokens."""
+    """USD per million tokens. ``batch_*``: the Batch API's prices (default: half of the above)."""
 
     input: float = Field(ge=0)
     output: float = Field(ge=0)
+    batch_input: float | None = Field(default=None, ge=0)
+    batch_output: float | None = Field(default=None, ge=0)
 
 
 class EndpointConfig(Strict):

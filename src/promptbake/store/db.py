@@ -15,7 +15,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -206,7 +206,11 @@ class Store:
     def _transaction(self) -> Iterator[None]:
         """All or nothing. ``with connection:`` does not BEGIN on an autocommit connection
         (``isolation_level=None``): each row of an ``executemany`` would commit alone, so a failure
-        (disk full) left half a batch behind, and every row cost its own write to the log."""
+        (disk full) left half a batch behind, and every row cost its own write to the log.
+        Nested inside :meth:`transaction`, it joins the outer one."""
+        if self.db.in_transaction:
+            yield
+            return
         self.db.execute("BEGIN")
         try:
             yield
@@ -215,6 +219,11 @@ class Store:
             if self.db.in_transaction:  # SQLite may already have rolled back (SQLITE_FULL)
                 self.db.execute("ROLLBACK")
             raise
+
+    def transaction(self) -> AbstractContextManager[None]:
+        """Several store writes committed together (a batch's answers and its "collected" mark),
+        so a kill between them cannot leave one without the other."""
+        return self._transaction()
 
     def _write(self, sql: str, rows: Iterable[tuple[Any, ...]]) -> int:
         try:

@@ -108,3 +108,25 @@ def m004_drop_superseded_index(db: sqlite3.Connection) -> None:
 def m005_blobs(db: sqlite3.Connection) -> None:
     # long system prompts are stored once by content hash, not in every request body
     db.execute("CREATE TABLE blobs (hash TEXT PRIMARY KEY, text TEXT)")
+
+
+@migration
+def m006_batch_jobs(db: sqlite3.Connection) -> None:
+    # batch mode: every provider file id and batch id is recorded the moment it is returned, so a
+    # killed run re-attaches to what it submitted instead of uploading or paying for it again
+    _statements(
+        db,
+        """
+        CREATE TABLE batch_files (
+            id INTEGER PRIMARY KEY, spec_name TEXT, step_index INTEGER, round INTEGER,
+            base_url TEXT, name TEXT, lines INTEGER, bytes INTEGER, reserved REAL,
+            file_id TEXT, batch_id TEXT, status TEXT, counts TEXT,
+            output_file_id TEXT, error_file_id TEXT, errors TEXT,
+            created_at REAL, updated_at REAL, collected_at REAL
+        );
+        CREATE INDEX batch_files_open ON batch_files (spec_name, step_index, round, collected_at);
+        CREATE TABLE batch_items (
+            file INTEGER, custom_id TEXT, request_id TEXT, PRIMARY KEY (file, request_id)
+        );
+        """
+    )

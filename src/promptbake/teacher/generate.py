@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from promptbake.errors import BudgetExceeded
 from promptbake.plan.expand import Expander
@@ -27,6 +27,9 @@ from promptbake.teacher.parse import parse_choices
 from promptbake.teacher.pool import Job, Outcome, Pool, PoolStats
 from promptbake.teacher.pricing import PriceTable
 
+if TYPE_CHECKING:
+    from promptbake.teacher.batch import BatchOptions, BatchTotals
+
 
 @dataclass
 class StepJob(Job):
@@ -38,6 +41,7 @@ class GenerateOptions:
     no_cache: bool = False
     max_cost: float | None = None
     progress: bool = True
+    batch: BatchOptions | None = None  # --batch: steps go through the Batch API, not the online pool
 
 
 @dataclass
@@ -61,6 +65,7 @@ class GenerateReport:
     attempts: int = 0
     rate_limited: int = 0
     stopped_for_budget: bool = False
+    batch: BatchTotals | None = None  # set in batch mode
     endpoints: dict[str, EndpointStats] = field(default_factory=dict)  # with teacher.endpoints
 
 
@@ -208,15 +213,23 @@ class Generation:
             elif not outcome.abandoned:
                 report.failed += 1
 
-        stats = await send_to_store(
-            self.store,
-            self.endpoint,
-            self.config,
-            self._jobs(k, round_, step),
-            progress=Progress(self.options.progress, total, f"{step.name} (round {round_})"),
-            max_cost=None if self.options.max_cost is None else self.options.max_cost - self.report.spent,
-            on_outcome=count,
-        )
+        progress = Progress(self.options.progress, total, f"{step.name} (round {round_})")
+        budget = None if self.options.max_cost is None else self.options.max_cost - self.report.spent
+        if self.options.batch is not None:
+            from promptbake.teacher.batch import send_step_batches
+
+            stats = await send_step_batches(self, k, round_, step, progress=progress, max_cost=budget,
+                                            on_outcome=count)
+        else:
+            stats = await send_to_store(
+                self.store,
+                self.endpoint,
+                self.config,
+                self._jobs(k, round_, step),
+                progress=progress,
+                max_cost=budget,
+                on_outcome=count,
+            )
         self.report.spent += stats.cost
         self.report.prompt_tokens += stats.prompt_tokens
         self.report.completion_tokens += stats.completion_tokens

@@ -179,15 +179,7 @@ class Pool:
         await sink(outcome)
 
     def _worst_cost(self, job: Job) -> float:
-        """Cost if the answer used every token it may; with no max tokens set, the whole
-        estimate is priced as completion tokens (the dearer kind)."""
-        body = job.body
-        cap = body.get("max_completion_tokens", body.get("max_tokens"))
-        model = str(body.get("model", ""))
-        if cap is None:
-            return self.cost(model, 0, job.est_tokens)
-        out = int(cap) * int(body.get("n") or 1)
-        return self.cost(model, max(0, job.est_tokens - out), out)
+        return worst_cost(self.cost, job)
 
     async def _run_job(self, run: _JobRun) -> Outcome:
         """Attempt until success, a final error or ``max_attempts``. The first attempt's budget is
@@ -278,6 +270,18 @@ class Pool:
             stats.prompt_tokens += attempt.prompt_tokens
             stats.completion_tokens += attempt.completion_tokens
             stats.cost += attempt.cost
+
+
+def worst_cost(cost: CostFn, job: Job) -> float:
+    """Cost if the answer used every token it may; with no max tokens set, the whole
+    estimate is priced as completion tokens (the dearer kind)."""
+    body = job.body
+    cap = body.get("max_completion_tokens", body.get("max_tokens"))
+    model = str(body.get("model", ""))
+    if cap is None:
+        return cost(model, 0, job.est_tokens)
+    out = int(cap) * int(body.get("n") or 1)
+    return cost(model, max(0, job.est_tokens - out), out)
 
 
 def _puller(jobs: AsyncIterator[Job] | Iterable[Job]) -> Callable[[], Awaitable[Job | None]]:

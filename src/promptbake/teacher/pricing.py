@@ -28,6 +28,11 @@ DEFAULT_PRICES: dict[str, Prices] = {
 }
 
 
+# OpenAI's Batch API costs half the standard price for every model (and so do Azure OpenAI's
+# global batch deployments); other providers may differ: set batch_input/batch_output per model
+BATCH_DISCOUNT = 0.5
+
+
 class PriceTable:
     def __init__(self, overrides: Mapping[str, Prices] | None = None) -> None:
         self.prices = {**DEFAULT_PRICES, **(overrides or {})}
@@ -48,6 +53,16 @@ class PriceTable:
         if price is None:
             return 0.0
         return (prompt_tokens * price.input + completion_tokens * price.output) / 1_000_000
+
+    def batch_cost(self, model: str, prompt_tokens: int, completion_tokens: int) -> float:
+        """USD for one request answered through the Batch API: the model's ``batch_*`` prices,
+        else ``BATCH_DISCOUNT`` of the standard ones (OpenAI bills batches at half price)."""
+        price = self.lookup(model)
+        if price is None:
+            return 0.0
+        batch_in = price.batch_input if price.batch_input is not None else price.input * BATCH_DISCOUNT
+        batch_out = price.batch_output if price.batch_output is not None else price.output * BATCH_DISCOUNT
+        return (prompt_tokens * batch_in + completion_tokens * batch_out) / 1_000_000
 
     def known(self, model: str) -> bool:
         return self.lookup(model) is not None

@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from promptbake.errors import InputError
 from promptbake.plan.expand import Expander
 from promptbake.plan.preflight import check_templates
 from promptbake.records import Example
@@ -76,12 +77,14 @@ def generate(
     for cells that dedupe or parse failures left short, up to ``spec.max_rounds``."""
     options = options or GenerateOptions()
     config = merge(spec.teacher, overrides or TeacherOverrides())
+    if options.batch is not None and config.kind == "local":
+        raise InputError("--batch needs a remote server with the Batch API; the local teacher has none (run "
+                         "without --batch, or use `promptbake batch export` for vLLM's run_batch)")
     expander = Expander(spec)
     check_templates(spec, expander)  # a template typo is refused before the store, the teacher or a request
     with Store(store_path) as store, open_teacher(config) as (endpoint, config):
         run_id = store.start_run(spec.name, spec.spec_hash(), command)
-        store.save_spec(spec.name, spec.spec_hash(), str(spec.path or ""), spec_text(spec))
-        store.save_cells(spec.name, expander.cells())
+        save_run_context(spec, store, expander)
         generation = Generation(spec, store, expander, endpoint, config, options)
         report = RunReport(generation.report, store_path=str(store_path))
         status = "failed"
@@ -137,6 +140,12 @@ def default_store(out_dir: str | Path) -> Path:
     in OUT, else ``generate``'s default in the working directory."""
     run_store = Path(out_dir) / "promptbake.db"
     return run_store if run_store.exists() else Path("promptbake.db")
+
+
+def save_run_context(spec: Spec, store: Store, expander: Expander) -> None:
+    """What ``build STORE`` and later rounds need from the spec: its text and its cells."""
+    store.save_spec(spec.name, spec.spec_hash(), str(spec.path or ""), spec_text(spec))
+    store.save_cells(spec.name, expander.cells())
 
 
 def spec_text(spec: Spec) -> str:
