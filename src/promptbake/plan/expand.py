@@ -56,7 +56,7 @@ def load_table(path: Path) -> list[dict[str, Any]]:
         rows = [row for _, row in read_jsonl(path, "input")]
     elif path.suffix == ".csv":
         try:
-            text = path.read_text(encoding="utf-8")
+            text = path.read_text(encoding="utf-8-sig")  # spreadsheets save CSV with a BOM
         except UnicodeDecodeError as exc:
             raise DataFileError(f"{path}: not UTF-8 text (byte {exc.start})") from exc
         except OSError as exc:

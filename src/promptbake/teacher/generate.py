@@ -11,7 +11,7 @@ import asyncio
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from promptbake.teacher.client import ChatClient, ChatResult, Endpoint
@@ -19,8 +19,9 @@ from promptbake.errors import BudgetExceeded
 from promptbake.plan.expand import Expander
 from promptbake.teacher.limiter import Limiter
 from promptbake.teacher.parse import parse_choices
-from promptbake.plan.planner import Planner
+from promptbake.plan.planner import DEFAULT_RESERVE, Planner
 from promptbake.teacher.pool import Job, Outcome, Pool, PoolStats
+from promptbake.teacher.config import model_name
 from promptbake.teacher.pricing import PriceTable
 from promptbake.spec.models import Spec, Step, TeacherConfig
 from promptbake.store.db import AttemptRow, ResultRow, Store, StoredRequest
@@ -58,6 +59,42 @@ class GenerateReport:
     attempts: int = 0
     rate_limited: int = 0
     stopped_for_budget: bool = False
+    estimated: int = 0  # answers that came without usable usage, charged their worst case
+    estimated_cost: float = 0.0
+    notes: list[str] = field(default_factory=list)  # what the summary must say about the figures
+
+    def spend(self) -> str:
+        """``$0.1234``, saying how much of it is a worst-case estimate rather than billed usage."""
+        if not self.estimated:
+            return f"${self.spent:.4f}"
+        return (f"${self.spent:.4f} (${self.estimated_cost:.4f} of it estimated: {self.estimated} answers came "
+                "without usage and were charged their worst case)")
+
+
+def check_budget(spec: Spec, config: TeacherConfig, max_cost: float | None) -> list[str]:
+    """Refuse to start a run whose ``--max-cost`` could not hold (a model without a price would be
+    counted as free). Returns notes for the summary: steps without ``max_tokens`` are sent with
+    ``DEFAULT_RESERVE`` under a budget (see :func:`bounded`)."""
+    if max_cost is None:
+        return []
+    PriceTable(config.prices).require((step.model or model_name(config) for step in spec.steps), max_cost)
+    return [
+        f"step {step.name} sets no max_tokens: under --max-cost its answers are sent with max_tokens "
+        f"{DEFAULT_RESERVE}, the worst case reserved for each (set max_tokens in the spec to choose)"
+        for step in spec.steps if not _capped(step.body_params())
+    ]
+
+
+def _capped(body: dict[str, Any]) -> bool:
+    return body.get("max_tokens") is not None or body.get("max_completion_tokens") is not None
+
+
+def bounded(job: StepJob) -> StepJob:
+    """The job as sent under ``--max-cost``: without max tokens an answer has no worst case, so it
+    gets ``DEFAULT_RESERVE`` (what its TPM estimate already assumed). Only the sent body changes,
+    not the cache key: a capped answer that was not cut off is the same answer uncapped, and one
+    that was cut off is rejected and retried like any other."""
+    return job if _capped(job.body) else replace(job, body={**job.body, "max_tokens": DEFAULT_RESERVE})
 
 
 def _checker(step: Step) -> Callable[[ChatResult], Any]:
@@ -141,7 +178,7 @@ class Generation:
             if self.report.stopped_for_budget:
                 raise BudgetExceeded(
                     f"--max-cost ${self.options.max_cost:.2f} reached after spending "
-                    f"${self.report.spent:.4f}; everything paid for is stored, re-run to continue"
+                    f"{self.report.spend()}; everything paid for is stored, re-run to continue"
                 )
 
     def _jobs(self, k: int, round_: int, step: Step) -> Iterator[StepJob]:
@@ -177,6 +214,8 @@ class Generation:
         self.report.completion_tokens += stats.completion_tokens
         self.report.attempts += stats.attempts
         self.report.rate_limited += stats.throttled
+        self.report.estimated += stats.estimated
+        self.report.estimated_cost += stats.estimated_cost
         self.report.stopped_for_budget = stats.stopped_for_budget
 
 
@@ -192,6 +231,8 @@ async def send_to_store(
 ) -> PoolStats:
     """Send jobs through the rate-limited pool; every finished one goes to the store's single
     writer. The one path by which generate and eval pay for answers."""
+    if max_cost is not None:
+        jobs = map(bounded, jobs)
     queue: asyncio.Queue[ResultRow | None] = asyncio.Queue()
     writer = asyncio.create_task(_writer(store, queue))
 

@@ -45,7 +45,7 @@ from promptbake.plan.expand import Expander, load_table
 from promptbake.teacher.generate import GenerateOptions
 from promptbake.workflows.pipeline import RunReport
 from promptbake.workflows.pipeline import run as run_pipeline
-from promptbake.teacher.pricing import PriceTable
+from promptbake.teacher.pricing import PriceTable, base_model, ft_price_factor
 from promptbake.records import Example
 from promptbake.spec.models import IDENTIFIER, MessageTemplate, Spec
 from promptbake.output.targets import get_target
@@ -62,10 +62,6 @@ TRACE_CHARS = 40  # a shared run this long between an example and the long promp
 # USD per 1M training tokens when targets.py has no price for the model: OpenAI's gpt-4o-mini
 # price (the cheapest widely used hosted fine-tune), so the estimate errs low, and says so.
 DEFAULT_TRAIN_USD_PER_1M = 3.00
-# Fine-tuned inference price ÷ base price, input and output alike (OpenAI pricing page, 2026-11:
-# fine-tuned gpt-4o-mini $0.30/$1.20 vs $0.15/$0.60 base; gpt-4o $3.75/$15 vs $2.50/$10).
-FT_PRICE_FACTORS = {"gpt-4o-mini": 2.0, "gpt-4.1-mini": 2.0, "gpt-4.1-nano": 2.0, "gpt-4o": 1.5, "gpt-4.1": 1.5}
-DEFAULT_FT_PRICE_FACTOR = 2.0
 
 # A Jinja template; {traits} and {batch} are filled in (by str.replace) when the spec is built.
 INPUTS_PROMPT = """\
@@ -203,7 +199,7 @@ def answer_checks(schema_file: str | Path | None = None, regex: str | None = Non
 
 def _row_lines(path: Path) -> list[int]:
     """The line each row of ``load_table`` starts on, for error messages."""
-    text = path.read_text(encoding="utf-8")
+    text = path.read_text(encoding="utf-8-sig")
     if path.suffix == ".csv":
         reader = csv.reader(io.StringIO(text))
         next(reader, None)
@@ -263,6 +259,8 @@ def distill_spec(
     prompt = Path(prompt_path)
     if not prompt.is_file():
         raise InputError(f"{prompt}: no such prompt file")
+    if not prompt.read_bytes().strip():
+        raise InputError(f"{prompt}: the prompt file is empty: there is nothing to distill")
     axes = dict(axes or {})
     if inputs_path is not None and generate_inputs is not None:
         raise InputError("give an inputs file (--inputs) or --generate-inputs N, not both")
@@ -399,12 +397,6 @@ def finetune_estimate(lengths: list[int], model: str, *, epochs: int | None = No
     else:
         price, source = DEFAULT_TRAIN_USD_PER_1M, f"assumed (no {target} training price for {model})"
     return FineTuneEstimate(per_epoch, epochs, price, source, per_epoch * epochs * price / 1_000_000)
-
-
-def ft_price_factor(model: str) -> float:
-    name = model.split(":")[1] if model.startswith("ft:") else model
-    matches = [k for k in FT_PRICE_FACTORS if name == k or name.startswith(k + "-")]
-    return FT_PRICE_FACTORS[max(matches, key=len)] if matches else DEFAULT_FT_PRICE_FACTOR
 
 
 # ---- the run --------------------------------------------------------------------------------
@@ -569,7 +561,7 @@ def _system_tokens(text: str, model: str) -> int:
 
 def _break_even_section(summary: dict[str, Any], train: list[dict[str, Any]], model: str, prices: PriceTable,
                         ft_factor: float | None, epochs: int | None) -> dict[str, Any]:
-    price = prices.lookup(model)
+    price = prices.lookup(base_model(model))  # the base model's price; the fine-tune's is derived below
     if price is None or price.input == 0:
         why = "no per-token price" if price is None else "a zero per-token price"
         return {"break_even": None,

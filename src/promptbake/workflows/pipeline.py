@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 from promptbake.plan.expand import Expander
-from promptbake.teacher.generate import GenerateOptions, GenerateReport, Generation
+from promptbake.teacher.generate import GenerateOptions, GenerateReport, Generation, check_budget
 from promptbake.records import Example
 from promptbake.spec.models import Spec
 from promptbake.store.db import Store
@@ -63,12 +63,14 @@ def generate(
     for cells that dedupe or parse failures left short, up to ``spec.max_rounds``."""
     options = options or GenerateOptions()
     config = merge(spec.teacher, overrides or TeacherOverrides())
+    notes = check_budget(spec, config, options.max_cost)
     expander = Expander(spec)
     with Store(store_path) as store, open_teacher(config) as (endpoint, config):
         run_id = store.start_run(spec.name, spec.spec_hash(), command)
         store.save_spec(spec.name, spec.spec_hash(), str(spec.path or ""), spec_text(spec))
         store.save_cells(spec.name, expander.cells())
         generation = Generation(spec, store, expander, endpoint, config, options)
+        generation.report.notes.extend(notes)
         report = RunReport(generation.report)
         status = "failed"
         try:
