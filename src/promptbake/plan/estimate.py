@@ -69,10 +69,7 @@ def estimate(spec: Spec, model: str, teacher_kind: str = "remote", prices: Price
     planner = Planner(spec, expander.templates, model, teacher_kind)
     prices = prices or PriceTable(spec.teacher.prices)
     cells = list(itertools.islice(expander.cells(), SAMPLE))
-    total_cells = len(cells) if len(cells) < SAMPLE else expander.cell_count()
-    wanted = sum(c.count for c in cells)
-    if total_cells > len(cells):
-        wanted = round(wanted * total_cells / len(cells))
+    total_cells, wanted = expander.totals()
     scale = total_cells / max(len(cells), 1)
     result = Estimate(cells=total_cells, examples_wanted=wanted, model=model, price_known=prices.known(model))
     note = encoding_note(model)
