@@ -5,6 +5,7 @@ and 64 requests in flight cannot overshoot."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from contextlib import closing
 from pathlib import Path
@@ -144,3 +145,27 @@ def test_a_budget_that_is_not_an_amount_is_bad_input(tmp_path, value):
         assert srv.count == 0
     assert result.exit_code == 2, result.output
     assert "--max-cost" in one_line_error(result.output)
+
+
+def eval_data(tmp_path: Path) -> Path:
+    rows = [{"messages": [{"role": "user", "content": f"question {i}"}, {"role": "assistant", "content": "answer"}]}
+            for i in range(3)]
+    path = tmp_path / "test.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_eval_under_max_cost_refuses_an_unpriced_model_and_caps_uncapped_answers(tmp_path):
+    eval_data(tmp_path)
+    with FakeServer(responder=pure_answer).running() as srv:
+        refused = CliRunner().invoke(cli, ["eval", "--data", "test.jsonl", "--out", "e.jsonl", "--base-url",
+                                           srv.base_url, "--model", "my-student", "--max-cost", "1", "-q"])
+        assert srv.count == 0
+        done = CliRunner().invoke(cli, ["eval", "--data", "test.jsonl", "--out", "e.jsonl", "--base-url",
+                                        srv.base_url, "--model", "ft:gpt-4o-mini:acme::x", "--max-cost", "1", "-q"])
+        capped = [body.get("max_tokens") for body in srv.bodies]
+    assert refused.exit_code == 2, refused.output
+    assert "no price is known for model 'my-student'" in one_line_error(refused.output)
+    assert done.exit_code == 0, done.output
+    assert capped == [512] * 3
+    assert "under --max-cost, 3 requests that set no max_tokens were sent with max_tokens 512" in done.output
