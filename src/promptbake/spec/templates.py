@@ -46,6 +46,9 @@ class Limits:
     seconds: float = 5.0
 
 
+DEFAULT_LIMITS = Limits()
+
+
 class LimitExceeded(TemplateRuntimeError):
     """A render went past its :class:`Limits`."""
 
@@ -78,11 +81,14 @@ def _tick() -> None:
 
 def _limits() -> Limits:
     meter = _METER.get()
-    return meter.limits if meter is not None else Limits()
+    return meter.limits if meter is not None else DEFAULT_LIMITS
+
+
+_SIZED = (str, bytes, list, tuple, dict, set, frozenset)
 
 
 def _size(value: Any) -> int:
-    return len(value) if isinstance(value, str | bytes | list | tuple | dict | set | frozenset) else 0
+    return len(value) if isinstance(value, _SIZED) else 0
 
 
 def _refuse_size(size: float, what: str) -> None:
@@ -146,6 +152,11 @@ def _precheck_filter(name: str, args: tuple[Any, ...]) -> None:
         _refuse_size(sum(_size(i) + sep for i in args[0]), f"|{name}")
 
 
+# the filters that can make a value much bigger than their input; the others (upper, sort, tojson,
+# ...) make at most a few times what they are given, which is itself bounded
+SIZING_FILTERS = ("center", "indent", "batch", "slice", "format", "replace", "join", "sum")
+
+
 def _guard_filter(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
     passes_arg = getattr(fn, "jinja_pass_arg", None) is not None
 
@@ -170,11 +181,15 @@ def _concat_guard(parts: list[Any]) -> str:
     return _bounded_concat([str(p) for p in parts], "a ~ concatenation")
 
 
-def _bounded_concat(parts: Iterable[str], what: str = "the output of a macro or block") -> str:
-    """What Jinja joins a macro's, a ``{% set %}`` block's or a ``{% filter %}`` block's output
-    with: a loop yielding a 3 MB string 100,000 times must not become a 300 GB join."""
-    texts = list(parts)
-    _refuse_size(sum(len(t) for t in texts), what)
+def _bounded_concat(parts: Iterable[str], what: str = "the rendered text") -> str:
+    """What Jinja joins a template's, a macro's, a ``{% set %}`` block's or a ``{% filter %}``
+    block's output with: a loop yielding a 3 MB string 100,000 times must not become a 300 GB join."""
+    texts, size, limit = [], 0, _limits().chars
+    for text in parts:  # sized as they come: each part may be a new string of megabytes
+        size += len(text)
+        if size > limit:
+            raise LimitExceeded(f"{what} is over the limit of {limit:,} characters")
+        texts.append(text)
     return "".join(texts)
 
 
@@ -212,7 +227,7 @@ class BoundedEnvironment(SandboxedEnvironment):
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         self.globals["lipsum"] = _lipsum_guard(self.globals["lipsum"])
-        self.filters = {name: _guard_filter(name, fn) for name, fn in self.filters.items()}
+        self.filters.update({name: _guard_filter(name, self.filters[name]) for name in SIZING_FILTERS})
         self.filters["_pb_loop"] = _loop_guard
         self.filters["_pb_concat"] = _concat_guard
 
@@ -323,16 +338,9 @@ class Templates:
 
     def render(self, name: str, variables: dict[str, Any], limits: Limits | None = None) -> str:
         template = self.get(name)
-        limits = limits or Limits()
-        token = _METER.set(_Meter(limits))
+        token = _METER.set(_Meter(limits or DEFAULT_LIMITS))
         try:
-            out, size = [], 0
-            for chunk in template.generate(variables):
-                size += len(chunk)
-                if size > limits.chars:
-                    raise LimitExceeded(f"the rendered text is over the limit of {limits.chars:,} characters")
-                out.append(chunk)
-            return "".join(out)
+            return template.render(variables)  # joined by the environment's bounded concat
         except (OverflowError, MemoryError, RecursionError) as exc:
             # the sandbox's range cap, or a macro or include that calls itself without end
             line = _template_line(template.filename or name)
