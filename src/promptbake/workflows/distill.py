@@ -57,6 +57,9 @@ ANSWER_STEP = "answer"
 INPUT_STEP = "input"  # the generated-inputs step; its items become the variable ``input``
 EXAMPLE_ID = "prompt-example-"  # ids of the prompt's own examples in dropped.jsonl
 INPUTS_PER_REQUEST = 20  # one list request asks for at most this many inputs
+# max_tokens of an inputs request: up to a short paragraph per input, so the spend of that step is
+# bounded and --max-cost reserves a worst case the answer fits in (the 512 default would cut it off)
+INPUT_TOKENS = 150 * INPUTS_PER_REQUEST
 TRACE_CHARS = 40  # a shared run this long between an example and the long prompt is a trace
 
 # USD per 1M training tokens when targets.py has no price for the model: OpenAI's gpt-4o-mini
@@ -306,7 +309,7 @@ def distill_spec(
         content = INPUTS_PROMPT.replace(
             "{traits}", f"Every message must fit this situation:\n{traits}" if traits else ""
         ).replace("{batch}", batch_line if batches > 1 else "")
-        steps.insert(0, {"name": INPUT_STEP, "parse": "list", "temperature": 1.0,
+        steps.insert(0, {"name": INPUT_STEP, "parse": "list", "temperature": 1.0, "max_tokens": INPUT_TOKENS,
                          "messages": [{"role": "user", "content": content}]})
         rounds = 3  # top-up rounds ask for more inputs where dedupe left a cell short
     example = [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
