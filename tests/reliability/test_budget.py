@@ -11,10 +11,9 @@ from contextlib import closing
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from fakeserver import FakeServer
 from relkit import one_line_error, pure_answer, statuses, text_spec
-
-from click.testing import CliRunner
 
 from promptbake.cli.main import cli
 from promptbake.teacher.pricing import PriceTable

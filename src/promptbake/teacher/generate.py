@@ -14,17 +14,17 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from promptbake.teacher.client import ChatClient, ChatResult, Endpoint
 from promptbake.errors import BudgetExceeded
 from promptbake.plan.expand import Expander
-from promptbake.teacher.limiter import Limiter
-from promptbake.teacher.parse import parse_choices
 from promptbake.plan.planner import DEFAULT_RESERVE, Planner
-from promptbake.teacher.pool import Job, Outcome, Pool, PoolStats
-from promptbake.teacher.config import model_name
-from promptbake.teacher.pricing import PriceTable
 from promptbake.spec.models import Spec, Step, TeacherConfig
 from promptbake.store.db import AttemptRow, ResultRow, Store, StoredRequest
+from promptbake.teacher.client import ChatClient, ChatResult, Endpoint
+from promptbake.teacher.config import model_name
+from promptbake.teacher.limiter import Limiter
+from promptbake.teacher.parse import parse_choices
+from promptbake.teacher.pool import Job, Outcome, Pool, PoolStats
+from promptbake.teacher.pricing import PriceTable
 
 
 @dataclass
