@@ -183,6 +183,7 @@ example:
     wanted = (100 * 100 - 1) * 100 * (98 * 2 + 6)
     assert f"cells: {cells}" in done.stdout
     assert f"examples wanted: {wanted}" in done.stdout
+    assert f"step answer: {wanted} requests" in done.stdout  # one text request per example wanted
 
 
 def test_distill_refuses_an_empty_prompt_file(tmp_path):
