@@ -8,6 +8,7 @@ task commits finished requests as they come, so a kill loses at most what was in
 from __future__ import annotations
 
 import asyncio
+import itertools
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -25,6 +26,12 @@ from promptbake.teacher.limiter import Limiter
 from promptbake.teacher.parse import parse_choices
 from promptbake.teacher.pool import Job, Outcome, Pool, PoolStats
 from promptbake.teacher.pricing import PriceTable
+
+# A grid of more cells than this is not planned whole before the first request: step 0 of round 0
+# is planned STREAM_CHUNK cells at a time while the pool sends what is planned (10^8 cells would
+# otherwise take hours of planning, and as many rows, before anything is asked).
+STREAM_CELLS = 10_000
+STREAM_CHUNK = 1_000
 
 
 @dataclass
@@ -107,7 +114,7 @@ def _checker(step: Step) -> Callable[[ChatResult], Any]:
 class Progress:
     """tqdm on stderr: done/total, req/s, tok/s, spend and errors; off when not a TTY."""
 
-    def __init__(self, enabled: bool, total: int, label: str) -> None:
+    def __init__(self, enabled: bool, total: int | None, label: str) -> None:
         self.bar = None
         if enabled and sys.stderr.isatty():
             from tqdm import tqdm
@@ -153,6 +160,8 @@ class Generation:
         self.planner = Planner(spec, expander.templates, endpoint.model, config.kind)
         self.report = GenerateReport()
         self._forgotten: set[int] = set()
+        # --no-cache re-pays a whole step, which needs it planned whole first
+        self.streams = not options.no_cache and expander.totals()[0] > STREAM_CELLS
 
     def plan(self, round_: int, k: int) -> int:
         wants = None if round_ == 0 else self.store.wants(self.spec.name, round_)
@@ -168,6 +177,11 @@ class Generation:
         for k, step in enumerate(self.spec.steps):
             report = StepReport(step.name, round_)
             self.report.steps.append(report)
+            if k == 0 and round_ == 0 and self.streams:
+                self.store.replan(self.spec.name, 0, 0, [])  # the stream plans it again, slice by slice
+                await self._execute(0, 0, step, report, self._streamed_jobs(step, report))
+                self._check_budget()
+                continue
             report.planned = self.plan(round_, k)
             if self.options.no_cache and k not in self._forgotten:
                 self.store.forget_answers(self.spec.name, k)
@@ -175,11 +189,31 @@ class Generation:
             elif not self.options.no_cache:
                 report.cached = self.store.serve_from_cache(self.spec.name, k)
             await self._execute(k, round_, step, report)
-            if self.report.stopped_for_budget:
-                raise BudgetExceeded(
-                    f"--max-cost ${self.options.max_cost:.2f} reached after spending "
-                    f"{self.report.spend()}; everything paid for is stored, re-run to continue"
-                )
+            self._check_budget()
+
+    def _check_budget(self) -> None:
+        if self.report.stopped_for_budget:
+            raise BudgetExceeded(
+                f"--max-cost ${self.options.max_cost:.2f} reached after spending "
+                f"{self.report.spend()}; everything paid for is stored, re-run to continue"
+            )
+
+    def _streamed_jobs(self, step: Step, report: StepReport) -> Iterator[StepJob]:
+        """Step 0 of round 0 of a big grid: plan (and save) a slice of cells, hand its unanswered
+        requests to the pool, then plan the next slice; the pool pulls lazily, so planning keeps
+        just ahead of sending."""
+        check = _checker(step)
+        cells = self.expander.cells()
+        while chunk := list(itertools.islice(cells, STREAM_CHUNK)):
+            self.store.save_cells(self.spec.name, chunk)
+            planned = list(self.planner.first_step(chunk, 0))
+            report.planned += self.store.extend_plan(planned)
+            report.cached += self.store.serve_from_cache(self.spec.name, 0)
+            ords = {r.ord for r in planned}
+            # the not-done requests of the step are this slice's, plus the few in flight or failed
+            for request in self.store.pending(self.spec.name, 0):
+                if request.ord in ords:
+                    yield _job(request, check, step)
 
     def _jobs(self, k: int, round_: int, step: Step) -> Iterator[StepJob]:
         check = _checker(step)
@@ -188,8 +222,10 @@ class Generation:
                 continue
             yield _job(request, check, step)
 
-    async def _execute(self, k: int, round_: int, step: Step, report: StepReport) -> None:
-        total = self.store.count_pending(self.spec.name, k)
+    async def _execute(self, k: int, round_: int, step: Step, report: StepReport,
+                       jobs: Iterable[StepJob] | None = None) -> None:
+        """Send the step's pending requests (or ``jobs``, planned as they are sent: no total)."""
+        total = None if jobs is not None else self.store.count_pending(self.spec.name, k)
         if total == 0:
             return
 
@@ -204,7 +240,7 @@ class Generation:
             self.store,
             self.endpoint,
             self.config,
-            self._jobs(k, round_, step),
+            self._jobs(k, round_, step) if jobs is None else jobs,
             progress=Progress(self.options.progress, total, f"{step.name} (round {round_})"),
             max_cost=None if self.options.max_cost is None else self.options.max_cost - self.report.spent,
             on_outcome=count,

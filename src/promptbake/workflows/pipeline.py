@@ -68,8 +68,9 @@ def generate(
     with Store(store_path) as store, open_teacher(config) as (endpoint, config):
         run_id = store.start_run(spec.name, spec.spec_hash(), command)
         store.save_spec(spec.name, spec.spec_hash(), str(spec.path or ""), spec_text(spec))
-        store.save_cells(spec.name, expander.cells())
         generation = Generation(spec, store, expander, endpoint, config, options)
+        if not generation.streams:  # a streamed grid's cells are saved as they are planned
+            store.save_cells(spec.name, expander.cells())
         generation.report.notes.extend(notes)
         report = RunReport(generation.report)
         status = "failed"
