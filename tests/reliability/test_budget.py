@@ -168,3 +168,14 @@ def test_eval_under_max_cost_refuses_an_unpriced_model_and_caps_uncapped_answers
     assert done.exit_code == 0, done.output
     assert capped == [512] * 3
     assert "under --max-cost, 3 requests that set no max_tokens were sent with max_tokens 512" in done.output
+
+
+def test_an_unpriced_judge_model_under_max_cost_is_refused_before_any_request(tmp_path):
+    """A quality gate's judge is paid like a step: its model needs a price too."""
+    path = spec(tmp_path, 2, 2)
+    path.write_text(path.read_text() + 'judge:\n  criteria: "Is it kind?"\n  model: vendor/judge\n', encoding="utf-8")
+    with FakeServer(responder=pure_answer).running() as srv:
+        result = generate(srv, "--max-cost", "1")
+        assert srv.count == 0
+    assert result.exit_code == 2, result.output
+    assert "no price is known for model 'vendor/judge'" in one_line_error(result.output)

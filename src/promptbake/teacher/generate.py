@@ -17,6 +17,7 @@ from typing import Any
 
 from promptbake.errors import BudgetExceeded
 from promptbake.plan.expand import Expander
+from promptbake.plan.judge import judge_steps
 from promptbake.plan.planner import DEFAULT_RESERVE, Planner
 from promptbake.spec.models import Spec, Step, TeacherConfig
 from promptbake.store.db import AttemptRow, ResultRow, Store, StoredRequest
@@ -84,11 +85,12 @@ def check_budget(spec: Spec, config: TeacherConfig, max_cost: float | None) -> l
     ``DEFAULT_RESERVE`` under a budget (see :func:`bounded`)."""
     if max_cost is None:
         return []
-    PriceTable(config.prices).require((step.model or model_name(config) for step in spec.steps), max_cost)
+    steps = [*spec.steps, *judge_steps(spec)]  # a judge's verdicts are paid like answers
+    PriceTable(config.prices).require((step.model or model_name(config) for step in steps), max_cost)
     return [
         f"step {step.name} sets no max_tokens: under --max-cost its answers are sent with max_tokens "
         f"{DEFAULT_RESERVE}, the worst case reserved for each (set max_tokens in the spec to choose)"
-        for step in spec.steps if not _capped(step.body_params())
+        for step in steps if not _capped(step.body_params())
     ]
 
 
