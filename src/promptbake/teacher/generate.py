@@ -21,9 +21,9 @@ from promptbake.plan.judge import judge_steps
 from promptbake.plan.planner import DEFAULT_RESERVE, Planner
 from promptbake.spec.models import Spec, Step, TeacherConfig
 from promptbake.store.db import AttemptRow, ResultRow, Store, StoredRequest
-from promptbake.teacher.client import ChatClient, ChatResult, Endpoint
+from promptbake.teacher.client import ChatResult, Endpoint
 from promptbake.teacher.config import model_name
-from promptbake.teacher.limiter import Limiter
+from promptbake.teacher.endpoints import EndpointStats, Fleet, connect
 from promptbake.teacher.parse import parse_choices
 from promptbake.teacher.pool import Job, Outcome, Pool, PoolStats
 from promptbake.teacher.pricing import PriceTable
@@ -70,6 +70,7 @@ class GenerateReport:
     estimated: int = 0  # answers that came without usable usage, charged their worst case
     estimated_cost: float = 0.0
     notes: list[str] = field(default_factory=list)  # what the summary must say about the figures
+    endpoints: dict[str, EndpointStats] = field(default_factory=dict)  # with teacher.endpoints
 
     def spend(self) -> str:
         """``$0.1234``, saying how much of it is a worst-case estimate rather than billed usage."""
@@ -255,6 +256,8 @@ class Generation:
         self.report.rate_limited += stats.throttled
         self.report.estimated += stats.estimated
         self.report.estimated_cost += stats.estimated_cost
+        for name, endpoint_stats in stats.endpoints.items():
+            self.report.endpoints.setdefault(name, EndpointStats()).merge(endpoint_stats)
         self.report.stopped_for_budget = stats.stopped_for_budget
 
 
@@ -285,16 +288,19 @@ async def send_to_store(
         queue.put_nowait(result_row(outcome))
 
     try:
-        async with ChatClient(endpoint, concurrency=config.concurrency, timeout=config.timeout) as client:
-            limiter = Limiter(rpm=config.rpm, tpm=config.tpm, concurrency=config.concurrency)
+        async with connect(endpoint, config) as (client, limiter):
             pool = Pool(
                 client,
-                limiter,
+                limiter,  # type: ignore[arg-type]  # a Fleet over teacher.endpoints has Limiter's methods
                 max_attempts=config.max_attempts,
                 cost=PriceTable(config.prices).cost,
                 max_cost=max_cost,
             )
-            return await pool.run(jobs, sink)
+            try:
+                return await pool.run(jobs, sink)
+            finally:
+                if isinstance(limiter, Fleet):
+                    pool.stats.endpoints = limiter.summary()
     finally:
         queue.put_nowait(None)
         await writer
