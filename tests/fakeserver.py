@@ -117,6 +117,9 @@ class FakeServer:
     burst_s: float = 60.0  # how many seconds of the limit the buckets hold
     finish_reason: str = "stop"
     model: str = "fake-model"
+    # how answers report usage: "normal"; "omit" (no usage key, as some proxies do); "garbage"
+    # (strings and NaN, which must not count as free)
+    usage_mode: Literal["normal", "omit", "garbage"] = "normal"
     record_bodies: bool = True
     seed: int = 0
     port: int = 0
@@ -323,7 +326,7 @@ class FakeServer:
         self._answered += 1
         self.paid_by_hash[digest] += 1
         self.statuses["200"] += 1
-        payload = {
+        payload: dict[str, Any] = {
             "id": f"chatcmpl-{self._answered}",
             "object": "chat.completion",
             "created": int(time.time()),
@@ -336,6 +339,10 @@ class FakeServer:
             },
             "system_fingerprint": "fp_fake",
         }
+        if self.usage_mode == "omit":
+            del payload["usage"]
+        elif self.usage_mode == "garbage":
+            payload["usage"] = {"prompt_tokens": "many", "completion_tokens": math.nan, "total_tokens": None}
         return payload
 
     def _content(self, body: dict[str, Any], decision: str | dict[str, Any] | None, i: int) -> str:

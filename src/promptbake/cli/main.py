@@ -37,6 +37,10 @@ class _Group(click.Group):
                 raise
             click.echo(f"Error: {exc}", err=True)
             ctx.exit(exc.exit_code)
+        except click.UsageError as exc:
+            # a flag of the wrong type or out of range is bad input like any other: one line, exit 2
+            click.echo(f"Error: {exc.format_message()}", err=True)
+            ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
             # answers are committed as they arrive: the store already holds everything paid for
             click.echo("Interrupted: every answer received so far is stored; run the same command to resume.",
@@ -188,12 +192,14 @@ def _print_generate(report: Any) -> None:
         click.echo(g.batch.format(), err=True)
     click.echo(
         f"store: {t['ok']} ok, {t['failed']} failed, {t['pending']} pending; this run: {g.attempts} attempts, "
-        f"{g.rate_limited} rate-limited, {g.prompt_tokens + g.completion_tokens:,} tokens, ${g.spent:.4f}; "
+        f"{g.rate_limited} rate-limited, {g.prompt_tokens + g.completion_tokens:,} tokens, {g.spend()}; "
         f"all runs: ${t['cost']:.4f}; store file: {report.store_path}",
         err=True,
     )
     for name, endpoint in g.endpoints.items():
         click.echo(f"  endpoint {name}: {endpoint.describe()}", err=True)
+    for note in g.notes:
+        click.echo(f"note: {note}", err=True)
 
 
 @cli.command()

@@ -82,11 +82,11 @@ def estimate(spec: Spec, model: str, teacher_kind: str = "remote", prices: Price
     planner = Planner(spec, expander.templates, model, teacher_kind)
     prices = prices or PriceTable(spec.teacher.prices)
     cells = list(itertools.islice(expander.cells(), SAMPLE))
-    total_cells = len(cells) if len(cells) < SAMPLE else expander.cell_count()
-    wanted = sum(c.count for c in cells)
-    if total_cells > len(cells):
-        wanted = round(wanted * total_cells / len(cells))
-    scale = total_cells / max(len(cells), 1)
+    total_cells, wanted = expander.totals()
+    # the sampled cells stand for the grid: a list request is one per cell, any other request one
+    # per example wanted (the first cells of a weighted grid may want more than the average)
+    cell_scale = total_cells / max(len(cells), 1)
+    example_scale = wanted / max(sum(c.count for c in cells), 1)
     result = Estimate(cells=total_cells, examples_wanted=wanted, model=model, price_known=prices.known(model))
     note = encoding_note(model) if teacher_kind != "local" else None  # a local model is no OpenAI tokenizer
     if note:
@@ -124,6 +124,7 @@ def estimate(spec: Spec, model: str, teacher_kind: str = "remote", prices: Price
         reserve = (step.max_tokens or DEFAULT_RESERVE) * (step.n or 1)
         prompt = sum(r.est_tokens - reserve for r in requests)
         completion = reserve * len(requests)
+        scale = cell_scale if k == 0 and step.parse == "list" else example_scale
         n_requests = round(len(requests) * scale)
         result.steps.append(
             StepEstimate(

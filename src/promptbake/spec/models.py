@@ -52,11 +52,11 @@ class TeacherConfig(Strict):
     base_url: str | None = None
     model: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
-    rpm: float | None = Field(default=None, gt=0)
-    tpm: float | None = Field(default=None, gt=0)
+    rpm: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    tpm: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     concurrency: int = Field(default=64, ge=1)
     max_attempts: int = Field(default=6, ge=1)
-    timeout: float = Field(default=120.0, gt=0)
+    timeout: float = Field(default=120.0, gt=0, allow_inf_nan=False)
     structured_output: Literal["auto", "json_schema", "json_object", "none"] = "auto"
     prices: dict[str, Prices] = Field(default_factory=dict)
     endpoints: list[EndpointConfig] = Field(default_factory=list)  # several servers instead of base_url
@@ -359,15 +359,54 @@ def _format_loc(loc: tuple[int | str, ...]) -> str:
     return out or "(top level)"
 
 
+MAX_EXPANDED = 10_000_000  # characters (plus one per node) a spec may expand to beyond its own text
+
+
+def _expanded_size(root: yaml.Node | None, limit: int, where: str) -> int:
+    """What the document weighs once every alias is expanded (scalar characters plus one per
+    node), refusing a recursive alias or a document beyond ``limit``: a few lines of YAML aliases
+    (the billion laughs) expand to gigabytes when the spec is validated, hashed or sent as
+    ``extra_body``. Each distinct node is weighed once, so this costs the document's size."""
+    if root is None:
+        return 0
+    sizes: dict[int, int] = {}
+    open_: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if id(node) in sizes:
+            continue
+        if isinstance(node, yaml.ScalarNode):
+            sizes[id(node)] = 1 + len(node.value)
+            continue
+        children = [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else node.value
+        if children_done:
+            open_.discard(id(node))
+            sizes[id(node)] = size = 1 + sum(sizes[id(c)] for c in children)
+            if size > limit:
+                raise SpecError(f"{where}:{node.start_mark.line + 1}: YAML aliases expand this value beyond "
+                                f"{limit:,} characters (an alias bomb?); write the values out or put them in a file")
+            continue
+        if id(node) in open_:
+            raise SpecError(f"{where}:{node.start_mark.line + 1}: a YAML alias refers to the value containing it")
+        open_.add(id(node))
+        stack.append((node, True))
+        stack.extend((c, False) for c in children if id(c) not in sizes)
+    return sizes[id(root)]
+
+
 def parse_spec(text: str, where: str, path: Path | None = None) -> Spec:
     """Validate YAML text as a spec; errors name ``where`` (the file), the field and the line."""
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
+        _expanded_size(root, MAX_EXPANDED + len(text), where)
         data = yaml.safe_load(text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = f":{mark.line + 1}" if mark else ""
         raise SpecError(f"{where}{line}: invalid YAML: {exc.problem or exc}") from exc
+    except RecursionError:
+        raise SpecError(f"{where}: invalid YAML: nested too deeply") from None
     if not isinstance(data, dict):
         raise SpecError(f"{where}: a spec must be a YAML mapping")
     try:
@@ -406,7 +445,7 @@ def read_lines_file(path: Path, what: str) -> list[str]:
     except OSError as exc:
         raise DataFileError(f"{path}: cannot read {what}: {exc.strerror}") from exc
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")  # a Windows editor's BOM is not part of the first value
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise DataFileError(f"{path}:{line}: {what} is not UTF-8 text") from exc

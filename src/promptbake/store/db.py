@@ -98,6 +98,13 @@ def _status(result: ResultRow) -> str:
     return "pending" if result.abandoned else "failed"
 
 
+# a planned request joins the current plan; planned again (a resumed run), it just becomes current
+_PLAN_INSERT = (
+    "INSERT INTO requests (id, spec_name, step, step_index, round, ord, cell_key, category, parent_id, "
+    "item_index, vars, body, cache_key, est_tokens) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (id) DO UPDATE SET current = 1"
+)
+
 BLOB_MIN = 1024  # characters: a system prompt this long is stored once, by hash
 BLOB_ROLES = ("system", "developer")
 
@@ -333,17 +340,21 @@ class Store:
                     "UPDATE requests SET current = 0 WHERE spec_name = ? AND step_index = ? AND round = ?",
                     (spec_name, step_index, round_),
                 )
-                self.db.executemany(
-                    "INSERT INTO requests (id, spec_name, step, step_index, round, ord, cell_key, "
-                    "category, parent_id, item_index, vars, body, cache_key, est_tokens) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT (id) DO UPDATE SET current = 1",
-                    rows(),
-                )
+                self.db.executemany(_PLAN_INSERT, rows())
                 self.db.executemany("INSERT OR IGNORE INTO blobs VALUES (?, ?)", blobs.items())
         except sqlite3.OperationalError as exc:
             raise StoreError(f"{self.path}: write failed: {exc}") from exc
         return planned
+
+    def extend_plan(self, requests: Iterable[PlannedRequest]) -> int:
+        """Add requests to the current plan of their step without retiring the rest of it: a grid
+        too big to plan before sending is planned a slice at a time (after ``replan`` with no
+        requests retired the old plan). Returns how many were added."""
+        blobs: dict[str, str] = {}
+        rows = [_request_row(r, blobs) for r in requests]
+        self._write("INSERT OR IGNORE INTO blobs VALUES (?, ?)", blobs.items())  # before the rows using them
+        self._write(_PLAN_INSERT, rows)
+        return len(rows)
 
     def insert_requests(self, requests: Iterable[PlannedRequest]) -> int:
         """INSERT OR IGNORE: add requests that are not planned yet (callers without plan versions)."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import math
 import os
 import re
 import time
@@ -85,6 +86,7 @@ class ChatResult:
     model: str
     response: dict[str, Any]  # the decoded JSON answer, for the store
     rate: RateInfo | None = None
+    usage_known: bool = True  # False: no usable ``usage``; the tokens are 0 and the pool charges a worst case
 
 
 class AttemptError(Exception):
@@ -266,13 +268,26 @@ def _result(decoded: dict[str, Any], body: dict[str, Any], rate: RateInfo | None
     choices = sorted(decoded["choices"], key=lambda choice: choice.get("index", 0))
     if not choices:
         raise ValueError("no choices")
-    usage = decoded.get("usage") or {}
+    usage = _usage(decoded.get("usage"))
     return ChatResult(
         contents=[choice["message"].get("content") or "" for choice in choices],
         finish_reasons=[choice.get("finish_reason") or "" for choice in choices],
-        prompt_tokens=int(usage.get("prompt_tokens") or 0),
-        completion_tokens=int(usage.get("completion_tokens") or 0),
+        prompt_tokens=usage[0] if usage else 0,
+        completion_tokens=usage[1] if usage else 0,
         model=decoded.get("model") or body.get("model", ""),
         response=decoded,
         rate=rate,
+        usage_known=usage is not None,
     )
+
+
+def _usage(usage: Any) -> tuple[int, int] | None:
+    """(prompt, completion) tokens when the server reported both as whole numbers ≥ 0; None for a
+    missing, partial or nonsensical ``usage`` (strings, NaN, negative), which must not count as free."""
+    if not isinstance(usage, dict):
+        return None
+    counts = [usage.get("prompt_tokens"), usage.get("completion_tokens")]
+    if not all(isinstance(n, int | float) and not isinstance(n, bool) and math.isfinite(n) and n >= 0
+               and n == int(n) for n in counts):
+        return None
+    return int(counts[0]), int(counts[1])

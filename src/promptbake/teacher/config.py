@@ -12,6 +12,8 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from pydantic import ValidationError
+
 from promptbake.errors import InputError
 from promptbake.spec.models import EndpointConfig, TeacherConfig
 from promptbake.teacher.client import Endpoint
@@ -36,8 +38,15 @@ class TeacherOverrides:
     timeout: float | None = None
 
 
+# the flag that sets each TeacherConfig field, for error messages
+FLAGS = {"kind": "--teacher", "base_url": "--base-url", "model": "--model", "api_key_env": "--api-key-env",
+         "rpm": "--rpm", "tpm": "--tpm", "concurrency": "--concurrency", "max_attempts": "--max-attempts",
+         "timeout": "--timeout"}
+
+
 def merge(config: TeacherConfig, overrides: TeacherOverrides) -> TeacherConfig:
-    """The spec's teacher section with the flags that were given laid over it."""
+    """The spec's teacher section with the flags that were given laid over it, validated by the
+    same model as the spec: a flag out of range is bad input named by its flag, like a spec field."""
     changes = {
         "kind": overrides.teacher_kind,
         "base_url": overrides.base_url,
@@ -57,7 +66,14 @@ def merge(config: TeacherConfig, overrides: TeacherOverrides) -> TeacherConfig:
         data["endpoints"] = [{"base_url": url} for url in overrides.endpoints]
     if overrides.teacher_kind == "local" and overrides.model is None:
         data["model"] = None  # the spec's remote model name means nothing to the local server
-    return TeacherConfig.model_validate(data)
+    try:
+        return TeacherConfig.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = str(err["loc"][0]) if err["loc"] else ""
+        given = changes.get(field)
+        where = f"{FLAGS[field]} {given}" if field in FLAGS and given is not None else f"teacher.{field}"
+        raise InputError(f"{where}: {err['msg'].removeprefix('Value error, ')}") from None
 
 
 def model_name(config: TeacherConfig) -> str:

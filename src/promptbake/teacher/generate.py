@@ -8,20 +8,23 @@ task commits finished requests as they come, so a kill loses at most what was in
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TextIO
 
 from promptbake.errors import BudgetExceeded
 from promptbake.plan.expand import Expander
-from promptbake.plan.planner import Planner
+from promptbake.plan.judge import judge_steps
+from promptbake.plan.planner import DEFAULT_RESERVE, Planner
 from promptbake.spec.models import Spec, Step, TeacherConfig
 from promptbake.store.db import AttemptRow, ResultRow, Store, StoredRequest
 from promptbake.teacher.client import ChatResult, Endpoint
+from promptbake.teacher.config import model_name
 from promptbake.teacher.endpoints import EndpointStats, Fleet, connect
 from promptbake.teacher.parse import parse_choices
 from promptbake.teacher.pool import Job, Outcome, Pool, PoolStats
@@ -29,6 +32,12 @@ from promptbake.teacher.pricing import PriceTable
 
 if TYPE_CHECKING:
     from promptbake.teacher.batch import BatchOptions, BatchTotals
+
+# A grid of more cells than this is not planned whole before the first request: step 0 of round 0
+# is planned STREAM_CHUNK cells at a time while the pool sends what is planned (10^8 cells would
+# otherwise take hours of planning, and as many rows, before anything is asked).
+STREAM_CELLS = 10_000
+STREAM_CHUNK = 1_000
 
 
 @dataclass
@@ -66,7 +75,44 @@ class GenerateReport:
     rate_limited: int = 0
     stopped_for_budget: bool = False
     batch: BatchTotals | None = None  # set in batch mode
+    estimated: int = 0  # answers that came without usable usage, charged their worst case
+    estimated_cost: float = 0.0
+    notes: list[str] = field(default_factory=list)  # what the summary must say about the figures
     endpoints: dict[str, EndpointStats] = field(default_factory=dict)  # with teacher.endpoints
+
+    def spend(self) -> str:
+        """``$0.1234``, saying how much of it is a worst-case estimate rather than billed usage."""
+        if not self.estimated:
+            return f"${self.spent:.4f}"
+        return (f"${self.spent:.4f} (${self.estimated_cost:.4f} of it estimated: {self.estimated} answers came "
+                "without usage and were charged their worst case)")
+
+
+def check_budget(spec: Spec, config: TeacherConfig, max_cost: float | None) -> list[str]:
+    """Refuse to start a run whose ``--max-cost`` could not hold (a model without a price would be
+    counted as free). Returns notes for the summary: steps without ``max_tokens`` are sent with
+    ``DEFAULT_RESERVE`` under a budget (see :func:`bounded`)."""
+    if max_cost is None:
+        return []
+    steps = [*spec.steps, *judge_steps(spec)]  # a judge's verdicts are paid like answers
+    PriceTable(config.prices).require((step.model or model_name(config) for step in steps), max_cost)
+    return [
+        f"step {step.name} sets no max_tokens: under --max-cost its answers are sent with max_tokens "
+        f"{DEFAULT_RESERVE}, the worst case reserved for each (set max_tokens in the spec to choose)"
+        for step in steps if not _capped(step.body_params())
+    ]
+
+
+def _capped(body: dict[str, Any]) -> bool:
+    return body.get("max_tokens") is not None or body.get("max_completion_tokens") is not None
+
+
+def bounded(job: StepJob) -> StepJob:
+    """The job as sent under ``--max-cost``: without max tokens an answer has no worst case, so it
+    gets ``DEFAULT_RESERVE`` (what its TPM estimate already assumed). Only the sent body changes,
+    not the cache key: a capped answer that was not cut off is the same answer uncapped, and one
+    that was cut off is rejected and retried like any other."""
+    return job if _capped(job.body) else replace(job, body={**job.body, "max_tokens": DEFAULT_RESERVE})
 
 
 def _checker(step: Step) -> Callable[[ChatResult], Any]:
@@ -91,7 +137,7 @@ class Progress:
     default 5) and a last one at the end, so a long run is never silent.
     """
 
-    def __init__(self, enabled: bool, total: int, label: str, *, every: float | None = None,
+    def __init__(self, enabled: bool, total: int | None, label: str, *, every: float | None = None,
                  stream: TextIO | None = None) -> None:
         self.stream = stream or sys.stderr
         self.total = total
@@ -118,7 +164,8 @@ class Progress:
     def line(self) -> str:
         elapsed = max(time.monotonic() - self.start, 1e-6)
         share = f" ({100 * self.done / self.total:.0f}%)" if self.total else ""
-        return (f"{self.label}: {self.done}/{self.total}{share}, {self.done / elapsed:,.1f} req/s, "
+        total = "?" if self.total is None else self.total  # a streamed step's total is not known up front
+        return (f"{self.label}: {self.done}/{total}{share}, {self.done / elapsed:,.1f} req/s, "
                 f"{self.tokens / elapsed:,.0f} tok/s, ${self.spent:.4f}, {self.errors} failed")
 
     def _lines(self, every: float, stop: threading.Event) -> None:
@@ -164,6 +211,8 @@ class Generation:
         self.planner = Planner(spec, expander.templates, endpoint.model, config.kind)
         self.report = GenerateReport()
         self._forgotten: set[int] = set()
+        # --no-cache re-pays a whole step, which needs it planned whole first
+        self.streams = not options.no_cache and expander.totals()[0] > STREAM_CELLS
 
     def plan(self, round_: int, k: int) -> int:
         wants = None if round_ == 0 else self.store.wants(self.spec.name, round_)
@@ -180,6 +229,11 @@ class Generation:
         for k, step in enumerate(self.planner.steps):
             report = StepReport(step.name, round_)
             self.report.steps.append(report)
+            if k == 0 and round_ == 0 and self.streams:
+                self.store.replan(self.spec.name, 0, 0, [])  # the stream plans it again, slice by slice
+                await self._execute(0, 0, step, report, self._streamed_jobs(step, report))
+                self._check_budget()
+                continue
             report.planned = self.plan(round_, k)
             if self.options.no_cache and k not in self._forgotten:
                 self.store.forget_answers(self.spec.name, k)
@@ -187,11 +241,31 @@ class Generation:
             elif not self.options.no_cache:
                 report.cached = self.store.serve_from_cache(self.spec.name, k)
             await self._execute(k, round_, step, report)
-            if self.report.stopped_for_budget:
-                raise BudgetExceeded(
-                    f"--max-cost ${self.options.max_cost:.2f} reached after spending "
-                    f"${self.report.spent:.4f}; everything paid for is stored, re-run to continue"
-                )
+            self._check_budget()
+
+    def _check_budget(self) -> None:
+        if self.report.stopped_for_budget:
+            raise BudgetExceeded(
+                f"--max-cost ${self.options.max_cost:.2f} reached after spending "
+                f"{self.report.spend()}; everything paid for is stored, re-run to continue"
+            )
+
+    def _streamed_jobs(self, step: Step, report: StepReport) -> Iterator[StepJob]:
+        """Step 0 of round 0 of a big grid: plan (and save) a slice of cells, hand its unanswered
+        requests to the pool, then plan the next slice; the pool pulls lazily, so planning keeps
+        just ahead of sending."""
+        check = _checker(step)
+        cells = self.expander.cells()
+        while chunk := list(itertools.islice(cells, STREAM_CHUNK)):
+            self.store.save_cells(self.spec.name, chunk)
+            planned = list(self.planner.first_step(chunk, 0))
+            report.planned += self.store.extend_plan(planned)
+            report.cached += self.store.serve_from_cache(self.spec.name, 0)
+            ords = {r.ord for r in planned}
+            # the not-done requests of the step are this slice's, plus the few in flight or failed
+            for request in self.store.pending(self.spec.name, 0):
+                if request.ord in ords:
+                    yield _job(request, check, step)
 
     def _jobs(self, k: int, round_: int, step: Step) -> Iterator[StepJob]:
         check = _checker(step)
@@ -200,9 +274,12 @@ class Generation:
                 continue
             yield _job(request, check, step)
 
-    async def _execute(self, k: int, round_: int, step: Step, report: StepReport) -> None:
-        total = self.store.count_pending(self.spec.name, k, round_)
-        report.stored = max(report.planned - report.cached - total, 0)
+    async def _execute(self, k: int, round_: int, step: Step, report: StepReport,
+                       jobs: Iterable[StepJob] | None = None) -> None:
+        """Send the step's pending requests (or ``jobs``, planned as they are sent: no total)."""
+        total = None if jobs is not None else self.store.count_pending(self.spec.name, k, round_)
+        if total is not None:
+            report.stored = max(report.planned - report.cached - total, 0)
         if total == 0:
             return
 
@@ -225,7 +302,7 @@ class Generation:
                 self.store,
                 self.endpoint,
                 self.config,
-                self._jobs(k, round_, step),
+                self._jobs(k, round_, step) if jobs is None else jobs,
                 progress=progress,
                 max_cost=budget,
                 on_outcome=count,
@@ -235,6 +312,8 @@ class Generation:
         self.report.completion_tokens += stats.completion_tokens
         self.report.attempts += stats.attempts
         self.report.rate_limited += stats.throttled
+        self.report.estimated += stats.estimated
+        self.report.estimated_cost += stats.estimated_cost
         for name, endpoint_stats in stats.endpoints.items():
             self.report.endpoints.setdefault(name, EndpointStats()).merge(endpoint_stats)
         self.report.stopped_for_budget = stats.stopped_for_budget
@@ -252,6 +331,8 @@ async def send_to_store(
 ) -> PoolStats:
     """Send jobs through the rate-limited pool; every finished one goes to the store's single
     writer. The one path by which generate and eval pay for answers."""
+    if max_cost is not None:
+        jobs = map(bounded, jobs)
     queue: asyncio.Queue[ResultRow | None] = asyncio.Queue()
     writer = asyncio.create_task(_writer(store, queue))
 

@@ -9,6 +9,7 @@ memory. Every attempt, paid or not, is reported in the outcome so the store can 
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -20,6 +21,11 @@ from promptbake.teacher.client import AttemptError, ChatClient, ChatResult, Rate
 from promptbake.teacher.limiter import Limiter, wait_hint
 
 CostFn = Callable[[str, int, int], float]
+
+# The prompt's token count is an estimate (tiktoken, maybe another model's encoding); the server
+# counts its own way. The budget reserves this much more, so the bound holds when it counts more.
+PROMPT_MARGIN = 1.25
+PROMPT_SLACK = 16  # tokens: the chat format's overhead varies between servers
 
 
 @dataclass
@@ -45,6 +51,7 @@ class Attempt:
     cost: float = 0.0
     raw: str | None = None
     seed: int | None = None
+    estimated: bool = False  # no usable usage came back: tokens and cost are the worst case
 
 
 @dataclass
@@ -72,6 +79,8 @@ class PoolStats:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost: float = 0.0
+    estimated: int = 0  # answers without usable usage, charged their worst case
+    estimated_cost: float = 0.0  # the part of ``cost`` they account for
     elapsed: float = 0.0
     stopped_for_budget: bool = False
     endpoints: dict[str, Any] = field(default_factory=dict)  # per endpoint, when a Fleet ran it
@@ -231,13 +240,17 @@ class Pool:
 
         latency = (time.perf_counter() - start) * 1000
         self.limiter.observe(permit, result.rate)
-        self.limiter.adjust(permit, result.prompt_tokens + result.completion_tokens)
+        if result.usage_known:
+            prompt_tokens, completion_tokens = result.prompt_tokens, result.completion_tokens
+            self.limiter.adjust(permit, prompt_tokens + completion_tokens)
+            paid = self.cost(str(body.get("model", result.model)), prompt_tokens, completion_tokens)
+        else:
+            # no usage to bill by: charge what was reserved, never $0 (the summary says so)
+            (prompt_tokens, completion_tokens), paid = worst_tokens(run.job), worst
         self.limiter.succeeded()
-        paid = self.cost(str(body.get("model", result.model)), result.prompt_tokens,
-                         result.completion_tokens)
         self._budget.spent += paid
-        attempt = Attempt(number, 200, None, None, latency, result.prompt_tokens,
-                          result.completion_tokens, paid, seed=seed)
+        attempt = Attempt(number, 200, None, None, latency, prompt_tokens, completion_tokens, paid,
+                          seed=seed, estimated=not result.usage_known)
         run.attempts.append(attempt)
         if run.job.check is None:
             return 0.0, Outcome(run.job, True, result, None, run.attempts, None)
@@ -270,18 +283,27 @@ class Pool:
             stats.prompt_tokens += attempt.prompt_tokens
             stats.completion_tokens += attempt.completion_tokens
             stats.cost += attempt.cost
+            if attempt.estimated:
+                stats.estimated += 1
+                stats.estimated_cost += attempt.cost
+
+
+def worst_tokens(job: Job) -> tuple[int, int]:
+    """(prompt, completion) tokens of the dearest answer ``job`` can get: the prompt estimate with
+    a margin, and every completion token it may use (max tokens × n). With no max tokens set, the
+    whole estimate is counted as completion tokens (the dearer kind)."""
+    body = job.body
+    cap = body.get("max_completion_tokens", body.get("max_tokens"))
+    if cap is None:
+        return 0, math.ceil(job.est_tokens * PROMPT_MARGIN) + PROMPT_SLACK
+    out = int(cap) * int(body.get("n") or 1)
+    return math.ceil(max(0, job.est_tokens - out) * PROMPT_MARGIN) + PROMPT_SLACK, out
 
 
 def worst_cost(cost: CostFn, job: Job) -> float:
-    """Cost if the answer used every token it may; with no max tokens set, the whole
-    estimate is priced as completion tokens (the dearer kind)."""
-    body = job.body
-    cap = body.get("max_completion_tokens", body.get("max_tokens"))
-    model = str(body.get("model", ""))
-    if cap is None:
-        return cost(model, 0, job.est_tokens)
-    out = int(cap) * int(body.get("n") or 1)
-    return cost(model, max(0, job.est_tokens - out), out)
+    """Cost if the answer used every token it may (see :func:`worst_tokens`)."""
+    prompt, completion = worst_tokens(job)
+    return cost(str(job.body.get("model", "")), prompt, completion)
 
 
 def _puller(jobs: AsyncIterator[Job] | Iterable[Job]) -> Callable[[], Awaitable[Job | None]]:

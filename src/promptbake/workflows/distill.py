@@ -48,7 +48,7 @@ from promptbake.records import Example
 from promptbake.spec.models import IDENTIFIER, MessageTemplate, Spec
 from promptbake.teacher.config import TeacherOverrides, merge, model_name
 from promptbake.teacher.generate import GenerateOptions
-from promptbake.teacher.pricing import PriceTable
+from promptbake.teacher.pricing import PriceTable, base_model, ft_price_factor
 from promptbake.teacher.tokens import TOKENS_PER_MESSAGE, count_messages, count_tokens, encoding_note
 from promptbake.workflows.pipeline import RunReport
 from promptbake.workflows.pipeline import run as run_pipeline
@@ -57,15 +57,14 @@ ANSWER_STEP = "answer"
 INPUT_STEP = "input"  # the generated-inputs step; its items become the variable ``input``
 EXAMPLE_ID = "prompt-example-"  # ids of the prompt's own examples in dropped.jsonl
 INPUTS_PER_REQUEST = 20  # one list request asks for at most this many inputs
+# max_tokens of an inputs request: up to a short paragraph per input, so the spend of that step is
+# bounded and --max-cost reserves a worst case the answer fits in (the 512 default would cut it off)
+INPUT_TOKENS = 150 * INPUTS_PER_REQUEST
 TRACE_CHARS = 40  # a shared run this long between an example and the long prompt is a trace
 
 # USD per 1M training tokens when targets.py has no price for the model: OpenAI's gpt-4o-mini
 # price (the cheapest widely used hosted fine-tune), so the estimate errs low, and says so.
 DEFAULT_TRAIN_USD_PER_1M = 3.00
-# Fine-tuned inference price ÷ base price, input and output alike (OpenAI pricing page, 2026-11:
-# fine-tuned gpt-4o-mini $0.30/$1.20 vs $0.15/$0.60 base; gpt-4o $3.75/$15 vs $2.50/$10).
-FT_PRICE_FACTORS = {"gpt-4o-mini": 2.0, "gpt-4.1-mini": 2.0, "gpt-4.1-nano": 2.0, "gpt-4o": 1.5, "gpt-4.1": 1.5}
-DEFAULT_FT_PRICE_FACTOR = 2.0
 
 # A Jinja template; {traits} and {batch} are filled in (by str.replace) when the spec is built.
 INPUTS_PROMPT = """\
@@ -203,7 +202,7 @@ def answer_checks(schema_file: str | Path | None = None, regex: str | None = Non
 
 def _row_lines(path: Path) -> list[int]:
     """The line each row of ``load_table`` starts on, for error messages."""
-    text = path.read_text(encoding="utf-8")
+    text = path.read_text(encoding="utf-8-sig")
     if path.suffix == ".csv":
         reader = csv.reader(io.StringIO(text))
         next(reader, None)
@@ -263,6 +262,8 @@ def distill_spec(
     prompt = Path(prompt_path)
     if not prompt.is_file():
         raise InputError(f"{prompt}: no such prompt file")
+    if not prompt.read_bytes().strip():
+        raise InputError(f"{prompt}: the prompt file is empty: there is nothing to distill")
     axes = dict(axes or {})
     if inputs_path is not None and generate_inputs is not None:
         raise InputError("give an inputs file (--inputs) or --generate-inputs N, not both")
@@ -308,7 +309,7 @@ def distill_spec(
         content = INPUTS_PROMPT.replace(
             "{traits}", f"Every message must fit this situation:\n{traits}" if traits else ""
         ).replace("{batch}", batch_line if batches > 1 else "")
-        steps.insert(0, {"name": INPUT_STEP, "parse": "list", "temperature": 1.0,
+        steps.insert(0, {"name": INPUT_STEP, "parse": "list", "temperature": 1.0, "max_tokens": INPUT_TOKENS,
                          "messages": [{"role": "user", "content": content}]})
         rounds = 3  # top-up rounds ask for more inputs where dedupe left a cell short
     example = [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
@@ -399,12 +400,6 @@ def finetune_estimate(lengths: list[int], model: str, *, epochs: int | None = No
     else:
         price, source = DEFAULT_TRAIN_USD_PER_1M, f"assumed (no {target} training price for {model})"
     return FineTuneEstimate(per_epoch, epochs, price, source, per_epoch * epochs * price / 1_000_000)
-
-
-def ft_price_factor(model: str) -> float:
-    name = model.split(":")[1] if model.startswith("ft:") else model
-    matches = [k for k in FT_PRICE_FACTORS if name == k or name.startswith(k + "-")]
-    return FT_PRICE_FACTORS[max(matches, key=len)] if matches else DEFAULT_FT_PRICE_FACTOR
 
 
 # ---- the run --------------------------------------------------------------------------------
@@ -571,7 +566,7 @@ def _system_tokens(text: str, model: str) -> int:
 
 def _break_even_section(summary: dict[str, Any], train: list[dict[str, Any]], model: str, prices: PriceTable,
                         ft_factor: float | None, epochs: int | None) -> dict[str, Any]:
-    price = prices.lookup(model)
+    price = prices.lookup(base_model(model))  # the base model's price; the fine-tune's is derived below
     if price is None or price.input == 0:
         why = "no per-token price" if price is None else "a zero per-token price"
         return {"break_even": None,

@@ -31,14 +31,16 @@ from promptbake.output.atomic import write_jsonl_atomic
 from promptbake.output.formats import ensure_dir
 from promptbake.output.jsonl import read_jsonl
 from promptbake.plan.expand import stable_hash
+from promptbake.plan.planner import DEFAULT_RESERVE
 from promptbake.spec.models import SamplingParams, Spec, TeacherConfig
 from promptbake.spec.templates import Templates
 from promptbake.store.db import PlannedRequest, Store
 from promptbake.teacher.client import ChatResult, Endpoint
 from promptbake.teacher.config import TeacherOverrides, merge, model_name, open_teacher
-from promptbake.teacher.generate import Progress, StepJob, send_to_store
+from promptbake.teacher.generate import Progress, StepJob, bounded, send_to_store
 from promptbake.teacher.parse import parse_output
 from promptbake.teacher.pool import PoolStats
+from promptbake.teacher.pricing import PriceTable
 from promptbake.teacher.tokens import count_messages
 
 JUDGE_SCHEMA: dict[str, Any] = {
@@ -56,7 +58,6 @@ JUDGE_SYSTEM = (
     '{"reasoning": "<your reasoning>", "score": <1-5>}'
 )
 SWEEPABLE = ("temperature", "top_p", "max_tokens", "seed", "presence_penalty", "frequency_penalty")
-DEFAULT_RESERVE = 512  # completion tokens TPM reserves per answer when max_tokens is not set
 _SENT_KEYS = ("role", "content", "name", "tool_calls", "tool_call_id")  # no training-only "weight"
 
 
@@ -326,12 +327,17 @@ class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost: float = 0.0
+    estimated: int = 0  # answers without usable usage, charged their worst case
+    estimated_cost: float = 0.0
+    capped: int = 0  # requests sent with max_tokens DEFAULT_RESERVE because --max-cost needs a bound
 
     def add(self, stats: PoolStats) -> None:
         self.sent += stats.done + stats.failed
         self.prompt_tokens += stats.prompt_tokens
         self.completion_tokens += stats.completion_tokens
         self.cost += stats.cost
+        self.estimated += stats.estimated
+        self.estimated_cost += stats.estimated_cost
 
 
 class _Calls:
@@ -370,6 +376,8 @@ class _Calls:
         self.usage.planned += len(wanted)
         jobs = [StepJob(id=r.id, body=r.body, est_tokens=r.est_tokens, check=check, cache_key=r.cache_key)
                 for r in self.store.pending(self.namespace, 0) if r.id in wanted]
+        if self.options.max_cost is not None:  # these are sent with a cap (generate.bounded): say so
+            self.usage.capped += sum(1 for job in jobs if bounded(job) is not job)
         if jobs:
             with open_teacher(self.config) as (endpoint, config):
                 stats = asyncio.run(self._send(jobs, endpoint, config, label))
@@ -530,6 +538,12 @@ class EvalReport:
             f"{len(self.rows)} results → {self.out}; {u.planned} requests, {u.planned - u.sent} from the store, "
             f"{u.sent} sent ({u.failed} failed), {u.prompt_tokens + u.completion_tokens:,} tokens, ${u.cost:.4f}"
         )
+        if u.estimated:
+            lines.append(f"note: ${u.estimated_cost:.4f} of the spend is estimated: {u.estimated} answers came "
+                         "without usage and were charged their worst case")
+        if u.capped:
+            lines.append(f"note: under --max-cost, {u.capped} requests that set no max_tokens were sent with "
+                         f"max_tokens {DEFAULT_RESERVE} (sweep max_tokens to choose another)")
         if errors:
             lines.append(f"warning: {errors} answers failed (see 'error' in {self.out}); re-run to retry them")
         return "\n".join(lines)
@@ -558,6 +572,10 @@ def evaluate(items: list[TestItem], model: TeacherConfig, options: EvalOptions, 
     for item in items:
         scoring.reference_for(item)  # a reference template that cannot render fails before anything is paid
     name = model_name(model)
+    if options.max_cost is not None:  # before anything is sent: an unpriced model cannot be bounded
+        PriceTable(model.prices).require([name], options.max_cost)
+        if judge is not None:
+            PriceTable(judge.prices).require([model_name(judge)], options.max_cost)
     with Store(options.store_path) as store:
         calls = _Calls(store, model, f"@eval/{name}", options, usage)
         planned = []

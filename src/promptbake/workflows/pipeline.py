@@ -19,7 +19,7 @@ from promptbake.records import Example
 from promptbake.spec.models import Spec
 from promptbake.store.db import Store
 from promptbake.teacher.config import TeacherOverrides, merge, open_teacher
-from promptbake.teacher.generate import GenerateOptions, GenerateReport, Generation
+from promptbake.teacher.generate import GenerateOptions, GenerateReport, Generation, check_budget
 
 
 @dataclass
@@ -80,12 +80,14 @@ def generate(
     if options.batch is not None and config.kind == "local":
         raise InputError("--batch needs a remote server with the Batch API; the local teacher has none (run "
                          "without --batch, or use `promptbake batch export` for vLLM's run_batch)")
+    notes = check_budget(spec, config, options.max_cost)
     expander = Expander(spec)
     check_templates(spec, expander)  # a template typo is refused before the store, the teacher or a request
     with Store(store_path) as store, open_teacher(config) as (endpoint, config):
         run_id = store.start_run(spec.name, spec.spec_hash(), command)
-        save_run_context(spec, store, expander)
         generation = Generation(spec, store, expander, endpoint, config, options)
+        save_run_context(spec, store, expander, cells=not generation.streams)  # streamed cells are saved as planned
+        generation.report.notes.extend(notes)
         report = RunReport(generation.report, store_path=str(store_path))
         status = "failed"
         try:
@@ -142,10 +144,12 @@ def default_store(out_dir: str | Path) -> Path:
     return run_store if run_store.exists() else Path("promptbake.db")
 
 
-def save_run_context(spec: Spec, store: Store, expander: Expander) -> None:
-    """What ``build STORE`` and later rounds need from the spec: its text and its cells."""
+def save_run_context(spec: Spec, store: Store, expander: Expander, *, cells: bool = True) -> None:
+    """What ``build STORE`` and later rounds need from the spec: its text and (unless a streamed
+    grid saves them as it plans) its cells."""
     store.save_spec(spec.name, spec.spec_hash(), str(spec.path or ""), spec_text(spec))
-    store.save_cells(spec.name, expander.cells())
+    if cells:
+        store.save_cells(spec.name, expander.cells())
 
 
 def spec_text(spec: Spec) -> str:
