@@ -62,6 +62,9 @@ def teacher_options(fn: F) -> F:
         click.option("--max-attempts", type=int, default=None,
                      help="Attempts per request before it is recorded as failed."),
         click.option("--timeout", type=float, default=None, help="Seconds before a request is abandoned and retried."),
+        click.option("--max-retry-after", type=float, default=None,
+                     help="Longest server-requested wait (429 retry-after) that pauses everyone; a longer one "
+                          "pauses only its own request, this many seconds (default 60)."),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -71,7 +74,7 @@ def teacher_options(fn: F) -> F:
         from promptbake.teacher.config import TeacherOverrides
 
         keys = ["teacher_kind", "base_url", "model", "api_key_env", "rpm", "tpm", "concurrency",
-                "max_attempts", "timeout"]
+                "max_attempts", "timeout", "max_retry_after"]
         kwargs["overrides"] = TeacherOverrides(**{k: kwargs.pop(k) for k in keys})
         return fn(*args, **kwargs)
 
@@ -123,6 +126,18 @@ def _generate_options(fn: F) -> F:
     return fn
 
 
+def _shortfall_option(fn: F) -> F:
+    return click.option("--allow-shortfall", is_flag=True,
+                        help="Exit 0 even when cells are short or requests failed (the shortfall is still "
+                             "reported).")(fn)
+
+
+def _print_failures(failures: Any) -> None:
+    """The most common reasons requests failed, at the end of every command that calls a teacher."""
+    if failures.total:
+        click.echo(failures.format(), err=True)
+
+
 def _print_generate(report: Any) -> None:
     for step in report.generate.steps:
         if step.planned or step.sent or step.cached:
@@ -134,6 +149,8 @@ def _print_generate(report: Any) -> None:
     for r in report.rounds:
         if r.short_cells:
             click.echo(f"round {r.round}: {r.short_cells} cells short by {r.missing} examples", err=True)
+    if report.stalled:
+        click.echo(report.stalled, err=True)
     t = report.totals
     g = report.generate
     click.echo(
@@ -142,6 +159,20 @@ def _print_generate(report: Any) -> None:
         f"all runs: ${t['cost']:.4f}",
         err=True,
     )
+    _print_failures(g.failures)
+
+
+def _check_shortfall(report: Any, allow: bool, where: str) -> None:
+    """Exit 3 (``Shortfall``) when the run got less than the spec asked for, unless allowed."""
+    short = report.shortfall()
+    if short is None:
+        return
+    if allow:
+        click.echo(f"shortfall allowed: {short}", err=True)
+        return
+    from promptbake.errors import Shortfall
+
+    raise Shortfall(f"{short}; {where}. Re-run to retry, or pass --allow-shortfall to accept it")
 
 
 @cli.command()
@@ -149,9 +180,10 @@ def _print_generate(report: Any) -> None:
 @click.option("--store", "store_path", default="promptbake.db", show_default=True, type=click.Path(dir_okay=False),
               help="SQLite store: the cache and the resume point.")
 @_generate_options
+@_shortfall_option
 @teacher_options
 def generate(spec_path: str, store_path: str, no_cache: bool, max_cost: float | None, quiet: bool,
-             overrides: Any) -> None:
+             allow_shortfall: bool, overrides: Any) -> None:
     """Run SPEC's steps against the teacher into the store (re-run to resume)."""
     from promptbake.teacher.generate import GenerateOptions
     from promptbake.workflows.pipeline import generate as run_generate
@@ -160,6 +192,7 @@ def generate(spec_path: str, store_path: str, no_cache: bool, max_cost: float | 
     report = run_generate(spec, store_path, overrides,
                           GenerateOptions(no_cache=no_cache, max_cost=max_cost, progress=not quiet))
     _print_generate(report)
+    _check_shortfall(report, allow_shortfall, f"the store {store_path} holds what was answered")
 
 
 @cli.command()
@@ -217,9 +250,10 @@ def _print_build(report: Any) -> None:
               help="SQLite store (default: OUT/promptbake.db).")
 @_generate_options
 @_build_options
+@_shortfall_option
 @teacher_options
 def run(spec_path: str, out_dir: str, store_path: str | None, no_cache: bool, max_cost: float | None, quiet: bool,
-        formats: tuple[str, ...], seed: int | None, overrides: Any) -> None:
+        formats: tuple[str, ...], seed: int | None, allow_shortfall: bool, overrides: Any) -> None:
     """expand → generate → build: SPEC in, train/test JSONL out (re-run to resume)."""
     from promptbake.teacher.generate import GenerateOptions
     from promptbake.workflows.pipeline import run as run_pipeline
@@ -230,6 +264,7 @@ def run(spec_path: str, out_dir: str, store_path: str | None, no_cache: bool, ma
                           formats=list(formats) or None, seed=seed)
     _print_generate(report)
     _print_build(report.build)
+    _check_shortfall(report, allow_shortfall, f"{out_dir} holds what was possible")
 
 
 @cli.command()
@@ -245,8 +280,8 @@ def build(source: str, out_dir: str, store_path: str | None, spec_name: str | No
     from pathlib import Path
 
     from promptbake.build.builder import build as run_build
-    from promptbake.workflows.pipeline import spec_from_store
     from promptbake.store.db import Store
+    from promptbake.workflows.pipeline import spec_from_store
 
     if Path(source).suffix in (".yaml", ".yml"):
         spec = _load(source)
@@ -332,9 +367,9 @@ def eval_command(data: str, out: str, spec_path: str | None, metadata: str | Non
     from pathlib import Path
 
     from promptbake.errors import DataFileError
-    from promptbake.workflows.evaluate import Scoring, judge_config, run_eval
     from promptbake.spec.models import TeacherConfig
     from promptbake.teacher.config import merge
+    from promptbake.workflows.evaluate import Scoring, judge_config, run_eval
 
     spec = _load(spec_path) if spec_path else None
     schema = None
@@ -379,6 +414,8 @@ def topup(spec_path: str, eval_path: str, dataset: str, threshold: float | None,
                        bottom=bottom, metric=metric, store_path=store_path, overrides=overrides,
                        options=GenerateOptions(no_cache=no_cache, max_cost=max_cost, progress=not quiet))
     click.echo(report.format(), err=True)
+    for run in report.runs:
+        _print_failures(run.generate.failures)
 
 
 @cli.command()
@@ -414,16 +451,17 @@ def topup(spec_path: str, eval_path: str, dataset: str, threshold: float | None,
               help="Fine-tuning epochs for the cost estimate (default: OpenAI's rule).")
 @_generate_options
 @_build_options
+@_shortfall_option
 @teacher_options
 def distill(prompt_path: str, inputs_path: str | None, generate_inputs: int | None, describe: str | None,
             axes: tuple[str, ...], input_field: str, out_dir: str, store_path: str | None, baked_system: str | None,
             check_schema: str | None, check_regex: str | None, max_length: int | None, structured: bool,
             max_tokens: int | None, temperature: float | None, name: str | None, price_model: str | None,
             ft_price_factor: float | None, epochs: int | None, no_cache: bool, max_cost: float | None, quiet: bool,
-            formats: tuple[str, ...], seed: int | None, overrides: Any) -> None:
+            formats: tuple[str, ...], seed: int | None, allow_shortfall: bool, overrides: Any) -> None:
     """Bake a long --prompt into examples: inputs answered under it, kept without it (re-run to resume)."""
-    from promptbake.workflows import distill as distillation
     from promptbake.teacher.generate import GenerateOptions
+    from promptbake.workflows import distill as distillation
 
     spec = distillation.distill_spec(
         prompt_path, inputs_path, baked_system=baked_system,
@@ -439,3 +477,4 @@ def distill(prompt_path: str, inputs_path: str | None, generate_inputs: int | No
     _print_generate(result.run)
     _print_build(result.run.build)
     click.echo(result.format(), err=True)
+    _check_shortfall(result.run, allow_shortfall, f"{out_dir} holds what was possible")

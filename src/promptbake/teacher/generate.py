@@ -14,16 +14,16 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from promptbake.teacher.client import ChatClient, ChatResult, Endpoint
-from promptbake.errors import BudgetExceeded
-from promptbake.plan.expand import Expander
-from promptbake.teacher.limiter import Limiter
-from promptbake.teacher.parse import parse_choices
+from promptbake.errors import BudgetExceeded, TeacherError
+from promptbake.plan.expand import Expander, stable_hash
 from promptbake.plan.planner import Planner
-from promptbake.teacher.pool import Job, Outcome, Pool, PoolStats
-from promptbake.teacher.pricing import PriceTable
 from promptbake.spec.models import Spec, Step, TeacherConfig
 from promptbake.store.db import AttemptRow, ResultRow, Store, StoredRequest
+from promptbake.teacher.client import ChatClient, ChatResult, Endpoint
+from promptbake.teacher.limiter import Limiter
+from promptbake.teacher.parse import parse_choices
+from promptbake.teacher.pool import FailureLog, Job, Notice, Outcome, Pool, PoolStats
+from promptbake.teacher.pricing import PriceTable
 
 
 @dataclass
@@ -31,11 +31,17 @@ class StepJob(Job):
     cache_key: str = ""
 
 
+def say(line: str) -> None:
+    """Where the library's mid-run notices go by default: stderr, one line each (stdout is data)."""
+    print(line, file=sys.stderr, flush=True)
+
+
 @dataclass
 class GenerateOptions:
     no_cache: bool = False
     max_cost: float | None = None
     progress: bool = True
+    notice: Notice = say
 
 
 @dataclass
@@ -58,6 +64,7 @@ class GenerateReport:
     attempts: int = 0
     rate_limited: int = 0
     stopped_for_budget: bool = False
+    failures: FailureLog = field(default_factory=FailureLog)
 
 
 def _checker(step: Step) -> Callable[[ChatResult], Any]:
@@ -116,6 +123,7 @@ class Generation:
         self.planner = Planner(spec, expander.templates, endpoint.model, config.kind)
         self.report = GenerateReport()
         self._forgotten: set[int] = set()
+        self._hopeless: set[str] = set()  # requests (seed aside) that failed for good this run
 
     def plan(self, round_: int, k: int) -> int:
         wants = None if round_ == 0 else self.store.wants(self.spec.name, round_)
@@ -125,6 +133,9 @@ class Generation:
             if wants is None:
                 wants = {c.key: c.count for c in self.expander.cells()}
             requests = self.planner.next_step(k, self.store.succeeded(self.spec.name, k - 1, round_), wants)
+        if round_ > 0 and self._hopeless:
+            # a top-up round varies the seed only: what failed for good would fail again
+            requests = (r for r in requests if _unseeded(r.body) not in self._hopeless)
         return self.store.replan(self.spec.name, k, round_, requests)
 
     async def run_round(self, round_: int) -> None:
@@ -137,11 +148,19 @@ class Generation:
                 self._forgotten.add(k)
             elif not self.options.no_cache:
                 report.cached = self.store.serve_from_cache(self.spec.name, k)
+            failed_before = self.report.failures.total
             await self._execute(k, round_, step, report)
             if self.report.stopped_for_budget:
                 raise BudgetExceeded(
                     f"--max-cost ${self.options.max_cost:.2f} reached after spending "
                     f"${self.report.spent:.4f}; everything paid for is stored, re-run to continue"
+                )
+            if round_ == 0 and report.failed and not self.store.step_ok(self.spec.name, k, round_):
+                n, reason = self.report.failures.most_common(1)[0]
+                raise TeacherError(
+                    f"step {step.name!r} failed entirely: none of its {report.failed} requests to "
+                    f"{self.endpoint.where(step.model)} succeeded ({self.report.failures.total - failed_before} "
+                    f"failed; most common, {n} ×: {reason}); nothing was built"
                 )
 
     def _jobs(self, k: int, round_: int, step: Step) -> Iterator[StepJob]:
@@ -149,7 +168,7 @@ class Generation:
         for request in self.store.pending(self.spec.name, k):
             if request.round != round_:
                 continue
-            yield _job(request, check, step)
+            yield _job(request, check)
 
     async def _execute(self, k: int, round_: int, step: Step, report: StepReport) -> None:
         total = self.store.count_pending(self.spec.name, k)
@@ -162,6 +181,8 @@ class Generation:
                 report.ok += 1
             elif not outcome.abandoned:
                 report.failed += 1
+                if outcome.final:
+                    self._hopeless.add(_unseeded(outcome.job.body))
 
         stats = await send_to_store(
             self.store,
@@ -171,6 +192,8 @@ class Generation:
             progress=Progress(self.options.progress, total, f"{step.name} (round {round_})"),
             max_cost=None if self.options.max_cost is None else self.options.max_cost - self.report.spent,
             on_outcome=count,
+            failures=self.report.failures,
+            notice=self.options.notice,
         )
         self.report.spent += stats.cost
         self.report.prompt_tokens += stats.prompt_tokens
@@ -189,6 +212,8 @@ async def send_to_store(
     progress: Progress,
     max_cost: float | None = None,
     on_outcome: Callable[[Outcome], None] | None = None,
+    failures: FailureLog | None = None,
+    notice: Notice | None = say,
 ) -> PoolStats:
     """Send jobs through the rate-limited pool; every finished one goes to the store's single
     writer. The one path by which generate and eval pay for answers."""
@@ -213,6 +238,9 @@ async def send_to_store(
                 max_attempts=config.max_attempts,
                 cost=PriceTable(config.prices).cost,
                 max_cost=max_cost,
+                max_retry_after=config.max_retry_after,
+                failures=failures,
+                notice=notice,
             )
             return await pool.run(jobs, sink)
     finally:
@@ -250,15 +278,20 @@ def _drain(queue: asyncio.Queue[ResultRow | None]) -> list[ResultRow | None]:
     return items
 
 
-def _job(request: StoredRequest, check: Callable[[ChatResult], Any], step: Step) -> StepJob:
+def _job(request: StoredRequest, check: Callable[[ChatResult], Any]) -> StepJob:
     return StepJob(
         id=request.id,
         body=request.body,
         est_tokens=request.est_tokens,
         check=check,
-        reseed=step.seed is not None,
+        reseed=True,  # a rejected answer is asked again with another seed, derived if the step sets none
         cache_key=request.cache_key,
     )
+
+
+def _unseeded(body: dict[str, Any]) -> str:
+    """A request's identity apart from its seed: what top-up rounds and retries vary."""
+    return stable_hash({k: v for k, v in body.items() if k != "seed"}, length=32)
 
 
 def result_row(outcome: Outcome) -> ResultRow:

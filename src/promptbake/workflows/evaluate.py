@@ -25,19 +25,19 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from promptbake.output.atomic import write_jsonl_atomic
 from promptbake.build.checks import Checks
-from promptbake.teacher.client import ChatResult, Endpoint
-from promptbake.errors import BudgetExceeded, DataFileError, InputError
-from promptbake.plan.expand import stable_hash
+from promptbake.errors import BudgetExceeded, DataFileError, InputError, TeacherError
+from promptbake.output.atomic import write_jsonl_atomic
 from promptbake.output.formats import ensure_dir
-from promptbake.teacher.generate import Progress, StepJob, send_to_store
 from promptbake.output.jsonl import read_jsonl
-from promptbake.teacher.parse import parse_output
-from promptbake.teacher.pool import PoolStats
+from promptbake.plan.expand import stable_hash
 from promptbake.spec.models import SamplingParams, Spec, TeacherConfig
 from promptbake.store.db import PlannedRequest, Store
+from promptbake.teacher.client import ChatResult, Endpoint
 from promptbake.teacher.config import TeacherOverrides, merge, model_name, open_teacher
+from promptbake.teacher.generate import Progress, StepJob, send_to_store
+from promptbake.teacher.parse import parse_output
+from promptbake.teacher.pool import FailureLog, PoolStats
 from promptbake.teacher.tokens import count_messages
 
 JUDGE_SCHEMA: dict[str, Any] = {
@@ -294,6 +294,7 @@ class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost: float = 0.0
+    failures: FailureLog = field(default_factory=FailureLog)
 
     def add(self, stats: PoolStats) -> None:
         self.sent += stats.done + stats.failed
@@ -349,6 +350,10 @@ class _Calls:
                 )
         answers = {r.id: r.outputs for r in self.store.succeeded(self.namespace, 0) if r.id in wanted}
         errors = {f["id"]: f["error"] for f in self.store.failures(self.namespace) if f["id"] in wanted}
+        if jobs and errors and not answers:
+            n, reason = self.usage.failures.most_common(1)[0] if self.usage.failures.total else (len(errors), "")
+            raise TeacherError(f"{label}: none of the {len(errors)} requests succeeded (most common, {n} ×: "
+                               f"{reason}); nothing was written, the store keeps the errors")
         return answers, errors
 
     async def _send(self, jobs: list[StepJob], endpoint: Endpoint, config: TeacherConfig, label: str) -> PoolStats:
@@ -360,6 +365,7 @@ class _Calls:
             progress=Progress(self.options.progress, len(jobs), label),
             max_cost=None if self.options.max_cost is None else self.options.max_cost - self.usage.cost,
             on_outcome=count,
+            failures=self.usage.failures,
         )
 
 
@@ -483,6 +489,8 @@ class EvalReport:
         )
         if errors:
             lines.append(f"warning: {errors} answers failed (see 'error' in {self.out}); re-run to retry them")
+        if u.failures.total:
+            lines.append(u.failures.format())
         return "\n".join(lines)
 
 
