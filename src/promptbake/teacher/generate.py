@@ -160,7 +160,7 @@ class Generation:
                 raise TeacherError(
                     f"step {step.name!r} failed entirely: none of its {report.failed} requests to "
                     f"{self.endpoint.where(step.model)} succeeded ({self.report.failures.total - failed_before} "
-                    f"failed; most common, {n} ×: {reason}); nothing was built"
+                    f"failed; most common, {n} ×: {reason}); the store keeps every error"
                 )
 
     def _jobs(self, k: int, round_: int, step: Step) -> Iterator[StepJob]:
