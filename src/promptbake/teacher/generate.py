@@ -22,7 +22,7 @@ from promptbake.store.db import AttemptRow, ResultRow, Store, StoredRequest
 from promptbake.teacher.client import ChatClient, ChatResult, Endpoint
 from promptbake.teacher.limiter import Limiter
 from promptbake.teacher.parse import parse_choices
-from promptbake.teacher.pool import FailureLog, Job, Notice, Outcome, Pool, PoolStats
+from promptbake.teacher.pool import FailingFast, FailureLog, Job, Notice, Outcome, Pool, PoolStats
 from promptbake.teacher.pricing import PriceTable
 
 
@@ -149,7 +149,14 @@ class Generation:
             elif not self.options.no_cache:
                 report.cached = self.store.serve_from_cache(self.spec.name, k)
             failed_before = self.report.failures.total
-            await self._execute(k, round_, step, report)
+            try:
+                await self._execute(k, round_, step, report)
+            except FailingFast:
+                if round_ == 0 and not self.store.step_ok(self.spec.name, k, round_):
+                    raise
+                # a top-up round, or a resumed step that has answers: stop paying, keep what is
+                # stored, and let the shortfall say the rest (see pipeline._top_up)
+                return
             if self.report.stopped_for_budget:
                 raise BudgetExceeded(
                     f"--max-cost ${self.options.max_cost:.2f} reached after spending "

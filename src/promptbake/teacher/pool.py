@@ -37,6 +37,10 @@ MAX_RETRY_AFTER = 60.0  # seconds: a longer retry-after pauses only its own requ
 _NUMBERS = re.compile(r"\d+(?:\.\d+)?")
 
 
+class FailingFast(errors.TeacherError):
+    """The first requests of a pool all failed for one reason: stop paying (see ``fail_fast``)."""
+
+
 @dataclass
 class Job:
     id: str
@@ -256,7 +260,7 @@ class Pool:
         model = str(outcome.job.body.get("model", ""))
         if self.stats.done == 0 and (seen >= self.fail_fast or (setup and seen >= 2)):
             self._stopping = True
-            raise errors.TeacherError(f"stopped: the first {seen} requests to {self.client.endpoint.where(model)} "
+            raise FailingFast(f"stopped: the first {seen} requests to {self.client.endpoint.where(model)} "
                                       f"all failed, none succeeded: {reason}")
         if seen == self.fail_fast and self.notice is not None:
             self.notice(f"{seen} requests have failed with: {reason} ({self.stats.done} ok so far; going on)")

@@ -339,8 +339,10 @@ class _Calls:
         self.usage.planned += len(wanted)
         jobs = [StepJob(id=r.id, body=r.body, est_tokens=r.est_tokens, check=check, cache_key=r.cache_key)
                 for r in self.store.pending(self.namespace, 0) if r.id in wanted]
+        where = ""
         if jobs:
             with open_teacher(self.config) as (endpoint, config):
+                where = endpoint.where()
                 stats = asyncio.run(self._send(jobs, endpoint, config, label))
             self.usage.add(stats)
             if stats.stopped_for_budget:
@@ -352,8 +354,8 @@ class _Calls:
         errors = {f["id"]: f["error"] for f in self.store.failures(self.namespace) if f["id"] in wanted}
         if jobs and errors and not answers:
             n, reason = self.usage.failures.most_common(1)[0] if self.usage.failures.total else (len(errors), "")
-            raise TeacherError(f"{label}: none of the {len(errors)} requests succeeded (most common, {n} ×: "
-                               f"{reason}); nothing was written, the store keeps the errors")
+            raise TeacherError(f"{label}: none of the {len(errors)} requests to {where} succeeded (most common, "
+                               f"{n} ×: {reason}); nothing was written, the store keeps the errors")
         return answers, errors
 
     async def _send(self, jobs: list[StepJob], endpoint: Endpoint, config: TeacherConfig, label: str) -> PoolStats:
