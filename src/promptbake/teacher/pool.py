@@ -83,8 +83,9 @@ class Outcome:
 
     @property
     def reason(self) -> str:
-        """Why it failed, in the server's words: the last attempt's error, without our wrapper."""
-        last = self.attempts[-1].error if self.attempts else None
+        """Why it failed, in the server's words: the last attempt's error without the "gave up
+        after N attempts" wrapper, or, for a final failure, the error that says why it was final."""
+        last = self.attempts[-1].error if self.attempts and not self.final else None
         return last or self.error or "unknown"
 
 
