@@ -102,7 +102,7 @@ _UNSTORABLE = (ValueError, TypeError, OverflowError, sqlite3.InterfaceError, sql
 def _repair(value: Any) -> Any:
     """``value`` with every string made encodable and every number made storable."""
     if isinstance(value, str):
-        return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")  # a lone surrogate: one U+FFFD
     if isinstance(value, bool) or value is None:
         return value
     if isinstance(value, int):
