@@ -328,7 +328,8 @@ class Pool:
             told = exc.retry_after if exc.retry_after is not None else wait_hint(exc.rate)
             long_wait = told is not None and told > self.max_retry_after
             if long_wait:
-                self._say_long_wait(told or 0.0, str(body.get("model", "")), exc)
+                if number < self.max_attempts:  # it will wait: say until when
+                    self._say_long_wait(told or 0.0, str(body.get("model", "")), exc)
                 told = self.max_retry_after
             if isinstance(exc, RateLimited):
                 self.stats.throttled += 1
