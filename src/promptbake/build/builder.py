@@ -14,15 +14,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from promptbake.output.atomic import write_jsonl_atomic, write_text_atomic
 from promptbake.build.balance import balance
 from promptbake.build.dedupe import dedupe
 from promptbake.build.examples import ExampleRenderer, passing
-from promptbake.plan.expand import Expander
+from promptbake.build.sizes import nested_subsets
+from promptbake.build.split import split
+from promptbake.output.atomic import write_jsonl_atomic, write_text_atomic
 from promptbake.output.formats import WriteReport, ensure_dir, write_split
+from promptbake.plan.expand import Expander
 from promptbake.records import Example
 from promptbake.spec.models import Spec
-from promptbake.build.split import split
 from promptbake.store.db import Store
 
 CANONICAL = "openai-chat"  # DIR/train.jsonl and DIR/test.jsonl; other formats go to DIR/<format>/
@@ -87,9 +88,11 @@ def build(
     seed: int | None = None,
     validate: bool = True,
     existing: Iterable[Example] = (),
+    sizes: Iterable[int] = (),
 ) -> BuildReport:
     """``existing``: examples the data must not repeat (distillation passes the long prompt's own
-    few-shot examples); what equals or nearly equals one is dropped like a duplicate of it."""
+    few-shot examples); what equals or nearly equals one is dropped like a duplicate of it.
+    ``sizes``: also write nested, stratified train subsets ``train.N.jsonl`` (see ``sizes.py``)."""
     out = Path(out_dir)
     ensure_dir(out)
     expander = Expander(spec)
@@ -101,6 +104,8 @@ def build(
     balanced = balance(accepted, spec.balance, split_config.seed)
     warnings.extend(balanced.warnings)
     train, test = split(balanced.kept, split_config)
+    subsets, size_warnings = nested_subsets(train, sizes)
+    warnings.extend(size_warnings)
 
     writes = []
     formats = formats or spec.output.formats
@@ -108,6 +113,8 @@ def build(
         folder = out if fmt == CANONICAL else out / fmt
         for name, rows in (("train", train), ("test", test)):
             writes.append(write_split(rows, fmt, folder / f"{name}.jsonl", spec.output))
+    for n, rows in subsets.items():
+        writes.append(write_split(rows, CANONICAL, out / f"train.{n}.jsonl", spec.output))
     write_jsonl_atomic(
         out / "metadata.jsonl",
         ({**ex.metadata(), "split": name} for name, rows in (("train", train), ("test", test)) for ex in rows),
@@ -132,6 +139,9 @@ def build(
         },
         "warnings": warnings,
     }
+    if subsets:
+        manifest["sizes"] = {str(n): dict(sorted(Counter(e.category for e in rows).items()))
+                             for n, rows in subsets.items()}
     report = BuildReport(out, len(train), len(test), categories, warnings, writes, manifest=manifest)
     if validate:
         from promptbake.output.validate import validate_file

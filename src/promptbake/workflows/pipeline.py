@@ -144,6 +144,7 @@ def run(
     seed: int | None = None,
     existing: Iterable[Example] = (),
     command: str = "run",
+    sizes: Iterable[int] = (),
 ) -> RunReport:
     """expand → generate (with top-up rounds for exact counts) → build, in one call.
     ``existing``: examples the built data must not repeat (see ``build.build``)."""
@@ -152,7 +153,7 @@ def run(
     store_path = store_path or Path(out_dir) / "promptbake.db"
     report = generate(spec, store_path, overrides, options, topup=True, command=command)
     with Store(store_path) as store:
-        report.build = build(spec, store, out_dir, formats=formats, seed=seed, existing=existing)
+        report.build = build(spec, store, out_dir, formats=formats, seed=seed, existing=existing, sizes=sizes)
     return report
 
 

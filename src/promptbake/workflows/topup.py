@@ -23,20 +23,20 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from promptbake.output.atomic import json_line, write_jsonl_atomic, write_text_atomic
 from promptbake.build.dedupe import dedupe
-from promptbake.errors import DataFileError, InputError
-from promptbake.workflows.evaluate import split_metadata
 from promptbake.build.examples import ExampleRenderer, passing
-from promptbake.plan.expand import Cell, Expander
+from promptbake.errors import DataFileError, InputError
+from promptbake.output.atomic import json_line, write_jsonl_atomic, write_text_atomic
 from promptbake.output.formats import convert_all, ensure_dir
-from promptbake.teacher.generate import GenerateOptions
 from promptbake.output.jsonl import read_jsonl
-from promptbake.workflows.pipeline import RunReport, generate
+from promptbake.plan.expand import Cell, Expander
 from promptbake.records import Example
 from promptbake.spec.models import Grid, Spec
 from promptbake.store.db import Store
 from promptbake.teacher.config import TeacherOverrides
+from promptbake.teacher.generate import GenerateOptions
+from promptbake.workflows.evaluate import split_metadata
+from promptbake.workflows.pipeline import RunReport, generate
 
 TOPUP_AXIS = "topup_round"
 DEFAULT_THRESHOLD = 0.8
@@ -65,6 +65,14 @@ class CategoryScore:
     def value(self, metric: str) -> float | None:
         return self.pass_rate if metric == "pass" else self.mean_score
 
+    def add(self, passed: bool | None, score: float | None) -> None:
+        self.n += 1
+        if passed is not None:
+            self.with_pass += 1
+            self.passed += passed
+        if score is not None:
+            self.scores.append(float(score))
+
     def as_dict(self) -> dict[str, Any]:
         return {"n": self.n, "pass_rate": self.pass_rate, "mean_score": self.mean_score}
 
@@ -85,13 +93,7 @@ def load_eval(path: str | Path) -> dict[str, CategoryScore]:
             raise DataFileError(f"{path}:{number}: 'score' must be a number or null")
         if passed is None and score is None:
             continue
-        entry = scores.setdefault(category, CategoryScore(category))
-        entry.n += 1
-        if passed is not None:
-            entry.with_pass += 1
-            entry.passed += passed
-        if score is not None:
-            entry.scores.append(float(score))
+        scores.setdefault(category, CategoryScore(category)).add(passed, score)
     if not scores:
         raise DataFileError(f"{path}: no scored lines (need 'category' and 'pass' or 'score'); "
                             "run eval with checks or a rubric")
