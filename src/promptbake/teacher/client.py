@@ -139,10 +139,9 @@ class RateLimited(RetryableError):
 
 class RequestFailed(AttemptError, errors.TeacherError):
     """400/422/other 4xx, an oversized answer: the request itself is wrong; sending it again would
-    fail the same way. ``per_request`` marks errors that concern this request only (a prompt too
-    long for the context); others, repeated on two requests, mean the setup is wrong."""
-
-    per_request = False
+    fail the same way. Its kind is ``http_<status>``, which the pool, seeing it on two requests,
+    takes for a wrong setup; errors about one request only (a prompt too long for the context, an
+    answer too large) are named otherwise (``context_length_exceeded``, ``too_large``)."""
 
 
 class ServerMismatch(AttemptError, errors.TeacherError):
@@ -340,10 +339,8 @@ class ChatClient:
                 over = bool(inflate.unconsumed_tail)  # output stopped at the cap with input left
             body += chunk
             if over or len(body) > self.max_body:
-                error = RequestFailed("too_large", f"the answer is larger than {self.max_body // 2**20} MiB "
-                                      "(after decompression); refused", status=response.status)
-                error.per_request = True
-                raise error
+                raise RequestFailed("too_large", f"the answer is larger than {self.max_body // 2**20} MiB "
+                                    "(after decompression); refused", status=response.status)
         return bytes(body)
 
     def _check_shape(self, raw: bytes, headers: Any, rate: RateInfo | None, model: str) -> None:
@@ -411,9 +408,9 @@ class ChatClient:
         if status == 404:
             return ServerMismatch("not_found", f"{self.endpoint.where(model)} answered {message}; "
                                   "check --model and --base-url", status=status, rate=rate)
-        error = RequestFailed(f"http_{status}", message, status=status, rate=rate)
-        error.per_request = code in PER_REQUEST_CODES
-        return error
+        if code in PER_REQUEST_CODES:  # named by its code: the pool tells it from a setup error
+            return RequestFailed(str(code), message, status=status, rate=rate)
+        return RequestFailed(f"http_{status}", message, status=status, rate=rate)
 
 
 def _error_fields(error: Any) -> tuple[str, Any]:

@@ -103,8 +103,8 @@ def generate(
 
 def _top_up(spec: Spec, expander: Expander, store: Store, generation: Generation, report: RunReport,
             round_: int) -> None:
-    """Ask again for the cells still short, one round at a time, while rounds help: a round
-    that leaves the shortfall as it was ends the loop, and ``report.stalled`` says why."""
+    """Ask again for the cells still short, one round at a time, while rounds help: a round in
+    which no short cell gained an example ends the loop, and ``report.stalled`` says why."""
     missing = shortfall(spec, expander, store)
     while missing and round_ < spec.max_rounds:
         report.rounds.append(RoundReport(round_, len(missing), sum(missing.values())))
@@ -112,8 +112,8 @@ def _top_up(spec: Spec, expander: Expander, store: Store, generation: Generation
         store.set_wants(spec.name, round_, missing)
         first = len(generation.report.steps)
         asyncio.run(generation.run_round(round_))
-        before, missing = sum(missing.values()), shortfall(spec, expander, store)
-        if sum(missing.values()) >= before:
+        before, missing = missing, shortfall(spec, expander, store)
+        if not any(missing.get(key, 0) < short for key, short in before.items()):  # no cell gained
             report.stalled = f"round {round_} added nothing ({_why(generation.report.steps[first:], generation)}); " \
                              "no further rounds"
             break
