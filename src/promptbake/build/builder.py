@@ -16,7 +16,8 @@ from typing import Any
 
 from promptbake.build.balance import balance
 from promptbake.build.dedupe import dedupe
-from promptbake.build.examples import ExampleRenderer, passing
+from promptbake.build.examples import ExampleRenderer
+from promptbake.build.gates import Gates
 from promptbake.build.sizes import nested_subsets
 from promptbake.build.split import split
 from promptbake.output.atomic import write_jsonl_atomic, write_text_atomic
@@ -42,12 +43,14 @@ class BuildReport:
 
     def format(self) -> str:
         lines = [
-            f"{'category':<40} {'rows':>6} {'exact':>6} {'near':>6} {'surplus':>7} {'kept':>6} {'train':>6} {'test':>5}"
+            f"{'category':<40} {'rows':>6} {'checks':>6} {'filter':>6} {'judge':>6} {'exact':>6} {'near':>6} "
+            f"{'surplus':>7} {'kept':>6} {'train':>6} {'test':>5}"
         ]
         for name, c in self.categories.items():
             lines.append(
-                f"{name[:40]:<40} {c['rows']:>6} {c['exact_dupes']:>6} {c['near_dupes']:>6} {c['surplus']:>7} "
-                f"{c['kept']:>6} {c['train']:>6} {c['test']:>5}"
+                f"{name[:40]:<40} {c['rows']:>6} {c['rejected_by_checks']:>6} {c['filtered']:>6} {c['judged_out']:>6} "
+                f"{c['exact_dupes']:>6} {c['near_dupes']:>6} {c['surplus']:>7} {c['kept']:>6} {c['train']:>6} "
+                f"{c['test']:>5}"
             )
         lines.append(f"train: {self.train}, test: {self.test} → {self.out_dir}")
         lines.extend(w.summary() for w in self.writes if w.refused)
@@ -97,8 +100,8 @@ def build(
     ensure_dir(out)
     expander = Expander(spec)
     renderer = ExampleRenderer(spec, expander.templates)
-    rejected: Counter[str] = Counter()
-    deduped = dedupe(passing(spec, renderer.examples(store), rejected), spec.dedupe, existing)
+    gates = Gates(spec, store)
+    deduped = dedupe(gates.passing(renderer.examples(store)), spec.dedupe, existing)
     accepted, surplus, warnings = _keep_counts(spec, expander, deduped.kept)
     split_config = spec.split if seed is None else spec.split.model_copy(update={"seed": seed})
     balanced = balance(accepted, spec.balance, split_config.seed)
@@ -119,9 +122,9 @@ def build(
         out / "metadata.jsonl",
         ({**ex.metadata(), "split": name} for name, rows in (("train", train), ("test", test)) for ex in rows),
     )
-    write_jsonl_atomic(out / "dropped.jsonl", (d.as_dict() for d in deduped.dropped))
+    write_jsonl_atomic(out / "dropped.jsonl", (d.as_dict() for d in [*gates.dropped, *deduped.dropped]))
 
-    categories = _category_table(deduped, rejected, surplus, balanced.kept, train, test)
+    categories = _category_table(deduped, gates.counts, surplus, balanced.kept, train, test)
     totals = store.totals(spec.name)
     manifest = {
         "spec": spec.name,
@@ -134,6 +137,8 @@ def build(
         "categories": categories,
         "dedupe": spec.dedupe.model_dump(),
         "balance": spec.balance.model_dump(),
+        "filters": spec.filters.model_dump(),
+        "judge": [j.model_dump(exclude_none=True) for j in spec.judge],
         "usage": {
             k: totals[k] for k in ("requests", "ok", "failed", "attempts", "prompt_tokens", "completion_tokens", "cost")
         },
@@ -154,7 +159,7 @@ def build(
 
 def _category_table(
     deduped: Any,
-    rejected: Counter[str],
+    gated: dict[str, Counter[str]],
     surplus: Counter[str],
     kept: list[Example],
     train: list[Example],
@@ -163,10 +168,14 @@ def _category_table(
     after_balance = Counter(e.category for e in kept)
     in_train = Counter(e.category for e in train)
     in_test = Counter(e.category for e in test)
+    def gate_columns(name: str) -> dict[str, int]:
+        drops = gated.get(name, Counter())
+        return {"rejected_by_checks": drops["checks"], "filtered": drops["filters"], "judged_out": drops["judge"]}
+
     return {
         name: {
-            "rows": c.before + rejected[name],
-            "rejected_by_checks": rejected[name],
+            "rows": c.before + sum(gated.get(name, Counter()).values()),
+            **gate_columns(name),
             "exact_dupes": c.exact,
             "near_dupes": c.near,
             "surplus": surplus[name],
@@ -177,8 +186,8 @@ def _category_table(
         for name, c in sorted(deduped.counts.items())
     } | {
         name: {
-            "rows": n,
-            "rejected_by_checks": n,
+            "rows": sum(drops.values()),
+            **gate_columns(name),
             "exact_dupes": 0,
             "near_dupes": 0,
             "surplus": 0,
@@ -186,6 +195,6 @@ def _category_table(
             "train": 0,
             "test": 0,
         }
-        for name, n in sorted(rejected.items())
+        for name, drops in sorted(gated.items())
         if name not in deduped.counts
     }

@@ -475,6 +475,16 @@ class Store:
                 json.loads(row[10]),
             )
 
+    def outputs_by_parent(self, spec_name: str, step_index: int) -> Iterator[tuple[str, int, list[Any]]]:
+        """Done requests of a step as (parent request, item index, outputs): how a judge's verdict
+        finds the answer it judged."""
+        sql = (
+            "SELECT r.parent_id, r.item_index, p.outputs FROM requests r JOIN responses p ON p.cache_key = r.cache_key "
+            "WHERE r.spec_name = ? AND r.step_index = ? AND r.current = 1 AND r.status = 'ok'"
+        )
+        for parent_id, item_index, outputs in self.db.execute(sql, (spec_name, step_index)):
+            yield parent_id, item_index, json.loads(outputs)
+
     def count_pending(self, spec_name: str, step_index: int) -> int:
         return int(
             self.db.execute(
