@@ -115,7 +115,8 @@ def generate(
 def _top_up(spec: Spec, expander: Expander, store: Store, generation: Generation, report: RunReport,
             round_: int) -> None:
     """Ask again for the cells still short, one round at a time, while rounds help: a round in
-    which no short cell gained an example ends the loop, and ``report.stalled`` says why."""
+    which no short cell gained an example, and not for want of passing the quality gates, ends
+    the loop, and ``report.stalled`` says why."""
     missing, pass_rate = shortfall(spec, expander, store)
     while missing and round_ < spec.max_rounds:
         report.rounds.append(RoundReport(round_, len(missing), sum(missing.values())))
@@ -123,9 +124,12 @@ def _top_up(spec: Spec, expander: Expander, store: Store, generation: Generation
         store.set_wants(spec.name, round_, ask_for(missing, pass_rate))
         first = len(generation.report.steps)
         asyncio.run(generation.run_round(round_))
-        before = missing
+        before, gate_rate = missing, pass_rate
         missing, pass_rate = shortfall(spec, expander, store)
-        if not any(missing.get(key, 0) < short for key, short in before.items()):  # no cell gained
+        gained = any(missing.get(key, 0) < short for key, short in before.items())
+        # answers turned down by the quality gates are chance (the next round may pass), while
+        # duplicates and failures would come back the same: only those end the rounds early
+        if not gained and pass_rate >= gate_rate:
             report.stalled = f"round {round_} added nothing ({_why(generation.report.steps[first:], generation)}); " \
                              "no further rounds"
             break
