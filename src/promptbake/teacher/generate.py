@@ -19,8 +19,8 @@ from promptbake.plan.expand import Expander, stable_hash
 from promptbake.plan.planner import Planner
 from promptbake.spec.models import Spec, Step, TeacherConfig
 from promptbake.store.db import AttemptRow, ResultRow, Store, StoredRequest
-from promptbake.teacher.client import ChatClient, ChatResult, Endpoint
-from promptbake.teacher.limiter import Limiter
+from promptbake.teacher.client import ChatResult, Endpoint
+from promptbake.teacher.endpoints import EndpointStats, Fleet, connect
 from promptbake.teacher.parse import parse_choices
 from promptbake.teacher.pool import FailingFast, FailureLog, Job, Notice, Outcome, Pool, PoolStats
 from promptbake.teacher.pricing import PriceTable
@@ -65,6 +65,7 @@ class GenerateReport:
     rate_limited: int = 0
     stopped_for_budget: bool = False
     failures: FailureLog = field(default_factory=FailureLog)
+    endpoints: dict[str, EndpointStats] = field(default_factory=dict)  # with teacher.endpoints
 
 
 def _checker(step: Step) -> Callable[[ChatResult], Any]:
@@ -208,6 +209,8 @@ class Generation:
         self.report.completion_tokens += stats.completion_tokens
         self.report.attempts += stats.attempts
         self.report.rate_limited += stats.throttled
+        for name, endpoint_stats in stats.endpoints.items():
+            self.report.endpoints.setdefault(name, EndpointStats()).merge(endpoint_stats)
         self.report.stopped_for_budget = stats.stopped_for_budget
 
 
@@ -238,11 +241,10 @@ async def send_to_store(
         queue.put_nowait(result_row(outcome))
 
     try:
-        async with ChatClient(endpoint, concurrency=config.concurrency, timeout=config.timeout) as client:
-            limiter = Limiter(rpm=config.rpm, tpm=config.tpm, concurrency=config.concurrency)
+        async with connect(endpoint, config) as (client, limiter):
             pool = Pool(
                 client,
-                limiter,
+                limiter,  # type: ignore[arg-type]  # a Fleet over teacher.endpoints has Limiter's methods
                 max_attempts=config.max_attempts,
                 cost=PriceTable(config.prices).cost,
                 max_cost=max_cost,
@@ -250,7 +252,11 @@ async def send_to_store(
                 failures=failures,
                 notice=notice,
             )
-            return await pool.run(jobs, sink)
+            try:
+                return await pool.run(jobs, sink)
+            finally:
+                if isinstance(limiter, Fleet):
+                    pool.stats.endpoints = limiter.summary()
     finally:
         queue.put_nowait(None)
         await writer
