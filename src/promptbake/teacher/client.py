@@ -35,6 +35,7 @@ from promptbake import errors
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 RETRYABLE_STATUSES = frozenset({408, 409, 429})
+CANNOT_CONNECT = "cannot connect"  # how a refused or unresolvable address's error starts
 MAX_BODY = 16 * 1024 * 1024  # bytes, after decompression: far above any real chat completion
 KEY_PIECE = 6  # characters: a prefix or suffix of the key this long is scrubbed too
 # 400s that concern one request, not the setup: other requests may well succeed
@@ -312,7 +313,7 @@ class ChatClient:
             raise RetryableError("timeout", f"no answer within {self.timeout:g} s") from None
         except aiohttp.ClientConnectorError as exc:
             # nobody listens there (refused, unknown host): distinct from a dropped connection
-            raise RetryableError("connect", self._scrub(f"cannot connect: {exc}")) from None
+            raise RetryableError("connection", self._scrub(f"{CANNOT_CONNECT}: {exc}")) from None
         except (aiohttp.ClientError, zlib.error) as exc:
             raise RetryableError("connection", self._scrub(f"{type(exc).__name__}: {exc}")) from None
         rate = RateInfo.from_headers(headers)

@@ -251,6 +251,7 @@ async def send_to_store(
                 max_retry_after=config.max_retry_after,
                 failures=failures,
                 notice=notice,
+                one_server=not isinstance(limiter, Fleet),
             )
             try:
                 return await pool.run(jobs, sink)

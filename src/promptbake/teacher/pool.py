@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from promptbake import errors
-from promptbake.teacher.client import AttemptError, ChatClient, ChatResult, RateLimited
+from promptbake.teacher.client import CANNOT_CONNECT, AttemptError, ChatClient, ChatResult, RateLimited
 from promptbake.teacher.limiter import Limiter, wait_hint
 
 CostFn = Callable[[str, int, int], float]
@@ -179,7 +179,7 @@ class Pool:
                  max_cost: float | None = None, progress: Callable[[Outcome], None] | None = None,
                  backoff_base: float = 0.5, backoff_cap: float = 30.0,
                  max_retry_after: float = MAX_RETRY_AFTER, fail_fast: int = FAIL_FAST,
-                 failures: FailureLog | None = None, notice: Notice | None = None) -> None:
+                 failures: FailureLog | None = None, notice: Notice | None = None, one_server: bool = True) -> None:
         self.client = client
         self.limiter = limiter
         self.max_attempts = max_attempts
@@ -191,6 +191,7 @@ class Pool:
         self.fail_fast = fail_fast
         self.failures = failures if failures is not None else FailureLog()  # the command's, shared
         self.notice = notice
+        self.one_server = one_server  # a fleet survives one server going away
         self.stats = PoolStats()  # live: progress bars read it
         self._budget = _Budget(max_cost)
         self._stopping = False
@@ -297,7 +298,7 @@ class Pool:
             if number < self.max_attempts:
                 await asyncio.sleep(delay)
         last = run.attempts[-1]
-        if last.error_kind == "connect":
+        if (last.error or "").startswith(CANNOT_CONNECT) and self.one_server:
             # nobody answers at that address: every other request would fail the same way
             where = self.client.endpoint.where(str(job.body.get("model", "")))
             raise errors.TeacherError(f"cannot reach {where} after {self.max_attempts} attempts: {error}")
