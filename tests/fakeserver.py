@@ -36,8 +36,8 @@ from typing import Any, Literal
 
 from aiohttp import web
 
-FaultKind = Literal["429", "quota", "500", "garbage", "hang", "drop", "401", "400"]
-FAULT_KINDS: tuple[FaultKind, ...] = ("429", "quota", "500", "garbage", "hang", "drop", "401", "400")
+FaultKind = Literal["429", "quota", "500", "garbage", "hang", "drop", "401", "400", "404"]
+FAULT_KINDS: tuple[FaultKind, ...] = ("429", "quota", "500", "garbage", "hang", "drop", "401", "400", "404")
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,33 @@ class Fault:
     message: str | None = None  # overrides the error message (e.g. to echo a key back)
 
 
-Responder = Callable[[dict[str, Any]], "str | dict[str, Any] | Fault"]
+@dataclass(frozen=True)
+class Raw:
+    """An answer sent exactly as given: any status, headers and bytes. For the shapes a real
+    server should never send (SSE nobody asked for, HTML, ``choices: []``, a gzip bomb, lone
+    surrogates, ``usage`` of Infinity) and for odd headers (``retry-after: inf``). A 200 counts as
+    paid."""
+
+    body: bytes
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    content_type: str = "application/json"
+
+    @classmethod
+    def completion(cls, choices: list[dict[str, Any]], usage: Any = None, **extra: Any) -> Raw:
+        """A chat completion with these ``choices`` written as JSON text (``usage`` may hold
+        ``float("inf")``: Python writes it as the non-standard ``Infinity``)."""
+        payload = {"id": "chatcmpl-raw", "object": "chat.completion", "model": "fake-model",
+                   "choices": choices, **({"usage": usage} if usage is not None else {}), **extra}
+        return cls(json.dumps(payload).encode())
+
+    @staticmethod
+    def choice(content: Any, index: int = 0, **message: Any) -> dict[str, Any]:
+        return {"index": index, "message": {"role": "assistant", "content": content, **message},
+                "finish_reason": "stop"}
+
+
+Responder = Callable[[dict[str, Any]], "str | dict[str, Any] | Fault | Raw"]
 
 
 def body_hash(body: dict[str, Any]) -> str:
@@ -221,7 +247,7 @@ class FakeServer:
     async def _stats(self, request: web.Request) -> web.Response:
         return web.json_response(self.stats())
 
-    def _next_fault(self, body: dict[str, Any]) -> Fault | str | dict[str, Any] | None:
+    def _next_fault(self, body: dict[str, Any]) -> Fault | Raw | str | dict[str, Any] | None:
         if self.script:
             scripted = self.script.pop(0)
             if scripted is not None:
@@ -299,6 +325,12 @@ class FakeServer:
         decision = self._next_fault(body)
         if isinstance(decision, Fault):
             return await self._fault(request, decision)
+        if isinstance(decision, Raw):
+            self.statuses[str(decision.status)] += 1
+            if decision.status == 200:
+                self.paid_by_hash[digest] += 1
+            headers = {"Content-Type": decision.content_type, **decision.headers}
+            return web.Response(body=decision.body, status=decision.status, headers=headers)
 
         payload = self._completion(body, decision, digest, prompt_tokens)
         return web.json_response(payload, headers=limit_headers)
@@ -376,6 +408,10 @@ class FakeServer:
         if fault.kind == "400":
             return _error(400, "invalid_request_error",
                           fault.message or "Invalid value for 'messages'.", None, self._limit_headers())
+        if fault.kind == "404":
+            return _error(404, "invalid_request_error",
+                          fault.message or "The model does not exist or you do not have access to it.",
+                          "model_not_found", self._limit_headers())
         if fault.kind == "garbage":
             return web.Response(status=200, text="<html>upstream proxy says hello</html>",
                                 content_type="application/json")

@@ -56,7 +56,8 @@ def test_the_key_appears_nowhere(tmp_path):
     reader.execute("SELECT COUNT(*) FROM requests").fetchone()
     always_500 = [Fault("500", message=f"boom, key={key}")] * 100
     with FakeServer(script=always_500).running() as broken:
-        cli("generate", "other.yaml", "--store", "s.db", "--base-url", broken.base_url, *fast)
+        # nothing succeeds: the run fails (exit 1) with the server's reason, redacted
+        cli("generate", "other.yaml", "--store", "s.db", "--base-url", broken.base_url, *fast, code=1)
         assert broken.count == 16  # 8 rows × 2 attempts, each failing with the key in its message
     with sqlite3.connect(tmp_path / "s.db") as con:
         errors = [e for (e,) in con.execute("SELECT error FROM requests WHERE status = 'failed'")]

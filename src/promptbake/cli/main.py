@@ -75,6 +75,9 @@ def teacher_options(fn: F) -> F:
         click.option("--max-attempts", type=int, default=None,
                      help="Attempts per request before it is recorded as failed."),
         click.option("--timeout", type=float, default=None, help="Seconds before a request is abandoned and retried."),
+        click.option("--max-retry-after", type=float, default=None,
+                     help="Longest server-requested wait (429 retry-after) that pauses everyone; a longer one "
+                          "pauses only its own request, this many seconds (default 60)."),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -84,7 +87,7 @@ def teacher_options(fn: F) -> F:
         from promptbake.teacher.config import TeacherOverrides
 
         keys = ["teacher_kind", "base_url", "model", "api_key_env", "rpm", "tpm", "concurrency",
-                "max_attempts", "timeout"]
+                "max_attempts", "timeout", "max_retry_after"]
         urls = kwargs.pop("base_url")
         kwargs["base_url"] = urls[0] if len(urls) == 1 else None
         kwargs["overrides"] = TeacherOverrides(**{k: kwargs.pop(k) for k in keys},
@@ -174,6 +177,18 @@ def batch_options(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _shortfall_option(fn: F) -> F:
+    return click.option("--allow-shortfall", is_flag=True,
+                        help="Exit 0 even when cells are short or requests failed (the shortfall is still "
+                             "reported).")(fn)
+
+
+def _print_failures(failures: Any) -> None:
+    """The most common reasons requests failed, at the end of every command that calls a teacher."""
+    if failures.total:
+        click.echo(failures.format(), err=True)
+
+
 def _print_generate(report: Any) -> None:
     for step in report.generate.steps:
         if step.planned or step.sent or step.cached:
@@ -186,6 +201,8 @@ def _print_generate(report: Any) -> None:
     for r in report.rounds:
         if r.short_cells:
             click.echo(f"round {r.round}: {r.short_cells} cells short by {r.missing} examples", err=True)
+    if report.stalled:
+        click.echo(report.stalled, err=True)
     t = report.totals
     g = report.generate
     if g.batch is not None:
@@ -200,6 +217,20 @@ def _print_generate(report: Any) -> None:
         click.echo(f"  endpoint {name}: {endpoint.describe()}", err=True)
     for note in g.notes:
         click.echo(f"note: {note}", err=True)
+    _print_failures(g.failures)
+
+
+def _check_shortfall(report: Any, allow: bool, where: str) -> None:
+    """Exit 3 (``Shortfall``) when the run got less than the spec asked for, unless allowed."""
+    short = report.shortfall()
+    if short is None:
+        return
+    if allow:
+        click.echo(f"shortfall allowed: {short}", err=True)
+        return
+    from promptbake.errors import Shortfall
+
+    raise Shortfall(f"{short}; {where}. Re-run to retry, or pass --allow-shortfall to accept it")
 
 
 @cli.command()
@@ -208,9 +239,10 @@ def _print_generate(report: Any) -> None:
               help="SQLite store: the cache and the resume point.")
 @_generate_options
 @batch_options
+@_shortfall_option
 @teacher_options
 def generate(spec_path: str, store_path: str, no_cache: bool, max_cost: float | None, quiet: bool, batch: Any,
-             overrides: Any) -> None:
+             allow_shortfall: bool, overrides: Any) -> None:
     """Run SPEC's steps against the teacher into the store (re-run to resume)."""
     from promptbake.teacher.generate import GenerateOptions
     from promptbake.workflows.pipeline import generate as run_generate
@@ -219,6 +251,7 @@ def generate(spec_path: str, store_path: str, no_cache: bool, max_cost: float | 
     report = run_generate(spec, store_path, overrides,
                           GenerateOptions(no_cache=no_cache, max_cost=max_cost, progress=not quiet, batch=batch))
     _print_generate(report)
+    _check_shortfall(report, allow_shortfall, f"the store {store_path} holds what was answered")
 
 
 @cli.command()
@@ -304,10 +337,11 @@ def _print_build(report: Any) -> None:
 @_build_options
 @_report_options
 @batch_options
+@_shortfall_option
 @teacher_options
 def run(spec_path: str, out_dir: str, store_path: str | None, no_cache: bool, max_cost: float | None, quiet: bool,
         formats: tuple[str, ...], seed: int | None, sizes: list[int], no_report: bool, batch: Any,
-        overrides: Any) -> None:
+        allow_shortfall: bool, overrides: Any) -> None:
     """expand → generate → build: SPEC in, train/test JSONL out (re-run to resume)."""
     from promptbake.teacher.generate import GenerateOptions
     from promptbake.workflows.pipeline import run as run_pipeline
@@ -319,6 +353,7 @@ def run(spec_path: str, out_dir: str, store_path: str | None, no_cache: bool, ma
     _print_generate(report)
     _print_build(report.build)
     _write_report(out_dir, store_path, spec, no_report)
+    _check_shortfall(report, allow_shortfall, f"{out_dir} holds what was possible")
 
 
 @cli.command()
@@ -471,6 +506,8 @@ def topup(spec_path: str, eval_path: str, dataset: str, threshold: float | None,
                        bottom=bottom, metric=metric, store_path=store_path, overrides=overrides,
                        options=GenerateOptions(no_cache=no_cache, max_cost=max_cost, progress=not quiet))
     click.echo(report.format(), err=True)
+    for run in report.runs:
+        _print_failures(run.generate.failures)
 
 
 @cli.command()
@@ -506,13 +543,14 @@ def topup(spec_path: str, eval_path: str, dataset: str, threshold: float | None,
               help="Fine-tuning epochs for the cost estimate (default: OpenAI's rule).")
 @_generate_options
 @_build_options
+@_shortfall_option
 @teacher_options
 def distill(prompt_path: str, inputs_path: str | None, generate_inputs: int | None, describe: str | None,
             axes: tuple[str, ...], input_field: str, out_dir: str, store_path: str | None, baked_system: str | None,
             check_schema: str | None, check_regex: str | None, max_length: int | None, structured: bool,
             max_tokens: int | None, temperature: float | None, name: str | None, price_model: str | None,
             ft_price_factor: float | None, epochs: int | None, no_cache: bool, max_cost: float | None, quiet: bool,
-            formats: tuple[str, ...], seed: int | None, overrides: Any) -> None:
+            formats: tuple[str, ...], seed: int | None, allow_shortfall: bool, overrides: Any) -> None:
     """Bake a long --prompt into examples: inputs answered under it, kept without it (re-run to resume)."""
     from promptbake.teacher.generate import GenerateOptions
     from promptbake.workflows import distill as distillation
@@ -531,3 +569,4 @@ def distill(prompt_path: str, inputs_path: str | None, generate_inputs: int | No
     _print_generate(result.run)
     _print_build(result.run.build)
     click.echo(result.format(), err=True)
+    _check_shortfall(result.run, allow_shortfall, f"{out_dir} holds what was possible")

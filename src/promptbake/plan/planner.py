@@ -121,6 +121,10 @@ class Planner:
         if step.seed is not None:
             # a fresh seed per replicate and per top-up round, so repeats differ
             body["seed"] = step.seed + int(stable_hash(replicate, length=6), 16) % 1_000_000
+        elif round_ > 0:
+            # a top-up round must not send round 0's bytes again: a deterministic teacher would
+            # answer with the same duplicates (round 0 keeps no seed, so its cache keys stay)
+            body["seed"] = int(stable_hash(replicate, round_, length=6), 16) % 1_000_000
         response_format = self._response_format(step)
         if response_format is not None:
             body["response_format"] = response_format

@@ -57,6 +57,7 @@ class TeacherConfig(Strict):
     concurrency: int = Field(default=64, ge=1)
     max_attempts: int = Field(default=6, ge=1)
     timeout: float = Field(default=120.0, gt=0, allow_inf_nan=False)
+    max_retry_after: float = Field(default=60.0, gt=0, allow_inf_nan=False)  # seconds; a longer wait pauses one request
     structured_output: Literal["auto", "json_schema", "json_object", "none"] = "auto"
     prices: dict[str, Prices] = Field(default_factory=dict)
     endpoints: list[EndpointConfig] = Field(default_factory=list)  # several servers instead of base_url

@@ -8,9 +8,11 @@ million-request job never sits in memory, and one writer commits results in batc
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import hashlib
 import json
+import math
 import os
 import sqlite3
 import time
@@ -90,6 +92,50 @@ class ResultRow:
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+# what binding or encoding a row's values can raise (UnicodeEncodeError is a ValueError)
+_UNSTORABLE = (ValueError, TypeError, OverflowError, sqlite3.InterfaceError, sqlite3.ProgrammingError,
+               sqlite3.DataError)
+
+
+def _repair(value: Any) -> Any:
+    """``value`` with every string made encodable and every number made storable."""
+    if isinstance(value, str):
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")  # a lone surrogate: one U+FFFD
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int):
+        return value if -(2**63) <= value < 2**63 else 0
+    if isinstance(value, float):
+        return value if math.isfinite(value) else 0.0
+    if isinstance(value, dict):
+        return {_repair(str(k)): _repair(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_repair(v) for v in value]
+    return _repair(str(value))
+
+
+def _number(value: Any) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return float(value) if ok and abs(value) < 2**53 else 0.0
+
+
+def _repaired(result: ResultRow) -> ResultRow:
+    attempts = [AttemptRow(*(_repair(getattr(a, f.name)) for f in dataclasses.fields(AttemptRow)))
+                for a in result.attempts]
+    return dataclasses.replace(result, attempts=attempts, error=_repair(result.error), model=_repair(result.model),
+                               contents=_repair(result.contents), outputs=_repair(result.outputs),
+                               finish_reasons=_repair(result.finish_reasons))
+
+
+def _unstorable(result: ResultRow, exc: Exception) -> ResultRow:
+    """The last resort: the request is recorded as failed, what its attempts cost kept, the reason said."""
+    attempts = [AttemptRow(int(_number(a.number)), None, "unstorable", None, _number(a.latency_ms),
+                           int(_number(a.prompt_tokens)), int(_number(a.completion_tokens)), _number(a.cost), None)
+                for a in result.attempts]
+    reason = _repair(f"the answer could not be stored ({type(exc).__name__}: {exc}); it will be asked again")
+    return ResultRow(result.request_id, result.cache_key, False, attempts, error=reason)
 
 
 def _status(result: ResultRow) -> str:
@@ -468,6 +514,14 @@ class Store:
             params += (round_,)
         return int(self.db.execute(sql, params).fetchone()[0])
 
+    def step_ok(self, spec_name: str, step_index: int, round_: int) -> bool:
+        """Whether any current request of one step and round has an answer."""
+        return self.db.execute(
+            "SELECT 1 FROM requests WHERE spec_name = ? AND step_index = ? AND round = ? AND current = 1 "
+            "AND status = 'ok' LIMIT 1",
+            (spec_name, step_index, round_),
+        ).fetchone() is not None
+
     def failures(self, spec_name: str) -> list[dict[str, Any]]:
         rows = self.db.execute(
             "SELECT id, step, category, attempts, error FROM requests "
@@ -478,7 +532,24 @@ class Store:
 
     # results ----------------------------------------------------------------------------------
     def record(self, results: list[ResultRow]) -> None:
-        """Commit a batch of finished requests in one transaction (the single writer)."""
+        """Commit a batch of finished requests in one transaction (the single writer).
+
+        A row SQLite cannot take (a lone surrogate, an integer beyond 64 bits, a value of an odd
+        type) must not cost the batch: the batch is retried row by row, and the bad row is stored
+        with its texts repaired, or else as a failure saying why, so the writer never stops."""
+        try:
+            self._record(results)
+        except _UNSTORABLE as exc:
+            if len(results) > 1:
+                for result in results:
+                    self.record([result])
+                return
+            try:
+                self._record([_repaired(results[0])])
+            except _UNSTORABLE:
+                self._record([_unstorable(results[0], exc)])
+
+    def _record(self, results: list[ResultRow]) -> None:
         now = time.time()
         try:
             with self._transaction():

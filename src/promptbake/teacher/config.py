@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -36,6 +37,7 @@ class TeacherOverrides:
     concurrency: int | None = None
     max_attempts: int | None = None
     timeout: float | None = None
+    max_retry_after: float | None = None
 
 
 # the flag that sets each TeacherConfig field, for error messages
@@ -57,6 +59,7 @@ def merge(config: TeacherConfig, overrides: TeacherOverrides) -> TeacherConfig:
         "concurrency": overrides.concurrency,
         "max_attempts": overrides.max_attempts,
         "timeout": overrides.timeout,
+        "max_retry_after": overrides.max_retry_after,
     }
     data = config.model_dump()
     data.update({k: v for k, v in changes.items() if v is not None})
@@ -92,7 +95,17 @@ def remote_endpoint(config: TeacherConfig) -> Endpoint:
             f"no API key: set {config.api_key_env}, point --base-url at an OpenAI-compatible "
             "server, or use --teacher local"
         )
+    check_base_url(base_url)
     return Endpoint(base_url=base_url.rstrip("/"), model=model_name(config), api_key=api_key)
+
+
+def check_base_url(base_url: str) -> None:
+    """Refuse a URL no request can go to before anything is sent: ``localhost:8000/v1`` parses as
+    scheme ``localhost``, and aiohttp's error for it names neither the flag nor the fix."""
+    parts = urllib.parse.urlsplit(base_url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        hint = f"; did you mean http://{base_url}?" if "://" not in base_url else ""
+        raise InputError(f"--base-url / teacher.base_url {base_url!r} is not an http:// or https:// URL{hint}")
 
 
 @contextlib.contextmanager

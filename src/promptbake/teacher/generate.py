@@ -17,8 +17,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TextIO
 
-from promptbake.errors import BudgetExceeded
-from promptbake.plan.expand import Expander
+from promptbake.errors import BudgetExceeded, TeacherError
+from promptbake.plan.expand import Expander, stable_hash
 from promptbake.plan.judge import judge_steps
 from promptbake.plan.planner import DEFAULT_RESERVE, Planner
 from promptbake.spec.models import Spec, Step, TeacherConfig
@@ -27,7 +27,7 @@ from promptbake.teacher.client import ChatResult, Endpoint
 from promptbake.teacher.config import model_name
 from promptbake.teacher.endpoints import EndpointStats, Fleet, connect
 from promptbake.teacher.parse import parse_choices
-from promptbake.teacher.pool import Job, Outcome, Pool, PoolStats
+from promptbake.teacher.pool import FailingFast, FailureLog, Job, Notice, Outcome, Pool, PoolStats
 from promptbake.teacher.pricing import PriceTable
 
 if TYPE_CHECKING:
@@ -45,12 +45,18 @@ class StepJob(Job):
     cache_key: str = ""
 
 
+def say(line: str) -> None:
+    """Where the library's mid-run notices go by default: stderr, one line each (stdout is data)."""
+    print(line, file=sys.stderr, flush=True)
+
+
 @dataclass
 class GenerateOptions:
     no_cache: bool = False
     max_cost: float | None = None
     progress: bool = True
     batch: BatchOptions | None = None  # --batch: steps go through the Batch API, not the online pool
+    notice: Notice = say
 
 
 @dataclass
@@ -78,6 +84,7 @@ class GenerateReport:
     estimated: int = 0  # answers that came without usable usage, charged their worst case
     estimated_cost: float = 0.0
     notes: list[str] = field(default_factory=list)  # what the summary must say about the figures
+    failures: FailureLog = field(default_factory=FailureLog)
     endpoints: dict[str, EndpointStats] = field(default_factory=dict)  # with teacher.endpoints
 
     def spend(self) -> str:
@@ -213,6 +220,7 @@ class Generation:
         self._forgotten: set[int] = set()
         # --no-cache re-pays a whole step, which needs it planned whole first
         self.streams = not options.no_cache and expander.totals()[0] > STREAM_CELLS
+        self._hopeless: set[str] = set()  # requests (seed aside) that failed for good this run
 
     def plan(self, round_: int, k: int) -> int:
         wants = None if round_ == 0 else self.store.wants(self.spec.name, round_)
@@ -223,6 +231,9 @@ class Generation:
                 wants = {c.key: c.count for c in self.expander.cells()}
             parents = self.store.succeeded(self.spec.name, self.planner.parent_index(k), round_)
             requests = self.planner.next_step(k, parents, wants)
+        if round_ > 0 and self._hopeless:
+            # a top-up round varies the seed only: what failed for good would fail again
+            requests = (r for r in requests if _unseeded(r.body) not in self._hopeless)
         return self.store.replan(self.spec.name, k, round_, requests)
 
     async def run_round(self, round_: int) -> None:
@@ -240,8 +251,23 @@ class Generation:
                 self._forgotten.add(k)
             elif not self.options.no_cache:
                 report.cached = self.store.serve_from_cache(self.spec.name, k)
-            await self._execute(k, round_, step, report)
+            failed_before = self.report.failures.total
+            try:
+                await self._execute(k, round_, step, report)
+            except FailingFast:
+                if round_ == 0 and not self.store.step_ok(self.spec.name, k, round_):
+                    raise
+                # a top-up round, or a resumed step that has answers: stop paying, keep what is
+                # stored, and let the shortfall say the rest (see pipeline._top_up)
+                return
             self._check_budget()
+            if round_ == 0 and report.failed and not self.store.step_ok(self.spec.name, k, round_):
+                n, reason = self.report.failures.most_common(1)[0]
+                raise TeacherError(
+                    f"step {step.name!r} failed entirely: none of its {report.failed} requests to "
+                    f"{self.endpoint.where(step.model)} succeeded ({self.report.failures.total - failed_before} "
+                    f"failed; most common, {n} ×: {reason}); the store keeps every error"
+                )
 
     def _check_budget(self) -> None:
         if self.report.stopped_for_budget:
@@ -265,14 +291,14 @@ class Generation:
             # the not-done requests of the step are this slice's, plus the few in flight or failed
             for request in self.store.pending(self.spec.name, 0):
                 if request.ord in ords:
-                    yield _job(request, check, step)
+                    yield _job(request, check)
 
     def _jobs(self, k: int, round_: int, step: Step) -> Iterator[StepJob]:
         check = _checker(step)
         for request in self.store.pending(self.spec.name, k):
             if request.round != round_:
                 continue
-            yield _job(request, check, step)
+            yield _job(request, check)
 
     async def _execute(self, k: int, round_: int, step: Step, report: StepReport,
                        jobs: Iterable[StepJob] | None = None) -> None:
@@ -289,6 +315,8 @@ class Generation:
                 report.ok += 1
             elif not outcome.abandoned:
                 report.failed += 1
+                if outcome.final:
+                    self._hopeless.add(_unseeded(outcome.job.body))
 
         progress = Progress(self.options.progress, total, f"{step.name} (round {round_})")
         budget = None if self.options.max_cost is None else self.options.max_cost - self.report.spent
@@ -306,6 +334,8 @@ class Generation:
                 progress=progress,
                 max_cost=budget,
                 on_outcome=count,
+                failures=self.report.failures,
+                notice=self.options.notice,
             )
         self.report.spent += stats.cost
         self.report.prompt_tokens += stats.prompt_tokens
@@ -328,6 +358,8 @@ async def send_to_store(
     progress: Progress,
     max_cost: float | None = None,
     on_outcome: Callable[[Outcome], None] | None = None,
+    failures: FailureLog | None = None,
+    notice: Notice | None = say,
 ) -> PoolStats:
     """Send jobs through the rate-limited pool; every finished one goes to the store's single
     writer. The one path by which generate and eval pay for answers."""
@@ -353,6 +385,10 @@ async def send_to_store(
                 max_attempts=config.max_attempts,
                 cost=PriceTable(config.prices).cost,
                 max_cost=max_cost,
+                max_retry_after=config.max_retry_after,
+                failures=failures,
+                notice=notice,
+                one_server=not isinstance(limiter, Fleet),
             )
             try:
                 return await pool.run(jobs, sink)
@@ -394,15 +430,20 @@ def _drain(queue: asyncio.Queue[ResultRow | None]) -> list[ResultRow | None]:
     return items
 
 
-def _job(request: StoredRequest, check: Callable[[ChatResult], Any], step: Step) -> StepJob:
+def _job(request: StoredRequest, check: Callable[[ChatResult], Any]) -> StepJob:
     return StepJob(
         id=request.id,
         body=request.body,
         est_tokens=request.est_tokens,
         check=check,
-        reseed=step.seed is not None,
+        reseed=True,  # a rejected answer is asked again with another seed, derived if the step sets none
         cache_key=request.cache_key,
     )
+
+
+def _unseeded(body: dict[str, Any]) -> str:
+    """A request's identity apart from its seed: what top-up rounds and retries vary."""
+    return stable_hash({k: v for k, v in body.items() if k != "seed"}, length=32)
 
 
 def result_row(outcome: Outcome) -> ResultRow:

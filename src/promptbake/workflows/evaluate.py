@@ -26,7 +26,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from promptbake.build.checks import AnswerList, Checks
-from promptbake.errors import BudgetExceeded, DataFileError, InputError
+from promptbake.errors import BudgetExceeded, DataFileError, InputError, TeacherError
 from promptbake.output.atomic import write_jsonl_atomic
 from promptbake.output.formats import ensure_dir
 from promptbake.output.jsonl import read_jsonl
@@ -39,7 +39,7 @@ from promptbake.teacher.client import ChatResult, Endpoint
 from promptbake.teacher.config import TeacherOverrides, merge, model_name, open_teacher
 from promptbake.teacher.generate import Progress, StepJob, bounded, send_to_store
 from promptbake.teacher.parse import parse_output
-from promptbake.teacher.pool import PoolStats
+from promptbake.teacher.pool import FailureLog, PoolStats
 from promptbake.teacher.pricing import PriceTable
 from promptbake.teacher.tokens import count_messages
 
@@ -330,6 +330,7 @@ class Usage:
     estimated: int = 0  # answers without usable usage, charged their worst case
     estimated_cost: float = 0.0
     capped: int = 0  # requests sent with max_tokens DEFAULT_RESERVE because --max-cost needs a bound
+    failures: FailureLog = field(default_factory=FailureLog)
 
     def add(self, stats: PoolStats) -> None:
         self.sent += stats.done + stats.failed
@@ -378,8 +379,10 @@ class _Calls:
                 for r in self.store.pending(self.namespace, 0) if r.id in wanted]
         if self.options.max_cost is not None:  # these are sent with a cap (generate.bounded): say so
             self.usage.capped += sum(1 for job in jobs if bounded(job) is not job)
+        where = ""
         if jobs:
             with open_teacher(self.config) as (endpoint, config):
+                where = endpoint.where()
                 stats = asyncio.run(self._send(jobs, endpoint, config, label))
             self.usage.add(stats)
             if stats.stopped_for_budget:
@@ -389,6 +392,10 @@ class _Calls:
                 )
         answers = {r.id: r.outputs for r in self.store.succeeded(self.namespace, 0) if r.id in wanted}
         errors = {f["id"]: f["error"] for f in self.store.failures(self.namespace) if f["id"] in wanted}
+        if jobs and errors and not answers:
+            n, reason = self.usage.failures.most_common(1)[0] if self.usage.failures.total else (len(errors), "")
+            raise TeacherError(f"{label}: none of the {len(errors)} requests to {where} succeeded (most common, "
+                               f"{n} ×: {reason}); nothing was written, the store keeps the errors")
         return answers, errors
 
     async def _send(self, jobs: list[StepJob], endpoint: Endpoint, config: TeacherConfig, label: str) -> PoolStats:
@@ -400,6 +407,7 @@ class _Calls:
             progress=Progress(self.options.progress, len(jobs), label),
             max_cost=None if self.options.max_cost is None else self.options.max_cost - self.usage.cost,
             on_outcome=count,
+            failures=self.usage.failures,
         )
 
 
@@ -546,6 +554,8 @@ class EvalReport:
                          f"max_tokens {DEFAULT_RESERVE} (sweep max_tokens to choose another)")
         if errors:
             lines.append(f"warning: {errors} answers failed (see 'error' in {self.out}); re-run to retry them")
+        if u.failures.total:
+            lines.append(u.failures.format())
         return "\n".join(lines)
 
 

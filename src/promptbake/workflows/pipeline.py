@@ -19,7 +19,7 @@ from promptbake.records import Example
 from promptbake.spec.models import Spec
 from promptbake.store.db import Store
 from promptbake.teacher.config import TeacherOverrides, merge, open_teacher
-from promptbake.teacher.generate import GenerateOptions, GenerateReport, Generation, check_budget
+from promptbake.teacher.generate import GenerateOptions, GenerateReport, Generation, StepReport, check_budget
 
 
 @dataclass
@@ -36,6 +36,20 @@ class RunReport:
     totals: dict[str, Any] = field(default_factory=dict)
     build: Any = None
     store_path: str = ""
+    missing: dict[str, int] | None = None  # per short cell after the top-up rounds (None: not measured)
+    stalled: str | None = None  # why the top-up rounds ended early
+
+    def shortfall(self) -> str | None:
+        """What the run did not get, in one line; None when it got everything the spec asked for.
+        With top-up rounds that is the cells' counts; without, every planned request answered."""
+        if self.missing is not None:
+            if not self.missing:
+                return None
+            return f"{len(self.missing)} cells are short of their count by {sum(self.missing.values())} examples"
+        failed, pending = self.totals.get("failed", 0), self.totals.get("pending", 0)
+        if not failed and not pending:
+            return None
+        return f"{failed} requests failed and {pending} are pending"
 
 
 def shortfall(spec: Spec, expander: Expander, store: Store) -> tuple[dict[str, int], float]:
@@ -74,7 +88,10 @@ def generate(
     command: str = "generate",
 ) -> RunReport:
     """Run every round the store already knows of (resuming), then, with ``topup``, more rounds
-    for cells that dedupe or parse failures left short, up to ``spec.max_rounds``."""
+    for cells that dedupe or parse failures left short, up to ``spec.max_rounds``.
+
+    Raises ``TeacherError`` when the teacher cannot be used at all or a step of round 0 failed
+    entirely; a run that merely fell short returns, with ``RunReport.shortfall()`` saying so."""
     options = options or GenerateOptions()
     config = merge(spec.teacher, overrides or TeacherOverrides())
     if options.batch is not None and config.kind == "local":
@@ -94,20 +111,50 @@ def generate(
             rounds = sorted({0, *store.rounds(spec.name)})
             for round_ in rounds:
                 asyncio.run(generation.run_round(round_))
-            round_ = rounds[-1]
-            while topup and round_ < spec.max_rounds:
-                missing, pass_rate = shortfall(spec, expander, store)
-                report.rounds.append(RoundReport(round_, len(missing), sum(missing.values())))
-                if not missing:
-                    break
-                round_ += 1
-                store.set_wants(spec.name, round_, ask_for(missing, pass_rate))
-                asyncio.run(generation.run_round(round_))
+            if topup:
+                _top_up(spec, expander, store, generation, report, rounds[-1])
             status = "done"
         finally:
             report.totals = store.totals(spec.name)
             store.finish_run(run_id, status, report.totals)
     return report
+
+
+def _top_up(spec: Spec, expander: Expander, store: Store, generation: Generation, report: RunReport,
+            round_: int) -> None:
+    """Ask again for the cells still short, one round at a time, while rounds help: a round in
+    which no short cell gained an example, and not for want of passing the quality gates, ends
+    the loop, and ``report.stalled`` says why."""
+    missing, pass_rate = shortfall(spec, expander, store)
+    while missing and round_ < spec.max_rounds:
+        report.rounds.append(RoundReport(round_, len(missing), sum(missing.values())))
+        round_ += 1
+        store.set_wants(spec.name, round_, ask_for(missing, pass_rate))
+        first = len(generation.report.steps)
+        asyncio.run(generation.run_round(round_))
+        before, gate_rate = missing, pass_rate
+        missing, pass_rate = shortfall(spec, expander, store)
+        gained = any(missing.get(key, 0) < short for key, short in before.items())
+        # answers turned down by the quality gates are chance (the next round may pass), while
+        # duplicates and failures would come back the same: only those end the rounds early
+        if not gained and pass_rate >= gate_rate:
+            report.stalled = f"round {round_} added nothing ({_why(generation.report.steps[first:], generation)}); " \
+                             "no further rounds"
+            break
+    report.rounds.append(RoundReport(round_, len(missing), sum(missing.values())))
+    report.missing = missing
+
+
+def _why(steps: list[StepReport], generation: Generation) -> str:
+    planned = sum(s.planned for s in steps)
+    ok = sum(s.ok + s.cached for s in steps)
+    failed = sum(s.failed for s in steps)
+    if not planned:
+        return "nothing left to ask: the short cells' requests failed for a reason retrying cannot fix"
+    if failed and not ok:
+        n, reason = generation.report.failures.most_common(1)[0]
+        return f"all {failed} of its requests failed; most common, {n} ×: {reason}"
+    return f"its {ok} answers were all duplicates or failed the checks"
 
 
 def run(
