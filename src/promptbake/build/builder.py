@@ -16,7 +16,7 @@ from typing import Any
 
 from promptbake.output.atomic import write_jsonl_atomic, write_text_atomic
 from promptbake.build.balance import balance
-from promptbake.build.dedupe import dedupe
+from promptbake.build.dedupe import Dropped, dedupe
 from promptbake.build.examples import ExampleRenderer, passing
 from promptbake.plan.expand import Expander
 from promptbake.output.formats import WriteReport, ensure_dir, write_split
@@ -95,6 +95,9 @@ def build(
     expander = Expander(spec)
     renderer = ExampleRenderer(spec, expander.templates)
     rejected: Counter[str] = Counter()
+    # items a fan-out repeated were dropped before the next step paid for them: exact duplicates too
+    early = [Dropped(f"{d.request_id}:{d.item_index}", d.category, "exact", d.duplicate_of, 1.0)
+             for d in store.fanout_drops(spec.name)]
     deduped = dedupe(passing(spec, renderer.examples(store), rejected), spec.dedupe, existing)
     accepted, surplus, warnings = _keep_counts(spec, expander, deduped.kept)
     split_config = spec.split if seed is None else spec.split.model_copy(update={"seed": seed})
@@ -112,9 +115,10 @@ def build(
         out / "metadata.jsonl",
         ({**ex.metadata(), "split": name} for name, rows in (("train", train), ("test", test)) for ex in rows),
     )
-    write_jsonl_atomic(out / "dropped.jsonl", (d.as_dict() for d in deduped.dropped))
+    write_jsonl_atomic(out / "dropped.jsonl", (d.as_dict() for d in [*early, *deduped.dropped]))
 
-    categories = _category_table(deduped, rejected, surplus, balanced.kept, train, test)
+    categories = _category_table(deduped, Counter(d.category for d in early), rejected, surplus, balanced.kept,
+                                 train, test)
     totals = store.totals(spec.name)
     manifest = {
         "spec": spec.name,
@@ -144,6 +148,7 @@ def build(
 
 def _category_table(
     deduped: Any,
+    early: Counter[str],
     rejected: Counter[str],
     surplus: Counter[str],
     kept: list[Example],
@@ -155,9 +160,9 @@ def _category_table(
     in_test = Counter(e.category for e in test)
     return {
         name: {
-            "rows": c.before + rejected[name],
+            "rows": c.before + rejected[name] + early[name],
             "rejected_by_checks": rejected[name],
-            "exact_dupes": c.exact,
+            "exact_dupes": c.exact + early[name],
             "near_dupes": c.near,
             "surplus": surplus[name],
             "kept": after_balance[name],
@@ -167,15 +172,15 @@ def _category_table(
         for name, c in sorted(deduped.counts.items())
     } | {
         name: {
-            "rows": n,
-            "rejected_by_checks": n,
-            "exact_dupes": 0,
+            "rows": rejected[name] + early[name],
+            "rejected_by_checks": rejected[name],
+            "exact_dupes": early[name],
             "near_dupes": 0,
             "surplus": 0,
             "kept": 0,
             "train": 0,
             "test": 0,
         }
-        for name, n in sorted(rejected.items())
+        for name in sorted(set(rejected) | set(early))
         if name not in deduped.counts
     }

@@ -128,7 +128,8 @@ def _print_generate(report: Any) -> None:
         if step.planned or step.sent or step.cached:
             click.echo(
                 f"round {step.round} {step.step}: {step.planned} planned, {step.cached} from cache, "
-                f"{step.sent} sent, {step.ok} ok, {step.failed} failed",
+                f"{step.sent} sent, {step.ok} ok, {step.failed} failed"
+                + (f", {step.shared} identical to one sent and answered by it" if step.shared else ""),
                 err=True,
             )
     for r in report.rounds:

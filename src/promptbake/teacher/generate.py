@@ -19,11 +19,11 @@ from promptbake.errors import BudgetExceeded
 from promptbake.plan.expand import Expander
 from promptbake.teacher.limiter import Limiter
 from promptbake.teacher.parse import parse_choices
-from promptbake.plan.planner import Planner
+from promptbake.plan.planner import Planner, row_key
 from promptbake.teacher.pool import Job, Outcome, Pool, PoolStats
 from promptbake.teacher.pricing import PriceTable
 from promptbake.spec.models import Spec, Step, TeacherConfig
-from promptbake.store.db import AttemptRow, ResultRow, Store, StoredRequest
+from promptbake.store.db import AttemptRow, FanoutDrop, ResultRow, Store, StoredRequest
 
 
 @dataclass
@@ -45,6 +45,7 @@ class StepReport:
     planned: int = 0
     cached: int = 0
     sent: int = 0
+    shared: int = 0  # identical to a request sent in this run: answered by its answer, not paid
     ok: int = 0
     failed: int = 0
 
@@ -120,12 +121,18 @@ class Generation:
     def plan(self, round_: int, k: int) -> int:
         wants = None if round_ == 0 else self.store.wants(self.spec.name, round_)
         if k == 0:
-            requests = self.planner.first_step(self.expander.cells(), round_, wants)
-        else:
-            if wants is None:
-                wants = {c.key: c.count for c in self.expander.cells()}
-            requests = self.planner.next_step(k, self.store.succeeded(self.spec.name, k - 1, round_), wants)
-        return self.store.replan(self.spec.name, k, round_, requests)
+            return self.store.replan(self.spec.name, k, round_, self.planner.first_step(self.expander.cells(), round_,
+                                                                                         wants))
+        if wants is None:
+            wants = {c.key: c.count for c in self.expander.cells()}
+        earlier: dict[str, dict[str, str]] = {}
+        for row in self.store.planned_rows(self.spec.name, k, below_round=round_):
+            if row.cell_key in wants:
+                earlier.setdefault(row.cell_key, {})[row_key(row.vars)] = f"{row.parent_id}:{row.item_index}"
+        drops: list[FanoutDrop] = []
+        requests = self.planner.next_step(k, self.store.succeeded(self.spec.name, k - 1, round_), wants,
+                                          earlier=earlier, drops=drops)
+        return self.store.replan(self.spec.name, k, round_, requests, drops)
 
     async def run_round(self, round_: int) -> None:
         for k, step in enumerate(self.spec.steps):
@@ -155,6 +162,7 @@ class Generation:
         total = self.store.count_pending(self.spec.name, k)
         if total == 0:
             return
+        report.shared = self.store.count_pending(self.spec.name, k, distinct=False) - total
 
         def count(outcome: Outcome) -> None:
             report.sent += 1

@@ -329,7 +329,8 @@ class _Calls:
     def run(self, planned: list[PlannedRequest], check: Callable[[ChatResult], Any],
             label: str) -> tuple[dict[str, Any], dict[str, str]]:
         """(request id → stored outputs, request id → error) for ``planned``."""
-        self.store.insert_requests(planned)
+        # the plan of this run only: --no-cache re-asks these, not every eval ever run into the store
+        self.store.replan(self.namespace, 0, 0, planned)
         if self.options.no_cache:
             self.store.forget_answers(self.namespace, 0)
         else:
