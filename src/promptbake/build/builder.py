@@ -20,12 +20,14 @@ from promptbake.build.dedupe import Dropped, dedupe
 from promptbake.build.examples import ExampleRenderer, passing
 from promptbake.plan.expand import Expander
 from promptbake.output.formats import WriteReport, ensure_dir, write_split
+from promptbake.output.jsonl import read_jsonl
 from promptbake.records import Example
 from promptbake.spec.models import Spec
-from promptbake.build.split import split
+from promptbake.build.split import assign
 from promptbake.store.db import Store
 
 CANONICAL = "openai-chat"  # DIR/train.jsonl and DIR/test.jsonl; other formats go to DIR/<format>/
+SPLITS = "splits.jsonl"  # every example id ever built into DIR, its group and its side
 
 
 @dataclass
@@ -78,6 +80,33 @@ def _keep_counts(spec: Spec, expander: Expander, kept: list[Example]) -> tuple[l
     return accepted, surplus, warnings
 
 
+def _history(out: Path) -> list[dict[str, Any]]:
+    """The sides recorded by earlier builds of ``out``: ``splits.jsonl``, else (a directory built
+    before it existed) the ``split`` of each line of ``metadata.jsonl``."""
+    for name in (SPLITS, "metadata.jsonl"):
+        path = out / name
+        if path.exists():
+            return [row for _, row in read_jsonl(path, "split record") if "split" in row and "id" in row]
+    return []
+
+
+def previous_sides(out: Path) -> dict[str, str]:
+    """Example id and group key → the side an earlier build of ``out`` gave it (test wins)."""
+    sides: dict[str, str] = {}
+    for row in _history(out):
+        for key in (row["id"], row.get("group")):
+            if key is not None and sides.get(key) != "test":
+                sides[key] = row["split"]
+    return sides
+
+
+def _merge_history(path: Path, assignment: list[dict[str, str]]) -> list[dict[str, Any]]:
+    """Earlier records (examples not in this build keep theirs) updated with this build's."""
+    rows = {row["id"]: row for row in _history(path.parent)}
+    rows.update((a["id"], a) for a in assignment)
+    return list(rows.values())
+
+
 def build(
     spec: Spec,
     store: Store,
@@ -103,7 +132,10 @@ def build(
     split_config = spec.split if seed is None else spec.split.model_copy(update={"seed": seed})
     balanced = balance(accepted, spec.balance, split_config.seed)
     warnings.extend(balanced.warnings)
-    train, test = split(balanced.kept, split_config)
+    history = out / SPLITS
+    sides = assign(balanced.kept, split_config, previous_sides(out))
+    train, test = sides.train, sides.test
+    warnings.extend(sides.warnings)
 
     writes = []
     formats = formats or spec.output.formats
@@ -115,6 +147,7 @@ def build(
         out / "metadata.jsonl",
         ({**ex.metadata(), "split": name} for name, rows in (("train", train), ("test", test)) for ex in rows),
     )
+    write_jsonl_atomic(history, _merge_history(history, sides.assignment))
     write_jsonl_atomic(out / "dropped.jsonl", (d.as_dict() for d in [*early, *deduped.dropped]))
 
     categories = _category_table(deduped, Counter(d.category for d in early), rejected, surplus, balanced.kept,

@@ -168,6 +168,7 @@ class EvalSpec(Strict):
 class SplitConfig(Strict):
     test: float | int = 0.1
     seed: int = 0
+    group: Literal["prompt", "lineage", "none"] = "prompt"  # examples of one group share a side
 
     @model_validator(mode="after")
     def _check(self) -> SplitConfig:
