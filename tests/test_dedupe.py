@@ -227,3 +227,13 @@ def test_decisions_are_identical_across_processes_and_hash_seeds(tmp_path):
         "print(json.dumps([d.as_dict() for d in dedupe(examples, DedupeConfig()).dropped]))\n"
     )
     assert len(json.loads(same_output_under_hash_seeds(script))) >= 45
+
+
+def test_disabled_dedupe_still_drops_what_repeats_the_existing_rows():
+    existing = [ex("old", "Where is my refund for order 12?", "Go away.")]
+    new = [ex("a", "where is my REFUND for order 12", "Go away"), ex("b", "Coupon please", "No."),
+           ex("c", "Coupon please", "No.")]
+    result = dedupe(new, DedupeConfig(enabled=False), existing=existing)
+    assert [e.id for e in result.kept] == ["b", "c"]  # the new rows are not deduped among themselves
+    assert [(d.id, d.duplicate_of, d.reason) for d in result.dropped] == [("a", "old", "exact")]
+    assert result.counts["c"].as_dict() == {"before": 3, "exact": 1, "near": 0, "after": 2}

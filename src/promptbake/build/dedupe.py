@@ -217,14 +217,17 @@ class Deduper:
         ((_, dropped),) = self.add_many([example])
         return dropped
 
-    def add_many(self, examples: Iterable[Example]) -> Iterator[tuple[Example, Dropped | None]]:
+    def add_many(
+        self, examples: Iterable[Example], *, register: bool = True
+    ) -> Iterator[tuple[Example, Dropped | None]]:
         """Like ``add`` for each example, in order, but signing them in batches (much faster).
+        ``register=False`` only compares: what is kept is not compared with what follows.
 
         Lazy: an example is only checked and registered once the iterator has yielded it.
         """
         for item in self._prepare(examples):
             dropped = self._check(item)
-            if dropped is None:
+            if dropped is None and register:
                 self._register(item)
             yield item.example, dropped
 
@@ -283,17 +286,19 @@ def dedupe(
     """Drop exact and near duplicates; the first occurrence wins and input order is kept.
 
     ``existing`` examples are compared against but never dropped or returned (top-up: new
-    examples versus everything already in train/test).
+    examples versus everything already in train/test). ``enabled: false`` keeps repeats among
+    ``examples`` but still drops those that repeat ``existing``: a top-up must not copy the test
+    split, nor a distillation the prompt's own examples.
     """
     result = DedupeResult(kept=[], dropped=[])
-    if not config.enabled:
+    deduper = Deduper(config)
+    deduper.seed(existing)
+    if not config.enabled and not deduper._exact:  # nothing to compare with: skip the signing
         for ex in examples:
             result.kept.append(ex)
             result.counts.setdefault(ex.category, CategoryCounts()).before += 1
         return result
-    deduper = Deduper(config)
-    deduper.seed(existing)
-    for ex, dropped in deduper.add_many(examples):
+    for ex, dropped in deduper.add_many(examples, register=config.enabled):
         counts = result.counts.setdefault(ex.category, CategoryCounts())
         counts.before += 1
         if dropped is None:
