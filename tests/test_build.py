@@ -189,3 +189,13 @@ def test_a_bigger_rebuild_of_the_same_directory_keeps_every_example_on_its_side(
     assert sum(1 for s in after.values() if s == "test") == 9  # the new ones topped the quota up
     history = read_jsonl(tmp_path / "out" / "splits.jsonl")
     assert {h["id"]: h["split"] for h in history} == after
+
+
+def test_build_spec_reads_the_store_run_wrote_by_default(tmp_path):
+    spec = write_spec(tmp_path, BIGGER)
+    with FakeServer(responder=list_then_reply_responder()).running() as srv:
+        assert run("run", str(spec), "--out", "out", "--base-url", srv.base_url, "-q").exit_code == 0
+    before = (tmp_path / "out" / "train.jsonl").read_bytes()
+    result = run("build", str(spec), "--out", "out")  # no --store: OUT/promptbake.db, as run used
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out" / "train.jsonl").read_bytes() == before

@@ -19,6 +19,7 @@ from promptbake.build.balance import balance
 from promptbake.build.dedupe import Dropped, dedupe
 from promptbake.build.examples import ExampleRenderer, passing
 from promptbake.plan.expand import Expander
+from promptbake.output.export import read_manifest
 from promptbake.output.formats import WriteReport, ensure_dir, write_split
 from promptbake.output.jsonl import read_jsonl
 from promptbake.records import Example
@@ -169,6 +170,9 @@ def build(
         },
         "warnings": warnings,
     }
+    topups = read_manifest(out).get("topups")
+    if topups:  # train.v2.jsonl, ... stay in DIR: their record stays with them
+        manifest["topups"] = topups
     report = BuildReport(out, len(train), len(test), categories, warnings, writes, manifest=manifest)
     if validate:
         from promptbake.output.validate import validate_file

@@ -190,12 +190,17 @@ def validate(file: str, model: str | None, target: str, as_json: bool) -> None:
                                  "preference-openai", "preference-trl", "hf"]),
               help="Format to write (repeatable); hf writes Parquet and a datasets folder.")
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="Directory to write into.")
-def export_command(directory: str, formats: tuple[str, ...], out: str) -> None:
+@click.option("--train-version", type=int, default=None,
+              help="Training file to export: 1 is train.jsonl, N is train.vN.jsonl (default: the latest top-up).")
+def export_command(directory: str, formats: tuple[str, ...], out: str, train_version: int | None) -> None:
     """Re-export a built dataset DIR (train/test/metadata) for other trainers."""
-    from promptbake.output.export import export
+    from pathlib import Path
 
-    for report in export(directory, formats, out):
+    from promptbake.output.export import export, train_file
+
+    for report in export(directory, formats, out, train_version=train_version):
         click.echo(report.summary(), err=True)
+    click.echo(f"train is {train_file(Path(directory), train_version)} of {directory}", err=True)
 
 
 def _build_options(fn: F) -> F:
@@ -237,7 +242,7 @@ def run(spec_path: str, out_dir: str, store_path: str | None, no_cache: bool, ma
 @click.argument("source", metavar="STORE_OR_SPEC", type=click.Path(dir_okay=False))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output directory.")
 @click.option("--store", "store_path", default=None, type=click.Path(dir_okay=False),
-              help="With a SPEC: the store to read (default: promptbake.db).")
+              help="With a SPEC: the store to read (default: OUT/promptbake.db, as for run).")
 @click.option("--spec-name", default=None, help="With a STORE holding several specs: which one.")
 @_build_options
 def build(source: str, out_dir: str, store_path: str | None, spec_name: str | None, formats: tuple[str, ...],
@@ -246,18 +251,18 @@ def build(source: str, out_dir: str, store_path: str | None, spec_name: str | No
     from pathlib import Path
 
     from promptbake.build.builder import build as run_build
-    from promptbake.workflows.pipeline import spec_from_store
     from promptbake.store.db import Store
+    from promptbake.workflows.pipeline import default_store, spec_from_store
 
     if Path(source).suffix in (".yaml", ".yml"):
         spec = _load(source)
-        store_path = store_path or "promptbake.db"
+        store_path = store_path or str(default_store(out_dir))
     else:
         spec, store_path = spec_from_store(source, spec_name), source
     if not Path(store_path).exists():
         from promptbake.errors import StoreError
 
-        raise StoreError(f"{store_path}: no such store; run `promptbake generate` first")
+        raise StoreError(f"{store_path}: no such store; run `promptbake run` or `generate` first, or pass --store")
     with Store(store_path, lock=False) as store:
         report = run_build(spec, store, out_dir, formats=list(formats) or None, seed=seed)
     _print_build(report)

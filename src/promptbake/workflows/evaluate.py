@@ -30,6 +30,7 @@ from promptbake.build.checks import Checks
 from promptbake.teacher.client import ChatResult, Endpoint
 from promptbake.errors import BudgetExceeded, DataFileError, InputError
 from promptbake.plan.expand import stable_hash
+from promptbake.output.export import metadata_file
 from promptbake.output.formats import ensure_dir
 from promptbake.teacher.generate import Progress, StepJob, send_to_store
 from promptbake.output.jsonl import read_jsonl
@@ -75,10 +76,8 @@ class TestItem:
 
 
 def default_metadata(data: Path) -> Path | None:
-    """The sidecar build writes next to a split: ``test.jsonl`` → ``metadata.jsonl``,
-    ``train.v2.jsonl`` → ``metadata.v2.jsonl``."""
-    _, _, rest = data.name.partition(".")
-    candidate = data.with_name(f"metadata.{rest}") if rest else None
+    """The sidecar next to a split (``metadata_file``), if there is one."""
+    candidate = metadata_file(data) if "." in data.name else None
     return candidate if candidate is not None and candidate.exists() else None
 
 

@@ -107,11 +107,16 @@ def run(
     ``existing``: examples the built data must not repeat (see ``build.build``)."""
     from promptbake.build.builder import build
 
-    store_path = store_path or Path(out_dir) / "promptbake.db"
+    store_path = store_path or default_store(out_dir)
     report = generate(spec, store_path, overrides, options, topup=True, command=command)
     with Store(store_path) as store:
         report.build = build(spec, store, out_dir, formats=formats, seed=seed, existing=existing)
     return report
+
+
+def default_store(out_dir: str | Path) -> Path:
+    """The store ``run`` and ``build SPEC`` use when none is given: OUT/promptbake.db."""
+    return Path(out_dir) / "promptbake.db"
 
 
 def spec_text(spec: Spec) -> str:
