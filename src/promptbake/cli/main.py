@@ -396,7 +396,7 @@ def topup(spec_path: str, eval_path: str, dataset: str, threshold: float | None,
               help="Instead of --inputs: ask the teacher for N diverse inputs first (needs --describe).")
 @click.option("--describe", default=None, help="What the generated inputs are, e.g. 'support tickets to a SaaS'.")
 @click.option("--axis", "axes", multiple=True, metavar="NAME=V1,V2",
-              help="A grid axis (repeatable): varies generated inputs; with --inputs, crossed with every input.")
+              help="A grid axis (repeatable): varies generated inputs; with --inputs, one value: a prompt variable.")
 @click.option("--input-field", default="input", show_default=True, help="The inputs file's field holding the input.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output directory.")
 @click.option("--store", "store_path", default=None, type=click.Path(dir_okay=False),
