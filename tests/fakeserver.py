@@ -128,6 +128,7 @@ class FakeServer:
     statuses: Counter[str] = field(default_factory=Counter, init=False)
     auth_headers: list[str | None] = field(default_factory=list, init=False)
     arrivals: list[float] = field(default_factory=list, init=False)  # time.monotonic() per request
+    connections: Counter[str] = field(default_factory=Counter, init=False)  # requests per client host:port
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)
@@ -251,6 +252,8 @@ class FakeServer:
         if self.record_bodies:
             self.arrivals.append(time.monotonic())
         self.auth_headers.append(request.headers.get("Authorization"))
+        peer = request.transport.get_extra_info("peername") if request.transport is not None else None
+        self.connections[f"{peer[0]}:{peer[1]}" if peer else "?"] += 1
         try:
             body = json.loads(raw)
         except ValueError:

@@ -342,3 +342,12 @@ def test_ctrl_c_says_how_to_resume_and_keeps_answers(tmp_path):
         subprocess.run(cmd, env=env, cwd=tmp_path, check=True, capture_output=True, timeout=120)
         assert statuses(tmp_path / "s.db") == {"ok": STEP0 + 160}
         assert len(srv.paid_twice()) <= 4  # only what was in flight at the interrupt
+
+
+def test_one_client_and_limiter_serve_every_step_and_round(tmp_path):
+    spec = write_spec(tmp_path, MINIMAL_SPEC.replace("  count: 2", "  count: 6"))
+    with FakeServer(responder=list_then_reply_responder(dupe_every=4)).running() as srv:
+        result = invoke("run", str(spec), "--out", "out", "--base-url", srv.base_url, "-q", "--concurrency", "1")
+        assert result.exit_code == 0, result.output
+        assert "round 1 answer" in result.output  # two steps, two rounds
+    assert len(srv.connections) == 1, srv.connections  # one keep-alive connection for the whole run

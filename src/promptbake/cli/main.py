@@ -326,13 +326,16 @@ def serve(host: str, port: int | None) -> None:
               help="Judge score that counts as a pass (default 4).")
 @click.option("--judge-model", default=None, help="Judge model (default: the spec's teacher model).")
 @click.option("--judge-base-url", default=None, help="Judge server URL (default: the spec's teacher).")
+@click.option("--model-version", default=None,
+              help="Version of the model under test (say, after retraining it under the same name): stored "
+                   "answers are reused only for the same version (default: the same base URL).")
 @_generate_options
 @teacher_options
 def eval_command(data: str, out: str, spec_path: str | None, metadata: str | None, store_path: str | None,
                  sweeps: tuple[str, ...], check_json: bool | None, check_schema: str | None, check_regex: str | None,
                  max_length: int | None, exact: bool | None, criteria: str | None, pass_score: int | None,
-                 judge_model: str | None, judge_base_url: str | None, no_cache: bool, max_cost: float | None,
-                 quiet: bool, overrides: Any) -> None:
+                 judge_model: str | None, judge_base_url: str | None, model_version: str | None, no_cache: bool,
+                 max_cost: float | None, quiet: bool, overrides: Any) -> None:
     """Run a model (--model, --base-url) on a test split and score it per category."""
     import json
     from pathlib import Path
@@ -354,7 +357,7 @@ def eval_command(data: str, out: str, spec_path: str | None, metadata: str | Non
     judge = judge_config(spec, judge_model, judge_base_url) if scoring.criteria else None
     report = run_eval(data, out, merge(TeacherConfig(), overrides), metadata=metadata, scoring=scoring,
                       sweeps=sweeps, judge=judge, store_path=store_path, no_cache=no_cache, max_cost=max_cost,
-                      progress=not quiet)
+                      progress=not quiet, model_version=model_version)
     click.echo(report.format(), err=True)
 
 

@@ -14,10 +14,10 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from promptbake.teacher.client import ChatClient, ChatResult, Endpoint
+from promptbake.teacher.client import ChatResult, Endpoint
 from promptbake.errors import BudgetExceeded
 from promptbake.plan.expand import Expander
-from promptbake.teacher.limiter import Limiter
+from promptbake.teacher.link import Link
 from promptbake.teacher.parse import parse_choices
 from promptbake.plan.planner import Planner, row_key
 from promptbake.teacher.pool import Job, Outcome, Pool, PoolStats
@@ -111,8 +111,6 @@ class Generation:
         self.spec = spec
         self.store = store
         self.expander = expander
-        self.endpoint = endpoint
-        self.config = config
         self.options = options
         self.planner = Planner(spec, expander.templates, endpoint.model, config.kind)
         self.report = GenerateReport()
@@ -134,7 +132,7 @@ class Generation:
                                           earlier=earlier, drops=drops)
         return self.store.replan(self.spec.name, k, round_, requests, drops)
 
-    async def run_round(self, round_: int) -> None:
+    async def run_round(self, round_: int, link: Link) -> None:
         for k, step in enumerate(self.spec.steps):
             report = StepReport(step.name, round_)
             self.report.steps.append(report)
@@ -144,7 +142,7 @@ class Generation:
                 self._forgotten.add(k)
             elif not self.options.no_cache:
                 report.cached = self.store.serve_from_cache(self.spec.name, k)
-            await self._execute(k, round_, step, report)
+            await self._execute(k, round_, step, report, link)
             if self.report.stopped_for_budget:
                 raise BudgetExceeded(
                     f"--max-cost ${self.options.max_cost:.2f} reached after spending "
@@ -158,7 +156,7 @@ class Generation:
                 continue
             yield _job(request, check, step)
 
-    async def _execute(self, k: int, round_: int, step: Step, report: StepReport) -> None:
+    async def _execute(self, k: int, round_: int, step: Step, report: StepReport, link: Link) -> None:
         total = self.store.count_pending(self.spec.name, k)
         if total == 0:
             return
@@ -173,8 +171,7 @@ class Generation:
 
         stats = await send_to_store(
             self.store,
-            self.endpoint,
-            self.config,
+            link,
             self._jobs(k, round_, step),
             progress=Progress(self.options.progress, total, f"{step.name} (round {round_})"),
             max_cost=None if self.options.max_cost is None else self.options.max_cost - self.report.spent,
@@ -190,8 +187,7 @@ class Generation:
 
 async def send_to_store(
     store: Store,
-    endpoint: Endpoint,
-    config: TeacherConfig,
+    link: Link,
     jobs: Iterable[StepJob],
     *,
     progress: Progress,
@@ -199,7 +195,8 @@ async def send_to_store(
     on_outcome: Callable[[Outcome], None] | None = None,
 ) -> PoolStats:
     """Send jobs through the rate-limited pool; every finished one goes to the store's single
-    writer. The one path by which generate and eval pay for answers."""
+    writer. The one path by which generate and eval pay for answers, through the run's ``link``
+    to the endpoint (its client and limiter serve every step and phase of the run)."""
     queue: asyncio.Queue[ResultRow | None] = asyncio.Queue()
     writer = asyncio.create_task(_writer(store, queue))
 
@@ -213,16 +210,15 @@ async def send_to_store(
         queue.put_nowait(result_row(outcome))
 
     try:
-        async with ChatClient(endpoint, concurrency=config.concurrency, timeout=config.timeout) as client:
-            limiter = Limiter(rpm=config.rpm, tpm=config.tpm, concurrency=config.concurrency)
-            pool = Pool(
-                client,
-                limiter,
-                max_attempts=config.max_attempts,
-                cost=PriceTable(config.prices).cost,
-                max_cost=max_cost,
-            )
-            return await pool.run(jobs, sink)
+        assert link.limiter is not None, "send through an open link"
+        pool = Pool(
+            link.client,
+            link.limiter,
+            max_attempts=link.config.max_attempts,
+            cost=PriceTable(link.config.prices).cost,
+            max_cost=max_cost,
+        )
+        return await pool.run(jobs, sink)
     finally:
         queue.put_nowait(None)
         await writer

@@ -17,6 +17,7 @@ from promptbake.records import Example
 from promptbake.spec.models import Spec
 from promptbake.store.db import Store
 from promptbake.teacher.config import TeacherOverrides, merge, open_teacher
+from promptbake.teacher.link import Link
 
 
 @dataclass
@@ -71,19 +72,23 @@ def generate(
         generation = Generation(spec, store, expander, endpoint, config, options)
         report = RunReport(generation.report)
         status = "failed"
+        async def rounds() -> None:
+            async with Link(endpoint, config) as link:  # one client and limiter for every step and round
+                known = sorted({0, *store.rounds(spec.name)})
+                for round_ in known:
+                    await generation.run_round(round_, link)
+                round_ = known[-1]
+                while topup and round_ < spec.max_rounds:
+                    missing = shortfall(spec, expander, store)
+                    report.rounds.append(RoundReport(round_, len(missing), sum(missing.values())))
+                    if not missing:
+                        break
+                    round_ += 1
+                    store.set_wants(spec.name, round_, missing)
+                    await generation.run_round(round_, link)
+
         try:
-            rounds = sorted({0, *store.rounds(spec.name)})
-            for round_ in rounds:
-                asyncio.run(generation.run_round(round_))
-            round_ = rounds[-1]
-            while topup and round_ < spec.max_rounds:
-                missing = shortfall(spec, expander, store)
-                report.rounds.append(RoundReport(round_, len(missing), sum(missing.values())))
-                if not missing:
-                    break
-                round_ += 1
-                store.set_wants(spec.name, round_, missing)
-                asyncio.run(generation.run_round(round_))
+            asyncio.run(rounds())
             status = "done"
         finally:
             report.totals = store.totals(spec.name)
