@@ -9,11 +9,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from promptbake.teacher import tokens
 from promptbake.cli.main import cli
 from promptbake.errors import DataFileError
 from promptbake.output.formats import FORMATS
-from promptbake.records import Example
 from promptbake.output.targets import TARGETS
 from promptbake.output.validate import (
     TokenStats,
@@ -22,6 +20,8 @@ from promptbake.output.validate import (
     suggest_hyperparameters,
     validate_file,
 )
+from promptbake.records import Example
+from promptbake.teacher import tokens
 
 GOOD = {
     "messages": [

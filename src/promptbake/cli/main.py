@@ -341,9 +341,9 @@ def eval_command(data: str, out: str, spec_path: str | None, metadata: str | Non
     from pathlib import Path
 
     from promptbake.errors import DataFileError
-    from promptbake.workflows.evaluate import Scoring, judge_config, run_eval
     from promptbake.spec.models import TeacherConfig
     from promptbake.teacher.config import merge
+    from promptbake.workflows.evaluate import Scoring, judge_config, run_eval
 
     spec = _load(spec_path) if spec_path else None
     schema = None
@@ -431,8 +431,8 @@ def distill(prompt_path: str, inputs_path: str | None, generate_inputs: int | No
             ft_price_factor: float | None, epochs: int | None, no_cache: bool, max_cost: float | None, quiet: bool,
             formats: tuple[str, ...], seed: int | None, overrides: Any) -> None:
     """Bake a long --prompt into examples: inputs answered under it, kept without it (re-run to resume)."""
-    from promptbake.workflows import distill as distillation
     from promptbake.teacher.generate import GenerateOptions
+    from promptbake.workflows import distill as distillation
 
     spec = distillation.distill_spec(
         prompt_path, inputs_path, baked_system=baked_system,

@@ -23,9 +23,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from promptbake.teacher import tokens
 from promptbake.errors import DataFileError
 from promptbake.output.targets import Target, get_target
+from promptbake.teacher import tokens
 
 # Epoch defaults from the cookbook: OpenAI aims at 3 epochs, but keeps n x epochs in [100, 25,000].
 TARGET_EPOCHS = 3

@@ -12,9 +12,9 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
-from promptbake.teacher.client import Endpoint
 from promptbake.errors import InputError
 from promptbake.spec.models import TeacherConfig
+from promptbake.teacher.client import Endpoint
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 LOCAL_MODEL = "smollm2"

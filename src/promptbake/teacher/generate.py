@@ -14,16 +14,16 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from promptbake.teacher.client import ChatResult, Endpoint
 from promptbake.errors import BudgetExceeded
 from promptbake.plan.expand import Expander
-from promptbake.teacher.link import Link
-from promptbake.teacher.parse import parse_choices
 from promptbake.plan.planner import Planner, row_key
-from promptbake.teacher.pool import Job, Outcome, Pool, PoolStats
-from promptbake.teacher.pricing import PriceTable
 from promptbake.spec.models import Spec, Step, TeacherConfig
 from promptbake.store.db import AttemptRow, FanoutDrop, ResultRow, Store, StoredRequest
+from promptbake.teacher.client import ChatResult, Endpoint
+from promptbake.teacher.link import Link
+from promptbake.teacher.parse import parse_choices
+from promptbake.teacher.pool import Job, Outcome, Pool, PoolStats
+from promptbake.teacher.pricing import PriceTable
 
 
 @dataclass

@@ -38,20 +38,20 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from promptbake.output.atomic import write_text_atomic
 from promptbake.build.checks import Checks
 from promptbake.errors import DataFileError, InputError
+from promptbake.output.atomic import write_text_atomic
+from promptbake.output.targets import get_target
+from promptbake.output.validate import billed_tokens, default_epochs
 from promptbake.plan.expand import Expander, load_table
-from promptbake.teacher.generate import GenerateOptions
-from promptbake.workflows.pipeline import RunReport
-from promptbake.workflows.pipeline import run as run_pipeline
-from promptbake.teacher.pricing import PriceTable
 from promptbake.records import Example
 from promptbake.spec.models import IDENTIFIER, MessageTemplate, Spec
-from promptbake.output.targets import get_target
 from promptbake.teacher.config import TeacherOverrides, merge, model_name
+from promptbake.teacher.generate import GenerateOptions
+from promptbake.teacher.pricing import PriceTable
 from promptbake.teacher.tokens import TOKENS_PER_MESSAGE, count_messages, count_tokens, encoding_note
-from promptbake.output.validate import billed_tokens, default_epochs
+from promptbake.workflows.pipeline import RunReport
+from promptbake.workflows.pipeline import run as run_pipeline
 
 ANSWER_STEP = "answer"
 INPUT_STEP = "input"  # the generated-inputs step; its items become the variable ``input``

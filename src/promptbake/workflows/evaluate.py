@@ -25,21 +25,21 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from promptbake.output.atomic import write_jsonl_atomic
 from promptbake.build.checks import Checks
-from promptbake.teacher.client import ChatResult
 from promptbake.errors import BudgetExceeded, DataFileError, InputError
-from promptbake.plan.expand import stable_hash
+from promptbake.output.atomic import write_jsonl_atomic
 from promptbake.output.export import metadata_file
 from promptbake.output.formats import ensure_dir
-from promptbake.teacher.generate import Progress, StepJob, send_to_store
 from promptbake.output.jsonl import read_jsonl
-from promptbake.teacher.parse import parse_output
-from promptbake.teacher.pool import PoolStats
+from promptbake.plan.expand import stable_hash
 from promptbake.spec.models import SamplingParams, Spec, TeacherConfig
 from promptbake.store.db import PlannedRequest, Store
+from promptbake.teacher.client import ChatResult
 from promptbake.teacher.config import TeacherOverrides, endpoint_identity, merge, model_name
+from promptbake.teacher.generate import Progress, StepJob, send_to_store
 from promptbake.teacher.link import Link, Links
+from promptbake.teacher.parse import parse_output
+from promptbake.teacher.pool import PoolStats
 from promptbake.teacher.tokens import count_messages
 
 JUDGE_SCHEMA: dict[str, Any] = {

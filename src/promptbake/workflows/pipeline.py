@@ -12,11 +12,11 @@ from typing import Any
 import yaml
 
 from promptbake.plan.expand import Expander
-from promptbake.teacher.generate import GenerateOptions, GenerateReport, Generation
 from promptbake.records import Example
 from promptbake.spec.models import Spec
 from promptbake.store.db import Store
 from promptbake.teacher.config import TeacherOverrides, merge, open_teacher
+from promptbake.teacher.generate import GenerateOptions, GenerateReport, Generation
 from promptbake.teacher.link import Link
 
 

@@ -23,21 +23,21 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from promptbake.output.atomic import json_line, write_jsonl_atomic, write_text_atomic
 from promptbake.build.dedupe import dedupe
-from promptbake.errors import DataFileError, InputError
-from promptbake.workflows.evaluate import split_metadata
 from promptbake.build.examples import ExampleRenderer, passing
-from promptbake.plan.expand import Cell, Expander
-from promptbake.output.formats import convert_all, ensure_dir
+from promptbake.errors import DataFileError, InputError
+from promptbake.output.atomic import json_line, write_jsonl_atomic, write_text_atomic
 from promptbake.output.export import read_manifest
-from promptbake.teacher.generate import GenerateOptions
+from promptbake.output.formats import convert_all, ensure_dir
 from promptbake.output.jsonl import read_jsonl
-from promptbake.workflows.pipeline import RunReport, default_store, generate
+from promptbake.plan.expand import Cell, Expander
 from promptbake.records import Example
 from promptbake.spec.models import Grid, Spec
 from promptbake.store.db import Store
 from promptbake.teacher.config import TeacherOverrides
+from promptbake.teacher.generate import GenerateOptions
+from promptbake.workflows.evaluate import split_metadata
+from promptbake.workflows.pipeline import RunReport, default_store, generate
 
 TOPUP_AXIS = "topup_round"
 DEFAULT_THRESHOLD = 0.8
