@@ -99,7 +99,8 @@ def test_spec_hash_covers_the_template_axis_and_table_files(tmp_path):
     (tmp_path / "templates" / "ask.j2").write_text("Give {{ count }} things a {{ mood }} customer says.")
     (tmp_path / "moods.txt").write_text("calm\nangry\n")
     (tmp_path / "places.csv").write_text("place\nshop\n")
-    text = (MINIMAL_SPEC.replace("    place: [shop, gym]\n    mood: [calm, angry]\n", "    mood: moods.txt\n  table: places.csv\n")
+    axes = "    place: [shop, gym]\n    mood: [calm, angry]\n"
+    text = (MINIMAL_SPEC.replace(axes, "    mood: moods.txt\n  table: places.csv\n")
             .replace('        content: "Give {{ count }} things a {{ mood }} customer says at the {{ place }}."',
                      "        template: ask.j2"))
     path = write_spec(tmp_path, text)
