@@ -116,9 +116,10 @@ def test_no_cache_in_another_spec_never_changes_what_this_spec_builds(tmp_path):
     assert used == {"mini": STEP0 + STEP1, "other": STEP0 + STEP1}
 
 
-def repeating_responder(share: float = 0.3):
-    """Lists of utterances of which ``share`` repeat the utterance before them (within the list,
-    or the previous list's last one); replies echo the utterance. Records every utterance."""
+def repeating_responder():
+    """Lists of utterances of which 30% repeat an earlier one: the 7th and 10th of each ten the
+    utterance before them, the 4th the first of the previous list (another cell's), if any.
+    Replies echo the utterance. Records every utterance."""
     counter = iter(range(10**9))
     said: list[str] = []
 
@@ -129,8 +130,13 @@ def repeating_responder(share: float = 0.3):
             items = []
             for _ in range(int(match.group(1))):
                 i = next(counter)
-                repeat = i > 0 and (i % 10) < share * 10  # the first of a list repeats the last list
-                items.append(said[-1] if repeat else f"Utterance {i}: my order {i * 7919 % 10007} is wrong.")
+                position = i % 10
+                if position in (6, 9) or (position == 3 and i < 10):
+                    items.append(said[-1])
+                elif position == 3:
+                    items.append(said[-13])  # the first item of the previous list
+                else:
+                    items.append(f"Utterance {i}: my order {i * 7919 % 10007} is wrong.")
                 said.append(items[-1])
             return json.dumps(items)
         return f"Ugh. ({user}) Next!"
@@ -141,23 +147,23 @@ def repeating_responder(share: float = 0.3):
 
 def test_a_repeated_utterance_is_paid_for_once(tmp_path):
     spec = write_spec(tmp_path, MINIMAL_SPEC.replace("  count: 2", "  count: 10") + "max_rounds: 0\n")
-    teacher = repeating_responder(0.3)
+    teacher = repeating_responder()
     with FakeServer(responder=teacher).running() as srv:
         result = invoke("run", str(spec), "--out", "out", "--base-url", srv.base_url, "-q")
         assert result.exit_code == 0, result.output
         replies = [b for b in srv.bodies if b["messages"][0]["role"] == "system"]
     distinct = set(teacher.said)
-    assert len(teacher.said) == 40 and len(distinct) == 29  # 11 of the 40 items repeat
+    assert len(teacher.said) == 40 and len(distinct) == 28  # 30% of the items repeat
     assert len(replies) == len(distinct)  # one paid reply per distinct utterance
     assert not srv.paid_twice()
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
-    assert sum(c["exact_dupes"] for c in manifest["categories"].values()) == 40 - 29
-    assert manifest["train"] + manifest["test"] == 29
+    assert sum(c["exact_dupes"] for c in manifest["categories"].values()) == 40 - 28
+    assert manifest["train"] + manifest["test"] == 28
 
 
 def test_duplicates_dropped_before_paying_are_refilled_by_the_top_up_loop(tmp_path):
     spec = write_spec(tmp_path, MINIMAL_SPEC.replace("  count: 2", "  count: 10"))
-    teacher = repeating_responder(0.3)
+    teacher = repeating_responder()
     with FakeServer(responder=teacher).running() as srv:
         result = invoke("run", str(spec), "--out", "out", "--base-url", srv.base_url, "-q")
         assert result.exit_code == 0, result.output
