@@ -17,6 +17,7 @@ from typing import Any
 from promptbake.build.balance import balance
 from promptbake.build.dedupe import Dropped, dedupe
 from promptbake.build.examples import ExampleRenderer, passing
+from promptbake.build.sizes import nested_subsets
 from promptbake.build.split import assign
 from promptbake.output.atomic import write_jsonl_atomic, write_text_atomic
 from promptbake.output.export import read_manifest
@@ -117,9 +118,11 @@ def build(
     seed: int | None = None,
     validate: bool = True,
     existing: Iterable[Example] = (),
+    sizes: Iterable[int] = (),
 ) -> BuildReport:
     """``existing``: examples the data must not repeat (distillation passes the long prompt's own
-    few-shot examples); what equals or nearly equals one is dropped like a duplicate of it."""
+    few-shot examples); what equals or nearly equals one is dropped like a duplicate of it.
+    ``sizes``: also write nested, stratified train subsets ``train.N.jsonl`` (see ``sizes.py``)."""
     out = Path(out_dir)
     ensure_dir(out)
     expander = Expander(spec)
@@ -137,6 +140,8 @@ def build(
     sides = assign(balanced.kept, split_config, previous_sides(out))
     train, test = sides.train, sides.test
     warnings.extend(sides.warnings)
+    subsets, size_warnings = nested_subsets(train, sizes)
+    warnings.extend(size_warnings)
 
     writes = []
     formats = formats or spec.output.formats
@@ -144,6 +149,8 @@ def build(
         folder = out if fmt == CANONICAL else out / fmt
         for name, rows in (("train", train), ("test", test)):
             writes.append(write_split(rows, fmt, folder / f"{name}.jsonl", spec.output))
+    for n, rows in subsets.items():
+        writes.append(write_split(rows, CANONICAL, out / f"train.{n}.jsonl", spec.output))
     write_jsonl_atomic(
         out / "metadata.jsonl",
         ({**ex.metadata(), "split": name} for name, rows in (("train", train), ("test", test)) for ex in rows),
@@ -170,6 +177,9 @@ def build(
         },
         "warnings": warnings,
     }
+    if subsets:
+        manifest["sizes"] = {str(n): dict(sorted(Counter(e.category for e in rows).items()))
+                             for n, rows in subsets.items()}
     topups = read_manifest(out).get("topups")
     if topups:  # train.v2.jsonl, ... stay in DIR: their record stays with them
         manifest["topups"] = topups

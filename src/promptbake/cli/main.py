@@ -210,6 +210,30 @@ def _build_options(fn: F) -> F:
     return fn
 
 
+def _parse_sizes(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int]:
+    try:
+        sizes = [int(v) for v in value.split(",")] if value else []
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: give whole numbers separated by commas, e.g. 50,100,500") from None
+    if any(n < 1 for n in sizes):
+        raise click.BadParameter(f"{value!r}: sizes must be at least 1")
+    return sizes
+
+
+def _report_options(fn: F) -> F:
+    fn = click.option("--no-report", is_flag=True, help="Do not write OUT/report.html.")(fn)
+    fn = click.option("--sizes", callback=_parse_sizes, metavar="N1,N2,...",
+                      help="Also write nested, stratified train subsets OUT/train.N.jsonl.")(fn)
+    return fn
+
+
+def _write_report(out_dir: str, store_path: Any, spec: Any, no_report: bool) -> None:
+    if not no_report:
+        from promptbake.output.report import write_report
+
+        click.echo(f"report: {write_report(out_dir, store=store_path, spec=spec)}", err=True)
+
+
 def _print_build(report: Any) -> None:
     click.echo(report.format(), err=True)
     if report.validation is not None and not report.validation.ok:
@@ -223,9 +247,10 @@ def _print_build(report: Any) -> None:
               help="SQLite store (default: OUT/promptbake.db).")
 @_generate_options
 @_build_options
+@_report_options
 @teacher_options
 def run(spec_path: str, out_dir: str, store_path: str | None, no_cache: bool, max_cost: float | None, quiet: bool,
-        formats: tuple[str, ...], seed: int | None, overrides: Any) -> None:
+        formats: tuple[str, ...], seed: int | None, sizes: list[int], no_report: bool, overrides: Any) -> None:
     """expand → generate → build: SPEC in, train/test JSONL out (re-run to resume)."""
     from promptbake.teacher.generate import GenerateOptions
     from promptbake.workflows.pipeline import run as run_pipeline
@@ -233,9 +258,10 @@ def run(spec_path: str, out_dir: str, store_path: str | None, no_cache: bool, ma
     spec = _load(spec_path)
     report = run_pipeline(spec, out_dir, store_path, overrides,
                           GenerateOptions(no_cache=no_cache, max_cost=max_cost, progress=not quiet),
-                          formats=list(formats) or None, seed=seed)
+                          formats=list(formats) or None, seed=seed, sizes=sizes)
     _print_generate(report)
     _print_build(report.build)
+    _write_report(out_dir, store_path, spec, no_report)
 
 
 @cli.command()
@@ -245,8 +271,9 @@ def run(spec_path: str, out_dir: str, store_path: str | None, no_cache: bool, ma
               help="With a SPEC: the store to read (default: OUT/promptbake.db, as for run).")
 @click.option("--spec-name", default=None, help="With a STORE holding several specs: which one.")
 @_build_options
+@_report_options
 def build(source: str, out_dir: str, store_path: str | None, spec_name: str | None, formats: tuple[str, ...],
-          seed: int | None) -> None:
+          seed: int | None, sizes: list[int], no_report: bool) -> None:
     """Turn stored answers into deduplicated, balanced, split fine-tuning files."""
     from pathlib import Path
 
@@ -264,8 +291,9 @@ def build(source: str, out_dir: str, store_path: str | None, spec_name: str | No
 
         raise StoreError(f"{store_path}: no such store; run `promptbake run` or `generate` first, or pass --store")
     with Store(store_path, lock=False) as store:
-        report = run_build(spec, store, out_dir, formats=list(formats) or None, seed=seed)
+        report = run_build(spec, store, out_dir, formats=list(formats) or None, seed=seed, sizes=sizes)
     _print_build(report)
+    _write_report(out_dir, store_path, spec, no_report)
 
 
 @cli.group()

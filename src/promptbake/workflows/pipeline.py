@@ -107,6 +107,7 @@ def run(
     seed: int | None = None,
     existing: Iterable[Example] = (),
     command: str = "run",
+    sizes: Iterable[int] = (),
 ) -> RunReport:
     """expand → generate (with top-up rounds for exact counts) → build, in one call.
     ``existing``: examples the built data must not repeat (see ``build.build``)."""
@@ -115,7 +116,7 @@ def run(
     store_path = store_path or default_store(out_dir)
     report = generate(spec, store_path, overrides, options, topup=True, command=command)
     with Store(store_path) as store:
-        report.build = build(spec, store, out_dir, formats=formats, seed=seed, existing=existing)
+        report.build = build(spec, store, out_dir, formats=formats, seed=seed, existing=existing, sizes=sizes)
     return report
 
 

@@ -66,6 +66,14 @@ class CategoryScore:
     def value(self, metric: str) -> float | None:
         return self.pass_rate if metric == "pass" else self.mean_score
 
+    def add(self, passed: bool | None, score: float | None) -> None:
+        self.n += 1
+        if passed is not None:
+            self.with_pass += 1
+            self.passed += passed
+        if score is not None:
+            self.scores.append(float(score))
+
     def as_dict(self) -> dict[str, Any]:
         return {"n": self.n, "pass_rate": self.pass_rate, "mean_score": self.mean_score}
 
@@ -86,13 +94,7 @@ def load_eval(path: str | Path) -> dict[str, CategoryScore]:
             raise DataFileError(f"{path}:{number}: 'score' must be a number or null")
         if passed is None and score is None:
             continue
-        entry = scores.setdefault(category, CategoryScore(category))
-        entry.n += 1
-        if passed is not None:
-            entry.with_pass += 1
-            entry.passed += passed
-        if score is not None:
-            entry.scores.append(float(score))
+        scores.setdefault(category, CategoryScore(category)).add(passed, score)
     if not scores:
         raise DataFileError(f"{path}: no scored lines (need 'category' and 'pass' or 'score'); "
                             "run eval with checks or a rubric")
