@@ -219,7 +219,7 @@ def test_judge_scores_in_the_metadata_are_plotted_per_category(tmp_path):
     shutil.copytree(ROOT / "samples" / "quick", tmp_path / "quick", ignore=shutil.ignore_patterns("report.*"))
     meta = tmp_path / "quick" / "metadata.jsonl"
     rows = [json.loads(line) for line in lines(meta)]
-    meta.write_text("".join(json.dumps({**row, "judge_score": 3 + i % 3}) + "\n" for i, row in enumerate(rows)))
+    meta.write_text("".join(json.dumps({**row, "scores": {"judge": 3 + i % 3}}) + "\n" for i, row in enumerate(rows)))
     page = write_report(tmp_path / "quick").read_text(encoding="utf-8")
     assert "judge" in plots(page)
     assert "No judge scores recorded" not in page

@@ -16,7 +16,8 @@ from typing import Any
 
 from promptbake.build.balance import balance
 from promptbake.build.dedupe import Dropped, dedupe
-from promptbake.build.examples import ExampleRenderer, passing
+from promptbake.build.examples import ExampleRenderer
+from promptbake.build.gates import Gates
 from promptbake.build.sizes import nested_subsets
 from promptbake.build.split import assign
 from promptbake.output.atomic import write_jsonl_atomic, write_text_atomic
@@ -45,12 +46,14 @@ class BuildReport:
 
     def format(self) -> str:
         lines = [
-            f"{'category':<40} {'rows':>6} {'exact':>6} {'near':>6} {'surplus':>7} {'kept':>6} {'train':>6} {'test':>5}"
+            f"{'category':<40} {'rows':>6} {'checks':>6} {'filter':>6} {'judge':>6} {'exact':>6} {'near':>6} "
+            f"{'surplus':>7} {'kept':>6} {'train':>6} {'test':>5}"
         ]
         for name, c in self.categories.items():
             lines.append(
-                f"{name[:40]:<40} {c['rows']:>6} {c['exact_dupes']:>6} {c['near_dupes']:>6} {c['surplus']:>7} "
-                f"{c['kept']:>6} {c['train']:>6} {c['test']:>5}"
+                f"{name[:40]:<40} {c['rows']:>6} {c['rejected_by_checks']:>6} {c['filtered']:>6} {c['judged_out']:>6} "
+                f"{c['exact_dupes']:>6} {c['near_dupes']:>6} {c['surplus']:>7} {c['kept']:>6} {c['train']:>6} "
+                f"{c['test']:>5}"
             )
         lines.append(f"train: {self.train}, test: {self.test} → {self.out_dir}")
         lines.extend(w.summary() for w in self.writes if w.refused)
@@ -127,11 +130,11 @@ def build(
     ensure_dir(out)
     expander = Expander(spec)
     renderer = ExampleRenderer(spec, expander.templates)
-    rejected: Counter[str] = Counter()
     # items a fan-out repeated were dropped before the next step paid for them: exact duplicates too
     early = [Dropped(f"{d.request_id}:{d.item_index}", d.category, "exact", d.duplicate_of, 1.0)
              for d in store.fanout_drops(spec.name)]
-    deduped = dedupe(passing(spec, renderer.examples(store), rejected), spec.dedupe, existing)
+    gates = Gates(spec, store)
+    deduped = dedupe(gates.passing(renderer.examples(store)), spec.dedupe, existing)
     accepted, surplus, warnings = _keep_counts(spec, expander, deduped.kept)
     split_config = spec.split if seed is None else spec.split.model_copy(update={"seed": seed})
     balanced = balance(accepted, spec.balance, split_config.seed)
@@ -156,9 +159,9 @@ def build(
         ({**ex.metadata(), "split": name} for name, rows in (("train", train), ("test", test)) for ex in rows),
     )
     write_jsonl_atomic(history, _merge_history(history, sides.assignment))
-    write_jsonl_atomic(out / "dropped.jsonl", (d.as_dict() for d in [*early, *deduped.dropped]))
+    write_jsonl_atomic(out / "dropped.jsonl", (d.as_dict() for d in [*early, *gates.dropped, *deduped.dropped]))
 
-    categories = _category_table(deduped, Counter(d.category for d in early), rejected, surplus, balanced.kept,
+    categories = _category_table(deduped, Counter(d.category for d in early), gates.counts, surplus, balanced.kept,
                                  train, test)
     totals = store.totals(spec.name)
     manifest = {
@@ -172,6 +175,8 @@ def build(
         "categories": categories,
         "dedupe": spec.dedupe.model_dump(),
         "balance": spec.balance.model_dump(),
+        "filters": spec.filters.model_dump(),
+        "judge": [j.model_dump(exclude_none=True) for j in spec.judge],
         "usage": {
             k: totals[k] for k in ("requests", "ok", "failed", "attempts", "prompt_tokens", "completion_tokens", "cost")
         },
@@ -196,7 +201,7 @@ def build(
 def _category_table(
     deduped: Any,
     early: Counter[str],
-    rejected: Counter[str],
+    gated: dict[str, Counter[str]],
     surplus: Counter[str],
     kept: list[Example],
     train: list[Example],
@@ -205,10 +210,14 @@ def _category_table(
     after_balance = Counter(e.category for e in kept)
     in_train = Counter(e.category for e in train)
     in_test = Counter(e.category for e in test)
+    def gate_columns(name: str) -> dict[str, int]:
+        drops = gated.get(name, Counter())
+        return {"rejected_by_checks": drops["checks"], "filtered": drops["filters"], "judged_out": drops["judge"]}
+
     return {
         name: {
-            "rows": c.before + rejected[name] + early[name],
-            "rejected_by_checks": rejected[name],
+            "rows": c.before + sum(gated.get(name, Counter()).values()) + early[name],
+            **gate_columns(name),
             "exact_dupes": c.exact + early[name],
             "near_dupes": c.near,
             "surplus": surplus[name],
@@ -219,8 +228,8 @@ def _category_table(
         for name, c in sorted(deduped.counts.items())
     } | {
         name: {
-            "rows": rejected[name] + early[name],
-            "rejected_by_checks": rejected[name],
+            "rows": sum(gated.get(name, Counter()).values()) + early[name],
+            **gate_columns(name),
             "exact_dupes": early[name],
             "near_dupes": 0,
             "surplus": 0,
@@ -228,6 +237,6 @@ def _category_table(
             "train": 0,
             "test": 0,
         }
-        for name in sorted(set(rejected) | set(early))
+        for name in sorted(set(gated) | set(early))
         if name not in deduped.counts
     }

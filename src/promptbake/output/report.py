@@ -34,8 +34,8 @@ from promptbake.spec.models import Spec
 REPORT = "report.html"
 SAMPLE = 1000  # examples of each kind (kept, dropped) in the page's table
 OPENING_WORDS = 3
-STAGE_COLORS = {"kept": "#59a14f", "rejected_by_checks": "#e15759", "exact_dupes": "#f28e2b",
-                "near_dupes": "#edc948", "surplus": "#bab0ac", "balanced_away": "#9c755f"}
+STAGE_COLORS = {"kept": "#59a14f", "rejected_by_checks": "#e15759", "filtered": "#b07aa1", "judged_out": "#76b7b2",
+                "exact_dupes": "#f28e2b", "near_dupes": "#edc948", "surplus": "#bab0ac", "balanced_away": "#9c755f"}
 
 
 # --- reading what the build wrote -------------------------------------------------------------
@@ -170,22 +170,24 @@ def _prompt(messages: list[dict[str, Any]]) -> str:
 
 
 def _judge_score(meta: dict[str, Any]) -> float | None:
-    """A kept example's judge score, when the build recorded one in its metadata row."""
-    value = meta.get("judge_score", meta.get("score"))
-    if isinstance(meta.get("judge"), dict):
-        value = meta["judge"].get("score", value)
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+    """A kept example's judge score (the lowest, with several judges: the one that gated it), when
+    the build recorded one in its metadata row."""
+    scores = [v for v in (meta.get("scores") or {}).values() if isinstance(v, int | float) and not isinstance(v, bool)]
+    return float(min(scores)) if scores else None
 
 
 def _drop_reason(row: dict[str, Any]) -> str:
-    reason = str(row.get("gate") or row.get("reason") or "dropped")
+    """One line from a ``dropped.jsonl`` row: the gate and its reasons (``checks: regex: no match``,
+    ``judge: score 2 < 4 — too polite``), or the duplicate and what it duplicates."""
+    reason = str(row.get("reason") or "dropped")
+    if row.get("detail"):
+        reason += f": {row['detail']}"
+    if row.get("reasoning"):
+        reason += f" — {row['reasoning']}"
     if row.get("duplicate_of"):
         similarity = row.get("similarity")
         reason += f" duplicate of {row['duplicate_of']}" + (f" (similarity {similarity:.2f})"
                                                              if isinstance(similarity, float) else "")
-    for key in ("score", "detail", "why"):
-        if row.get(key) is not None:
-            reason += f"; {key}: {row[key]}"
     return reason
 
 
@@ -224,8 +226,8 @@ class Classified:
 
 def _classify(data: Dataset) -> Classified:
     """Kept rows come from the files; dropped ones are re-rendered from the store when it is here
-    (else listed from ``dropped.jsonl`` without text). Anything rendered that is neither kept, nor a
-    listed duplicate, nor failing the checks was cut by the cell's count or by balance."""
+    (else listed from ``dropped.jsonl`` without text). Anything rendered that is neither kept nor
+    listed there (a gate's drop or a duplicate) was cut by the cell's count or by balance."""
     rows = []
     for meta, train_row in data.kept:
         messages = train_row.get("messages", [])
@@ -237,7 +239,6 @@ def _classify(data: Dataset) -> Classified:
         rows += [Row("dropped", str(d.get("category", "")), "", "", "", _drop_reason(d)) for d in data.dropped]
         return Classified(rows, fates)
     kept_ids = {meta.get("id") for meta, _ in data.kept}
-    checks = data.spec.example.checks if data.spec is not None else None
     rendered: set[str] = set()
     for ex in data.store.examples:
         rendered.add(ex.id)
@@ -246,11 +247,8 @@ def _classify(data: Dataset) -> Classified:
         if ex.id in kept_ids:
             continue
         answer = last_assistant(ex.messages)
-        failed = checks.failures(answer) if checks is not None else []
         if ex.id in listed:
-            fate, reason = str(listed[ex.id].get("gate") or listed[ex.id].get("reason")), _drop_reason(listed[ex.id])
-        elif failed:
-            fate, reason = "checks", "checks: " + "; ".join(failed)
+            fate, reason = str(listed[ex.id].get("reason")), _drop_reason(listed[ex.id])
         else:
             fate, reason = "count/balance", "not needed: its cell already had its count, or balance left it out"
         fates[key][fate] += 1

@@ -320,15 +320,15 @@ class Store:
 
     # requests ---------------------------------------------------------------------------------
     def replan(self, spec_name: str, step_index: int, round_: int, requests: Iterable[PlannedRequest],
-               drops: list[FanoutDrop] | None = None) -> int:
+               drops: list[FanoutDrop] | None = None, parent_step: int | None = None) -> int:
         """Make ``requests`` the current plan of one step and round, in one transaction.
 
         Ids include the request's content, so a changed template makes new rows; rows of an
         older plan stay in the store (paid answers are never deleted) but leave the plan. Planning
         the same thing twice (a resumed run) changes nothing. Returns how many requests are planned.
         ``drops``: filled while ``requests`` is consumed with the previous step's items that were
-        not planned because they repeat an earlier item of their cell; they replace that step's
-        and round's earlier record.
+        not planned because they repeat an earlier item of their cell; they replace the earlier
+        record of that step (``parent_step``, default the one before) and round.
         """
         planned = 0
         blobs: dict[str, str] = {}
@@ -354,13 +354,14 @@ class Store:
                 )
                 self.db.executemany("INSERT OR IGNORE INTO blobs VALUES (?, ?)", blobs.items())
                 if drops is not None:
+                    parent = step_index - 1 if parent_step is None else parent_step
                     self.db.execute(
                         "DELETE FROM fanout_drops WHERE spec_name = ? AND step_index = ? AND round = ?",
-                        (spec_name, step_index - 1, round_),
+                        (spec_name, parent, round_),
                     )
                     self.db.executemany(
                         "INSERT OR REPLACE INTO fanout_drops VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        ((spec_name, step_index - 1, round_, d.request_id, d.item_index, d.category, d.duplicate_of)
+                        ((spec_name, parent, round_, d.request_id, d.item_index, d.category, d.duplicate_of)
                          for d in drops),
                     )
         except sqlite3.OperationalError as exc:
@@ -478,6 +479,16 @@ class Store:
                 row[9],
                 json.loads(row[10]),
             )
+
+    def outputs_by_parent(self, spec_name: str, step_index: int) -> Iterator[tuple[str, int, list[Any]]]:
+        """Done requests of a step as (parent request, item index, outputs): how a judge's verdict
+        finds the answer it judged."""
+        sql = (
+            "SELECT r.parent_id, r.item_index, p.outputs FROM requests r JOIN responses p ON p.id = r.response_id "
+            "WHERE r.spec_name = ? AND r.step_index = ? AND r.current = 1 AND r.status = 'ok'"
+        )
+        for parent_id, item_index, outputs in self.db.execute(sql, (spec_name, step_index)):
+            yield parent_id, item_index, json.loads(outputs)
 
     def count_pending(self, spec_name: str, step_index: int, *, distinct: bool = True) -> int:
         """Requests ``pending`` yields (``distinct``), or all not-done ones including identical ones."""

@@ -128,12 +128,13 @@ class Generation:
             if row.cell_key in wants:
                 earlier.setdefault(row.cell_key, {})[row_key(row.vars)] = f"{row.parent_id}:{row.item_index}"
         drops: list[FanoutDrop] = []
-        requests = self.planner.next_step(k, self.store.succeeded(self.spec.name, k - 1, round_), wants,
+        parent = self.planner.parent_index(k)
+        requests = self.planner.next_step(k, self.store.succeeded(self.spec.name, parent, round_), wants,
                                           earlier=earlier, drops=drops)
-        return self.store.replan(self.spec.name, k, round_, requests, drops)
+        return self.store.replan(self.spec.name, k, round_, requests, drops, parent)
 
     async def run_round(self, round_: int, link: Link) -> None:
-        for k, step in enumerate(self.spec.steps):
+        for k, step in enumerate(self.planner.steps):
             report = StepReport(step.name, round_)
             self.report.steps.append(report)
             report.planned = self.plan(round_, k)

@@ -4,6 +4,7 @@ uses them. Async stays inside; these are synchronous so scripts and notebooks ca
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,20 +36,30 @@ class RunReport:
     build: Any = None
 
 
-def shortfall(spec: Spec, expander: Expander, store: Store) -> dict[str, int]:
-    """Per cell, how many accepted (distinct, parsed) examples are still missing."""
-    from collections import Counter
-
+def shortfall(spec: Spec, expander: Expander, store: Store) -> tuple[dict[str, int], float]:
+    """Per cell, how many accepted examples (parsed, through every quality gate, distinct) are
+    still missing; and the share of rendered examples the quality gates have let through so far."""
     from promptbake.build.dedupe import dedupe
-    from promptbake.build.examples import ExampleRenderer, passing
+    from promptbake.build.examples import ExampleRenderer
+    from promptbake.build.gates import Gates
 
-    examples = passing(spec, ExampleRenderer(spec, expander.templates).examples(store), Counter())
-    kept = dedupe(examples, spec.dedupe).kept
+    gates = Gates(spec, store)
+    passed = list(gates.passing(ExampleRenderer(spec, expander.templates).examples(store)))
+    kept = dedupe(passed, spec.dedupe).kept
     have: dict[str, int] = {}
     for example in kept:
         key = example.provenance["cell_key"]
         have[key] = have.get(key, 0) + 1
-    return {c.key: c.count - have.get(c.key, 0) for c in expander.cells() if have.get(c.key, 0) < c.count}
+    missing = {c.key: c.count - have.get(c.key, 0) for c in expander.cells() if have.get(c.key, 0) < c.count}
+    return missing, len(passed) / max(len(passed) + len(gates.dropped), 1)
+
+
+def ask_for(missing: dict[str, int], pass_rate: float) -> dict[str, int]:
+    """What a top-up round asks for: when the quality gates drop examples, enough extra for the
+    rate they have let through so far (at most 10×), so a strict judge costs rounds only in step
+    with its rate rather than refilling a shrinking remainder round after round."""
+    factor = 1 / max(pass_rate, 0.1)
+    return {key: math.ceil(n * factor) for key, n in missing.items()}
 
 
 def generate(
@@ -72,6 +83,7 @@ def generate(
         generation = Generation(spec, store, expander, endpoint, config, options)
         report = RunReport(generation.report)
         status = "failed"
+
         async def rounds() -> None:
             async with Link(endpoint, config) as link:  # one client and limiter for every step and round
                 known = sorted({0, *store.rounds(spec.name)})
@@ -79,12 +91,12 @@ def generate(
                     await generation.run_round(round_, link)
                 round_ = known[-1]
                 while topup and round_ < spec.max_rounds:
-                    missing = shortfall(spec, expander, store)
+                    missing, pass_rate = shortfall(spec, expander, store)
                     report.rounds.append(RoundReport(round_, len(missing), sum(missing.values())))
                     if not missing:
                         break
                     round_ += 1
-                    store.set_wants(spec.name, round_, missing)
+                    store.set_wants(spec.name, round_, ask_for(missing, pass_rate))
                     await generation.run_round(round_, link)
 
         try:

@@ -17,14 +17,15 @@ import hashlib
 import json
 import math
 import random
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from promptbake.build.dedupe import dedupe
-from promptbake.build.examples import ExampleRenderer, passing
+from promptbake.build.examples import ExampleRenderer
+from promptbake.build.gates import Gates
 from promptbake.errors import DataFileError, InputError
 from promptbake.output.atomic import json_line, write_jsonl_atomic, write_text_atomic
 from promptbake.output.export import read_manifest
@@ -291,9 +292,8 @@ def topup(spec: Spec, eval_path: str | Path, dataset: str | Path, *, per_categor
         if options.max_cost is not None:  # one budget for the whole round
             options = replace(options, max_cost=max(0.0, options.max_cost - run.generate.spent))
         templates = Expander(derived).templates
-        rejected: Counter[str] = Counter()
         with Store(store_path, lock=False) as store:
-            fresh.extend(passing(derived, ExampleRenderer(derived, templates).examples(store), rejected))
+            fresh.extend(Gates(derived, store).passing(ExampleRenderer(derived, templates).examples(store)))
 
     deduped = dedupe(fresh, spec.dedupe, existing=[*train.examples, *test.examples])
     new: list[Example] = []
