@@ -237,3 +237,13 @@ def test_disabled_dedupe_still_drops_what_repeats_the_existing_rows():
     assert [e.id for e in result.kept] == ["b", "c"]  # the new rows are not deduped among themselves
     assert [(d.id, d.duplicate_of, d.reason) for d in result.dropped] == [("a", "old", "exact")]
     assert result.counts["c"].as_dict() == {"before": 3, "exact": 1, "near": 0, "after": 2}
+
+
+def test_thousands_of_variants_of_one_answer_all_point_at_the_first():
+    # A teacher refusing over and over: one chunk full of near copies of one text.
+    base = "I am sorry but I cannot help with that request today because it is against the policy"
+    variants = [ex(f"r{i}", "q", f"{base} number {i % 7} ok") for i in range(3000)]
+    result = dedupe(variants, DedupeConfig(fields=["assistant"], threshold=0.7))
+    assert [e.id for e in result.kept] == ["r0"]
+    assert {d.duplicate_of for d in result.dropped} == {"r0"}
+    assert {d.reason for d in result.dropped} == {"exact", "near"}

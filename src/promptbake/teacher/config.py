@@ -10,10 +10,10 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from promptbake.errors import InputError
-from promptbake.spec.models import TeacherConfig
+from promptbake.spec.models import EndpointConfig, TeacherConfig
 from promptbake.teacher.client import Endpoint
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
@@ -26,6 +26,7 @@ class TeacherOverrides:
 
     teacher_kind: str | None = None
     base_url: str | None = None
+    endpoints: tuple[str, ...] = ()  # --base-url given more than once: one endpoint each
     model: str | None = None
     api_key_env: str | None = None
     rpm: float | None = None
@@ -50,6 +51,10 @@ def merge(config: TeacherConfig, overrides: TeacherOverrides) -> TeacherConfig:
     }
     data = config.model_dump()
     data.update({k: v for k, v in changes.items() if v is not None})
+    if overrides.base_url is not None:
+        data["endpoints"] = []  # one URL on the command line replaces the spec's fleet
+    if overrides.endpoints:
+        data["endpoints"] = [{"base_url": url} for url in overrides.endpoints]
     if overrides.teacher_kind == "local" and overrides.model is None:
         data["model"] = None  # the spec's remote model name means nothing to the local server
     return TeacherConfig.model_validate(data)
@@ -69,9 +74,13 @@ def base_url(config: TeacherConfig) -> str:
 
 
 def endpoint_identity(config: TeacherConfig) -> str:
-    """Which server answers: its base URL, or ``local`` for the embedded teacher (whose port
-    changes from run to run while the model does not)."""
-    return "local" if config.kind == "local" else base_url(config)
+    """Which server answers: its base URL (a fleet's, all of them), or ``local`` for the embedded
+    teacher (whose port changes from run to run while the model does not)."""
+    if config.kind == "local":
+        return "local"
+    if config.endpoints:
+        return " ".join(sorted(e.base_url.rstrip("/") for e in config.endpoints))
+    return base_url(config)
 
 
 def remote_endpoint(config: TeacherConfig) -> Endpoint:
@@ -89,13 +98,25 @@ def remote_endpoint(config: TeacherConfig) -> Endpoint:
 def open_teacher(config: TeacherConfig) -> Iterator[tuple[Endpoint, TeacherConfig]]:
     """The endpoint to talk to, and the config with limits fitting it. A local teacher's server
     lives exactly as long as this block (stopped on errors and Ctrl-C too)."""
+    if config.kind == "remote" and config.endpoints:
+        from promptbake.teacher.endpoints import fleet_model
+
+        # requests are planned under the fleet's model; the pool sends them to its endpoints
+        first = config.endpoints[0]
+        yield Endpoint(base_url=first.base_url.rstrip("/"), model=fleet_model(config)), config
+        return
     if config.kind == "remote":
         yield remote_endpoint(config), config
         return
-    from promptbake.teacher.local import local_server
+    from promptbake.teacher.local import local_servers
 
-    with local_server() as server:
-        endpoint = Endpoint(base_url=server.base_url, model=model_name(config), api_key=None)
-        # llama.cpp answers one request at a time on 2 cores: more in flight only queues
-        limited = config.model_copy(update={"concurrency": min(config.concurrency, server.concurrency)})
-        yield replace(endpoint), limited
+    with local_servers() as servers:
+        model = model_name(config)
+        first = Endpoint(base_url=servers[0].base_url, model=model, api_key=None)
+        # llama.cpp answers one request at a time per server: more in flight only queues
+        if len(servers) == 1:
+            yield first, config.model_copy(update={"concurrency": min(config.concurrency, servers[0].concurrency)})
+            return
+        # one server per core behind the endpoints layer: each core answers its own request
+        endpoints = [EndpointConfig(base_url=s.base_url, model=model, concurrency=s.concurrency) for s in servers]
+        yield first, config.model_copy(update={"endpoints": endpoints})

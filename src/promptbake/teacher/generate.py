@@ -20,6 +20,7 @@ from promptbake.plan.planner import Planner, row_key
 from promptbake.spec.models import Spec, Step, TeacherConfig
 from promptbake.store.db import AttemptRow, FanoutDrop, ResultRow, Store, StoredRequest
 from promptbake.teacher.client import ChatResult, Endpoint
+from promptbake.teacher.endpoints import EndpointStats, Fleet
 from promptbake.teacher.link import Link
 from promptbake.teacher.parse import parse_choices
 from promptbake.teacher.pool import Job, Outcome, Pool, PoolStats
@@ -59,6 +60,7 @@ class GenerateReport:
     attempts: int = 0
     rate_limited: int = 0
     stopped_for_budget: bool = False
+    endpoints: dict[str, EndpointStats] = field(default_factory=dict)  # with teacher.endpoints
 
 
 def _checker(step: Step) -> Callable[[ChatResult], Any]:
@@ -183,6 +185,8 @@ class Generation:
         self.report.completion_tokens += stats.completion_tokens
         self.report.attempts += stats.attempts
         self.report.rate_limited += stats.throttled
+        if stats.endpoints:  # the run's one fleet counts every step so far: the latest is the total
+            self.report.endpoints = stats.endpoints
         self.report.stopped_for_budget = stats.stopped_for_budget
 
 
@@ -214,12 +218,16 @@ async def send_to_store(
         assert link.limiter is not None, "send through an open link"
         pool = Pool(
             link.client,
-            link.limiter,
+            link.limiter,  # type: ignore[arg-type]  # a Fleet over teacher.endpoints has Limiter's methods
             max_attempts=link.config.max_attempts,
             cost=PriceTable(link.config.prices).cost,
             max_cost=max_cost,
         )
-        return await pool.run(jobs, sink)
+        try:
+            return await pool.run(jobs, sink)
+        finally:
+            if isinstance(link.limiter, Fleet):  # counted over the whole run: the link is shared
+                pool.stats.endpoints = link.limiter.summary()
     finally:
         queue.put_nowait(None)
         await writer

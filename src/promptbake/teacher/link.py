@@ -15,6 +15,7 @@ from typing import Any
 from promptbake.spec.models import TeacherConfig
 from promptbake.teacher.client import ChatClient, Endpoint
 from promptbake.teacher.config import endpoint_identity, open_teacher
+from promptbake.teacher.endpoints import Fleet, connect
 from promptbake.teacher.limiter import Limiter
 
 
@@ -24,17 +25,17 @@ class Link:
     def __init__(self, endpoint: Endpoint, config: TeacherConfig) -> None:
         self.endpoint = endpoint
         self.config = config
-        self.client = ChatClient(endpoint, concurrency=config.concurrency, timeout=config.timeout)
-        self.limiter: Limiter | None = None
+        self._stack = contextlib.AsyncExitStack()
+        self.client: ChatClient
+        self.limiter: Limiter | Fleet | None = None  # a Fleet over teacher.endpoints
 
     async def __aenter__(self) -> Link:
-        await self.client.__aenter__()
-        # created on the running loop: its lock and waiters belong to it
-        self.limiter = Limiter(rpm=self.config.rpm, tpm=self.config.tpm, concurrency=self.config.concurrency)
+        # opened on the running loop: the sessions, locks and waiters belong to it
+        self.client, self.limiter = await self._stack.enter_async_context(connect(self.endpoint, self.config))
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
-        await self.client.__aexit__(*exc)
+        await self._stack.aclose()
 
 
 class Links:
