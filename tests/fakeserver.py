@@ -169,6 +169,7 @@ class FakeServer:
     uploads: list[str] = field(default_factory=list, init=False)  # ids of accepted batch input files
     batches: dict[str, FakeBatch] = field(default_factory=dict, init=False)  # in creation order
     batch_lines: int = field(default=0, init=False)  # requests answered inside batches
+    connections: Counter[str] = field(default_factory=Counter, init=False)  # requests per client host:port
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)
@@ -299,6 +300,8 @@ class FakeServer:
         if self.record_bodies:
             self.arrivals.append(time.monotonic())
         self.auth_headers.append(request.headers.get("Authorization"))
+        peer = request.transport.get_extra_info("peername") if request.transport is not None else None
+        self.connections[f"{peer[0]}:{peer[1]}" if peer else "?"] += 1
         try:
             body = json.loads(raw)
         except ValueError:

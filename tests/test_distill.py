@@ -452,3 +452,13 @@ def test_tiny_distillation_on_the_local_teacher(tmp_path):
     d = json.loads((tmp_path / "out/manifest.json").read_text())["distill"]
     assert d["prompt_examples"] == 1 and d["generation_cost"] == 0
     assert d["break_even"] is None and "smollm2" in d["break_even_note"]
+
+
+def test_a_several_valued_axis_with_an_inputs_file_is_refused_before_paying(tmp_path):
+    copy_samples(tmp_path)
+    with FakeServer(responder=triage_teacher()).running() as srv:
+        result = invoke(*base_args(srv, "--inputs", "samples/triage_inputs.jsonl", "--axis", "tone=calm,angry"))
+        assert srv.count == 0
+    assert result.exit_code == 2, result.output
+    assert "--axis tone has 2 values" in result.output and "baked away" in result.output
+    assert not (tmp_path / "out" / "promptbake.db").exists()

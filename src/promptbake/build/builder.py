@@ -15,20 +15,22 @@ from pathlib import Path
 from typing import Any
 
 from promptbake.build.balance import balance
-from promptbake.build.dedupe import dedupe
+from promptbake.build.dedupe import Dropped, dedupe
 from promptbake.build.examples import ExampleRenderer
 from promptbake.build.gates import Gates
 from promptbake.build.sizes import nested_subsets
-from promptbake.build.split import split
+from promptbake.build.split import assign
 from promptbake.output.atomic import write_jsonl_atomic, write_text_atomic
-from promptbake.output.export import write_format
+from promptbake.output.export import read_manifest, write_format
 from promptbake.output.formats import WriteReport, ensure_dir, write_split
+from promptbake.output.jsonl import read_jsonl
 from promptbake.plan.expand import Expander
 from promptbake.records import Example
 from promptbake.spec.models import Spec
 from promptbake.store.db import Store
 
 CANONICAL = "openai-chat"  # DIR/train.jsonl and DIR/test.jsonl; other formats go to DIR/<format>/
+SPLITS = "splits.jsonl"  # every example id ever built into DIR, its group and its side
 
 
 @dataclass
@@ -84,6 +86,33 @@ def _keep_counts(spec: Spec, expander: Expander, kept: list[Example]) -> tuple[l
     return accepted, surplus, warnings
 
 
+def _history(out: Path) -> list[dict[str, Any]]:
+    """The sides recorded by earlier builds of ``out``: ``splits.jsonl``, else (a directory built
+    before it existed) the ``split`` of each line of ``metadata.jsonl``."""
+    for name in (SPLITS, "metadata.jsonl"):
+        path = out / name
+        if path.exists():
+            return [row for _, row in read_jsonl(path, "split record") if "split" in row and "id" in row]
+    return []
+
+
+def previous_sides(out: Path) -> dict[str, str]:
+    """Example id and group key → the side an earlier build of ``out`` gave it (test wins)."""
+    sides: dict[str, str] = {}
+    for row in _history(out):
+        for key in (row["id"], row.get("group")):
+            if key is not None and sides.get(key) != "test":
+                sides[key] = row["split"]
+    return sides
+
+
+def _merge_history(path: Path, assignment: list[dict[str, str]]) -> list[dict[str, Any]]:
+    """Earlier records (examples not in this build keep theirs) updated with this build's."""
+    rows = {row["id"]: row for row in _history(path.parent)}
+    rows.update((a["id"], a) for a in assignment)
+    return list(rows.values())
+
+
 def build(
     spec: Spec,
     store: Store,
@@ -104,13 +133,19 @@ def build(
     ensure_dir(out)
     expander = Expander(spec)
     renderer = ExampleRenderer(spec, expander.templates)
+    # items a fan-out repeated were dropped before the next step paid for them: exact duplicates too
+    early = [Dropped(f"{d.request_id}:{d.item_index}", d.category, "exact", d.duplicate_of, 1.0)
+             for d in store.fanout_drops(spec.name)]
     gates = Gates(spec, store)
     deduped = dedupe(gates.passing(renderer.examples(store)), spec.dedupe, existing)
     accepted, surplus, warnings = _keep_counts(spec, expander, deduped.kept)
     split_config = spec.split if seed is None else spec.split.model_copy(update={"seed": seed})
     balanced = balance(accepted, spec.balance, split_config.seed)
     warnings.extend(balanced.warnings)
-    train, test = split(balanced.kept, split_config)
+    history = out / SPLITS
+    sides = assign(balanced.kept, split_config, previous_sides(out))
+    train, test = sides.train, sides.test
+    warnings.extend(sides.warnings)
     subsets, size_warnings = nested_subsets(train, sizes)
     warnings.extend(size_warnings)
 
@@ -125,9 +160,11 @@ def build(
         out / "metadata.jsonl",
         ({**ex.metadata(), "split": name} for name, rows in (("train", train), ("test", test)) for ex in rows),
     )
-    write_jsonl_atomic(out / "dropped.jsonl", (d.as_dict() for d in [*gates.dropped, *deduped.dropped]))
+    write_jsonl_atomic(history, _merge_history(history, sides.assignment))
+    write_jsonl_atomic(out / "dropped.jsonl", (d.as_dict() for d in [*early, *gates.dropped, *deduped.dropped]))
 
-    categories = _category_table(deduped, gates.counts, surplus, balanced.kept, train, test)
+    categories = _category_table(deduped, Counter(d.category for d in early), gates.counts, surplus, balanced.kept,
+                                 train, test)
     totals = store.totals(spec.name)
     manifest = {
         "spec": spec.name,
@@ -150,6 +187,9 @@ def build(
     if subsets:
         manifest["sizes"] = {str(n): dict(sorted(Counter(e.category for e in rows).items()))
                              for n, rows in subsets.items()}
+    topups = read_manifest(out).get("topups")
+    if topups:  # train.v2.jsonl, ... stay in DIR: their record stays with them
+        manifest["topups"] = topups
     report = BuildReport(out, len(train), len(test), categories, warnings, writes, manifest=manifest)
     if validate:
         from promptbake.output.targets import target_for_teacher
@@ -165,6 +205,7 @@ def build(
 
 def _category_table(
     deduped: Any,
+    early: Counter[str],
     gated: dict[str, Counter[str]],
     surplus: Counter[str],
     kept: list[Example],
@@ -180,9 +221,9 @@ def _category_table(
 
     return {
         name: {
-            "rows": c.before + sum(gated.get(name, Counter()).values()),
+            "rows": c.before + sum(gated.get(name, Counter()).values()) + early[name],
             **gate_columns(name),
-            "exact_dupes": c.exact,
+            "exact_dupes": c.exact + early[name],
             "near_dupes": c.near,
             "surplus": surplus[name],
             "kept": after_balance[name],
@@ -192,15 +233,15 @@ def _category_table(
         for name, c in sorted(deduped.counts.items())
     } | {
         name: {
-            "rows": sum(drops.values()),
+            "rows": sum(gated.get(name, Counter()).values()) + early[name],
             **gate_columns(name),
-            "exact_dupes": 0,
+            "exact_dupes": early[name],
             "near_dupes": 0,
             "surplus": 0,
             "kept": 0,
             "train": 0,
             "test": 0,
         }
-        for name, drops in sorted(gated.items())
+        for name in sorted(set(gated) | set(early))
         if name not in deduped.counts
     }

@@ -196,6 +196,7 @@ def _print_generate(report: Any) -> None:
                 f"round {step.round} {step.step}: {step.planned} planned, {step.cached} from cache, "
                 f"{step.sent} sent, {step.ok} ok, {step.failed} failed"
                 + (f"; {step.stored} already stored by an earlier run" if step.stored else ""),
+                + (f", {step.shared} identical to one sent and answered by it" if step.shared else ""),
                 err=True,
             )
     for r in report.rounds:
@@ -283,12 +284,18 @@ def validate(file: str, model: str | None, target: str, as_json: bool) -> None:
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="Directory to write into.")
 @click.option("--system", default=None,
               help="System message for examples that have none (else the student's template adds its default).")
-def export_command(directory: str, formats: tuple[str, ...], out: str, system: str | None) -> None:
+@click.option("--train-version", type=int, default=None,
+              help="Training file to export: 1 is train.jsonl, N is train.vN.jsonl (default: the latest top-up).")
+def export_command(directory: str, formats: tuple[str, ...], out: str, system: str | None,
+                   train_version: int | None) -> None:
     """Re-export a built dataset DIR (train/test/metadata) for other trainers."""
-    from promptbake.output.export import export
+    from pathlib import Path
 
-    for report in export(directory, formats, out, system=system):
+    from promptbake.output.export import export, train_file
+
+    for report in export(directory, formats, out, system=system, train_version=train_version):
         click.echo(report.summary(), err=True)
+    click.echo(f"train is {train_file(Path(directory), train_version)} of {directory}", err=True)
 
 
 def _build_options(fn: F) -> F:
@@ -447,13 +454,16 @@ def serve(host: str, port: int | None) -> None:
               help="Judge score that counts as a pass (default 4).")
 @click.option("--judge-model", default=None, help="Judge model (default: the spec's teacher model).")
 @click.option("--judge-base-url", default=None, help="Judge server URL (default: the spec's teacher).")
+@click.option("--model-version", default=None,
+              help="Version of the model under test (say, after retraining it under the same name): stored "
+                   "answers are reused only for the same version (default: the same base URL).")
 @_generate_options
 @teacher_options
 def eval_command(data: str, out: str, spec_path: str | None, metadata: str | None, store_path: str | None,
                  sweeps: tuple[str, ...], check_json: bool | None, check_schema: str | None, check_regex: str | None,
                  max_length: int | None, exact: bool | None, criteria: str | None, pass_score: int | None,
-                 judge_model: str | None, judge_base_url: str | None, no_cache: bool, max_cost: float | None,
-                 quiet: bool, overrides: Any) -> None:
+                 judge_model: str | None, judge_base_url: str | None, model_version: str | None, no_cache: bool,
+                 max_cost: float | None, quiet: bool, overrides: Any) -> None:
     """Run a model (--model, --base-url) on a test split and score it per category."""
     import json
     from pathlib import Path
@@ -475,7 +485,7 @@ def eval_command(data: str, out: str, spec_path: str | None, metadata: str | Non
     judge = judge_config(spec, judge_model, judge_base_url) if scoring.criteria else None
     report = run_eval(data, out, merge(TeacherConfig(), overrides), metadata=metadata, scoring=scoring,
                       sweeps=sweeps, judge=judge, store_path=store_path, no_cache=no_cache, max_cost=max_cost,
-                      progress=not quiet)
+                      progress=not quiet, model_version=model_version)
     click.echo(report.format(), err=True)
 
 
@@ -519,7 +529,7 @@ def topup(spec_path: str, eval_path: str, dataset: str, threshold: float | None,
               help="Instead of --inputs: ask the teacher for N diverse inputs first (needs --describe).")
 @click.option("--describe", default=None, help="What the generated inputs are, e.g. 'support tickets to a SaaS'.")
 @click.option("--axis", "axes", multiple=True, metavar="NAME=V1,V2",
-              help="A grid axis (repeatable): varies generated inputs; with --inputs, crossed with every input.")
+              help="A grid axis (repeatable): varies generated inputs; with --inputs, one value: a prompt variable.")
 @click.option("--input-field", default="input", show_default=True, help="The inputs file's field holding the input.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output directory.")
 @click.option("--store", "store_path", default=None, type=click.Path(dir_okay=False),

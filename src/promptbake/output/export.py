@@ -37,8 +37,42 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [row for _, row in read_jsonl(path)]
 
 
-def _metadata_by_split(directory: Path, sizes: dict[str, int]) -> dict[str, list[dict[str, Any]]]:
-    path = directory / "metadata.jsonl"
+def read_manifest(directory: Path) -> dict[str, Any]:
+    """A built directory's ``manifest.json`` ({} when there is none)."""
+    path = directory / "manifest.json"
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DataFileError(f"{path}: cannot read the manifest ({exc})") from None
+
+
+def train_file(directory: Path, version: int | None = None) -> str:
+    """The training file of version ``version`` (1: ``train.jsonl``, N: ``train.vN.jsonl``, the
+    top-up rounds' files); by default the latest one the manifest records."""
+    if version is None:
+        topups = read_manifest(directory).get("topups") or []
+        return str(topups[-1]["train"]) if topups else "train.jsonl"
+    if version < 1:
+        raise DataFileError(f"--train-version {version}: versions start at 1 (train.jsonl)")
+    name = "train.jsonl" if version == 1 else f"train.v{version}.jsonl"
+    if not (directory / name).exists():
+        raise DataFileError(f"{directory / name}: no such training file (version {version})")
+    return name
+
+
+def metadata_file(data: Path) -> Path:
+    """The sidecar build (or top-up) writes next to a split: ``train.jsonl`` and ``test.jsonl`` →
+    ``metadata.jsonl``, ``train.v2.jsonl`` → ``metadata.v2.jsonl``."""
+    _, _, rest = data.name.partition(".")
+    return data.with_name(f"metadata.{rest or 'jsonl'}")
+
+
+def _metadata_by_split(
+    directory: Path, sizes: dict[str, int], train: str = "train.jsonl"
+) -> dict[str, list[dict[str, Any]]]:
+    path = metadata_file(directory / train)
     if not path.exists():
         # Plain training files (not built by promptbake): ids from the position, no category.
         return {s: [{"id": f"{s}-{i:06d}", "category": ""} for i in range(1, n + 1)] for s, n in sizes.items()}
@@ -57,21 +91,23 @@ def _metadata_by_split(directory: Path, sizes: dict[str, int]) -> dict[str, list
     return grouped
 
 
-def read_dataset(directory: str | Path) -> dict[str, list[Example]]:
-    """The examples of a built dataset directory, per split (``test`` may be absent)."""
+def read_dataset(directory: str | Path, train_version: int | None = None) -> dict[str, list[Example]]:
+    """The examples of a built dataset directory, per split (``test`` may be absent); the training
+    split is the latest top-up version (``train_file``) unless ``train_version`` picks one."""
     directory = Path(directory)
     if not directory.is_dir():
         raise DataFileError(f"{directory}: not a dataset directory")
     if not (directory / "train.jsonl").exists():
         raise DataFileError(f"{directory}: no train.jsonl (build the dataset first)")
-    rows = {s: _read_jsonl(directory / f"{s}.jsonl") for s in SPLITS if (directory / f"{s}.jsonl").exists()}
-    meta = _metadata_by_split(directory, {s: len(r) for s, r in rows.items()})
+    files = {"train": train_file(directory, train_version), "test": "test.jsonl"}
+    rows = {s: _read_jsonl(directory / files[s]) for s in SPLITS if (directory / files[s]).exists()}
+    meta = _metadata_by_split(directory, {s: len(r) for s, r in rows.items()}, files["train"])
     data: dict[str, list[Example]] = {}
     for split, split_rows in rows.items():
         examples = []
         for lineno, (row, m) in enumerate(zip(split_rows, meta[split], strict=True), 1):
             if not isinstance(row.get("messages"), list):
-                raise DataFileError(f"{directory / split}.jsonl:{lineno}: not an openai-chat line (no 'messages')")
+                raise DataFileError(f"{directory / files[split]}:{lineno}: not an openai-chat line (no 'messages')")
             examples.append(
                 Example(
                     id=str(m.get("id", f"{split}-{lineno:06d}")),
@@ -94,8 +130,10 @@ def export(
     *,
     config: OutputConfig | None = None,
     system: str | None = None,
+    train_version: int | None = None,
 ) -> list[WriteReport]:
     """Write each format's splits under ``out/<format>/``; returns one report per file written.
+    ``train.jsonl`` there holds the latest training version of ``source`` (or ``train_version``).
 
     A format that refuses every example of a split raises ``FormatRefused`` before writing it
     (an empty training file is never what anyone wants); partial refusals are in the reports.
@@ -105,7 +143,7 @@ def export(
     """
     formats = list(dict.fromkeys(formats))
     line_formats = {name: get_format(HF_FORMATS.get(name, name)) for name in formats}  # unknown names fail first
-    data = read_dataset(source)
+    data = read_dataset(source, train_version)
     if system is not None:
         data = {split: [e.with_default_system(system) for e in examples] for split, examples in data.items()}
     return [report for name in line_formats for report in write_format(name, data, Path(out) / name, config)]

@@ -17,7 +17,7 @@ from pydantic import Field, PrivateAttr, ValidationError, field_validator, model
 
 from promptbake.build.checks import AnswerList, Checks
 from promptbake.build.filters import FilterSet
-from promptbake.errors import DataFileError, SpecError
+from promptbake.errors import DataFileError, SpecError, TemplateError
 from promptbake.spec.strict import Strict
 
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -216,6 +216,7 @@ class EvalSpec(Strict):
 class SplitConfig(Strict):
     test: float | int = 0.1
     seed: int = 0
+    group: Literal["prompt", "lineage", "none"] = "prompt"  # examples of one group share a side
 
     @model_validator(mode="after")
     def _check(self) -> SplitConfig:
@@ -319,9 +320,42 @@ class Spec(Strict):
         return str(self._path) if self._path else f"spec {self.name!r}"
 
     def spec_hash(self) -> str:
-        """Hash of the validated content: what the manifest records to tie data to its recipe."""
+        """Hash of the validated content and of the files it names (message templates, axis value
+        files, the table): what the manifest records to tie data to its recipe, so an edited
+        template changes it as an edited spec does."""
         canonical = json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True)
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+        digest = hashlib.sha256(canonical.encode())
+        for name, content in self._named_files():
+            digest.update(f"\x00{name}\x00".encode() + content)
+        return digest.hexdigest()[:16]
+
+    def _named_files(self) -> list[tuple[str, bytes]]:
+        """(name, content) of every file the spec names; a missing one hashes as missing (loading
+        it reports the error where it matters)."""
+        import jinja2
+
+        from promptbake.spec.templates import Templates
+
+        files: dict[str, bytes] = {}
+        messages = [m for step in self.steps for m in step.messages] + list(self.example.messages)
+        templates = Templates.for_spec_dir(self.base_dir)
+        loader = templates.env.loader
+        assert loader is not None
+        for message in messages:
+            if message.template is not None:
+                try:
+                    source = loader.get_source(templates.env, message.template)[0].encode()
+                except (jinja2.TemplateNotFound, TemplateError, OSError):
+                    source = b"<missing>"
+                files[f"template:{message.template}"] = source
+        paths = [f"axis:{v}" for v in self.grid.axes.values() if isinstance(v, str)]
+        paths += [f"table:{self.grid.table}"] if self.grid.table else []
+        for name in paths:
+            try:
+                files[name] = self.resolve(name.split(":", 1)[1]).read_bytes()
+            except OSError:
+                files[name] = b"<missing>"
+        return sorted(files.items())
 
     def resolve(self, relative: str) -> Path:
         path = Path(relative)

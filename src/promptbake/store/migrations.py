@@ -130,3 +130,39 @@ def m006_batch_jobs(db: sqlite3.Connection) -> None:
         );
         """
     )
+
+
+@migration
+def m007_append_only_answers(db: sqlite3.Connection) -> None:
+    # A re-asked request (--no-cache) adds an answer instead of replacing the one that other plans
+    # (other specs sharing the cache key) were built from; each request records the answer it uses.
+    _statements(
+        db,
+        """
+        ALTER TABLE responses RENAME TO responses_m005;
+        CREATE TABLE responses (
+            id INTEGER PRIMARY KEY, cache_key TEXT, model TEXT, contents TEXT, outputs TEXT,
+            finish_reasons TEXT, prompt_tokens INTEGER, completion_tokens INTEGER, cost REAL,
+            created_at REAL
+        );
+        INSERT INTO responses (cache_key, model, contents, outputs, finish_reasons, prompt_tokens,
+            completion_tokens, cost, created_at)
+            SELECT cache_key, model, contents, outputs, finish_reasons, prompt_tokens, completion_tokens,
+            cost, created_at FROM responses_m005 ORDER BY created_at, cache_key;
+        DROP TABLE responses_m005;
+        CREATE INDEX responses_by_cache ON responses (cache_key, id);
+        ALTER TABLE requests ADD COLUMN response_id INTEGER;
+        UPDATE requests SET response_id = (SELECT p.id FROM responses p WHERE p.cache_key = requests.cache_key)
+            WHERE status = 'ok'
+        """,
+    )
+
+
+@migration
+def m008_fanout_drops(db: sqlite3.Connection) -> None:
+    # items of a fan-out that exactly repeat an earlier item of their cell: dropped before the next
+    # step pays for them, and counted by build as exact duplicates
+    db.execute(
+        "CREATE TABLE fanout_drops (spec_name TEXT, step_index INTEGER, round INTEGER, request_id TEXT, "
+        "item_index INTEGER, category TEXT, duplicate_of TEXT, PRIMARY KEY (spec_name, request_id, item_index))"
+    )

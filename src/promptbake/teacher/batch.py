@@ -39,6 +39,7 @@ from promptbake.teacher.pricing import PriceTable
 if TYPE_CHECKING:
     from promptbake.spec.models import Step
     from promptbake.teacher.generate import Generation
+    from promptbake.teacher.link import Link
 
 POLL_FIRST = 0.25  # seconds before the first status check; doubles up to BatchOptions.poll_max
 
@@ -209,8 +210,9 @@ def _message(exc: Any) -> str:
     return " ".join(str(getattr(exc, "message", exc)).split())[:300]
 
 
-async def send_step_batches(generation: Generation, k: int, round_: int, step: Step, *, progress: Progress,
-                            max_cost: float | None, on_outcome: Callable[[Outcome], None]) -> PoolStats:
+async def send_step_batches(generation: Generation, k: int, round_: int, step: Step, link: Link, *,
+                            progress: Progress, max_cost: float | None,
+                            on_outcome: Callable[[Outcome], None]) -> PoolStats:
     """Generation's seam into batch mode: one step of one round, like ``send_to_store``."""
     config = generation.config
     options = generation.options.batch
@@ -227,7 +229,7 @@ async def send_step_batches(generation: Generation, k: int, round_: int, step: S
         progress.close()
     if run.online_retry:
         stats = _add(stats, await send_to_store(
-            generation.store, generation.endpoint, config, run.online_retry,
+            generation.store, link, run.online_retry,
             progress=Progress(generation.options.progress, len(run.online_retry), f"{step.name} online retries"),
             max_cost=None if max_cost is None else max_cost - stats.cost, on_outcome=on_outcome))
         generation.store.serve_from_cache(scope.spec_name, k)

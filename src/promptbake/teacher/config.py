@@ -87,16 +87,31 @@ def model_name(config: TeacherConfig) -> str:
     raise InputError("no teacher model: set teacher.model in the spec or pass --model")
 
 
+def base_url(config: TeacherConfig) -> str:
+    """The remote server: the flag or spec, then ``OPENAI_BASE_URL``, then OpenAI."""
+    return (config.base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_BASE_URL).rstrip("/")
+
+
+def endpoint_identity(config: TeacherConfig) -> str:
+    """Which server answers: its base URL (a fleet's, all of them), or ``local`` for the embedded
+    teacher (whose port changes from run to run while the model does not)."""
+    if config.kind == "local":
+        return "local"
+    if config.endpoints:
+        return " ".join(sorted(e.base_url.rstrip("/") for e in config.endpoints))
+    return base_url(config)
+
+
 def remote_endpoint(config: TeacherConfig) -> Endpoint:
-    base_url = config.base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_BASE_URL
+    url = base_url(config)
     api_key = os.environ.get(config.api_key_env) or None
-    if api_key is None and base_url.rstrip("/") == OPENAI_BASE_URL:
+    if api_key is None and url == OPENAI_BASE_URL:
         raise InputError(
             f"no API key: set {config.api_key_env}, point --base-url at an OpenAI-compatible "
             "server, or use --teacher local"
         )
-    check_base_url(base_url)
-    return Endpoint(base_url=base_url.rstrip("/"), model=model_name(config), api_key=api_key)
+    check_base_url(url)
+    return Endpoint(base_url=url.rstrip("/"), model=model_name(config), api_key=api_key)
 
 
 def check_base_url(base_url: str) -> None:

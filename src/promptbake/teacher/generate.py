@@ -20,12 +20,13 @@ from typing import TYPE_CHECKING, Any, TextIO
 from promptbake.errors import BudgetExceeded, TeacherError
 from promptbake.plan.expand import Expander, stable_hash
 from promptbake.plan.judge import judge_steps
-from promptbake.plan.planner import DEFAULT_RESERVE, Planner
+from promptbake.plan.planner import DEFAULT_RESERVE, Planner, row_key
 from promptbake.spec.models import Spec, Step, TeacherConfig
-from promptbake.store.db import AttemptRow, ResultRow, Store, StoredRequest
+from promptbake.store.db import AttemptRow, FanoutDrop, PlannedRequest, ResultRow, Store, StoredRequest
 from promptbake.teacher.client import ChatResult, Endpoint
 from promptbake.teacher.config import model_name
-from promptbake.teacher.endpoints import EndpointStats, Fleet, connect
+from promptbake.teacher.endpoints import EndpointStats, Fleet
+from promptbake.teacher.link import Link
 from promptbake.teacher.parse import parse_choices
 from promptbake.teacher.pool import FailingFast, FailureLog, Job, Notice, Outcome, Pool, PoolStats
 from promptbake.teacher.pricing import PriceTable
@@ -67,6 +68,7 @@ class StepReport:
     stored: int = 0  # answered by an earlier run (a resume)
     cached: int = 0
     sent: int = 0
+    shared: int = 0  # identical to a request sent in this run: answered by its answer, not paid
     ok: int = 0
     failed: int = 0
 
@@ -225,24 +227,33 @@ class Generation:
     def plan(self, round_: int, k: int) -> int:
         wants = None if round_ == 0 else self.store.wants(self.spec.name, round_)
         if k == 0:
-            requests = self.planner.first_step(self.expander.cells(), round_, wants)
-        else:
-            if wants is None:
-                wants = {c.key: c.count for c in self.expander.cells()}
-            parents = self.store.succeeded(self.spec.name, self.planner.parent_index(k), round_)
-            requests = self.planner.next_step(k, parents, wants)
-        if round_ > 0 and self._hopeless:
-            # a top-up round varies the seed only: what failed for good would fail again
-            requests = (r for r in requests if _unseeded(r.body) not in self._hopeless)
-        return self.store.replan(self.spec.name, k, round_, requests)
+            return self.store.replan(self.spec.name, k, round_, self._hopeful(
+                self.planner.first_step(self.expander.cells(), round_, wants), round_))
+        if wants is None:
+            wants = {c.key: c.count for c in self.expander.cells()}
+        earlier: dict[str, dict[str, str]] = {}
+        for row in self.store.planned_rows(self.spec.name, k, below_round=round_):
+            if row.cell_key in wants:
+                earlier.setdefault(row.cell_key, {})[row_key(row.vars)] = f"{row.parent_id}:{row.item_index}"
+        drops: list[FanoutDrop] = []
+        parent = self.planner.parent_index(k)
+        requests = self.planner.next_step(k, self.store.succeeded(self.spec.name, parent, round_), wants,
+                                          earlier=earlier, drops=drops)
+        return self.store.replan(self.spec.name, k, round_, self._hopeful(requests, round_), drops, parent)
 
-    async def run_round(self, round_: int) -> None:
+    def _hopeful(self, requests: Iterable[PlannedRequest], round_: int) -> Iterable[PlannedRequest]:
+        """A top-up round varies the seed only: what failed for good this run would fail again."""
+        if round_ > 0 and self._hopeless:
+            return (r for r in requests if _unseeded(r.body) not in self._hopeless)
+        return requests
+
+    async def run_round(self, round_: int, link: Link) -> None:
         for k, step in enumerate(self.planner.steps):
             report = StepReport(step.name, round_)
             self.report.steps.append(report)
             if k == 0 and round_ == 0 and self.streams:
                 self.store.replan(self.spec.name, 0, 0, [])  # the stream plans it again, slice by slice
-                await self._execute(0, 0, step, report, self._streamed_jobs(step, report))
+                await self._execute(0, 0, step, report, link, self._streamed_jobs(step, report))
                 self._check_budget()
                 continue
             report.planned = self.plan(round_, k)
@@ -253,7 +264,7 @@ class Generation:
                 report.cached = self.store.serve_from_cache(self.spec.name, k)
             failed_before = self.report.failures.total
             try:
-                await self._execute(k, round_, step, report)
+                await self._execute(k, round_, step, report, link)
             except FailingFast:
                 if round_ == 0 and not self.store.step_ok(self.spec.name, k, round_):
                     raise
@@ -300,7 +311,7 @@ class Generation:
                 continue
             yield _job(request, check)
 
-    async def _execute(self, k: int, round_: int, step: Step, report: StepReport,
+    async def _execute(self, k: int, round_: int, step: Step, report: StepReport, link: Link,
                        jobs: Iterable[StepJob] | None = None) -> None:
         """Send the step's pending requests (or ``jobs``, planned as they are sent: no total)."""
         total = None if jobs is not None else self.store.count_pending(self.spec.name, k, round_)
@@ -308,6 +319,7 @@ class Generation:
             report.stored = max(report.planned - report.cached - total, 0)
         if total == 0:
             return
+        report.shared = self.store.count_pending(self.spec.name, k, distinct=False) - total
 
         def count(outcome: Outcome) -> None:
             report.sent += 1
@@ -323,13 +335,12 @@ class Generation:
         if self.options.batch is not None:
             from promptbake.teacher.batch import send_step_batches
 
-            stats = await send_step_batches(self, k, round_, step, progress=progress, max_cost=budget,
+            stats = await send_step_batches(self, k, round_, step, link, progress=progress, max_cost=budget,
                                             on_outcome=count)
         else:
             stats = await send_to_store(
                 self.store,
-                self.endpoint,
-                self.config,
+                link,
                 self._jobs(k, round_, step) if jobs is None else jobs,
                 progress=progress,
                 max_cost=budget,
@@ -344,15 +355,14 @@ class Generation:
         self.report.rate_limited += stats.throttled
         self.report.estimated += stats.estimated
         self.report.estimated_cost += stats.estimated_cost
-        for name, endpoint_stats in stats.endpoints.items():
-            self.report.endpoints.setdefault(name, EndpointStats()).merge(endpoint_stats)
+        if stats.endpoints:  # the run's one fleet counts every step so far: the latest is the total
+            self.report.endpoints = stats.endpoints
         self.report.stopped_for_budget = stats.stopped_for_budget
 
 
 async def send_to_store(
     store: Store,
-    endpoint: Endpoint,
-    config: TeacherConfig,
+    link: Link,
     jobs: Iterable[StepJob],
     *,
     progress: Progress,
@@ -362,7 +372,8 @@ async def send_to_store(
     notice: Notice | None = say,
 ) -> PoolStats:
     """Send jobs through the rate-limited pool; every finished one goes to the store's single
-    writer. The one path by which generate and eval pay for answers."""
+    writer. The one path by which generate and eval pay for answers, through the run's ``link``
+    to the endpoint (its client and limiter serve every step and phase of the run)."""
     if max_cost is not None:
         jobs = map(bounded, jobs)
     queue: asyncio.Queue[ResultRow | None] = asyncio.Queue()
@@ -378,23 +389,23 @@ async def send_to_store(
         queue.put_nowait(result_row(outcome))
 
     try:
-        async with connect(endpoint, config) as (client, limiter):
-            pool = Pool(
-                client,
-                limiter,  # type: ignore[arg-type]  # a Fleet over teacher.endpoints has Limiter's methods
-                max_attempts=config.max_attempts,
-                cost=PriceTable(config.prices).cost,
-                max_cost=max_cost,
-                max_retry_after=config.max_retry_after,
-                failures=failures,
-                notice=notice,
-                one_server=not isinstance(limiter, Fleet),
-            )
-            try:
-                return await pool.run(jobs, sink)
-            finally:
-                if isinstance(limiter, Fleet):
-                    pool.stats.endpoints = limiter.summary()
+        assert link.limiter is not None, "send through an open link"
+        pool = Pool(
+            link.client,
+            link.limiter,  # type: ignore[arg-type]  # a Fleet over teacher.endpoints has Limiter's methods
+            max_attempts=link.config.max_attempts,
+            cost=PriceTable(link.config.prices).cost,
+            max_cost=max_cost,
+            max_retry_after=link.config.max_retry_after,
+            failures=failures,
+            notice=notice,
+            one_server=not isinstance(link.limiter, Fleet),
+        )
+        try:
+            return await pool.run(jobs, sink)
+        finally:
+            if isinstance(link.limiter, Fleet):  # counted over the whole run: the link is shared
+                pool.stats.endpoints = link.limiter.summary()
     finally:
         queue.put_nowait(None)
         await writer

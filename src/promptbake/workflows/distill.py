@@ -255,8 +255,9 @@ def distill_spec(
     """The spec of a distillation: inputs (a file, or ``generate_inputs`` asked of the teacher
     from ``describe`` and ``axes``) answered under the long prompt, baked into short examples.
 
-    Paths are kept as given (relative to the working directory). In file mode each ``axes`` value
-    is crossed with every input, so a one-value axis sets a prompt variable for all of them.
+    Paths are kept as given (relative to the working directory). In file mode an axis takes one
+    value, a prompt variable for every input: several values would only vary the prompt that is
+    baked away, paying for each input once per value to keep one answer, so they are refused.
     ``structured`` sends the checks' JSON schema as the answer's response format (grammar-bound on
     the local teacher), retries answers that do not parse, and stores them as canonical JSON."""
     prompt = Path(prompt_path)
@@ -287,6 +288,14 @@ def distill_spec(
     grid: dict[str, Any] = {"axes": axes}
     steps: list[dict[str, Any]] = [answer]
     if inputs_path is not None:
+        several = next(((a, v) for a, v in axes.items() if len(v) > 1), None)
+        if several is not None:
+            raise InputError(
+                f"--axis {several[0]} has {len(several[1])} values, but with --inputs an axis only changes the long "
+                "prompt, which is baked away: every input would be paid for once per value and all but one "
+                "answer dropped as duplicates. Give one value (a prompt variable), or put the value in a column "
+                "of the inputs file and in the input text"
+            )
         check_inputs(Path(inputs_path), input_field)
         grid["table"] = str(inputs_path)
         rounds = 0  # re-asking the same input cannot fill a gap a duplicate or failed check left

@@ -28,6 +28,7 @@ from pydantic import ValidationError
 from promptbake.build.checks import AnswerList, Checks
 from promptbake.errors import BudgetExceeded, DataFileError, InputError, TeacherError
 from promptbake.output.atomic import write_jsonl_atomic
+from promptbake.output.export import metadata_file
 from promptbake.output.formats import ensure_dir
 from promptbake.output.jsonl import read_jsonl
 from promptbake.plan.expand import stable_hash
@@ -35,9 +36,10 @@ from promptbake.plan.planner import DEFAULT_RESERVE
 from promptbake.spec.models import SamplingParams, Spec, TeacherConfig
 from promptbake.spec.templates import Templates
 from promptbake.store.db import PlannedRequest, Store
-from promptbake.teacher.client import ChatResult, Endpoint
-from promptbake.teacher.config import TeacherOverrides, merge, model_name, open_teacher
+from promptbake.teacher.client import ChatResult
+from promptbake.teacher.config import TeacherOverrides, endpoint_identity, merge, model_name
 from promptbake.teacher.generate import Progress, StepJob, bounded, send_to_store
+from promptbake.teacher.link import Link, Links
 from promptbake.teacher.parse import parse_output
 from promptbake.teacher.pool import FailureLog, PoolStats
 from promptbake.teacher.pricing import PriceTable
@@ -78,10 +80,8 @@ class TestItem:
 
 
 def default_metadata(data: Path) -> Path | None:
-    """The sidecar build writes next to a split: ``test.jsonl`` → ``metadata.jsonl``,
-    ``train.v2.jsonl`` → ``metadata.v2.jsonl``."""
-    _, _, rest = data.name.partition(".")
-    candidate = data.with_name(f"metadata.{rest}") if rest else None
+    """The sidecar next to a split (``metadata_file``), if there is one."""
+    candidate = metadata_file(data) if "." in data.name else None
     return candidate if candidate is not None and candidate.exists() else None
 
 
@@ -315,6 +315,7 @@ class EvalOptions:
     no_cache: bool = False
     max_cost: float | None = None
     progress: bool = True
+    model_version: str | None = None  # keys the answers instead of the base URL (a retrained model)
 
 
 @dataclass
@@ -346,16 +347,18 @@ class _Calls:
     read every answer back from the store."""
 
     def __init__(self, store: Store, config: TeacherConfig, namespace: str, options: EvalOptions,
-                 usage: Usage) -> None:
+                 usage: Usage, version: str | None = None) -> None:
         self.store = store
         self.config = config
         self.namespace = namespace
         self.options = options
         self.usage = usage
+        # the same model name on another server, or retrained (a new --model-version), answers anew
+        self.endpoint = version if version is not None else endpoint_identity(config)
 
     def plan(self, key: str, ord_: str, category: str, body: dict[str, Any], tag: str,
              variables: dict[str, Any]) -> PlannedRequest:
-        cache_key = stable_hash(tag, body, length=32)
+        cache_key = stable_hash(tag, body, self.endpoint, length=32)
         model = str(body["model"])
         reserve = int(body.get("max_tokens") or DEFAULT_RESERVE)
         return PlannedRequest(
@@ -365,10 +368,11 @@ class _Calls:
             est_tokens=count_messages(body["messages"], model) + reserve,
         )
 
-    def run(self, planned: list[PlannedRequest], check: Callable[[ChatResult], Any],
-            label: str) -> tuple[dict[str, Any], dict[str, str]]:
+    async def run(self, planned: list[PlannedRequest], check: Callable[[ChatResult], Any],
+                  label: str, links: Links) -> tuple[dict[str, Any], dict[str, str]]:
         """(request id → stored outputs, request id → error) for ``planned``."""
-        self.store.insert_requests(planned)
+        # the plan of this run only: --no-cache re-asks these, not every eval ever run into the store
+        self.store.replan(self.namespace, 0, 0, planned)
         if self.options.no_cache:
             self.store.forget_answers(self.namespace, 0)
         else:
@@ -381,9 +385,9 @@ class _Calls:
             self.usage.capped += sum(1 for job in jobs if bounded(job) is not job)
         where = ""
         if jobs:
-            with open_teacher(self.config) as (endpoint, config):
-                where = endpoint.where()
-                stats = asyncio.run(self._send(jobs, endpoint, config, label))
+            link = await links.get(self.config)
+            where = link.endpoint.where()
+            stats = await self._send(jobs, link, label)
             self.usage.add(stats)
             if stats.stopped_for_budget:
                 raise BudgetExceeded(
@@ -398,12 +402,12 @@ class _Calls:
                                f"{n} ×: {reason}); nothing was written, the store keeps the errors")
         return answers, errors
 
-    async def _send(self, jobs: list[StepJob], endpoint: Endpoint, config: TeacherConfig, label: str) -> PoolStats:
+    async def _send(self, jobs: list[StepJob], link: Link, label: str) -> PoolStats:
         def count(outcome: Any) -> None:
             self.usage.failed += 0 if outcome.ok else 1
 
         return await send_to_store(
-            self.store, endpoint, config, jobs,
+            self.store, link, jobs,
             progress=Progress(self.options.progress, len(jobs), label),
             max_cost=None if self.options.max_cost is None else self.options.max_cost - self.usage.cost,
             on_outcome=count,
@@ -587,7 +591,7 @@ def evaluate(items: list[TestItem], model: TeacherConfig, options: EvalOptions, 
         if judge is not None:
             PriceTable(judge.prices).require([model_name(judge)], options.max_cost)
     with Store(options.store_path) as store:
-        calls = _Calls(store, model, f"@eval/{name}", options, usage)
+        calls = _Calls(store, model, f"@eval/{name}", options, usage, options.model_version)
         planned = []
         for i, item in enumerate(items):
             for j, settings in enumerate(grid):
@@ -596,27 +600,36 @@ def evaluate(items: list[TestItem], model: TeacherConfig, options: EvalOptions, 
                     body["tools"] = item.tools
                 planned.append(calls.plan(item.id, f"{i:09d}.{j:04d}", item.category, body, "eval",
                                           {"id": item.id, "settings": settings}))
-        answers, errors = calls.run(planned, _answers, f"eval {name}")
         verdicts: dict[str, Any] = {}
         judge_errors: dict[str, str] = {}
         judged: dict[str, str] = {}  # answer request id → judge request id
-        if scoring.criteria is not None and judge is not None:
-            judge_name = model_name(judge)
-            judges = _Calls(store, judge, f"@judge/{judge_name}", options, usage)
-            judge_planned = []
-            for k, request in enumerate(planned):
-                if answers.get(request.id):
-                    item = items[k // len(grid)]
-                    # no temperature: reasoning models reject any but their default
-                    body = {"model": judge_name,
-                            "messages": judge_messages(item, answers[request.id][0]["text"], scoring.criteria)}
-                    response_format = _judge_format(judge)
-                    if response_format is not None:
-                        body["response_format"] = response_format
-                    jr = judges.plan(request.id, request.ord, request.category, body, "judge", {"answer": request.id})
-                    judged[request.id] = jr.id
-                    judge_planned.append(jr)
-            verdicts, judge_errors = judges.run(judge_planned, _verdict, f"judge {judge_name}")
+
+        async def phases() -> tuple[dict[str, Any], dict[str, str]]:
+            nonlocal verdicts, judge_errors
+            async with Links() as links:  # the answers and the judge share a server's link
+                answers, errors = await calls.run(planned, _answers, f"eval {name}", links)
+                if scoring.criteria is None or judge is None:
+                    return answers, errors
+                judge_name = model_name(judge)
+                judges = _Calls(store, judge, f"@judge/{judge_name}", options, usage)
+                judge_planned = []
+                for k, request in enumerate(planned):
+                    if answers.get(request.id):
+                        item = items[k // len(grid)]
+                        # no temperature: reasoning models reject any but their default
+                        body = {"model": judge_name,
+                                "messages": judge_messages(item, answers[request.id][0]["text"], scoring.criteria)}
+                        response_format = _judge_format(judge)
+                        if response_format is not None:
+                            body["response_format"] = response_format
+                        jr = judges.plan(request.id, request.ord, request.category, body, "judge",
+                                         {"answer": request.id})
+                        judged[request.id] = jr.id
+                        judge_planned.append(jr)
+                verdicts, judge_errors = await judges.run(judge_planned, _verdict, f"judge {judge_name}", links)
+                return answers, errors
+
+        answers, errors = asyncio.run(phases())
     rows = []
     for k, request in enumerate(planned):
         item, settings = items[k // len(grid)], grid[k % len(grid)]
@@ -632,7 +645,7 @@ def evaluate(items: list[TestItem], model: TeacherConfig, options: EvalOptions, 
 def run_eval(data: str | Path, out: str | Path, model: TeacherConfig, *, metadata: str | Path | None = None,
              scoring: Scoring | None = None, sweeps: Sequence[str] = (), judge: TeacherConfig | None = None,
              store_path: str | Path | None = None, no_cache: bool = False, max_cost: float | None = None,
-             progress: bool = True) -> EvalReport:
+             progress: bool = True, model_version: str | None = None) -> EvalReport:
     """Load the test file, evaluate, write the per-example JSONL atomically; the library entry point
     behind ``promptbake eval``. The store defaults to OUT with a ``.db`` suffix, so re-running the
     same command resumes instead of paying again."""
@@ -642,7 +655,8 @@ def run_eval(data: str | Path, out: str | Path, model: TeacherConfig, *, metadat
         raise InputError(f"{out}: the output file cannot also be the store")
     grid = parse_sweeps(sweeps)
     items = load_test(data, metadata)
-    options = EvalOptions(store, no_cache=no_cache, max_cost=max_cost, progress=progress)
+    options = EvalOptions(store, no_cache=no_cache, max_cost=max_cost, progress=progress,
+                          model_version=model_version)
     usage = Usage()
     rows = evaluate(items, model, options, scoring=scoring, grid=grid, judge=judge, usage=usage)
     ensure_dir(out.parent)

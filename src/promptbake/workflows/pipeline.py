@@ -20,6 +20,7 @@ from promptbake.spec.models import Spec
 from promptbake.store.db import Store
 from promptbake.teacher.config import TeacherOverrides, merge, open_teacher
 from promptbake.teacher.generate import GenerateOptions, GenerateReport, Generation, StepReport, check_budget
+from promptbake.teacher.link import Link
 
 
 @dataclass
@@ -107,12 +108,17 @@ def generate(
         generation.report.notes.extend(notes)
         report = RunReport(generation.report, store_path=str(store_path))
         status = "failed"
+
+        async def rounds() -> None:
+            async with Link(endpoint, config) as link:  # one client and limiter for every step and round
+                known = sorted({0, *store.rounds(spec.name)})
+                for round_ in known:
+                    await generation.run_round(round_, link)
+                if topup:
+                    await _top_up(spec, expander, store, generation, report, known[-1], link)
+
         try:
-            rounds = sorted({0, *store.rounds(spec.name)})
-            for round_ in rounds:
-                asyncio.run(generation.run_round(round_))
-            if topup:
-                _top_up(spec, expander, store, generation, report, rounds[-1])
+            asyncio.run(rounds())
             status = "done"
         finally:
             report.totals = store.totals(spec.name)
@@ -120,8 +126,8 @@ def generate(
     return report
 
 
-def _top_up(spec: Spec, expander: Expander, store: Store, generation: Generation, report: RunReport,
-            round_: int) -> None:
+async def _top_up(spec: Spec, expander: Expander, store: Store, generation: Generation, report: RunReport,
+                  round_: int, link: Link) -> None:
     """Ask again for the cells still short, one round at a time, while rounds help: a round in
     which no short cell gained an example, and not for want of passing the quality gates, ends
     the loop, and ``report.stalled`` says why."""
@@ -131,7 +137,7 @@ def _top_up(spec: Spec, expander: Expander, store: Store, generation: Generation
         round_ += 1
         store.set_wants(spec.name, round_, ask_for(missing, pass_rate))
         first = len(generation.report.steps)
-        asyncio.run(generation.run_round(round_))
+        await generation.run_round(round_, link)
         before, gate_rate = missing, pass_rate
         missing, pass_rate = shortfall(spec, expander, store)
         gained = any(missing.get(key, 0) < short for key, short in before.items())
@@ -175,7 +181,7 @@ def run(
     from promptbake.build.builder import build
     from promptbake.output.targets import target_for_teacher
 
-    store_path = store_path or Path(out_dir) / "promptbake.db"
+    store_path = store_path or default_store(out_dir)
     report = generate(spec, store_path, overrides, options, topup=True, command=command)
     config = merge(spec.teacher, overrides or TeacherOverrides())
     with Store(store_path) as store:

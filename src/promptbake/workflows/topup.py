@@ -28,6 +28,7 @@ from promptbake.build.examples import ExampleRenderer
 from promptbake.build.gates import Gates
 from promptbake.errors import DataFileError, InputError
 from promptbake.output.atomic import json_line, write_jsonl_atomic, write_text_atomic
+from promptbake.output.export import read_manifest
 from promptbake.output.formats import convert_all, ensure_dir
 from promptbake.output.jsonl import read_jsonl
 from promptbake.plan.expand import Cell, Expander
@@ -37,7 +38,7 @@ from promptbake.store.db import Store
 from promptbake.teacher.config import TeacherOverrides
 from promptbake.teacher.generate import GenerateOptions
 from promptbake.workflows.evaluate import split_metadata
-from promptbake.workflows.pipeline import RunReport, generate
+from promptbake.workflows.pipeline import RunReport, default_store, generate
 
 TOPUP_AXIS = "topup_round"
 DEFAULT_THRESHOLD = 0.8
@@ -149,16 +150,6 @@ def read_split(path: Path, name: str) -> Split:
     return Split(lines, examples, metas)
 
 
-def _manifest(directory: Path) -> dict[str, Any]:
-    path = directory / "manifest.json"
-    if not path.exists():
-        return {}
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise DataFileError(f"{path}: cannot read the manifest ({exc})") from None
-
-
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as fh:
@@ -262,9 +253,11 @@ def topup(spec: Spec, eval_path: str | Path, dataset: str | Path, *, per_categor
         raise InputError("--per-category must be at least 1")
     eval_path, directory = Path(eval_path), Path(dataset)
     metric_used, weak = weak_categories(load_eval(eval_path), metric=metric, threshold=threshold, bottom=bottom)
-    manifest = _manifest(directory)
+    manifest = read_manifest(directory)
     rounds = manifest.get("topups", [])
     round_ = len(rounds) + 1
+    while (directory / f"train.v{round_ + 1}.jsonl").exists():  # a version the manifest lost: never overwrite
+        round_ += 1
     current = directory / (rounds[-1]["train"] if rounds else "train.jsonl")
     target = directory / f"train.v{round_ + 1}.jsonl"
     report = TopupReport(round_, target, metric_used, weak, {}, 0)
@@ -288,7 +281,7 @@ def topup(spec: Spec, eval_path: str | Path, dataset: str | Path, *, per_categor
                          f"(it has {', '.join(sorted(known))}); was the eval run with the dataset's metadata?")
 
     train, test = read_split(current, "train"), read_split(directory / "test.jsonl", "test")
-    store_path = Path(store_path) if store_path is not None else directory / "promptbake.db"
+    store_path = Path(store_path) if store_path is not None else default_store(directory)
     fresh: list[Example] = []
     options = options or GenerateOptions()
     for j, (count, group) in enumerate(plan_cells(cells, names, per_category, round_).items()):
