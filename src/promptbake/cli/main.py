@@ -195,8 +195,8 @@ def _print_generate(report: Any) -> None:
             click.echo(
                 f"round {step.round} {step.step}: {step.planned} planned, {step.cached} from cache, "
                 f"{step.sent} sent, {step.ok} ok, {step.failed} failed"
+                + (f", {step.shared} identical to one sent and answered by it" if step.shared else "")
                 + (f"; {step.stored} already stored by an earlier run" if step.stored else ""),
-                + (f", {step.shared} identical to one sent and answered by it" if step.shared else ""),
                 err=True,
             )
     for r in report.rounds:
