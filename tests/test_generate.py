@@ -148,8 +148,8 @@ def repeating_responder():
 def test_a_repeated_utterance_is_paid_for_once(tmp_path):
     spec = write_spec(tmp_path, MINIMAL_SPEC.replace("  count: 2", "  count: 10") + "max_rounds: 0\n")
     teacher = repeating_responder()
-    with FakeServer(responder=teacher).running() as srv:
-        result = invoke("run", str(spec), "--out", "out", "--base-url", srv.base_url, "-q")
+    with FakeServer(responder=teacher).running() as srv:  # no top-up rounds: short on purpose
+        result = invoke("run", str(spec), "--out", "out", "--base-url", srv.base_url, "-q", "--allow-shortfall")
         assert result.exit_code == 0, result.output
         replies = [b for b in srv.bodies if b["messages"][0]["role"] == "system"]
     distinct = set(teacher.said)
@@ -164,8 +164,8 @@ def test_a_repeated_utterance_is_paid_for_once(tmp_path):
 def test_duplicates_dropped_before_paying_are_refilled_by_the_top_up_loop(tmp_path):
     spec = write_spec(tmp_path, MINIMAL_SPEC.replace("  count: 2", "  count: 10"))
     teacher = repeating_responder()
-    with FakeServer(responder=teacher).running() as srv:
-        result = invoke("run", str(spec), "--out", "out", "--base-url", srv.base_url, "-q")
+    with FakeServer(responder=teacher).running() as srv:  # no top-up rounds: short on purpose
+        result = invoke("run", str(spec), "--out", "out", "--base-url", srv.base_url, "-q", "--allow-shortfall")
         assert result.exit_code == 0, result.output
         replies = [b for b in srv.bodies if b["messages"][0]["role"] == "system"]
     assert len({json.dumps(b, sort_keys=True) for b in replies}) == len(replies)  # no reply paid twice
