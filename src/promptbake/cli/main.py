@@ -378,11 +378,11 @@ def build(source: str, out_dir: str, store_path: str | None, spec_name: str | No
 
     from promptbake.build.builder import build as run_build
     from promptbake.store.db import Store
-    from promptbake.workflows.pipeline import default_store, spec_from_store
+    from promptbake.workflows.pipeline import build_store, spec_from_store
 
     if Path(source).suffix in (".yaml", ".yml"):
         spec = _load(source)
-        store_path = store_path or str(default_store(out_dir))
+        store_path = store_path or str(build_store(out_dir))
     else:
         spec, store_path = spec_from_store(source, spec_name), source
     if not Path(store_path).exists():
