@@ -217,6 +217,7 @@ def schema_instance(schema: dict, text: str) -> object:
 def readme_responder():
     """The README's stand-in teacher: the grid responder's lists and replies, judge verdicts,
     the formatting task's JSON answers, and schema-shaped answers to structured-output requests."""
+    import hashlib
     import json
     import re
 
@@ -232,9 +233,13 @@ def readme_responder():
         if re.search(r"(?:Give|Write) \d+", user):  # a list prompt, with or without a system message
             body = {**body, "messages": [m for m in body["messages"] if m["role"] != "system"]}
         text = grid(body)
+        if text.startswith("Ugh. Fine. ("):  # a reply, rude without echoing the customer (quick spec filters echoes)
+            text = f"Ugh. Not my problem, pal. Ticket {hashlib.sha256(user.encode()).hexdigest()[:8]}. Next!"
         response_format = body.get("response_format") or {}
         schema = response_format.get("schema") or (response_format.get("json_schema") or {}).get("schema")
         return json.dumps(schema_instance(schema, text)) if schema else text
+
+    return respond
 
 
 def pure_grid_responder(fail: Callable[[dict], Any] | None = None):

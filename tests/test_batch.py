@@ -80,8 +80,8 @@ def test_batch_input_lines_have_the_documented_shape_and_rerun_sends_nothing(tmp
 
 
 def test_identical_requests_are_submitted_once(tmp_path):
-    """Every cell's list repeats the same item, so all eight planned replies are one request: one
-    batch line serves them all."""
+    """Every cell's list holds the same two distinct items (one repeated, which is dropped before
+    paying), so the eight planned replies are two distinct requests: two batch lines serve them all."""
     spec = write_spec(tmp_path)
 
     def respond(body: dict) -> str:
@@ -94,7 +94,7 @@ def test_identical_requests_are_submitted_once(tmp_path):
         assert result.exit_code == 0, result.output
         replies = uploaded_lines(srv)[1]
         custom_ids = [line["custom_id"] for line in replies]
-        assert len(custom_ids) == 1 and srv.batch_lines == STEP0 + 1
+        assert len(custom_ids) == 2 and srv.batch_lines == STEP0 + 2
         assert not srv.paid_twice()
     assert statuses(tmp_path / "s.db") == {"ok": STEP0 + STEP1}
 
@@ -143,7 +143,8 @@ def test_partially_failed_batch_is_retried_in_the_next_batch(tmp_path):
     spec = write_spec(tmp_path)
     respond = pure_grid_responder(_flaky(fail_first={0, 1, 2}, always={3, 4}))
     with FakeServer(responder=respond).running() as srv:
-        result = invoke("generate", str(spec), "--store", "s.db", *batch_args(srv))
+        # the 400s stay failed: a shortfall the run reports, and this test accepts
+        result = invoke("generate", str(spec), "--store", "s.db", *batch_args(srv), "--allow-shortfall")
         assert result.exit_code == 0, result.output
         assert [len(f) for f in uploaded_lines(srv)] == [STEP0, STEP1, 3]  # the three 500s, once more
         assert srv.count == 0

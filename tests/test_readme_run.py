@@ -6,9 +6,11 @@ else is run verbatim from a copy of the repository's generators, samples and tem
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import shutil
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -25,6 +27,24 @@ def pointed_at(line: str, url: str) -> list[str]:
     return shlex.split(line)[1:]
 
 
+def run_batch_like_vllm(inputs: Path, output: Path) -> None:
+    """What ``python -m vllm.entrypoints.openai.run_batch -i IN -o OUT`` writes for the exported
+    input files, answered by the stand-in's responder."""
+    respond = readme_responder()
+    with output.open("w", encoding="utf-8") as out:
+        for path in sorted(inputs.glob("*.jsonl")):
+            for line in path.read_text(encoding="utf-8").splitlines():
+                request = json.loads(line)
+                content = respond(request["body"])
+                body = {"id": "cmpl", "object": "chat.completion", "model": request["body"].get("model", ""),
+                        "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                                     "finish_reason": "stop"}],
+                        "usage": {"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20}}
+                out.write(json.dumps({"id": "vllm", "custom_id": request["custom_id"],
+                                      "response": {"status_code": 200, "request_id": "r", "body": body},
+                                      "error": None}) + "\n")
+
+
 def test_readme_commands_run_in_order_against_the_stand_in(monkeypatch, tmp_path):
     for folder in ("generators", "samples", "templates"):
         shutil.copytree(ROOT / folder, tmp_path / folder)
@@ -33,10 +53,15 @@ def test_readme_commands_run_in_order_against_the_stand_in(monkeypatch, tmp_path
     with FakeServer(responder=readme_responder()).running() as server:
         monkeypatch.setenv("OPENAI_API_KEY", "sk-readme-test")
         monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        exported = tmp_path
         for line in commands:
             args = pointed_at(line, server.base_url)
             if args[:2] == ["teacher", "serve"]:
                 continue  # serves in the foreground until Ctrl-C (test_local.py runs it)
+            if args[:2] == ["batch", "export"]:
+                exported = tmp_path / args[args.index("--out") + 1]
+            if args[:2] == ["batch", "import"]:
+                run_batch_like_vllm(exported, tmp_path / args[3])  # the README's vLLM step
             result = CliRunner().invoke(cli, args)
             if result.exit_code != 0:
                 pytest.fail(f"{line}\nexit {result.exit_code}:\n{result.output[-3000:]}", pytrace=False)

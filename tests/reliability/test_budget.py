@@ -110,9 +110,9 @@ def test_teacher_prices_make_an_unknown_model_usable_under_max_cost(tmp_path):
 
 def test_fine_tuned_models_are_priced_as_fine_tunes(tmp_path):
     """``ft:gpt-4o-mini:...`` costs OpenAI's fine-tuned price ($0.30/$1.20), twice the base."""
-    assert PriceTable().lookup("ft:gpt-4o-mini-2024-07-18:acme:rude:abc123").model_dump() == {
+    assert PriceTable().lookup("ft:gpt-4o-mini-2024-07-18:acme:rude:abc123").model_dump(exclude_none=True) == {
         "input": pytest.approx(0.30), "output": pytest.approx(1.20)}
-    assert PriceTable().lookup("ft:gpt-4o:acme::x").model_dump() == {"input": 3.75, "output": 15.0}
+    assert PriceTable().lookup("ft:gpt-4o:acme::x").model_dump(exclude_none=True) == {"input": 3.75, "output": 15.0}
     spec(tmp_path, 2, 2, teacher="teacher:\n  model: ft:gpt-4o-mini-2024-07-18:acme:rude:abc123")
     with FakeServer(responder=pure_answer).running() as srv:
         result = generate(srv, "--max-cost", "1")

@@ -154,7 +154,7 @@ def test_a_failed_run_leaves_the_previous_good_dataset_untouched(tmp_path):
         first = promptbake("run", name, "--out", "out", "--base-url", good.base_url, *FAST, cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir() if p.suffix in (".jsonl", ".json")}
-    assert len(before) == 5
+    assert len(before) == 6  # train, test, metadata, dropped, splits, manifest
 
     with FakeServer(script=[Fault("500", message="boom")] * 1000).running() as broken:
         again = promptbake("run", name, "--out", "out", "--base-url", broken.base_url, "--no-cache", *FAST,

@@ -31,7 +31,7 @@ from promptbake.errors import AuthError, InputError, ResponseRejected, TeacherEr
 from promptbake.store.batches import TERMINAL, BatchFile, BatchLedger, Item
 from promptbake.store.db import ResultRow, Store
 from promptbake.teacher.batchfile import MAX_BYTES, MAX_LINES, InputFile, LineResult, input_line, parse_line
-from promptbake.teacher.client import ChatResult, Endpoint, _result
+from promptbake.teacher.client import AttemptError, ChatResult, Endpoint, read_result
 from promptbake.teacher.generate import Progress, StepJob, _checker, result_row, send_to_store
 from promptbake.teacher.pool import Attempt, Outcome, PoolStats, _JobRun, worst_cost
 from promptbake.teacher.pricing import PriceTable
@@ -503,8 +503,8 @@ def line_outcome(item: Item, line: LineResult, number: int, check: Callable[[Cha
         attempt = Attempt(number, line.status, kind, line.error, age_ms)
         return LineOutcome(Outcome(job, False, None, None, [attempt], line.error), line.retryable)
     try:
-        result = _result(line.body or {}, job.body, None)
-    except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+        result = read_result(line.body or {}, job.body, None, f"the batch answer for {item.model}")
+    except (AttemptError, ValueError, KeyError, TypeError, IndexError, AttributeError):
         error = f"unparseable answer: {str(line.body)[:120]!r}"
         return LineOutcome(Outcome(job, False, None, None, [Attempt(number, 200, "bad_body", error, age_ms)], error),
                            True)

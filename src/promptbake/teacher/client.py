@@ -359,39 +359,7 @@ class ChatClient:
                              "check --base-url (it should end in /v1)", status=200, rate=rate)
 
     def _result(self, decoded: Any, body: dict[str, Any], rate: RateInfo | None, model: str) -> ChatResult:
-        where = self.endpoint.where(model)
-        if isinstance(decoded, dict) and "error" in decoded and not decoded.get("choices"):
-            text, code = _error_fields(decoded["error"])
-            status = code if isinstance(code, int) else None
-            message = clean_text(f"HTTP 200 carrying an error: {text}")
-            if status is not None and (status in RETRYABLE_STATUSES or status >= 500):
-                raise RetryableError(f"http_{status}", message, status=200, rate=rate)
-            raise ServerMismatch("error_body", f"{where} answered 200 with an error: {clean_text(text)}",
-                                 status=200, rate=rate)
-        choices = decoded.get("choices") if isinstance(decoded, dict) else None
-        if not isinstance(choices, list) or not choices or not all(isinstance(c, dict) for c in choices):
-            shape = "no choices" if choices in (None, []) else "unreadable choices"
-            raise ServerMismatch("bad_shape", f"{where} answered JSON with {shape} "
-                                 f"({clean_text(json.dumps(decoded)[:100])}...)", status=200, rate=rate)
-        choices = sorted(choices, key=_index)
-        contents = [_content(choice) for choice in choices]
-        tools = any(isinstance(c.get("message"), dict) and c["message"].get("tool_calls") for c in choices)
-        if tools and all(text is None for text in contents):
-            raise ServerMismatch("tool_calls", f"{where} answered with tool calls instead of text; "
-                                     "promptbake asks for text (remove tools from the request)", status=200, rate=rate)
-        usage = decoded.get("usage") if isinstance(decoded.get("usage"), dict) else {}
-        prompt, completion = _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
-        name = decoded.get("model")
-        return ChatResult(
-            contents=[text or "" for text in contents],
-            finish_reasons=[clean_text(str(c.get("finish_reason") or "")) for c in choices],
-            prompt_tokens=prompt or 0,
-            completion_tokens=completion or 0,
-            model=clean_text(name) if isinstance(name, str) and name else str(body.get("model", "")),
-            response=decoded,
-            rate=rate,
-            usage_known=prompt is not None and completion is not None,
-        )
+        return read_result(decoded, body, rate, self.endpoint.where(model))
 
     def _http_error(self, status: int, raw: bytes, headers: Any, rate: RateInfo | None, model: str) -> AttemptError:
         text, code = _error_details(raw)
@@ -415,6 +383,43 @@ class ChatClient:
         if code in PER_REQUEST_CODES:  # named by its code: the pool tells it from a setup error
             return RequestFailed(str(code), message, status=status, rate=rate)
         return RequestFailed(f"http_{status}", message, status=status, rate=rate)
+
+
+def read_result(decoded: Any, body: dict[str, Any], rate: RateInfo | None, where: str) -> ChatResult:
+    """A chat completion body as a ``ChatResult``, or the error that says why it cannot be one
+    (``where`` names the server and model in it). Shared by the online client and batch output."""
+    if isinstance(decoded, dict) and "error" in decoded and not decoded.get("choices"):
+        text, code = _error_fields(decoded["error"])
+        status = code if isinstance(code, int) else None
+        message = clean_text(f"HTTP 200 carrying an error: {text}")
+        if status is not None and (status in RETRYABLE_STATUSES or status >= 500):
+            raise RetryableError(f"http_{status}", message, status=200, rate=rate)
+        raise ServerMismatch("error_body", f"{where} answered 200 with an error: {clean_text(text)}",
+                             status=200, rate=rate)
+    choices = decoded.get("choices") if isinstance(decoded, dict) else None
+    if not isinstance(choices, list) or not choices or not all(isinstance(c, dict) for c in choices):
+        shape = "no choices" if choices in (None, []) else "unreadable choices"
+        raise ServerMismatch("bad_shape", f"{where} answered JSON with {shape} "
+                             f"({clean_text(json.dumps(decoded)[:100])}...)", status=200, rate=rate)
+    choices = sorted(choices, key=_index)
+    contents = [_content(choice) for choice in choices]
+    tools = any(isinstance(c.get("message"), dict) and c["message"].get("tool_calls") for c in choices)
+    if tools and all(text is None for text in contents):
+        raise ServerMismatch("tool_calls", f"{where} answered with tool calls instead of text; "
+                                 "promptbake asks for text (remove tools from the request)", status=200, rate=rate)
+    usage = decoded.get("usage") if isinstance(decoded.get("usage"), dict) else {}
+    prompt, completion = _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
+    name = decoded.get("model")
+    return ChatResult(
+        contents=[text or "" for text in contents],
+        finish_reasons=[clean_text(str(c.get("finish_reason") or "")) for c in choices],
+        prompt_tokens=prompt or 0,
+        completion_tokens=completion or 0,
+        model=clean_text(name) if isinstance(name, str) and name else str(body.get("model", "")),
+        response=decoded,
+        rate=rate,
+        usage_known=prompt is not None and completion is not None,
+    )
 
 
 def _error_fields(error: Any) -> tuple[str, Any]:
