@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from promptbake.output.atomic import write_jsonl_atomic, write_text_atomic
+from promptbake.output.atomic import ensure_dir, write_jsonl_atomic, write_text_atomic
 from promptbake.build.balance import balance
 from promptbake.build.dedupe import dedupe
 from promptbake.build.examples import ExampleRenderer, passing
 from promptbake.plan.expand import Expander
-from promptbake.output.formats import WriteReport, ensure_dir, write_split
+from promptbake.output.formats import WriteReport, write_split
 from promptbake.records import Example
 from promptbake.spec.models import Spec
 from promptbake.build.split import split

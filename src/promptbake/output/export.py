@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from promptbake.errors import DataFileError, OutputError
-from promptbake.output.formats import FormatRefused, WriteReport, convert_all, ensure_dir, get_format, write_rows
+from promptbake.output.atomic import ensure_dir
+from promptbake.output.formats import FormatRefused, WriteReport, convert_all, get_format, write_rows
 from promptbake.output.jsonl import read_jsonl
 from promptbake.records import Example
 from promptbake.spec.models import OutputConfig

@@ -25,12 +25,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from promptbake.output.atomic import write_jsonl_atomic
+from promptbake.output.atomic import ensure_dir, write_jsonl_atomic
 from promptbake.build.checks import Checks
 from promptbake.teacher.client import ChatResult, Endpoint
 from promptbake.errors import BudgetExceeded, DataFileError, InputError
 from promptbake.plan.expand import stable_hash
-from promptbake.output.formats import ensure_dir
 from promptbake.teacher.generate import Progress, StepJob, send_to_store
 from promptbake.output.jsonl import read_jsonl
 from promptbake.teacher.parse import parse_output
