@@ -10,7 +10,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 
 from promptbake.build.checks import last_assistant
-from promptbake.plan.expand import stable_hash
+from promptbake.ids import stable_hash
 from promptbake.plan.planner import MessageRenderer
 from promptbake.records import Example
 from promptbake.spec.models import Spec

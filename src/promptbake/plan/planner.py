@@ -14,7 +14,8 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from promptbake.errors import TemplateError
-from promptbake.plan.expand import Cell, stable_hash
+from promptbake.ids import stable_hash
+from promptbake.plan.expand import Cell
 from promptbake.spec.models import MessageTemplate, Spec, Step
 from promptbake.store.db import PlannedRequest, StoredRequest
 from promptbake.spec.templates import Templates

@@ -29,7 +29,7 @@ from promptbake.output.atomic import ensure_dir, write_jsonl_atomic
 from promptbake.build.checks import Checks
 from promptbake.teacher.client import ChatResult, Endpoint
 from promptbake.errors import BudgetExceeded, DataFileError, InputError
-from promptbake.plan.expand import stable_hash
+from promptbake.ids import stable_hash
 from promptbake.teacher.generate import Progress, StepJob, send_to_store
 from promptbake.output.jsonl import read_jsonl
 from promptbake.teacher.parse import parse_output
