@@ -30,7 +30,7 @@ from promptbake.build.checks import Checks
 from promptbake.teacher.client import ChatResult, Endpoint
 from promptbake.errors import BudgetExceeded, DataFileError, InputError
 from promptbake.ids import stable_hash
-from promptbake.teacher.generate import Progress, StepJob, send_to_store
+from promptbake.teacher.send import Progress, StepJob, send_to_store
 from promptbake.output.jsonl import read_jsonl
 from promptbake.teacher.parse import parse_output
 from promptbake.teacher.pool import PoolStats
