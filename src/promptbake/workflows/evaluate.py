@@ -32,6 +32,7 @@ from promptbake.errors import BudgetExceeded, DataFileError, InputError
 from promptbake.ids import stable_hash
 from promptbake.teacher.send import Progress, StepJob, send_to_store
 from promptbake.output.jsonl import read_jsonl
+from promptbake.output.sidecar import split_metadata
 from promptbake.teacher.parse import parse_output
 from promptbake.teacher.pool import PoolStats
 from promptbake.spec.models import SamplingParams, Spec, TeacherConfig
@@ -71,32 +72,6 @@ class TestItem:
     prompt: list[dict[str, Any]]
     reference: str | None
     tools: list[dict[str, Any]] | None = None
-
-
-def default_metadata(data: Path) -> Path | None:
-    """The sidecar build writes next to a split: ``test.jsonl`` → ``metadata.jsonl``,
-    ``train.v2.jsonl`` → ``metadata.v2.jsonl``."""
-    _, _, rest = data.name.partition(".")
-    candidate = data.with_name(f"metadata.{rest}") if rest else None
-    return candidate if candidate is not None and candidate.exists() else None
-
-
-def split_metadata(data: Path, count: int, metadata: str | Path | None = None) -> list[dict[str, Any]] | None:
-    """The metadata lines of the split in ``data`` (``count`` examples), in file order (build writes
-    them in the split's order); None when there is no sidecar."""
-    meta_path = Path(metadata) if metadata is not None else default_metadata(data)
-    if meta_path is None:
-        return None
-    rows = [row for _, row in read_jsonl(meta_path, "metadata")]
-    split = data.name.partition(".")[0]
-    if any("split" in row for row in rows):
-        rows = [row for row in rows if row.get("split") == split]
-    if len(rows) != count:
-        raise DataFileError(
-            f"{meta_path}: {len(rows)} metadata rows for split {split!r} but {data} has {count} examples; "
-            "pass the matching --metadata"
-        )
-    return rows
 
 
 def load_test(data: str | Path, metadata: str | Path | None = None) -> list[TestItem]:

@@ -26,12 +26,12 @@ from typing import Any, Literal
 from promptbake.output.atomic import ensure_dir, json_line, write_jsonl_atomic, write_text_atomic
 from promptbake.build.dedupe import dedupe
 from promptbake.errors import DataFileError, InputError
-from promptbake.workflows.evaluate import split_metadata
 from promptbake.build.examples import ExampleRenderer, passing
 from promptbake.plan.expand import Cell, Expander
 from promptbake.output.formats import convert_all
 from promptbake.teacher.generate import GenerateOptions
 from promptbake.output.jsonl import read_jsonl
+from promptbake.output.sidecar import split_metadata
 from promptbake.workflows.pipeline import RunReport, generate
 from promptbake.records import Example
 from promptbake.spec.models import Grid, Spec

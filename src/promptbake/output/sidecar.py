@@ -1,0 +1,40 @@
+"""The metadata sidecar of a built split: ``metadata.jsonl`` beside ``train.jsonl``/``test.jsonl``.
+
+Build keeps ids, categories, cells and provenance out of the training files and writes them here,
+one line per example in the split's order (tagged with ``split``); a top-up's ``train.v2.jsonl``
+gets ``metadata.v2.jsonl``. Eval, top-up and ``Dataset`` read the split's lines back through here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from promptbake.errors import DataFileError
+from promptbake.output.jsonl import read_jsonl
+
+
+def default_metadata(data: Path) -> Path | None:
+    """The sidecar build writes next to a split: ``test.jsonl`` → ``metadata.jsonl``,
+    ``train.v2.jsonl`` → ``metadata.v2.jsonl``."""
+    _, _, rest = data.name.partition(".")
+    candidate = data.with_name(f"metadata.{rest}") if rest else None
+    return candidate if candidate is not None and candidate.exists() else None
+
+
+def split_metadata(data: Path, count: int, metadata: str | Path | None = None) -> list[dict[str, Any]] | None:
+    """The metadata lines of the split in ``data`` (``count`` examples), in file order (build writes
+    them in the split's order); None when there is no sidecar."""
+    meta_path = Path(metadata) if metadata is not None else default_metadata(data)
+    if meta_path is None:
+        return None
+    rows = [row for _, row in read_jsonl(meta_path, "metadata")]
+    split = data.name.partition(".")[0]
+    if any("split" in row for row in rows):
+        rows = [row for row in rows if row.get("split") == split]
+    if len(rows) != count:
+        raise DataFileError(
+            f"{meta_path}: {len(rows)} metadata rows for split {split!r} but {data} has {count} examples; "
+            "pass the matching --metadata"
+        )
+    return rows
