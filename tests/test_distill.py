@@ -21,9 +21,9 @@ from promptbake.workflows.distill import (
     answer_checks,
     break_even,
     distill_spec,
-    finetune_estimate,
     prompt_examples,
 )
+from promptbake.output.training_cost import finetune_estimate
 from promptbake.errors import InputError
 from promptbake.spec.templates import Templates
 from promptbake.teacher.tokens import count_tokens

@@ -15,13 +15,8 @@ from promptbake.errors import DataFileError
 from promptbake.output.formats import FORMATS
 from promptbake.records import Example
 from promptbake.output.targets import TARGETS
-from promptbake.output.validate import (
-    TokenStats,
-    billed_tokens,
-    default_epochs,
-    suggest_hyperparameters,
-    validate_file,
-)
+from promptbake.output.training_cost import billed_tokens, default_epochs
+from promptbake.output.validate import TokenStats, suggest_hyperparameters, validate_file
 
 GOOD = {
     "messages": [

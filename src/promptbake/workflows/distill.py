@@ -48,24 +48,15 @@ from promptbake.workflows.pipeline import run as run_pipeline
 from promptbake.teacher.pricing import PriceTable
 from promptbake.records import Example
 from promptbake.spec.models import IDENTIFIER, MessageTemplate, Spec
-from promptbake.output.targets import get_target
 from promptbake.teacher.config import TeacherOverrides, merge, model_name
 from promptbake.teacher.tokens import TOKENS_PER_MESSAGE, count_messages, count_tokens, encoding_note
-from promptbake.output.validate import billed_tokens, default_epochs
+from promptbake.output.training_cost import finetune_estimate, ft_price_factor
 
 ANSWER_STEP = "answer"
 INPUT_STEP = "input"  # the generated-inputs step; its items become the variable ``input``
 EXAMPLE_ID = "prompt-example-"  # ids of the prompt's own examples in dropped.jsonl
 INPUTS_PER_REQUEST = 20  # one list request asks for at most this many inputs
 TRACE_CHARS = 40  # a shared run this long between an example and the long prompt is a trace
-
-# USD per 1M training tokens when targets.py has no price for the model: OpenAI's gpt-4o-mini
-# price (the cheapest widely used hosted fine-tune), so the estimate errs low, and says so.
-DEFAULT_TRAIN_USD_PER_1M = 3.00
-# Fine-tuned inference price ÷ base price, input and output alike (OpenAI pricing page, 2026-11:
-# fine-tuned gpt-4o-mini $0.30/$1.20 vs $0.15/$0.60 base; gpt-4o $3.75/$15 vs $2.50/$10).
-FT_PRICE_FACTORS = {"gpt-4o-mini": 2.0, "gpt-4.1-mini": 2.0, "gpt-4.1-nano": 2.0, "gpt-4o": 1.5, "gpt-4.1": 1.5}
-DEFAULT_FT_PRICE_FACTOR = 2.0
 
 # A Jinja template; {traits} and {batch} are filled in (by str.replace) when the spec is built.
 INPUTS_PROMPT = """\
@@ -376,35 +367,6 @@ def break_even(
     # rounded before ceil so that float noise (3.0 / 0.0003 = 10000.000000000002) adds no call
     calls = None if saving <= 0 else max(0, math.ceil(round(upfront / saving, 6)))
     return BreakEven(long_prompt_tokens - baked_prompt_tokens, saving, upfront, calls)
-
-
-@dataclass(frozen=True)
-class FineTuneEstimate:
-    tokens_per_epoch: int
-    epochs: int
-    usd_per_1m: float
-    price_source: str
-    cost: float
-
-
-def finetune_estimate(lengths: list[int], model: str, *, epochs: int | None = None,
-                      target: str = "openai") -> FineTuneEstimate:
-    """Training cost of examples of ``lengths`` tokens: billed tokens × epochs × the training
-    price targets.py lists for ``model`` (else ``DEFAULT_TRAIN_USD_PER_1M``, and it says so)."""
-    limits = get_target(target).limits(model)
-    epochs = default_epochs(len(lengths)) if epochs is None else epochs
-    per_epoch = billed_tokens(lengths, limits.context if limits else None, 1)
-    if limits is not None and limits.train_usd_per_1m is not None:
-        price, source = limits.train_usd_per_1m, f"{target} training price for {model}"
-    else:
-        price, source = DEFAULT_TRAIN_USD_PER_1M, f"assumed (no {target} training price for {model})"
-    return FineTuneEstimate(per_epoch, epochs, price, source, per_epoch * epochs * price / 1_000_000)
-
-
-def ft_price_factor(model: str) -> float:
-    name = model.split(":")[1] if model.startswith("ft:") else model
-    matches = [k for k in FT_PRICE_FACTORS if name == k or name.startswith(k + "-")]
-    return FT_PRICE_FACTORS[max(matches, key=len)] if matches else DEFAULT_FT_PRICE_FACTOR
 
 
 # ---- the run --------------------------------------------------------------------------------
