@@ -16,6 +16,10 @@ from click.testing import CliRunner
 from fakeserver import FakeServer
 
 from promptbake.cli.main import cli
+from promptbake.errors import InputError
+from promptbake.output.training_cost import finetune_estimate
+from promptbake.spec.templates import Templates
+from promptbake.teacher.tokens import count_tokens
 from promptbake.workflows.distill import (
     TRACE_CHARS,
     answer_checks,
@@ -23,10 +27,6 @@ from promptbake.workflows.distill import (
     distill_spec,
     prompt_examples,
 )
-from promptbake.output.training_cost import finetune_estimate
-from promptbake.errors import InputError
-from promptbake.spec.templates import Templates
-from promptbake.teacher.tokens import count_tokens
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"
@@ -426,8 +426,8 @@ def test_sample_inputs_are_realistic_and_the_prompt_long_enough():
 
 @pytest.mark.local_model
 def test_tiny_distillation_on_the_local_teacher(tmp_path):
-    from promptbake.teacher import local
     from promptbake.errors import TeacherError
+    from promptbake.teacher import local
 
     try:
         local.check_server_installed()

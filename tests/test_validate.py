@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from promptbake.teacher import tokens
 from promptbake.cli.main import cli
 from promptbake.errors import DataFileError
 from promptbake.output.formats import FORMATS
-from promptbake.records import Example
 from promptbake.output.targets import TARGETS
 from promptbake.output.training_cost import billed_tokens, default_epochs
 from promptbake.output.validate import TokenStats, suggest_hyperparameters, validate_file
+from promptbake.records import Example
+from promptbake.teacher import tokens
 
 GOOD = {
     "messages": [

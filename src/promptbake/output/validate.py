@@ -23,10 +23,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from promptbake.teacher import tokens
 from promptbake.errors import DataFileError
 from promptbake.output.targets import Target, get_target
 from promptbake.output.training_cost import billed_tokens, default_epochs
+from promptbake.teacher import tokens
 
 HYPERPARAMETER_RULE = (
     "batch size ~0.2% of the examples, between 1 and 256; learning-rate multiplier 0.05 up to "
