@@ -1,14 +1,12 @@
-"""Evals: run a model on a test split through the teacher pool and score every answer."""
+"""Evals: run a model on a test split through the teacher pool and score every answer.
 
-from promptbake.workflows.evaluate.runner import (
-    EvalReport,
-    Scoring,
-    evaluate,
-    judge_config,
-    load_test,
-    parse_sweeps,
-    run_eval,
-    summarise,
-)
+``testset.py`` reads the split and the sweep grid, ``scoring.py`` scores answers (checks, judge),
+``summary.py`` makes the per-category table, ``runner.py`` plans, sends and resumes the calls.
+"""
+
+from promptbake.workflows.evaluate.runner import EvalReport, evaluate, run_eval
+from promptbake.workflows.evaluate.scoring import Scoring, judge_config
+from promptbake.workflows.evaluate.summary import summarise
+from promptbake.workflows.evaluate.testset import load_test, parse_sweeps
 
 __all__ = ["EvalReport", "Scoring", "evaluate", "judge_config", "load_test", "parse_sweeps", "run_eval", "summarise"]
