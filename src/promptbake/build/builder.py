@@ -14,15 +14,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from promptbake.output.atomic import ensure_dir, write_jsonl_atomic, write_text_atomic
 from promptbake.build.balance import balance
 from promptbake.build.dedupe import dedupe
 from promptbake.build.examples import ExampleRenderer, passing
-from promptbake.plan.expand import Expander
+from promptbake.build.split import split
+from promptbake.output.atomic import ensure_dir, write_jsonl_atomic, write_text_atomic
 from promptbake.output.formats import WriteReport, write_split
+from promptbake.plan.expand import Expander
 from promptbake.records import Example
 from promptbake.spec.models import Spec
-from promptbake.build.split import split
 from promptbake.store.db import Store
 
 CANONICAL = "openai-chat"  # DIR/train.jsonl and DIR/test.jsonl; other formats go to DIR/<format>/

@@ -14,8 +14,8 @@ from promptbake.ids import stable_hash
 from promptbake.plan.planner import MessageRenderer
 from promptbake.records import Example
 from promptbake.spec.models import Spec
-from promptbake.store.db import Store
 from promptbake.spec.templates import Templates
+from promptbake.store.db import Store
 
 
 class ExampleRenderer:

@@ -9,12 +9,15 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from promptbake import __version__
+from promptbake import __version__, api
 from promptbake.errors import PromptbakeError
+
+if TYPE_CHECKING:
+    from promptbake.teacher.config import Teacher
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -68,20 +71,14 @@ def teacher_options(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from promptbake.teacher.config import TeacherOverrides
+        from promptbake.teacher.config import Teacher
 
-        keys = ["teacher_kind", "base_url", "model", "api_key_env", "rpm", "tpm", "concurrency",
-                "max_attempts", "timeout"]
-        kwargs["overrides"] = TeacherOverrides(**{k: kwargs.pop(k) for k in keys})
+        keys = ["base_url", "model", "api_key_env", "rpm", "tpm", "concurrency", "max_attempts", "timeout"]
+        kind = kwargs.pop("teacher_kind")
+        kwargs["teacher"] = Teacher(kind=kind, **{k: kwargs.pop(k) for k in keys})
         return fn(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
-
-
-def _load(spec_path: str) -> Any:
-    from promptbake.spec.models import load_spec
-
-    return load_spec(spec_path)
 
 
 @cli.command()
@@ -91,28 +88,12 @@ def _load(spec_path: str) -> Any:
 @click.option("--model", default=None, help="Model to price the dry run for (default: the spec's).")
 def expand(spec_path: str, output: str | None, dry_run: bool, model: str | None) -> None:
     """Expand SPEC's grid into first-step requests with stable ids."""
-    from promptbake.plan.estimate import estimate
-    from promptbake.plan.expand import Expander
-    from promptbake.plan.planner import Planner
-    from promptbake.teacher.config import model_name
-
-    spec = _load(spec_path)
-    model = model or model_name(spec.teacher)
     if dry_run:
-        click.echo(estimate(spec, model, spec.teacher.kind).format())
+        click.echo(api.estimate(spec_path, model).format())
         return
     if output is None:
         raise click.UsageError("give -o FILE, or --dry-run")
-    from promptbake.output.atomic import write_jsonl_atomic
-
-    expander = Expander(spec)
-    planner = Planner(spec, expander.templates, model, spec.teacher.kind)
-    rows = (
-        {"id": r.id, "step": r.step, "cell": r.vars, "category": r.category, "cache_key": r.cache_key,
-         "body": r.body}
-        for r in planner.first_step(expander.cells(), 0)
-    )
-    count = write_jsonl_atomic(output, rows)
+    count = api.expand(spec_path, output, model)
     click.echo(f"wrote {count} requests to {output}", err=True)
 
 
@@ -151,14 +132,10 @@ def _print_generate(report: Any) -> None:
 @_generate_options
 @teacher_options
 def generate(spec_path: str, store_path: str, no_cache: bool, max_cost: float | None, quiet: bool,
-             overrides: Any) -> None:
+             teacher: Teacher) -> None:
     """Run SPEC's steps against the teacher into the store (re-run to resume)."""
-    from promptbake.teacher.generate import GenerateOptions
-    from promptbake.workflows.pipeline import generate as run_generate
-
-    spec = _load(spec_path)
-    report = run_generate(spec, store_path, overrides,
-                          GenerateOptions(no_cache=no_cache, max_cost=max_cost, progress=not quiet))
+    report = api.generate(spec_path, store_path, teacher=teacher, max_cost=max_cost, no_cache=no_cache,
+                          progress=not quiet)
     _print_generate(report)
 
 
@@ -174,9 +151,8 @@ def validate(file: str, model: str | None, target: str, as_json: bool) -> None:
     import json
 
     from promptbake.errors import ValidationFailed
-    from promptbake.output.validate import validate_file
 
-    report = validate_file(file, model=model, target=target)
+    report = api.validate(file, model=model, target=target)
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.format())
     if not report.ok:
         raise ValidationFailed(f"{file}: {report.error_count()} format errors ({', '.join(sorted(report.errors))})")
@@ -191,9 +167,7 @@ def validate(file: str, model: str | None, target: str, as_json: bool) -> None:
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="Directory to write into.")
 def export_command(directory: str, formats: tuple[str, ...], out: str) -> None:
     """Re-export a built dataset DIR (train/test/metadata) for other trainers."""
-    from promptbake.output.export import export
-
-    for report in export(directory, formats, out):
+    for report in api.export(directory, formats, out):
         click.echo(report.summary(), err=True)
 
 
@@ -219,17 +193,12 @@ def _print_build(report: Any) -> None:
 @_build_options
 @teacher_options
 def run(spec_path: str, out_dir: str, store_path: str | None, no_cache: bool, max_cost: float | None, quiet: bool,
-        formats: tuple[str, ...], seed: int | None, overrides: Any) -> None:
+        formats: tuple[str, ...], seed: int | None, teacher: Teacher) -> None:
     """expand → generate → build: SPEC in, train/test JSONL out (re-run to resume)."""
-    from promptbake.teacher.generate import GenerateOptions
-    from promptbake.workflows.pipeline import run as run_pipeline
-
-    spec = _load(spec_path)
-    report = run_pipeline(spec, out_dir, store_path, overrides,
-                          GenerateOptions(no_cache=no_cache, max_cost=max_cost, progress=not quiet),
-                          formats=list(formats) or None, seed=seed)
-    _print_generate(report)
-    _print_build(report.build)
+    dataset = api.run(spec_path, out_dir, teacher=teacher, store=store_path, max_cost=max_cost, no_cache=no_cache,
+                      progress=not quiet, formats=formats, seed=seed)
+    _print_generate(dataset.report)
+    _print_build(dataset.report.build)
 
 
 @cli.command()
@@ -242,24 +211,8 @@ def run(spec_path: str, out_dir: str, store_path: str | None, no_cache: bool, ma
 def build(source: str, out_dir: str, store_path: str | None, spec_name: str | None, formats: tuple[str, ...],
           seed: int | None) -> None:
     """Turn stored answers into deduplicated, balanced, split fine-tuning files."""
-    from pathlib import Path
-
-    from promptbake.build.builder import build as run_build
-    from promptbake.workflows.pipeline import spec_from_store
-    from promptbake.store.db import Store
-
-    if Path(source).suffix in (".yaml", ".yml"):
-        spec = _load(source)
-        store_path = store_path or "promptbake.db"
-    else:
-        spec, store_path = spec_from_store(source, spec_name), source
-    if not Path(store_path).exists():
-        from promptbake.errors import StoreError
-
-        raise StoreError(f"{store_path}: no such store; run `promptbake generate` first")
-    with Store(store_path, lock=False) as store:
-        report = run_build(spec, store, out_dir, formats=list(formats) or None, seed=seed)
-    _print_build(report)
+    dataset = api.build(source, out_dir, store=store_path, spec_name=spec_name, formats=formats, seed=seed)
+    _print_build(dataset.report)
 
 
 @cli.group()
@@ -326,29 +279,16 @@ def eval_command(data: str, out: str, spec_path: str | None, metadata: str | Non
                  sweeps: tuple[str, ...], check_json: bool | None, check_schema: str | None, check_regex: str | None,
                  max_length: int | None, exact: bool | None, criteria: str | None, pass_score: int | None,
                  judge_model: str | None, judge_base_url: str | None, no_cache: bool, max_cost: float | None,
-                 quiet: bool, overrides: Any) -> None:
+                 quiet: bool, teacher: Teacher) -> None:
     """Run a model (--model, --base-url) on a test split and score it per category."""
-    import json
-    from pathlib import Path
+    from promptbake.teacher.config import Teacher
 
-    from promptbake.errors import DataFileError
-    from promptbake.workflows.evaluate import Scoring, judge_config, run_eval
-    from promptbake.spec.models import TeacherConfig
-    from promptbake.teacher.config import merge
-
-    spec = _load(spec_path) if spec_path else None
-    schema = None
-    if check_schema:
-        try:
-            schema = json.loads(Path(check_schema).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise DataFileError(f"{check_schema}: cannot read a JSON schema ({exc})") from None
-    flags = {"json": check_json, "schema": schema, "regex": check_regex, "max_length": max_length, "exact": exact}
-    scoring = Scoring.build(spec, flags, criteria, pass_score)
-    judge = judge_config(spec, judge_model, judge_base_url) if scoring.criteria else None
-    report = run_eval(data, out, merge(TeacherConfig(), overrides), metadata=metadata, scoring=scoring,
-                      sweeps=sweeps, judge=judge, store_path=store_path, no_cache=no_cache, max_cost=max_cost,
-                      progress=not quiet)
+    checks = {"json": check_json, "schema": check_schema, "regex": check_regex, "max_length": max_length,
+              "exact": exact}
+    report = api.evaluate(data, out, teacher=teacher, spec=spec_path, metadata=metadata, checks=checks,
+                          criteria=criteria, pass_score=pass_score,
+                          judge=Teacher(model=judge_model, base_url=judge_base_url), sweep=sweeps, store=store_path,
+                          max_cost=max_cost, no_cache=no_cache, progress=not quiet)
     click.echo(report.format(), err=True)
 
 
@@ -370,15 +310,12 @@ def eval_command(data: str, out: str, spec_path: str | None, metadata: str | Non
 @teacher_options
 def topup(spec_path: str, eval_path: str, dataset: str, threshold: float | None, bottom: int | None, metric: str,
           per_category: int, store_path: str | None, no_cache: bool, max_cost: float | None, quiet: bool,
-          overrides: Any) -> None:
+          teacher: Teacher) -> None:
     """Generate more examples for SPEC's weakest categories into DIR/train.vN.jsonl (test unchanged)."""
-    from promptbake.teacher.generate import GenerateOptions
-    from promptbake.workflows.topup import topup as run_topup
-
-    report = run_topup(_load(spec_path), eval_path, dataset, per_category=per_category, threshold=threshold,
-                       bottom=bottom, metric=metric, store_path=store_path, overrides=overrides,
-                       options=GenerateOptions(no_cache=no_cache, max_cost=max_cost, progress=not quiet))
-    click.echo(report.format(), err=True)
+    result = api.topup(spec_path, eval_path, dataset, per_category=per_category, threshold=threshold, bottom=bottom,
+                       metric=metric, teacher=teacher, store=store_path, max_cost=max_cost, no_cache=no_cache,
+                       progress=not quiet)
+    click.echo(result.report.format(), err=True)
 
 
 @cli.command()
@@ -420,22 +357,19 @@ def distill(prompt_path: str, inputs_path: str | None, generate_inputs: int | No
             check_schema: str | None, check_regex: str | None, max_length: int | None, structured: bool,
             max_tokens: int | None, temperature: float | None, name: str | None, price_model: str | None,
             ft_price_factor: float | None, epochs: int | None, no_cache: bool, max_cost: float | None, quiet: bool,
-            formats: tuple[str, ...], seed: int | None, overrides: Any) -> None:
+            formats: tuple[str, ...], seed: int | None, teacher: Teacher) -> None:
     """Bake a long --prompt into examples: inputs answered under it, kept without it (re-run to resume)."""
-    from promptbake.workflows import distill as distillation
-    from promptbake.teacher.generate import GenerateOptions
+    from promptbake.workflows.distill import parse_axis
 
-    spec = distillation.distill_spec(
-        prompt_path, inputs_path, baked_system=baked_system,
-        checks=distillation.answer_checks(check_schema, check_regex, max_length),
-        generate_inputs=generate_inputs, describe=describe, axes=dict(map(distillation.parse_axis, axes)),
-        input_field=input_field, name=name, max_tokens=max_tokens, temperature=temperature, structured=structured,
+    dataset = api.distill(
+        prompt_path, inputs_path, out_dir, teacher=teacher, generate_inputs=generate_inputs, describe=describe,
+        axes=dict(map(parse_axis, axes)), input_field=input_field, baked_system=baked_system,
+        check_schema=check_schema, check_regex=check_regex, max_length=max_length, structured=structured,
+        max_tokens=max_tokens, temperature=temperature, name=name, price_model=price_model,
+        ft_price_factor=ft_price_factor, epochs=epochs, store=store_path, max_cost=max_cost, no_cache=no_cache,
+        progress=not quiet, formats=formats, seed=seed,
     )
-    result = distillation.distill(
-        spec, out_dir, store_path, overrides,
-        GenerateOptions(no_cache=no_cache, max_cost=max_cost, progress=not quiet),
-        formats=list(formats) or None, seed=seed, price_model=price_model, ft_factor=ft_price_factor, epochs=epochs,
-    )
+    result = dataset.report
     _print_generate(result.run)
     _print_build(result.run.build)
     click.echo(result.format(), err=True)

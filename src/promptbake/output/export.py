@@ -94,16 +94,33 @@ def export(
     *,
     config: OutputConfig | None = None,
 ) -> list[WriteReport]:
+    """Write each format's splits of the built dataset ``source`` under ``out/<format>/``; returns
+    one report per file written (see ``export_examples``)."""
+    _check_formats(formats)  # unknown names fail before anything is read
+    return export_examples(read_dataset(source), formats, out, config=config)
+
+
+def _check_formats(formats: Iterable[str]) -> list[str]:
+    names = list(dict.fromkeys(formats))
+    for name in names:
+        if name != HF:
+            get_format(name)
+    return names
+
+
+def export_examples(
+    data: dict[str, list[Example]],
+    formats: Iterable[str],
+    out: str | Path,
+    *,
+    config: OutputConfig | None = None,
+) -> list[WriteReport]:
     """Write each format's splits under ``out/<format>/``; returns one report per file written.
 
     A format that refuses every example of a split raises ``FormatRefused`` before writing it
     (an empty training file is never what anyone wants); partial refusals are in the reports.
     """
-    formats = list(dict.fromkeys(formats))
-    for name in formats:
-        if name != HF:
-            get_format(name)  # unknown names fail before anything is written
-    data = read_dataset(source)
+    formats = _check_formats(formats)  # unknown names fail before anything is written
     out = Path(out)
     reports: list[WriteReport] = []
     for name in formats:
@@ -183,14 +200,28 @@ def hf_row(example: Example) -> dict[str, Any]:
     }
 
 
-def export_hf(data: dict[str, list[Example]], out: str | Path) -> list[WriteReport]:
-    """Parquet per split plus a ``save_to_disk`` folder; each written atomically (temp + rename)."""
+def _datasets() -> Any:
     try:
         import datasets
     except ImportError:
         raise OutputError(
             "the hf export needs the optional dependencies: pip install 'promptbake[hf]' (datasets, pyarrow)"
         ) from None
+    return datasets
+
+
+def hf_dataset_dict(data: dict[str, list[Example]]) -> Any:
+    """The splits as a ``datasets.DatasetDict`` in the fixed ``hf`` schema (``Dataset.to_hf``)."""
+    datasets = _datasets()
+    features = _features()
+    return datasets.DatasetDict(
+        {s: datasets.Dataset.from_list([hf_row(e) for e in ex], features=features) for s, ex in data.items()}
+    )
+
+
+def export_hf(data: dict[str, list[Example]], out: str | Path) -> list[WriteReport]:
+    """Parquet per split plus a ``save_to_disk`` folder; each written atomically (temp + rename)."""
+    datasets = _datasets()
     out = Path(out)
     ensure_dir(out)
     # datasets draws its own progress bars on stderr; our CLI reports one line per file instead.
@@ -224,16 +255,13 @@ def _replacing(final: Path) -> Iterator[Path]:
 
 
 def _write_hf(data: dict[str, list[Example]], out: Path) -> list[WriteReport]:
-    import datasets
-
-    features = _features()
-    splits = {s: datasets.Dataset.from_list([hf_row(e) for e in ex], features=features) for s, ex in data.items()}
+    splits = hf_dataset_dict(data)
     reports = []
     for split, ds in splits.items():
         with _replacing(out / f"{split}.parquet") as tmp:
             ds.to_parquet(str(tmp))
         reports.append(WriteReport(out / f"{split}.parquet", HF, len(ds)))
     with _replacing(out / "dataset") as tmp:
-        datasets.DatasetDict(splits).save_to_disk(str(tmp))
+        splits.save_to_disk(str(tmp))
     reports.append(WriteReport(out / "dataset", HF, sum(len(ds) for ds in splits.values())))
     return reports

@@ -7,11 +7,14 @@ gets ``metadata.v2.jsonl``. Eval, top-up and ``Dataset`` read the split's lines 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from promptbake.errors import DataFileError
+from promptbake.output.atomic import json_line
 from promptbake.output.jsonl import read_jsonl
+from promptbake.records import Example
 
 
 def default_metadata(data: Path) -> Path | None:
@@ -38,3 +41,31 @@ def split_metadata(data: Path, count: int, metadata: str | Path | None = None) -
             "pass the matching --metadata"
         )
     return rows
+
+
+@dataclass
+class Split:
+    """A split as read: its lines (canonical JSON, as build writes them), examples and metadata."""
+
+    lines: list[str]
+    examples: list[Example]
+    metadata: list[dict[str, Any]]
+
+
+def read_split(path: Path, name: str) -> Split:
+    """A built split file with its sidecar lines; without a sidecar, ids are ``name:line``."""
+    lines, examples = [], []
+    raw = list(read_jsonl(path, f"{name} split"))
+    metas = split_metadata(path, len(raw)) or [{} for _ in raw]
+    for (number, row), meta in zip(raw, metas, strict=True):
+        messages = row.get("messages")
+        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+            raise DataFileError(f"{path}:{number}: no 'messages' list (splits are openai-chat files)")
+        meta.setdefault("id", f"{name}:{number}")
+        meta.setdefault("category", "")
+        meta["split"] = name
+        lines.append(json_line(row))
+        examples.append(Example(id=str(meta["id"]), category=str(meta["category"]), cell=meta.get("cell") or {},
+                                messages=messages, tools=row.get("tools"), rejected=meta.get("rejected"),
+                                provenance=meta.get("provenance") or {}))
+    return Split(lines, examples, metas)

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 from promptbake.plan.expand import Expander
 from promptbake.plan.planner import DEFAULT_RESERVE, Planner
-from promptbake.teacher.pricing import PriceTable
 from promptbake.spec.models import Spec
+from promptbake.teacher.pricing import PriceTable
 from promptbake.teacher.tokens import encoding_note
 
 SAMPLE = 1000

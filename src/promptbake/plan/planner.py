@@ -17,8 +17,8 @@ from promptbake.errors import TemplateError
 from promptbake.ids import stable_hash
 from promptbake.plan.expand import Cell
 from promptbake.spec.models import MessageTemplate, Spec, Step
-from promptbake.store.db import PlannedRequest, StoredRequest
 from promptbake.spec.templates import Templates
+from promptbake.store.db import PlannedRequest, StoredRequest
 from promptbake.teacher.tokens import count_messages
 
 DEFAULT_RESERVE = 512  # completion tokens reserved for TPM when a step sets no max_tokens

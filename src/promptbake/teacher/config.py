@@ -1,4 +1,5 @@
-"""Which teacher a command talks to: spec settings, then CLI flags, then the environment.
+"""Which teacher a command talks to: spec settings, then ``Teacher`` (the API's argument, the CLI's
+flags), then the environment.
 
 Remote teachers follow the openai SDK's conventions (``OPENAI_API_KEY``, ``OPENAI_BASE_URL``); the
 local one is llama.cpp's server started for the duration of the job. Both end up as the same
@@ -9,22 +10,32 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Literal
 
-from promptbake.teacher.client import Endpoint
+from pydantic import ValidationError
+
 from promptbake.errors import InputError
-from promptbake.spec.models import TeacherConfig
+from promptbake.spec.models import Prices, TeacherConfig
+from promptbake.teacher.client import Endpoint
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 LOCAL_MODEL = "smollm2"
 
 
-@dataclass(frozen=True)
-class TeacherOverrides:
-    """CLI flags (``teacher_options``); None means "use the spec's value"."""
+@dataclass(frozen=True, kw_only=True)
+class Teacher:
+    """The teacher to use, laid over a spec's ``teacher:`` section: the same fields as that
+    section and the CLI's teacher flags, where None keeps the spec's value.
 
-    teacher_kind: str | None = None
+    ``Teacher(base_url="http://localhost:8000/v1", model="Qwen/Qwen3-8B")`` is any
+    OpenAI-compatible server; ``Teacher(kind="local")`` the embedded SmolLM2 on llama.cpp. The API
+    key is read from the environment variable ``api_key_env`` (default ``OPENAI_API_KEY``), never
+    passed as a value, so it cannot end up in a notebook, a store or a manifest.
+    """
+
+    kind: Literal["remote", "local"] | None = None
     base_url: str | None = None
     model: str | None = None
     api_key_env: str | None = None
@@ -33,26 +44,25 @@ class TeacherOverrides:
     concurrency: int | None = None
     max_attempts: int | None = None
     timeout: float | None = None
+    structured_output: Literal["auto", "json_schema", "json_object", "none"] | None = None
+    prices: Mapping[str, Prices | Mapping[str, float]] | None = None
 
 
-def merge(config: TeacherConfig, overrides: TeacherOverrides) -> TeacherConfig:
-    """The spec's teacher section with the flags that were given laid over it."""
-    changes = {
-        "kind": overrides.teacher_kind,
-        "base_url": overrides.base_url,
-        "model": overrides.model,
-        "api_key_env": overrides.api_key_env,
-        "rpm": overrides.rpm,
-        "tpm": overrides.tpm,
-        "concurrency": overrides.concurrency,
-        "max_attempts": overrides.max_attempts,
-        "timeout": overrides.timeout,
-    }
+def merge(config: TeacherConfig, teacher: Teacher | None) -> TeacherConfig:
+    """The spec's teacher section with the fields ``teacher`` sets laid over it."""
+    if teacher is None:
+        return config
     data = config.model_dump()
-    data.update({k: v for k, v in changes.items() if v is not None})
-    if overrides.teacher_kind == "local" and overrides.model is None:
+    data.update({f.name: getattr(teacher, f.name) for f in fields(teacher) if getattr(teacher, f.name) is not None})
+    if teacher.prices is not None:
+        data["prices"] = {**data["prices"], **teacher.prices}  # one model's price, not the whole table
+    if teacher.kind == "local" and teacher.model is None:
         data["model"] = None  # the spec's remote model name means nothing to the local server
-    return TeacherConfig.model_validate(data)
+    try:
+        return TeacherConfig.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise InputError(f"teacher.{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
 
 
 def model_name(config: TeacherConfig) -> str:

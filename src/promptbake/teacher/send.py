@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from promptbake.spec.models import TeacherConfig
 from promptbake.store.db import AttemptRow, ResultRow, Store
@@ -26,12 +27,13 @@ class StepJob(Job):
 
 
 class Progress:
-    """tqdm on stderr: done/total, req/s, tok/s, spend and errors; off when not a TTY."""
+    """tqdm: done/total, req/s, tok/s, spend and errors. On stderr in a terminal (off when it is not
+    a TTY); ``tqdm.auto`` draws a widget in a Jupyter notebook, whose stderr is never a TTY."""
 
     def __init__(self, enabled: bool, total: int, label: str) -> None:
-        self.bar = None
-        if enabled and sys.stderr.isatty():
-            from tqdm import tqdm
+        self.bar: Any = None
+        if enabled and (sys.stderr.isatty() or "ipykernel" in sys.modules):
+            from tqdm.auto import tqdm
 
             self.bar = tqdm(total=total, desc=label, unit="req", file=sys.stderr, dynamic_ncols=True)
         self.start = time.monotonic()

@@ -1,9 +1,10 @@
-"""The library entry points: ``generate`` and ``run`` (expand → generate → build), as the CLI
-uses them. Async stays inside; these are synchronous so scripts and notebooks can call them."""
+"""The pipeline: ``generate`` (rounds into the store) and ``run`` (expand → generate → build).
+
+Each is a coroutine (``*_async``, for callers inside an event loop) with a blocking twin that is
+safe in a notebook cell (``workflows.sync``); ``promptbake.run`` and the CLI sit on top."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,11 +13,12 @@ from typing import Any
 import yaml
 
 from promptbake.plan.expand import Expander
-from promptbake.teacher.generate import GenerateOptions, GenerateReport, Generation
 from promptbake.records import Example
 from promptbake.spec.models import Spec
 from promptbake.store.db import Store
-from promptbake.teacher.config import TeacherOverrides, merge, open_teacher
+from promptbake.teacher.config import Teacher, merge, open_teacher
+from promptbake.teacher.generate import GenerateOptions, GenerateReport, Generation
+from promptbake.workflows.sync import synchronous
 
 
 @dataclass
@@ -50,10 +52,10 @@ def shortfall(spec: Spec, expander: Expander, store: Store) -> dict[str, int]:
     return {c.key: c.count - have.get(c.key, 0) for c in expander.cells() if have.get(c.key, 0) < c.count}
 
 
-def generate(
+async def generate_async(
     spec: Spec,
     store_path: str | Path,
-    overrides: TeacherOverrides | None = None,
+    teacher: Teacher | None = None,
     options: GenerateOptions | None = None,
     *,
     topup: bool = False,
@@ -62,7 +64,7 @@ def generate(
     """Run every round the store already knows of (resuming), then, with ``topup``, more rounds
     for cells that dedupe or parse failures left short, up to ``spec.max_rounds``."""
     options = options or GenerateOptions()
-    config = merge(spec.teacher, overrides or TeacherOverrides())
+    config = merge(spec.teacher, teacher)
     expander = Expander(spec)
     with Store(store_path) as store, open_teacher(config) as (endpoint, config):
         run_id = store.start_run(spec.name, spec.spec_hash(), command)
@@ -74,7 +76,7 @@ def generate(
         try:
             rounds = sorted({0, *store.rounds(spec.name)})
             for round_ in rounds:
-                asyncio.run(generation.run_round(round_))
+                await generation.run_round(round_)
             round_ = rounds[-1]
             while topup and round_ < spec.max_rounds:
                 missing = shortfall(spec, expander, store)
@@ -83,7 +85,7 @@ def generate(
                     break
                 round_ += 1
                 store.set_wants(spec.name, round_, missing)
-                asyncio.run(generation.run_round(round_))
+                await generation.run_round(round_)
             status = "done"
         finally:
             report.totals = store.totals(spec.name)
@@ -91,11 +93,14 @@ def generate(
     return report
 
 
-def run(
+generate = synchronous(generate_async)
+
+
+async def run_async(
     spec: Spec,
     out_dir: str | Path,
     store_path: str | Path | None = None,
-    overrides: TeacherOverrides | None = None,
+    teacher: Teacher | None = None,
     options: GenerateOptions | None = None,
     *,
     formats: list[str] | None = None,
@@ -108,10 +113,13 @@ def run(
     from promptbake.build.builder import build
 
     store_path = store_path or Path(out_dir) / "promptbake.db"
-    report = generate(spec, store_path, overrides, options, topup=True, command=command)
+    report = await generate_async(spec, store_path, teacher, options, topup=True, command=command)
     with Store(store_path) as store:
         report.build = build(spec, store, out_dir, formats=formats, seed=seed, existing=existing)
     return report
+
+
+run = synchronous(run_async)
 
 
 def spec_text(spec: Spec) -> str:

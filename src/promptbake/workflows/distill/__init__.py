@@ -6,7 +6,7 @@ few-shot examples out of the data, ``breakeven.py`` prices the result, ``run.py`
 
 from promptbake.workflows.distill.breakeven import BreakEven, break_even
 from promptbake.workflows.distill.leaks import TRACE_CHARS, PromptExample, prompt_examples
-from promptbake.workflows.distill.run import DistillResult, distill
+from promptbake.workflows.distill.run import DistillResult, distill, distill_async
 from promptbake.workflows.distill.spec import answer_checks, distill_spec, parse_axis
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "answer_checks",
     "break_even",
     "distill",
+    "distill_async",
     "distill_spec",
     "parse_axis",
     "prompt_examples",

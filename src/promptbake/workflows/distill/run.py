@@ -17,7 +17,7 @@ from promptbake.errors import InputError
 from promptbake.output.atomic import write_text_atomic
 from promptbake.plan.expand import Expander
 from promptbake.spec.models import MessageTemplate, Spec
-from promptbake.teacher.config import TeacherOverrides, merge, model_name
+from promptbake.teacher.config import Teacher, merge, model_name
 from promptbake.teacher.generate import GenerateOptions
 from promptbake.teacher.pricing import PriceTable
 from promptbake.teacher.tokens import encoding_note
@@ -31,7 +31,8 @@ from promptbake.workflows.distill.leaks import (
     quotes_prompt,
 )
 from promptbake.workflows.pipeline import RunReport
-from promptbake.workflows.pipeline import run as run_pipeline
+from promptbake.workflows.pipeline import run_async as run_pipeline
+from promptbake.workflows.sync import synchronous
 
 
 @dataclass
@@ -101,11 +102,11 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def distill(
+async def distill_async(
     spec: Spec,
     out_dir: str | Path,
     store_path: str | Path | None = None,
-    overrides: TeacherOverrides | None = None,
+    teacher: Teacher | None = None,
     options: GenerateOptions | None = None,
     *,
     formats: list[str] | None = None,
@@ -121,10 +122,10 @@ def distill(
     message, k = _long_prompt(spec)
     name, source, rendered = _render_prompts(spec, expander, message, k)
     examples = prompt_examples(source)
-    config = merge(spec.teacher, overrides or TeacherOverrides())
+    config = merge(spec.teacher, teacher)
     model = price_model or model_name(config)
 
-    report = run_pipeline(spec, out_dir, store_path, overrides, options, formats=formats, seed=seed,
+    report = await run_pipeline(spec, out_dir, store_path, teacher, options, formats=formats, seed=seed,
                           existing=leakage_guard(examples), command="distill")
     out = Path(out_dir)
     train, test = _read_rows(out / "train.jsonl"), _read_rows(out / "test.jsonl")
@@ -151,3 +152,6 @@ def distill(
     manifest["distill"] = summary
     write_text_atomic(out / "manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
     return DistillResult(report, summary)
+
+
+distill = synchronous(distill_async)

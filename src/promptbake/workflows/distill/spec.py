@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import re
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from promptbake.build.checks import Checks
+from promptbake.build.checks import Checks, read_schema
 from promptbake.errors import DataFileError, InputError
 from promptbake.plan.expand import load_table
 from promptbake.spec.models import IDENTIFIER, Spec
@@ -51,13 +50,7 @@ def answer_checks(schema_file: str | Path | None = None, regex: str | None = Non
     """``--check-schema`` / ``--check-regex`` / ``--max-length`` as the example's ``checks``."""
     data: dict[str, Any] = {}
     if schema_file is not None:
-        path = Path(schema_file)
-        try:
-            data["schema"] = json.loads(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise DataFileError(f"{path}: cannot read the JSON schema: {exc.strerror}") from exc
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise DataFileError(f"{path}: the JSON schema is not valid JSON: {exc}") from exc
+        data["schema"] = read_schema(schema_file)
     if regex is not None:
         data["regex"] = regex
     if max_length is not None:

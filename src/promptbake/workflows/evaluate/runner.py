@@ -13,8 +13,7 @@ table reports length and format statistics per category.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,7 @@ from promptbake.workflows.evaluate.scoring import (
 )
 from promptbake.workflows.evaluate.summary import Group, best_settings, format_table, summarise
 from promptbake.workflows.evaluate.testset import TestItem, load_test, parse_sweeps
+from promptbake.workflows.sync import synchronous
 
 DEFAULT_RESERVE = 512  # completion tokens TPM reserves per answer when max_tokens is not set
 
@@ -93,8 +93,8 @@ class _Calls:
             est_tokens=count_messages(body["messages"], model) + reserve,
         )
 
-    def run(self, planned: list[PlannedRequest], check: Callable[[ChatResult], Any],
-            label: str) -> tuple[dict[str, Any], dict[str, str]]:
+    async def run(self, planned: list[PlannedRequest], check: Callable[[ChatResult], Any],
+                  label: str) -> tuple[dict[str, Any], dict[str, str]]:
         """(request id → stored outputs, request id → error) for ``planned``."""
         self.store.insert_requests(planned)
         if self.options.no_cache:
@@ -107,7 +107,7 @@ class _Calls:
                 for r in self.store.pending(self.namespace, 0) if r.id in wanted]
         if jobs:
             with open_teacher(self.config) as (endpoint, config):
-                stats = asyncio.run(self._send(jobs, endpoint, config, label))
+                stats = await self._send(jobs, endpoint, config, label)
             self.usage.add(stats)
             if stats.stopped_for_budget:
                 raise BudgetExceeded(
@@ -154,9 +154,9 @@ class EvalReport:
         return "\n".join(lines)
 
 
-def evaluate(items: list[TestItem], model: TeacherConfig, options: EvalOptions, *, scoring: Scoring | None = None,
-             grid: list[dict[str, Any]] | None = None, judge: TeacherConfig | None = None,
-             usage: Usage | None = None) -> list[dict[str, Any]]:
+async def evaluate_async(items: list[TestItem], model: TeacherConfig, options: EvalOptions, *,
+                         scoring: Scoring | None = None, grid: list[dict[str, Any]] | None = None,
+                         judge: TeacherConfig | None = None, usage: Usage | None = None) -> list[dict[str, Any]]:
     """Answer every (item, setting) with ``model``, judge the answers if there is a rubric, and
     return one scored row each, in item then setting order; ``usage`` accumulates requests and spend."""
     scoring = scoring or Scoring()
@@ -175,7 +175,7 @@ def evaluate(items: list[TestItem], model: TeacherConfig, options: EvalOptions, 
                     body["tools"] = item.tools
                 planned.append(calls.plan(item.id, f"{i:09d}.{j:04d}", item.category, body, "eval",
                                           {"id": item.id, "settings": settings}))
-        answers, errors = calls.run(planned, answer_outputs, f"eval {name}")
+        answers, errors = await calls.run(planned, answer_outputs, f"eval {name}")
         verdicts: dict[str, Any] = {}
         judge_errors: dict[str, str] = {}
         judged: dict[str, str] = {}  # answer request id → judge request id
@@ -195,7 +195,7 @@ def evaluate(items: list[TestItem], model: TeacherConfig, options: EvalOptions, 
                     jr = judges.plan(request.id, request.ord, request.category, body, "judge", {"answer": request.id})
                     judged[request.id] = jr.id
                     judge_planned.append(jr)
-            verdicts, judge_errors = judges.run(judge_planned, parse_verdict, f"judge {judge_name}")
+            verdicts, judge_errors = await judges.run(judge_planned, parse_verdict, f"judge {judge_name}")
     rows = []
     for k, request in enumerate(planned):
         item, settings = items[k // len(grid)], grid[k % len(grid)]
@@ -208,10 +208,15 @@ def evaluate(items: list[TestItem], model: TeacherConfig, options: EvalOptions, 
     return rows
 
 
-def run_eval(data: str | Path, out: str | Path, model: TeacherConfig, *, metadata: str | Path | None = None,
-             scoring: Scoring | None = None, sweeps: Sequence[str] = (), judge: TeacherConfig | None = None,
-             store_path: str | Path | None = None, no_cache: bool = False, max_cost: float | None = None,
-             progress: bool = True) -> EvalReport:
+evaluate = synchronous(evaluate_async)
+
+
+async def run_eval_async(data: str | Path, out: str | Path, model: TeacherConfig, *, metadata: str | Path | None = None,
+                         scoring: Scoring | None = None,
+                         sweeps: Sequence[str] | Mapping[str, Sequence[int | float]] = (),
+                         judge: TeacherConfig | None = None,
+                         store_path: str | Path | None = None, no_cache: bool = False,
+                         max_cost: float | None = None, progress: bool = True) -> EvalReport:
     """Load the test file, evaluate, write the per-example JSONL atomically; the library entry point
     behind ``promptbake eval``. The store defaults to OUT with a ``.db`` suffix, so re-running the
     same command resumes instead of paying again."""
@@ -223,7 +228,10 @@ def run_eval(data: str | Path, out: str | Path, model: TeacherConfig, *, metadat
     items = load_test(data, metadata)
     options = EvalOptions(store, no_cache=no_cache, max_cost=max_cost, progress=progress)
     usage = Usage()
-    rows = evaluate(items, model, options, scoring=scoring, grid=grid, judge=judge, usage=usage)
+    rows = await evaluate_async(items, model, options, scoring=scoring, grid=grid, judge=judge, usage=usage)
     ensure_dir(out.parent)
     write_jsonl_atomic(out, rows)
     return EvalReport(out, rows, summarise(rows), grid, usage)
+
+
+run_eval = synchronous(run_eval_async)

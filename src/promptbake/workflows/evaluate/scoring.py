@@ -13,7 +13,7 @@ from promptbake.build.checks import Checks
 from promptbake.errors import InputError
 from promptbake.spec.models import Spec, TeacherConfig
 from promptbake.teacher.client import ChatResult
-from promptbake.teacher.config import TeacherOverrides, merge
+from promptbake.teacher.config import Teacher, merge
 from promptbake.teacher.parse import parse_output
 from promptbake.workflows.evaluate.testset import TestItem
 
@@ -138,11 +138,10 @@ def parse_verdict(result: ChatResult) -> list[Any]:
     return parse_output(result.contents[0] if result.contents else "", "json", JUDGE_SCHEMA)
 
 
-def judge_config(spec: Spec | None, model: str | None, base_url: str | None) -> TeacherConfig:
-    """The judge: the spec's teacher (limits, key, prices) unless ``--judge-model``/``--judge-base-url``
-    say otherwise."""
-    config = merge(spec.teacher if spec is not None else TeacherConfig(),
-                   TeacherOverrides(model=model, base_url=base_url))
+def judge_config(spec: Spec | None, judge: Teacher | None) -> TeacherConfig:
+    """The judge: the spec's teacher (limits, key, prices) with what ``judge`` sets (``--judge-model``,
+    ``--judge-base-url``) laid over it."""
+    config = merge(spec.teacher if spec is not None else TeacherConfig(), judge)
     if config.kind == "remote" and config.model is None:
         raise InputError("a rubric needs a judge model: pass --judge-model (or --spec with teacher.model)")
     return config

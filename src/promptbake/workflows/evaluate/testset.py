@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,18 +71,26 @@ def _value(text: str, where: str) -> int | float:
         raise InputError(f"{where}: {text!r} is not a number") from None
 
 
-def parse_sweeps(sweeps: Sequence[str]) -> list[dict[str, Any]]:
-    """``["temperature=0,0.7", "top_p=1,0.9"]`` → the Cartesian grid of settings (``[{}]``: none)."""
+def _sweepable(name: str) -> str:
+    if name not in SWEEPABLE:
+        raise InputError(f"--sweep {name}: not a sweepable sampling parameter (use {', '.join(SWEEPABLE)})")
+    return name
+
+
+def parse_sweeps(sweeps: Sequence[str] | Mapping[str, Sequence[int | float]]) -> list[dict[str, Any]]:
+    """``["temperature=0,0.7", "top_p=1,0.9"]`` (the ``--sweep`` flags) or ``{"temperature": [0, 0.7],
+    "top_p": [1, 0.9]}`` → the Cartesian grid of settings (``[{}]``: none)."""
     axes: dict[str, list[int | float]] = {}
-    for text in sweeps:
-        name, sep, values = (part.strip() for part in text.partition("="))
-        if not sep or not values:
-            raise InputError(f"--sweep {text!r}: write NAME=V1,V2,...")
-        if name not in SWEEPABLE:
-            raise InputError(f"--sweep {name}: not a sweepable sampling parameter (use {', '.join(SWEEPABLE)})")
-        if name in axes:
-            raise InputError(f"--sweep {name} is given twice")
-        axes[name] = [_value(v.strip(), f"--sweep {name}") for v in values.split(",")]
+    if isinstance(sweeps, Mapping):
+        axes = {_sweepable(name): list(values) for name, values in sweeps.items()}
+    else:
+        for text in sweeps:
+            name, sep, values = (part.strip() for part in text.partition("="))
+            if not sep or not values:
+                raise InputError(f"--sweep {text!r}: write NAME=V1,V2,...")
+            if _sweepable(name) in axes:
+                raise InputError(f"--sweep {name} is given twice")
+            axes[name] = [_value(v.strip(), f"--sweep {name}") for v in values.split(",")]
     grid = [dict(zip(axes, combo, strict=True)) for combo in itertools.product(*axes.values())]
     for settings in grid:
         try:
