@@ -10,7 +10,9 @@ stays fast and pulls in neither pydantic nor aiohttp until a function needs them
 
 from __future__ import annotations
 
+import sys
 from importlib import import_module
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -88,3 +90,17 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(__all__)
+
+
+class _Package(ModuleType):
+    """Importing a subpackage binds it on its parent: ``import promptbake.build.builder`` would
+    replace the function ``promptbake.build`` with the stage package ``build/``. The API's names
+    win; the subpackages stay reachable through ``from promptbake.build import ...``."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in __all__ and isinstance(value, ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

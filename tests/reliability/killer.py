@@ -21,9 +21,9 @@ def _die() -> None:
 
 def arm(point: str) -> None:
     if point == "build":
-        import promptbake.build.builder
+        from promptbake.build import builder
 
-        promptbake.build.builder.build = lambda *a, **k: _die()  # type: ignore[assignment]
+        builder.build = lambda *a, **k: _die()  # type: ignore[assignment]
         return
     kind, _, n = point.partition(":")
     if kind != "replace":

@@ -243,6 +243,7 @@ class Spec(Strict):
         return self._path.parent if self._path else Path.cwd()
 
     def where(self) -> str:
+        """How errors name this spec: its file, or its name for a spec built in Python."""
         return str(self._path) if self._path else f"spec {self.name!r}"
 
     def spec_hash(self) -> str:
@@ -251,6 +252,7 @@ class Spec(Strict):
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     def resolve(self, relative: str) -> Path:
+        """A path the spec names (template, axis file, table), from the spec's folder."""
         path = Path(relative)
         return path if path.is_absolute() else self.base_dir / path
 

@@ -10,8 +10,9 @@ Ctrl-C does: the writer commits every answer already received before the call re
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
+import contextlib
 import functools
+import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar
 
@@ -25,25 +26,59 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
         asyncio.get_running_loop()
     except RuntimeError:
         return asyncio.run(coro)
-    tasks: list[asyncio.Task[T]] = []
-    loops: list[asyncio.AbstractEventLoop] = []
-
-    async def main() -> T:
-        task = asyncio.current_task()
-        assert task is not None
-        loops.append(asyncio.get_running_loop())
-        tasks.append(task)  # type: ignore[arg-type]
-        return await coro
-
-    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="promptbake") as worker:
-        future = worker.submit(asyncio.run, main())
-        try:
-            return future.result()
-        except KeyboardInterrupt:
-            if tasks:
-                loops[0].call_soon_threadsafe(tasks[0].cancel)
-            concurrent.futures.wait([future])  # the writer commits what already arrived
+    worker = _Worker(coro)
+    thread = threading.Thread(target=worker.run, name="promptbake", daemon=True)
+    try:
+        thread.start()
+        worker.done.wait()  # not Thread.join: an interrupted join can leave the thread looking finished
+    except KeyboardInterrupt:
+        if thread.ident is None:  # interrupted before the thread existed: nothing ran
+            coro.close()
             raise
+        worker.cancel()
+        worker.done.wait()  # the writer commits what already arrived; a second interrupt stops waiting
+        raise
+    if worker.error is not None:
+        raise worker.error
+    return worker.result  # type: ignore[return-value]
+
+
+class _Worker:
+    """A coroutine on a thread with its own loop, which another thread may cancel at any moment,
+    even before the loop has started."""
+
+    def __init__(self, coro: Coroutine[Any, Any, Any]) -> None:
+        self.coro = coro
+        self.lock = threading.Lock()
+        self.cancelled = False
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.task: asyncio.Task[Any] | None = None
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        try:
+            self.result = asyncio.run(self._main())
+        except BaseException as exc:  # handed to the waiting thread, which raises it
+            self.error = exc
+        finally:
+            self.done.set()
+
+    async def _main(self) -> Any:
+        with self.lock:
+            if self.cancelled:
+                self.coro.close()
+                raise asyncio.CancelledError
+            self.loop, self.task = asyncio.get_running_loop(), asyncio.current_task()
+        return await self.coro
+
+    def cancel(self) -> None:
+        with self.lock:
+            self.cancelled = True
+            if self.loop is not None and self.task is not None:
+                with contextlib.suppress(RuntimeError):  # the loop already closed: nothing to cancel
+                    self.loop.call_soon_threadsafe(self.task.cancel)
 
 
 def synchronous(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, T]:
