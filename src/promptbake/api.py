@@ -27,8 +27,8 @@ if TYPE_CHECKING:
     from promptbake.workflows.evaluate import EvalReport
     from promptbake.workflows.pipeline import RunReport
 
-PathLike: TypeAlias = "str | os.PathLike[str]"
-SpecSource: TypeAlias = "Spec | Mapping[str, Any] | str | os.PathLike[str]"  # a file, a dict or a Spec
+PathLike: TypeAlias = "str | Path"
+SpecSource: TypeAlias = "Spec | Mapping[str, Any] | str | Path"  # a file, a dict or a Spec
 DEFAULT_STORE = "promptbake.db"
 
 

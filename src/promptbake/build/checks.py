@@ -83,8 +83,9 @@ class Checks(Strict):
 def last_assistant(messages: list[dict[str, Any]]) -> str:
     """The answer a check looks at: the last assistant message's text."""
     for message in reversed(messages):
-        if message.get("role") == "assistant" and isinstance(message.get("content"), str):
-            return message["content"]
+        content = message.get("content")
+        if message.get("role") == "assistant" and isinstance(content, str):
+            return content
     return ""
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 from promptbake.build.checks import last_assistant
 from promptbake.ids import stable_hash
@@ -52,7 +53,7 @@ class ExampleRenderer:
                 )
 
 
-def _cell_values(spec: Spec, variables: dict) -> dict:
+def _cell_values(spec: Spec, variables: dict[str, Any]) -> dict[str, Any]:
     step_names = {s.name for s in spec.steps}
     return {k: v for k, v in variables.items() if k not in step_names}
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import click
 
@@ -308,7 +308,8 @@ def eval_command(data: str, out: str, spec_path: str | None, metadata: str | Non
               help="SQLite store (default: DIR/promptbake.db).")
 @_generate_options
 @teacher_options
-def topup(spec_path: str, eval_path: str, dataset: str, threshold: float | None, bottom: int | None, metric: str,
+def topup(spec_path: str, eval_path: str, dataset: str, threshold: float | None, bottom: int | None,
+          metric: Literal["auto", "pass", "score"],
           per_category: int, store_path: str | None, no_cache: bool, max_cost: float | None, quiet: bool,
           teacher: Teacher) -> None:
     """Generate more examples for SPEC's weakest categories into DIR/train.vN.jsonl (test unchanged)."""

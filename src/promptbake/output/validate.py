@@ -314,8 +314,8 @@ class _Checker:
         ok = self.messages(line, prompt.get("messages"), need_assistant=False)
         for key in ("preferred_output", "non_preferred_output"):
             out = obj.get(key)
-            one = isinstance(out, list) and len(out) == 1 and isinstance(out[0], dict)
-            if not (one and out[0].get("role") == "assistant"):
+            if not (isinstance(out, list) and len(out) == 1 and isinstance(out[0], dict)
+                    and out[0].get("role") == "assistant"):
                 self.error("invalid_output", line, f"'{key}' must be a list of exactly one assistant message")
                 ok = False
             else:

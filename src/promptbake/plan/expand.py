@@ -34,9 +34,8 @@ class Cell:
 
 def load_axes(spec: Spec) -> dict[str, list[Any]]:
     axes: dict[str, list[Any]] = {}
-    for name, values in spec.grid.axes.items():
-        if isinstance(values, str):
-            values = read_lines_file(spec.resolve(values), f"values of axis {name!r}")
+    for name, given in spec.grid.axes.items():
+        values = read_lines_file(spec.resolve(given), f"values of axis {name!r}") if isinstance(given, str) else given
         if not values:
             raise DataFileError(f"{spec.where()}: grid.axes.{name} is empty")
         axes[name] = list(values)

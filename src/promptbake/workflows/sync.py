@@ -40,7 +40,8 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
         raise
     if worker.error is not None:
         raise worker.error
-    return worker.result  # type: ignore[return-value]
+    result: T = worker.result
+    return result
 
 
 class _Worker:

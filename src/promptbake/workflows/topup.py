@@ -126,9 +126,10 @@ def _manifest(directory: Path) -> dict[str, Any]:
     if not path.exists():
         return {}
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        manifest: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise DataFileError(f"{path}: cannot read the manifest ({exc})") from None
+    return manifest
 
 
 def _sha256(path: Path) -> str:
