@@ -180,3 +180,30 @@ def test_every_public_name_is_documented():
     assert sorted(dir(promptbake)) == sorted(promptbake.__all__)
     with pytest.raises(AttributeError):
         promptbake.not_a_name  # noqa: B018
+
+
+def test_readme_python_example_runs(tmp_path, capsys):
+    """The README's Python API blocks, run as written against the loopback teacher (the second
+    with its top-level await, as a notebook cell runs it)."""
+    import ast
+    import re
+    import shutil
+
+    root = SRC.parent
+    for folder in ("generators", "templates"):
+        shutil.copytree(root / folder, tmp_path / folder)
+    section = (root / "README.md").read_text(encoding="utf-8").split("## Python API", 1)[1].split("\n## ", 1)[0]
+    sync_block, async_block = re.findall(r"```python\n(.*?)```", section, re.S)
+    with FakeServer(responder=list_then_reply_responder()).running() as srv:
+        namespace: dict[str, object] = {}
+        exec(sync_block.replace("http://127.0.0.1:8765/v1", srv.base_url), namespace)
+        sent = srv.count
+        code = compile(async_block, "README.md", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+        asyncio.run(eval(code, namespace))
+        assert srv.count == sent  # the awaited run was answered by the store
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == "Dataset(train=900, test=100, directory='out/rude_agent')"
+    ds = namespace["ds"]
+    assert isinstance(ds, promptbake.Dataset) and ds.train[0] == namespace["example"]
+    assert sorted(namespace["hf"]) == ["test", "train"]
+    assert (tmp_path / "exp" / "sharegpt" / "train.jsonl").exists()
