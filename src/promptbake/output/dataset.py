@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -86,34 +86,37 @@ class Manifest(BaseModel):
             raise DataFileError(f"{path}: cannot read the manifest ({exc})") from None
 
 
-@dataclass
 class Dataset:
     """A built dataset: ``train`` and ``test`` lists of ``Example`` (messages, category and
     metadata), the ``manifest``, the ``directory`` it lives in, and the ``report`` of the call
-    that made it (a ``RunReport``, ``DistillResult``, ``TopupReport`` or ``BuildReport``)."""
+    that made it (a ``RunReport``, ``DistillResult``, ``TopupReport`` or ``BuildReport``).
 
-    directory: Path
-    train: list[Example]
-    test: list[Example]
-    manifest: Manifest
-    report: Any = None
+    The splits are read on first use, so the CLI, which only prints the report, never holds a
+    large dataset in memory."""
+
+    def __init__(self, directory: str | Path, *, report: Any = None) -> None:
+        self.directory = Path(directory)
+        if not (self.directory / "train.jsonl").is_file():
+            raise DataFileError(f"{self.directory}: no train.jsonl (build the dataset first)")
+        self.manifest = Manifest.read(self.directory / "manifest.json")
+        self.report = report
 
     @classmethod
     def load(cls, directory: str | Path, *, report: Any = None) -> Dataset:
         """Read a built dataset directory (``promptbake run/build --out DIR``)."""
-        directory = Path(directory)
-        if not (directory / "train.jsonl").is_file():
-            raise DataFileError(f"{directory}: no train.jsonl (build the dataset first)")
-        manifest = Manifest.read(directory / "manifest.json")
-        train_file = manifest.topups[-1].get("train", "train.jsonl") if manifest.topups else "train.jsonl"
-        test_path = directory / "test.jsonl"
-        return cls(
-            directory=directory,
-            train=read_split(directory / train_file, "train").examples,
-            test=read_split(test_path, "test").examples if test_path.exists() else [],
-            manifest=manifest,
-            report=report,
-        )
+        return cls(directory, report=report)
+
+    @cached_property
+    def train(self) -> list[Example]:
+        """The training examples; after a top-up, those of the newest version (``train.v2.jsonl``...)."""
+        name = self.manifest.topups[-1].get("train", "train.jsonl") if self.manifest.topups else "train.jsonl"
+        return read_split(self.directory / name, "train").examples
+
+    @cached_property
+    def test(self) -> list[Example]:
+        """The held-out examples (none when the split has no test part)."""
+        path = self.directory / "test.jsonl"
+        return read_split(path, "test").examples if path.exists() else []
 
     def splits(self) -> dict[str, list[Example]]:
         """``{"train": ..., "test": ...}``, the shape every writer takes."""
