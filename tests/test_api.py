@@ -207,3 +207,17 @@ def test_readme_python_example_runs(tmp_path, capsys):
     assert isinstance(ds, promptbake.Dataset) and ds.train[0] == namespace["example"]
     assert sorted(namespace["hf"]) == ["test", "train"]
     assert (tmp_path / "exp" / "sharegpt" / "train.jsonl").exists()
+
+
+def test_topup_returns_the_new_train_version(tmp_path):
+    spec = write_spec(tmp_path)
+    (tmp_path / "eval.jsonl").write_text('{"category": "calm", "pass": false}\n{"category": "angry", "pass": true}\n')
+    with FakeServer(responder=list_then_reply_responder()).running() as srv:
+        before = promptbake.run(spec, "out", teacher=teacher(srv), progress=False)
+        after = asyncio.run(promptbake.topup_async(spec, "eval.jsonl", "out", per_category=2, teacher=teacher(srv),
+                                                   progress=False))
+    assert after.report.train_path == Path("out") / "train.v2.jsonl"
+    assert len(after.train) == len(before.train) + 2
+    added = {e.id for e in after.train} - {e.id for e in before.train}
+    assert {e.category for e in after.train if e.id in added} == {"calm"}
+    assert [e.id for e in after.test] == [e.id for e in before.test]  # the test split never changes
