@@ -9,8 +9,8 @@ import stat
 
 import pytest
 
-from promptbake.output.atomic import atomic_writer, json_line, write_jsonl_atomic, write_text_atomic
 from promptbake.errors import OutputError
+from promptbake.output.atomic import atomic_writer, json_line, write_jsonl_atomic, write_text_atomic
 
 
 def _listing(directory):

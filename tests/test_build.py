@@ -159,9 +159,9 @@ def test_rude_agent_gives_1000_distinct_examples_split_90_10(tmp_path):
 def test_a_spec_built_in_code_can_be_rebuilt_from_the_store(tmp_path):
     import yaml
 
-    from promptbake.workflows.pipeline import run as run_pipeline
     from promptbake.spec.models import Spec
     from promptbake.teacher.config import Teacher
+    from promptbake.workflows.pipeline import run as run_pipeline
 
     spec = Spec.model_validate(yaml.safe_load(BIGGER))  # no file behind it, as with `distill`
     with FakeServer(responder=list_then_reply_responder()).running() as srv:

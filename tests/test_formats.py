@@ -9,9 +9,9 @@ from helpers import TOOLS, tool_call_example
 
 from promptbake.errors import InputError
 from promptbake.output.formats import FORMATS, FormatRefused, formats_table, get_format, write_split
+from promptbake.output.targets import TARGETS
 from promptbake.records import Example
 from promptbake.spec.models import OutputConfig
-from promptbake.output.targets import TARGETS
 
 
 def single(i: int = 1, *, system: bool = True, rejected: bool = False) -> Example:

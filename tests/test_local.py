@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pytest
 
+from promptbake.errors import TeacherError
 from promptbake.teacher import local
 from promptbake.teacher.client import ChatClient, Endpoint
-from promptbake.errors import TeacherError
 from promptbake.teacher.local import LocalServer, LocalTeacher, gguf_path, llama_server_command, local_server
 
 STANDIN = textwrap.dedent("""

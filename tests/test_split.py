@@ -9,9 +9,9 @@ from itertools import pairwise
 import pytest
 from helpers import same_output_under_hash_seeds
 
+from promptbake.build.split import holdout_sizes, split
 from promptbake.records import Example
 from promptbake.spec.models import SplitConfig
-from promptbake.build.split import holdout_sizes, split
 
 
 def make(sizes: dict[str, int]) -> list[Example]:

@@ -7,8 +7,8 @@ import sqlite3
 import pytest
 
 from promptbake.store import migrations
-from promptbake.store.migrations import MIGRATIONS, migrate
 from promptbake.store.db import Store
+from promptbake.store.migrations import MIGRATIONS, migrate
 
 
 def tables(db: sqlite3.Connection) -> set[str]:

@@ -13,13 +13,13 @@ from click.testing import CliRunner
 from fakeserver import FakeServer
 from helpers import MINIMAL_SPEC, list_then_reply_responder, write_spec
 
-from promptbake.workflows import pipeline
 from promptbake.cli.main import cli
 from promptbake.errors import DataFileError, InputError
 from promptbake.plan.expand import Cell
-from promptbake.teacher.generate import GenerateOptions
 from promptbake.spec.models import load_spec
 from promptbake.teacher.config import Teacher
+from promptbake.teacher.generate import GenerateOptions
+from promptbake.workflows import pipeline
 from promptbake.workflows.topup import load_eval, plan_cells, weak_categories
 
 # the mood in the user turn lets a fake student answer differently per category
