@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from promptbake.spec.models import Spec
     from promptbake.teacher.config import Teacher
     from promptbake.teacher.generate import GenerateOptions
+    from promptbake.teacher.local import LocalTeacher
     from promptbake.workflows.evaluate import EvalReport
     from promptbake.workflows.pipeline import RunReport
 
@@ -175,7 +176,7 @@ async def distill_async(
     teacher: Teacher | None = None,
     generate_inputs: int | None = None,
     describe: str | None = None,
-    axes: Mapping[str, Sequence[str]] | None = None,
+    axes: Mapping[str, Sequence[str]] | Sequence[str] = (),
     input_field: str = "input",
     baked_system: str | None = None,
     check_schema: PathLike | None = None,
@@ -196,7 +197,8 @@ async def distill_async(
     seed: int | None = None,
 ) -> Dataset:
     """Bake the long ``prompt`` (a Jinja template file) into short examples: ``inputs`` (JSONL,
-    CSV or text; or ``generate_inputs`` N asked of the teacher from ``describe`` and ``axes``)
+    CSV or text; or ``generate_inputs`` N asked of the teacher from ``describe`` and ``axes``,
+    ``{"tone": ["calm", "angry"]}`` or ``["tone=calm,angry"]``)
     answered under it, kept with only ``baked_system``. The prompt's own few-shot examples are kept
     out of the data; ``manifest.distill`` and ``report`` give the tokens saved and the break-even."""
     from promptbake.output.dataset import Dataset
@@ -205,7 +207,7 @@ async def distill_async(
     spec = distillation.distill_spec(
         prompt, inputs, baked_system=baked_system,
         checks=distillation.answer_checks(check_schema, check_regex, max_length),
-        generate_inputs=generate_inputs, describe=describe, axes={k: list(v) for k, v in (axes or {}).items()},
+        generate_inputs=generate_inputs, describe=describe, axes=_axes(axes),
         input_field=input_field, name=name, max_tokens=max_tokens, temperature=temperature, structured=structured,
     )
     directory = Path(out) if out is not None else default_out(spec)
@@ -218,6 +220,15 @@ async def distill_async(
 
 
 distill = synchronous(distill_async)
+
+
+def _axes(axes: Mapping[str, Sequence[str]] | Sequence[str]) -> dict[str, list[str]]:
+    """``{"tone": ["calm", "angry"]}``, or the ``--axis`` form ``["tone=calm,angry"]``."""
+    from promptbake.workflows.distill import parse_axis
+
+    if isinstance(axes, Mapping):
+        return {name: list(values) for name, values in axes.items()}
+    return dict(map(parse_axis, axes))
 
 
 async def evaluate_async(
@@ -308,3 +319,13 @@ def export(directory: PathLike, formats: str | Iterable[str], out: PathLike) -> 
     from promptbake.output.export import export as export_dataset
 
     return export_dataset(directory, [formats] if isinstance(formats, str) else formats, out)
+
+
+def local_teacher(host: str = "127.0.0.1", port: int | None = None) -> LocalTeacher:
+    """The embedded teacher (SmolLM2-135M on llama.cpp, needs ``promptbake[local]``) for other
+    tools: ``with local_teacher() as server:`` serves an OpenAI-compatible API at
+    ``server.base_url`` until the block ends. ``run(..., teacher=Teacher(kind="local"))`` starts
+    and stops one by itself."""
+    from promptbake.teacher.local import LocalTeacher
+
+    return LocalTeacher(host=host, port=port)

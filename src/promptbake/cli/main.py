@@ -17,7 +17,7 @@ from promptbake import __version__, api
 from promptbake.errors import PromptbakeError
 
 if TYPE_CHECKING:
-    from promptbake.teacher.config import Teacher
+    from promptbake import Teacher
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -71,7 +71,7 @@ def teacher_options(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from promptbake.teacher.config import Teacher
+        from promptbake import Teacher
 
         keys = ["base_url", "model", "api_key_env", "rpm", "tpm", "concurrency", "max_attempts", "timeout"]
         kind = kwargs.pop("teacher_kind")
@@ -229,13 +229,12 @@ def serve(host: str, port: int | None) -> None:
     import signal
 
     from promptbake.errors import TeacherError
-    from promptbake.teacher.local import LocalTeacher
 
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt  # SIGTERM stops the server as cleanly as Ctrl-C does
 
     signal.signal(signal.SIGTERM, interrupt)
-    local = LocalTeacher(host=host, port=port)
+    local = api.local_teacher(host, port)
     try:
         with local as server:
             body = json.dumps({"model": server.model, "messages": [{"role": "user", "content": "Hello"}]})
@@ -281,7 +280,7 @@ def eval_command(data: str, out: str, spec_path: str | None, metadata: str | Non
                  judge_model: str | None, judge_base_url: str | None, no_cache: bool, max_cost: float | None,
                  quiet: bool, teacher: Teacher) -> None:
     """Run a model (--model, --base-url) on a test split and score it per category."""
-    from promptbake.teacher.config import Teacher
+    from promptbake import Teacher
 
     checks = {"json": check_json, "schema": check_schema, "regex": check_regex, "max_length": max_length,
               "exact": exact}
@@ -360,11 +359,9 @@ def distill(prompt_path: str, inputs_path: str | None, generate_inputs: int | No
             ft_price_factor: float | None, epochs: int | None, no_cache: bool, max_cost: float | None, quiet: bool,
             formats: tuple[str, ...], seed: int | None, teacher: Teacher) -> None:
     """Bake a long --prompt into examples: inputs answered under it, kept without it (re-run to resume)."""
-    from promptbake.workflows.distill import parse_axis
-
     dataset = api.distill(
         prompt_path, inputs_path, out_dir, teacher=teacher, generate_inputs=generate_inputs, describe=describe,
-        axes=dict(map(parse_axis, axes)), input_field=input_field, baked_system=baked_system,
+        axes=axes, input_field=input_field, baked_system=baked_system,
         check_schema=check_schema, check_regex=check_regex, max_length=max_length, structured=structured,
         max_tokens=max_tokens, temperature=temperature, name=name, price_model=price_model,
         ft_price_factor=ft_price_factor, epochs=epochs, store=store_path, max_cost=max_cost, no_cache=no_cache,
