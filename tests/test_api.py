@@ -109,6 +109,19 @@ def test_dataset_writes_formats_and_converts_to_hf(tmp_path):
     assert hf["train"][0]["id"] == ds.train[0].id
 
 
+def test_teacher_lays_its_fields_over_the_specs(tmp_path):
+    from promptbake.teacher.config import merge
+
+    spec = promptbake.load_spec(write_spec(tmp_path))
+    config = spec.teacher.model_validate({**spec.teacher.model_dump(),
+                                          "prices": {"gpt-4o-mini": {"input": 1.0, "output": 2.0}}})
+    merged = merge(config, promptbake.Teacher(rpm=60, prices={"mine": {"input": 3.0, "output": 4.0}}))
+    assert (merged.model, merged.rpm, merged.concurrency) == ("gpt-4o-mini", 60, 64)
+    assert sorted(merged.prices) == ["gpt-4o-mini", "mine"]  # one model's price added, the spec's kept
+    local = merge(config, promptbake.Teacher(kind="local"))
+    assert (local.kind, local.model) == ("local", None)  # a remote model name means nothing locally
+
+
 def test_teacher_fields_are_checked_as_input(tmp_path):
     spec = write_spec(tmp_path)
     with pytest.raises(InputError, match=r"teacher\.rpm: Input should be greater than 0"):

@@ -55,7 +55,7 @@ def merge(config: TeacherConfig, teacher: Teacher | None) -> TeacherConfig:
     data = config.model_dump()
     data.update({f.name: getattr(teacher, f.name) for f in fields(teacher) if getattr(teacher, f.name) is not None})
     if teacher.prices is not None:
-        data["prices"] = {**data["prices"], **teacher.prices}  # one model's price, not the whole table
+        data["prices"] = {**config.prices, **teacher.prices}  # one model's price, not the whole table
     if teacher.kind == "local" and teacher.model is None:
         data["model"] = None  # the spec's remote model name means nothing to the local server
     try:
