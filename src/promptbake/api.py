@@ -117,18 +117,19 @@ async def run_async(
     progress: bool = True,
     formats: Sequence[str] | None = None,
     seed: int | None = None,
+    sizes: Sequence[int] = (),
 ) -> Dataset:
     """expand → generate (with top-up rounds for exact counts) → build, into ``out`` (default
     ``out/<spec name>``, store ``OUT/promptbake.db``); returns the built ``Dataset``. Calling it
     again resumes. ``formats`` adds trainer formats beside ``train.jsonl``; ``seed`` overrides the
-    spec's split seed."""
+    spec's split seed; ``sizes`` also writes nested, stratified train subsets ``train.N.jsonl``."""
     from promptbake.output.dataset import Dataset
     from promptbake.workflows import pipeline
 
     loaded = load_spec(spec)
     directory = Path(out) if out is not None else default_out(loaded)
     report = await pipeline.run_async(loaded, directory, store, teacher, _options(max_cost, no_cache, progress),
-                                      formats=list(formats) if formats else None, seed=seed)
+                                      formats=list(formats) if formats else None, seed=seed, sizes=sizes)
     return Dataset.load(directory, report=report)
 
 
@@ -143,6 +144,7 @@ def build(
     spec_name: str | None = None,
     formats: Sequence[str] | None = None,
     seed: int | None = None,
+    sizes: Sequence[int] = (),
 ) -> Dataset:
     """Stored answers → deduplicated, balanced, split files in ``out``; no model is called.
     ``source`` is a spec (file, dict or ``Spec``; its answers are read from ``store``, default
@@ -161,7 +163,7 @@ def build(
     if not store_path.exists():
         raise StoreError(f"{store_path}: no such store; run `promptbake generate` first")
     with Store(store_path, lock=False) as opened:
-        report = run_build(spec, opened, out, formats=list(formats) if formats else None, seed=seed)
+        report = run_build(spec, opened, out, formats=list(formats) if formats else None, seed=seed, sizes=sizes)
     return Dataset.load(out, report=report)
 
 

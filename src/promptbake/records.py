@@ -21,6 +21,7 @@ class Example(BaseModel):
     tools: list[dict[str, Any]] | None = None
     rejected: dict[str, Any] | None = None  # a non-preferred assistant message (DPO pairs)
     provenance: dict[str, str] = Field(default_factory=dict)  # step name -> request id
+    scores: dict[str, int] = Field(default_factory=dict)  # judge name -> its 1-5 score
 
     def text(self, role: str) -> str:
         """All content of one role, joined: what dedupe compares."""
@@ -34,4 +35,6 @@ class Example(BaseModel):
         line = {"id": self.id, "category": self.category, "cell": self.cell, "provenance": self.provenance}
         if self.rejected is not None:
             line["rejected"] = self.rejected
+        if self.scores:
+            line["scores"] = self.scores
         return line

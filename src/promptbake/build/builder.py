@@ -16,7 +16,9 @@ from typing import Any
 
 from promptbake.build.balance import balance
 from promptbake.build.dedupe import dedupe
-from promptbake.build.examples import ExampleRenderer, passing
+from promptbake.build.examples import ExampleRenderer
+from promptbake.build.gates import Gates
+from promptbake.build.sizes import nested_subsets
 from promptbake.build.split import split
 from promptbake.output.atomic import ensure_dir, write_jsonl_atomic, write_text_atomic
 from promptbake.output.formats import WriteReport, write_split
@@ -41,12 +43,14 @@ class BuildReport:
 
     def format(self) -> str:
         lines = [
-            f"{'category':<40} {'rows':>6} {'exact':>6} {'near':>6} {'surplus':>7} {'kept':>6} {'train':>6} {'test':>5}"
+            f"{'category':<40} {'rows':>6} {'checks':>6} {'filter':>6} {'judge':>6} {'exact':>6} {'near':>6} "
+            f"{'surplus':>7} {'kept':>6} {'train':>6} {'test':>5}"
         ]
         for name, c in self.categories.items():
             lines.append(
-                f"{name[:40]:<40} {c['rows']:>6} {c['exact_dupes']:>6} {c['near_dupes']:>6} {c['surplus']:>7} "
-                f"{c['kept']:>6} {c['train']:>6} {c['test']:>5}"
+                f"{name[:40]:<40} {c['rows']:>6} {c['rejected_by_checks']:>6} {c['filtered']:>6} {c['judged_out']:>6} "
+                f"{c['exact_dupes']:>6} {c['near_dupes']:>6} {c['surplus']:>7} {c['kept']:>6} {c['train']:>6} "
+                f"{c['test']:>5}"
             )
         lines.append(f"train: {self.train}, test: {self.test} → {self.out_dir}")
         lines.extend(w.summary() for w in self.writes if w.refused)
@@ -87,20 +91,24 @@ def build(
     seed: int | None = None,
     validate: bool = True,
     existing: Iterable[Example] = (),
+    sizes: Iterable[int] = (),
 ) -> BuildReport:
     """``existing``: examples the data must not repeat (distillation passes the long prompt's own
-    few-shot examples); what equals or nearly equals one is dropped like a duplicate of it."""
+    few-shot examples); what equals or nearly equals one is dropped like a duplicate of it.
+    ``sizes``: also write nested, stratified train subsets ``train.N.jsonl`` (see ``sizes.py``)."""
     out = Path(out_dir)
     ensure_dir(out)
     expander = Expander(spec)
     renderer = ExampleRenderer(spec, expander.templates)
-    rejected: Counter[str] = Counter()
-    deduped = dedupe(passing(spec, renderer.examples(store), rejected), spec.dedupe, existing)
+    gates = Gates(spec, store)
+    deduped = dedupe(gates.passing(renderer.examples(store)), spec.dedupe, existing)
     accepted, surplus, warnings = _keep_counts(spec, expander, deduped.kept)
     split_config = spec.split if seed is None else spec.split.model_copy(update={"seed": seed})
     balanced = balance(accepted, spec.balance, split_config.seed)
     warnings.extend(balanced.warnings)
     train, test = split(balanced.kept, split_config)
+    subsets, size_warnings = nested_subsets(train, sizes)
+    warnings.extend(size_warnings)
 
     writes = []
     formats = formats or spec.output.formats
@@ -108,13 +116,16 @@ def build(
         folder = out if fmt == CANONICAL else out / fmt
         for name, rows in (("train", train), ("test", test)):
             writes.append(write_split(rows, fmt, folder / f"{name}.jsonl", spec.output))
+    for n, rows in subsets.items():
+        writes.append(write_split(rows, CANONICAL, out / f"train.{n}.jsonl", spec.output))
     write_jsonl_atomic(
         out / "metadata.jsonl",
         ({**ex.metadata(), "split": name} for name, rows in (("train", train), ("test", test)) for ex in rows),
     )
-    write_jsonl_atomic(out / "dropped.jsonl", (d.as_dict() for d in deduped.dropped))
+    write_jsonl_atomic(out / "dropped.jsonl",
+                       [*(d.as_dict() for d in gates.dropped), *(d.as_dict() for d in deduped.dropped)])
 
-    categories = _category_table(deduped, rejected, surplus, balanced.kept, train, test)
+    categories = _category_table(deduped, gates.counts, surplus, balanced.kept, train, test)
     totals = store.totals(spec.name)
     manifest = {
         "spec": spec.name,
@@ -127,11 +138,16 @@ def build(
         "categories": categories,
         "dedupe": spec.dedupe.model_dump(),
         "balance": spec.balance.model_dump(),
+        "filters": spec.filters.model_dump(),
+        "judge": [j.model_dump(exclude_none=True) for j in spec.judge],
         "usage": {
             k: totals[k] for k in ("requests", "ok", "failed", "attempts", "prompt_tokens", "completion_tokens", "cost")
         },
         "warnings": warnings,
     }
+    if subsets:
+        manifest["sizes"] = {str(n): dict(sorted(Counter(e.category for e in rows).items()))
+                             for n, rows in subsets.items()}
     report = BuildReport(out, len(train), len(test), categories, warnings, writes, manifest=manifest)
     if validate:
         from promptbake.output.validate import validate_file
@@ -144,7 +160,7 @@ def build(
 
 def _category_table(
     deduped: Any,
-    rejected: Counter[str],
+    gated: dict[str, Counter[str]],
     surplus: Counter[str],
     kept: list[Example],
     train: list[Example],
@@ -153,10 +169,14 @@ def _category_table(
     after_balance = Counter(e.category for e in kept)
     in_train = Counter(e.category for e in train)
     in_test = Counter(e.category for e in test)
+    def gate_columns(name: str) -> dict[str, int]:
+        drops = gated.get(name, Counter())
+        return {"rejected_by_checks": drops["checks"], "filtered": drops["filters"], "judged_out": drops["judge"]}
+
     return {
         name: {
-            "rows": c.before + rejected[name],
-            "rejected_by_checks": rejected[name],
+            "rows": c.before + sum(gated.get(name, Counter()).values()),
+            **gate_columns(name),
             "exact_dupes": c.exact,
             "near_dupes": c.near,
             "surplus": surplus[name],
@@ -167,8 +187,8 @@ def _category_table(
         for name, c in sorted(deduped.counts.items())
     } | {
         name: {
-            "rows": n,
-            "rejected_by_checks": n,
+            "rows": sum(drops.values()),
+            **gate_columns(name),
             "exact_dupes": 0,
             "near_dupes": 0,
             "surplus": 0,
@@ -176,6 +196,6 @@ def _category_table(
             "train": 0,
             "test": 0,
         }
-        for name, n in sorted(rejected.items())
+        for name, drops in sorted(gated.items())
         if name not in deduped.counts
     }

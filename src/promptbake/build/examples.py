@@ -6,11 +6,9 @@ examples in the same order: that is what makes builds byte-identical.
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
-from promptbake.build.checks import last_assistant
 from promptbake.ids import stable_hash
 from promptbake.plan.planner import MessageRenderer
 from promptbake.records import Example
@@ -57,12 +55,3 @@ def _cell_values(spec: Spec, variables: dict[str, Any]) -> dict[str, Any]:
     step_names = {s.name for s in spec.steps}
     return {k: v for k, v in variables.items() if k not in step_names}
 
-
-def passing(spec: Spec, examples: Iterable[Example], rejected: Counter[str]) -> Iterator[Example]:
-    """Examples whose answer passes ``example.checks``; rejects are counted per category."""
-    checks = spec.example.checks
-    for example in examples:
-        if checks is not None and checks.failures(last_assistant(example.messages)):
-            rejected[example.category] += 1
-            continue
-        yield example

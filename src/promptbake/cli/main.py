@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import click
@@ -178,6 +179,30 @@ def _build_options(fn: F) -> F:
     return fn
 
 
+def _parse_sizes(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int]:
+    try:
+        sizes = [int(v) for v in value.split(",")] if value else []
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: give whole numbers separated by commas, e.g. 50,100,500") from None
+    if any(n < 1 for n in sizes):
+        raise click.BadParameter(f"{value!r}: sizes must be at least 1")
+    return sizes
+
+
+def _report_options(fn: F) -> F:
+    fn = click.option("--no-report", is_flag=True, help="Do not write OUT/report.html.")(fn)
+    fn = click.option("--sizes", callback=_parse_sizes, metavar="N1,N2,...",
+                      help="Also write nested, stratified train subsets OUT/train.N.jsonl.")(fn)
+    return fn
+
+
+def _write_report(out_dir: str, store_path: Any, spec: Any, no_report: bool) -> None:
+    if not no_report:
+        from promptbake.output.report import write_report
+
+        click.echo(f"report: {write_report(out_dir, store=store_path, spec=spec)}", err=True)
+
+
 def _print_build(report: Any) -> None:
     click.echo(report.format(), err=True)
     if report.validation is not None and not report.validation.ok:
@@ -191,14 +216,16 @@ def _print_build(report: Any) -> None:
               help="SQLite store (default: OUT/promptbake.db).")
 @_generate_options
 @_build_options
+@_report_options
 @teacher_options
 def run(spec_path: str, out_dir: str, store_path: str | None, no_cache: bool, max_cost: float | None, quiet: bool,
-        formats: tuple[str, ...], seed: int | None, teacher: Teacher) -> None:
+        formats: tuple[str, ...], seed: int | None, sizes: list[int], no_report: bool, teacher: Teacher) -> None:
     """expand → generate → build: SPEC in, train/test JSONL out (re-run to resume)."""
     dataset = api.run(spec_path, out_dir, teacher=teacher, store=store_path, max_cost=max_cost, no_cache=no_cache,
-                      progress=not quiet, formats=formats, seed=seed)
+                      progress=not quiet, formats=formats, seed=seed, sizes=sizes)
     _print_generate(dataset.report)
     _print_build(dataset.report.build)
+    _write_report(out_dir, store_path, spec_path, no_report)
 
 
 @cli.command()
@@ -208,11 +235,16 @@ def run(spec_path: str, out_dir: str, store_path: str | None, no_cache: bool, ma
               help="With a SPEC: the store to read (default: promptbake.db).")
 @click.option("--spec-name", default=None, help="With a STORE holding several specs: which one.")
 @_build_options
+@_report_options
 def build(source: str, out_dir: str, store_path: str | None, spec_name: str | None, formats: tuple[str, ...],
-          seed: int | None) -> None:
+          seed: int | None, sizes: list[int], no_report: bool) -> None:
     """Turn stored answers into deduplicated, balanced, split fine-tuning files."""
-    dataset = api.build(source, out_dir, store=store_path, spec_name=spec_name, formats=formats, seed=seed)
+    dataset = api.build(source, out_dir, store=store_path, spec_name=spec_name, formats=formats, seed=seed,
+                        sizes=sizes)
     _print_build(dataset.report)
+    from_spec = Path(source).suffix in (".yaml", ".yml")
+    _write_report(out_dir, (store_path or api.DEFAULT_STORE) if from_spec else source, source if from_spec else None,
+                  no_report)
 
 
 @cli.group()

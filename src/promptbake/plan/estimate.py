@@ -9,11 +9,14 @@ API reserves (``max_tokens`` × ``n``).
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, field
 
-from promptbake.plan.expand import Expander
+from promptbake.plan.expand import Cell, Expander
+from promptbake.plan.judge import example_text
 from promptbake.plan.planner import DEFAULT_RESERVE, Planner
 from promptbake.spec.models import Spec
+from promptbake.store.db import PlannedRequest
 from promptbake.teacher.pricing import PriceTable
 from promptbake.teacher.tokens import encoding_note
 
@@ -81,10 +84,12 @@ def estimate(spec: Spec, model: str, teacher_kind: str = "remote", prices: Price
 
     rows_by_cell = {c.key: 1 for c in cells}
     placeholders: dict[str, str] = {}
-    for k, step in enumerate(spec.steps):
+    for k, step in enumerate(planner.steps):
         step_model = step.model or model
         if k == 0:
             requests = list(planner.first_step(cells, 0))
+        elif k >= planner.real:
+            requests = _judge_requests(planner, k, cells, placeholders)
         else:
             requests = []
             for cell in cells:
@@ -125,6 +130,32 @@ def estimate(spec: Spec, model: str, teacher_kind: str = "remote", prices: Price
             rows_by_cell[cell.key] = cell.count if step.parse == "list" else outputs
             if k + 1 < len(spec.steps) and all(s.parse != "list" for s in spec.steps[k + 1 :]):
                 rows_by_cell[cell.key] = min(rows_by_cell[cell.key], cell.count) or cell.count
+        if k >= planner.real:
+            continue
         per_item = (step.max_tokens or DEFAULT_RESERVE) // (max(c.count for c in cells) if step.parse == "list" else 1)
         placeholders[step.name] = " ".join(["word"] * max(per_item // 2, 1))
+    for judge in spec.judge:
+        result.notes.append(
+            f"judge {judge.name}: {judge.expected_pass_rate:.0%} of examples assumed to pass "
+            "(judge.expected_pass_rate; an estimate): one verdict per example judged, and the top-up rounds "
+            "that replace the examples it drops cost more generation than the steps above"
+        )
     return result
+
+
+def _judge_requests(planner: Planner, k: int, cells: list[Cell], placeholders: dict[str, str]) -> list[PlannedRequest]:
+    """A judge's requests: enough verdicts for each cell's count at the judge's expected pass
+    rate, each judging an example rendered from placeholder answers."""
+    judge = planner.spec.judge[k - planner.real]
+    requests = []
+    for cell in cells:
+        variables = {**cell.values, **placeholders}
+        shown = example_text(planner.example.render(variables), judge.fields)
+        for rep in range(math.ceil(cell.count / judge.expected_pass_rate)):
+            requests.append(
+                planner.request(
+                    k, variables, cell_key=cell.key, category=cell.category, round_=0, ord_="", parent_id=None,
+                    item_index=0, replicate=[rep], render_only={"example": shown, "criteria": judge.criteria},
+                )
+            )
+    return requests

@@ -13,9 +13,11 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from promptbake.build.checks import last_assistant
 from promptbake.errors import TemplateError
 from promptbake.ids import stable_hash
 from promptbake.plan.expand import Cell
+from promptbake.plan.judge import example_text, judge_steps
 from promptbake.spec.models import MessageTemplate, Spec, Step
 from promptbake.spec.templates import Templates
 from promptbake.store.db import PlannedRequest, StoredRequest
@@ -64,9 +66,27 @@ class Planner:
         self.spec = spec
         self.model = model
         self.teacher_kind = teacher_kind
+        # the spec's steps, then one step per judge: a verdict is planned and paid like an answer
+        self.steps = [*spec.steps, *judge_steps(spec)]
+        self.real = len(spec.steps)
         self.renderers = [
-            MessageRenderer(templates, step.messages, f"{spec.where()}:steps[{i}]") for i, step in enumerate(spec.steps)
+            MessageRenderer(templates, step.messages, _where(spec, i, self.real)) for i, step in enumerate(self.steps)
         ]
+        self.example = MessageRenderer(templates, spec.example.messages, f"{spec.where()}:example")
+        self.filters = spec.filters.compile()
+
+    def parent_index(self, k: int) -> int:
+        """The step whose answers step k is planned from: the one before it, except that every
+        judge judges the last real step's answers (judges do not wait for one another)."""
+        return min(k, self.real) - 1
+
+    def gate(self, variables: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
+        """The example a row renders to, and why it fails ``example.checks`` and the filters (empty:
+        it passes). Run before any judge, so only examples that can still be kept are judged."""
+        messages = self.example.render(variables)
+        checks = self.spec.example.checks
+        reasons = checks.failures(last_assistant(messages)) if checks is not None else []
+        return messages, reasons + self.filters.failures(messages)
 
     def _response_format(self, step: Step) -> dict[str, Any] | None:
         if step.response_format is not None or step.json_schema is None:
@@ -95,7 +115,7 @@ class Planner:
         replicate: list[Any],
         render_only: dict[str, Any] | None = None,
     ) -> PlannedRequest:
-        step = self.spec.steps[k]
+        step = self.steps[k]
         model = step.model or self.model
         messages = self.renderers[k].render({**variables, **(render_only or {})})
         body: dict[str, Any] = {"model": model, "messages": messages, **step.body_params()}
@@ -164,18 +184,26 @@ class Planner:
 
         When every remaining step gives one row per request, a cell gets no more rows than it
         wants, so a list answer with surplus items does not buy surplus answers."""
-        step, previous = self.spec.steps[k], self.spec.steps[k - 1]
-        capped = all(single_output(s) for s in self.spec.steps[k:])
+        step, previous = self.steps[k], self.steps[self.parent_index(k)]
+        capped = all(single_output(s) for s in self.steps[k:])
+        judge = self.spec.judge[k - self.real] if k >= self.real else None
         planned: Counter[str] = Counter()
         for parent in parents:
             for j, output in enumerate(parent.outputs or []):
+                variables = {**parent.vars, previous.name: output}
+                render_only = None
+                if judge is not None:
+                    messages, failed = self.gate(variables)
+                    if failed:
+                        continue  # dropped by a cheap gate: never pay a judge for it
+                    render_only = {"example": example_text(messages, judge.fields), "criteria": judge.criteria}
                 for rep in range(step.repeat or 1):
                     if capped and planned[parent.cell_key] >= wants.get(parent.cell_key, 0):
                         break
                     planned[parent.cell_key] += 1
                     yield self.request(
                         k,
-                        {**parent.vars, previous.name: output},
+                        variables,
                         cell_key=parent.cell_key,
                         category=parent.category,
                         round_=parent.round,
@@ -183,4 +211,9 @@ class Planner:
                         parent_id=parent.id,
                         item_index=j,
                         replicate=[rep],
+                        render_only=render_only,
                     )
+
+
+def _where(spec: Spec, k: int, real: int) -> str:
+    return f"{spec.where()}:steps[{k}]" if k < real else f"{spec.where()}:judge[{k - real}]"

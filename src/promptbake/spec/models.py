@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, PrivateAttr, ValidationError, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from promptbake.build.checks import Checks
+from promptbake.build.filters import FilterSet
 from promptbake.errors import DataFileError, SpecError
 from promptbake.spec.strict import Strict
 
@@ -158,6 +159,30 @@ class ExampleSpec(Strict):
     rejected: str | None = None  # template of a rejected assistant answer, for preference pairs
 
 
+class Judge(Strict):
+    """An LLM judge gating examples inside the exact-count loop: an ordinary step (same pool, store,
+    cache and limits) that reasons, then scores the example 1-5 as structured output. Examples
+    scoring below ``min_score`` are dropped and their cells refilled by the top-up rounds."""
+
+    name: str | None = None  # the step's name in the store (default: judge, judge_2, ...)
+    criteria: str | None = None
+    template: str | None = None  # a prompt template (file under templates/) instead of criteria
+    model: str | None = None  # default: the teacher's model
+    min_score: int = Field(default=4, ge=1, le=5)
+    fields: list[Literal["system", "user", "assistant"]] | None = None  # default: the whole example
+    temperature: float | None = Field(default=0.0, ge=0, le=2)
+    max_tokens: int = Field(default=300, ge=16)
+    expected_pass_rate: float = Field(default=0.8, gt=0, le=1)  # for the dry run's estimate only
+
+    @model_validator(mode="after")
+    def _check(self) -> Judge:
+        if (self.criteria is None) == (self.template is None):
+            raise ValueError("a judge needs exactly one of 'criteria' or 'template'")
+        if self.name is not None and not IDENTIFIER.match(self.name):
+            raise ValueError(f"judge name {self.name!r} must be an identifier (letters, digits, _)")
+        return self
+
+
 class EvalSpec(Strict):
     """How ``promptbake eval`` scores a student on this dataset (``checks`` default: example.checks)."""
 
@@ -219,12 +244,22 @@ class Spec(Strict):
     output: OutputConfig = Field(default_factory=OutputConfig)
     max_rounds: int = Field(default=3, ge=0)
     eval: EvalSpec | None = None
+    filters: FilterSet = Field(default_factory=FilterSet)
+    judge: list[Judge] = Field(default_factory=list)
 
     _path: Path | None = PrivateAttr(default=None)
 
+    @field_validator("judge", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, dict) else value
+
     @model_validator(mode="after")
     def _check(self) -> Spec:
-        names = [s.name for s in self.steps]
+        for i, judge in enumerate(self.judge):
+            if judge.name is None:
+                judge.name = "judge" if i == 0 else f"judge_{i + 1}"
+        names = [s.name for s in self.steps] + [j.name or "" for j in self.judge]
         dupes = {n for n in names if names.count(n) > 1}
         if dupes:
             raise ValueError(f"step names must be unique: {sorted(dupes)[0]!r} repeats")

@@ -245,6 +245,22 @@ class Store:
         ).fetchone()
         return dict(zip(("spec_hash", "command", "status"), row, strict=True)) if row else None
 
+    def runs(self, spec_name: str) -> list[dict[str, Any]]:
+        """Every command run on this spec, oldest first: what the report's timeline shows."""
+        rows = self.db.execute(
+            "SELECT command, started_at, finished_at, status FROM runs WHERE spec_name = ? ORDER BY id", (spec_name,)
+        )
+        return [dict(zip(("command", "started_at", "finished_at", "status"), r, strict=True)) for r in rows]
+
+    def attempt_errors(self, spec_name: str) -> dict[str, int]:
+        """Failed attempts by kind (rate_limited, timeout, rejected, ...), retried or not."""
+        rows = self.db.execute(
+            "SELECT a.error_kind, COUNT(*) FROM attempts a JOIN requests r ON r.id = a.request_id "
+            "WHERE r.spec_name = ? AND a.error_kind IS NOT NULL GROUP BY a.error_kind ORDER BY 2 DESC, 1",
+            (spec_name,),
+        )
+        return dict(rows.fetchall())
+
     def save_spec(self, spec_name: str, spec_hash: str, path: str, text: str) -> None:
         self._write(
             "INSERT OR REPLACE INTO specs VALUES (?, ?, ?, ?, ?)", [(spec_name, spec_hash, path, text, time.time())]
@@ -412,6 +428,16 @@ class Store:
                 row[9],
                 json.loads(row[10]),
             )
+
+    def outputs_by_parent(self, spec_name: str, step_index: int) -> Iterator[tuple[str, int, list[Any]]]:
+        """Done requests of a step as (parent request, item index, outputs): how a judge's verdict
+        finds the answer it judged."""
+        sql = (
+            "SELECT r.parent_id, r.item_index, p.outputs FROM requests r JOIN responses p ON p.cache_key = r.cache_key "
+            "WHERE r.spec_name = ? AND r.step_index = ? AND r.current = 1 AND r.status = 'ok'"
+        )
+        for parent_id, item_index, outputs in self.db.execute(sql, (spec_name, step_index)):
+            yield parent_id, item_index, json.loads(outputs)
 
     def count_pending(self, spec_name: str, step_index: int) -> int:
         return int(

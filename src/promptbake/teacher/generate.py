@@ -85,11 +85,12 @@ class Generation:
         else:
             if wants is None:
                 wants = {c.key: c.count for c in self.expander.cells()}
-            requests = self.planner.next_step(k, self.store.succeeded(self.spec.name, k - 1, round_), wants)
+            parents = self.store.succeeded(self.spec.name, self.planner.parent_index(k), round_)
+            requests = self.planner.next_step(k, parents, wants)
         return self.store.replan(self.spec.name, k, round_, requests)
 
     async def run_round(self, round_: int) -> None:
-        for k, step in enumerate(self.spec.steps):
+        for k, step in enumerate(self.planner.steps):
             report = StepReport(step.name, round_)
             self.report.steps.append(report)
             report.planned = self.plan(round_, k)

@@ -5,6 +5,7 @@ safe in a notebook cell (``workflows.sync``); ``promptbake.run`` and the CLI sit
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,20 +37,30 @@ class RunReport:
     build: Any = None
 
 
-def shortfall(spec: Spec, expander: Expander, store: Store) -> dict[str, int]:
-    """Per cell, how many accepted (distinct, parsed) examples are still missing."""
-    from collections import Counter
-
+def shortfall(spec: Spec, expander: Expander, store: Store) -> tuple[dict[str, int], float]:
+    """Per cell, how many accepted examples (parsed, through every quality gate, distinct) are
+    still missing; and the share of rendered examples the quality gates have let through so far."""
     from promptbake.build.dedupe import dedupe
-    from promptbake.build.examples import ExampleRenderer, passing
+    from promptbake.build.examples import ExampleRenderer
+    from promptbake.build.gates import Gates
 
-    examples = passing(spec, ExampleRenderer(spec, expander.templates).examples(store), Counter())
-    kept = dedupe(examples, spec.dedupe).kept
+    gates = Gates(spec, store)
+    passed = list(gates.passing(ExampleRenderer(spec, expander.templates).examples(store)))
+    kept = dedupe(passed, spec.dedupe).kept
     have: dict[str, int] = {}
     for example in kept:
         key = example.provenance["cell_key"]
         have[key] = have.get(key, 0) + 1
-    return {c.key: c.count - have.get(c.key, 0) for c in expander.cells() if have.get(c.key, 0) < c.count}
+    missing = {c.key: c.count - have.get(c.key, 0) for c in expander.cells() if have.get(c.key, 0) < c.count}
+    return missing, len(passed) / max(len(passed) + len(gates.dropped), 1)
+
+
+def ask_for(missing: dict[str, int], pass_rate: float) -> dict[str, int]:
+    """What a top-up round asks for: when the quality gates drop examples, enough extra for the
+    rate they have let through so far (at most 10×), so a strict judge costs rounds only in step
+    with its rate rather than refilling a shrinking remainder round after round."""
+    factor = 1 / max(pass_rate, 0.1)
+    return {key: math.ceil(n * factor) for key, n in missing.items()}
 
 
 async def generate_async(
@@ -79,12 +90,12 @@ async def generate_async(
                 await generation.run_round(round_)
             round_ = rounds[-1]
             while topup and round_ < spec.max_rounds:
-                missing = shortfall(spec, expander, store)
+                missing, pass_rate = shortfall(spec, expander, store)
                 report.rounds.append(RoundReport(round_, len(missing), sum(missing.values())))
                 if not missing:
                     break
                 round_ += 1
-                store.set_wants(spec.name, round_, missing)
+                store.set_wants(spec.name, round_, ask_for(missing, pass_rate))
                 await generation.run_round(round_)
             status = "done"
         finally:
@@ -107,6 +118,7 @@ async def run_async(
     seed: int | None = None,
     existing: Iterable[Example] = (),
     command: str = "run",
+    sizes: Iterable[int] = (),
 ) -> RunReport:
     """expand → generate (with top-up rounds for exact counts) → build, in one call.
     ``existing``: examples the built data must not repeat (see ``build.build``)."""
@@ -115,7 +127,7 @@ async def run_async(
     store_path = store_path or Path(out_dir) / "promptbake.db"
     report = await generate_async(spec, store_path, teacher, options, topup=True, command=command)
     with Store(store_path) as store:
-        report.build = build(spec, store, out_dir, formats=formats, seed=seed, existing=existing)
+        report.build = build(spec, store, out_dir, formats=formats, seed=seed, existing=existing, sizes=sizes)
     return report
 
 

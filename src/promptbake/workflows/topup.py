@@ -17,14 +17,15 @@ import hashlib
 import json
 import math
 import random
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from promptbake.build.dedupe import dedupe
-from promptbake.build.examples import ExampleRenderer, passing
+from promptbake.build.examples import ExampleRenderer
+from promptbake.build.gates import Gates
 from promptbake.errors import DataFileError, InputError
 from promptbake.output.atomic import ensure_dir, json_line, write_jsonl_atomic, write_text_atomic
 from promptbake.output.formats import convert_all
@@ -66,6 +67,14 @@ class CategoryScore:
     def value(self, metric: str) -> float | None:
         return self.pass_rate if metric == "pass" else self.mean_score
 
+    def add(self, passed: bool | None, score: float | None) -> None:
+        self.n += 1
+        if passed is not None:
+            self.with_pass += 1
+            self.passed += passed
+        if score is not None:
+            self.scores.append(float(score))
+
     def as_dict(self) -> dict[str, Any]:
         return {"n": self.n, "pass_rate": self.pass_rate, "mean_score": self.mean_score}
 
@@ -86,13 +95,7 @@ def load_eval(path: str | Path) -> dict[str, CategoryScore]:
             raise DataFileError(f"{path}:{number}: 'score' must be a number or null")
         if passed is None and score is None:
             continue
-        entry = scores.setdefault(category, CategoryScore(category))
-        entry.n += 1
-        if passed is not None:
-            entry.with_pass += 1
-            entry.passed += passed
-        if score is not None:
-            entry.scores.append(float(score))
+        scores.setdefault(category, CategoryScore(category)).add(passed, score)
     if not scores:
         raise DataFileError(f"{path}: no scored lines (need 'category' and 'pass' or 'score'); "
                             "run eval with checks or a rubric")
@@ -272,9 +275,8 @@ async def topup_async(spec: Spec, eval_path: str | Path, dataset: str | Path, *,
         if options.max_cost is not None:  # one budget for the whole round
             options = replace(options, max_cost=max(0.0, options.max_cost - run.generate.spent))
         templates = Expander(derived).templates
-        rejected: Counter[str] = Counter()
         with Store(store_path, lock=False) as store:
-            fresh.extend(passing(derived, ExampleRenderer(derived, templates).examples(store), rejected))
+            fresh.extend(Gates(derived, store).passing(ExampleRenderer(derived, templates).examples(store)))
 
     deduped = dedupe(fresh, spec.dedupe, existing=[*train.examples, *test.examples])
     new: list[Example] = []

@@ -1,0 +1,98 @@
+"""Quality gates between rendering and dedupe: ``example.checks``, then the cheap ``filters``, then
+the judges' stored verdicts.
+
+The build and the top-up loop's shortfall both count examples through the same gates, so a cell an
+example was dropped from is refilled: asking for 1,000 examples a judge rates ≥ 4 yields 1,000.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from promptbake.build.checks import last_assistant
+from promptbake.ids import stable_hash
+from promptbake.plan.judge import verdict_score
+from promptbake.records import Example
+from promptbake.spec.models import Spec
+from promptbake.store.db import Store
+
+GATES = ("checks", "filters", "judge")
+
+
+@dataclass(frozen=True, slots=True)
+class GateDrop:
+    """Why one example failed a gate: the gate, its reasons, and the judge's score and reasoning."""
+
+    id: str
+    category: str
+    gate: str
+    reasons: tuple[str, ...]
+    score: int | None = None
+    reasoning: str | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        line: dict[str, object] = {"id": self.id, "category": self.category, "reason": self.gate,
+                                   "detail": "; ".join(self.reasons)}
+        if self.score is not None:
+            line["score"] = self.score
+        if self.reasoning is not None:
+            line["reasoning"] = self.reasoning
+        return line
+
+
+class Gates:
+    def __init__(self, spec: Spec, store: Store) -> None:
+        self.spec = spec
+        self.filters = spec.filters.compile()
+        first = len(spec.steps)
+        # per judge: example id -> its stored verdict (the judge step's row for that answer)
+        self.verdicts: list[dict[str, Any]] = [
+            {
+                stable_hash(parent_id, item_index): (outputs or [None])[0]
+                for parent_id, item_index, outputs in store.outputs_by_parent(spec.name, first + i)
+            }
+            for i in range(len(spec.judge))
+        ]
+        self.counts: defaultdict[str, Counter[str]] = defaultdict(Counter)  # category -> gate -> drops
+        self.dropped: list[GateDrop] = []
+
+    def passing(self, examples: Iterable[Example]) -> Iterator[Example]:
+        """The examples that pass every gate, with their judge scores attached; drops are counted
+        per category and gate and kept for ``dropped.jsonl``."""
+        checks = self.spec.example.checks
+        for example in examples:
+            failed = checks.failures(last_assistant(example.messages)) if checks is not None else []
+            if failed:
+                self._drop(example, "checks", failed)
+                continue
+            failed = self.filters.failures(example.messages)
+            if failed:
+                self._drop(example, "filters", failed)
+                continue
+            if self._judged(example):
+                yield example
+
+    def _judged(self, example: Example) -> bool:
+        for judge, verdicts in zip(self.spec.judge, self.verdicts, strict=True):
+            name = judge.name or "judge"
+            by = "" if name == "judge" else f" by {name}"
+            verdict = verdicts.get(example.id)
+            score = verdict_score(verdict)
+            if score is None:
+                self._drop(example, "judge", [f"no verdict{by}"])
+                return False
+            example.scores[name] = score
+            if score < judge.min_score:
+                reasoning = verdict.get("reasoning") if isinstance(verdict, dict) else None
+                self._drop(example, "judge", [f"score {score} < {judge.min_score}{by}"], score,
+                           reasoning if isinstance(reasoning, str) else None)
+                return False
+        return True
+
+    def _drop(self, example: Example, gate: str, reasons: list[str], score: int | None = None,
+              reasoning: str | None = None) -> None:
+        self.counts[example.category][gate] += 1
+        self.dropped.append(GateDrop(example.id, example.category, gate, tuple(reasons), score, reasoning))

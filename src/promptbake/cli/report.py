@@ -1,0 +1,34 @@
+"""``promptbake report``: a built dataset, or an eval file, as one self-contained HTML page."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from promptbake.cli.main import cli
+
+
+@cli.command()
+@click.argument("source", metavar="DIR_OR_EVAL", type=click.Path(exists=True))
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="The HTML file to write (default: DIR/report.html, or EVAL with an .html suffix).")
+@click.option("--eval", "is_eval", is_flag=True,
+              help="SOURCE is an eval results file (implied when SOURCE is a file, not a directory).")
+@click.option("--store", "store_path", type=click.Path(dir_okay=False),
+              help="The run's store, for timings, failures, requested counts and dropped texts "
+                   "(default: DIR/promptbake.db when it exists).")
+@click.option("--spec", "spec_path", type=click.Path(dir_okay=False),
+              help="The spec, for requested counts when there is no store.")
+@click.option("--sample", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Most examples of each kind (kept, dropped) listed in the page.")
+def report(source: str, output: str | None, is_eval: bool, store_path: str | None, spec_path: str | None,
+           sample: int) -> None:
+    """Write an HTML report of a built dataset DIR or an eval results file: counts, plots, examples."""
+    from promptbake.output.report import write_eval_report, write_report
+
+    if is_eval or Path(source).is_file():
+        written = write_eval_report(source, output, sample=sample)
+    else:
+        written = write_report(source, output, store=store_path, spec=spec_path, sample=sample)
+    click.echo(f"report: {written}", err=True)

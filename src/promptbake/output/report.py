@@ -1,0 +1,641 @@
+"""The HTML report: a built dataset (or an eval file) in one self-contained page.
+
+People would rather look than read 2,000 JSONL lines. The page needs nothing but a browser and the
+file itself: plots are inline SVG drawn by matplotlib (``plots.py``), styles and the few lines of
+script that filter the example table are inline, and no font, script or image is fetched.
+
+What a dataset report knows depends on what is at hand. The built files (``manifest.json``,
+``metadata.jsonl``, ``train``/``test.jsonl``, ``dropped.jsonl``) give the counts, the kept examples
+and the drop reasons. The store, when found (``DIR/promptbake.db`` or ``--store``), adds the run:
+spec text, timings, failures by reason, rounds, the estimated cost, the requested count of every
+cell, and the text of every dropped example, re-rendered from the stored answers.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from markupsafe import Markup
+
+from promptbake.build.checks import last_assistant
+from promptbake.errors import DataFileError
+from promptbake.output.jsonl import read_jsonl
+from promptbake.plan.expand import Expander
+from promptbake.records import Example
+from promptbake.spec.models import Spec
+
+REPORT = "report.html"
+SAMPLE = 1000  # examples of each kind (kept, dropped) in the page's table
+OPENING_WORDS = 3
+STAGE_COLORS = {"kept": "#59a14f", "rejected_by_checks": "#e15759", "filtered": "#b07aa1", "judged_out": "#76b7b2",
+                "exact_dupes": "#f28e2b", "near_dupes": "#edc948", "surplus": "#bab0ac", "balanced_away": "#9c755f"}
+
+
+# --- reading what the build wrote -------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    """One line of the browsable table."""
+
+    status: str  # train, test, dropped (or pass, fail, unscored, error in an eval report)
+    category: str
+    cell: str
+    prompt: str
+    answer: str
+    reason: str = ""
+
+
+@dataclass
+class StoreFacts:
+    """What only the store knows: the run, and every example the build saw."""
+
+    totals: dict[str, Any]
+    runs: list[dict[str, Any]]
+    attempt_errors: dict[str, int]
+    failures: list[dict[str, Any]]
+    rounds: list[dict[str, Any]]
+    examples: list[Example]
+    spec_text: str | None  # as the run saved it: the spec file may have moved or changed since
+
+
+@dataclass
+class Dataset:
+    directory: Path
+    manifest: dict[str, Any]
+    kept: list[tuple[dict[str, Any], dict[str, Any]]]  # (metadata row, training row) per kept example
+    dropped: list[dict[str, Any]]
+    spec: Spec | None = None
+    store: StoreFacts | None = None
+    notes: list[str] = field(default_factory=list)
+    requested: dict[str, Any] = field(default_factory=dict)  # cell key → the spec's Cell (count, category)
+
+
+def _manifest(directory: Path) -> dict[str, Any]:
+    path = directory / "manifest.json"
+    try:
+        manifest: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        return manifest
+    except FileNotFoundError:
+        raise DataFileError(f"{directory}: no manifest.json; give a directory written by `promptbake build`") from None
+    except (OSError, ValueError) as exc:
+        raise DataFileError(f"{path}: cannot read: {exc}") from None
+
+
+def _kept(directory: Path) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """Training rows paired with their metadata rows (the sidecar lists train, then test, in file order)."""
+    meta = [row for _, row in read_jsonl(directory / "metadata.jsonl", "metadata")]
+    pairs: list[tuple[dict[str, Any], dict[str, Any]]] = []
+    for split in ("train", "test"):
+        rows = [row for _, row in read_jsonl(directory / f"{split}.jsonl", split)]
+        sidecar = [m for m in meta if m.get("split") == split]
+        if len(sidecar) != len(rows):
+            raise DataFileError(f"{directory / 'metadata.jsonl'}: {len(sidecar)} {split} rows for the "
+                                f"{len(rows)} lines of {split}.jsonl; rebuild the dataset")
+        pairs += zip(sidecar, rows, strict=True)
+    return pairs
+
+
+def _store_facts(store_path: Path, spec: Spec, expander: Expander) -> StoreFacts:
+    from promptbake.build.examples import ExampleRenderer
+    from promptbake.store.db import Store
+
+    with Store(store_path, lock=False) as store:
+        rounds = []
+        for round_ in sorted({0, *store.rounds(spec.name)}):
+            wants = store.wants(spec.name, round_)
+            rounds.append({"round": round_, "cells": len(wants), "wanted": sum(wants.values())})
+        return StoreFacts(
+            totals=store.totals(spec.name),
+            runs=store.runs(spec.name),
+            attempt_errors=store.attempt_errors(spec.name),
+            failures=store.failures(spec.name),
+            rounds=rounds,
+            examples=list(ExampleRenderer(spec, expander.templates).examples(store)),
+            spec_text=next((text for name, _, text in store.saved_specs() if name == spec.name), None),
+        )
+
+
+def load_dataset(directory: str | Path, store_path: str | Path | None = None, spec: Spec | str | Path | None = None
+                 ) -> Dataset:
+    """The built files of ``directory``, with the store's facts when the store is found."""
+    from promptbake.spec.models import load_spec
+    from promptbake.workflows.pipeline import spec_from_store
+
+    directory = Path(directory)
+    manifest = _manifest(directory)
+    data = Dataset(directory, manifest, _kept(directory),
+                   [row for _, row in read_jsonl(directory / "dropped.jsonl", "dropped")]
+                   if (directory / "dropped.jsonl").exists() else [])
+    store = Path(store_path) if store_path is not None else directory / "promptbake.db"
+    if store_path is not None and not store.exists():
+        raise DataFileError(f"{store}: no such store")
+    if isinstance(spec, str | Path):
+        spec = load_spec(spec)
+    if spec is None and store.exists():
+        spec = spec_from_store(store, manifest.get("spec"))
+    data.spec = spec
+    if spec is not None:
+        expander = Expander(spec)
+        data.requested = {c.key: c for c in expander.cells()}
+        if store.exists():
+            data.store = _store_facts(store, spec, expander)
+    if data.store is None:
+        data.notes.append(f"no store at {store}: timings, failures" + ("" if spec else ", requested counts")
+                          + " and the text of dropped examples are not shown (pass --store)")
+    return data
+
+
+# --- what the page shows ----------------------------------------------------------------------
+
+
+def _label(cell: dict[str, Any], axes: Iterable[str] | None = None) -> str:
+    keys = list(axes) if axes is not None else list(cell)
+    return " · ".join(str(cell.get(k, "")) for k in keys)
+
+
+def _prompt(messages: list[dict[str, Any]]) -> str:
+    """Everything before the last assistant turn; roles named when there is more than a user turn."""
+    end = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=len(messages))
+    turns = [m for m in messages[:end] if isinstance(m.get("content"), str)]
+    if len(turns) == 1 and turns[0].get("role") == "user":
+        return str(turns[0]["content"])
+    return "\n".join(f"{m.get('role')}: {m['content']}" for m in turns)
+
+
+def _judge_score(meta: dict[str, Any]) -> float | None:
+    """A kept example's judge score (the lowest, with several judges: the one that gated it), when
+    the build recorded one in its metadata row."""
+    scores = [v for v in (meta.get("scores") or {}).values() if isinstance(v, int | float) and not isinstance(v, bool)]
+    return float(min(scores)) if scores else None
+
+
+def _drop_reason(row: dict[str, Any]) -> str:
+    """One line from a ``dropped.jsonl`` row: the gate and its reasons (``checks: regex: no match``,
+    ``judge: score 2 < 4 — too polite``), or the duplicate and what it duplicates."""
+    reason = str(row.get("reason") or "dropped")
+    if row.get("detail"):
+        reason += f": {row['detail']}"
+    if row.get("reasoning"):
+        reason += f" — {row['reasoning']}"
+    if row.get("duplicate_of"):
+        similarity = row.get("similarity")
+        reason += f" duplicate of {row['duplicate_of']}" + (f" (similarity {similarity:.2f})"
+                                                             if isinstance(similarity, float) else "")
+    return reason
+
+
+def main_axes(cells: Iterable[dict[str, Any]]) -> list[str]:
+    """The grid's two main axes: the first two cell variables that take more than one value."""
+    values: dict[str, set[str]] = {}
+    for cell in cells:
+        for key, value in cell.items():
+            values.setdefault(key, set()).add(json.dumps(value, sort_keys=True, default=str))
+    return [k for k, seen in values.items() if len(seen) > 1][:2]
+
+
+def distinct_n(texts: Iterable[str], n: int) -> float | None:
+    """Distinct n-grams over all n-grams (Li et al. 2016): 1.0 means nothing repeats."""
+    seen: set[tuple[str, ...]] = set()
+    total = 0
+    for text in texts:
+        words = text.lower().split()
+        grams = list(zip(*(words[i:] for i in range(n)), strict=False))
+        total += len(grams)
+        seen.update(grams)
+    return len(seen) / total if total else None
+
+
+def openings(texts: Iterable[str], words: int = OPENING_WORDS) -> Counter[str]:
+    return Counter(" ".join(text.split()[:words]) for text in texts if text.strip())
+
+
+@dataclass
+class Classified:
+    """Every example the build saw, with what became of it, grouped per cell."""
+
+    rows: list[Row]
+    fates: dict[str, Counter[str]]  # cell key → {generated, checks, exact, near, count/balance}
+
+
+def _classify(data: Dataset) -> Classified:
+    """Kept rows come from the files; dropped ones are re-rendered from the store when it is here
+    (else listed from ``dropped.jsonl`` without text). Anything rendered that is neither kept nor
+    listed there (a gate's drop or a duplicate) was cut by the cell's count or by balance."""
+    rows = []
+    for meta, train_row in data.kept:
+        messages = train_row.get("messages", [])
+        rows.append(Row(meta.get("split", ""), meta.get("category", ""), _label(meta.get("cell", {})),
+                        _prompt(messages), last_assistant(messages)))
+    fates: dict[str, Counter[str]] = defaultdict(Counter)
+    listed = {row.get("id"): row for row in data.dropped}
+    if data.store is None:
+        rows += [Row("dropped", str(d.get("category", "")), "", "", "", _drop_reason(d)) for d in data.dropped]
+        return Classified(rows, fates)
+    kept_ids = {meta.get("id") for meta, _ in data.kept}
+    for ex in data.store.examples:
+        key = ex.provenance.get("cell_key", "")
+        fates[key]["generated"] += 1
+        if ex.id in kept_ids:
+            continue
+        answer = last_assistant(ex.messages)
+        if ex.id in listed:
+            fate, reason = str(listed[ex.id].get("reason")), _drop_reason(listed[ex.id])
+        else:
+            fate, reason = "count/balance", "not needed: its cell already had its count, or balance left it out"
+        fates[key][fate] += 1
+        rows.append(Row("dropped", ex.category, _label(ex.cell), _prompt(ex.messages), answer, reason))
+    return Classified(rows, fates)
+
+
+def _sample(rows: list[Row], limit: int) -> tuple[list[Row], str]:
+    kept = [r for r in rows if r.status != "dropped"]
+    dropped = [r for r in rows if r.status == "dropped"]
+    note = ""
+    if len(kept) > limit or len(dropped) > limit:
+        note = (f"showing the first {min(limit, len(kept))} of {len(kept)} kept and {min(limit, len(dropped))} of "
+                f"{len(dropped)} dropped examples (--sample changes this)")
+    return kept[:limit] + dropped[:limit], note
+
+
+def _category_table(data: Dataset) -> tuple[list[str], list[list[Any]]]:
+    """The manifest's per-category counts, after what the spec requested (when known), with what
+    balance cut made explicit."""
+    categories = data.manifest.get("categories", {})
+    columns = list(dict.fromkeys(k for counts in categories.values() for k in counts))
+    drops = [c for c in columns if c not in ("rows", "kept", "train", "test")]
+    with_balance = "rows" in columns and "kept" in columns
+    requested: Counter[str] = Counter()
+    for cell in data.requested.values():
+        requested[cell.category] += cell.count
+    rows = []
+    for name, counts in categories.items():
+        values = [*([requested[name]] if requested else []), *(counts.get(c, 0) for c in columns)]
+        if with_balance:
+            values.append(counts.get("rows", 0) - sum(counts.get(c, 0) for c in drops) - counts.get("kept", 0))
+        rows.append([name, *values])
+    header = ["category", *(["requested"] if requested else []), *columns,
+              *(["balanced_away"] if with_balance else [])]
+    if rows:
+        rows.append(["all", *(sum(r[i] for r in rows) for i in range(1, len(header)))])
+    return header, rows
+
+
+@dataclass
+class CellView:
+    columns: list[str]
+    rows: list[list[Any]]
+    axes: list[str]
+    heatmap: Markup | None
+    share: bool  # the heat map's colour is kept ÷ requested (the spec is known), else kept
+
+
+def _cells(data: Dataset, classified: Classified) -> CellView:
+    """Per-cell rows (requested, generated, drops, kept, train, test) and the heat map over the
+    two main axes: kept per cell, coloured by the share of the requested count when known."""
+    from promptbake.output import plots
+
+    requested = {key: (cell.values, cell.count) for key, cell in data.requested.items()}
+    cells: dict[str, dict[str, Any]] = {key: values for key, (values, _) in requested.items()}
+    splits: dict[str, Counter[str]] = defaultdict(Counter)
+    for meta, _ in data.kept:
+        key = meta.get("provenance", {}).get("cell_key") or _label(meta.get("cell", {}))
+        cells.setdefault(key, meta.get("cell", {}))
+        splits[key][meta.get("split", "")] += 1
+    fate_names = [f for f in ("checks", "exact", "near", "count/balance")
+                  if any(f in c for c in classified.fates.values())]
+    fate_names += sorted({f for c in classified.fates.values() for f in c} - {"generated", *fate_names})
+    view = CellView(["cell", "requested", "generated", *fate_names, "kept", "train", "test"], [],
+                    main_axes(cells.values()), None, bool(requested))
+    for key, values in cells.items():
+        fates, got = classified.fates.get(key, Counter()), splits[key]
+        view.rows.append([_label(values), requested[key][1] if key in requested else "",
+                          fates["generated"] if data.store else "", *(fates[f] for f in fate_names),
+                          got["train"] + got["test"], got["train"], got["test"]])
+    if not view.axes:
+        return view
+
+    def at(values: dict[str, Any]) -> tuple[str, str]:
+        return str(values.get(view.axes[0])), str(values.get(view.axes[1])) if len(view.axes) > 1 else "all"
+
+    kept_at: Counter[tuple[str, str]] = Counter()
+    wanted_at: Counter[tuple[str, str]] = Counter()
+    for key, values in cells.items():
+        kept_at[at(values)] += splits[key]["train"] + splits[key]["test"]
+        wanted_at[at(values)] += requested[key][1] if key in requested else 0
+    rows_axis = list(dict.fromkeys(at(v)[0] for v in cells.values()))
+    cols_axis = list(dict.fromkeys(at(v)[1] for v in cells.values()))
+    grid = [[(r, c) if (r, c) in kept_at else None for c in cols_axis] for r in rows_axis]
+    values_grid = [[None if p is None else kept_at[p] / wanted_at[p] if view.share and wanted_at[p] else kept_at[p]
+                    for p in row] for row in grid]
+    labels = [["" if p is None else f"{kept_at[p]}/{wanted_at[p]}" if view.share else str(kept_at[p]) for p in row]
+              for row in grid]
+    view.heatmap = plots.heatmap("heatmap", rows_axis, cols_axis, values_grid, labels, view.axes[0],
+                                 view.axes[1] if len(view.axes) > 1 else "",
+                                 "kept ÷ requested" if view.share else "kept", vmax=1.0 if view.share else None)
+    return view
+
+
+def _glance(data: Dataset) -> list[tuple[str, str]]:
+    m = data.manifest
+    usage = (data.store.totals if data.store else None) or m.get("usage", {})
+    teacher = m.get("teacher", {})
+    items = [
+        ("spec", f"{m.get('spec', '?')} (hash {m.get('spec_hash', '?')})"),
+        ("teacher", f"{teacher.get('kind', '?')}: {', '.join(teacher.get('models', [])) or '?'}"),
+        ("requests", f"{usage.get('requests', 0):,} ({usage.get('ok', 0):,} ok, {usage.get('failed', 0):,} failed"
+                     + (f", {usage['pending']:,} pending" if usage.get("pending") else "")
+                     + f"), {usage.get('attempts', 0):,} attempts"),
+        ("tokens", f"{usage.get('prompt_tokens', 0):,} prompt + {usage.get('completion_tokens', 0):,} completion"),
+        ("cost", f"${usage.get('cost', 0):.4f} actual" + _estimated_cost(data)),
+        ("dataset", f"{m.get('train', 0):,} train, {m.get('test', 0):,} test, seed {m.get('seed', '?')}"),
+    ]
+    if data.store and data.store.runs:
+        spent = sum(r["finished_at"] - r["started_at"] for r in data.store.runs if r["finished_at"])
+        items.append(("time", f"{spent:,.1f} s over {len(data.store.runs)} run(s)"))
+    if "validation" in m:
+        items.append(("validation", "ok" if m["validation"].get("ok") else f"{m['validation'].get('errors')} errors"))
+    return items
+
+
+def _estimated_cost(data: Dataset) -> str:
+    if data.spec is None:
+        return ""
+    from promptbake.plan.estimate import estimate
+
+    models = data.manifest.get("teacher", {}).get("models") or [data.spec.teacher.model]
+    if not models[0] and data.spec.teacher.kind != "local":
+        return ""
+    from promptbake.teacher.config import model_name
+
+    model = models[0] or model_name(data.spec.teacher)
+    guess = estimate(data.spec, model, data.spec.teacher.kind)
+    return f", ${guess.cost:.4f} estimated before the run" if guess.price_known or guess.cost == 0 else (
+        f", estimate unknown (no price for {model})")
+
+
+def _runs(data: Dataset) -> list[list[str]]:
+    if data.store is None:
+        return []
+
+    def when(t: float | None) -> str:
+        return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if t else "-"
+
+    return [[r["command"], when(r["started_at"]), f"{r['finished_at'] - r['started_at']:.1f} s"
+             if r["finished_at"] else "-", r["status"]] for r in data.store.runs]
+
+
+def _distributions(data: Dataset) -> dict[str, Any]:
+    from promptbake.output import plots
+    from promptbake.teacher.tokens import count_messages, count_tokens, encoding_for
+
+    models = data.manifest.get("teacher", {}).get("models") or [None]
+    model = models[0]
+    prompt_tokens, answer_tokens = [], []
+    lengths: dict[str, list[float]] = defaultdict(list)
+    scores: dict[str, list[float]] = defaultdict(list)
+    for meta, row in data.kept:
+        messages = row.get("messages", [])
+        answer = last_assistant(messages)
+        end = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=len(messages))
+        prompt_tokens.append(count_messages(messages[:end], model))
+        answer_tokens.append(count_tokens(answer, model))
+        lengths[meta.get("category", "")].append(len(answer))
+        score = _judge_score(meta)
+        if score is not None:
+            scores[meta.get("category", "")].append(score)
+    out: dict[str, Any] = {"encoding": encoding_for(model).name, "tokens": None, "lengths": None, "token_stats": [],
+                           "scores": None, "similarity": None}
+    if prompt_tokens:
+        out["tokens"] = plots.histograms("tokens", {"prompt": prompt_tokens, "answer": answer_tokens},
+                                         f"tokens per example ({out['encoding']})")
+        out["lengths"] = plots.boxes("lengths", dict(sorted(lengths.items())), "answer length (characters)")
+        out["token_stats"] = [
+            (name, min(v), statistics.median(v), max(v), sum(v))
+            for name, v in (("prompt", prompt_tokens), ("answer", answer_tokens))
+        ]
+    if scores:
+        out["scores"] = plots.boxes("judge", dict(sorted(scores.items())), "judge score")
+    similar = [float(d["similarity"]) for d in data.dropped
+               if d.get("reason") == "near" and isinstance(d.get("similarity"), int | float)]
+    exact = sum(1 for d in data.dropped if d.get("reason") == "exact")
+    if similar:
+        out["similarity"] = plots.histograms("similarity", {"near-duplicate pairs": similar},
+                                             "estimated Jaccard similarity of the dropped example to the one kept")
+    out["exact"], out["near"] = exact, len(similar)
+    return out
+
+
+def _diversity(data: Dataset) -> tuple[list[dict[str, Any]], Any, list[tuple[str, int]]]:
+    from promptbake.output import plots
+
+    answers: dict[str, list[str]] = defaultdict(list)
+    prompts: dict[str, list[str]] = defaultdict(list)
+    for meta, row in data.kept:
+        messages = row.get("messages", [])
+        answers[meta.get("category", "")].append(last_assistant(messages))
+        prompts[meta.get("category", "")].append(_prompt(messages))
+    table: list[dict[str, Any]] = []
+    for name in sorted(answers):
+        table.append({
+            "category": name, "n": len(answers[name]),
+            "answer_d1": distinct_n(answers[name], 1), "answer_d2": distinct_n(answers[name], 2),
+            "prompt_d2": distinct_n(prompts[name], 2),
+            "openings": [(text, n) for text, n in openings(answers[name]).most_common(3) if n > 1],
+        })
+    if not table:
+        return table, None, []
+    plot = plots.grouped_bars("diversity", [t["category"] for t in table], {
+        "answers distinct-1": [t["answer_d1"] for t in table],
+        "answers distinct-2": [t["answer_d2"] for t in table],
+        "prompts distinct-2": [t["prompt_d2"] for t in table],
+    }, "distinct n-grams ÷ all n-grams (1 = nothing repeats)", xlim=(0, 1))
+    everywhere = [(t, n) for t, n in openings(a for v in answers.values() for a in v).most_common(10) if n > 1]
+    return table, plot, everywhere
+
+
+def _sizes(manifest: dict[str, Any]) -> tuple[list[str], list[list[Any]], Markup | None]:
+    """Each nested subset's examples per category, and the full train split's, side by side."""
+    from promptbake.output import plots
+
+    if not manifest.get("sizes"):
+        return [], [], None
+    train = {name: c.get("train", 0) for name, c in manifest.get("categories", {}).items()}
+    subsets = {f"train.{n}": counts for n, counts in manifest["sizes"].items()} | {"train": train}
+    names = sorted({c for counts in subsets.values() for c in counts})
+    table = [[c, *(counts.get(c, 0) for counts in subsets.values())] for c in names]
+    totals = [sum(counts.values()) for counts in subsets.values()]
+    shares = {c: [100 * counts.get(c, 0) / total if total else 0 for counts, total in
+                  zip(subsets.values(), totals, strict=True)] for c in names}
+    plot = plots.stacked_bars("sizes", list(subsets), shares, "share of the subset per category (%)")
+    return ["category", *subsets], [*table, ["all", *totals]], plot
+
+
+def _funnel(header: list[str], rows: list[list[Any]]) -> Markup | None:
+    """Per category: kept, and what each stage dropped, as one stacked bar."""
+    from promptbake.output import plots
+
+    rows = [r for r in rows if r[0] != "all"]
+    if not rows:
+        return None
+    stages = [c for c in header[1:] if c not in ("requested", "rows", "kept", "train", "test")]
+    stacks = {"kept": [r[header.index("kept")] for r in rows]} if "kept" in header else {}
+    stacks.update({s: [r[header.index(s)] for r in rows] for s in stages if any(r[header.index(s)] for r in rows)})
+    return plots.stacked_bars("funnel", [r[0] for r in rows], stacks, "examples", STAGE_COLORS)
+
+
+def dataset_context(data: Dataset, sample: int = SAMPLE) -> dict[str, Any]:
+    classified = _classify(data)
+    rows, sample_note = _sample(classified.rows, sample)
+    cells = _cells(data, classified)
+    category_columns, category_rows = _category_table(data)
+    diversity, diversity_plot, common_openings = _diversity(data)
+    size_columns, size_rows, size_plot = _sizes(data.manifest)
+    failed_requests = Counter((f["step"], (f["error"] or "")[:120]) for f in data.store.failures) if data.store else {}
+    return {
+        "kind": "dataset",
+        "title": f"promptbake report: {data.manifest.get('spec', data.directory.name)}",
+        "source": str(data.directory),
+        "notes": data.notes + [f"warning: {w}" for w in data.manifest.get("warnings", [])],
+        "glance": _glance(data),
+        "runs": _runs(data),
+        "rounds": data.store.rounds if data.store else [],
+        "attempt_errors": data.store.attempt_errors if data.store else {},
+        "failed_requests": sorted(failed_requests.items(), key=lambda kv: -kv[1]),
+        "spec_text": data.store.spec_text if data.store else _spec_text(data.spec),
+        "category_columns": category_columns, "category_rows": category_rows,
+        "funnel": _funnel(category_columns, category_rows),
+        "cells": cells,
+        "dist": _distributions(data),
+        "diversity": diversity, "diversity_plot": diversity_plot, "common_openings": common_openings,
+        "opening_words": OPENING_WORDS,
+        "size_columns": size_columns, "size_rows": size_rows, "size_plot": size_plot,
+        "rows": rows, "sample_note": sample_note,
+        "row_categories": sorted({r.category for r in rows}),
+        "statuses": ["train", "test", "dropped"],
+    }
+
+
+def _spec_text(spec: Spec | None) -> str | None:
+    if spec is None:
+        return None
+    from promptbake.workflows.pipeline import spec_text
+
+    return spec_text(spec)
+
+
+# --- eval files -------------------------------------------------------------------------------
+
+
+def _settings(row: dict[str, Any]) -> dict[str, Any]:
+    return row["settings"] if isinstance(row.get("settings"), dict) else {}
+
+
+def eval_context(path: str | Path, sample: int = SAMPLE) -> dict[str, Any]:
+    """Pass rate and mean score per category; for a sweep, both against each swept setting."""
+    from promptbake.output import plots
+    from promptbake.workflows.evaluate.testset import setting_label
+    from promptbake.workflows.topup import CategoryScore, load_eval
+
+    path = Path(path)
+    pooled = load_eval(path)  # validates every line, names a bad one
+    rows = [row for _, row in read_jsonl(path, "eval")]
+    settings = {setting_label(_settings(row)): _settings(row) for row in rows}
+    swept = [k for k in dict.fromkeys(k for s in settings.values() for k in s)
+             if len({json.dumps(s.get(k)) for s in settings.values()}) > 1
+             and all(isinstance(s.get(k), int | float) for s in settings.values())]
+    by_setting: dict[tuple[str, str], CategoryScore] = {}
+    by_value: dict[str, dict[str, dict[float, CategoryScore]]] = {name: {} for name in swept}
+    for row in rows:
+        for category in (row["category"], "all"):
+            by_setting.setdefault((category, setting_label(_settings(row))), CategoryScore(category)).add(
+                row.get("pass"), row.get("score"))
+            for name in swept:
+                by_value[name].setdefault(category, {}).setdefault(
+                    float(row["settings"][name]), CategoryScore(category)).add(row.get("pass"), row.get("score"))
+    metric = "pass" if any(s.with_pass for s in pooled.values()) else "score"
+    metric_name = "pass rate" if metric == "pass" else "mean score"
+    categories = list(pooled)
+    bars = plots.grouped_bars("eval", categories, {
+        "pass rate": [pooled[c].pass_rate for c in categories],
+        "mean score": [pooled[c].mean_score for c in categories],
+    }, "pass rate / mean score (0-1)", xlim=(0, 1))
+    panels = {name: {category: [(x, s.value(metric)) for x, s in points.items() if s.value(metric) is not None]
+                     for category, points in series.items()} for name, series in by_value.items()}
+    table: list[list[Any]] = [[category, label, s.n, s.pass_rate, s.mean_score]
+                              for (category, label), s in by_setting.items()
+                              if category != "all" or len(categories) > 1]
+    table.sort(key=lambda r: (r[0] == "all", r[0], list(settings).index(r[1])))
+    best: dict[str, tuple[str, float]] = {}
+    for category, label, _, pass_rate, mean in table:
+        value = pass_rate if metric == "pass" else mean
+        if value is not None and (category not in best or value > best[category][1]):
+            best[category] = (label, value)
+    sample_rows = []
+    for row in rows:
+        status = ("error" if row.get("output") is None and row.get("error") else
+                  "unscored" if row.get("pass") is None else "pass" if row["pass"] else "fail")
+        reason = "; ".join(str(x) for x in [row.get("error"), *(row.get("failures") or []),
+                                            row.get("judge_reasoning")] if x)
+        score = row.get("score")
+        sample_rows.append(Row(status, row["category"], setting_label(_settings(row)),
+                               "" if score is None else f"score {score}", str(row.get("output") or ""), reason))
+    return {
+        "kind": "eval", "title": f"promptbake eval report: {path.name}", "source": str(path),
+        "notes": [], "metric_name": metric_name, "n": len(rows),
+        "pooled": [[c, s.n, s.pass_rate, s.mean_score] for c, s in pooled.items()],
+        "bars": bars, "sweep": plots.lines("sweep", panels, metric_name) if panels else None,
+        "swept": swept, "setting_rows": table, "best": best if len(settings) > 1 else {},
+        "rows": sample_rows[:sample], "sample_note": f"showing the first {sample} of {len(rows)} answers"
+        if len(rows) > sample else "", "row_categories": sorted({r.category for r in sample_rows}),
+        "statuses": ["pass", "fail", "unscored", "error"],
+    }
+
+
+# --- writing ----------------------------------------------------------------------------------
+
+
+def render(context: dict[str, Any]) -> str:
+    from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+
+    env = Environment(loader=PackageLoader("promptbake.output", "templates"),
+                      autoescape=select_autoescape(["html", "j2"]), undefined=StrictUndefined,
+                      trim_blocks=True, lstrip_blocks=True)
+    env.filters["num"] = _num
+    return env.get_template(f"{context['kind']}.html.j2").render(**context)
+
+
+def _num(value: Any, digits: int = 2) -> Markup | str:
+    if value is None or value == "":
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _write(text: str, out: Path) -> Path:
+    from promptbake.output.atomic import write_text_atomic
+
+    write_text_atomic(out, text)  # an unwritable path is an OutputError naming it
+    return out
+
+
+def write_report(directory: str | Path, out: str | Path | None = None, *, store: str | Path | None = None,
+                 spec: Spec | str | Path | None = None, sample: int = SAMPLE) -> Path:
+    """``DIR/report.html`` (or ``out``) for the dataset built in ``directory``."""
+    data = load_dataset(directory, store, spec)
+    return _write(render(dataset_context(data, sample)), Path(out) if out else Path(directory) / REPORT)
+
+
+def write_eval_report(path: str | Path, out: str | Path | None = None, *, sample: int = SAMPLE) -> Path:
+    """``EVAL.html`` (or ``out``) for an eval results file."""
+    return _write(render(eval_context(path, sample)), Path(out) if out else Path(path).with_suffix(".html"))
