@@ -109,6 +109,7 @@ class FakeServer:
 
     responder: Responder | None = None
     latency_ms: float | tuple[float, float] = 0.0
+    latency_per_inflight_ms: float = 0.0  # overload as self-hosted servers show it: slower, no 429
     fault_rates: dict[FaultKind, float] = field(default_factory=dict)
     script: list[Fault | None] = field(default_factory=list)  # consumed in arrival order
     rpm: float | None = None
@@ -132,6 +133,7 @@ class FakeServer:
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)
         self._answered = 0
+        self._inflight = 0
         self._closing = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self._rpm = Bucket(self.rpm, self.burst_s) if self.rpm else None
@@ -219,8 +221,13 @@ class FakeServer:
     async def _sleep_latency(self) -> None:
         latency = self.latency_ms
         delay = self._rng.uniform(*latency) if isinstance(latency, tuple) else latency
-        if delay > 0:
-            await asyncio.sleep(delay / 1000)
+        self._inflight += 1
+        delay += self.latency_per_inflight_ms * self._inflight
+        try:
+            if delay > 0:
+                await asyncio.sleep(delay / 1000)
+        finally:
+            self._inflight -= 1
 
     def _limit_headers(self) -> dict[str, str]:
         headers: dict[str, str] = {}

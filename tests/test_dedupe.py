@@ -227,3 +227,13 @@ def test_decisions_are_identical_across_processes_and_hash_seeds(tmp_path):
         "print(json.dumps([d.as_dict() for d in dedupe(examples, DedupeConfig()).dropped]))\n"
     )
     assert len(json.loads(same_output_under_hash_seeds(script))) >= 45
+
+
+def test_thousands_of_variants_of_one_answer_all_point_at_the_first():
+    # A teacher refusing over and over: one chunk full of near copies of one text.
+    base = "I am sorry but I cannot help with that request today because it is against the policy"
+    variants = [ex(f"r{i}", "q", f"{base} number {i % 7} ok") for i in range(3000)]
+    result = dedupe(variants, DedupeConfig(fields=["assistant"], threshold=0.7))
+    assert [e.id for e in result.kept] == ["r0"]
+    assert {d.duplicate_of for d in result.dropped} == {"r0"}
+    assert {d.reason for d in result.dropped} == {"exact", "near"}

@@ -51,6 +51,10 @@ class StoreError(PromptbakeError):
     """The SQLite store cannot be opened, is locked by another run, or cannot be written."""
 
 
+class IndexUnavailable(PromptbakeError):
+    """The shared dedupe index (``dedupe.storage``) cannot be reached or answered with an error."""
+
+
 class OutputError(PromptbakeError):
     """An output file or directory cannot be written (read-only, disk full)."""
 

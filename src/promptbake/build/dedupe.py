@@ -10,28 +10,37 @@ train/test), so top-up rounds only ever reject the *new* examples that repeat wh
 
 Speed: MinHash is the cost (shingles x permutations). Signatures are computed for batches of
 examples at once with numpy, in slices small enough to stay in CPU cache, using datasketch's
-``affine32`` scheme; the resulting ``LeanMinHash`` objects are identical to what
-``datasketch.MinHash.update_batch`` would produce from the same shingle hashes (a test checks this),
-so ``MinHashLSH`` and ``jaccard`` work on them unchanged. Everything is seeded and hashed with
+``affine32`` scheme: they are identical to what ``datasketch.MinHash.update_batch`` would produce
+from the same shingle hashes (a test checks this). Everything is seeded and hashed with
 process-independent functions (crc32, blake2b), so decisions are identical across runs.
+
+Memory: the LSH index is not datasketch's ``MinHashLSH`` with its default dict storage, which at a
+million examples held a Python set per bucket, a bytes key per band per example and a
+``LeanMinHash`` object per example (about 4 GiB). It uses datasketch's band layout (the same
+``b`` x ``r`` for the threshold, so the same candidates) over flat numpy arrays: a signature
+costs ``num_perm`` uint32 and each band one (uint64 band hash, uint32 key) pair, kept sorted per
+band so that a whole chunk of examples is looked up with one ``searchsorted`` per band. For data
+spread over several machines, ``dedupe.storage`` puts the index in Redis through datasketch's own
+storage backend instead (:class:`_SharedIndex`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import unicodedata
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import chain
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 from datasketch import LeanMinHash, MinHash, MinHashLSH
 
-from promptbake.errors import SpecError
+from promptbake.errors import IndexUnavailable, InputError, SpecError
 from promptbake.records import Example
-from promptbake.spec.models import DedupeConfig
+from promptbake.spec.models import DedupeConfig, DedupeStorage
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
 Reason = Literal["exact", "near"]
@@ -44,6 +53,10 @@ _BATCH = 2048
 # LSH band layout favours recall: every candidate is verified against its Jaccard estimate, so a
 # false candidate costs one comparison while a missed one is a duplicate left in the data.
 _LSH_WEIGHTS = (0.1, 0.9)  # (false positive, false negative)
+# Examples decided per index lookup: large enough that numpy calls dominate Python overhead, small
+# enough that the examples held meanwhile stay a few MiB.
+_CHUNK_MIN, _CHUNK_MAX = 1024, 16384
+_BLOCK_BITS = 16  # signatures are stored in blocks of 65,536 rows, so growing never copies them
 
 
 class _Punctuation(dict[int, int | None]):
@@ -113,7 +126,7 @@ class DedupeResult:
 class _Prepared:
     example: Example
     key: bytes  # digest of the normalised fields
-    sketch: LeanMinHash | None  # None when near dedupe is off or the fields have no words
+    sig: np.ndarray | None  # MinHash values; None when near dedupe is off or the fields have no words
 
 
 class _Signer:
@@ -184,11 +197,234 @@ def _fmix32(h: np.ndarray) -> np.ndarray:
     return mixed
 
 
+class _Bands:
+    """datasketch's band layout for a threshold, with each band's ``r`` values hashed to a uint64.
+
+    Two examples are LSH candidates when all ``r`` values of some band are equal, exactly as in
+    ``MinHashLSH``; a 64-bit hash collision could add a candidate, which verification rejects.
+    """
+
+    def __init__(self, config: DedupeConfig) -> None:
+        lsh = MinHashLSH(threshold=config.threshold, num_perm=config.num_perm, weights=_LSH_WEIGHTS)
+        self.count, self.rows = lsh.b, lsh.r
+        rng = np.random.default_rng(_SEED + 1)
+        self._mult = rng.integers(1, 2**63, size=self.rows, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+
+    def hashes(self, sigs: np.ndarray) -> np.ndarray:
+        """(len(sigs), bands) uint64: a multiply-add of each band's values, wrapping mod 2**64."""
+        cube = sigs[:, : self.count * self.rows].reshape(len(sigs), self.count, self.rows)
+        hashed: np.ndarray = (cube.astype(np.uint64) * self._mult).sum(axis=2, dtype=np.uint64)
+        return hashed
+
+
+def _equal_pairs(sorted_hashes: np.ndarray, keys: np.ndarray,
+                 query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every (query row, key) whose band hash is equal, for a whole chunk in two searchsorted calls."""
+    lo = np.searchsorted(sorted_hashes, query, "left")
+    counts = np.searchsorted(sorted_hashes, query, "right") - lo
+    rows = np.repeat(np.arange(len(query)), counts)
+    shift = np.repeat(lo - (np.cumsum(counts) - counts), counts)
+    return rows, keys[np.arange(len(rows)) + shift]
+
+
+def _similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """MinHash Jaccard estimate of paired rows, computed as ``LeanMinHash.jaccard`` does."""
+    similarity: np.ndarray = np.count_nonzero(a == b, axis=-1) / a.shape[-1]
+    return similarity
+
+
+Match = tuple[str, float]  # (kept example id, similarity)
+
+
+class _Index(Protocol):
+    """Everything kept so far: exact digests and near-duplicate signatures."""
+
+    @property
+    def chunk_size(self) -> int:
+        """How many examples the deduper hands the index at once."""
+
+    def exact(self, items: list[_Prepared]) -> list[str | None]:
+        """The id an equal digest was registered under, per item (None: new)."""
+
+    def nearest(self, items: list[_Prepared], sigs: np.ndarray, bands: np.ndarray) -> list[Match | None]:
+        """Per signed item, its most similar LSH candidate (ties: the earliest registered)."""
+
+    def register(self, items: list[_Prepared], sigs: np.ndarray, bands: np.ndarray) -> list[str | None]:
+        """Remember kept items (``sigs`` and ``bands`` are those of the signed ones, in order).
+        Returns per item the id of an exact duplicate registered concurrently elsewhere, if any."""
+
+
+class _LocalIndex:
+    """The index in this process's memory, as flat numpy arrays (see the module docstring)."""
+
+    def __init__(self, config: DedupeConfig, bands: _Bands) -> None:
+        self._num_perm = config.num_perm
+        self._exact: dict[bytes, str] = {}
+        self._ids: list[str] = []  # key -> example id
+        self._blocks: list[np.ndarray] = []  # signatures; key k is row k of the concatenation
+        self._hashes = [np.empty(0, np.uint64) for _ in range(bands.count)]  # sorted, per band
+        self._keys = [np.empty(0, np.uint32) for _ in range(bands.count)]  # aligned with _hashes
+
+    @property
+    def chunk_size(self) -> int:
+        # Each chunk re-writes the sorted arrays once, so chunks grow with the index.
+        return min(_CHUNK_MAX, max(_CHUNK_MIN, len(self._ids) // 4))
+
+    def exact(self, items: list[_Prepared]) -> list[str | None]:
+        return [self._exact.get(item.key) for item in items]
+
+    def nearest(self, items: list[_Prepared], sigs: np.ndarray, bands: np.ndarray) -> list[Match | None]:
+        found: list[Match | None] = [None] * len(items)
+        if not self._ids or not len(sigs):
+            return found
+        pairs = [_equal_pairs(self._hashes[t], self._keys[t], bands[:, t]) for t in range(len(self._hashes))]
+        codes = np.unique(np.concatenate([(r.astype(np.uint64) << np.uint64(32)) | k for r, k in pairs]))
+        rows, keys = (codes >> np.uint64(32)).astype(np.int64), (codes & np.uint64(0xFFFFFFFF)).astype(np.int64)
+        scores = _similarity(sigs[rows], self._signatures(keys))
+        best = np.lexsort((keys, -scores, rows))  # per row: highest score, then earliest key
+        first = best[np.r_[True, rows[best][1:] != rows[best][:-1]]] if len(best) else best
+        for at in first:
+            found[rows[at]] = (self._ids[keys[at]], float(scores[at]))
+        return found
+
+    def register(self, items: list[_Prepared], sigs: np.ndarray, bands: np.ndarray) -> list[str | None]:
+        for item in items:
+            self._exact.setdefault(item.key, item.example.id)
+        if len(sigs):
+            start = len(self._ids)
+            self._ids.extend(item.example.id for item in items if item.sig is not None)
+            self._store(start, sigs)
+            keys = np.arange(start, start + len(sigs), dtype=np.uint32)
+            for t in range(len(self._hashes)):
+                order = np.argsort(bands[:, t], kind="stable")
+                at = np.searchsorted(self._hashes[t], bands[order, t], "right")
+                self._hashes[t] = np.insert(self._hashes[t], at, bands[order, t])
+                self._keys[t] = np.insert(self._keys[t], at, keys[order])
+        return [None] * len(items)
+
+    def _store(self, start: int, sigs: np.ndarray) -> None:
+        size = 1 << _BLOCK_BITS
+        done = 0
+        while done < len(sigs):
+            block, row = divmod(start + done, size)
+            if block == len(self._blocks):
+                self._blocks.append(np.empty((size, self._num_perm), np.uint32))
+            n = min(size - row, len(sigs) - done)
+            self._blocks[block][row : row + n] = sigs[done : done + n]
+            done += n
+
+    def _signatures(self, keys: np.ndarray) -> np.ndarray:
+        out = np.empty((len(keys), self._num_perm), np.uint32)
+        blocks = keys >> _BLOCK_BITS
+        for block in np.unique(blocks):
+            mask = blocks == block
+            out[mask] = self._blocks[block][keys[mask] & ((1 << _BLOCK_BITS) - 1)]
+        return out
+
+
+class _SharedIndex:
+    """The index in Redis, shared by every machine that names the same ``basename``.
+
+    Built on datasketch's storage backend: its ``MinHashLSH`` holds the buckets (band -> example
+    ids), and two more of its storages hold each kept example's signature (a candidate another
+    machine registered must still be verified) and the owners of each exact digest. Owners are a
+    list appended with RPUSH, which Redis applies in one order, so when two machines keep the same
+    text at once the first in the list wins and the other drops its copy as an exact duplicate.
+    Near duplicates checked at the same instant on two machines can both be kept: each machine only
+    sees what the others had registered when it looked. Re-running a build against the same index
+    keeps what it kept before: an example never duplicates its own id.
+    """
+
+    chunk_size = 4096  # one pipelined round trip per band and chunk
+
+    def __init__(self, config: DedupeConfig, storage: DedupeStorage) -> None:
+        try:
+            import redis
+            from datasketch.storage import ordered_storage
+        except ImportError:
+            raise InputError("dedupe.storage: the Redis index needs the redis package "
+                             "(pip install 'promptbake[redis]')") from None
+        self._errors: tuple[type[Exception], ...] = (redis.RedisError,)
+        self._where = storage.redis
+        cfg = storage.storage_config()
+        base = cfg["basename"]
+        self._lsh = MinHashLSH(threshold=config.threshold, num_perm=config.num_perm, weights=_LSH_WEIGHTS,
+                               storage_config=cfg, prepickle=False)
+        self._sigs = ordered_storage(cfg, name=base + b"_signatures")
+        self._owners = ordered_storage(cfg, name=base + b"_exact")
+        with self._talking():
+            self._sigs.size()  # fail now, with the address, if Redis is not there
+
+    @contextlib.contextmanager
+    def _talking(self) -> Iterator[None]:
+        try:
+            yield
+        except self._errors as exc:
+            host = {k: v for k, v in self._where.items() if k in ("host", "port", "db")}
+            raise IndexUnavailable(f"dedupe.storage: Redis {host}: {exc}") from None
+
+    def exact(self, items: list[_Prepared]) -> list[str | None]:
+        with self._talking():
+            owners = self._owners.getmany(*[item.key for item in items]) if items else []
+        return [_owner(found, item) for found, item in zip(owners, items, strict=True)]
+
+    def nearest(self, items: list[_Prepared], sigs: np.ndarray, bands: np.ndarray) -> list[Match | None]:
+        if not items:
+            return []
+        found: list[set[bytes]] = [set() for _ in items]
+        with self._talking():
+            for (start, end), table in zip(self._lsh.hashranges, self._lsh.hashtables, strict=True):
+                # the bucket key datasketch writes: the band's values, byte-swapped
+                buckets = table.getmany(*[bytes(sig[start:end].byteswap().data) for sig in sigs])
+                for members, into in zip(buckets, found, strict=True):
+                    into.update(members)
+            for members, item in zip(found, items, strict=True):
+                members.discard(item.example.id.encode("utf-8"))
+            candidates = sorted(set().union(*found))  # sorted ids: ties go to the smallest
+            stored = self._sigs.getmany(*candidates) if candidates else []
+        known = {key: np.frombuffer(value[0], np.uint32)
+                 for key, value in zip(candidates, stored, strict=True) if value}
+        matches: list[Match | None] = []
+        for sig, members in zip(sigs, found, strict=True):
+            keys = [key for key in sorted(members) if key in known]
+            if not keys:
+                matches.append(None)
+                continue
+            scores = _similarity(np.stack([known[key] for key in keys]), sig)
+            at = int(np.argmax(scores))
+            matches.append((keys[at].decode("utf-8"), float(scores[at])))
+        return matches
+
+    def register(self, items: list[_Prepared], sigs: np.ndarray, bands: np.ndarray) -> list[str | None]:
+        with self._talking():
+            for item in items:
+                self._owners.insert(item.key, item.example.id.encode("utf-8"), buffer=True)
+            self._owners.empty_buffer()
+            lost = self.exact(items)  # someone else's id first in the list: they kept it first
+            signed = [owner for item, owner in zip(items, lost, strict=True) if item.sig is not None]
+            with self._lsh.insertion_session() as session:
+                for item, owner, sig in zip([i for i in items if i.sig is not None], signed, sigs,
+                                            strict=True):
+                    if owner is None:
+                        key = item.example.id.encode("utf-8")
+                        self._sigs.insert(key, sig.tobytes(), buffer=True)
+                        session.insert(key, LeanMinHash(seed=_SEED, hashvalues=sig, scheme=_SCHEME),
+                                       check_duplication=False)
+                self._sigs.empty_buffer()
+        return lost
+
+
+def _owner(found: list[bytes], item: _Prepared) -> str | None:
+    owner = found[0].decode("utf-8") if found else None
+    return None if owner == item.example.id else owner
+
+
 class Deduper:
     """Streams examples against everything kept (or seeded) so far.
 
     ``add`` / ``add_many`` drop what repeats the kept set and keep the rest; ``seed`` registers
-    examples that are never dropped (the existing train/test set during top-up).
+    examples that are never dropped (the existing train/test set during top-up). The kept set lives
+    in memory, or in Redis when the config names a ``storage`` (shared between machines).
     """
 
     def __init__(self, config: DedupeConfig) -> None:
@@ -199,19 +435,15 @@ class Deduper:
                 raise SpecError(f"dedupe.fields: unknown role {name!r} (use one of {', '.join(ROLES)})")
         self.config = config
         self._signer = _Signer(config.num_perm, config.shingle)
-        self._exact: dict[bytes, str] = {}
-        self._ids: list[str] = []  # LSH key (an int) -> example id
-        self._sketches: list[LeanMinHash] = []
-        self._lsh = (
-            MinHashLSH(threshold=config.threshold, num_perm=config.num_perm, weights=_LSH_WEIGHTS)
-            if config.near
-            else None
-        )
+        self._bands = _Bands(config)
+        self._index: _Index = (_LocalIndex(config, self._bands) if config.storage is None
+                               else _SharedIndex(config, config.storage))
 
     def seed(self, existing: Iterable[Example]) -> None:
         """Remember examples as kept without checking them: later additions are compared to them."""
-        for item in self._prepare(existing):
-            self._register(item)
+        for chunk in self._chunks(existing):
+            sigs = self._stack(chunk)
+            self._index.register(chunk, sigs, self._bands.hashes(sigs))
 
     def add(self, example: Example) -> Dropped | None:
         """Keep ``example`` (returns None) or say which kept example it duplicates."""
@@ -219,39 +451,70 @@ class Deduper:
         return dropped
 
     def add_many(self, examples: Iterable[Example]) -> Iterator[tuple[Example, Dropped | None]]:
-        """Like ``add`` for each example, in order, but signing them in batches (much faster).
-
-        Lazy: an example is only checked and registered once the iterator has yielded it.
+        """Like ``add`` for each example, in order, but signing and looking up in chunks (much
+        faster). Decisions are the same as one ``add`` at a time. Lazy by chunk: an example is
+        registered by the time it is yielded, and the next chunk is read only after that.
         """
+        for chunk in self._chunks(examples):
+            yield from zip((item.example for item in chunk), self._decide(chunk), strict=True)
+
+    def _decide(self, chunk: list[_Prepared]) -> list[Dropped | None]:
+        """The chunk's examples in order, each against the index and the chunk's earlier kept ones."""
+        signed = [i for i, item in enumerate(chunk) if item.sig is not None]
+        row_of = {i: row for row, i in enumerate(signed)}
+        sigs = self._stack(chunk)
+        bands = self._bands.hashes(sigs)
+        exact = self._index.exact(chunk)
+        nearest = self._index.nearest([chunk[i] for i in signed], sigs, bands)
+        # The chunk's own kept rows, by band hash: only kept rows are ever candidates, so a chunk
+        # of a thousand copies of one refusal costs a thousand lookups, not a million pairs.
+        buckets: list[dict[int, list[int]]] = [{} for _ in range(self._bands.count)]
+        band_rows = bands.tolist()
+        decisions: list[Dropped | None] = []
+        first_seen: dict[bytes, str] = {}
+        for i, item in enumerate(chunk):
+            ex = item.example
+            original = exact[i] or first_seen.get(item.key)
+            if original is not None:
+                decisions.append(Dropped(ex.id, ex.category, "exact", original, 1.0))
+                continue
+            row = row_of.get(i)
+            if row is not None:
+                best = nearest[row]
+                earlier = {e for t, h in enumerate(band_rows[row]) for e in buckets[t].get(h, ())}
+                for e in sorted(earlier):  # registered after the index's: wins only if better
+                    score = float(_similarity(sigs[e], sigs[row]))
+                    if best is None or score > best[1]:
+                        best = (chunk[signed[e]].example.id, score)
+                if best is not None and best[1] >= self.config.threshold:
+                    decisions.append(Dropped(ex.id, ex.category, "near", best[0], best[1]))
+                    continue
+                for t, h in enumerate(band_rows[row]):
+                    buckets[t].setdefault(h, []).append(row)
+            first_seen.setdefault(item.key, ex.id)
+            decisions.append(None)
+        kept = [i for i, d in enumerate(decisions) if d is None]
+        rows = [row_of[i] for i in kept if i in row_of]
+        lost = self._index.register([chunk[i] for i in kept], sigs[rows], bands[rows])
+        for i, owner in zip(kept, lost, strict=True):
+            if owner is not None:
+                ex = chunk[i].example
+                decisions[i] = Dropped(ex.id, ex.category, "exact", owner, 1.0)
+        return decisions
+
+    def _stack(self, chunk: list[_Prepared]) -> np.ndarray:
+        sigs = [item.sig for item in chunk if item.sig is not None]
+        return np.stack(sigs) if sigs else np.empty((0, self.config.num_perm), np.uint32)
+
+    def _chunks(self, examples: Iterable[Example]) -> Iterator[list[_Prepared]]:
+        chunk: list[_Prepared] = []
         for item in self._prepare(examples):
-            dropped = self._check(item)
-            if dropped is None:
-                self._register(item)
-            yield item.example, dropped
-
-    def _check(self, item: _Prepared) -> Dropped | None:
-        ex = item.example
-        original = self._exact.get(item.key)
-        if original is not None:
-            return Dropped(ex.id, ex.category, "exact", original, 1.0)
-        if item.sketch is None or self._lsh is None:
-            return None
-        best_key, best = -1, -1.0
-        for key in sorted(self._lsh.query(item.sketch)):  # sorted: on a tie the earliest kept wins
-            score = item.sketch.jaccard(self._sketches[key])
-            if score > best:
-                best_key, best = key, score
-        if best >= self.config.threshold:
-            return Dropped(ex.id, ex.category, "near", self._ids[best_key], best)
-        return None
-
-    def _register(self, item: _Prepared) -> None:
-        self._exact.setdefault(item.key, item.example.id)
-        if item.sketch is not None and self._lsh is not None:
-            key = len(self._ids)
-            self._ids.append(item.example.id)
-            self._sketches.append(item.sketch)
-            self._lsh.insert(key, item.sketch, check_duplication=False)
+            chunk.append(item)
+            if len(chunk) >= self._index.chunk_size:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
 
     def _prepare(self, examples: Iterable[Example]) -> Iterator[_Prepared]:
         """Normalise and sign examples, batching the signing so numpy does the heavy lifting."""
@@ -260,7 +523,7 @@ class Deduper:
         for ex in examples:
             fields = [normalise(ex.text(role)) for role in self.config.fields]
             key = hashlib.blake2b("\x1f".join(fields).encode("utf-8"), digest_size=16).digest()
-            words = " ".join(fields).split() if self._lsh is not None else []
+            words = " ".join(fields).split() if self.config.near else []
             n = self._signer.shingle_count(len(words)) if words else 0
             if pending and shingles + n > _BATCH:
                 yield from self._sign(pending)
@@ -274,8 +537,7 @@ class Deduper:
         docs = [words for _, _, words in pending if words]
         sigs = iter(self._signer.signatures(docs)) if docs else iter(())
         for ex, key, words in pending:
-            sketch = LeanMinHash(seed=_SEED, hashvalues=next(sigs), scheme=_SCHEME) if words else None
-            yield _Prepared(ex, key, sketch)
+            yield _Prepared(ex, key, next(sigs) if words else None)
 
 
 def dedupe(

@@ -56,7 +56,9 @@ def teacher_options(fn: F) -> F:
     options = [
         click.option("--teacher", "teacher_kind", type=click.Choice(["remote", "local"]), default=None,
                      help="remote: an OpenAI-compatible server; local: the embedded SmolLM2 on llama.cpp."),
-        click.option("--base-url", default=None, help="Server URL (default: $OPENAI_BASE_URL or OpenAI)."),
+        click.option("--base-url", multiple=True,
+                     help="Server URL (default: $OPENAI_BASE_URL or OpenAI); repeat it to spread requests over "
+                          "several servers, each with its own --rpm/--tpm/--concurrency."),
         click.option("--model", default=None, help="Model name sent to the server."),
         click.option("--api-key-env", default=None,
                      help="Name of the environment variable holding the key (default OPENAI_API_KEY)."),
@@ -75,8 +77,11 @@ def teacher_options(fn: F) -> F:
         from promptbake import Teacher
 
         keys = ["base_url", "model", "api_key_env", "rpm", "tpm", "concurrency", "max_attempts", "timeout"]
+        urls = kwargs.pop("base_url")
+        kwargs["base_url"] = urls[0] if len(urls) == 1 else None
         kind = kwargs.pop("teacher_kind")
-        kwargs["teacher"] = Teacher(kind=kind, **{k: kwargs.pop(k) for k in keys})
+        kwargs["teacher"] = Teacher(kind=kind, **{k: kwargs.pop(k) for k in keys},
+                                    endpoints=tuple(urls) if len(urls) > 1 else ())
         return fn(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
@@ -124,6 +129,8 @@ def _print_generate(report: Any) -> None:
         f"all runs: ${t['cost']:.4f}",
         err=True,
     )
+    for name, endpoint in g.endpoints.items():
+        click.echo(f"  endpoint {name}: {endpoint.describe()}", err=True)
 
 
 @cli.command()

@@ -31,6 +31,19 @@ class Prices(Strict):
     output: float = Field(ge=0)
 
 
+class EndpointConfig(Strict):
+    """One server of a fleet (``teacher.endpoints``). Unset fields take the teacher section's
+    value; limits are this endpoint's own (each replica or account has its own)."""
+
+    base_url: str
+    model: str | None = None
+    api_key_env: str | None = None
+    rpm: float | None = Field(default=None, gt=0)
+    tpm: float | None = Field(default=None, gt=0)
+    concurrency: int | None = Field(default=None, ge=1)
+    weight: float = Field(default=1.0, gt=0)  # preference among endpoints that all have room
+
+
 class TeacherConfig(Strict):
     """Where the teacher lives and how hard we may push it. CLI flags override these."""
 
@@ -45,6 +58,7 @@ class TeacherConfig(Strict):
     timeout: float = Field(default=120.0, gt=0)
     structured_output: Literal["auto", "json_schema", "json_object", "none"] = "auto"
     prices: dict[str, Prices] = Field(default_factory=dict)
+    endpoints: list[EndpointConfig] = Field(default_factory=list)  # several servers instead of base_url
 
     @model_validator(mode="before")
     @classmethod
@@ -204,6 +218,21 @@ class SplitConfig(Strict):
         return self
 
 
+class DedupeStorage(Strict):
+    """A shared near-duplicate index in Redis (datasketch's ``storage_config``), so that several
+    machines building parts of one dataset dedupe against each other. ``basename`` names the index:
+    every machine of one dataset uses the same one. ``redis`` is passed to ``redis.Redis``; a value
+    may be ``{env: NAME, default: ...}`` so that a password stays out of the spec and manifest."""
+
+    type: Literal["redis"] = "redis"
+    redis: dict[str, Any] = Field(default_factory=lambda: {"host": "localhost", "port": 6379})
+    basename: str = Field(min_length=1)
+
+    def storage_config(self) -> dict[str, Any]:
+        """What ``datasketch.MinHashLSH(storage_config=...)`` takes."""
+        return {"type": self.type, "redis": self.redis, "basename": self.basename.encode("utf-8")}
+
+
 class DedupeConfig(Strict):
     enabled: bool = True
     fields: list[str] = Field(default_factory=lambda: ["user", "assistant"])
@@ -211,6 +240,7 @@ class DedupeConfig(Strict):
     threshold: float = Field(default=0.85, gt=0, le=1)
     num_perm: int = Field(default=128, ge=16)
     shingle: int = Field(default=3, ge=1)
+    storage: DedupeStorage | None = None  # None: the index lives in this process's memory
 
 
 class BalanceConfig(Strict):

@@ -11,13 +11,13 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from typing import Literal
 
 from pydantic import ValidationError
 
 from promptbake.errors import InputError
-from promptbake.spec.models import Prices, TeacherConfig
+from promptbake.spec.models import EndpointConfig, Prices, TeacherConfig
 from promptbake.teacher.client import Endpoint
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
@@ -37,6 +37,7 @@ class Teacher:
 
     kind: Literal["remote", "local"] | None = None
     base_url: str | None = None
+    endpoints: tuple[str, ...] = ()  # --base-url given more than once: one endpoint each
     model: str | None = None
     api_key_env: str | None = None
     rpm: float | None = None
@@ -53,9 +54,14 @@ def merge(config: TeacherConfig, teacher: Teacher | None) -> TeacherConfig:
     if teacher is None:
         return config
     data = config.model_dump()
-    data.update({f.name: getattr(teacher, f.name) for f in fields(teacher) if getattr(teacher, f.name) is not None})
+    data.update({f.name: getattr(teacher, f.name) for f in fields(teacher)
+                 if f.name != "endpoints" and getattr(teacher, f.name) is not None})
     if teacher.prices is not None:
         data["prices"] = {**config.prices, **teacher.prices}  # one model's price, not the whole table
+    if teacher.base_url is not None:
+        data["endpoints"] = []  # one URL on the command line replaces the spec's fleet
+    if teacher.endpoints:
+        data["endpoints"] = [{"base_url": url} for url in teacher.endpoints]
     if teacher.kind == "local" and teacher.model is None:
         data["model"] = None  # the spec's remote model name means nothing to the local server
     try:
@@ -88,13 +94,25 @@ def remote_endpoint(config: TeacherConfig) -> Endpoint:
 def open_teacher(config: TeacherConfig) -> Iterator[tuple[Endpoint, TeacherConfig]]:
     """The endpoint to talk to, and the config with limits fitting it. A local teacher's server
     lives exactly as long as this block (stopped on errors and Ctrl-C too)."""
+    if config.kind == "remote" and config.endpoints:
+        from promptbake.teacher.endpoints import fleet_model
+
+        # requests are planned under the fleet's model; the pool sends them to its endpoints
+        url = config.endpoints[0].base_url
+        yield Endpoint(base_url=url.rstrip("/"), model=fleet_model(config)), config
+        return
     if config.kind == "remote":
         yield remote_endpoint(config), config
         return
-    from promptbake.teacher.local import local_server
+    from promptbake.teacher.local import local_servers
 
-    with local_server() as server:
-        endpoint = Endpoint(base_url=server.base_url, model=model_name(config), api_key=None)
-        # llama.cpp answers one request at a time on 2 cores: more in flight only queues
-        limited = config.model_copy(update={"concurrency": min(config.concurrency, server.concurrency)})
-        yield replace(endpoint), limited
+    with local_servers() as servers:
+        model = model_name(config)
+        first = Endpoint(base_url=servers[0].base_url, model=model, api_key=None)
+        # llama.cpp answers one request at a time per server: more in flight only queues
+        if len(servers) == 1:
+            yield first, config.model_copy(update={"concurrency": min(config.concurrency, servers[0].concurrency)})
+            return
+        # one server per core behind the endpoints layer: each core answers its own request
+        endpoints = [EndpointConfig(base_url=s.base_url, model=model, concurrency=s.concurrency) for s in servers]
+        yield first, config.model_copy(update={"endpoints": endpoints})

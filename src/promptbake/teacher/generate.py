@@ -17,6 +17,7 @@ from promptbake.plan.planner import Planner
 from promptbake.spec.models import Spec, Step, TeacherConfig
 from promptbake.store.db import Store, StoredRequest
 from promptbake.teacher.client import ChatResult, Endpoint
+from promptbake.teacher.endpoints import EndpointStats
 from promptbake.teacher.parse import parse_choices
 from promptbake.teacher.pool import Outcome
 from promptbake.teacher.send import Progress, StepJob, send_to_store
@@ -49,6 +50,7 @@ class GenerateReport:
     attempts: int = 0
     rate_limited: int = 0
     stopped_for_budget: bool = False
+    endpoints: dict[str, EndpointStats] = field(default_factory=dict)  # with teacher.endpoints
 
 
 def _checker(step: Step) -> Callable[[ChatResult], Any]:
@@ -139,6 +141,8 @@ class Generation:
         self.report.completion_tokens += stats.completion_tokens
         self.report.attempts += stats.attempts
         self.report.rate_limited += stats.throttled
+        for name, endpoint_stats in stats.endpoints.items():
+            self.report.endpoints.setdefault(name, EndpointStats()).merge(endpoint_stats)
         self.report.stopped_for_budget = stats.stopped_for_budget
 
 

@@ -18,6 +18,7 @@ import collections
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from promptbake.teacher.client import RateInfo
 
@@ -122,6 +123,7 @@ class Permit:
     sent_at: float
     requests_left: float | None
     tokens_left: float | None
+    client: Any = None  # set by a Fleet (endpoints.py): the endpoint's client this attempt goes to
 
 
 class Limiter:

@@ -32,7 +32,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -265,6 +265,28 @@ class LocalTeacher:
 
 # ``with local_server() as server:`` reads better at call sites that only want the running server.
 local_server = LocalTeacher
+
+
+def core_count() -> int:
+    """The cores this process may run on: what the servers' threads will share."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def local_servers(*, command: Command | None = None) -> Iterator[list[LocalServer]]:
+    """One single-thread server per core, all stopped when the block ends.
+
+    Why several processes rather than one with more threads: llama-cpp-python's server answers one
+    request at a time (a global lock), so one server does 50-54 completion tok/s here with 2
+    threads at any concurrency, while two 1-thread servers answering two requests at once do
+    80-92 (FACTS.md). llama.cpp's threads spin while they wait, so processes x threads must not
+    exceed the cores: a second busy process on the same cores made one request take 67 s.
+    """
+    with contextlib.ExitStack() as stack:
+        yield [stack.enter_context(LocalTeacher(n_threads=1, command=command)) for _ in range(core_count())]
 
 
 class _PortTaken(Exception):

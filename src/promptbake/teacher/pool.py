@@ -74,6 +74,7 @@ class PoolStats:
     cost: float = 0.0
     elapsed: float = 0.0
     stopped_for_budget: bool = False
+    endpoints: dict[str, Any] = field(default_factory=dict)  # per endpoint, when a Fleet ran it
 
     @property
     def per_second(self) -> float:
@@ -216,7 +217,7 @@ class Pool:
         permit = await self.limiter.acquire(run.job.est_tokens)
         start = time.perf_counter()
         try:
-            result = await self.client.chat(body)
+            result = await (permit.client or self.client).chat(body)  # a Fleet picks the endpoint
         except AttemptError as exc:
             latency = (time.perf_counter() - start) * 1000
             run.attempts.append(Attempt(number, exc.status, exc.kind, str(exc), latency, seed=seed))

@@ -33,6 +33,11 @@ class PriceTable:
         self.prices = {**DEFAULT_PRICES, **(overrides or {})}
 
     def lookup(self, model: str) -> Prices | None:
+        if "+" in model and model not in self.prices:
+            # a fleet of several models (endpoints.py): which one answers is not known before,
+            # so a budget counts the dearest of those with a price
+            found = [p for p in map(self.lookup, model.split("+")) if p is not None]
+            return max(found, key=lambda p: (p.output, p.input)) if found else None
         name = model.split(":")[1] if model.startswith("ft:") else model
         matches = [k for k in self.prices if name == k or name.startswith(k + "-")]
         return self.prices[max(matches, key=len)] if matches else None

@@ -15,8 +15,8 @@ from typing import Any
 
 from promptbake.spec.models import TeacherConfig
 from promptbake.store.db import AttemptRow, ResultRow, Store
-from promptbake.teacher.client import ChatClient, Endpoint
-from promptbake.teacher.limiter import Limiter
+from promptbake.teacher.client import Endpoint
+from promptbake.teacher.endpoints import Fleet, connect
 from promptbake.teacher.pool import Job, Outcome, Pool, PoolStats
 from promptbake.teacher.pricing import PriceTable
 
@@ -82,16 +82,19 @@ async def send_to_store(
         queue.put_nowait(result_row(outcome))
 
     try:
-        async with ChatClient(endpoint, concurrency=config.concurrency, timeout=config.timeout) as client:
-            limiter = Limiter(rpm=config.rpm, tpm=config.tpm, concurrency=config.concurrency)
+        async with connect(endpoint, config) as (client, limiter):
             pool = Pool(
                 client,
-                limiter,
+                limiter,  # type: ignore[arg-type]  # a Fleet over teacher.endpoints has Limiter's methods
                 max_attempts=config.max_attempts,
                 cost=PriceTable(config.prices).cost,
                 max_cost=max_cost,
             )
-            return await pool.run(jobs, sink)
+            try:
+                return await pool.run(jobs, sink)
+            finally:
+                if isinstance(limiter, Fleet):
+                    pool.stats.endpoints = limiter.summary()
     finally:
         queue.put_nowait(None)
         await writer
