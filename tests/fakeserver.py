@@ -36,8 +36,8 @@ from typing import Any, Literal
 
 from aiohttp import web
 
-FaultKind = Literal["429", "quota", "500", "garbage", "hang", "drop", "401", "400"]
-FAULT_KINDS: tuple[FaultKind, ...] = ("429", "quota", "500", "garbage", "hang", "drop", "401", "400")
+FaultKind = Literal["429", "quota", "500", "garbage", "hang", "drop", "401", "400", "404"]
+FAULT_KINDS: tuple[FaultKind, ...] = ("429", "quota", "500", "garbage", "hang", "drop", "401", "400", "404")
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,33 @@ class Fault:
     message: str | None = None  # overrides the error message (e.g. to echo a key back)
 
 
-Responder = Callable[[dict[str, Any]], "str | dict[str, Any] | Fault"]
+@dataclass(frozen=True)
+class Raw:
+    """An answer sent exactly as given: any status, headers and bytes. For the shapes a real
+    server should never send (SSE nobody asked for, HTML, ``choices: []``, a gzip bomb, lone
+    surrogates, ``usage`` of Infinity) and for odd headers (``retry-after: inf``). A 200 counts as
+    paid."""
+
+    body: bytes
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    content_type: str = "application/json"
+
+    @classmethod
+    def completion(cls, choices: list[dict[str, Any]], usage: Any = None, **extra: Any) -> Raw:
+        """A chat completion with these ``choices`` written as JSON text (``usage`` may hold
+        ``float("inf")``: Python writes it as the non-standard ``Infinity``)."""
+        payload = {"id": "chatcmpl-raw", "object": "chat.completion", "model": "fake-model",
+                   "choices": choices, **({"usage": usage} if usage is not None else {}), **extra}
+        return cls(json.dumps(payload).encode())
+
+    @staticmethod
+    def choice(content: Any, index: int = 0, **message: Any) -> dict[str, Any]:
+        return {"index": index, "message": {"role": "assistant", "content": content, **message},
+                "finish_reason": "stop"}
+
+
+Responder = Callable[[dict[str, Any]], "str | dict[str, Any] | Fault | Raw"]
 
 
 def body_hash(body: dict[str, Any]) -> str:
@@ -117,9 +143,19 @@ class FakeServer:
     burst_s: float = 60.0  # how many seconds of the limit the buckets hold
     finish_reason: str = "stop"
     model: str = "fake-model"
+    # how answers report usage: "normal"; "omit" (no usage key, as some proxies do); "garbage"
+    # (strings and NaN, which must not count as free)
+    usage_mode: Literal["normal", "omit", "garbage"] = "normal"
     record_bodies: bool = True
     seed: int = 0
     port: int = 0
+    # Batch API: how many status checks find a batch still running, how each created batch ends
+    # (in creation order; "completed" when the list runs out): "completed", "expired:N" or
+    # "cancelled:N" (N requests answered first), "failed" (refused at validation); upload limits
+    batch_polls: int = 1
+    batch_ends: list[str] = field(default_factory=list)
+    max_file_lines: int = 50_000
+    max_file_bytes: int = 200_000_000
 
     # what the server saw
     count: int = field(default=0, init=False)
@@ -129,6 +165,11 @@ class FakeServer:
     statuses: Counter[str] = field(default_factory=Counter, init=False)
     auth_headers: list[str | None] = field(default_factory=list, init=False)
     arrivals: list[float] = field(default_factory=list, init=False)  # time.monotonic() per request
+    files: dict[str, tuple[dict[str, Any], bytes]] = field(default_factory=dict, init=False)
+    uploads: list[str] = field(default_factory=list, init=False)  # ids of accepted batch input files
+    batches: dict[str, FakeBatch] = field(default_factory=dict, init=False)  # in creation order
+    batch_lines: int = field(default=0, init=False)  # requests answered inside batches
+    connections: Counter[str] = field(default_factory=Counter, init=False)  # requests per client host:port
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)
@@ -148,6 +189,7 @@ class FakeServer:
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/_stats", self._stats)
+        self._add_batch_routes(app)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", self.port, backlog=1024)
@@ -206,7 +248,7 @@ class FakeServer:
     async def _stats(self, request: web.Request) -> web.Response:
         return web.json_response(self.stats())
 
-    def _next_fault(self, body: dict[str, Any]) -> Fault | str | dict[str, Any] | None:
+    def _next_fault(self, body: dict[str, Any]) -> Fault | Raw | str | dict[str, Any] | None:
         if self.script:
             scripted = self.script.pop(0)
             if scripted is not None:
@@ -258,6 +300,8 @@ class FakeServer:
         if self.record_bodies:
             self.arrivals.append(time.monotonic())
         self.auth_headers.append(request.headers.get("Authorization"))
+        peer = request.transport.get_extra_info("peername") if request.transport is not None else None
+        self.connections[f"{peer[0]}:{peer[1]}" if peer else "?"] += 1
         try:
             body = json.loads(raw)
         except ValueError:
@@ -284,7 +328,20 @@ class FakeServer:
         decision = self._next_fault(body)
         if isinstance(decision, Fault):
             return await self._fault(request, decision)
+        if isinstance(decision, Raw):
+            self.statuses[str(decision.status)] += 1
+            if decision.status == 200:
+                self.paid_by_hash[digest] += 1
+            headers = {"Content-Type": decision.content_type, **decision.headers}
+            return web.Response(body=decision.body, status=decision.status, headers=headers)
 
+        payload = self._completion(body, decision, digest, prompt_tokens)
+        return web.json_response(payload, headers=limit_headers)
+
+    def _completion(self, body: dict[str, Any], decision: str | dict[str, Any] | None, digest: str,
+                    prompt_tokens: int) -> dict[str, Any]:
+        """A successful chat completion for ``body``, counted as paid (online or in a batch)."""
+        n = int(body.get("n") or 1)
         contents = [self._content(body, decision, i) for i in range(n)]
         cap = max_completion(body)
         choices = []
@@ -304,7 +361,7 @@ class FakeServer:
         self._answered += 1
         self.paid_by_hash[digest] += 1
         self.statuses["200"] += 1
-        payload = {
+        payload: dict[str, Any] = {
             "id": f"chatcmpl-{self._answered}",
             "object": "chat.completion",
             "created": int(time.time()),
@@ -317,7 +374,11 @@ class FakeServer:
             },
             "system_fingerprint": "fp_fake",
         }
-        return web.json_response(payload, headers=limit_headers)
+        if self.usage_mode == "omit":
+            del payload["usage"]
+        elif self.usage_mode == "garbage":
+            payload["usage"] = {"prompt_tokens": "many", "completion_tokens": math.nan, "total_tokens": None}
+        return payload
 
     def _content(self, body: dict[str, Any], decision: str | dict[str, Any] | None, i: int) -> str:
         if isinstance(decision, dict):
@@ -350,6 +411,10 @@ class FakeServer:
         if fault.kind == "400":
             return _error(400, "invalid_request_error",
                           fault.message or "Invalid value for 'messages'.", None, self._limit_headers())
+        if fault.kind == "404":
+            return _error(404, "invalid_request_error",
+                          fault.message or "The model does not exist or you do not have access to it.",
+                          "model_not_found", self._limit_headers())
         if fault.kind == "garbage":
             return web.Response(status=200, text="<html>upstream proxy says hello</html>",
                                 content_type="application/json")
@@ -365,6 +430,177 @@ class FakeServer:
         if request.transport is not None:
             request.transport.close()
         return response
+
+
+    # ---- Batch API -------------------------------------------------------------------------
+    # Files and batches as OpenAI serves them. A batch answers its lines with the same responder,
+    # faults and accounting as online requests, a share of them on each status check, and ends
+    # after ``batch_polls`` checks the way ``batch_ends`` says.
+
+    def _add_batch_routes(self, app: web.Application) -> None:
+        app.router.add_post("/v1/files", self._file_upload)
+        app.router.add_get("/v1/files", self._file_list)
+        app.router.add_get("/v1/files/{id}/content", self._file_content)
+        app.router.add_post("/v1/batches", self._batch_create)
+        app.router.add_get("/v1/batches", self._batch_list)
+        app.router.add_get("/v1/batches/{id}", self._batch_get)
+        app.router.add_post("/v1/batches/{id}/cancel", self._batch_cancel)
+
+    def _add_file(self, name: str, purpose: str, data: bytes) -> str:
+        file_id = f"file-{len(self.files) + 1:04d}"
+        meta = {"id": file_id, "object": "file", "bytes": len(data), "created_at": int(time.time()),
+                "filename": name, "purpose": purpose, "status": "processed"}
+        self.files[file_id] = (meta, data)
+        return file_id
+
+    async def _file_upload(self, request: web.Request) -> web.Response:
+        self.auth_headers.append(request.headers.get("Authorization"))
+        form = await request.post()
+        upload, purpose = form.get("file"), str(form.get("purpose"))
+        if not isinstance(upload, web.FileField) or purpose != "batch":
+            return _error(400, "invalid_request_error", "expected a file with purpose=batch", None)
+        data = upload.file.read()
+        lines = data.count(b"\n")
+        if lines > self.max_file_lines or len(data) > self.max_file_bytes:
+            self.statuses["file_refused"] += 1
+            return _error(400, "invalid_request_error",
+                          f"File is too large: {lines} requests, {len(data)} bytes (limits: {self.max_file_lines} "
+                          f"requests, {self.max_file_bytes} bytes).", "file_too_large")
+        file_id = self._add_file(upload.filename, purpose, data)
+        self.uploads.append(file_id)
+        return web.json_response(self.files[file_id][0])
+
+    async def _file_list(self, request: web.Request) -> web.Response:
+        purpose = request.query.get("purpose")
+        data = [meta for meta, _ in reversed(self.files.values()) if purpose in (None, meta["purpose"])]
+        return web.json_response({"object": "list", "data": data, "has_more": False})
+
+    async def _file_content(self, request: web.Request) -> web.Response:
+        found = self.files.get(request.match_info["id"])
+        if found is None:
+            return _error(404, "invalid_request_error", "No such File object", None)
+        return web.Response(body=found[1], content_type="application/octet-stream")
+
+    async def _batch_create(self, request: web.Request) -> web.Response:
+        params = await request.json()
+        found = self.files.get(params.get("input_file_id", ""))
+        if found is None:
+            return _error(404, "invalid_request_error", "No such File object", None)
+        lines = [json.loads(line) for line in found[1].splitlines() if line.strip()]
+        ends = self.batch_ends[len(self.batches)] if len(self.batches) < len(self.batch_ends) else "completed"
+        batch = FakeBatch(f"batch_{len(self.batches) + 1:04d}", params["input_file_id"], lines, ends,
+                          params.get("metadata"))
+        self.batches[batch.id] = batch
+        return web.json_response(batch.view())
+
+    async def _batch_list(self, request: web.Request) -> web.Response:
+        data = [b.view() for b in reversed(self.batches.values())]
+        return web.json_response({"object": "list", "data": data, "has_more": False})
+
+    async def _batch_get(self, request: web.Request) -> web.Response:
+        batch = self.batches.get(request.match_info["id"])
+        if batch is None:
+            return _error(404, "invalid_request_error", "No such Batch object", None)
+        self._advance(batch)
+        return web.json_response(batch.view())
+
+    async def _batch_cancel(self, request: web.Request) -> web.Response:
+        batch = self.batches.get(request.match_info["id"])
+        if batch is None:
+            return _error(404, "invalid_request_error", "No such Batch object", None)
+        if batch.status not in FakeBatch.TERMINAL:
+            batch.status = "cancelling"
+        return web.json_response(batch.view())
+
+    def _advance(self, batch: FakeBatch) -> None:
+        """One status check's worth of progress: a share of the lines, or the end."""
+        if batch.status in FakeBatch.TERMINAL:
+            return
+        batch.polls += 1
+        if batch.status == "cancelling":
+            self._end(batch, "cancelled")
+            return
+        kind, _, limit = batch.ends.partition(":")
+        if kind == "failed":
+            batch.errors = {"object": "list", "data": [
+                {"code": "invalid_request", "message": "The batch was refused at validation.", "line": 1}]}
+            batch.status = "failed"
+            return
+        answer_upto = len(batch.lines) if kind == "completed" else min(int(limit), len(batch.lines))
+        if batch.polls > self.batch_polls:
+            self._answer(batch, answer_upto)
+            self._end(batch, kind)
+        else:
+            batch.status = "in_progress"
+            self._answer(batch, min(answer_upto, len(batch.lines) * batch.polls // (self.batch_polls + 1)))
+
+    def _answer(self, batch: FakeBatch, upto: int) -> None:
+        for line in batch.lines[batch.answered:upto]:
+            body = line["body"]
+            digest = body_hash(body)
+            self.by_hash[digest] += 1
+            self.batch_lines += 1
+            decision = self._next_fault(body)
+            record: dict[str, Any] = {"id": f"batch_req_{self.batch_lines}", "custom_id": line["custom_id"],
+                                      "error": None}
+            if isinstance(decision, Fault):
+                status = {"429": 429, "quota": 429, "401": 401, "400": 400}.get(decision.kind, 500)
+                self.statuses[f"batch_{status}"] += 1
+                error = {"message": decision.message or f"injected {decision.kind}", "type": "server_error",
+                         "param": None, "code": None}
+                record["response"] = {"status_code": status, "request_id": f"req_{self.batch_lines}",
+                                      "body": {"error": error}}
+                batch.failed.append(record)
+            else:
+                payload = self._completion(body, decision, digest, estimate_prompt_tokens(body))
+                record["response"] = {"status_code": 200, "request_id": f"req_{self.batch_lines}", "body": payload}
+                batch.output.append(record)
+        batch.answered = max(batch.answered, upto)
+
+    def _end(self, batch: FakeBatch, status: str) -> None:
+        """Finish: requests never run go to the error file; output order is not the input's."""
+        code = {"expired": "batch_expired", "cancelled": "batch_cancelled"}.get(status)
+        if code is not None:
+            for line in batch.lines[batch.answered:]:
+                batch.failed.append({"id": f"batch_req_x{len(batch.failed)}", "custom_id": line["custom_id"],
+                                     "response": None,
+                                     "error": {"code": code, "message": f"This request was not run: {status}."}})
+        for records, attr in ((batch.output, "output_file_id"), (batch.failed, "error_file_id")):
+            if records:
+                data = "".join(json.dumps(r) + "\n" for r in reversed(records)).encode()
+                setattr(batch, attr, self._add_file(f"{batch.id}_{attr}.jsonl", "batch_output", data))
+        batch.status = status
+
+
+@dataclass
+class FakeBatch:
+    """A batch at the stand-in: its input lines and what has been answered so far."""
+
+    TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
+
+    id: str
+    input_file_id: str
+    lines: list[dict[str, Any]]
+    ends: str
+    metadata: dict[str, str] | None = None
+    status: str = "validating"
+    polls: int = 0
+    answered: int = 0
+    output: list[dict[str, Any]] = field(default_factory=list)
+    failed: list[dict[str, Any]] = field(default_factory=list)
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    errors: dict[str, Any] | None = None
+    created_at: int = field(default_factory=lambda: int(time.time()))
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "object": "batch", "endpoint": "/v1/chat/completions", "errors": self.errors,
+            "input_file_id": self.input_file_id, "completion_window": "24h", "status": self.status,
+            "output_file_id": self.output_file_id, "error_file_id": self.error_file_id,
+            "created_at": self.created_at, "metadata": self.metadata,
+            "request_counts": {"total": len(self.lines), "completed": len(self.output), "failed": len(self.failed)},
+        }
 
 
 def _retry_headers(ms: float) -> dict[str, str]:
@@ -401,14 +637,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fail", action="append", default=[], metavar="KIND=RATE",
                         help=f"fault rate, KIND in {', '.join(FAULT_KINDS)}")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--responder", choices=["echo", "grid"], default="echo",
-                        help="grid: JSON lists for list prompts, short replies otherwise (tests/helpers.py)")
+    parser.add_argument("--responder", choices=["echo", "grid", "readme"], default="echo",
+                        help="grid: JSON lists for list prompts, short replies otherwise; readme: also judge "
+                             "verdicts, the formatting task's answers and structured output (tests/helpers.py)")
     args = parser.parse_args(argv)
     responder = None
     if args.responder == "grid":
         from helpers import list_then_reply_responder
 
         responder = list_then_reply_responder()
+    elif args.responder == "readme":
+        from helpers import readme_responder
+
+        responder = readme_responder()
     rates = {kind: float(rate) for kind, rate in (item.split("=", 1) for item in args.fail)}
     server = FakeServer(responder=responder, latency_ms=args.latency_ms, rpm=args.rpm, tpm=args.tpm,
                         burst_s=args.burst_s, fault_rates=rates, record_bodies=False, seed=args.seed,

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 MINIMAL_SPEC = """
 name: mini
@@ -139,3 +141,127 @@ def same_output_under_hash_seeds(script: str, seeds: tuple[str, ...] = ("0", "12
     }
     assert len(outputs) == 1, outputs
     return outputs.pop()
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def question_bank() -> dict[str, tuple[str, str]]:
+    """Question text → (subject, right option) from the formatting task's bank."""
+    import json
+
+    bank = {}
+    for line in (ROOT / "samples" / "json_format" / "question_sets.jsonl").read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        for q in row["questions"]:
+            bank[q["question"]] = (row["subject"], q["answer"])
+    return bank
+
+
+def json_format_responder(mistakes: dict[str, str] | None = None):
+    """Answers the formatting task's prompts (``Question N: ...``) from the bank, right and in
+    the asked JSON shape; ``mistakes`` maps a subject to the error made on it instead:
+    ``wrong_first`` (first answer wrong), ``broken`` (code-fenced, unparseable), ``int_values``
+    (numbers instead of strings), ``extra_key`` (a ``reason`` key in every item)."""
+    import json
+    import re
+
+    bank = question_bank()
+
+    def respond(body: dict) -> str | None:
+        user = next((m["content"] for m in reversed(body["messages"]) if m["role"] == "user"), "")
+        questions = re.findall(r"^Question (\d+): (.*)$", user, re.M)
+        if not questions:
+            return None
+        subject = bank[questions[0][1]][0]
+        items = [{"question": int(n), "answer": bank[text][1]} for n, text in questions]
+        mistake = (mistakes or {}).get(subject)
+        if mistake == "wrong_first":
+            items[0]["answer"] = str(int(items[0]["answer"]) % 4 + 1)
+        elif mistake == "broken":
+            return "```python\nanswers = [\n" + ",\n".join(str(i) for i in items)
+        elif mistake == "int_values":
+            items = [{**i, "answer": int(i["answer"])} for i in items]
+        elif mistake == "extra_key":
+            items = [{**i, "reason": "sure"} for i in items]
+        return json.dumps(items)
+
+    return respond
+
+
+def schema_instance(schema: dict, text: str) -> object:
+    """A value valid against a simple JSON schema, filled from ``text`` (a JSON list of strings
+    fills arrays): how the stand-in answers a structured-output request."""
+    import json
+
+    try:
+        strings = [s for s in json.loads(text) if isinstance(s, str)]
+    except (ValueError, TypeError):
+        strings = [text]
+    if "enum" in schema:
+        return schema["enum"][0]
+    kind = schema.get("type")
+    if kind == "object":
+        return {k: schema_instance(v, text) for k, v in schema.get("properties", {}).items()}
+    if kind == "array":
+        low, high = schema.get("minItems", 1), schema.get("maxItems", len(strings))
+        items = (strings * max(1, low))[: max(low, min(high, len(strings)))]
+        return [schema_instance(schema.get("items", {}), json.dumps([s])) for s in items]
+    if kind in ("integer", "number"):
+        return schema.get("minimum", 1)
+    if kind == "boolean":
+        return True
+    return (strings[0] if strings else text)[: schema.get("maxLength", 10_000)]
+
+
+def readme_responder():
+    """The README's stand-in teacher: the grid responder's lists and replies, judge verdicts,
+    the formatting task's JSON answers, and schema-shaped answers to structured-output requests."""
+    import json
+    import re
+
+    grid, formatting = list_then_reply_responder(), json_format_responder()
+
+    def respond(body: dict) -> str:
+        if "evaluator" in (body["messages"][0].get("content") or ""):
+            return json.dumps({"reasoning": "Rude and short, as asked.", "score": 4})
+        answer = formatting(body)
+        if answer is not None:
+            return answer
+        user = next((m["content"] for m in reversed(body["messages"]) if m["role"] == "user"), "")
+        if re.search(r"(?:Give|Write) \d+", user):  # a list prompt, with or without a system message
+            body = {**body, "messages": [m for m in body["messages"] if m["role"] != "system"]}
+        text = grid(body)
+        response_format = body.get("response_format") or {}
+        schema = response_format.get("schema") or (response_format.get("json_schema") or {}).get("schema")
+        return json.dumps(schema_instance(schema, text)) if schema else text
+
+
+def pure_grid_responder(fail: Callable[[dict], Any] | None = None):
+    """Like :func:`list_then_reply_responder`, but every answer is a pure function of the request
+    body: online and batch runs, in any order, get the same answers. ``fail(body)`` may return a
+    fake-server ``Fault`` to fail that request instead."""
+    import hashlib
+    import json
+    import re
+
+    words = ["refund", "manager", "coupon", "waiting", "closing", "quality", "payment", "return", "help", "price",
+             "receipt", "size", "colour", "line", "staff", "broken", "late", "noisy", "cold", "wrong", "ticket",
+             "parking", "towel", "locker", "popcorn", "seat", "ride", "queue", "sofa", "delivery"]
+
+    def respond(body: dict):
+        if fail is not None and (fault := fail(body)) is not None:
+            return fault
+        digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).digest()
+        user = next(m["content"] for m in reversed(body["messages"]) if m["role"] == "user")
+        match = re.search(r"(?:Give|Write) (\d+)", user)
+        if match and body["messages"][0]["role"] != "system":
+            items = []
+            for i in range(int(match.group(1))):
+                picked = [words[(digest[(i * 5 + j) % 32] + 7 * i + j) % len(words)] for j in range(5)]
+                items.append(f"Customer {digest[i % 32]}-{i}: my {picked[0]} and {picked[1]} problem, then "
+                             f"{picked[2]} {picked[3]} {picked[4]}, number {int.from_bytes(digest[i:i + 3], 'big')}.")
+            return json.dumps(items)
+        return f"Ugh. Fine. ({user[:60]}) Ticket {digest.hex()[:10]}. Next!"
+
+    return respond

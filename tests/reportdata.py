@@ -28,7 +28,7 @@ def build_dataset(tmp_path: Path, *extra: str) -> tuple[Path, str]:
     faults = [Fault("500"), None, Fault("429", retry_after_ms=10)]
     with FakeServer(responder=list_then_reply_responder(dupe_every=4), script=faults).running() as srv:
         result = CliRunner().invoke(cli, ["run", str(spec), "--out", str(tmp_path / "out"), "--base-url",
-                                          srv.base_url, "-q", *extra])
+                                          srv.base_url, "-q", "--allow-shortfall", *extra])  # short cells on purpose
     assert result.exit_code == 0, result.output
     return tmp_path / "out", result.output
 

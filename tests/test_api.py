@@ -106,7 +106,7 @@ def test_dataset_writes_formats_and_converts_to_hf(tmp_path):
     assert rows[0]["conversations"][0]["value"] == ds.train[0].messages[0]["content"]
     hf = ds.to_hf()
     assert {name: len(split) for name, split in hf.items()} == {"train": 6, "test": 2}
-    assert hf["train"][0]["id"] == ds.train[0].id
+    assert [m["content"] for m in hf["train"][0]["messages"]] == [m["content"] for m in ds.train[0].messages]
 
 
 def test_teacher_lays_its_fields_over_the_specs(tmp_path):
@@ -124,7 +124,7 @@ def test_teacher_lays_its_fields_over_the_specs(tmp_path):
 
 def test_teacher_fields_are_checked_as_input(tmp_path):
     spec = write_spec(tmp_path)
-    with pytest.raises(InputError, match=r"teacher\.rpm: Input should be greater than 0"):
+    with pytest.raises(InputError, match=r"--rpm 0: Input should be greater than 0"):
         promptbake.generate(spec, "s.db", teacher=promptbake.Teacher(base_url="http://127.0.0.1:9/v1", rpm=0))
 
 

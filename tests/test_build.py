@@ -100,8 +100,10 @@ def test_checks_reject_and_are_counted(tmp_path):
     )
     spec = write_spec(tmp_path, text.replace("max_rounds", "x") + "max_rounds: 0\n")
     with FakeServer(responder=list_then_reply_responder()).running() as srv:
-        result = run("run", str(spec), "--out", "out", "--base-url", srv.base_url, "-q")
+        # every answer fails the checks: without the flag the empty dataset is a shortfall, exit 3
+        result = run("run", str(spec), "--out", "out", "--base-url", srv.base_url, "-q", "--allow-shortfall")
     assert result.exit_code == 0, result.output
+    assert "shortfall allowed: 4 cells are short" in result.output
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     # replies echo the utterance, which never says "calm": every answer fails the regex
     assert manifest["categories"]["calm"]["rejected_by_checks"] == 12
@@ -169,3 +171,33 @@ def test_a_spec_built_in_code_can_be_rebuilt_from_the_store(tmp_path):
     result = run("build", "s.db", "--out", "b")
     assert result.exit_code == 0, result.output
     assert (tmp_path / "a" / "train.jsonl").read_bytes() == (tmp_path / "b" / "train.jsonl").read_bytes()
+
+
+def sides(directory: Path) -> dict[str, str]:
+    return {m["id"]: m["split"] for m in read_jsonl(directory / "metadata.jsonl")}
+
+
+def test_a_bigger_rebuild_of_the_same_directory_keeps_every_example_on_its_side(tmp_path):
+    small = write_spec(tmp_path, BIGGER)
+    bigger = write_spec(tmp_path, BIGGER.replace("[shop, gym]", "[shop, gym, park]"), "bigger.yaml")
+    with FakeServer(responder=list_then_reply_responder()).running() as srv:
+        assert run("run", str(small), "--out", "out", "--base-url", srv.base_url, "-q").exit_code == 0
+        before = sides(tmp_path / "out")
+        result = run("run", str(bigger), "--out", "out", "--base-url", srv.base_url, "-q")
+        assert result.exit_code == 0, result.output
+    after = sides(tmp_path / "out")
+    assert len(after) == 36 and set(before) < set(after)
+    assert {i: after[i] for i in before} == before  # nobody changed sides
+    assert sum(1 for s in after.values() if s == "test") == 9  # the new ones topped the quota up
+    history = read_jsonl(tmp_path / "out" / "splits.jsonl")
+    assert {h["id"]: h["split"] for h in history} == after
+
+
+def test_build_spec_reads_the_store_run_wrote_by_default(tmp_path):
+    spec = write_spec(tmp_path, BIGGER)
+    with FakeServer(responder=list_then_reply_responder()).running() as srv:
+        assert run("run", str(spec), "--out", "out", "--base-url", srv.base_url, "-q").exit_code == 0
+    before = (tmp_path / "out" / "train.jsonl").read_bytes()
+    result = run("build", str(spec), "--out", "out")  # no --store: OUT/promptbake.db, as run used
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out" / "train.jsonl").read_bytes() == before

@@ -229,6 +229,16 @@ def test_decisions_are_identical_across_processes_and_hash_seeds(tmp_path):
     assert len(json.loads(same_output_under_hash_seeds(script))) >= 45
 
 
+def test_disabled_dedupe_still_drops_what_repeats_the_existing_rows():
+    existing = [ex("old", "Where is my refund for order 12?", "Go away.")]
+    new = [ex("a", "where is my REFUND for order 12", "Go away"), ex("b", "Coupon please", "No."),
+           ex("c", "Coupon please", "No.")]
+    result = dedupe(new, DedupeConfig(enabled=False), existing=existing)
+    assert [e.id for e in result.kept] == ["b", "c"]  # the new rows are not deduped among themselves
+    assert [(d.id, d.duplicate_of, d.reason) for d in result.dropped] == [("a", "old", "exact")]
+    assert result.counts["c"].as_dict() == {"before": 3, "exact": 1, "near": 0, "after": 2}
+
+
 def test_thousands_of_variants_of_one_answer_all_point_at_the_first():
     # A teacher refusing over and over: one chunk full of near copies of one text.
     base = "I am sorry but I cannot help with that request today because it is against the policy"

@@ -238,7 +238,7 @@ def test_answers_failing_checks_are_rejected_and_counted(tmp_path):
     with FakeServer(responder=triage_teacher(bad="invoice")).running() as srv:
         result = invoke(*base_args(srv, "--inputs", "samples/triage_inputs.jsonl", "--check-schema",
                                    "samples/triage_schema.json", "--check-regex", '"priority": "P[1-4]"',
-                                   "--max-length", "300"))
+                                   "--max-length", "300", "--allow-shortfall"))  # rejected rows leave cells short
         assert result.exit_code == 0, result.output
     tickets = [r["input"] for r in rows(tmp_path / "samples/triage_inputs.jsonl")]
     bad = sum("invoice" in t for t in tickets if not t.startswith(LEAKY))
@@ -256,7 +256,8 @@ def test_structured_answers_follow_the_schema_and_unparseable_ones_are_retried(t
     copy_samples(tmp_path)
     with FakeServer(responder=triage_teacher(bad="invoice")).running() as srv:
         result = invoke(*base_args(srv, "--inputs", "samples/triage_inputs.jsonl", "--check-schema",
-                                   "samples/triage_schema.json", "--structured", "--max-attempts", "2"))
+                                   "samples/triage_schema.json", "--structured", "--max-attempts", "2",
+                                   "--allow-shortfall"))  # the failed answers leave cells short
         assert result.exit_code == 0, result.output
         schema = json.loads((SAMPLES / "triage_schema.json").read_text())
         assert all(b["response_format"] == {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}}
@@ -451,3 +452,13 @@ def test_tiny_distillation_on_the_local_teacher(tmp_path):
     d = json.loads((tmp_path / "out/manifest.json").read_text())["distill"]
     assert d["prompt_examples"] == 1 and d["generation_cost"] == 0
     assert d["break_even"] is None and "smollm2" in d["break_even_note"]
+
+
+def test_a_several_valued_axis_with_an_inputs_file_is_refused_before_paying(tmp_path):
+    copy_samples(tmp_path)
+    with FakeServer(responder=triage_teacher()).running() as srv:
+        result = invoke(*base_args(srv, "--inputs", "samples/triage_inputs.jsonl", "--axis", "tone=calm,angry"))
+        assert srv.count == 0
+    assert result.exit_code == 2, result.output
+    assert "--axis tone has 2 values" in result.output and "baked away" in result.output
+    assert not (tmp_path / "out" / "promptbake.db").exists()

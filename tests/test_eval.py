@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -269,3 +270,50 @@ def test_check_schema_flag_reads_a_schema_file(tmp_path):
     result = invoke("--data", str(data), "--out", "eval.jsonl", "--model", "m", "--check-schema",
                     str(tmp_path / "bad.json"))
     assert result.exit_code == 2 and "bad.json: the JSON schema is not valid JSON" in result.output
+
+
+def numbered_student():
+    """A student whose answers change with every call (a retrained or sampling model)."""
+    calls = iter(range(10**9))
+
+    def respond(body: dict) -> str:
+        return f"answer {next(calls)}"
+
+    return respond
+
+
+def outputs(path: str = "eval.jsonl") -> list[str]:
+    return [r["output"] for r in rows(path)]
+
+
+def test_answers_are_keyed_by_endpoint_and_model_version(tmp_path):
+    data = write_dataset(tmp_path / "data")
+    base = ("--data", str(data), "--out", "eval.jsonl", "--model", "m", "--concurrency", "1")
+    with FakeServer(responder=numbered_student()).running() as first:
+        assert invoke(*base, "--base-url", first.base_url).exit_code == 0
+        old = outputs()
+        with FakeServer(responder=numbered_student()).running() as second:  # same model name, elsewhere
+            result = invoke(*base, "--base-url", second.base_url)
+            assert result.exit_code == 0, result.output
+            assert second.count == 4 and "0 from the store, 4 sent" in result.output
+        assert invoke(*base, "--base-url", first.base_url).exit_code == 0
+        assert first.count == 4 and outputs() == old  # the first endpoint's answers are still served
+        retrained = invoke(*base, "--base-url", first.base_url, "--model-version", "v2")
+        assert retrained.exit_code == 0, retrained.output
+        assert first.count == 8 and outputs() == [f"answer {i}" for i in range(4, 8)]
+        again = invoke(*base, "--base-url", first.base_url, "--model-version", "v2", "--no-cache")
+        assert again.exit_code == 0, again.output
+        assert first.count == 12 and outputs() == [f"answer {i}" for i in range(8, 12)]
+    with sqlite3.connect("eval.db") as db:
+        assert db.execute("SELECT COUNT(*) FROM responses").fetchone()[0] == 16  # every answer kept
+
+
+def test_the_answers_and_the_judge_on_one_endpoint_share_one_client(tmp_path):
+    data = write_dataset(tmp_path / "data")
+    with FakeServer(responder=responder).running() as srv:
+        result = invoke("--data", str(data), "--out", "eval.jsonl", "--base-url", srv.base_url, "--model", "m",
+                        "--criteria", "Answers in JSON.", "--judge-model", "judge", "--judge-base-url", srv.base_url,
+                        "--concurrency", "1")
+        assert result.exit_code == 0, result.output
+        assert srv.count == 8
+    assert len(srv.connections) == 1, srv.connections

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from helpers import TOOLS, tool_call_example
+from helpers import TOOLS, same_output_under_hash_seeds, tool_call_example
 
 from promptbake.cli.main import cli
 from promptbake.errors import DataFileError, OutputError
 from promptbake.output.export import export, read_dataset
-from promptbake.output.formats import FORMATS, FormatRefused
+from promptbake.output.formats import FORMATS, FormatRefused, formats_table
 from promptbake.records import Example
 
 
@@ -137,38 +137,132 @@ def test_unknown_format_fails_before_anything_is_written():
     assert not Path("out").exists()
 
 
+HF_COLUMNS = {
+    "sft": ("hf", {"messages"}),
+    "sft-tools": ("hf", {"messages", "tools"}),
+    "preference": ("hf-preference", {"prompt", "chosen", "rejected"}),
+}
+
+
+def hf_dataset(kind: str) -> tuple[str, list[Example], list[Example]]:
+    name = HF_COLUMNS[kind][0]
+    train = [chat(1), tool_call(), chat(2)] if kind == "sft-tools" else [chat(1), chat(2)]
+    return name, train, [chat(3)]
+
+
 def _without_nones(messages: list[dict]) -> list[dict]:
     return [{k: v for k, v in m.items() if v is not None} for m in messages]
 
 
-def test_hf_export_loads_with_datasets_parquet_and_from_disk(tmp_path, capfd):
+def _load_both(datasets, name: str, cache: Path) -> list:
+    files = {"train": f"out/{name}/train.parquet", "test": f"out/{name}/test.parquet"}
+    return [
+        datasets.load_dataset("parquet", data_files=files, cache_dir=str(cache)),
+        datasets.load_from_disk(f"out/{name}/dataset"),
+    ]
+
+
+@pytest.mark.parametrize("kind", sorted(HF_COLUMNS))
+def test_hf_export_has_exactly_the_columns_of_its_kind(kind, tmp_path, capfd):
     datasets = pytest.importorskip("datasets")
-    train, test = [chat(1), tool_call(), chat(2)], [chat(3, rejected=False)]
-    reports = export(build_dir(train, test), ["hf"], "out")
+    name, train, test = hf_dataset(kind)
+    reports = export(build_dir(train, test), [name], "out")
     assert capfd.readouterr().err == ""  # no progress bars from datasets
     assert datasets.is_progress_bar_enabled()  # and the caller's setting is restored
-    assert [(r.path.name, r.written) for r in reports] == [("train.parquet", 3), ("test.parquet", 1), ("dataset", 4)]
+    assert [(r.path.name, r.written) for r in reports] == [
+        ("train.parquet", len(train)), ("test.parquet", 1), ("dataset", len(train) + 1)
+    ]
+    line_format = FORMATS["messages" if name == "hf" else "preference-trl"]
+    for loaded in _load_both(datasets, name, tmp_path / "cache"):
+        for split, examples in (("train", train), ("test", test)):
+            ds = loaded[split]
+            assert set(ds.column_names) == HF_COLUMNS[kind][1]
+            for row, example in zip(ds, examples, strict=True):
+                expected = line_format.convert(example)
+                if "tools" in row:
+                    assert (json.loads(row["tools"]) if row["tools"] else None) == expected.get("tools")
+                for column in HF_COLUMNS[kind][1] - {"tools"}:
+                    # absent keys come back as None; dropping them gives back the format's own messages
+                    assert _without_nones(row[column]) == _without_nones(expected[column])
+        # the splits share one schema (so they load together), and no column is null in every row
+        for column in HF_COLUMNS[kind][1]:
+            assert any(v is not None for split in loaded.values() for v in split[column]), column
+        # no message key is null in every message of a column
+        for column in HF_COLUMNS[kind][1] - {"tools"}:
+            messages = [m for split in loaded.values() for row in split[column] for m in row]
+            assert {k for k in messages[0] if all(m[k] is None for m in messages)} == set()
+    if kind == "sft":
+        assert set(loaded["train"][0]["messages"][0]) == {"role", "content"}
 
-    files = {"train": "out/hf/train.parquet", "test": "out/hf/test.parquet"}
-    loaded = datasets.load_dataset("parquet", data_files=files, cache_dir=str(tmp_path / "cache"))
-    assert loaded["train"].num_rows == 3 and loaded["test"].num_rows == 1
-    columns = {"id", "category", "cell", "provenance", "messages", "tools", "rejected"}
-    assert columns <= set(loaded["train"].column_names)
 
-    row = loaded["train"][1]
-    assert (row["id"], row["category"]) == ("tool", "refund")
-    assert json.loads(row["tools"]) == TOOLS
-    # the fixed schema fills absent keys with None; dropping them gives back the original messages
-    assert _without_nones(row["messages"]) == _without_nones(tool_call().messages)
-    first = loaded["train"][0]
-    assert json.loads(first["cell"]) == {"place": "shop", "n": 1} and json.loads(first["provenance"]) == {
-        "answer": "req1"
-    }
-    assert first["messages"][2]["weight"] == 1 and first["rejected"]["content"] == "So sorry!"
-    assert loaded["test"][0]["rejected"] is None
+TRL_CHECK = """
+import json, sys
+import datasets
 
-    from_disk = datasets.load_from_disk("out/hf/dataset")
-    assert from_disk["train"]["id"] == ["ex1", "tool", "ex2"] and from_disk["test"]["id"] == ["ex3"]
+def is_conversational(example):
+    # TRL's own test (trl.data_utils.is_conversational): the first supported key a *set* yields
+    supported_keys = ["prompt", "chosen", "rejected", "completion", "messages"]
+    example_keys = {key for key in example.keys() if key in supported_keys}
+    if example_keys:
+        key = example_keys.pop()
+        maybe_messages = example[key]
+        if isinstance(maybe_messages, list):
+            maybe_message = maybe_messages[0]
+            if isinstance(maybe_message, dict) and "role" in maybe_message:
+                return True
+    return False
+
+datasets.disable_progress_bars()
+names, cache = sys.argv[1:]
+for name in names:
+    files = {"train": f"out/{name}/train.parquet"}
+    for ds in (datasets.load_dataset("parquet", data_files=files, cache_dir=cache)["train"],
+               datasets.load_from_disk(f"out/{name}/dataset")["train"]):
+        first = ds[0]
+        columns = [c for c in ("messages", "prompt", "chosen", "rejected") if c in first]
+        shapes = all(isinstance(first[c], list) and all({"role", "content"} <= set(m) for m in first[c])
+                     for c in columns)
+        print(is_conversational(first), shapes, sorted(ds.column_names))
+"""
+
+
+def test_hf_export_is_conversational_to_trl_under_every_hash_seed(tmp_path):
+    """TRL picks the column it inspects from a set: with a column of the other kind present (the
+    old all-null ``rejected``), SFTTrainer failed on seeds 0, 2, 5, 8 and 9."""
+    pytest.importorskip("datasets")
+    export(build_dir([chat(1), chat(2)], [chat(3)]), ["hf", "hf-preference"], "out")
+    script = TRL_CHECK.replace("sys.argv[1:]", f"['hf', 'hf-preference'], {str(tmp_path / 'cache')!r}")
+    output = same_output_under_hash_seeds(script, seeds=("0", "1", "2", "5", "8", "9"))
+    sft, preference = "True True ['messages']", "True True ['chosen', 'prompt', 'rejected']"
+    assert output.splitlines() == [sft, sft, preference, preference]
+
+
+def test_export_system_fills_in_a_system_message_where_there_is_none():
+    build_dir([chat(1), multi_turn()], [chat(2)])
+    result = CliRunner().invoke(
+        cli, ["export", "built", "-f", "messages", "-f", "alpaca", "--system", "You are Grumpy.", "-o", "out"]
+    )
+    assert result.exit_code == 0, result.output
+    rows = read_jsonl(Path("out/messages/train.jsonl"))
+    assert rows[0]["messages"][0] == {"role": "system", "content": "Be rude."}  # its own is kept
+    system, user = rows[1]["messages"][:2]
+    assert (system, user) == ({"role": "system", "content": "You are Grumpy."}, {"role": "user", "content": "Hi"})
+    assert len(rows[1]["messages"]) == len(multi_turn().messages) + 1
+    assert read_jsonl(Path("out/alpaca/test.jsonl"))[0]["instruction"] == "Be rude."
+    export("built", ["messages"], "plain")
+    assert read_jsonl(Path("plain/messages/train.jsonl"))[1]["messages"][0] == {"role": "user", "content": "Hi"}
+
+
+def test_hf_export_system_reaches_the_dataset():
+    datasets = pytest.importorskip("datasets")
+    export(build_dir([multi_turn()], [multi_turn()]), ["hf"], "out", system="You are Grumpy.")
+    first = datasets.load_from_disk("out/hf/dataset")["train"][0]["messages"][0]
+    assert first == {"role": "system", "content": "You are Grumpy."}
+
+
+def test_readme_export_table_is_the_registry_table():
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    assert formats_table() in readme
 
 
 def test_hf_re_export_replaces_files_and_leaves_no_temp_files():
@@ -177,7 +271,8 @@ def test_hf_re_export_replaces_files_and_leaves_no_temp_files():
     export(build_dir([chat(4)], [chat(5)], path="built2"), ["hf"], "out")
     import datasets
 
-    assert datasets.load_from_disk("out/hf/dataset")["train"]["id"] == ["ex4"]
+    rows = datasets.load_from_disk("out/hf/dataset")["train"]
+    assert [r["messages"][1]["content"] for r in rows] == ["Where is order 4?"]
     assert sorted(p.name for p in Path("out/hf").iterdir()) == ["dataset", "test.parquet", "train.parquet"]
     umask = os.umask(0)
     os.umask(umask)

@@ -183,7 +183,7 @@ def test_write_split_collects_refusals_instead_of_stopping(tmp_path):
 
 def test_formats_table_lists_every_format_with_its_targets():
     table = formats_table()
-    for name in [*FORMATS, "hf"]:
+    for name in [*FORMATS, "hf", "hf-preference"]:
         assert f"| `{name}` |" in table
     assert "| `alpaca` | sft | axolotl |" in table
     assert "| `preference-openai` | preference | openai, azure-openai, together, fireworks |" in table

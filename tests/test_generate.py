@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -81,17 +82,111 @@ def test_no_cache_resends(tmp_path):
         assert srv.count == 2 * (STEP0 + STEP1)
 
 
+def varying_responder():
+    """Lists as ``list_then_reply_responder``; every reply also carries a call number, so a
+    re-asked request gets a different answer (a sampling teacher)."""
+    base, calls = list_then_reply_responder(), iter(range(10**9))
+
+    def respond(body: dict) -> str:
+        text = base(body)
+        return text if text.startswith("[") else f"{text} #{next(calls)}"
+
+    return respond
+
+
+BUILT = ("train.jsonl", "test.jsonl", "metadata.jsonl", "dropped.jsonl", "manifest.json")
+
+
+def test_no_cache_in_another_spec_never_changes_what_this_spec_builds(tmp_path):
+    spec_a = write_spec(tmp_path)
+    spec_b = write_spec(tmp_path, MINIMAL_SPEC.replace("name: mini", "name: other"), "b.yaml")
+    with FakeServer(responder=varying_responder()).running() as srv:
+        assert invoke("generate", str(spec_a), "--store", "s.db", "--base-url", srv.base_url, "-q").exit_code == 0
+        assert invoke("build", str(spec_a), "--store", "s.db", "--out", "a1").exit_code == 0
+        result = invoke("generate", str(spec_b), "--store", "s.db", "--base-url", srv.base_url, "-q", "--no-cache")
+        assert result.exit_code == 0, result.output
+        assert srv.count == 2 * (STEP0 + STEP1)  # B asked every request again: new answers
+        paid = sum(srv.paid_by_hash.values())
+    assert invoke("build", str(spec_a), "--store", "s.db", "--out", "a2").exit_code == 0
+    for name in BUILT:
+        assert (tmp_path / "a1" / name).read_bytes() == (tmp_path / "a2" / name).read_bytes(), name
+    with sqlite3.connect(tmp_path / "s.db") as con:
+        assert con.execute("SELECT COUNT(*) FROM responses").fetchone()[0] == paid  # every answer kept
+        used = dict(con.execute("SELECT spec_name, COUNT(DISTINCT response_id) FROM requests GROUP BY spec_name"))
+    assert used == {"mini": STEP0 + STEP1, "other": STEP0 + STEP1}
+
+
+def repeating_responder():
+    """Lists of utterances of which 30% repeat an earlier one: the 7th and 10th of each ten the
+    utterance before them, the 4th the first of the previous list (another cell's), if any.
+    Replies echo the utterance. Records every utterance."""
+    counter = iter(range(10**9))
+    said: list[str] = []
+
+    def respond(body: dict) -> str:
+        user = body["messages"][-1]["content"]
+        match = re.search(r"Give (\d+)", user)
+        if match and body["messages"][0]["role"] != "system":
+            items = []
+            for _ in range(int(match.group(1))):
+                i = next(counter)
+                position = i % 10
+                if position in (6, 9) or (position == 3 and i < 10):
+                    items.append(said[-1])
+                elif position == 3:
+                    items.append(said[-13])  # the first item of the previous list
+                else:
+                    items.append(f"Utterance {i}: my order {i * 7919 % 10007} is wrong.")
+                said.append(items[-1])
+            return json.dumps(items)
+        return f"Ugh. ({user}) Next!"
+
+    respond.said = said
+    return respond
+
+
+def test_a_repeated_utterance_is_paid_for_once(tmp_path):
+    spec = write_spec(tmp_path, MINIMAL_SPEC.replace("  count: 2", "  count: 10") + "max_rounds: 0\n")
+    teacher = repeating_responder()
+    with FakeServer(responder=teacher).running() as srv:  # no top-up rounds: short on purpose
+        result = invoke("run", str(spec), "--out", "out", "--base-url", srv.base_url, "-q", "--allow-shortfall")
+        assert result.exit_code == 0, result.output
+        replies = [b for b in srv.bodies if b["messages"][0]["role"] == "system"]
+    distinct = set(teacher.said)
+    assert len(teacher.said) == 40 and len(distinct) == 28  # 30% of the items repeat
+    assert len(replies) == len(distinct)  # one paid reply per distinct utterance
+    assert not srv.paid_twice()
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert sum(c["exact_dupes"] for c in manifest["categories"].values()) == 40 - 28
+    assert manifest["train"] + manifest["test"] == 28
+
+
+def test_duplicates_dropped_before_paying_are_refilled_by_the_top_up_loop(tmp_path):
+    spec = write_spec(tmp_path, MINIMAL_SPEC.replace("  count: 2", "  count: 10"))
+    teacher = repeating_responder()
+    with FakeServer(responder=teacher).running() as srv:  # no top-up rounds: short on purpose
+        result = invoke("run", str(spec), "--out", "out", "--base-url", srv.base_url, "-q", "--allow-shortfall")
+        assert result.exit_code == 0, result.output
+        replies = [b for b in srv.bodies if b["messages"][0]["role"] == "system"]
+    assert len({json.dumps(b, sort_keys=True) for b in replies}) == len(replies)  # no reply paid twice
+    assert "round 0: 4 cells short" in result.output
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["train"] + manifest["test"] == 40 and not manifest["warnings"]
+
+
 def test_unparseable_answers_are_recorded_with_raw_text(tmp_path):
     def responder(body):
         user = body["messages"][-1]["content"]
         if "angry" in user and "shop" in user:
-            return "I refuse."  # never a list
+            # never a list, and different on each retry (identical bytes twice end the request early)
+            return f"I refuse ({body.get('seed')})."
         return list_then_reply_responder()(body)
 
     spec = write_spec(tmp_path)
     with FakeServer(responder=responder).running() as srv:
         result = invoke(
-            "generate", str(spec), "--store", "s.db", "--base-url", srv.base_url, "-q", "--max-attempts", "3"
+            "generate", str(spec), "--store", "s.db", "--base-url", srv.base_url, "-q", "--max-attempts", "3",
+            "--allow-shortfall",  # one request failing is a shortfall: exit 3 without this flag
         )
         assert result.exit_code == 0, result.output
         assert "1 failed" in result.output
@@ -100,7 +195,7 @@ def test_unparseable_answers_are_recorded_with_raw_text(tmp_path):
         raws = [r[0] for r in con.execute("SELECT raw FROM attempts WHERE raw IS NOT NULL")]
     assert "no list" in error
     assert attempts == 3
-    assert raws == ["I refuse."] * 3
+    assert len(set(raws)) == 3 and all(raw.startswith("I refuse (") for raw in raws), raws
 
 
 def test_401_stops_and_never_leaks_the_key(tmp_path, monkeypatch):
@@ -255,3 +350,12 @@ def test_ctrl_c_says_how_to_resume_and_keeps_answers(tmp_path):
         subprocess.run(cmd, env=env, cwd=tmp_path, check=True, capture_output=True, timeout=120)
         assert statuses(tmp_path / "s.db") == {"ok": STEP0 + 160}
         assert len(srv.paid_twice()) <= 4  # only what was in flight at the interrupt
+
+
+def test_one_client_and_limiter_serve_every_step_and_round(tmp_path):
+    spec = write_spec(tmp_path, MINIMAL_SPEC.replace("  count: 2", "  count: 6"))
+    with FakeServer(responder=list_then_reply_responder(dupe_every=4)).running() as srv:
+        result = invoke("run", str(spec), "--out", "out", "--base-url", srv.base_url, "-q", "--concurrency", "1")
+        assert result.exit_code == 0, result.output
+        assert "round 1 answer" in result.output  # two steps, two rounds
+    assert len(srv.connections) == 1, srv.connections  # one keep-alive connection for the whole run

@@ -25,6 +25,29 @@ def test_list_formats(text, items):
     assert parse_list(text) == items
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        '["a",\n "b",\n "c"',  # cut off
+        '```json\n[\n  "a",\n  "b",\n',  # unclosed fence around broken JSON
+        '```python\nitems = [\n    "a",\n]\n```',  # code, not a list
+        '{\n  "utterances": [\n    "a"\n',
+    ],
+)
+def test_list_never_keeps_fragments_of_broken_json_or_code(text):
+    try:
+        items = parse_list(text)
+    except ResponseRejected:
+        return
+    fragments = {"{", "[", "]", "}", "```", "```json", "```python"}
+    assert not fragments & set(items) and not any(i.startswith("```") or i.endswith(",") for i in items), items
+
+
+def test_lines_around_a_fence_are_items_without_the_fence():
+    assert parse_list("```\nfirst line\nsecond line\n") == ["first line", "second line"]
+    assert parse_list("```text\n- one\n- two\n```") == ["one", "two"]
+
+
 def test_list_rejects_single_sentence():
     with pytest.raises(ResponseRejected, match="no list"):
         parse_list("I cannot help with that.")

@@ -133,14 +133,16 @@ def test_rejected_answers_are_retried_with_new_seeds_then_failed_with_raw():
     def check(result: ChatResult) -> Any:
         raise errors.ResponseRejected("expected a list", raw=result.contents[0])
 
-    with FakeServer(responder=lambda body: "not a list").running() as server:
+    # the answer follows the seed (identical rejected bytes twice would end the job: see
+    # tests/reliability/test_retries.py)
+    with FakeServer(responder=lambda body: f"not a list#{body['seed']}").running() as server:
         base = job(1, seed=7)
         stats, [outcome], _ = run_pool(
             server, [Job(base.id, base.body, 20, check=check, reseed=True)], max_attempts=3,
             cost=lambda model, p, c: c * 0.01)
     assert not outcome.ok
     assert kinds(outcome) == ["rejected"] * 3
-    assert [a.raw for a in outcome.attempts] == ["not a list"] * 3
+    assert [a.raw for a in outcome.attempts] == ["not a list#7", "not a list#8", "not a list#9"]
     assert [a.seed for a in outcome.attempts] == [7, 8, 9]
     assert [b["seed"] for b in server.bodies] == [7, 8, 9]
     assert outcome.error is not None and "expected a list" in outcome.error

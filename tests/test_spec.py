@@ -92,3 +92,22 @@ def test_spec_hash_changes_with_content(tmp_path):
     b = load_spec(write_spec(tmp_path, MINIMAL_SPEC.replace("Be rude.", "Be very rude."), "b.yaml"))
     assert a.spec_hash() != b.spec_hash()
     assert a.spec_hash() == load_spec(tmp_path / "a.yaml").spec_hash()
+
+
+def test_spec_hash_covers_the_template_axis_and_table_files(tmp_path):
+    (tmp_path / "templates").mkdir()
+    (tmp_path / "templates" / "ask.j2").write_text("Give {{ count }} things a {{ mood }} customer says.")
+    (tmp_path / "moods.txt").write_text("calm\nangry\n")
+    (tmp_path / "places.csv").write_text("place\nshop\n")
+    axes = "    place: [shop, gym]\n    mood: [calm, angry]\n"
+    text = (MINIMAL_SPEC.replace(axes, "    mood: moods.txt\n  table: places.csv\n")
+            .replace('        content: "Give {{ count }} things a {{ mood }} customer says at the {{ place }}."',
+                     "        template: ask.j2"))
+    path = write_spec(tmp_path, text)
+    hashes = [load_spec(path).spec_hash()]
+    for name, content in (("templates/ask.j2", "Give {{ count }} things an upset {{ mood }} customer says."),
+                          ("moods.txt", "calm\nangry\nbored\n"), ("places.csv", "place\nshop\ngym\n")):
+        (tmp_path / name).write_text(content)
+        hashes.append(load_spec(path).spec_hash())
+    assert len(set(hashes)) == 4, hashes
+    assert load_spec(path).spec_hash() == hashes[-1]  # and it is still a pure function of the files

@@ -9,7 +9,7 @@ from itertools import pairwise
 import pytest
 from helpers import same_output_under_hash_seeds
 
-from promptbake.build.split import holdout_sizes, split
+from promptbake.build.split import assign, holdout_sizes, split
 from promptbake.records import Example
 from promptbake.spec.models import SplitConfig
 
@@ -126,3 +126,61 @@ def test_holdout_sizes_always_within_bounds(test_size):
     quota = holdout_sizes(sizes, test_size)
     assert "d" not in quota
     assert all(1 <= quota[k] <= sizes[k] - 1 for k in quota)
+
+
+def sides(train: list[Example], test: list[Example]) -> dict[str, str]:
+    return {**{e.id: "train" for e in train}, **{e.id: "test" for e in test}}
+
+
+def test_adding_or_removing_examples_moves_almost_nobody():
+    data = make(SIZES)
+    config = SplitConfig(test=0.1, seed=3)
+    before = sides(*split(data, config))
+    for changed in (data + make({"s3": 1, "pair": 1}), data[5:]):  # two added / five removed
+        after = sides(*split(changed, config))
+        moved = [i for i in after if i in before and after[i] != before[i]]
+        assert len(moved) <= 4, moved  # only quota boundaries of the touched categories may shift
+
+
+def test_an_earlier_assignment_is_kept_and_test_never_goes_to_train():
+    config = SplitConfig(test=0.1, seed=3)
+    first = assign(make(SIZES), config)
+    previous = {a["id"]: a["split"] for a in first.assignment}
+    grown = make({name: n + 40 for name, n in SIZES.items()})
+    second = assign(grown, config, previous)
+    now = sides(second.train, second.test)
+    assert all(now[i] == side for i, side in previous.items())  # nobody changed sides
+    assert len(second.test) >= round(0.1 * len(grown)) - 1  # the new examples fill the grown quota
+    assert not second.warnings
+    third = assign(grown, SplitConfig(test=0, seed=3), previous)
+    assert len(third.test) == len(first.test)  # no test set asked for, yet test stays test
+    assert "132 examples were in test in an earlier build" in third.warnings[0]
+
+
+def grouped(n_groups: int, size: int) -> list[Example]:
+    return [
+        Example(id=f"g{g}-{k}", category=f"c{g % 3}", messages=[
+            {"role": "user", "content": f"Prompt number {g}"}, {"role": "assistant", "content": f"reply {k}"}])
+        for g in range(n_groups) for k in range(size)
+    ]
+
+
+def test_examples_sharing_a_prompt_go_to_the_same_side():
+    train, test = split(grouped(60, 3), SplitConfig(test=0.2, seed=1))
+    side = sides(train, test)
+    for g in range(60):
+        assert len({side[f"g{g}-{k}"] for k in range(3)}) == 1, g
+    assert 30 <= len(test) <= 42 and {e.category for e in test} == {"c0", "c1", "c2"}
+
+
+def test_group_key_lineage_and_none():
+    data = [e.model_copy(update={"provenance": {"lineage": e.id.split("-")[0][1:] + "x"},
+                                 "messages": [{"role": "user", "content": e.id},
+                                              {"role": "assistant", "content": "r"}]})
+            for e in grouped(60, 3)]
+    train, test = split(data, SplitConfig(test=0.2, seed=1, group="lineage"))
+    side = sides(train, test)
+    assert all(len({side[f"g{g}-{k}"] for k in range(3)}) == 1 for g in range(60))
+    train, test = split(grouped(60, 3), SplitConfig(test=0.2, seed=1, group="none"))
+    side = sides(train, test)
+    assert any(len({side[f"g{g}-{k}"] for k in range(3)}) == 2 for g in range(60))

@@ -41,3 +41,18 @@ def test_a_failing_migration_leaves_nothing_half_done(tmp_path, monkeypatch):
     assert "half" not in tables(db)
     assert "m999_broken" not in {r[0] for r in db.execute("SELECT name FROM _migrations")}
     assert "requests" in tables(db)  # the migrations before it did land
+
+
+def test_a_store_from_before_append_only_answers_keeps_every_answer_in_use(tmp_path, monkeypatch):
+    path = tmp_path / "old.db"
+    monkeypatch.setattr(migrations, "MIGRATIONS", MIGRATIONS[:5])  # responses keyed by cache_key alone
+    db = sqlite3.connect(path, isolation_level=None)
+    migrate(db)
+    db.execute("INSERT INTO requests (id, spec_name, step_index, round, ord, cache_key, vars, body, status) "
+               "VALUES ('r1', 's', 0, 0, 'a', 'k1', '{}', '{}', 'ok')")
+    db.execute("INSERT INTO responses VALUES ('k1', 'm', '[\"hi\"]', '[\"hi\"]', '[\"stop\"]', 1, 1, 0.0, 0)")
+    db.close()
+    monkeypatch.setattr(migrations, "MIGRATIONS", MIGRATIONS)
+    with Store(path) as store:
+        assert [r.outputs for r in store.succeeded("s", 0)] == [["hi"]]
+        assert store.db.execute("SELECT response_id FROM requests").fetchone() == (1,)

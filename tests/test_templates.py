@@ -34,3 +34,18 @@ def test_category_expression_and_template_forms():
     t = Templates()
     assert t.expression("c1", "a ~ '-' ~ b", {"a": "x", "b": "y"}) == "x-y"
     assert t.expression("c2", "{{ a | upper }}", {"a": "x"}) == "X"
+
+
+def test_json_values_render_as_json_not_python_repr():
+    """A ``parse: json`` output in a training message must stay valid JSON (it used to print
+    ``[{'question': 1, 'answer': True}]``); ``tojson`` gives the same text, fields stay reachable."""
+    t = Templates()
+    answer = [{"question": 1, "answer": "3", "sure": True, "note": None, "text": "café"}]
+    t.add_inline("plain", "{{ answer }}")
+    t.add_inline("filtered", "{{ answer | tojson }}")
+    t.add_inline("field", "{{ answer[0].answer }} {{ answer | length }}")
+    expected = '[{"question": 1, "answer": "3", "sure": true, "note": null, "text": "café"}]'
+    assert t.render("plain", {"answer": answer}) == expected
+    assert t.render("filtered", {"answer": answer}) == expected
+    assert t.render("field", {"answer": answer}) == "3 1"
+    assert t.render("plain", {"answer": "text stays text"}) == "text stays text"

@@ -231,3 +231,47 @@ def test_categories_the_spec_does_not_have_are_an_input_error(tmp_path):
     assert result.exit_code == 2
     assert "none of the weak categories (all)" in result.output
     assert "metadata" in result.output
+
+
+def test_a_rebuild_keeps_the_topup_history_and_the_next_round_continues_it(tmp_path):
+    with FakeServer(responder=list_then_reply_responder()).running() as srv:
+        spec = build(tmp_path, srv.base_url)
+        data = tmp_path / "data"
+        assert topup(spec, write_eval(tmp_path / "e1.jsonl", ANGRY_WEAK), srv.base_url, "--per-category", "2"
+                     ).exit_code == 0
+        v2 = (data / "train.v2.jsonl").read_bytes()
+        rebuilt = CliRunner().invoke(cli, ["build", str(spec), "--out", "data"])
+        assert rebuilt.exit_code == 0, rebuilt.output
+        assert len(json.loads((data / "manifest.json").read_text())["topups"]) == 1  # the rebuild kept it
+        result = topup(spec, write_eval(tmp_path / "e2.jsonl", ANGRY_WEAK), srv.base_url, "--per-category", "1")
+        assert result.exit_code == 0, result.output
+    assert (data / "train.v2.jsonl").read_bytes() == v2  # not overwritten
+    assert len(lines(data / "train.v3.jsonl")) == len(v2.splitlines()) + 1
+    assert [t["train"] for t in json.loads((data / "manifest.json").read_text())["topups"]] == [
+        "train.v2.jsonl", "train.v3.jsonl"]
+
+
+@pytest.mark.parametrize("fmt", ["messages", "hf"])
+def test_export_writes_the_latest_train_version_or_a_chosen_one(tmp_path, fmt):
+    if fmt == "hf":
+        pytest.importorskip("datasets")
+    with FakeServer(responder=list_then_reply_responder()).running() as srv:
+        spec = build(tmp_path, srv.base_url)
+        assert topup(spec, write_eval(tmp_path / "e.jsonl", ANGRY_WEAK), srv.base_url, "--per-category", "3"
+                     ).exit_code == 0
+    data = tmp_path / "data"
+    latest = CliRunner().invoke(cli, ["export", "data", "--format", fmt, "--out", "latest"])
+    assert latest.exit_code == 0, latest.output
+    assert "train.v2.jsonl" in latest.output
+    first = CliRunner().invoke(cli, ["export", "data", "--format", fmt, "--out", "first", "--train-version", "1"])
+    assert first.exit_code == 0, first.output
+    if fmt == "hf":
+        import datasets
+
+        sizes = {d: len(datasets.load_from_disk(str(tmp_path / d / "hf" / "dataset"))["train"])
+                 for d in ("latest", "first")}
+    else:
+        sizes = {d: len(lines(tmp_path / d / fmt / "train.jsonl")) for d in ("latest", "first")}
+    assert sizes == {"latest": len(lines(data / "train.v2.jsonl")), "first": len(lines(data / "train.jsonl"))}
+    missing = CliRunner().invoke(cli, ["export", "data", "--format", fmt, "--out", "x", "--train-version", "5"])
+    assert missing.exit_code == 2 and "train.v5.jsonl" in missing.output

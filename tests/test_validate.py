@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from promptbake.cli.main import cli
 from promptbake.errors import DataFileError
+from promptbake.output.export import HF_FORMATS
 from promptbake.output.formats import FORMATS
 from promptbake.output.targets import TARGETS
 from promptbake.output.training_cost import billed_tokens, default_epochs
@@ -309,7 +310,7 @@ def test_cli_choices_match_the_registries():
     params = {p.name: p for p in cli.commands["validate"].params}
     assert set(params["target"].type.choices) == set(TARGETS)
     export_params = {p.name: p for p in cli.commands["export"].params}
-    assert set(export_params["formats"].type.choices) == {*FORMATS, "hf"}
+    assert set(export_params["formats"].type.choices) == {*FORMATS, *HF_FORMATS}
 
 
 @pytest.mark.parametrize("target", sorted(TARGETS))

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from promptbake.output.validate import ValidationReport
     from promptbake.plan.estimate import Estimate
     from promptbake.spec.models import Spec
+    from promptbake.teacher.batch import BatchOptions
     from promptbake.teacher.config import Teacher
     from promptbake.teacher.generate import GenerateOptions
     from promptbake.teacher.local import LocalTeacher
@@ -52,10 +53,11 @@ def default_out(spec: Spec) -> Path:
     return Path("out") / spec.name
 
 
-def _options(max_cost: float | None, no_cache: bool, progress: bool) -> GenerateOptions:
+def _options(max_cost: float | None, no_cache: bool, progress: bool,
+             batch: BatchOptions | None = None) -> GenerateOptions:
     from promptbake.teacher.generate import GenerateOptions
 
-    return GenerateOptions(no_cache=no_cache, max_cost=max_cost, progress=progress)
+    return GenerateOptions(no_cache=no_cache, max_cost=max_cost, progress=progress, batch=batch)
 
 
 def estimate(spec: SpecSource, model: str | None = None) -> Estimate:
@@ -74,10 +76,12 @@ def expand(spec: SpecSource, out: PathLike, model: str | None = None) -> int:
     from promptbake.output.atomic import write_jsonl_atomic
     from promptbake.plan.expand import Expander
     from promptbake.plan.planner import Planner
+    from promptbake.plan.preflight import check_templates
     from promptbake.teacher.config import model_name
 
     spec = load_spec(spec)
     expander = Expander(spec)
+    check_templates(spec, expander)
     planner = Planner(spec, expander.templates, model or model_name(spec.teacher), spec.teacher.kind)
     rows = (
         {"id": r.id, "step": r.step, "cell": r.vars, "category": r.category, "cache_key": r.cache_key, "body": r.body}
@@ -94,13 +98,16 @@ async def generate_async(
     max_cost: float | None = None,
     no_cache: bool = False,
     progress: bool = True,
+    batch: BatchOptions | None = None,
 ) -> RunReport:
     """Run the spec's steps against the teacher into the SQLite ``store``; calling it again
     resumes, paying only for requests without a stored answer. ``max_cost`` (USD) stops cleanly
-    before the budget would be exceeded (``BudgetExceeded``, everything paid for is stored)."""
+    before the budget would be exceeded (``BudgetExceeded``, everything paid for is stored).
+    ``batch`` sends the steps through the provider's Batch API instead of the online pool."""
     from promptbake.workflows import pipeline
 
-    return await pipeline.generate_async(load_spec(spec), store, teacher, _options(max_cost, no_cache, progress))
+    return await pipeline.generate_async(load_spec(spec), store, teacher,
+                                         _options(max_cost, no_cache, progress, batch))
 
 
 generate = synchronous(generate_async)
@@ -118,6 +125,7 @@ async def run_async(
     formats: Sequence[str] | None = None,
     seed: int | None = None,
     sizes: Sequence[int] = (),
+    batch: BatchOptions | None = None,
 ) -> Dataset:
     """expand → generate (with top-up rounds for exact counts) → build, into ``out`` (default
     ``out/<spec name>``, store ``OUT/promptbake.db``); returns the built ``Dataset``. Calling it
@@ -128,9 +136,11 @@ async def run_async(
 
     loaded = load_spec(spec)
     directory = Path(out) if out is not None else default_out(loaded)
-    report = await pipeline.run_async(loaded, directory, store, teacher, _options(max_cost, no_cache, progress),
+    store_path = Path(store) if store is not None else pipeline.default_store(directory)
+    report = await pipeline.run_async(loaded, directory, store_path, teacher,
+                                      _options(max_cost, no_cache, progress, batch),
                                       formats=list(formats) if formats else None, seed=seed, sizes=sizes)
-    return Dataset.load(directory, report=report)
+    return Dataset.load(directory, report=report, store=store_path)
 
 
 run = synchronous(run_async)
@@ -148,23 +158,24 @@ def build(
 ) -> Dataset:
     """Stored answers → deduplicated, balanced, split files in ``out``; no model is called.
     ``source`` is a spec (file, dict or ``Spec``; its answers are read from ``store``, default
-    ``promptbake.db``) or a store file, which knows the spec it was generated with (``spec_name``
-    picks one when it holds several)."""
+    ``OUT/promptbake.db`` as ``run`` keeps it, else ``promptbake.db``) or a store file, which knows
+    the spec it was generated with (``spec_name`` picks one when it holds several)."""
     from promptbake.build.builder import build as run_build
     from promptbake.errors import StoreError
     from promptbake.output.dataset import Dataset
     from promptbake.store.db import Store
-    from promptbake.workflows.pipeline import spec_from_store
+    from promptbake.workflows.pipeline import default_store, spec_from_store
 
     if isinstance(source, str | os.PathLike) and Path(source).suffix not in (".yaml", ".yml"):
         spec, store_path = spec_from_store(source, spec_name), Path(source)
     else:
-        spec, store_path = load_spec(source), Path(store or DEFAULT_STORE)
+        spec, store_path = load_spec(source), Path(store) if store is not None else default_store(out)
     if not store_path.exists():
-        raise StoreError(f"{store_path}: no such store; run `promptbake generate` first")
+        raise StoreError(f"{store_path}: no such store (nor {Path(out) / 'promptbake.db'}); "
+                         "run `promptbake generate` or `promptbake run` first, or name it with --store")
     with Store(store_path, lock=False) as opened:
         report = run_build(spec, opened, out, formats=list(formats) if formats else None, seed=seed, sizes=sizes)
-    return Dataset.load(out, report=report)
+    return Dataset.load(out, report=report, store=store_path)
 
 
 build_async = threaded(build)
@@ -218,7 +229,7 @@ async def distill_async(
         formats=list(formats) if formats else None, seed=seed, price_model=price_model, ft_factor=ft_price_factor,
         epochs=epochs,
     )
-    return Dataset.load(directory, report=result)
+    return Dataset.load(directory, report=result, store=Path(store) if store is not None else None)
 
 
 distill = synchronous(distill_async)
@@ -249,6 +260,7 @@ async def evaluate_async(
     max_cost: float | None = None,
     no_cache: bool = False,
     progress: bool = True,
+    model_version: str | None = None,
 ) -> EvalReport:
     """Run the model ``teacher`` names (a fine-tune, a local model) on the test split ``data`` and
     score every answer per category; per-example results go to ``out`` (JSONL), the store to
@@ -257,7 +269,8 @@ async def evaluate_async(
     ``checks`` takes the keys ``json``, ``schema`` (a dict or a schema file), ``regex``,
     ``max_length`` and ``exact``, laid over the spec's ``eval`` block (or ``example.checks``);
     ``criteria`` is a rubric that ``judge`` (over the spec's teacher) scores 1-5. ``sweep`` is a
-    grid of sampling settings, e.g. ``{"temperature": [0, 0.7]}``."""
+    grid of sampling settings, e.g. ``{"temperature": [0, 0.7]}``. ``model_version`` keys the
+    answers instead of the server's URL, so a retrained model under the same name answers anew."""
     from promptbake.build.checks import read_schema
     from promptbake.spec.models import TeacherConfig
     from promptbake.teacher.config import merge
@@ -271,7 +284,7 @@ async def evaluate_async(
     judge_model = judge_config(loaded, judge) if scoring.criteria else None
     return await run_eval_async(data, out, merge(TeacherConfig(), teacher), metadata=metadata, scoring=scoring,
                                 sweeps=sweep, judge=judge_model, store_path=store, no_cache=no_cache,
-                                max_cost=max_cost, progress=progress)
+                                max_cost=max_cost, progress=progress, model_version=model_version)
 
 
 evaluate = synchronous(evaluate_async)
@@ -302,7 +315,7 @@ async def topup_async(
     report = await run_topup(load_spec(spec), eval_file, dataset, per_category=per_category, threshold=threshold,
                              bottom=bottom, metric=metric, store_path=store, teacher=teacher,
                              options=_options(max_cost, no_cache, progress))
-    return Dataset.load(dataset, report=report)
+    return Dataset.load(dataset, report=report, store=Path(store) if store is not None else None)
 
 
 topup = synchronous(topup_async)
@@ -316,11 +329,15 @@ def validate(file: PathLike, *, model: str | None = None, target: str = "openai"
     return validate_file(file, model=model, target=target)
 
 
-def export(directory: PathLike, formats: str | Iterable[str], out: PathLike) -> list[WriteReport]:
-    """Write the built dataset ``directory`` in other trainers' formats under ``out/<format>/``."""
+def export(directory: PathLike, formats: str | Iterable[str], out: PathLike, *, system: str | None = None,
+           train_version: int | None = None) -> list[WriteReport]:
+    """Write the built dataset ``directory`` in other trainers' formats under ``out/<format>/``:
+    ``system`` for examples without one (else the student's chat template adds its default),
+    ``train_version`` to pick a training version (default: the latest top-up)."""
     from promptbake.output.export import export as export_dataset
 
-    return export_dataset(directory, [formats] if isinstance(formats, str) else formats, out)
+    return export_dataset(directory, [formats] if isinstance(formats, str) else formats, out, system=system,
+                          train_version=train_version)
 
 
 def local_teacher(host: str = "127.0.0.1", port: int | None = None) -> LocalTeacher:

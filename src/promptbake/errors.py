@@ -11,7 +11,7 @@ class PromptbakeError(Exception):
     """Base of every error promptbake reports to a user.
 
     ``exit_code`` is what the CLI exits with: 2 for bad input (spec, template, data file), 1 for
-    failures at run time (teacher, budget, disk).
+    failures at run time (teacher, budget, disk), 3 for a run that finished short of the spec.
     """
 
     exit_code = 1
@@ -41,6 +41,13 @@ class TeacherError(PromptbakeError):
 
 class AuthError(TeacherError):
     """401/403 from the teacher: the run stops at once, nothing more is sent."""
+
+
+class Shortfall(PromptbakeError):
+    """The run finished but got less than the spec asked for (cells short, requests failed).
+    What it got is stored and built; ``--allow-shortfall`` accepts it with exit 0."""
+
+    exit_code = 3
 
 
 class BudgetExceeded(PromptbakeError):

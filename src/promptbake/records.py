@@ -38,3 +38,9 @@ class Example(BaseModel):
         if self.scores:
             line["scores"] = self.scores
         return line
+
+    def with_default_system(self, text: str) -> Example:
+        """This example with ``text`` as its system message when it has none (its own is kept)."""
+        if any(m.get("role") in ("system", "developer") for m in self.messages):
+            return self
+        return self.model_copy(update={"messages": [{"role": "system", "content": text}, *self.messages]})

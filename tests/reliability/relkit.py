@@ -8,6 +8,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
 
@@ -92,3 +93,16 @@ def one_line_error(stderr: str) -> str:
     assert len(lines) == 1, stderr
     assert lines[0].startswith("Error: "), stderr
     return lines[0]
+
+
+def reference_run(root: Path, spec: str, run_args: Callable[[str], list[str]]) -> Path:
+    """An uninterrupted ``run`` of ``spec`` in ``root`` against the pure-function teacher: what a
+    killed and resumed run must reproduce byte for byte. Returns its output directory."""
+    from fakeserver import FakeServer
+
+    (root / "spec.yaml").write_text(spec, encoding="utf-8")
+    with FakeServer(responder=pure_answer).running() as srv:
+        done = promptbake(*run_args(srv.base_url), cwd=root)
+    assert done.returncode == 0, done.stderr
+    return root / "out"
+

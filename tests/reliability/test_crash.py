@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from fakeserver import FakeServer
-from relkit import cli_env, promptbake, pure_answer, statuses, text_spec
+from relkit import cli_env, promptbake, pure_answer, reference_run, statuses, text_spec
 
 HERE = Path(__file__).resolve().parent
 SPEC = text_spec(6, 5, 10)  # 300 requests, 30 categories × 10
@@ -31,12 +31,7 @@ def run_args(base_url: str, out: str = "out") -> list[str]:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> Path:
     """An uninterrupted run of the same spec against the same (pure-function) teacher."""
-    root = tmp_path_factory.mktemp("reference")
-    (root / "spec.yaml").write_text(SPEC, encoding="utf-8")
-    with FakeServer(responder=pure_answer).running() as srv:
-        done = promptbake(*run_args(srv.base_url), cwd=root)
-    assert done.returncode == 0, done.stderr
-    return root / "out"
+    return reference_run(tmp_path_factory.mktemp("reference"), SPEC, run_args)
 
 
 def assert_same_files(out: Path, reference: Path) -> None:

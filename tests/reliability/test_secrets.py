@@ -56,7 +56,8 @@ def test_the_key_appears_nowhere(tmp_path):
     reader.execute("SELECT COUNT(*) FROM requests").fetchone()
     always_500 = [Fault("500", message=f"boom, key={key}")] * 100
     with FakeServer(script=always_500).running() as broken:
-        cli("generate", "other.yaml", "--store", "s.db", "--base-url", broken.base_url, *fast)
+        # nothing succeeds: the run fails (exit 1) with the server's reason, redacted
+        cli("generate", "other.yaml", "--store", "s.db", "--base-url", broken.base_url, *fast, code=1)
         assert broken.count == 16  # 8 rows × 2 attempts, each failing with the key in its message
     with sqlite3.connect(tmp_path / "s.db") as con:
         errors = [e for (e,) in con.execute("SELECT error FROM requests WHERE status = 'failed'")]
@@ -78,3 +79,24 @@ def test_the_key_appears_nowhere(tmp_path):
     for text in outputs:
         assert secret not in text, text
     reader.close()
+
+
+def test_the_key_appears_nowhere_in_batch_mode(tmp_path):
+    """Batch mode sends the key to the Files and Batches endpoints only, and a batch's error lines
+    echoing it are stored redacted."""
+    secret = secrets.token_hex(16)
+    key = f"sk-test-{secret}"
+    (tmp_path / "spec.yaml").write_text(text_spec(3, 4, 3), encoding="utf-8")
+    with FakeServer(responder=echoing_responder(key)).running() as srv:
+        done = promptbake("run", "spec.yaml", "--out", "out", "--base-url", srv.base_url, "-q", "--batch",
+                          "--batch-poll", "0.2", cwd=tmp_path, env=cli_env(OPENAI_API_KEY=key))
+        assert done.returncode == 0, done.stderr
+        assert set(srv.auth_headers) == {f"Bearer {key}"} and srv.uploads  # the key really was sent
+        assert srv.statuses["batch_500"] > 0
+    with sqlite3.connect(tmp_path / "out" / "promptbake.db") as con:
+        echoed = [e for (e,) in con.execute("SELECT error FROM attempts WHERE status_code = 500")]
+    assert echoed and all(e == "upstream rejected key *** (internal error)" for e in echoed), echoed
+    for path in (p for p in tmp_path.rglob("*") if p.is_file() and p.suffix != ".yaml"):
+        assert secret.encode() not in path.read_bytes(), path
+    assert secret not in done.stdout + done.stderr
+

@@ -15,19 +15,22 @@ from pathlib import Path
 from typing import Any
 
 from promptbake.build.balance import balance
-from promptbake.build.dedupe import dedupe
+from promptbake.build.dedupe import Dropped, dedupe
 from promptbake.build.examples import ExampleRenderer
 from promptbake.build.gates import Gates
 from promptbake.build.sizes import nested_subsets
-from promptbake.build.split import split
+from promptbake.build.split import assign
 from promptbake.output.atomic import ensure_dir, write_jsonl_atomic, write_text_atomic
+from promptbake.output.export import read_manifest, write_format
 from promptbake.output.formats import WriteReport, write_split
+from promptbake.output.jsonl import read_jsonl
 from promptbake.plan.expand import Expander
 from promptbake.records import Example
 from promptbake.spec.models import Spec
 from promptbake.store.db import Store
 
 CANONICAL = "openai-chat"  # DIR/train.jsonl and DIR/test.jsonl; other formats go to DIR/<format>/
+SPLITS = "splits.jsonl"  # every example id ever built into DIR, its group and its side
 
 
 @dataclass
@@ -42,13 +45,14 @@ class BuildReport:
     manifest: dict[str, Any] = field(default_factory=dict)
 
     def format(self) -> str:
+        wide = max([8, *map(len, self.categories)])  # whole names: categories often differ only at the end
         lines = [
-            f"{'category':<40} {'rows':>6} {'checks':>6} {'filter':>6} {'judge':>6} {'exact':>6} {'near':>6} "
+            f"{'category':<{wide}} {'rows':>6} {'checks':>6} {'filter':>6} {'judge':>6} {'exact':>6} {'near':>6} "
             f"{'surplus':>7} {'kept':>6} {'train':>6} {'test':>5}"
         ]
         for name, c in self.categories.items():
             lines.append(
-                f"{name[:40]:<40} {c['rows']:>6} {c['rejected_by_checks']:>6} {c['filtered']:>6} {c['judged_out']:>6} "
+                f"{name:<{wide}} {c['rows']:>6} {c['rejected_by_checks']:>6} {c['filtered']:>6} {c['judged_out']:>6} "
                 f"{c['exact_dupes']:>6} {c['near_dupes']:>6} {c['surplus']:>7} {c['kept']:>6} {c['train']:>6} "
                 f"{c['test']:>5}"
             )
@@ -82,6 +86,33 @@ def _keep_counts(spec: Spec, expander: Expander, kept: list[Example]) -> tuple[l
     return accepted, surplus, warnings
 
 
+def _history(out: Path) -> list[dict[str, Any]]:
+    """The sides recorded by earlier builds of ``out``: ``splits.jsonl``, else (a directory built
+    before it existed) the ``split`` of each line of ``metadata.jsonl``."""
+    for name in (SPLITS, "metadata.jsonl"):
+        path = out / name
+        if path.exists():
+            return [row for _, row in read_jsonl(path, "split record") if "split" in row and "id" in row]
+    return []
+
+
+def previous_sides(out: Path) -> dict[str, str]:
+    """Example id and group key → the side an earlier build of ``out`` gave it (test wins)."""
+    sides: dict[str, str] = {}
+    for row in _history(out):
+        for key in (row["id"], row.get("group")):
+            if key is not None and sides.get(key) != "test":
+                sides[key] = row["split"]
+    return sides
+
+
+def _merge_history(path: Path, assignment: list[dict[str, str]]) -> list[dict[str, Any]]:
+    """Earlier records (examples not in this build keep theirs) updated with this build's."""
+    rows = {row["id"]: row for row in _history(path.parent)}
+    rows.update((a["id"], a) for a in assignment)
+    return list(rows.values())
+
+
 def build(
     spec: Spec,
     store: Store,
@@ -92,40 +123,49 @@ def build(
     validate: bool = True,
     existing: Iterable[Example] = (),
     sizes: Iterable[int] = (),
+    target: str | None = None,
 ) -> BuildReport:
     """``existing``: examples the data must not repeat (distillation passes the long prompt's own
     few-shot examples); what equals or nearly equals one is dropped like a duplicate of it.
-    ``sizes``: also write nested, stratified train subsets ``train.N.jsonl`` (see ``sizes.py``)."""
+    ``sizes``: also write nested, stratified train subsets ``train.N.jsonl`` (see ``sizes.py``).
+    ``target``: whose rules ``train.jsonl`` is validated against (default: from the spec's teacher)."""
     out = Path(out_dir)
     ensure_dir(out)
     expander = Expander(spec)
     renderer = ExampleRenderer(spec, expander.templates)
+    # items a fan-out repeated were dropped before the next step paid for them: exact duplicates too
+    early = [Dropped(f"{d.request_id}:{d.item_index}", d.category, "exact", d.duplicate_of, 1.0)
+             for d in store.fanout_drops(spec.name)]
     gates = Gates(spec, store)
     deduped = dedupe(gates.passing(renderer.examples(store)), spec.dedupe, existing)
     accepted, surplus, warnings = _keep_counts(spec, expander, deduped.kept)
     split_config = spec.split if seed is None else spec.split.model_copy(update={"seed": seed})
     balanced = balance(accepted, spec.balance, split_config.seed)
     warnings.extend(balanced.warnings)
-    train, test = split(balanced.kept, split_config)
+    history = out / SPLITS
+    sides = assign(balanced.kept, split_config, previous_sides(out))
+    train, test = sides.train, sides.test
+    warnings.extend(sides.warnings)
     subsets, size_warnings = nested_subsets(train, sizes)
     warnings.extend(size_warnings)
 
     writes = []
     formats = formats or spec.output.formats
     for fmt in dict.fromkeys([CANONICAL, *formats]):
-        folder = out if fmt == CANONICAL else out / fmt
-        for name, rows in (("train", train), ("test", test)):
-            writes.append(write_split(rows, fmt, folder / f"{name}.jsonl", spec.output))
+        writes += write_format(fmt, {"train": train, "test": test}, out if fmt == CANONICAL else out / fmt,
+                               spec.output, strict=False)
     for n, rows in subsets.items():
         writes.append(write_split(rows, CANONICAL, out / f"train.{n}.jsonl", spec.output))
     write_jsonl_atomic(
         out / "metadata.jsonl",
         ({**ex.metadata(), "split": name} for name, rows in (("train", train), ("test", test)) for ex in rows),
     )
-    write_jsonl_atomic(out / "dropped.jsonl",
-                       [*(d.as_dict() for d in gates.dropped), *(d.as_dict() for d in deduped.dropped)])
+    write_jsonl_atomic(history, _merge_history(history, sides.assignment))
+    write_jsonl_atomic(out / "dropped.jsonl", [*(d.as_dict() for d in early), *(d.as_dict() for d in gates.dropped),
+                                               *(d.as_dict() for d in deduped.dropped)])
 
-    categories = _category_table(deduped, gates.counts, surplus, balanced.kept, train, test)
+    categories = _category_table(deduped, Counter(d.category for d in early), gates.counts, surplus, balanced.kept,
+                                 train, test)
     totals = store.totals(spec.name)
     manifest = {
         "spec": spec.name,
@@ -148,18 +188,25 @@ def build(
     if subsets:
         manifest["sizes"] = {str(n): dict(sorted(Counter(e.category for e in rows).items()))
                              for n, rows in subsets.items()}
+    topups = read_manifest(out).get("topups")
+    if topups:  # train.v2.jsonl, ... stay in DIR: their record stays with them
+        manifest["topups"] = topups
     report = BuildReport(out, len(train), len(test), categories, warnings, writes, manifest=manifest)
     if validate:
+        from promptbake.output.targets import target_for_teacher
         from promptbake.output.validate import validate_file
 
-        report.validation = validate_file(out / "train.jsonl")
-        manifest["validation"] = {"ok": report.validation.ok, "errors": report.validation.error_count()}
+        target = target or target_for_teacher(spec.teacher.kind, spec.teacher.base_url)
+        report.validation = validate_file(out / "train.jsonl", target=target)
+        manifest["validation"] = {"ok": report.validation.ok, "errors": report.validation.error_count(),
+                                  "target": target}
     write_text_atomic(out / "manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
     return report
 
 
 def _category_table(
     deduped: Any,
+    early: Counter[str],
     gated: dict[str, Counter[str]],
     surplus: Counter[str],
     kept: list[Example],
@@ -175,9 +222,9 @@ def _category_table(
 
     return {
         name: {
-            "rows": c.before + sum(gated.get(name, Counter()).values()),
+            "rows": c.before + sum(gated.get(name, Counter()).values()) + early[name],
             **gate_columns(name),
-            "exact_dupes": c.exact,
+            "exact_dupes": c.exact + early[name],
             "near_dupes": c.near,
             "surplus": surplus[name],
             "kept": after_balance[name],
@@ -187,15 +234,15 @@ def _category_table(
         for name, c in sorted(deduped.counts.items())
     } | {
         name: {
-            "rows": sum(drops.values()),
+            "rows": sum(gated.get(name, Counter()).values()) + early[name],
             **gate_columns(name),
-            "exact_dupes": 0,
+            "exact_dupes": early[name],
             "near_dupes": 0,
             "surplus": 0,
             "kept": 0,
             "train": 0,
             "test": 0,
         }
-        for name, drops in sorted(gated.items())
+        for name in sorted(set(gated) | set(early))
         if name not in deduped.counts
     }

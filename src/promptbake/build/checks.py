@@ -10,7 +10,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import jsonschema
 from pydantic import Field, field_validator
@@ -78,6 +78,51 @@ class Checks(Strict):
                 if got not in allowed:
                     failed.append(f"values: {key}={got!r} not in the allowed set")
         return failed
+
+
+class AnswerList(Strict):
+    """An answer that is a JSON list of items, one per question, scored on the formatting study's
+    five metrics: ``list`` (valid JSON list), ``keys`` (every item has exactly ``keys``),
+    ``values`` (every ``field`` is one of ``values``, asked only of answers passing the first two),
+    ``correct`` (the whole list equals the reference) and ``items`` (share of items right)."""
+
+    keys: list[str] = Field(min_length=1)
+    field: str = "answer"
+    values: list[Any] | None = None
+
+    METRICS: ClassVar[tuple[str, ...]] = ("list", "keys", "values", "correct", "items")
+
+    def expected(self, reference: Any) -> list[Any] | None:
+        """The right ``field`` per position, from a list of values or of items (``None``: unknown)."""
+        if isinstance(reference, str):
+            try:
+                reference = json.loads(reference)
+            except json.JSONDecodeError:
+                return None
+        if not isinstance(reference, list):
+            return None
+        return [r.get(self.field) if isinstance(r, dict) else r for r in reference]
+
+    def metrics(self, answer: str, reference: Any = None) -> dict[str, float | None]:
+        """Each metric 0 or 1 (``items``: a share); ``None`` where it does not apply."""
+        try:
+            items = json.loads(answer)
+        except json.JSONDecodeError:
+            items = None
+        is_list = isinstance(items, list)
+        keyed = is_list and all(isinstance(i, dict) and set(i) == set(self.keys) for i in items)
+        out: dict[str, float | None] = {"list": float(is_list), "keys": float(keyed), "values": None}
+        if keyed and self.values is not None:
+            out["values"] = float(all(i[self.field] in self.values for i in items))
+        expected = self.expected(reference)
+        if expected is None or not expected:
+            out["correct"] = out["items"] = None
+            return out
+        got = [i.get(self.field) if isinstance(i, dict) else None for i in items] if is_list else []
+        right = sum(1 for g, e in zip(got, expected, strict=False) if g == e)
+        out["correct"] = float(keyed and len(got) == len(expected) and right == len(expected))
+        out["items"] = right / len(expected)
+        return out
 
 
 def last_assistant(messages: list[dict[str, Any]]) -> str:

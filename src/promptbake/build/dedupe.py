@@ -450,22 +450,48 @@ class Deduper:
         ((_, dropped),) = self.add_many([example])
         return dropped
 
-    def add_many(self, examples: Iterable[Example]) -> Iterator[tuple[Example, Dropped | None]]:
+    def add_many(
+        self, examples: Iterable[Example], *, register: bool = True
+    ) -> Iterator[tuple[Example, Dropped | None]]:
         """Like ``add`` for each example, in order, but signing and looking up in chunks (much
         faster). Decisions are the same as one ``add`` at a time. Lazy by chunk: an example is
         registered by the time it is yielded, and the next chunk is read only after that.
+        ``register=False`` only compares with what is registered (``seed``): the examples are
+        neither registered nor compared with each other.
         """
+        decide = self._decide if register else self._compare
         for chunk in self._chunks(examples):
-            yield from zip((item.example for item in chunk), self._decide(chunk), strict=True)
+            yield from zip((item.example for item in chunk), decide(chunk), strict=True)
 
-    def _decide(self, chunk: list[_Prepared]) -> list[Dropped | None]:
-        """The chunk's examples in order, each against the index and the chunk's earlier kept ones."""
+    def _lookup(self, chunk: list[_Prepared]) -> tuple[list[int], dict[int, int], np.ndarray, np.ndarray,
+                                                       list[str | None], list[Match | None]]:
+        """The chunk's signed items, their rows, signatures and band hashes, and what the index
+        holds for each: an exact duplicate's id, the nearest candidate."""
         signed = [i for i, item in enumerate(chunk) if item.sig is not None]
         row_of = {i: row for row, i in enumerate(signed)}
         sigs = self._stack(chunk)
         bands = self._bands.hashes(sigs)
         exact = self._index.exact(chunk)
         nearest = self._index.nearest([chunk[i] for i in signed], sigs, bands)
+        return signed, row_of, sigs, bands, exact, nearest
+
+    def _compare(self, chunk: list[_Prepared]) -> list[Dropped | None]:
+        """Each of the chunk's examples against the index alone; nothing is registered."""
+        _, row_of, _, _, exact, nearest = self._lookup(chunk)
+        decisions: list[Dropped | None] = []
+        for i, item in enumerate(chunk):
+            ex, best, same = item.example, nearest[row_of[i]] if i in row_of else None, exact[i]
+            if same is not None:
+                decisions.append(Dropped(ex.id, ex.category, "exact", same, 1.0))
+            elif best is not None and best[1] >= self.config.threshold:
+                decisions.append(Dropped(ex.id, ex.category, "near", best[0], best[1]))
+            else:
+                decisions.append(None)
+        return decisions
+
+    def _decide(self, chunk: list[_Prepared]) -> list[Dropped | None]:
+        """The chunk's examples in order, each against the index and the chunk's earlier kept ones."""
+        signed, row_of, sigs, bands, exact, nearest = self._lookup(chunk)
         # The chunk's own kept rows, by band hash: only kept rows are ever candidates, so a chunk
         # of a thousand copies of one refusal costs a thousand lookups, not a million pairs.
         buckets: list[dict[int, list[int]]] = [{} for _ in range(self._bands.count)]
@@ -546,17 +572,20 @@ def dedupe(
     """Drop exact and near duplicates; the first occurrence wins and input order is kept.
 
     ``existing`` examples are compared against but never dropped or returned (top-up: new
-    examples versus everything already in train/test).
+    examples versus everything already in train/test). ``enabled: false`` keeps repeats among
+    ``examples`` but still drops those that repeat ``existing``: a top-up must not copy the test
+    split, nor a distillation the prompt's own examples.
     """
     result = DedupeResult(kept=[], dropped=[])
-    if not config.enabled:
+    existing = list(existing)
+    if not config.enabled and not existing:  # nothing to compare with: skip the signing
         for ex in examples:
             result.kept.append(ex)
             result.counts.setdefault(ex.category, CategoryCounts()).before += 1
         return result
     deduper = Deduper(config)
     deduper.seed(existing)
-    for ex, dropped in deduper.add_many(examples):
+    for ex, dropped in deduper.add_many(examples, register=config.enabled):
         counts = result.counts.setdefault(ex.category, CategoryCounts())
         counts.before += 1
         if dropped is None:

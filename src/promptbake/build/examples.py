@@ -34,6 +34,8 @@ class ExampleRenderer:
         last = len(self.spec.steps) - 1
         name = self.spec.steps[last].name
         for request in store.succeeded(self.spec.name, last, round_):
+            # the row the last step answered: its repeats and n > 1 choices share it (split.group)
+            lineage = request.ord.rsplit(".", 1)[0] if last else request.ord
             for j, output in enumerate(request.outputs or []):
                 variables = {**request.vars, name: output}
                 yield Example(
@@ -47,7 +49,8 @@ class ExampleRenderer:
                         if self.rejected
                         else None
                     ),
-                    provenance={"request": request.id, "cell_key": request.cell_key, "round": str(request.round)},
+                    provenance={"request": request.id, "cell_key": request.cell_key, "round": str(request.round),
+                                "lineage": lineage},
                 )
 
 

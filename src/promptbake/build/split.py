@@ -1,40 +1,121 @@
-"""Seeded shuffle and stratified train/test split.
+"""Stable, group-aware, stratified train/test split.
 
-Deterministic by construction: ``random.Random(seed).shuffle`` is the same on every platform, test
-sizes are apportioned with exact integer arithmetic (largest remainder, ties by category name), and
-nothing depends on hash order. Same input order + same seed => identical splits.
+Stable: each group of examples gets a seeded hash (sha256 of the seed and the group key), and a
+category's test quota is filled with its groups in hash order. An example's side therefore depends
+on its own hash and its category's quota, not on the input order: adding or removing examples
+moves at most the few at a quota boundary. ``previous`` (the sides an earlier build of the same
+output directory recorded) removes even that: an example keeps the side it had, an example that
+was in test never goes to train, and only new groups are assigned, into what is left of the quota.
 
-Stratified so that every category with at least two examples is in both splits (a category missing
-from test cannot be evaluated, one missing from train cannot be learned); a lone example goes to
-train. Those two rules can push the test size off the requested figure for tiny categories.
+Group-aware: examples that share a prompt (``split.group: prompt``, the default: every message
+before the last assistant turn, normalised as exact dedupe normalises), or a lineage (``lineage``:
+the row the last step answered, so ``n > 1``, ``repeat`` and several replies per utterance stay
+together), always land on the same side, so no test prompt was seen in training. ``none`` splits
+example by example.
+
+Stratified: quotas are apportioned with exact integer arithmetic (largest remainder, ties by
+category name) so that every category with at least two examples is in both splits (a category
+missing from test cannot be evaluated, one missing from train cannot be learned), unless all its
+examples share one group; a lone example goes to train. Each split is written in a seeded order
+of example ids (a shuffle that does not depend on the other examples).
 """
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import math
-import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
+from promptbake.build.dedupe import normalise
 from promptbake.records import Example
 from promptbake.spec.models import SplitConfig
 
+TEST, TRAIN = "test", "train"
+
+
+def group_key(example: Example, by: str) -> str:
+    """The key whose examples must share a side (``by``: prompt, lineage or none)."""
+    if by == "lineage":
+        return example.provenance.get("lineage") or example.id
+    if by == "prompt":
+        last = max((j for j, m in enumerate(example.messages) if m.get("role") == "assistant"), default=0)
+        prompt = [[m.get("role"), normalise(m["content"]) if isinstance(m.get("content"), str) else m.get("content")]
+                  for m in example.messages[:last]]
+        if prompt:
+            return "prompt:" + hashlib.sha256(repr(prompt).encode()).hexdigest()[:32]
+    return example.id
+
+
+def _rank(seed: int, *parts: str) -> str:
+    return hashlib.sha256("\x1f".join((str(seed), *parts)).encode()).hexdigest()
+
+
+@dataclass
+class SplitResult:
+    train: list[Example]
+    test: list[Example]
+    warnings: list[str] = field(default_factory=list)
+    assignment: list[dict[str, str]] = field(default_factory=list)  # {id, group, split} per example
+
 
 def split(examples: list[Example], config: SplitConfig) -> tuple[list[Example], list[Example]]:
-    """(train, test), both in the shuffled order."""
-    shuffled = list(examples)
-    random.Random(config.seed).shuffle(shuffled)
+    """(train, test), each in its seeded order, with no earlier assignment to respect."""
+    result = assign(examples, config)
+    return result.train, result.test
+
+
+def assign(examples: list[Example], config: SplitConfig, previous: Mapping[str, str] | None = None) -> SplitResult:
+    """Split ``examples``; ``previous`` maps example ids (and group keys) to the side an earlier
+    build gave them, which they keep."""
+    previous = previous or {}
+    groups: dict[str, list[Example]] = {}
+    for ex in examples:
+        groups.setdefault(group_key(ex, config.group), []).append(ex)
     sizes: dict[str, int] = {}
-    for ex in shuffled:
+    for ex in examples:
         sizes[ex.category] = sizes.get(ex.category, 0) + 1
     quota = holdout_sizes(sizes, config.test)
+    side: dict[str, str] = {}
     taken: dict[str, int] = {}
-    train: list[Example] = []
-    test: list[Example] = []
-    for ex in shuffled:
-        seen = taken.get(ex.category, 0)
-        taken[ex.category] = seen + 1
-        (test if seen < quota.get(ex.category, 0) else train).append(ex)
-    return train, test
+    fresh: dict[str, list[tuple[str, str]]] = {}  # category -> (rank, group key) of unassigned groups
+    mixed = 0
+    for key, members in groups.items():
+        before = {previous.get(e.id) for e in members} | {previous.get(key)}
+        category = members[0].category
+        if TEST in before:
+            mixed += sum(1 for e in members if previous.get(e.id) == TRAIN)
+            side[key] = TEST
+            taken[category] = taken.get(category, 0) + len(members)
+        elif TRAIN in before:
+            side[key] = TRAIN
+        else:
+            fresh.setdefault(category, []).append((_rank(config.seed, key), key))
+    for category, ranked in fresh.items():
+        room = quota.get(category, 0) - taken.get(category, 0)
+        for _, key in sorted(ranked):
+            size = len(groups[key])
+            if size <= room and size < sizes[category]:
+                side[key], room = TEST, room - size
+            else:
+                side[key] = TRAIN
+    result = SplitResult([], [])
+    for key, members in groups.items():
+        for ex in members:
+            (result.test if side[key] == TEST else result.train).append(ex)
+            result.assignment.append({"id": ex.id, "group": key, "split": side[key]})
+    for rows in (result.train, result.test):
+        rows.sort(key=lambda e: _rank(config.seed, "order", e.id))
+    kept = sum(taken.values())
+    if kept > sum(quota.values()):
+        result.warnings.append(f"{kept} examples were in test in an earlier build of this directory and stay "
+                               f"there (a test example never moves to train), more than the {sum(quota.values())} "
+                               "split.test asks for; build into a new directory for a fresh split")
+    if mixed:
+        result.warnings.append(f"{mixed} examples that were in train in an earlier build share a group with an "
+                               f"earlier test example (split.group: {config.group}) and moved to test")
+    return result
 
 
 def holdout_sizes(sizes: dict[str, int], test: float | int) -> dict[str, int]:

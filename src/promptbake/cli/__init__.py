@@ -1,5 +1,6 @@
 """The Click command line: a thin layer over the library."""
 
+from promptbake.cli import batch as _batch  # noqa: F401  (registers `promptbake batch ...`)
 from promptbake.cli import report  # noqa: F401  (registers `promptbake report`)
 from promptbake.cli.main import cli
 

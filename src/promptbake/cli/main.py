@@ -26,6 +26,13 @@ F = TypeVar("F", bound=Callable[..., Any])
 class _Group(click.Group):
     """Turns library errors into ``Error: <one line>`` and the error's exit code."""
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        # `--debug` is accepted after the subcommand too (`promptbake run SPEC --debug`)
+        if "--debug" in args[1:]:
+            args = [args[0], *(a for a in args[1:] if a != "--debug")]
+            ctx.ensure_object(dict)["debug"] = True
+        return super().parse_args(ctx, args)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -33,6 +40,10 @@ class _Group(click.Group):
             if os.environ.get("PROMPTBAKE_RAISE_ERRORS") or (ctx.obj or {}).get("debug"):
                 raise
             click.echo(f"Error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+        except click.UsageError as exc:
+            # a flag of the wrong type or out of range is bad input like any other: one line, exit 2
+            click.echo(f"Error: {exc.format_message()}", err=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
             # answers are committed as they arrive: the store already holds everything paid for
@@ -48,7 +59,7 @@ class _Group(click.Group):
 def cli(ctx: click.Context, debug: bool) -> None:
     """Bake prompts into fine-tuning data."""
     ctx.ensure_object(dict)
-    ctx.obj["debug"] = debug
+    ctx.obj["debug"] = debug or ctx.obj.get("debug", False)
 
 
 def teacher_options(fn: F) -> F:
@@ -68,6 +79,9 @@ def teacher_options(fn: F) -> F:
         click.option("--max-attempts", type=int, default=None,
                      help="Attempts per request before it is recorded as failed."),
         click.option("--timeout", type=float, default=None, help="Seconds before a request is abandoned and retried."),
+        click.option("--max-retry-after", type=float, default=None,
+                     help="Longest server-requested wait (429 retry-after) that pauses everyone; a longer one "
+                          "pauses only its own request, this many seconds (default 60)."),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -76,7 +90,8 @@ def teacher_options(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from promptbake import Teacher
 
-        keys = ["base_url", "model", "api_key_env", "rpm", "tpm", "concurrency", "max_attempts", "timeout"]
+        keys = ["base_url", "model", "api_key_env", "rpm", "tpm", "concurrency", "max_attempts", "timeout",
+                "max_retry_after"]
         urls = kwargs.pop("base_url")
         kwargs["base_url"] = urls[0] if len(urls) == 1 else None
         kind = kwargs.pop("teacher_kind")
@@ -110,27 +125,94 @@ def _generate_options(fn: F) -> F:
     return fn
 
 
+def batch_options(fn: F) -> F:
+    """``--batch`` and its flags for the commands that generate (run, generate): injects ``batch``,
+    the :class:`BatchOptions`, or None for online mode."""
+    options = [
+        click.option("--batch", "batch_mode", is_flag=True,
+                     help="Send every step through the provider's Batch API (half price on OpenAI, within 24 h)."),
+        click.option("--batch-max-lines", type=click.IntRange(1, 50_000), default=None,
+                     help="Most requests per batch input file (the provider's limit: 50,000)."),
+        click.option("--batch-retry", type=click.Choice(["batch", "online"]), default="batch", show_default=True,
+                     help="Where failed batch requests are retried: another batch, or the online pool."),
+        click.option("--batch-poll", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
+                     help="Longest wait in seconds between two batch status checks."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        mode, lines = kwargs.pop("batch_mode"), kwargs.pop("batch_max_lines")
+        retry, poll = kwargs.pop("batch_retry"), kwargs.pop("batch_poll")
+        kwargs["batch"] = None
+        if mode:
+            from promptbake.teacher.batch import BatchOptions
+            from promptbake.teacher.batchfile import MAX_LINES
+
+            kwargs["batch"] = BatchOptions(max_lines=lines or MAX_LINES, retry=retry, poll_max=poll)
+        elif lines is not None:
+            raise click.UsageError("--batch-max-lines needs --batch")
+        return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _shortfall_option(fn: F) -> F:
+    return click.option("--allow-shortfall", is_flag=True,
+                        help="Exit 0 even when cells are short or requests failed (the shortfall is still "
+                             "reported).")(fn)
+
+
+def _print_failures(failures: Any) -> None:
+    """The most common reasons requests failed, at the end of every command that calls a teacher."""
+    if failures.total:
+        click.echo(failures.format(), err=True)
+
+
 def _print_generate(report: Any) -> None:
     for step in report.generate.steps:
         if step.planned or step.sent or step.cached:
             click.echo(
                 f"round {step.round} {step.step}: {step.planned} planned, {step.cached} from cache, "
-                f"{step.sent} sent, {step.ok} ok, {step.failed} failed",
+                f"{step.sent} sent, {step.ok} ok, {step.failed} failed"
+                + (f", {step.shared} identical to one sent and answered by it" if step.shared else "")
+                + (f"; {step.stored} already stored by an earlier run" if step.stored else ""),
                 err=True,
             )
     for r in report.rounds:
         if r.short_cells:
             click.echo(f"round {r.round}: {r.short_cells} cells short by {r.missing} examples", err=True)
+    if report.stalled:
+        click.echo(report.stalled, err=True)
     t = report.totals
     g = report.generate
+    if g.batch is not None:
+        click.echo(g.batch.format(), err=True)
     click.echo(
         f"store: {t['ok']} ok, {t['failed']} failed, {t['pending']} pending; this run: {g.attempts} attempts, "
-        f"{g.rate_limited} rate-limited, {g.prompt_tokens + g.completion_tokens:,} tokens, ${g.spent:.4f}; "
-        f"all runs: ${t['cost']:.4f}",
+        f"{g.rate_limited} rate-limited, {g.prompt_tokens + g.completion_tokens:,} tokens, {g.spend()}; "
+        f"all runs: ${t['cost']:.4f}; store file: {report.store_path}",
         err=True,
     )
     for name, endpoint in g.endpoints.items():
         click.echo(f"  endpoint {name}: {endpoint.describe()}", err=True)
+    for note in g.notes:
+        click.echo(f"note: {note}", err=True)
+    _print_failures(g.failures)
+
+
+def _check_shortfall(report: Any, allow: bool, where: str) -> None:
+    """Exit 3 (``Shortfall``) when the run got less than the spec asked for, unless allowed."""
+    short = report.shortfall()
+    if short is None:
+        return
+    if allow:
+        click.echo(f"shortfall allowed: {short}", err=True)
+        return
+    from promptbake.errors import Shortfall
+
+    raise Shortfall(f"{short}; {where}. Re-run to retry, or pass --allow-shortfall to accept it")
 
 
 @cli.command()
@@ -138,13 +220,16 @@ def _print_generate(report: Any) -> None:
 @click.option("--store", "store_path", default="promptbake.db", show_default=True, type=click.Path(dir_okay=False),
               help="SQLite store: the cache and the resume point.")
 @_generate_options
+@batch_options
+@_shortfall_option
 @teacher_options
-def generate(spec_path: str, store_path: str, no_cache: bool, max_cost: float | None, quiet: bool,
-             teacher: Teacher) -> None:
+def generate(spec_path: str, store_path: str, no_cache: bool, max_cost: float | None, quiet: bool, batch: Any,
+             allow_shortfall: bool, teacher: Teacher) -> None:
     """Run SPEC's steps against the teacher into the store (re-run to resume)."""
     report = api.generate(spec_path, store_path, teacher=teacher, max_cost=max_cost, no_cache=no_cache,
-                          progress=not quiet)
+                          progress=not quiet, batch=batch)
     _print_generate(report)
+    _check_shortfall(report, allow_shortfall, f"the store {store_path} holds what was answered")
 
 
 @cli.command()
@@ -170,13 +255,21 @@ def validate(file: str, model: str | None, target: str, as_json: bool) -> None:
 @click.argument("directory", metavar="DIR", type=click.Path(file_okay=False))
 @click.option("-f", "--format", "formats", multiple=True, required=True,
               type=click.Choice(["openai-chat", "messages", "openai-completion", "sharegpt", "alpaca",
-                                 "preference-openai", "preference-trl", "hf"]),
-              help="Format to write (repeatable); hf writes Parquet and a datasets folder.")
+                                 "preference-openai", "preference-trl", "hf", "hf-preference"]),
+              help="Format to write (repeatable); hf and hf-preference write Parquet and a datasets folder.")
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="Directory to write into.")
-def export_command(directory: str, formats: tuple[str, ...], out: str) -> None:
+@click.option("--system", default=None,
+              help="System message for examples that have none (else the student's template adds its default).")
+@click.option("--train-version", type=int, default=None,
+              help="Training file to export: 1 is train.jsonl, N is train.vN.jsonl (default: the latest top-up).")
+def export_command(directory: str, formats: tuple[str, ...], out: str, system: str | None,
+                   train_version: int | None) -> None:
     """Re-export a built dataset DIR (train/test/metadata) for other trainers."""
-    for report in api.export(directory, formats, out):
+    from promptbake.output.export import train_file
+
+    for report in api.export(directory, formats, out, system=system, train_version=train_version):
         click.echo(report.summary(), err=True)
+    click.echo(f"train is {train_file(Path(directory), train_version)} of {directory}", err=True)
 
 
 def _build_options(fn: F) -> F:
@@ -224,22 +317,26 @@ def _print_build(report: Any) -> None:
 @_generate_options
 @_build_options
 @_report_options
+@batch_options
+@_shortfall_option
 @teacher_options
 def run(spec_path: str, out_dir: str, store_path: str | None, no_cache: bool, max_cost: float | None, quiet: bool,
-        formats: tuple[str, ...], seed: int | None, sizes: list[int], no_report: bool, teacher: Teacher) -> None:
+        formats: tuple[str, ...], seed: int | None, sizes: list[int], no_report: bool, batch: Any,
+        allow_shortfall: bool, teacher: Teacher) -> None:
     """expand → generate → build: SPEC in, train/test JSONL out (re-run to resume)."""
     dataset = api.run(spec_path, out_dir, teacher=teacher, store=store_path, max_cost=max_cost, no_cache=no_cache,
-                      progress=not quiet, formats=formats, seed=seed, sizes=sizes)
+                      progress=not quiet, formats=formats, seed=seed, sizes=sizes, batch=batch)
     _print_generate(dataset.report)
     _print_build(dataset.report.build)
-    _write_report(out_dir, store_path, spec_path, no_report)
+    _write_report(out_dir, dataset.store, spec_path, no_report)
+    _check_shortfall(dataset.report, allow_shortfall, f"{out_dir} holds what was possible")
 
 
 @cli.command()
 @click.argument("source", metavar="STORE_OR_SPEC", type=click.Path(dir_okay=False))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output directory.")
 @click.option("--store", "store_path", default=None, type=click.Path(dir_okay=False),
-              help="With a SPEC: the store to read (default: promptbake.db).")
+              help="With a SPEC: the store to read (default: OUT/promptbake.db as run keeps it, else promptbake.db).")
 @click.option("--spec-name", default=None, help="With a STORE holding several specs: which one.")
 @_build_options
 @_report_options
@@ -249,9 +346,7 @@ def build(source: str, out_dir: str, store_path: str | None, spec_name: str | No
     dataset = api.build(source, out_dir, store=store_path, spec_name=spec_name, formats=formats, seed=seed,
                         sizes=sizes)
     _print_build(dataset.report)
-    from_spec = Path(source).suffix in (".yaml", ".yml")
-    _write_report(out_dir, (store_path or api.DEFAULT_STORE) if from_spec else source, source if from_spec else None,
-                  no_report)
+    _write_report(out_dir, dataset.store, source if source.endswith((".yaml", ".yml")) else None, no_report)
 
 
 @cli.group()
@@ -311,13 +406,16 @@ def serve(host: str, port: int | None) -> None:
               help="Judge score that counts as a pass (default 4).")
 @click.option("--judge-model", default=None, help="Judge model (default: the spec's teacher model).")
 @click.option("--judge-base-url", default=None, help="Judge server URL (default: the spec's teacher).")
+@click.option("--model-version", default=None,
+              help="Version of the model under test (say, after retraining it under the same name): stored "
+                   "answers are reused only for the same version (default: the same base URL).")
 @_generate_options
 @teacher_options
 def eval_command(data: str, out: str, spec_path: str | None, metadata: str | None, store_path: str | None,
                  sweeps: tuple[str, ...], check_json: bool | None, check_schema: str | None, check_regex: str | None,
                  max_length: int | None, exact: bool | None, criteria: str | None, pass_score: int | None,
-                 judge_model: str | None, judge_base_url: str | None, no_cache: bool, max_cost: float | None,
-                 quiet: bool, teacher: Teacher) -> None:
+                 judge_model: str | None, judge_base_url: str | None, model_version: str | None, no_cache: bool,
+                 max_cost: float | None, quiet: bool, teacher: Teacher) -> None:
     """Run a model (--model, --base-url) on a test split and score it per category."""
     from promptbake import Teacher
 
@@ -326,7 +424,7 @@ def eval_command(data: str, out: str, spec_path: str | None, metadata: str | Non
     report = api.evaluate(data, out, teacher=teacher, spec=spec_path, metadata=metadata, checks=checks,
                           criteria=criteria, pass_score=pass_score,
                           judge=Teacher(model=judge_model, base_url=judge_base_url), sweep=sweeps, store=store_path,
-                          max_cost=max_cost, no_cache=no_cache, progress=not quiet)
+                          max_cost=max_cost, no_cache=no_cache, progress=not quiet, model_version=model_version)
     click.echo(report.format(), err=True)
 
 
@@ -347,14 +445,15 @@ def eval_command(data: str, out: str, spec_path: str | None, metadata: str | Non
 @_generate_options
 @teacher_options
 def topup(spec_path: str, eval_path: str, dataset: str, threshold: float | None, bottom: int | None,
-          metric: Literal["auto", "pass", "score"],
-          per_category: int, store_path: str | None, no_cache: bool, max_cost: float | None, quiet: bool,
-          teacher: Teacher) -> None:
+          metric: Literal["auto", "pass", "score"], per_category: int, store_path: str | None, no_cache: bool,
+          max_cost: float | None, quiet: bool, teacher: Teacher) -> None:
     """Generate more examples for SPEC's weakest categories into DIR/train.vN.jsonl (test unchanged)."""
     result = api.topup(spec_path, eval_path, dataset, per_category=per_category, threshold=threshold, bottom=bottom,
                        metric=metric, teacher=teacher, store=store_path, max_cost=max_cost, no_cache=no_cache,
                        progress=not quiet)
     click.echo(result.report.format(), err=True)
+    for run in result.report.runs:
+        _print_failures(run.generate.failures)
 
 
 @cli.command()
@@ -366,7 +465,7 @@ def topup(spec_path: str, eval_path: str, dataset: str, threshold: float | None,
               help="Instead of --inputs: ask the teacher for N diverse inputs first (needs --describe).")
 @click.option("--describe", default=None, help="What the generated inputs are, e.g. 'support tickets to a SaaS'.")
 @click.option("--axis", "axes", multiple=True, metavar="NAME=V1,V2",
-              help="A grid axis (repeatable): varies generated inputs; with --inputs, crossed with every input.")
+              help="A grid axis (repeatable): varies generated inputs; with --inputs, one value: a prompt variable.")
 @click.option("--input-field", default="input", show_default=True, help="The inputs file's field holding the input.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output directory.")
 @click.option("--store", "store_path", default=None, type=click.Path(dir_okay=False),
@@ -390,13 +489,14 @@ def topup(spec_path: str, eval_path: str, dataset: str, threshold: float | None,
               help="Fine-tuning epochs for the cost estimate (default: OpenAI's rule).")
 @_generate_options
 @_build_options
+@_shortfall_option
 @teacher_options
 def distill(prompt_path: str, inputs_path: str | None, generate_inputs: int | None, describe: str | None,
             axes: tuple[str, ...], input_field: str, out_dir: str, store_path: str | None, baked_system: str | None,
             check_schema: str | None, check_regex: str | None, max_length: int | None, structured: bool,
             max_tokens: int | None, temperature: float | None, name: str | None, price_model: str | None,
             ft_price_factor: float | None, epochs: int | None, no_cache: bool, max_cost: float | None, quiet: bool,
-            formats: tuple[str, ...], seed: int | None, teacher: Teacher) -> None:
+            formats: tuple[str, ...], seed: int | None, allow_shortfall: bool, teacher: Teacher) -> None:
     """Bake a long --prompt into examples: inputs answered under it, kept without it (re-run to resume)."""
     dataset = api.distill(
         prompt_path, inputs_path, out_dir, teacher=teacher, generate_inputs=generate_inputs, describe=describe,
@@ -410,3 +510,4 @@ def distill(prompt_path: str, inputs_path: str | None, generate_inputs: int | No
     _print_generate(result.run)
     _print_build(result.run.build)
     click.echo(result.format(), err=True)
+    _check_shortfall(result.run, allow_shortfall, f"{out_dir} holds what was possible")

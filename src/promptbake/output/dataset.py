@@ -88,23 +88,25 @@ class Manifest(BaseModel):
 
 class Dataset:
     """A built dataset: ``train`` and ``test`` lists of ``Example`` (messages, category and
-    metadata), the ``manifest``, the ``directory`` it lives in, and the ``report`` of the call
-    that made it (a ``RunReport``, ``DistillResult``, ``TopupReport`` or ``BuildReport``).
+    metadata), the ``manifest``, the ``directory`` it lives in, the ``store`` its answers came from
+    (when the call knows it), and the ``report`` of the call that made it (a ``RunReport``,
+    ``DistillResult``, ``TopupReport`` or ``BuildReport``).
 
     The splits are read on first use, so the CLI, which only prints the report, never holds a
     large dataset in memory."""
 
-    def __init__(self, directory: str | Path, *, report: Any = None) -> None:
+    def __init__(self, directory: str | Path, *, report: Any = None, store: Path | None = None) -> None:
         self.directory = Path(directory)
         if not (self.directory / "train.jsonl").is_file():
             raise DataFileError(f"{self.directory}: no train.jsonl (build the dataset first)")
         self.manifest = Manifest.read(self.directory / "manifest.json")
         self.report = report
+        self.store = store
 
     @classmethod
-    def load(cls, directory: str | Path, *, report: Any = None) -> Dataset:
+    def load(cls, directory: str | Path, *, report: Any = None, store: Path | None = None) -> Dataset:
         """Read a built dataset directory (``promptbake run/build --out DIR``)."""
-        return cls(directory, report=report)
+        return cls(directory, report=report, store=store)
 
     @cached_property
     def train(self) -> list[Example]:

@@ -42,6 +42,7 @@ class Format:
     kind: str
     doc: str
     _convert: Callable[[Example, OutputConfig], Row]
+    needs: str = "nothing: train on the file as it is"  # what a trainer needs beyond the file
 
     def convert(self, example: Example, config: OutputConfig | None = None) -> Row:
         return self._convert(example, config or OutputConfig())
@@ -100,7 +101,8 @@ def _text(example: Example, fmt: str, message: dict[str, Any]) -> str:
 def _rejected(example: Example, fmt: str) -> dict[str, Any]:
     if not example.rejected:
         raise _refuse(
-            example, fmt, "it has no rejected answer (name a rejected step in the spec for DPO pairs)"
+            example, fmt, "it has no rejected answer: build it from a spec with an example.rejected template "
+            "(generators/rude_agent_dpo.yaml is one)"
         )
     rejected = {**example.rejected, "role": example.rejected.get("role", "assistant")}
     if rejected["role"] != "assistant":
@@ -235,6 +237,7 @@ FORMATS: dict[str, Format] = {
             "Together and Fireworks. weight is dropped (TRL and Axolotl ignore it); use "
             "openai-chat to keep it for Together/Fireworks.",
             _messages,
+            "TRL: `load_dataset(\"json\", ...)`, as is; Axolotl: `type: chat_template`.",
         ),
         Format(
             "openai-completion",
@@ -249,6 +252,8 @@ FORMATS: dict[str, Format] = {
             "{conversations: [{from, value}]} with from system/human/gpt (Axolotl, LLaMA-Factory, "
             "Unsloth). No tool turns.",
             _sharegpt,
+            "Axolotl and LLaMA-Factory map `human`/`gpt` to user/assistant; TRL keeps them as roles, so "
+            "map them for TRL (or use `messages`).",
         ),
         Format(
             "alpaca",
@@ -256,6 +261,8 @@ FORMATS: dict[str, Format] = {
             "{instruction, input, output}: single-turn only; a system prompt becomes the "
             "instruction and the user message its input.",
             _alpaca,
+            "Axolotl `type: alpaca`, LLaMA-Factory as is; for TRL it is a prompt/completion dataset: "
+            "`prompt` = instruction + input, `completion` = output.",
         ),
         Format(
             "preference-openai",
@@ -263,6 +270,7 @@ FORMATS: dict[str, Format] = {
             "OpenAI DPO {input: {messages, tools?}, preferred_output, non_preferred_output} "
             "(also Azure, Together, Fireworks).",
             _preference_openai,
+            "this is OpenAI's DPO shape, not TRL's: for DPOTrainer use `preference-trl` or `hf-preference`.",
         ),
         Format(
             "preference-trl",
@@ -270,6 +278,7 @@ FORMATS: dict[str, Format] = {
             "TRL conversational preference {prompt, chosen, rejected} (DPOTrainer; Axolotl "
             "rl: dpo with type chat_template.default and field_messages: prompt).",
             _preference_trl,
+            "TRL DPOTrainer: `load_dataset(\"json\", ...)`, as is.",
         ),
     )
 }
@@ -339,13 +348,15 @@ def write_split(
 
 
 def formats_table() -> str:
-    """The README's Markdown table of formats and the targets that read them, from the registries."""
+    """The README's Markdown table of formats, the targets that read them and what those need beyond
+    the file, from the registries (``hf`` formats from ``export.HF_DOCS``)."""
+    from promptbake.output.export import HF_DOCS
     from promptbake.output.targets import targets_for_format
 
-    lines = ["| format | kind | read by | shape |", "| --- | --- | --- | --- |"]
+    lines = ["| format | kind | read by | shape | beyond the file |", "| --- | --- | --- | --- | --- |"]
     lines += [
-        f"| `{f.name}` | {f.kind} | {', '.join(targets_for_format(f.name))} | {f.doc} |" for f in FORMATS.values()
+        f"| `{f.name}` | {f.kind} | {', '.join(targets_for_format(f.name))} | {f.doc} | {f.needs} |"
+        for f in FORMATS.values()
     ]
-    lines.append("| `hf` | export | Hugging Face `datasets`, any trainer | Parquet per split + `save_to_disk` folder, "
-                 "messages plus id/category/cell/provenance columns |")
+    lines += [f"| `{name}` | {kind} | {by} | {doc} | {needs} |" for name, (kind, by, doc, needs) in HF_DOCS.items()]
     return "\n".join(lines)

@@ -27,7 +27,7 @@ def read_jsonl(path: Path, what: str = "JSONL") -> Iterator[tuple[int, dict[str,
     with fh:
         for number, raw in enumerate(fh, 1):
             try:
-                line = raw.decode("utf-8")
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")  # a BOM is not JSON
             except UnicodeDecodeError:
                 raise DataFileError(f"{path}:{number}: not UTF-8 text") from None
             if not line.strip():

@@ -240,7 +240,9 @@ def _classify(data: Dataset) -> Classified:
         rows += [Row("dropped", str(d.get("category", "")), "", "", "", _drop_reason(d)) for d in data.dropped]
         return Classified(rows, fates)
     kept_ids = {meta.get("id") for meta, _ in data.kept}
+    rendered: set[str] = set()
     for ex in data.store.examples:
+        rendered.add(ex.id)
         key = ex.provenance.get("cell_key", "")
         fates[key]["generated"] += 1
         if ex.id in kept_ids:
@@ -252,6 +254,9 @@ def _classify(data: Dataset) -> Classified:
             fate, reason = "count/balance", "not needed: its cell already had its count, or balance left it out"
         fates[key][fate] += 1
         rows.append(Row("dropped", ex.category, _label(ex.cell), _prompt(ex.messages), answer, reason))
+    # fan-out repeats were dropped before the next step was paid for: no example to render
+    rows += [Row("dropped", str(d.get("category", "")), "", "", "", _drop_reason(d))
+             for id_, d in listed.items() if id_ not in rendered]
     return Classified(rows, fates)
 
 

@@ -18,10 +18,10 @@ from promptbake.records import Example
 
 
 def default_metadata(data: Path) -> Path | None:
-    """The sidecar build writes next to a split: ``test.jsonl`` → ``metadata.jsonl``,
-    ``train.v2.jsonl`` → ``metadata.v2.jsonl``."""
-    _, _, rest = data.name.partition(".")
-    candidate = data.with_name(f"metadata.{rest}") if rest else None
+    """The sidecar next to a split (``metadata_file``), if there is one."""
+    from promptbake.output.export import metadata_file
+
+    candidate = metadata_file(data) if "." in data.name else None
     return candidate if candidate is not None and candidate.exists() else None
 
 

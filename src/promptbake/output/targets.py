@@ -182,3 +182,19 @@ def get_target(name: str) -> Target:
 def targets_for_format(fmt: str) -> list[str]:
     """Which targets read a format: the README's format table is generated from this."""
     return [t.name for t in TARGETS.values() if fmt in t.formats]
+
+
+def target_for_teacher(kind: str, base_url: str | None) -> str:
+    """The target ``build`` validates for when none is named: where the teacher lives says where the
+    data most likely trains. A local teacher means an open model (``trl``); Azure, Together and
+    Fireworks hosts mean themselves; any other OpenAI-compatible server, OpenAI's rules."""
+    import os
+    from urllib.parse import urlparse
+
+    if kind == "local":
+        return "trl"
+    host = urlparse(base_url or os.environ.get("OPENAI_BASE_URL") or "").hostname or ""
+    for marker, target in (("openai.azure.com", "azure-openai"), ("together", "together"), ("fireworks", "fireworks")):
+        if marker in host:
+            return target
+    return "openai"

@@ -1,7 +1,8 @@
 """What fine-tuning costs: the epochs a provider defaults to, the tokens it bills, its price.
 
 Validation reports the billed tokens of a file; distillation prices the fine-tune into its
-break-even. One set of rules for both, from OpenAI's cookbook and the prices in ``targets.py``.
+break-even. One set of rules for both, from OpenAI's cookbook and the prices in ``targets.py``
+(inference prices, fine-tuned ones included, are ``teacher/pricing.py``'s).
 """
 
 from __future__ import annotations
@@ -37,10 +38,7 @@ def billed_tokens(lengths: list[int], limit: int | None, epochs: int) -> int:
 # USD per 1M training tokens when targets.py has no price for the model: OpenAI's gpt-4o-mini
 # price (the cheapest widely used hosted fine-tune), so the estimate errs low, and says so.
 DEFAULT_TRAIN_USD_PER_1M = 3.00
-# Fine-tuned inference price ÷ base price, input and output alike (OpenAI pricing page, 2026-11:
-# fine-tuned gpt-4o-mini $0.30/$1.20 vs $0.15/$0.60 base; gpt-4o $3.75/$15 vs $2.50/$10).
-FT_PRICE_FACTORS = {"gpt-4o-mini": 2.0, "gpt-4.1-mini": 2.0, "gpt-4.1-nano": 2.0, "gpt-4o": 1.5, "gpt-4.1": 1.5}
-DEFAULT_FT_PRICE_FACTOR = 2.0
+
 
 
 @dataclass(frozen=True)
@@ -66,11 +64,3 @@ def finetune_estimate(lengths: list[int], model: str, *, epochs: int | None = No
     else:
         price, source = DEFAULT_TRAIN_USD_PER_1M, f"assumed (no {target} training price for {model})"
     return FineTuneEstimate(per_epoch, epochs, price, source, per_epoch * epochs * price / 1_000_000)
-
-
-def ft_price_factor(model: str) -> float:
-    """Fine-tuned ÷ base per-token price for ``model`` (or the ``ft:`` id of its fine-tune): a
-    fine-tune is dearer per call than its base, which decides whether baking a prompt pays off."""
-    name = model.split(":")[1] if model.startswith("ft:") else model
-    matches = [k for k in FT_PRICE_FACTORS if name == k or name.startswith(k + "-")]
-    return FT_PRICE_FACTORS[max(matches, key=len)] if matches else DEFAULT_FT_PRICE_FACTOR

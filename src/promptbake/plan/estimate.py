@@ -11,10 +11,12 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 from promptbake.plan.expand import Cell, Expander
 from promptbake.plan.judge import example_text
 from promptbake.plan.planner import DEFAULT_RESERVE, Planner
+from promptbake.plan.preflight import check_templates, placeholder
 from promptbake.spec.models import Spec
 from promptbake.store.db import PlannedRequest
 from promptbake.teacher.pricing import PriceTable
@@ -30,6 +32,7 @@ class StepEstimate:
     prompt_tokens: int
     completion_tokens: int
     cost: float
+    batch_cost: float = 0.0  # the same requests through the Batch API (--batch)
 
 
 @dataclass
@@ -44,6 +47,10 @@ class Estimate:
     @property
     def cost(self) -> float:
         return sum(s.cost for s in self.steps)
+
+    @property
+    def batch_cost(self) -> float:
+        return sum(s.batch_cost for s in self.steps)
 
     def format(self) -> str:
         lines = [
@@ -63,27 +70,30 @@ class Estimate:
             f"total: {sum(s.requests for s in self.steps)} requests, ~{total_prompt:,} prompt tokens, "
             f"≤ {total_completion:,} completion tokens, estimated cost {price}"
         )
+        if self.price_known:
+            lines.append(f"with --batch (Batch API prices): ≤ ${self.batch_cost:.4f}")
         lines.extend(f"note: {n}" for n in self.notes)
         return "\n".join(lines)
 
 
 def estimate(spec: Spec, model: str, teacher_kind: str = "remote", prices: PriceTable | None = None) -> Estimate:
     expander = Expander(spec)
+    check_templates(spec, expander)
     planner = Planner(spec, expander.templates, model, teacher_kind)
     prices = prices or PriceTable(spec.teacher.prices)
     cells = list(itertools.islice(expander.cells(), SAMPLE))
-    total_cells = len(cells) if len(cells) < SAMPLE else expander.cell_count()
-    wanted = sum(c.count for c in cells)
-    if total_cells > len(cells):
-        wanted = round(wanted * total_cells / len(cells))
-    scale = total_cells / max(len(cells), 1)
+    total_cells, wanted = expander.totals()
+    # the sampled cells stand for the grid: a list request is one per cell, any other request one
+    # per example wanted (the first cells of a weighted grid may want more than the average)
+    cell_scale = total_cells / max(len(cells), 1)
+    example_scale = wanted / max(sum(c.count for c in cells), 1)
     result = Estimate(cells=total_cells, examples_wanted=wanted, model=model, price_known=prices.known(model))
-    note = encoding_note(model)
+    note = encoding_note(model) if teacher_kind != "local" else None  # a local model is no OpenAI tokenizer
     if note:
         result.notes.append(note)
 
     rows_by_cell = {c.key: 1 for c in cells}
-    placeholders: dict[str, str] = {}
+    placeholders: dict[str, Any] = {}
     for k, step in enumerate(planner.steps):
         step_model = step.model or model
         if k == 0:
@@ -114,6 +124,7 @@ def estimate(spec: Spec, model: str, teacher_kind: str = "remote", prices: Price
         reserve = (step.max_tokens or DEFAULT_RESERVE) * (step.n or 1)
         prompt = sum(r.est_tokens - reserve for r in requests)
         completion = reserve * len(requests)
+        scale = cell_scale if k == 0 and step.parse == "list" else example_scale
         n_requests = round(len(requests) * scale)
         result.steps.append(
             StepEstimate(
@@ -122,6 +133,7 @@ def estimate(spec: Spec, model: str, teacher_kind: str = "remote", prices: Price
                 prompt_tokens=round(prompt * scale),
                 completion_tokens=round(completion * scale),
                 cost=prices.cost(step_model, round(prompt * scale), round(completion * scale)),
+                batch_cost=prices.batch_cost(step_model, round(prompt * scale), round(completion * scale)),
             )
         )
         # what the next step sees: a row per output; a list answer is expected to hold the cell's count
@@ -133,7 +145,7 @@ def estimate(spec: Spec, model: str, teacher_kind: str = "remote", prices: Price
         if k >= planner.real:
             continue
         per_item = (step.max_tokens or DEFAULT_RESERVE) // (max(c.count for c in cells) if step.parse == "list" else 1)
-        placeholders[step.name] = " ".join(["word"] * max(per_item // 2, 1))
+        placeholders[step.name] = placeholder(step, " ".join(["word"] * max(per_item // 2, 1)))
     for judge in spec.judge:
         result.notes.append(
             f"judge {judge.name}: {judge.expected_pass_rate:.0%} of examples assumed to pass "

@@ -48,7 +48,7 @@ def load_table(path: Path) -> list[dict[str, Any]]:
         rows = [row for _, row in read_jsonl(path, "input")]
     elif path.suffix == ".csv":
         try:
-            text = path.read_text(encoding="utf-8")
+            text = path.read_text(encoding="utf-8-sig")  # spreadsheets save CSV with a BOM
         except UnicodeDecodeError as exc:
             raise DataFileError(f"{path}: not UTF-8 text (byte {exc.start})") from exc
         except OSError as exc:
@@ -104,5 +104,20 @@ class Expander:
                 yield Cell(index, key, values, self.category(values), count)
                 index += 1
 
-    def cell_count(self) -> int:
-        return sum(1 for _ in self.cells())
+    def totals(self) -> tuple[int, int]:
+        """(cells, examples wanted) from the axis sizes, without expanding the grid: a 10^8-cell
+        dry run answers at once. Only the axes that ``exclude`` rules or ``weights`` name decide
+        whether a cell counts and how much; their combinations are enumerated, and each stands
+        for the product of the other axes' sizes times the table's rows."""
+        grid = self.spec.grid
+        names = list(self.axes)
+        decisive = [n for n in names if n in grid.weights or any(n in rule for rule in grid.exclude)]
+        others = math.prod(len(self.axes[n]) for n in names if n not in decisive) * len(self.table)
+        cells = examples = 0
+        for combo in itertools.product(*(self.axes[n] for n in decisive)):
+            values = dict(zip(decisive, combo, strict=True))
+            count = 0 if _excluded(values, grid.exclude) else _cell_count(self.spec, values)
+            if count:
+                cells += others
+                examples += others * count
+        return cells, examples

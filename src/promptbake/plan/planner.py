@@ -14,13 +14,14 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from promptbake.build.checks import last_assistant
+from promptbake.build.dedupe import normalise
 from promptbake.errors import TemplateError
 from promptbake.ids import stable_hash
 from promptbake.plan.expand import Cell
 from promptbake.plan.judge import example_text, judge_steps
 from promptbake.spec.models import MessageTemplate, Spec, Step
 from promptbake.spec.templates import Templates
-from promptbake.store.db import PlannedRequest, StoredRequest
+from promptbake.store.db import FanoutDrop, PlannedRequest, StoredRequest
 from promptbake.teacher.tokens import count_messages
 
 DEFAULT_RESERVE = 512  # completion tokens reserved for TPM when a step sets no max_tokens
@@ -54,6 +55,22 @@ class MessageRenderer:
                 rendered["weight"] = message.weight
             out.append(rendered)
         return out
+
+
+def row_key(variables: dict[str, Any]) -> str:
+    """What makes two rows of a cell the same row: every variable, strings normalised for case,
+    whitespace and punctuation as exact dedupe normalises them."""
+    return stable_hash(_normalised(variables))
+
+
+def _normalised(value: Any) -> Any:
+    if isinstance(value, str):
+        return normalise(value)
+    if isinstance(value, dict):
+        return {k: _normalised(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_normalised(v) for v in value]
+    return value
 
 
 def single_output(step: Step) -> bool:
@@ -122,6 +139,10 @@ class Planner:
         if step.seed is not None:
             # a fresh seed per replicate and per top-up round, so repeats differ
             body["seed"] = step.seed + int(stable_hash(replicate, length=6), 16) % 1_000_000
+        elif round_ > 0:
+            # a top-up round must not send round 0's bytes again: a deterministic teacher would
+            # answer with the same duplicates (round 0 keeps no seed, so its cache keys stay)
+            body["seed"] = int(stable_hash(replicate, round_, length=6), 16) % 1_000_000
         response_format = self._response_format(step)
         if response_format is not None:
             body["response_format"] = response_format
@@ -179,18 +200,41 @@ class Planner:
                     render_only={"count": ask},
                 )
 
-    def next_step(self, k: int, parents: Iterable[StoredRequest], wants: dict[str, int]) -> Iterator[PlannedRequest]:
+    def next_step(
+        self,
+        k: int,
+        parents: Iterable[StoredRequest],
+        wants: dict[str, int],
+        *,
+        earlier: dict[str, dict[str, str]] | None = None,
+        drops: list[FanoutDrop] | None = None,
+    ) -> Iterator[PlannedRequest]:
         """Requests of step k (k ≥ 1): one per output of each step k-1 answer (``repeat`` each).
 
         When every remaining step gives one row per request, a cell gets no more rows than it
-        wants, so a list answer with surplus items does not buy surplus answers."""
+        wants, so a list answer with surplus items does not buy surplus answers. A row that
+        exactly repeats (text normalised as exact dedupe does) an earlier row of its cell, in this
+        round or in ``earlier`` ones (cell key → row key → the kept item), is not planned at all:
+        it would be paid for and then dropped as a duplicate. It goes to ``drops`` instead, and
+        the cell, short of a row, is refilled by the next top-up round."""
         step, previous = self.steps[k], self.steps[self.parent_index(k)]
         capped = all(single_output(s) for s in self.steps[k:])
         judge = self.spec.judge[k - self.real] if k >= self.real else None
         planned: Counter[str] = Counter()
+        cell, seen = "", {}
         for parent in parents:
+            if parent.cell_key != cell:  # parents come in lineage order: a cell's rows are adjacent
+                cell, seen = parent.cell_key, dict((earlier or {}).get(parent.cell_key, {}))
             for j, output in enumerate(parent.outputs or []):
+                if capped and planned[parent.cell_key] >= wants.get(parent.cell_key, 0):
+                    break
                 variables = {**parent.vars, previous.name: output}
+                key = row_key(variables)
+                if key in seen:
+                    if drops is not None:
+                        drops.append(FanoutDrop(parent.id, j, parent.category, seen[key]))
+                    continue
+                seen[key] = f"{parent.id}:{j}"
                 render_only = None
                 if judge is not None:
                     messages, failed = self.gate(variables)

@@ -16,19 +16,21 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from promptbake.build.checks import Checks
+from promptbake.build.checks import AnswerList, Checks
 from promptbake.build.filters import FilterSet
-from promptbake.errors import DataFileError, SpecError
+from promptbake.errors import DataFileError, SpecError, TemplateError
 from promptbake.spec.strict import Strict
 
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 class Prices(Strict):
-    """USD per million tokens."""
+    """USD per million tokens. ``batch_*``: the Batch API's prices (default: half of the above)."""
 
     input: float = Field(ge=0)
     output: float = Field(ge=0)
+    batch_input: float | None = Field(default=None, ge=0)
+    batch_output: float | None = Field(default=None, ge=0)
 
 
 class EndpointConfig(Strict):
@@ -51,11 +53,12 @@ class TeacherConfig(Strict):
     base_url: str | None = None
     model: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
-    rpm: float | None = Field(default=None, gt=0)
-    tpm: float | None = Field(default=None, gt=0)
+    rpm: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    tpm: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     concurrency: int = Field(default=64, ge=1)
     max_attempts: int = Field(default=6, ge=1)
-    timeout: float = Field(default=120.0, gt=0)
+    timeout: float = Field(default=120.0, gt=0, allow_inf_nan=False)
+    max_retry_after: float = Field(default=60.0, gt=0, allow_inf_nan=False)  # seconds; a longer wait pauses one request
     structured_output: Literal["auto", "json_schema", "json_object", "none"] = "auto"
     prices: dict[str, Prices] = Field(default_factory=dict)
     endpoints: list[EndpointConfig] = Field(default_factory=list)  # several servers instead of base_url
@@ -198,9 +201,15 @@ class Judge(Strict):
 
 
 class EvalSpec(Strict):
-    """How ``promptbake eval`` scores a student on this dataset (``checks`` default: example.checks)."""
+    """How ``promptbake eval`` scores a student on this dataset (``checks`` default: example.checks).
+
+    ``reference``: a template over the example's cell (from the metadata) giving the right answer,
+    when it is known apart from the teacher's (a question bank's key); else the test answer is it.
+    ``answers`` scores an answer that is a list of items, one per question, on five metrics."""
 
     checks: Checks | None = None
+    reference: str | None = None
+    answers: AnswerList | None = None
     criteria: str | None = None  # a rubric a judge model scores 1-5 (G-Eval style)
     pass_score: int = Field(default=4, ge=1, le=5)  # the judge score that counts as a pass
 
@@ -208,6 +217,7 @@ class EvalSpec(Strict):
 class SplitConfig(Strict):
     test: float | int = 0.1
     seed: int = 0
+    group: Literal["prompt", "lineage", "none"] = "prompt"  # examples of one group share a side
 
     @model_validator(mode="after")
     def _check(self) -> SplitConfig:
@@ -312,9 +322,42 @@ class Spec(Strict):
         return str(self._path) if self._path else f"spec {self.name!r}"
 
     def spec_hash(self) -> str:
-        """Hash of the validated content: what the manifest records to tie data to its recipe."""
+        """Hash of the validated content and of the files it names (message templates, axis value
+        files, the table): what the manifest records to tie data to its recipe, so an edited
+        template changes it as an edited spec does."""
         canonical = json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True)
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+        digest = hashlib.sha256(canonical.encode())
+        for name, content in self._named_files():
+            digest.update(f"\x00{name}\x00".encode() + content)
+        return digest.hexdigest()[:16]
+
+    def _named_files(self) -> list[tuple[str, bytes]]:
+        """(name, content) of every file the spec names; a missing one hashes as missing (loading
+        it reports the error where it matters)."""
+        import jinja2
+
+        from promptbake.spec.templates import Templates
+
+        files: dict[str, bytes] = {}
+        messages = [m for step in self.steps for m in step.messages] + list(self.example.messages)
+        templates = Templates.for_spec_dir(self.base_dir)
+        loader = templates.env.loader
+        assert loader is not None
+        for message in messages:
+            if message.template is not None:
+                try:
+                    source = loader.get_source(templates.env, message.template)[0].encode()
+                except (jinja2.TemplateNotFound, TemplateError, OSError):
+                    source = b"<missing>"
+                files[f"template:{message.template}"] = source
+        paths = [f"axis:{v}" for v in self.grid.axes.values() if isinstance(v, str)]
+        paths += [f"table:{self.grid.table}"] if self.grid.table else []
+        for name in paths:
+            try:
+                files[name] = self.resolve(name.split(":", 1)[1]).read_bytes()
+            except OSError:
+                files[name] = b"<missing>"
+        return sorted(files.items())
 
     def resolve(self, relative: str) -> Path:
         """A path the spec names (template, axis file, table), from the spec's folder."""
@@ -354,15 +397,54 @@ def _format_loc(loc: tuple[int | str, ...]) -> str:
     return out or "(top level)"
 
 
+MAX_EXPANDED = 10_000_000  # characters (plus one per node) a spec may expand to beyond its own text
+
+
+def _expanded_size(root: yaml.Node | None, limit: int, where: str) -> int:
+    """What the document weighs once every alias is expanded (scalar characters plus one per
+    node), refusing a recursive alias or a document beyond ``limit``: a few lines of YAML aliases
+    (the billion laughs) expand to gigabytes when the spec is validated, hashed or sent as
+    ``extra_body``. Each distinct node is weighed once, so this costs the document's size."""
+    if root is None:
+        return 0
+    sizes: dict[int, int] = {}
+    open_: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if id(node) in sizes:
+            continue
+        if isinstance(node, yaml.ScalarNode):
+            sizes[id(node)] = 1 + len(node.value)
+            continue
+        children = [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else node.value
+        if children_done:
+            open_.discard(id(node))
+            sizes[id(node)] = size = 1 + sum(sizes[id(c)] for c in children)
+            if size > limit:
+                raise SpecError(f"{where}:{node.start_mark.line + 1}: YAML aliases expand this value beyond "
+                                f"{limit:,} characters (an alias bomb?); write the values out or put them in a file")
+            continue
+        if id(node) in open_:
+            raise SpecError(f"{where}:{node.start_mark.line + 1}: a YAML alias refers to the value containing it")
+        open_.add(id(node))
+        stack.append((node, True))
+        stack.extend((c, False) for c in children if id(c) not in sizes)
+    return sizes[id(root)]
+
+
 def parse_spec(text: str, where: str, path: Path | None = None) -> Spec:
     """Validate YAML text as a spec; errors name ``where`` (the file), the field and the line."""
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
+        _expanded_size(root, MAX_EXPANDED + len(text), where)
         data = yaml.safe_load(text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = f":{mark.line + 1}" if mark else ""
         raise SpecError(f"{where}{line}: invalid YAML: {exc.problem or exc}") from exc
+    except RecursionError:
+        raise SpecError(f"{where}: invalid YAML: nested too deeply") from None
     if not isinstance(data, dict):
         raise SpecError(f"{where}: a spec must be a YAML mapping")
     try:
@@ -414,7 +496,7 @@ def read_lines_file(path: Path, what: str) -> list[str]:
     except OSError as exc:
         raise DataFileError(f"{path}: cannot read {what}: {exc.strerror}") from exc
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")  # a Windows editor's BOM is not part of the first value
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise DataFileError(f"{path}:{line}: {what} is not UTF-8 text") from exc

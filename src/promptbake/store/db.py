@@ -8,17 +8,19 @@ million-request job never sits in memory, and one writer commits results in batc
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import hashlib
 import json
+import math
 import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from promptbake.errors import StoreError
 from promptbake.store.migrations import migrate
@@ -59,6 +61,23 @@ class StoredRequest:
     outputs: list[Any] | None = None  # set when read together with its response
 
 
+class PlannedRow(NamedTuple):
+    cell_key: str
+    vars: dict[str, Any]
+    parent_id: str | None
+    item_index: int
+
+
+@dataclass(frozen=True)
+class FanoutDrop:
+    """An item of a step's answer left out of the next step: it repeats an earlier item of its cell."""
+
+    request_id: str
+    item_index: int
+    category: str
+    duplicate_of: str  # "<request id>:<item index>" of the item kept
+
+
 @dataclass
 class AttemptRow:
     number: int
@@ -92,11 +111,62 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
+# what binding or encoding a row's values can raise (UnicodeEncodeError is a ValueError)
+_UNSTORABLE = (ValueError, TypeError, OverflowError, sqlite3.InterfaceError, sqlite3.ProgrammingError,
+               sqlite3.DataError)
+
+
+def _repair(value: Any) -> Any:
+    """``value`` with every string made encodable and every number made storable."""
+    if isinstance(value, str):
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")  # a lone surrogate: one U+FFFD
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int):
+        return value if -(2**63) <= value < 2**63 else 0
+    if isinstance(value, float):
+        return value if math.isfinite(value) else 0.0
+    if isinstance(value, dict):
+        return {_repair(str(k)): _repair(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_repair(v) for v in value]
+    return _repair(str(value))
+
+
+def _number(value: Any) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return float(value) if ok and abs(value) < 2**53 else 0.0
+
+
+def _repaired(result: ResultRow) -> ResultRow:
+    attempts = [AttemptRow(*(_repair(getattr(a, f.name)) for f in dataclasses.fields(AttemptRow)))
+                for a in result.attempts]
+    return dataclasses.replace(result, attempts=attempts, error=_repair(result.error), model=_repair(result.model),
+                               contents=_repair(result.contents), outputs=_repair(result.outputs),
+                               finish_reasons=_repair(result.finish_reasons))
+
+
+def _unstorable(result: ResultRow, exc: Exception) -> ResultRow:
+    """The last resort: the request is recorded as failed, what its attempts cost kept, the reason said."""
+    attempts = [AttemptRow(int(_number(a.number)), None, "unstorable", None, _number(a.latency_ms),
+                           int(_number(a.prompt_tokens)), int(_number(a.completion_tokens)), _number(a.cost), None)
+                for a in result.attempts]
+    reason = _repair(f"the answer could not be stored ({type(exc).__name__}: {exc}); it will be asked again")
+    return ResultRow(result.request_id, result.cache_key, False, attempts, error=reason)
+
+
 def _status(result: ResultRow) -> str:
     if result.ok:
         return "ok"
     return "pending" if result.abandoned else "failed"
 
+
+# a planned request joins the current plan; planned again (a resumed run), it just becomes current
+_PLAN_INSERT = (
+    "INSERT INTO requests (id, spec_name, step, step_index, round, ord, cell_key, category, parent_id, "
+    "item_index, vars, body, cache_key, est_tokens) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (id) DO UPDATE SET current = 1"
+)
 
 BLOB_MIN = 1024  # characters: a system prompt this long is stored once, by hash
 BLOB_ROLES = ("system", "developer")
@@ -206,7 +276,11 @@ class Store:
     def _transaction(self) -> Iterator[None]:
         """All or nothing. ``with connection:`` does not BEGIN on an autocommit connection
         (``isolation_level=None``): each row of an ``executemany`` would commit alone, so a failure
-        (disk full) left half a batch behind, and every row cost its own write to the log."""
+        (disk full) left half a batch behind, and every row cost its own write to the log.
+        Nested inside :meth:`transaction`, it joins the outer one."""
+        if self.db.in_transaction:
+            yield
+            return
         self.db.execute("BEGIN")
         try:
             yield
@@ -215,6 +289,11 @@ class Store:
             if self.db.in_transaction:  # SQLite may already have rolled back (SQLITE_FULL)
                 self.db.execute("ROLLBACK")
             raise
+
+    def transaction(self) -> AbstractContextManager[None]:
+        """Several store writes committed together (a batch's answers and its "collected" mark),
+        so a kill between them cannot leave one without the other."""
+        return self._transaction()
 
     def _write(self, sql: str, rows: Iterable[tuple[Any, ...]]) -> int:
         try:
@@ -272,7 +351,7 @@ class Store:
 
     def models(self, spec_name: str) -> list[str]:
         rows = self.db.execute(
-            "SELECT DISTINCT p.model FROM responses p JOIN requests r ON r.cache_key = p.cache_key "
+            "SELECT DISTINCT p.model FROM responses p JOIN requests r ON r.response_id = p.id "
             "WHERE r.spec_name = ? AND p.model IS NOT NULL ORDER BY p.model",
             (spec_name,),
         )
@@ -302,12 +381,16 @@ class Store:
         return [r[0] for r in rows]
 
     # requests ---------------------------------------------------------------------------------
-    def replan(self, spec_name: str, step_index: int, round_: int, requests: Iterable[PlannedRequest]) -> int:
+    def replan(self, spec_name: str, step_index: int, round_: int, requests: Iterable[PlannedRequest],
+               drops: list[FanoutDrop] | None = None, parent_step: int | None = None) -> int:
         """Make ``requests`` the current plan of one step and round, in one transaction.
 
         Ids include the request's content, so a changed template makes new rows; rows of an
         older plan stay in the store (paid answers are never deleted) but leave the plan. Planning
         the same thing twice (a resumed run) changes nothing. Returns how many requests are planned.
+        ``drops``: filled while ``requests`` is consumed with the previous step's items that were
+        not planned because they repeat an earlier item of their cell; they replace the earlier
+        record of that step (``parent_step``, default the one before) and round.
         """
         planned = 0
         blobs: dict[str, str] = {}
@@ -324,29 +407,52 @@ class Store:
                     "UPDATE requests SET current = 0 WHERE spec_name = ? AND step_index = ? AND round = ?",
                     (spec_name, step_index, round_),
                 )
-                self.db.executemany(
-                    "INSERT INTO requests (id, spec_name, step, step_index, round, ord, cell_key, "
-                    "category, parent_id, item_index, vars, body, cache_key, est_tokens) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT (id) DO UPDATE SET current = 1",
-                    rows(),
-                )
+                self.db.executemany(_PLAN_INSERT, rows())
                 self.db.executemany("INSERT OR IGNORE INTO blobs VALUES (?, ?)", blobs.items())
+                if drops is not None:
+                    parent = step_index - 1 if parent_step is None else parent_step
+                    self.db.execute(
+                        "DELETE FROM fanout_drops WHERE spec_name = ? AND step_index = ? AND round = ?",
+                        (spec_name, parent, round_),
+                    )
+                    self.db.executemany(
+                        "INSERT OR REPLACE INTO fanout_drops VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        ((spec_name, parent, round_, d.request_id, d.item_index, d.category, d.duplicate_of)
+                         for d in drops),
+                    )
         except sqlite3.OperationalError as exc:
             raise StoreError(f"{self.path}: write failed: {exc}") from exc
         return planned
 
-    def insert_requests(self, requests: Iterable[PlannedRequest]) -> int:
-        """INSERT OR IGNORE: add requests that are not planned yet (callers without plan versions)."""
+    def extend_plan(self, requests: Iterable[PlannedRequest]) -> int:
+        """Add requests to the current plan of their step without retiring the rest of it: a grid
+        too big to plan before sending is planned a slice at a time (after ``replan`` with no
+        requests retired the old plan). Returns how many were added."""
         blobs: dict[str, str] = {}
-        added = self._write(
-            "INSERT OR IGNORE INTO requests (id, spec_name, step, step_index, round, ord, cell_key, "
-            "category, parent_id, item_index, vars, body, cache_key, est_tokens) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (_request_row(r, blobs) for r in requests),
+        rows = [_request_row(r, blobs) for r in requests]
+        self._write("INSERT OR IGNORE INTO blobs VALUES (?, ?)", blobs.items())  # before the rows using them
+        self._write(_PLAN_INSERT, rows)
+        return len(rows)
+
+    def planned_rows(self, spec_name: str, step_index: int, *, below_round: int) -> Iterator[PlannedRow]:
+        """The rows earlier rounds planned for a step (what a top-up round must not repeat)."""
+        rows = self.db.execute(
+            "SELECT cell_key, vars, parent_id, item_index FROM requests "
+            "WHERE spec_name = ? AND step_index = ? AND current = 1 AND round < ?",
+            (spec_name, step_index, below_round),
         )
-        self._write("INSERT OR IGNORE INTO blobs VALUES (?, ?)", blobs.items())
-        return added
+        for cell_key, variables, parent_id, item_index in rows:
+            yield PlannedRow(cell_key, json.loads(variables), parent_id, item_index)
+
+    def fanout_drops(self, spec_name: str) -> list[FanoutDrop]:
+        """Items of the current plan dropped before the next step as repeats, in lineage order."""
+        rows = self.db.execute(
+            "SELECT d.request_id, d.item_index, d.category, d.duplicate_of FROM fanout_drops d "
+            "JOIN requests r ON r.id = d.request_id "
+            "WHERE d.spec_name = ? AND r.current = 1 AND r.status = 'ok' ORDER BY r.ord, d.item_index",
+            (spec_name,),
+        )
+        return [FanoutDrop(*row) for row in rows]
 
     def _unpack(self, text: str) -> dict[str, Any]:
         """A stored body with its blobs put back (a few distinct prompts: cached by hash)."""
@@ -366,16 +472,19 @@ class Store:
         return body
 
     def serve_from_cache(self, spec_name: str, step_index: int) -> int:
-        """Mark not-done requests whose content-keyed answer is already stored: nothing to pay."""
+        """Mark not-done requests whose content-keyed answer is already stored: nothing to pay.
+        Each takes the newest answer for its cache key and keeps it, whatever is asked later."""
         return self._write(
-            "UPDATE requests SET status = 'ok', error = NULL, updated_at = ? "
+            "UPDATE requests SET status = 'ok', error = NULL, updated_at = ?, "
+            "response_id = (SELECT MAX(p.id) FROM responses p WHERE p.cache_key = requests.cache_key) "
             "WHERE spec_name = ? AND step_index = ? AND status != 'ok' AND current = 1 "
             "AND cache_key IN (SELECT cache_key FROM responses)",
             [(time.time(), spec_name, step_index)],
         )
 
     def forget_answers(self, spec_name: str, step_index: int) -> int:
-        """``--no-cache``: make every request of the step pending again (its answer is re-paid)."""
+        """``--no-cache``: make every request of the step pending again (its answer is re-paid).
+        The answers it used stay stored, and so does every other plan's choice of answer."""
         return self._write(
             "UPDATE requests SET status = 'pending' WHERE spec_name = ? AND step_index = ? AND current = 1",
             [(spec_name, step_index)],
@@ -393,11 +502,19 @@ class Store:
 
     _COLUMNS = "r.id, r.step_index, r.round, r.ord, r.cell_key, r.category, r.vars, r.body, r.cache_key, r.est_tokens"
 
+    # an identical request earlier in the same plan is sent instead; its answer serves both
+    _LEADER = (
+        "AND NOT EXISTS (SELECT 1 FROM requests o WHERE o.cache_key = r.cache_key AND o.spec_name = r.spec_name "
+        "AND o.step_index = r.step_index AND o.round = r.round AND o.current = 1 AND o.status != 'ok' "
+        "AND o.ord < r.ord)"
+    )
+
     def pending(self, spec_name: str, step_index: int) -> Iterator[StoredRequest]:
-        """Requests of a step with no stored success (never sent, interrupted, or failed)."""
+        """Requests of a step with no stored success (never sent, interrupted, or failed), one per
+        distinct request: identical ones wait for the first one's answer (``record`` shares it)."""
         sql = (
             f"SELECT {self._COLUMNS} FROM requests r WHERE r.spec_name = ? AND r.step_index = ? "
-            "AND r.current = 1 AND r.status != 'ok'"
+            f"AND r.current = 1 AND r.status != 'ok' {self._LEADER}"
         )
         for row in self._page(sql, (spec_name, step_index)):
             yield StoredRequest(
@@ -407,7 +524,7 @@ class Store:
     def succeeded(self, spec_name: str, step_index: int, round_: int | None = None) -> Iterator[StoredRequest]:
         """Done requests of a step with their parsed outputs, in lineage order."""
         sql = (
-            f"SELECT {self._COLUMNS}, p.outputs FROM requests r JOIN responses p ON p.cache_key = r.cache_key "
+            f"SELECT {self._COLUMNS}, p.outputs FROM requests r JOIN responses p ON p.id = r.response_id "
             "WHERE r.spec_name = ? AND r.step_index = ? AND r.current = 1 AND r.status = 'ok'"
         )
         params: tuple[Any, ...] = (spec_name, step_index)
@@ -433,20 +550,33 @@ class Store:
         """Done requests of a step as (parent request, item index, outputs): how a judge's verdict
         finds the answer it judged."""
         sql = (
-            "SELECT r.parent_id, r.item_index, p.outputs FROM requests r JOIN responses p ON p.cache_key = r.cache_key "
+            "SELECT r.parent_id, r.item_index, p.outputs FROM requests r JOIN responses p ON p.id = r.response_id "
             "WHERE r.spec_name = ? AND r.step_index = ? AND r.current = 1 AND r.status = 'ok'"
         )
         for parent_id, item_index, outputs in self.db.execute(sql, (spec_name, step_index)):
             yield parent_id, item_index, json.loads(outputs)
 
-    def count_pending(self, spec_name: str, step_index: int) -> int:
-        return int(
-            self.db.execute(
-                "SELECT COUNT(*) FROM requests "
-                "WHERE spec_name = ? AND step_index = ? AND current = 1 AND status != 'ok'",
-                (spec_name, step_index),
-            ).fetchone()[0]
-        )
+    def count_pending(self, spec_name: str, step_index: int, round_: int | None = None, *,
+                      distinct: bool = True) -> int:
+        """Requests of a step (of one round, when given) with no stored success: those ``pending``
+        yields (``distinct``), or all of them, identical ones included."""
+        sql = ("SELECT COUNT(*) FROM requests r "
+               "WHERE r.spec_name = ? AND r.step_index = ? AND r.current = 1 AND r.status != 'ok'")
+        params: tuple[Any, ...] = (spec_name, step_index)
+        if round_ is not None:
+            sql += " AND r.round = ?"
+            params += (round_,)
+        if distinct:
+            sql += " " + self._LEADER
+        return int(self.db.execute(sql, params).fetchone()[0])
+
+    def step_ok(self, spec_name: str, step_index: int, round_: int) -> bool:
+        """Whether any current request of one step and round has an answer."""
+        return self.db.execute(
+            "SELECT 1 FROM requests WHERE spec_name = ? AND step_index = ? AND round = ? AND current = 1 "
+            "AND status = 'ok' LIMIT 1",
+            (spec_name, step_index, round_),
+        ).fetchone() is not None
 
     def failures(self, spec_name: str) -> list[dict[str, Any]]:
         rows = self.db.execute(
@@ -458,7 +588,24 @@ class Store:
 
     # results ----------------------------------------------------------------------------------
     def record(self, results: list[ResultRow]) -> None:
-        """Commit a batch of finished requests in one transaction (the single writer)."""
+        """Commit a batch of finished requests in one transaction (the single writer).
+
+        A row SQLite cannot take (a lone surrogate, an integer beyond 64 bits, a value of an odd
+        type) must not cost the batch: the batch is retried row by row, and the bad row is stored
+        with its texts repaired, or else as a failure saying why, so the writer never stops."""
+        try:
+            self._record(results)
+        except _UNSTORABLE as exc:
+            if len(results) > 1:
+                for result in results:
+                    self.record([result])
+                return
+            try:
+                self._record([_repaired(results[0])])
+            except _UNSTORABLE:
+                self._record([_unstorable(results[0], exc)])
+
+    def _record(self, results: list[ResultRow]) -> None:
         now = time.time()
         try:
             with self._transaction():
@@ -485,27 +632,37 @@ class Store:
                         for a in r.attempts
                     ],
                 )
-                ok = [r for r in results if r.ok]
-                self.db.executemany(
-                    "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        (
-                            r.cache_key,
-                            r.model,
-                            _dumps(r.contents),
-                            _dumps(r.outputs),
-                            _dumps(r.finish_reasons),
-                            sum(a.prompt_tokens for a in r.attempts),
-                            sum(a.completion_tokens for a in r.attempts),
-                            sum(a.cost for a in r.attempts),
-                            now,
+                answer: dict[str, int] = {}  # request id -> the answer added for it (append-only)
+                for r in results:
+                    if r.ok:
+                        cur = self.db.execute(
+                            "INSERT INTO responses (cache_key, model, contents, outputs, finish_reasons, "
+                            "prompt_tokens, completion_tokens, cost, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                            (
+                                r.cache_key,
+                                r.model,
+                                _dumps(r.contents),
+                                _dumps(r.outputs),
+                                _dumps(r.finish_reasons),
+                                sum(a.prompt_tokens for a in r.attempts),
+                                sum(a.completion_tokens for a in r.attempts),
+                                sum(a.cost for a in r.attempts),
+                                now,
+                            ),
                         )
-                        for r in ok
-                    ],
-                )
+                        answer[r.request_id] = int(cur.lastrowid or 0)
                 self.db.executemany(
-                    "UPDATE requests SET status = ?, attempts = attempts + ?, error = ?, updated_at = ? WHERE id = ?",
-                    [(_status(r), len(r.attempts), r.error, now, r.request_id) for r in results],
+                    "UPDATE requests SET status = ?, attempts = attempts + ?, error = ?, updated_at = ?, "
+                    "response_id = COALESCE(?, response_id) WHERE id = ?",
+                    [(_status(r), len(r.attempts), r.error, now, answer.get(r.request_id), r.request_id)
+                     for r in results],
+                )
+                # identical requests of the same plan that waited for this one share its answer
+                self.db.executemany(
+                    "UPDATE requests SET status = 'ok', error = NULL, updated_at = ?, response_id = ? "
+                    "WHERE cache_key = ? AND current = 1 AND status != 'ok' "
+                    "AND spec_name = (SELECT spec_name FROM requests WHERE id = ?)",
+                    [(now, answer[r.request_id], r.cache_key, r.request_id) for r in results if r.ok],
                 )
         except sqlite3.OperationalError as exc:
             raise StoreError(f"{self.path}: cannot record results: {exc}") from exc

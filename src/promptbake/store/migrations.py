@@ -108,3 +108,61 @@ def m004_drop_superseded_index(db: sqlite3.Connection) -> None:
 def m005_blobs(db: sqlite3.Connection) -> None:
     # long system prompts are stored once by content hash, not in every request body
     db.execute("CREATE TABLE blobs (hash TEXT PRIMARY KEY, text TEXT)")
+
+
+@migration
+def m006_batch_jobs(db: sqlite3.Connection) -> None:
+    # batch mode: every provider file id and batch id is recorded the moment it is returned, so a
+    # killed run re-attaches to what it submitted instead of uploading or paying for it again
+    _statements(
+        db,
+        """
+        CREATE TABLE batch_files (
+            id INTEGER PRIMARY KEY, spec_name TEXT, step_index INTEGER, round INTEGER,
+            base_url TEXT, name TEXT, lines INTEGER, bytes INTEGER, reserved REAL,
+            file_id TEXT, batch_id TEXT, status TEXT, counts TEXT,
+            output_file_id TEXT, error_file_id TEXT, errors TEXT,
+            created_at REAL, updated_at REAL, collected_at REAL
+        );
+        CREATE INDEX batch_files_open ON batch_files (spec_name, step_index, round, collected_at);
+        CREATE TABLE batch_items (
+            file INTEGER, custom_id TEXT, request_id TEXT, PRIMARY KEY (file, request_id)
+        );
+        """
+    )
+
+
+@migration
+def m007_append_only_answers(db: sqlite3.Connection) -> None:
+    # A re-asked request (--no-cache) adds an answer instead of replacing the one that other plans
+    # (other specs sharing the cache key) were built from; each request records the answer it uses.
+    _statements(
+        db,
+        """
+        ALTER TABLE responses RENAME TO responses_m005;
+        CREATE TABLE responses (
+            id INTEGER PRIMARY KEY, cache_key TEXT, model TEXT, contents TEXT, outputs TEXT,
+            finish_reasons TEXT, prompt_tokens INTEGER, completion_tokens INTEGER, cost REAL,
+            created_at REAL
+        );
+        INSERT INTO responses (cache_key, model, contents, outputs, finish_reasons, prompt_tokens,
+            completion_tokens, cost, created_at)
+            SELECT cache_key, model, contents, outputs, finish_reasons, prompt_tokens, completion_tokens,
+            cost, created_at FROM responses_m005 ORDER BY created_at, cache_key;
+        DROP TABLE responses_m005;
+        CREATE INDEX responses_by_cache ON responses (cache_key, id);
+        ALTER TABLE requests ADD COLUMN response_id INTEGER;
+        UPDATE requests SET response_id = (SELECT p.id FROM responses p WHERE p.cache_key = requests.cache_key)
+            WHERE status = 'ok'
+        """,
+    )
+
+
+@migration
+def m008_fanout_drops(db: sqlite3.Connection) -> None:
+    # items of a fan-out that exactly repeat an earlier item of their cell: dropped before the next
+    # step pays for them, and counted by build as exact duplicates
+    db.execute(
+        "CREATE TABLE fanout_drops (spec_name TEXT, step_index INTEGER, round INTEGER, request_id TEXT, "
+        "item_index INTEGER, category TEXT, duplicate_of TEXT, PRIMARY KEY (spec_name, request_id, item_index))"
+    )

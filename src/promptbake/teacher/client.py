@@ -7,16 +7,25 @@ store writing. So we speak the wire format ourselves and keep the SDK's conventi
 
 Every failed attempt becomes an :class:`AttemptError` that says whether retrying can help; the pool
 decides what to do with it. The API key lives only in the session's default headers: it is never
-in a repr, an exception message or anything the server echoes back to us (we scrub it).
+in a repr, an exception message or anything the server echoes back to us: the whole body is
+scrubbed of the key, and of any long-enough prefix or suffix of it, before anything reads it.
+
+Servers misbehave in ways the SDK hides: bodies are read through a size cap (a gzip bomb or a
+30 MB answer is refused, never held whole in memory), lone UTF-16 surrogates become U+FFFD (SQLite
+cannot store them), junk ``usage`` values count as missing, and a body no client could read (SSE
+that was not asked for, an HTML page, JSON without ``choices``) is a fatal error naming the server
+and model, since every other request would get the same.
 """
 
 from __future__ import annotations
 
 import email.utils
 import json
+import math
 import os
 import re
 import time
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +35,16 @@ from promptbake import errors
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 RETRYABLE_STATUSES = frozenset({408, 409, 429})
+CANNOT_CONNECT = "cannot connect"  # how a refused or unresolvable address's error starts
+MAX_BODY = 16 * 1024 * 1024  # bytes, after decompression: far above any real chat completion
+KEY_PIECE = 6  # characters: a prefix or suffix of the key this long is scrubbed too
+# 400s that concern one request, not the setup: other requests may well succeed
+PER_REQUEST_CODES = frozenset({"context_length_exceeded", "string_above_max_length", "content_filter",
+                               "content_policy_violation", "invalid_prompt"})
+# a 5xx whose text says this is the server refusing the request, not failing to serve it
+_SAYS_INVALID = re.compile(r"invalid|validation|not supported|unsupported|unrecognized|unknown (?:param|field|arg)",
+                           re.I)
+_SURROGATES = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -49,6 +68,10 @@ class Endpoint:
     @property
     def chat_url(self) -> str:
         return self.base_url.rstrip("/") + "/chat/completions"
+
+    def where(self, model: str | None = None) -> str:
+        """``the teacher at URL (model M)``: how every fatal message names the server."""
+        return f"the teacher at {self.base_url} (model {model or self.model})"
 
 
 @dataclass(frozen=True)
@@ -85,6 +108,7 @@ class ChatResult:
     model: str
     response: dict[str, Any]  # the decoded JSON answer, for the store
     rate: RateInfo | None = None
+    usage_known: bool = True  # False: no usable ``usage``; the tokens are 0 and the pool charges a worst case
 
 
 class AttemptError(Exception):
@@ -95,12 +119,14 @@ class AttemptError(Exception):
     fatal = False
 
     def __init__(self, kind: str, message: str, *, status: int | None = None,
-                 retry_after: float | None = None, rate: RateInfo | None = None) -> None:
+                 retry_after: float | None = None, rate: RateInfo | None = None,
+                 says_invalid: bool = False) -> None:
         super().__init__(message)
         self.kind = kind
         self.status = status
         self.retry_after = retry_after
         self.rate = rate
+        self.says_invalid = says_invalid  # a 5xx whose text blames the request: see Pool
 
 
 class RetryableError(AttemptError):
@@ -114,7 +140,17 @@ class RateLimited(RetryableError):
 
 
 class RequestFailed(AttemptError, errors.TeacherError):
-    """400/404/other 4xx: the request itself is wrong; sending it again would fail the same way."""
+    """400/422/other 4xx, an oversized answer: the request itself is wrong; sending it again would
+    fail the same way. Its kind is ``http_<status>``, which the pool, seeing it on two requests,
+    takes for a wrong setup; errors about one request only (a prompt too long for the context, an
+    answer too large) are named otherwise (``context_length_exceeded``, ``too_large``)."""
+
+
+class ServerMismatch(AttemptError, errors.TeacherError):
+    """404 (no such model or path) or an answer no client could read (SSE, HTML, no ``choices``,
+    a 200 carrying an error, tool calls instead of text): every request would get the same."""
+
+    fatal = True
 
 
 class Unauthorized(AttemptError, errors.AuthError):
@@ -144,7 +180,10 @@ def parse_duration(text: str | None) -> float | None:
 
 
 def parse_retry_after(headers: Any) -> float | None:
-    """Seconds to wait from ``retry-after-ms`` (preferred, finer) or ``retry-after`` (s or date)."""
+    """Seconds to wait from ``retry-after-ms`` (preferred, finer) or ``retry-after`` (s or date).
+
+    Negative values mean now; ``inf`` stays ``inf`` (the pool caps it, see ``max_retry_after``);
+    NaN and garbage mean the server said nothing usable."""
     ms = _number(headers.get("retry-after-ms"))
     if ms is not None:
         return max(0.0, ms / 1000)
@@ -156,7 +195,7 @@ def parse_retry_after(headers: Any) -> float | None:
         return max(0.0, seconds)
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     return max(0.0, when.timestamp() - time.time())
 
@@ -165,25 +204,83 @@ def _number(text: str | None) -> float | None:
     if text is None:
         return None
     try:
-        return float(text)
-    except ValueError:
+        value = float(text)
+    except (ValueError, TypeError):
         return None
+    return None if math.isnan(value) else value
+
+
+def clean_text(text: str) -> str:
+    """Lone UTF-16 surrogates (``"\\ud800"`` in JSON) cannot be encoded as UTF-8, so SQLite
+    refuses them: each becomes U+FFFD. Valid pairs were already joined by the JSON decoder."""
+    return _SURROGATES.sub("\ufffd", text) if _SURROGATES.search(text) else text
+
+
+class KeyScrubber:
+    """Replaces the key, and any prefix or suffix of it at least ``KEY_PIECE`` long, by ``***``.
+
+    Servers echo keys whole, cut (``sk-proj-abc...``) or masked (``...wxyz``); scrubbing runs on
+    the whole text before anything truncates it, so a cut can never leave a piece behind."""
+
+    def __init__(self, key: str | None) -> None:
+        self.key = key or ""
+        self.piece = min(KEY_PIECE, len(self.key))
+
+    def __call__(self, text: str) -> str:
+        return self._scrub(text, self.key, "***") if self.key else text
+
+    def raw(self, data: bytes) -> bytes:
+        return self._scrub(data, self.key.encode(), b"***") if self.key else data
+
+    def _scrub(self, text: Any, key: Any, mask: Any) -> Any:
+        head, tail = key[: self.piece], key[-self.piece :]
+        if head not in text and tail not in text:
+            return text
+        spans: list[tuple[int, int]] = []
+        start = text.find(head)
+        while start >= 0:  # extend each prefix occurrence as far as it keeps matching the key
+            end = start + self.piece
+            while end - start < len(key) and end < len(text) and text[end] == key[end - start]:
+                end += 1
+            spans.append((start, end))
+            start = text.find(head, end)
+        end = text.find(tail)
+        while end >= 0:  # and each suffix occurrence backwards
+            stop = end + self.piece
+            begin = end
+            while stop - begin < len(key) and begin > 0 and text[begin - 1] == key[len(key) - (stop - begin) - 1]:
+                begin -= 1
+            spans.append((begin, stop))
+            end = text.find(tail, stop)
+        out, last = [], 0
+        for begin, stop in sorted(spans):
+            if stop <= last:
+                continue
+            out.append(text[last:max(begin, last)])
+            out.append(mask)
+            last = stop
+        out.append(text[last:])
+        return text[:0].join(out)
 
 
 class ChatClient:
     """One aiohttp session, its connection pool sized to the concurrency cap."""
 
-    def __init__(self, endpoint: Endpoint, *, timeout: float = 120.0, concurrency: int = 64) -> None:
+    def __init__(self, endpoint: Endpoint, *, timeout: float = 120.0, concurrency: int = 64,
+                 max_body: int = MAX_BODY) -> None:
         self.endpoint = endpoint
         self.timeout = timeout
         self.concurrency = concurrency
+        self.max_body = max_body
+        self._scrub = KeyScrubber(endpoint.api_key)
         self._session: aiohttp.ClientSession | None = None
 
     def __repr__(self) -> str:
         return f"ChatClient({self.endpoint!r}, timeout={self.timeout})"
 
     async def __aenter__(self) -> ChatClient:
-        headers = {"Content-Type": "application/json", **self.endpoint.headers}
+        # we decompress ourselves, under a cap: aiohttp would inflate a gzip bomb whole
+        headers = {"Content-Type": "application/json", "Accept-Encoding": "gzip, deflate", **self.endpoint.headers}
         if self.endpoint.api_key:
             headers["Authorization"] = f"Bearer {self.endpoint.api_key}"
         connector = aiohttp.TCPConnector(limit=self.concurrency, limit_per_host=self.concurrency,
@@ -193,6 +290,7 @@ class ChatClient:
             headers=headers,
             timeout=aiohttp.ClientTimeout(total=self.timeout),
             raise_for_status=False,
+            auto_decompress=False,
         )
         return self
 
@@ -206,29 +304,98 @@ class ChatClient:
         if self._session is None:
             raise RuntimeError("ChatClient must be used as 'async with ChatClient(...)'")
         data = json.dumps(body, ensure_ascii=False).encode()
+        model = str(body.get("model") or self.endpoint.model)
         try:
             async with self._session.post(self.endpoint.chat_url, data=data) as response:
-                raw = await response.read()
                 status = response.status
                 headers = response.headers
+                raw = self._scrub.raw(await self._read(response))
         except TimeoutError:
             raise RetryableError("timeout", f"no answer within {self.timeout:g} s") from None
-        except aiohttp.ClientError as exc:
+        except aiohttp.ClientConnectorError as exc:
+            # nobody listens there (refused, unknown host): distinct from a dropped connection
+            raise RetryableError("connection", self._scrub(f"{CANNOT_CONNECT}: {exc}")) from None
+        except (aiohttp.ClientError, zlib.error) as exc:
             raise RetryableError("connection", self._scrub(f"{type(exc).__name__}: {exc}")) from None
         rate = RateInfo.from_headers(headers)
         if status != 200:
-            raise self._http_error(status, raw, headers, rate)
+            raise self._http_error(status, raw, headers, rate, model)
+        self._check_shape(raw, headers, rate, model)
         try:
             decoded = json.loads(raw)
-            return _result(decoded, body, rate)
-        except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+        except ValueError:
             snippet = raw[:120].decode("utf-8", "replace")
-            raise RetryableError("bad_body", self._scrub(f"unparseable answer: {snippet!r}"),
+            raise RetryableError("bad_body", clean_text(f"unparseable answer: {snippet!r}"),
                                  status=status, rate=rate) from None
+        return self._result(decoded, body, rate, model)
 
-    def _http_error(self, status: int, raw: bytes, headers: Any, rate: RateInfo | None) -> AttemptError:
+    async def _read(self, response: aiohttp.ClientResponse) -> bytes:
+        """The body, decompressed, at most ``max_body`` bytes: anything larger is refused whole."""
+        encoding = response.headers.get("Content-Encoding", "").strip().lower()
+        inflate = zlib.decompressobj(47) if encoding in ("gzip", "x-gzip", "deflate") else None  # 47: gzip or zlib
+        body = bytearray()
+        async for chunk in response.content.iter_chunked(65536):
+            over = False
+            if inflate is not None:
+                chunk = inflate.decompress(chunk, self.max_body + 1 - len(body))
+                over = bool(inflate.unconsumed_tail)  # output stopped at the cap with input left
+            body += chunk
+            if over or len(body) > self.max_body:
+                raise RequestFailed("too_large", f"the answer is larger than {self.max_body // 2**20} MiB "
+                                    "(after decompression); refused", status=response.status)
+        return bytes(body)
+
+    def _check_shape(self, raw: bytes, headers: Any, rate: RateInfo | None, model: str) -> None:
+        """Answers no chat client can read; sending the same request again would get the same."""
+        kind = headers.get("Content-Type", "").split(";")[0].strip().lower()
+        start = raw.lstrip()[:16].lower()
+        if kind == "text/event-stream" or start.startswith((b"data:", b"event:")):
+            what = "a server-sent event stream, which was not asked for"
+        elif kind == "text/html":  # HTML sent as JSON is a garbled answer, retried like one
+            what = f"an HTML page ({clean_text(raw[:80].decode('utf-8', 'replace'))!r}...), not JSON"
+        else:
+            return
+        raise ServerMismatch("bad_shape", f"{self.endpoint.where(model)} answered {what}; "
+                             "check --base-url (it should end in /v1)", status=200, rate=rate)
+
+    def _result(self, decoded: Any, body: dict[str, Any], rate: RateInfo | None, model: str) -> ChatResult:
+        where = self.endpoint.where(model)
+        if isinstance(decoded, dict) and "error" in decoded and not decoded.get("choices"):
+            text, code = _error_fields(decoded["error"])
+            status = code if isinstance(code, int) else None
+            message = clean_text(f"HTTP 200 carrying an error: {text}")
+            if status is not None and (status in RETRYABLE_STATUSES or status >= 500):
+                raise RetryableError(f"http_{status}", message, status=200, rate=rate)
+            raise ServerMismatch("error_body", f"{where} answered 200 with an error: {clean_text(text)}",
+                                 status=200, rate=rate)
+        choices = decoded.get("choices") if isinstance(decoded, dict) else None
+        if not isinstance(choices, list) or not choices or not all(isinstance(c, dict) for c in choices):
+            shape = "no choices" if choices in (None, []) else "unreadable choices"
+            raise ServerMismatch("bad_shape", f"{where} answered JSON with {shape} "
+                                 f"({clean_text(json.dumps(decoded)[:100])}...)", status=200, rate=rate)
+        choices = sorted(choices, key=_index)
+        contents = [_content(choice) for choice in choices]
+        tools = any(isinstance(c.get("message"), dict) and c["message"].get("tool_calls") for c in choices)
+        if tools and all(text is None for text in contents):
+            raise ServerMismatch("tool_calls", f"{where} answered with tool calls instead of text; "
+                                     "promptbake asks for text (remove tools from the request)", status=200, rate=rate)
+        usage = decoded.get("usage") if isinstance(decoded.get("usage"), dict) else {}
+        prompt, completion = _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
+        name = decoded.get("model")
+        return ChatResult(
+            contents=[text or "" for text in contents],
+            finish_reasons=[clean_text(str(c.get("finish_reason") or "")) for c in choices],
+            prompt_tokens=prompt or 0,
+            completion_tokens=completion or 0,
+            model=clean_text(name) if isinstance(name, str) and name else str(body.get("model", "")),
+            response=decoded,
+            rate=rate,
+            usage_known=prompt is not None and completion is not None,
+        )
+
+    def _http_error(self, status: int, raw: bytes, headers: Any, rate: RateInfo | None, model: str) -> AttemptError:
         text, code = _error_details(raw)
-        message = self._scrub(f"HTTP {status}: {text}")
+        message = f"HTTP {status}: {text}"
         if status == 429 and code == "insufficient_quota":
             return QuotaExhausted("insufficient_quota", message, status=status, rate=rate)
         if status == 429:
@@ -236,43 +403,62 @@ class ChatClient:
                                retry_after=parse_retry_after(headers), rate=rate)
         if status in RETRYABLE_STATUSES or status >= 500:
             return RetryableError(f"http_{status}", message, status=status,
-                                  retry_after=parse_retry_after(headers), rate=rate)
+                                  retry_after=parse_retry_after(headers), rate=rate,
+                                  says_invalid=bool(_SAYS_INVALID.search(text)))
         if status in (401, 403):
             return Unauthorized("auth", f"the teacher at {self.endpoint.base_url} refused the "
                                 f"credentials ({message}); check the API key variable",
                                 status=status, rate=rate)
+        if status == 404:
+            return ServerMismatch("not_found", f"{self.endpoint.where(model)} answered {message}; "
+                                  "check --model and --base-url", status=status, rate=rate)
+        if code in PER_REQUEST_CODES:  # named by its code: the pool tells it from a setup error
+            return RequestFailed(str(code), message, status=status, rate=rate)
         return RequestFailed(f"http_{status}", message, status=status, rate=rate)
 
-    def _scrub(self, text: str) -> str:
-        key = self.endpoint.api_key
-        return text.replace(key, "***") if key else text
+
+def _error_fields(error: Any) -> tuple[str, Any]:
+    """OpenAI's ``{"message": ..., "code": ...}``, or whatever the server put there."""
+    if isinstance(error, dict):
+        message = error.get("message") if "message" in error else json.dumps(error)
+        return " ".join(str(message).split()), error.get("code")
+    return " ".join(str(error).split()), None
 
 
-def _error_details(raw: bytes) -> tuple[str, str | None]:
-    """OpenAI's ``{"error": {"message": ..., "code": ...}}`` when present, else the body's start."""
-    code = None
+def _error_details(raw: bytes) -> tuple[str, Any]:
+    """OpenAI's ``{"error": {"message": ..., "code": ...}}`` when present, else the body's start.
+    ``raw`` is already scrubbed, so cutting it here cannot leave a piece of the key."""
     try:
-        error = json.loads(raw)["error"]
-        if isinstance(error, dict):
-            message, code = error["message"], error.get("code")
-        else:
-            message = str(error)
-    except (ValueError, KeyError, TypeError):
-        message = raw[:200].decode("utf-8", "replace")
-    return " ".join(str(message).split()), code
+        text, code = _error_fields(json.loads(raw)["error"])
+    except (ValueError, KeyError, TypeError, IndexError):
+        text, code = " ".join(raw[:200].decode("utf-8", "replace").split()), None
+    return clean_text(text[:500]), code
 
 
-def _result(decoded: dict[str, Any], body: dict[str, Any], rate: RateInfo | None) -> ChatResult:
-    choices = sorted(decoded["choices"], key=lambda choice: choice.get("index", 0))
-    if not choices:
-        raise ValueError("no choices")
-    usage = decoded.get("usage") or {}
-    return ChatResult(
-        contents=[choice["message"].get("content") or "" for choice in choices],
-        finish_reasons=[choice.get("finish_reason") or "" for choice in choices],
-        prompt_tokens=int(usage.get("prompt_tokens") or 0),
-        completion_tokens=int(usage.get("completion_tokens") or 0),
-        model=decoded.get("model") or body.get("model", ""),
-        response=decoded,
-        rate=rate,
-    )
+def _index(choice: dict[str, Any]) -> int:
+    index = choice.get("index", 0)
+    return index if isinstance(index, int) else 0
+
+
+def _content(choice: dict[str, Any]) -> str | None:
+    """A choice's text: a string, or a list of parts (``[{"type": "text", "text": ...}]``) joined;
+    ``None`` when there is no text (a refusal, tool calls)."""
+    message = choice.get("message")
+    content = message.get("content") if isinstance(message, dict) else choice.get("text")
+    if isinstance(content, list):
+        parts = [part.get("text") if isinstance(part, dict) else part for part in content]
+        content = "".join(part for part in parts if isinstance(part, str)) if parts else None
+    elif content is not None and not isinstance(content, str):
+        content = json.dumps(content)
+    return clean_text(content) if content is not None else None
+
+
+def _count(value: Any) -> int | None:
+    """A usage count, or None when it is missing or unusable (Infinity, NaN, negatives, fractions,
+    absurd sizes, strings): then the tokens count as 0 and the pool charges the answer's worst case,
+    so junk never makes an answer free."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if math.isfinite(value) and 0 <= value < 2**31 and value == int(value):
+        return int(value)
+    return None

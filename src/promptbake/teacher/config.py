@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import urllib.parse
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, fields
 from typing import Literal
@@ -47,15 +48,24 @@ class Teacher:
     timeout: float | None = None
     structured_output: Literal["auto", "json_schema", "json_object", "none"] | None = None
     prices: Mapping[str, Prices | Mapping[str, float]] | None = None
+    max_retry_after: float | None = None
+
+
+# the flag that sets each TeacherConfig field, for error messages
+FLAGS = {"kind": "--teacher", "base_url": "--base-url", "model": "--model", "api_key_env": "--api-key-env",
+         "rpm": "--rpm", "tpm": "--tpm", "concurrency": "--concurrency", "max_attempts": "--max-attempts",
+         "timeout": "--timeout"}
 
 
 def merge(config: TeacherConfig, teacher: Teacher | None) -> TeacherConfig:
-    """The spec's teacher section with the fields ``teacher`` sets laid over it."""
+    """The spec's teacher section with the fields ``teacher`` sets laid over it, validated by the
+    same model as the spec: a value out of range is bad input named by its flag, like a spec field."""
     if teacher is None:
         return config
+    given = {f.name: getattr(teacher, f.name) for f in fields(teacher)
+             if f.name != "endpoints" and getattr(teacher, f.name) is not None}
     data = config.model_dump()
-    data.update({f.name: getattr(teacher, f.name) for f in fields(teacher)
-                 if f.name != "endpoints" and getattr(teacher, f.name) is not None})
+    data.update(given)
     if teacher.prices is not None:
         data["prices"] = {**config.prices, **teacher.prices}  # one model's price, not the whole table
     if teacher.base_url is not None:
@@ -68,7 +78,10 @@ def merge(config: TeacherConfig, teacher: Teacher | None) -> TeacherConfig:
         return TeacherConfig.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
-        raise InputError(f"teacher.{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+        field = str(err["loc"][0]) if err["loc"] else ""
+        value = given.get(field)
+        where = f"{FLAGS[field]} {value}" if field in FLAGS and value is not None else f"teacher.{field}"
+        raise InputError(f"{where}: {err['msg'].removeprefix('Value error, ')}") from None
 
 
 def model_name(config: TeacherConfig) -> str:
@@ -79,15 +92,40 @@ def model_name(config: TeacherConfig) -> str:
     raise InputError("no teacher model: set teacher.model in the spec or pass --model")
 
 
+def base_url(config: TeacherConfig) -> str:
+    """The remote server: the flag or spec, then ``OPENAI_BASE_URL``, then OpenAI."""
+    return (config.base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_BASE_URL).rstrip("/")
+
+
+def endpoint_identity(config: TeacherConfig) -> str:
+    """Which server answers: its base URL (a fleet's, all of them), or ``local`` for the embedded
+    teacher (whose port changes from run to run while the model does not)."""
+    if config.kind == "local":
+        return "local"
+    if config.endpoints:
+        return " ".join(sorted(e.base_url.rstrip("/") for e in config.endpoints))
+    return base_url(config)
+
+
 def remote_endpoint(config: TeacherConfig) -> Endpoint:
-    base_url = config.base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_BASE_URL
+    url = base_url(config)
     api_key = os.environ.get(config.api_key_env) or None
-    if api_key is None and base_url.rstrip("/") == OPENAI_BASE_URL:
+    if api_key is None and url == OPENAI_BASE_URL:
         raise InputError(
             f"no API key: set {config.api_key_env}, point --base-url at an OpenAI-compatible "
             "server, or use --teacher local"
         )
-    return Endpoint(base_url=base_url.rstrip("/"), model=model_name(config), api_key=api_key)
+    check_base_url(url)
+    return Endpoint(base_url=url.rstrip("/"), model=model_name(config), api_key=api_key)
+
+
+def check_base_url(base_url: str) -> None:
+    """Refuse a URL no request can go to before anything is sent: ``localhost:8000/v1`` parses as
+    scheme ``localhost``, and aiohttp's error for it names neither the flag nor the fix."""
+    parts = urllib.parse.urlsplit(base_url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        hint = f"; did you mean http://{base_url}?" if "://" not in base_url else ""
+        raise InputError(f"--base-url / teacher.base_url {base_url!r} is not an http:// or https:// URL{hint}")
 
 
 @contextlib.contextmanager

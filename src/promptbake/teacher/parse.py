@@ -17,12 +17,18 @@ import jsonschema
 from promptbake.errors import ResponseRejected
 
 _FENCE = re.compile(r"^\s*```[a-zA-Z]*\s*\n(.*?)\n?```\s*$", re.S)
+_FENCE_LINE = re.compile(r"^\s*```")
+_PUNCTUATION = re.compile(r"^[\s\[\]{}(),:]*$")  # a line of JSON or code structure, no content
 _MARKER = re.compile(r"^\s*(?:\d{1,3}[.)\]:]|[-*•–]|\(\d{1,3}\)|#\d{1,3}[.:]?)\s+(.*\S)\s*$")
 
 
 def _unfence(text: str) -> str:
     match = _FENCE.match(text)
-    return match.group(1) if match else text
+    if match:
+        return match.group(1)
+    if _FENCE_LINE.match(text):  # an opening fence whose answer was cut off before the closing one
+        return text.split("\n", 1)[1] if "\n" in text else ""
+    return text
 
 
 def _load_json(text: str) -> Any:
@@ -66,6 +72,11 @@ def _clean_item(item: Any) -> Any:
     return item
 
 
+def _structured(body: str) -> bool:
+    lines = [line.rstrip() for line in body.splitlines() if line.strip()]
+    return body[:1] in ("[", "{") or any(_PUNCTUATION.match(line) or line.endswith(("[", "{")) for line in lines)
+
+
 def parse_list(text: str, schema: dict[str, Any] | None = None) -> list[Any]:
     """Items of a list answer, in order; raises ResponseRejected when no list can be found."""
     body = _unfence(text).strip()
@@ -85,8 +96,12 @@ def parse_list(text: str, schema: dict[str, Any] | None = None) -> list[Any]:
     if items is None:
         marked = [m.group(1) for line in body.splitlines() if (m := _MARKER.match(line))]
         items = marked if len(marked) >= 2 else None
+    if items is None and _structured(body):
+        # a list, object or code that does not parse (cut off, say): its lines are fragments
+        # like `{` or `"a",`, never items
+        raise ResponseRejected("the answer is broken JSON or code, not a list")
     if items is None:
-        lines = [line for line in body.splitlines() if line.strip()]
+        lines = [line for line in body.splitlines() if line.strip() and not _FENCE_LINE.match(line)]
         items = lines if len(lines) >= 2 else None
     if items is None:
         raise ResponseRejected("no list found in the answer")

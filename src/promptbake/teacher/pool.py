@@ -4,22 +4,46 @@ It knows nothing about steps, cells or the store: the pipeline feeds it :class:`
 any (async) iterator and gets one :class:`Outcome` per finished job through ``sink``. Jobs are
 pulled lazily, one per idle worker, so a million-request run holds at most ``concurrency`` jobs in
 memory. Every attempt, paid or not, is reported in the outcome so the store can account for it.
+
+A run that gets nothing done stops instead of paying on: when the first requests of a pool all
+fail for one reason (``fail_fast`` of them, or two for a 4xx that is not about one request), or a
+server stays unreachable through every attempt, the pool raises a ``TeacherError`` naming the
+server, the model and the reason. Retries must change something: a rejected answer is re-asked
+with another seed, and the same rejected bytes twice in a row end the job.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime
+import hashlib
+import math
 import random
+import re
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from promptbake import errors
-from promptbake.teacher.client import AttemptError, ChatClient, ChatResult, RateLimited
+from promptbake.teacher.client import CANNOT_CONNECT, AttemptError, ChatClient, ChatResult, RateLimited
 from promptbake.teacher.limiter import Limiter, wait_hint
 
 CostFn = Callable[[str, int, int], float]
+Notice = Callable[[str], None]
+FAIL_FAST = 10  # identical failures with no success before a pool gives up
+MAX_RETRY_AFTER = 60.0  # seconds: a longer retry-after pauses only its own request, this long
+_NUMBERS = re.compile(r"\d+(?:\.\d+)?")
+
+
+class FailingFast(errors.TeacherError):
+    """The first requests of a pool all failed for one reason: stop paying (see ``fail_fast``)."""
+
+# The prompt's token count is an estimate (tiktoken, maybe another model's encoding); the server
+# counts its own way. The budget reserves this much more, so the bound holds when it counts more.
+PROMPT_MARGIN = 1.25
+PROMPT_SLACK = 16  # tokens: the chat format's overhead varies between servers
 
 
 @dataclass
@@ -45,6 +69,7 @@ class Attempt:
     cost: float = 0.0
     raw: str | None = None
     seed: int | None = None
+    estimated: bool = False  # no usable usage came back: tokens and cost are the worst case
 
 
 @dataclass
@@ -59,6 +84,45 @@ class Outcome:
     attempts: list[Attempt]
     error: str | None
     abandoned: bool = False
+    kind: str | None = None  # the error kind that ended a failed job
+    final: bool = False  # failed for a reason sending it again cannot fix
+
+    @property
+    def reason(self) -> str:
+        """Why it failed, in the server's words: the last attempt's error without the "gave up
+        after N attempts" wrapper, or, for a final failure, the error that says why it was final."""
+        last = self.attempts[-1].error if self.attempts and not self.final else None
+        return last or self.error or "unknown"
+
+
+@dataclass
+class FailureLog:
+    """Why requests failed, grouped by reason across every pool of a command. Numbers do not
+    split a reason ("try again in 523ms" and "in 610ms" are one), and the first wording is shown."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+    examples: dict[str, str] = field(default_factory=dict)
+
+    def add(self, reason: str) -> int:
+        key = _NUMBERS.sub("#", reason)[:300]
+        self.counts[key] += 1
+        self.examples.setdefault(key, reason)
+        return self.counts[key]
+
+    def most_common(self, k: int = 3) -> list[tuple[int, str]]:
+        return [(n, self.examples[key]) for key, n in self.counts.most_common(k)]
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def format(self, k: int = 3) -> str:
+        """The end-of-command summary: the ``k`` most common reasons, with counts."""
+        if not self.counts:
+            return ""
+        lines = [f"{self.total} requests failed; most common reasons:"]
+        lines += [f"  {n} × {reason}" for n, reason in self.most_common(k)]
+        return "\n".join(lines)
 
 
 @dataclass
@@ -72,6 +136,8 @@ class PoolStats:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost: float = 0.0
+    estimated: int = 0  # answers without usable usage, charged their worst case
+    estimated_cost: float = 0.0  # the part of ``cost`` they account for
     elapsed: float = 0.0
     stopped_for_budget: bool = False
     endpoints: dict[str, Any] = field(default_factory=dict)  # per endpoint, when a Fleet ran it
@@ -104,16 +170,24 @@ class _JobRun:
 
     @property
     def body(self) -> dict[str, Any]:
+        """After a rejection, the body with another seed: the step's own plus the number of
+        rejections, or one derived from the job id when the step sets none (a deterministic
+        teacher would otherwise answer the same bytes again)."""
         body = self.job.body
-        if self.job.reseed and self.rejections and isinstance(body.get("seed"), int):
-            return {**body, "seed": body["seed"] + self.rejections}
-        return body
+        if not (self.job.reseed and self.rejections):
+            return body
+        seed = body.get("seed")
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            seed = int(hashlib.sha256(self.job.id.encode()).hexdigest()[:8], 16) % 1_000_000
+        return {**body, "seed": seed + self.rejections}
 
 
 class Pool:
     def __init__(self, client: ChatClient, limiter: Limiter, *, max_attempts: int, cost: CostFn,
                  max_cost: float | None = None, progress: Callable[[Outcome], None] | None = None,
-                 backoff_base: float = 0.5, backoff_cap: float = 30.0) -> None:
+                 backoff_base: float = 0.5, backoff_cap: float = 30.0,
+                 max_retry_after: float = MAX_RETRY_AFTER, fail_fast: int = FAIL_FAST,
+                 failures: FailureLog | None = None, notice: Notice | None = None, one_server: bool = True) -> None:
         self.client = client
         self.limiter = limiter
         self.max_attempts = max_attempts
@@ -121,9 +195,16 @@ class Pool:
         self.progress = progress
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
+        self.max_retry_after = max_retry_after
+        self.fail_fast = fail_fast
+        self.failures = failures if failures is not None else FailureLog()  # the command's, shared
+        self.notice = notice
+        self.one_server = one_server  # a fleet survives one server going away
         self.stats = PoolStats()  # live: progress bars read it
         self._budget = _Budget(max_cost)
         self._stopping = False
+        self._mine = FailureLog()  # this pool's alone: the fail-fast rule looks at one step
+        self._long_wait_said = float("-inf")
 
     async def run(self, jobs: AsyncIterator[Job] | Iterable[Job],
                   sink: Callable[[Outcome], Awaitable[None]]) -> PoolStats:
@@ -177,17 +258,26 @@ class Pool:
         if self.progress is not None:
             self.progress(outcome)
         await sink(outcome)
+        if not outcome.ok and not outcome.abandoned:
+            self._judge(outcome)
+
+    def _judge(self, outcome: Outcome) -> None:
+        """After a failure (already stored): stop the run when nothing has worked and the same
+        reason keeps coming, else say so once when a reason reaches ``fail_fast``."""
+        reason = outcome.reason
+        self.failures.add(reason)
+        seen = self._mine.add(reason)
+        setup = outcome.final and (outcome.kind or "").startswith("http_")  # a 4xx about the setup
+        model = str(outcome.job.body.get("model", ""))
+        if self.stats.done == 0 and (seen >= self.fail_fast or (setup and seen >= 2)):
+            self._stopping = True
+            raise FailingFast(f"stopped: the first {seen} requests to {self.client.endpoint.where(model)} "
+                                      f"all failed, none succeeded: {reason}")
+        if seen == self.fail_fast and self.notice is not None:
+            self.notice(f"{seen} requests have failed with: {reason} ({self.stats.done} ok so far; going on)")
 
     def _worst_cost(self, job: Job) -> float:
-        """Cost if the answer used every token it may; with no max tokens set, the whole
-        estimate is priced as completion tokens (the dearer kind)."""
-        body = job.body
-        cap = body.get("max_completion_tokens", body.get("max_tokens"))
-        model = str(body.get("model", ""))
-        if cap is None:
-            return self.cost(model, 0, job.est_tokens)
-        out = int(cap) * int(body.get("n") or 1)
-        return self.cost(model, max(0, job.est_tokens - out), out)
+        return worst_cost(self.cost, job)
 
     async def _run_job(self, run: _JobRun) -> Outcome:
         """Attempt until success, a final error or ``max_attempts``. The first attempt's budget is
@@ -207,8 +297,13 @@ class Pool:
             error = run.attempts[-1].error or "failed"
             if number < self.max_attempts:
                 await asyncio.sleep(delay)
+        last = run.attempts[-1]
+        if (last.error or "").startswith(CANNOT_CONNECT) and self.one_server:
+            # nobody answers at that address: every other request would fail the same way
+            where = self.client.endpoint.where(str(job.body.get("model", "")))
+            raise errors.TeacherError(f"cannot reach {where} after {self.max_attempts} attempts: {error}")
         return Outcome(job, False, None, None, run.attempts,
-                       f"gave up after {self.max_attempts} attempts: {error}")
+                       f"gave up after {self.max_attempts} attempts: {error}", kind=last.error_kind)
 
     async def _attempt(self, run: _JobRun, number: int, worst: float) -> tuple[float, Outcome | None]:
         """One attempt. Returns (delay before the next attempt, outcome if the job is finished)."""
@@ -225,11 +320,23 @@ class Pool:
                 raise
             self.limiter.observe(permit, exc.rate)
             if not exc.retryable:
-                return 0.0, Outcome(run.job, False, None, None, run.attempts, str(exc))
+                return 0.0, Outcome(run.job, False, None, None, run.attempts, str(exc), kind=exc.kind, final=True)
+            previous = run.attempts[-2] if len(run.attempts) > 1 else None
+            if exc.says_invalid and previous is not None and previous.error == str(exc):
+                # a 5xx that blames the request, twice in the same words: a validation error
+                return 0.0, Outcome(run.job, False, None, None, run.attempts,
+                                    f"{exc} (twice in a row: the server says the request is invalid, "
+                                    "so it is not retried)", kind=exc.kind, final=True)
             told = exc.retry_after if exc.retry_after is not None else wait_hint(exc.rate)
+            long_wait = told is not None and told > self.max_retry_after
+            if long_wait:
+                if number < self.max_attempts:  # it will wait: say until when
+                    self._say_long_wait(told or 0.0, str(body.get("model", "")), exc)
+                told = self.max_retry_after
             if isinstance(exc, RateLimited):
                 self.stats.throttled += 1
-                self.limiter.throttled(permit, told or 0.0)
+                # a wait beyond the cap pauses this request only; the others keep flowing
+                self.limiter.throttled(permit, 0.0 if long_wait else told or 0.0)
             elif exc.kind == "timeout":
                 self.limiter.timed_out(permit)
             return self._delay(number, told), None
@@ -239,13 +346,17 @@ class Pool:
 
         latency = (time.perf_counter() - start) * 1000
         self.limiter.observe(permit, result.rate)
-        self.limiter.adjust(permit, result.prompt_tokens + result.completion_tokens)
+        if result.usage_known:
+            prompt_tokens, completion_tokens = result.prompt_tokens, result.completion_tokens
+            self.limiter.adjust(permit, prompt_tokens + completion_tokens)
+            paid = self.cost(str(body.get("model", result.model)), prompt_tokens, completion_tokens)
+        else:
+            # no usage to bill by: charge what was reserved, never $0 (the summary says so)
+            (prompt_tokens, completion_tokens), paid = worst_tokens(run.job), worst
         self.limiter.succeeded()
-        paid = self.cost(str(body.get("model", result.model)), result.prompt_tokens,
-                         result.completion_tokens)
         self._budget.spent += paid
-        attempt = Attempt(number, 200, None, None, latency, result.prompt_tokens,
-                          result.completion_tokens, paid, seed=seed)
+        attempt = Attempt(number, 200, None, None, latency, prompt_tokens, completion_tokens, paid,
+                          seed=seed, estimated=not result.usage_known)
         run.attempts.append(attempt)
         if run.job.check is None:
             return 0.0, Outcome(run.job, True, result, None, run.attempts, None)
@@ -255,8 +366,25 @@ class Pool:
             raw = exc.raw or "\n\n".join(result.contents)  # keep what we paid for, whatever the check said
             attempt.error_kind, attempt.error, attempt.raw = "rejected", str(exc), raw
             run.rejections += 1
+            previous = run.attempts[-2] if len(run.attempts) > 1 else None
+            if previous is not None and previous.error_kind == "rejected" and previous.raw == raw:
+                return 0.0, Outcome(run.job, False, None, None, run.attempts,
+                                    f"the teacher gave the same rejected answer twice in a row, so it is not "
+                                    f"asked again: {exc}", kind="repeated_rejection", final=True)
             return self._delay(number, None), None
         return 0.0, Outcome(run.job, True, result, parsed, run.attempts, None)
+
+    def _say_long_wait(self, told: float, model: str, exc: AttemptError) -> None:
+        """One line (at most one per ``max_retry_after``) when a server asks for a wait beyond it."""
+        now = time.monotonic()
+        if self.notice is None or now - self._long_wait_said < self.max_retry_after:
+            return
+        self._long_wait_said = now
+        asked = "an unbounded wait" if math.isinf(told) else f"a {told:,.0f} s wait"
+        resume = datetime.datetime.now() + datetime.timedelta(seconds=self.max_retry_after)
+        self.notice(f"{self.client.endpoint.where(model)} asked for {asked} (HTTP {exc.status}), more than "
+                    f"--max-retry-after {self.max_retry_after:g} s: that request pauses until "
+                    f"{resume:%H:%M:%S}, the others keep going")
 
     def _delay(self, number: int, told: float | None) -> float:
         """Exponential backoff with full jitter; a server's retry-after is a floor, never cut."""
@@ -278,6 +406,27 @@ class Pool:
             stats.prompt_tokens += attempt.prompt_tokens
             stats.completion_tokens += attempt.completion_tokens
             stats.cost += attempt.cost
+            if attempt.estimated:
+                stats.estimated += 1
+                stats.estimated_cost += attempt.cost
+
+
+def worst_tokens(job: Job) -> tuple[int, int]:
+    """(prompt, completion) tokens of the dearest answer ``job`` can get: the prompt estimate with
+    a margin, and every completion token it may use (max tokens × n). With no max tokens set, the
+    whole estimate is counted as completion tokens (the dearer kind)."""
+    body = job.body
+    cap = body.get("max_completion_tokens", body.get("max_tokens"))
+    if cap is None:
+        return 0, math.ceil(job.est_tokens * PROMPT_MARGIN) + PROMPT_SLACK
+    out = int(cap) * int(body.get("n") or 1)
+    return math.ceil(max(0, job.est_tokens - out) * PROMPT_MARGIN) + PROMPT_SLACK, out
+
+
+def worst_cost(cost: CostFn, job: Job) -> float:
+    """Cost if the answer used every token it may (see :func:`worst_tokens`)."""
+    prompt, completion = worst_tokens(job)
+    return cost(str(job.body.get("model", "")), prompt, completion)
 
 
 def _puller(jobs: AsyncIterator[Job] | Iterable[Job]) -> Callable[[], Awaitable[Job | None]]:

@@ -13,12 +13,15 @@ from typing import Any
 
 import yaml
 
+from promptbake.errors import InputError
 from promptbake.plan.expand import Expander
+from promptbake.plan.preflight import check_templates
 from promptbake.records import Example
 from promptbake.spec.models import Spec
 from promptbake.store.db import Store
 from promptbake.teacher.config import Teacher, merge, open_teacher
-from promptbake.teacher.generate import GenerateOptions, GenerateReport, Generation
+from promptbake.teacher.generate import GenerateOptions, GenerateReport, Generation, StepReport, check_budget
+from promptbake.teacher.link import Link
 from promptbake.workflows.sync import synchronous
 
 
@@ -35,6 +38,21 @@ class RunReport:
     rounds: list[RoundReport] = field(default_factory=list)
     totals: dict[str, Any] = field(default_factory=dict)
     build: Any = None
+    store_path: str = ""
+    missing: dict[str, int] | None = None  # per short cell after the top-up rounds (None: not measured)
+    stalled: str | None = None  # why the top-up rounds ended early
+
+    def shortfall(self) -> str | None:
+        """What the run did not get, in one line; None when it got everything the spec asked for.
+        With top-up rounds that is the cells' counts; without, every planned request answered."""
+        if self.missing is not None:
+            if not self.missing:
+                return None
+            return f"{len(self.missing)} cells are short of their count by {sum(self.missing.values())} examples"
+        failed, pending = self.totals.get("failed", 0), self.totals.get("pending", 0)
+        if not failed and not pending:
+            return None
+        return f"{failed} requests failed and {pending} are pending"
 
 
 def shortfall(spec: Spec, expander: Expander, store: Store) -> tuple[dict[str, int], float]:
@@ -73,30 +91,32 @@ async def generate_async(
     command: str = "generate",
 ) -> RunReport:
     """Run every round the store already knows of (resuming), then, with ``topup``, more rounds
-    for cells that dedupe or parse failures left short, up to ``spec.max_rounds``."""
+    for cells that dedupe or parse failures left short, up to ``spec.max_rounds``.
+
+    Raises ``TeacherError`` when the teacher cannot be used at all or a step of round 0 failed
+    entirely; a run that merely fell short returns, with ``RunReport.shortfall()`` saying so."""
     options = options or GenerateOptions()
     config = merge(spec.teacher, teacher)
+    if options.batch is not None and config.kind == "local":
+        raise InputError("--batch needs a remote server with the Batch API; the local teacher has none (run "
+                         "without --batch, or use `promptbake batch export` for vLLM's run_batch)")
+    notes = check_budget(spec, config, options.max_cost)
     expander = Expander(spec)
+    check_templates(spec, expander)  # a template typo is refused before the store, the teacher or a request
     with Store(store_path) as store, open_teacher(config) as (endpoint, config):
         run_id = store.start_run(spec.name, spec.spec_hash(), command)
-        store.save_spec(spec.name, spec.spec_hash(), str(spec.path or ""), spec_text(spec))
-        store.save_cells(spec.name, expander.cells())
         generation = Generation(spec, store, expander, endpoint, config, options)
-        report = RunReport(generation.report)
+        save_run_context(spec, store, expander, cells=not generation.streams)  # streamed cells are saved as planned
+        generation.report.notes.extend(notes)
+        report = RunReport(generation.report, store_path=str(store_path))
         status = "failed"
         try:
-            rounds = sorted({0, *store.rounds(spec.name)})
-            for round_ in rounds:
-                await generation.run_round(round_)
-            round_ = rounds[-1]
-            while topup and round_ < spec.max_rounds:
-                missing, pass_rate = shortfall(spec, expander, store)
-                report.rounds.append(RoundReport(round_, len(missing), sum(missing.values())))
-                if not missing:
-                    break
-                round_ += 1
-                store.set_wants(spec.name, round_, ask_for(missing, pass_rate))
-                await generation.run_round(round_)
+            async with Link(endpoint, config) as link:  # one client and limiter for every step and round
+                known = sorted({0, *store.rounds(spec.name)})
+                for round_ in known:
+                    await generation.run_round(round_, link)
+                if topup:
+                    await _top_up(spec, expander, store, generation, report, known[-1], link)
             status = "done"
         finally:
             report.totals = store.totals(spec.name)
@@ -105,6 +125,43 @@ async def generate_async(
 
 
 generate = synchronous(generate_async)
+
+
+async def _top_up(spec: Spec, expander: Expander, store: Store, generation: Generation, report: RunReport,
+                  round_: int, link: Link) -> None:
+    """Ask again for the cells still short, one round at a time, while rounds help: a round in
+    which no short cell gained an example, and not for want of passing the quality gates, ends
+    the loop, and ``report.stalled`` says why."""
+    missing, pass_rate = shortfall(spec, expander, store)
+    while missing and round_ < spec.max_rounds:
+        report.rounds.append(RoundReport(round_, len(missing), sum(missing.values())))
+        round_ += 1
+        store.set_wants(spec.name, round_, ask_for(missing, pass_rate))
+        first = len(generation.report.steps)
+        await generation.run_round(round_, link)
+        before, gate_rate = missing, pass_rate
+        missing, pass_rate = shortfall(spec, expander, store)
+        gained = any(missing.get(key, 0) < short for key, short in before.items())
+        # answers turned down by the quality gates are chance (the next round may pass), while
+        # duplicates and failures would come back the same: only those end the rounds early
+        if not gained and pass_rate >= gate_rate:
+            report.stalled = f"round {round_} added nothing ({_why(generation.report.steps[first:], generation)}); " \
+                             "no further rounds"
+            break
+    report.rounds.append(RoundReport(round_, len(missing), sum(missing.values())))
+    report.missing = missing
+
+
+def _why(steps: list[StepReport], generation: Generation) -> str:
+    planned = sum(s.planned for s in steps)
+    ok = sum(s.ok + s.cached for s in steps)
+    failed = sum(s.failed for s in steps)
+    if not planned:
+        return "nothing left to ask: the short cells' requests failed for a reason retrying cannot fix"
+    if failed and not ok:
+        n, reason = generation.report.failures.most_common(1)[0]
+        return f"all {failed} of its requests failed; most common, {n} ×: {reason}"
+    return f"its {ok} answers were all duplicates or failed the checks"
 
 
 async def run_async(
@@ -123,15 +180,33 @@ async def run_async(
     """expand → generate (with top-up rounds for exact counts) → build, in one call.
     ``existing``: examples the built data must not repeat (see ``build.build``)."""
     from promptbake.build.builder import build
+    from promptbake.output.targets import target_for_teacher
 
-    store_path = store_path or Path(out_dir) / "promptbake.db"
+    store_path = store_path or default_store(out_dir)
     report = await generate_async(spec, store_path, teacher, options, topup=True, command=command)
+    config = merge(spec.teacher, teacher)
     with Store(store_path) as store:
-        report.build = build(spec, store, out_dir, formats=formats, seed=seed, existing=existing, sizes=sizes)
+        report.build = build(spec, store, out_dir, formats=formats, seed=seed, existing=existing, sizes=sizes,
+                             target=target_for_teacher(config.kind, config.base_url))
     return report
 
 
 run = synchronous(run_async)
+
+
+def default_store(out_dir: str | Path) -> Path:
+    """The store ``build SPEC --out OUT`` reads when none is named: the one ``run --out OUT`` kept
+    in OUT, else ``generate``'s default in the working directory."""
+    run_store = Path(out_dir) / "promptbake.db"
+    return run_store if run_store.exists() else Path("promptbake.db")
+
+
+def save_run_context(spec: Spec, store: Store, expander: Expander, *, cells: bool = True) -> None:
+    """What ``build STORE`` and later rounds need from the spec: its text and (unless a streamed
+    grid saves them as it plans) its cells."""
+    store.save_spec(spec.name, spec.spec_hash(), str(spec.path or ""), spec_text(spec))
+    if cells:
+        store.save_cells(spec.name, expander.cells())
 
 
 def spec_text(spec: Spec) -> str:

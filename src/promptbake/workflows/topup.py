@@ -28,6 +28,7 @@ from promptbake.build.examples import ExampleRenderer
 from promptbake.build.gates import Gates
 from promptbake.errors import DataFileError, InputError
 from promptbake.output.atomic import ensure_dir, json_line, write_jsonl_atomic, write_text_atomic
+from promptbake.output.export import read_manifest
 from promptbake.output.formats import convert_all
 from promptbake.output.jsonl import read_jsonl
 from promptbake.output.sidecar import read_split
@@ -37,7 +38,7 @@ from promptbake.spec.models import Grid, Spec
 from promptbake.store.db import Store
 from promptbake.teacher.config import Teacher
 from promptbake.teacher.generate import GenerateOptions
-from promptbake.workflows.pipeline import RunReport, generate_async
+from promptbake.workflows.pipeline import RunReport, default_store, generate_async
 from promptbake.workflows.sync import synchronous
 
 TOPUP_AXIS = "topup_round"
@@ -124,15 +125,6 @@ def weak_categories(scores: dict[str, CategoryScore], *, metric: Metric = "auto"
 # --- the dataset ------------------------------------------------------------------------------------
 
 
-def _manifest(directory: Path) -> dict[str, Any]:
-    path = directory / "manifest.json"
-    if not path.exists():
-        return {}
-    try:
-        manifest: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise DataFileError(f"{path}: cannot read the manifest ({exc})") from None
-    return manifest
 
 
 def _sha256(path: Path) -> str:
@@ -213,13 +205,14 @@ class TopupReport:
         if not self.weak:
             return f"no category is weak by {self.metric}: nothing generated, {self.train_path} stays current"
         lines = [f"top-up round {self.round}: weak categories by {self.metric}"]
-        lines.append(f"{'category':<30} {'n':>5} {'pass':>6} {'score':>6} {'wanted':>6} {'new':>5} "
+        wide = max([8, *(len(s.category) for s in self.weak)])
+        lines.append(f"{'category':<{wide}} {'n':>5} {'pass':>6} {'score':>6} {'wanted':>6} {'new':>5} "
                      f"{'dupes':>5} {'added':>5}")
         for s in self.weak:
             a = self.added.get(s.category, {})
             rate = "-" if s.pass_rate is None else f"{100 * s.pass_rate:.0f}%"
             score = "-" if s.mean_score is None else f"{s.mean_score:.2f}"
-            lines.append(f"{s.category[:30]:<30} {s.n:>5} {rate:>6} {score:>6} {a.get('wanted', 0):>6} "
+            lines.append(f"{s.category:<{wide}} {s.n:>5} {rate:>6} {score:>6} {a.get('wanted', 0):>6} "
                          f"{a.get('generated', 0):>5} {a.get('duplicates', 0):>5} {a.get('added', 0):>5}")
         added = sum(a["added"] for a in self.added.values())
         lines.append(f"train: {self.train} examples (+{added}) → {self.train_path}; test unchanged")
@@ -237,9 +230,11 @@ async def topup_async(spec: Spec, eval_path: str | Path, dataset: str | Path, *,
         raise InputError("--per-category must be at least 1")
     eval_path, directory = Path(eval_path), Path(dataset)
     metric_used, weak = weak_categories(load_eval(eval_path), metric=metric, threshold=threshold, bottom=bottom)
-    manifest = _manifest(directory)
+    manifest = read_manifest(directory)
     rounds = manifest.get("topups", [])
     round_ = len(rounds) + 1
+    while (directory / f"train.v{round_ + 1}.jsonl").exists():  # a version the manifest lost: never overwrite
+        round_ += 1
     current = directory / (rounds[-1]["train"] if rounds else "train.jsonl")
     target = directory / f"train.v{round_ + 1}.jsonl"
     report = TopupReport(round_, target, metric_used, weak, {}, 0)
@@ -263,7 +258,7 @@ async def topup_async(spec: Spec, eval_path: str | Path, dataset: str | Path, *,
                          f"(it has {', '.join(sorted(known))}); was the eval run with the dataset's metadata?")
 
     train, test = read_split(current, "train"), read_split(directory / "test.jsonl", "test")
-    store_path = Path(store_path) if store_path is not None else directory / "promptbake.db"
+    store_path = Path(store_path) if store_path is not None else default_store(directory)
     fresh: list[Example] = []
     options = options or GenerateOptions()
     for j, (count, group) in enumerate(plan_cells(cells, names, per_category, round_).items()):

@@ -9,8 +9,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from promptbake.output.training_cost import finetune_estimate, ft_price_factor
-from promptbake.teacher.pricing import PriceTable
+from promptbake.output.training_cost import finetune_estimate
+from promptbake.teacher.pricing import PriceTable, base_model, ft_price_factor
 from promptbake.teacher.tokens import TOKENS_PER_MESSAGE, count_messages, count_tokens
 
 
@@ -64,7 +64,7 @@ def system_tokens(text: str, model: str) -> int:
 
 def break_even_section(summary: dict[str, Any], train: list[dict[str, Any]], model: str, prices: PriceTable,
                         ft_factor: float | None, epochs: int | None) -> dict[str, Any]:
-    price = prices.lookup(model)
+    price = prices.lookup(base_model(model))  # the base model's price; the fine-tune's is derived below
     if price is None or price.input == 0:
         why = "no per-token price" if price is None else "a zero per-token price"
         return {"break_even": None,

@@ -48,7 +48,9 @@ class DistillResult:
             f"distill: {s['prompt_examples']} examples found in the prompt, {s['leaked_inputs_dropped']} inputs "
             f"dropped as copies of them; {s['rejected_by_checks']} answers rejected by checks",
         ]
-        if s.get("encoding_note"):
+        validation = self.run.build.validation if self.run.build is not None else None
+        shown = validation is not None and not validation.ok and any("cached offline" in n for n in validation.notes)
+        if s.get("encoding_note") and not shown:  # once: a failed validation above already said it
             lines.append(f"note: {s['encoding_note']}")
         if s["examples_quoting_prompt"]:
             lines.append(f"warning: {s['examples_quoting_prompt']} examples quote {TRACE_CHARS}+ characters of "

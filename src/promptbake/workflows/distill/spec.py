@@ -24,6 +24,9 @@ from promptbake.spec.models import IDENTIFIER, Spec
 ANSWER_STEP = "answer"
 INPUT_STEP = "input"  # the generated-inputs step; its items become the variable ``input``
 INPUTS_PER_REQUEST = 20  # one list request asks for at most this many inputs
+# max_tokens of an inputs request: up to a short paragraph per input, so the spend of that step is
+# bounded and --max-cost reserves a worst case the answer fits in (the 512 default would cut it off)
+INPUT_TOKENS = 150 * INPUTS_PER_REQUEST
 
 # A Jinja template; {traits} and {batch} are filled in (by str.replace) when the spec is built.
 INPUTS_PROMPT = """\
@@ -68,7 +71,7 @@ def answer_checks(schema_file: str | Path | None = None, regex: str | None = Non
 
 def _row_lines(path: Path) -> list[int]:
     """The line each row of ``load_table`` starts on, for error messages."""
-    text = path.read_text(encoding="utf-8")
+    text = path.read_text(encoding="utf-8-sig")
     if path.suffix == ".csv":
         reader = csv.reader(io.StringIO(text))
         next(reader, None)
@@ -121,13 +124,16 @@ def distill_spec(
     """The spec of a distillation: inputs (a file, or ``generate_inputs`` asked of the teacher
     from ``describe`` and ``axes``) answered under the long prompt, baked into short examples.
 
-    Paths are kept as given (relative to the working directory). In file mode each ``axes`` value
-    is crossed with every input, so a one-value axis sets a prompt variable for all of them.
+    Paths are kept as given (relative to the working directory). In file mode an axis takes one
+    value, a prompt variable for every input: several values would only vary the prompt that is
+    baked away, paying for each input once per value to keep one answer, so they are refused.
     ``structured`` sends the checks' JSON schema as the answer's response format (grammar-bound on
     the local teacher), retries answers that do not parse, and stores them as canonical JSON."""
     prompt = Path(prompt_path)
     if not prompt.is_file():
         raise InputError(f"{prompt}: no such prompt file")
+    if not prompt.read_bytes().strip():
+        raise InputError(f"{prompt}: the prompt file is empty: there is nothing to distill")
     axes = dict(axes or {})
     if inputs_path is not None and generate_inputs is not None:
         raise InputError("give an inputs file (--inputs) or --generate-inputs N, not both")
@@ -151,6 +157,14 @@ def distill_spec(
     grid: dict[str, Any] = {"axes": axes}
     steps: list[dict[str, Any]] = [answer]
     if inputs_path is not None:
+        several = next(((a, v) for a, v in axes.items() if len(v) > 1), None)
+        if several is not None:
+            raise InputError(
+                f"--axis {several[0]} has {len(several[1])} values, but with --inputs an axis only changes the long "
+                "prompt, which is baked away: every input would be paid for once per value and all but one "
+                "answer dropped as duplicates. Give one value (a prompt variable), or put the value in a column "
+                "of the inputs file and in the input text"
+            )
         check_inputs(Path(inputs_path), input_field)
         grid["table"] = str(inputs_path)
         rounds = 0  # re-asking the same input cannot fill a gap a duplicate or failed check left
@@ -173,7 +187,7 @@ def distill_spec(
         content = INPUTS_PROMPT.replace(
             "{traits}", f"Every message must fit this situation:\n{traits}" if traits else ""
         ).replace("{batch}", batch_line if batches > 1 else "")
-        steps.insert(0, {"name": INPUT_STEP, "parse": "list", "temperature": 1.0,
+        steps.insert(0, {"name": INPUT_STEP, "parse": "list", "temperature": 1.0, "max_tokens": INPUT_TOKENS,
                          "messages": [{"role": "user", "content": content}]})
         rounds = 3  # top-up rounds ask for more inputs where dedupe left a cell short
     example = [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]

@@ -4,14 +4,16 @@ model scores 1-5 (G-Eval style: the criteria in, reasoning and then a score out,
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
 
-from promptbake.build.checks import Checks
+from promptbake.build.checks import AnswerList, Checks
 from promptbake.errors import InputError
 from promptbake.spec.models import Spec, TeacherConfig
+from promptbake.spec.templates import Templates
 from promptbake.teacher.client import ChatResult
 from promptbake.teacher.config import Teacher, merge
 from promptbake.teacher.parse import parse_output
@@ -35,11 +37,18 @@ JUDGE_SYSTEM = (
 
 @dataclass(frozen=True)
 class Scoring:
-    """What makes an answer pass: checks, and a rubric score of at least ``pass_score``."""
+    """What makes an answer pass: checks, the answer list right (``answers``, against the
+    ``reference`` rendered from the cell, else the test answer), and a rubric score of at least
+    ``pass_score``."""
 
     checks: Checks | None = None
     criteria: str | None = None
     pass_score: int = 4
+    answers: AnswerList | None = None
+    reference: Callable[[dict[str, Any]], str] | None = None
+
+    def reference_for(self, item: TestItem) -> str | None:
+        return self.reference(item.cell) if self.reference is not None else item.reference
 
     @classmethod
     def build(cls, spec: Spec | None, flags: dict[str, Any] | None = None, criteria: str | None = None,
@@ -61,7 +70,20 @@ class Scoring:
             checks=checks if checks.active() else None,
             criteria=criteria or (block.criteria if block is not None else None),
             pass_score=pass_score or (block.pass_score if block is not None else 4),
+            answers=block.answers if block is not None else None,
+            reference=_reference(spec) if spec is not None else None,
         )
+
+
+def _reference(spec: Spec) -> Callable[[dict[str, Any]], str] | None:
+    """The spec's ``eval.reference`` template, compiled now so a syntax error stops the eval before
+    any request; it renders over an example's cell."""
+    if spec.eval is None or spec.eval.reference is None:
+        return None
+    templates = Templates.for_spec_dir(spec.base_dir)
+    name = templates.add_inline(f"{spec.where()}:eval.reference", spec.eval.reference)
+    templates.get(name)
+    return lambda cell: templates.render(name, cell)
 
 
 def _is_json(text: str) -> bool:
@@ -91,6 +113,15 @@ def score_row(item: TestItem, settings: dict[str, Any], answer: dict[str, str] |
         row["failures"] = scoring.checks.failures(text, item.reference)
         scores["checks"] = 0.0 if row["failures"] else 1.0
         passed.append(not row["failures"])
+    if text is not None and scoring.answers is not None:
+        metrics = scoring.answers.metrics(text, scoring.reference_for(item))
+        row["metrics"] = metrics
+        if metrics["items"] is not None:
+            scores["answers"] = metrics["items"]
+            passed.append(metrics["correct"] == 1)
+        else:  # no right answers known: the format is what is scored
+            scores["answers"] = float(bool(metrics["keys"]) and metrics["values"] != 0)
+            passed.append(scores["answers"] == 1)
     judged = text is not None and scoring.criteria is not None
     if judged and verdict is not None:
         scores["judge"] = verdict["score"]
@@ -100,7 +131,7 @@ def score_row(item: TestItem, settings: dict[str, Any], answer: dict[str, str] |
         row["judge_error"] = judge_error or "not judged"
     row["scores"] = scores
     complete = bool(scores) and not (judged and verdict is None)
-    parts = [scores["checks"]] if "checks" in scores else []
+    parts = [scores[k] for k in ("checks", "answers") if k in scores]
     parts += [(scores["judge"] - 1) / 4] if "judge" in scores else []
     row["score"] = round(sum(parts) / len(parts), 4) if complete else None
     row["pass"] = all(passed) if complete else None

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ class TestItem:
     prompt: list[dict[str, Any]]
     reference: str | None
     tools: list[dict[str, Any]] | None = None
+    cell: dict[str, Any] = field(default_factory=dict)
 
 
 def load_test(data: str | Path, metadata: str | Path | None = None) -> list[TestItem]:
@@ -56,6 +57,7 @@ def load_test(data: str | Path, metadata: str | Path | None = None) -> list[Test
             prompt=[{k: m[k] for k in _SENT_KEYS if k in m} for m in prompt],
             reference=reference if isinstance(reference, str) else None,
             tools=row.get("tools") or None,
+            cell=meta.get("cell") or {},
         ))
     return items
 

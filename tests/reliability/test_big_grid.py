@@ -1,0 +1,67 @@
+"""A grid too big to plan before sending: step 0 is planned a slice of cells at a time while the
+pool sends, so a 10^8-cell grid asks its first questions at once, and a small grid streamed the
+same way stores exactly what an unstreamed run would."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import time
+from contextlib import closing
+
+from fakeserver import FakeServer
+from relkit import cli_env, pure_answer, statuses, text_spec
+
+from promptbake.spec.models import load_spec
+from promptbake.teacher import generate as generation
+from promptbake.teacher.config import TeacherOverrides
+from promptbake.teacher.generate import GenerateOptions
+from promptbake.workflows.pipeline import generate
+
+
+def test_a_streamed_grid_plans_sends_and_resumes_like_a_whole_one(tmp_path, monkeypatch):
+    monkeypatch.setattr(generation, "STREAM_CELLS", 10)
+    monkeypatch.setattr(generation, "STREAM_CHUNK", 7)  # 30 cells: slices of 7, 7, 7, 7 and 2
+    (tmp_path / "spec.yaml").write_text(text_spec(6, 5, 2), encoding="utf-8")
+    spec = load_spec(tmp_path / "spec.yaml")
+    with FakeServer(responder=pure_answer, latency_ms=(0, 5)).running() as srv:
+        report = generate(spec, tmp_path / "s.db", TeacherOverrides(base_url=srv.base_url, concurrency=4),
+                          GenerateOptions(progress=False))
+        assert srv.count == 60 and not srv.paid_twice()
+        step = report.generate.steps[0]
+        assert (step.planned, step.sent, step.ok) == (60, 60, 60)
+        assert statuses(tmp_path / "s.db") == {"ok": 60}
+        with closing(sqlite3.connect(tmp_path / "s.db")) as con:
+            assert con.execute("SELECT COUNT(*) FROM cells").fetchone()[0] == 30
+        # re-run: the stream re-plans the same requests, all answered: nothing is sent
+        report = generate(spec, tmp_path / "s.db", TeacherOverrides(base_url=srv.base_url),
+                          GenerateOptions(progress=False))
+        assert srv.count == 60
+        assert report.generate.steps[0].planned == 60 and report.generate.steps[0].sent == 0
+    assert statuses(tmp_path / "s.db") == {"ok": 60}
+
+
+def test_a_100_million_cell_grid_sends_its_first_requests_before_planning_the_rest(tmp_path):
+    """generate on 10^8 cells: requests reach the server while the store holds only the slices
+    planned so far (planning everything first would take hours and 10^8 rows)."""
+    axes = "\n".join(f"    a{i}: [{', '.join(f'v{j}' for j in range(100))}]" for i in range(4))
+    text = text_spec(2, 2, 1).replace("    x: [x0, x1]\n    y: [y0, y1]", axes).replace("category: x", "category: a0")
+    (tmp_path / "spec.yaml").write_text(text.replace("{{ x }} and {{ y }}", "{{ a0 }} {{ a1 }} {{ a2 }} {{ a3 }}"),
+                                        encoding="utf-8")
+    with FakeServer(responder=pure_answer, latency_ms=20).running() as srv:
+        child = subprocess.Popen([sys.executable, "-m", "promptbake", "generate", "spec.yaml", "--store", "s.db",
+                                  "--base-url", srv.base_url, "-q", "--concurrency", "8"],
+                                 cwd=tmp_path, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            deadline = time.monotonic() + 120  # a bound against hanging, not a speed claim
+            while srv.count < 200 and child.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert srv.count >= 200, (srv.count, child.poll())
+        finally:
+            child.kill()
+            child.wait()
+    with closing(sqlite3.connect(tmp_path / "s.db")) as con:
+        cells = con.execute("SELECT COUNT(*) FROM cells").fetchone()[0]
+        planned = con.execute("SELECT COUNT(*) FROM requests").fetchone()[0]
+    assert 0 < cells < 100_000 and 0 < planned < 100_000, (cells, planned)

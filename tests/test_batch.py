@@ -1,0 +1,341 @@
+"""Batch mode against the loopback stand-in's Batch API: the same dataset as online mode, each
+request paid once, failures retried, expired/cancelled/failed batches finished, limits and budget."""
+
+from __future__ import annotations
+
+import filecmp
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from fakeserver import FakeServer, Fault
+from helpers import MINIMAL_SPEC, list_then_reply_responder, pure_grid_responder, write_spec
+
+from promptbake.cli.main import cli
+from promptbake.spec.models import Prices
+from promptbake.teacher.pricing import PriceTable
+
+ROOT = Path(__file__).parent.parent
+STEP0, STEP1 = 4, 8  # MINIMAL_SPEC: 4 list requests, then 8 replies
+FILES = ["train.jsonl", "test.jsonl", "metadata.jsonl", "dropped.jsonl"]
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(cli, list(args))
+
+
+def batch_args(srv: FakeServer, *extra: str) -> list[str]:
+    return ["--base-url", srv.base_url, "-q", "--batch", "--batch-poll", "0.2", *extra]
+
+
+def statuses(db: Path) -> dict[str, int]:
+    with sqlite3.connect(db) as con:
+        return dict(con.execute("SELECT status, COUNT(*) FROM requests WHERE current = 1 GROUP BY status"))
+
+
+def uploaded_lines(srv: FakeServer) -> list[list[dict]]:
+    """The requests of every accepted input file, as the provider received them."""
+    return [[json.loads(line) for line in srv.files[file_id][1].splitlines()] for file_id in srv.uploads]
+
+
+def test_run_batch_gives_the_dataset_online_mode_gives(tmp_path):
+    """The acceptance run: the 1,100-request rude-agent spec through the Batch API builds
+    byte-identical files to an online run against the same (pure-function) teacher, sends no
+    online request, pays each request once, and prices it at half."""
+    spec = str(ROOT / "generators" / "rude_agent.yaml")
+    with FakeServer(responder=pure_grid_responder()).running() as srv:
+        online = invoke("run", spec, "--out", "online", "--base-url", srv.base_url, "-q")
+        assert online.exit_code == 0, online.output
+        online_requests = srv.count
+    with FakeServer(responder=pure_grid_responder()).running() as srv:
+        result = invoke("run", spec, "--out", "batch", *batch_args(srv))
+        assert result.exit_code == 0, result.output
+        assert srv.count == 0  # nothing went through /chat/completions
+        assert srv.batch_lines == online_requests == 1100
+        assert not srv.paid_twice()
+        assert [len(f) for f in uploaded_lines(srv)] == [100, 1000]  # one file per step
+        assert len(srv.batches) == 2
+    for name in FILES:
+        assert filecmp.cmp(tmp_path / "online" / name, tmp_path / "batch" / name, shallow=False), name
+    assert "batch: 2 files uploaded, 2 batches created, 0 re-attached, 1,100 requests submitted" in result.output
+    online_cost = json.loads((tmp_path / "online" / "manifest.json").read_text())["usage"]["cost"]
+    batch_cost = json.loads((tmp_path / "batch" / "manifest.json").read_text())["usage"]["cost"]
+    assert batch_cost == pytest.approx(online_cost / 2, rel=1e-6)
+
+
+def test_batch_input_lines_have_the_documented_shape_and_rerun_sends_nothing(tmp_path):
+    spec = write_spec(tmp_path)
+    with FakeServer(responder=pure_grid_responder()).running() as srv:
+        assert invoke("generate", str(spec), "--store", "s.db", *batch_args(srv)).exit_code == 0
+        for line in uploaded_lines(srv)[0]:
+            assert set(line) == {"custom_id", "method", "url", "body"}
+            assert (line["method"], line["url"]) == ("POST", "/v1/chat/completions")
+            assert line["body"]["model"] == "gpt-4o-mini"
+        again = invoke("generate", str(spec), "--store", "s.db", *batch_args(srv))
+        assert again.exit_code == 0, again.output
+        assert len(srv.uploads) == len(srv.batches) == 2  # a re-run finds every answer stored
+    assert statuses(tmp_path / "s.db") == {"ok": STEP0 + STEP1}
+
+
+def test_identical_requests_are_submitted_once(tmp_path):
+    """Every cell's list repeats the same item, so all eight planned replies are one request: one
+    batch line serves them all."""
+    spec = write_spec(tmp_path)
+
+    def respond(body: dict) -> str:
+        if body["messages"][0]["role"] != "system":
+            return json.dumps(["I want a refund.", "I want a refund.", "Where is the manager?"])
+        return "No."
+
+    with FakeServer(responder=respond).running() as srv:
+        result = invoke("generate", str(spec), "--store", "s.db", *batch_args(srv))
+        assert result.exit_code == 0, result.output
+        replies = uploaded_lines(srv)[1]
+        custom_ids = [line["custom_id"] for line in replies]
+        assert len(custom_ids) == 1 and srv.batch_lines == STEP0 + 1
+        assert not srv.paid_twice()
+    assert statuses(tmp_path / "s.db") == {"ok": STEP0 + STEP1}
+
+
+def test_identical_requests_across_files_share_one_line(tmp_path):
+    """With one request per file, a request identical to one in an already submitted file joins
+    that file's answer instead of going out again."""
+    spec = write_spec(tmp_path)
+
+    def respond(body: dict) -> str:
+        if body["messages"][0]["role"] != "system":
+            return json.dumps(["I want a refund.", "Where is the manager?"])
+        return "No."
+
+    with FakeServer(responder=respond).running() as srv:
+        result = invoke("generate", str(spec), "--store", "s.db", *batch_args(srv, "--batch-max-lines", "1"))
+        assert result.exit_code == 0, result.output
+        assert [len(f) for f in uploaded_lines(srv)] == [1, 1, 1, 1, 1, 1]  # 4 asks, then 2 distinct replies
+        assert srv.batch_lines == STEP0 + 2
+    assert statuses(tmp_path / "s.db") == {"ok": STEP0 + STEP1}
+
+
+def _flaky(fail_first: set[int], always: set[int]):
+    """Number distinct replies as they arrive; fail the ``fail_first`` ones once (a 500) and the
+    ``always`` ones every time (a 400)."""
+    order: dict[str, int] = {}
+    failed: set[int] = set()
+
+    def fail(body: dict):
+        if body["messages"][0]["role"] != "system":
+            return None
+        n = order.setdefault(body["messages"][-1]["content"], len(order))
+        if n in always:
+            return Fault("400", message="Invalid value for 'messages'.")
+        if n in fail_first and n not in failed:
+            failed.add(n)
+            return Fault("500")
+        return None
+
+    return fail
+
+
+def test_partially_failed_batch_is_retried_in_the_next_batch(tmp_path):
+    """Non-200 lines are stored as failures with their reason; the retryable ones (500) go into
+    the next batch, the 400s do not (they would fail the same way)."""
+    spec = write_spec(tmp_path)
+    respond = pure_grid_responder(_flaky(fail_first={0, 1, 2}, always={3, 4}))
+    with FakeServer(responder=respond).running() as srv:
+        result = invoke("generate", str(spec), "--store", "s.db", *batch_args(srv))
+        assert result.exit_code == 0, result.output
+        assert [len(f) for f in uploaded_lines(srv)] == [STEP0, STEP1, 3]  # the three 500s, once more
+        assert srv.count == 0
+        assert not srv.paid_twice()
+    db = tmp_path / "s.db"
+    assert statuses(db) == {"ok": STEP0 + STEP1 - 2, "failed": 2}
+    with sqlite3.connect(db) as con:
+        errors = {e for (e,) in con.execute("SELECT error FROM requests WHERE status = 'failed'")}
+        kinds = dict(con.execute("SELECT error_kind, COUNT(*) FROM attempts WHERE error_kind IS NOT NULL "
+                                 "GROUP BY error_kind"))
+    assert errors == {"Invalid value for 'messages'."}
+    assert kinds == {"http_400": 2, "http_500": 3}
+
+
+def test_batch_retry_online_sends_failures_through_the_pool(tmp_path):
+    spec = write_spec(tmp_path)
+    respond = pure_grid_responder(_flaky(fail_first={0, 1, 2}, always=set()))
+    with FakeServer(responder=respond).running() as srv:
+        result = invoke("generate", str(spec), "--store", "s.db", *batch_args(srv, "--batch-retry", "online"))
+        assert result.exit_code == 0, result.output
+        assert len(srv.batches) == 2  # one per step, no second batch pass
+        assert srv.count == 3  # the three failed replies, online
+        assert "3 retried online" in result.output
+        assert not srv.paid_twice()
+    assert statuses(tmp_path / "s.db") == {"ok": STEP0 + STEP1}
+
+
+@pytest.mark.parametrize("end", ["expired:3", "cancelled:3", "failed"])
+def test_an_unfinished_batch_keeps_what_completed_and_resubmits_the_rest(tmp_path, end):
+    spec = write_spec(tmp_path)
+    with FakeServer(responder=pure_grid_responder(), batch_ends=[end]).running() as srv:
+        result = invoke("generate", str(spec), "--store", "s.db", *batch_args(srv))
+        assert result.exit_code == 0, result.output
+        kept = 0 if end == "failed" else 3
+        assert [len(f) for f in uploaded_lines(srv)][:2] == [STEP0, STEP0 - kept]
+        assert next(iter(srv.batches.values())).status == end.split(":")[0]
+        assert not srv.paid_twice()
+    assert statuses(tmp_path / "s.db") == {"ok": STEP0 + STEP1}
+    with sqlite3.connect(tmp_path / "s.db") as con:
+        reasons = [r for (r,) in con.execute("SELECT error FROM attempts WHERE status_code IS NULL")]
+    assert len(reasons) == STEP0 - kept
+    assert all(end.split(":")[0] in r for r in reasons), reasons
+
+
+def test_an_oversized_file_is_refused_with_a_way_out(tmp_path):
+    """A provider whose file limit is below ours refuses the upload: one line naming the flag,
+    nothing submitted; the same command with --batch-max-lines then completes."""
+    spec = write_spec(tmp_path)
+    with FakeServer(responder=pure_grid_responder(), max_file_lines=3).running() as srv:
+        result = invoke("generate", str(spec), "--store", "s.db", *batch_args(srv))
+        assert result.exit_code == 1
+        error = [line for line in result.output.splitlines() if line.startswith("Error:")]
+        assert len(error) == 1 and "--batch-max-lines" in error[0] and "HTTP 400" in error[0], result.output
+        assert srv.uploads == [] and srv.batches == {}
+        assert "no batches in this store" in invoke("batch", "status", "s.db").output  # nothing left open
+        result = invoke("generate", str(spec), "--store", "s.db", *batch_args(srv, "--batch-max-lines", "3"))
+        assert result.exit_code == 0, result.output
+        assert [len(f) for f in uploaded_lines(srv)] == [3, 1, 3, 3, 2]
+        assert len(srv.batches) == 5
+        assert not srv.paid_twice()
+    assert statuses(tmp_path / "s.db") == {"ok": STEP0 + STEP1}
+
+
+def test_max_cost_reserves_each_file_worst_case_before_submitting(tmp_path):
+    """Each file holds only what the budget covers at its worst case (every max_tokens used):
+    with room for 2.5 worst cases, files carry at most two requests; with room for half of one,
+    nothing is uploaded and the run stops with the reason."""
+    text = MINIMAL_SPEC.replace("parse: list", "parse: list\n    max_tokens: 1000")
+    spec = write_spec(tmp_path, text.replace("- name: answer", "- name: answer\n    max_tokens: 1000"))
+    worst = PriceTable().batch_cost("gpt-4o-mini", 0, 1000)  # completion tokens dominate the worst case
+    with FakeServer(responder=pure_grid_responder()).running() as srv:
+        result = invoke("generate", str(spec), "--store", "a.db", *batch_args(srv, "--max-cost", f"{0.5 * worst}"))
+        assert result.exit_code == 1, result.output
+        assert "--max-cost" in result.output
+        assert srv.uploads == []
+        result = invoke("generate", str(spec), "--store", "b.db", *batch_args(srv, "--max-cost", f"{2.5 * worst}"))
+        assert result.exit_code == 0, result.output
+        sizes = [len(f) for f in uploaded_lines(srv)]
+        assert max(sizes) == 2 and sum(sizes) == STEP0 + STEP1, sizes
+        assert not srv.paid_twice()
+    with sqlite3.connect(tmp_path / "b.db") as con:
+        spent = con.execute("SELECT SUM(cost) FROM attempts").fetchone()[0]
+    assert 0 < spent <= 2.5 * worst
+    assert statuses(tmp_path / "b.db") == {"ok": STEP0 + STEP1}
+
+
+def test_batch_prices_are_half_and_overridable(tmp_path):
+    table = PriceTable({"house-model": Prices(input=1.0, output=2.0, batch_input=0.7, batch_output=0.9)})
+    assert table.batch_cost("gpt-4o-mini", 1_000_000, 1_000_000) == pytest.approx(0.075 + 0.30)
+    assert table.batch_cost("house-model", 1_000_000, 1_000_000) == pytest.approx(1.6)
+    assert table.batch_cost("unknown-model", 10, 10) == 0.0
+    dry = invoke("expand", str(ROOT / "generators" / "rude_agent.yaml"), "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    online = float(dry.output.split("estimated cost ≤ $")[1].split()[0])
+    batch = float(dry.output.split("with --batch (Batch API prices): ≤ $")[1].split()[0])
+    assert batch == pytest.approx(online / 2, abs=1e-4)
+
+
+def test_batch_status_and_cancel_work_on_a_store(tmp_path):
+    """A run interrupted while its batch is open: `batch status` shows the provider's view,
+    `batch cancel` stops it, and the next run keeps the completed part and re-submits the rest."""
+    import os
+    import subprocess
+    import sys
+
+    spec = write_spec(tmp_path)
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT / 'tests'}"}
+    with FakeServer(responder=pure_grid_responder(), batch_polls=5).running() as srv:
+        killed = subprocess.run(
+            [sys.executable, str(ROOT / "tests" / "reliability" / "killer.py"), "batch-poll:3", "--", "generate",
+             str(spec), "--store", "s.db", *batch_args(srv)],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        assert killed.returncode == -9, killed.stderr
+        status = invoke("batch", "status", "s.db")
+        assert status.exit_code == 0, status.output
+        assert "batch_0001\tmini step 0 round 0\tin_progress\t" in status.output  # polled once more by status
+        cancel = invoke("batch", "cancel", "s.db")
+        assert cancel.exit_code == 0, cancel.output
+        assert "cancelled 1 open batches" in cancel.output
+        done_before = len(next(iter(srv.batches.values())).output)
+        result = invoke("generate", str(spec), "--store", "s.db", *batch_args(srv))
+        assert result.exit_code == 0, result.output
+        first = next(iter(srv.batches.values()))
+        assert first.status == "cancelled" and len(first.output) == done_before < STEP0
+        assert [len(f) for f in uploaded_lines(srv)][:2] == [STEP0, STEP0 - done_before]
+        assert not srv.paid_twice()
+        cached = invoke("batch", "status", "s.db", "--cached")
+        assert cached.output.count("collected") == 3, cached.output
+    assert statuses(tmp_path / "s.db") == {"ok": STEP0 + STEP1}
+
+
+def test_local_teacher_is_refused_for_batch_mode(tmp_path):
+    result = invoke("generate", str(write_spec(tmp_path)), "--store", "s.db", "--batch", "--teacher", "local")
+    assert result.exit_code == 2, result.output
+    assert "Batch API" in result.output
+    assert not (tmp_path / "s.db").exists()
+
+
+def test_batch_max_lines_needs_batch(tmp_path):
+    result = invoke("generate", str(write_spec(tmp_path)), "--batch-max-lines", "10")
+    assert result.exit_code == 2
+    assert "--batch-max-lines needs --batch" in result.output
+
+
+def test_progress_bar_counts_requests_across_open_batches_with_their_status(tmp_path):
+    """On a terminal, one bar per step over the requests the open batches completed, with the
+    provider's status of each batch and the spend."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import subprocess
+    import sys
+    import termios
+
+    spec = write_spec(tmp_path)
+    with FakeServer(responder=pure_grid_responder(), batch_polls=3).running() as srv:
+        leader, follower = pty.openpty()
+        fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 160, 0, 0))
+        env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+        proc = subprocess.Popen([sys.executable, "-m", "promptbake", "generate", str(spec), "--store", "s.db",
+                                 "--base-url", srv.base_url, "--batch", "--batch-poll", "0.2"],
+                                cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, stdout=follower, stderr=follower)
+        os.close(follower)
+        chunks = []
+        while True:
+            try:
+                data = os.read(leader, 65536)
+            except OSError:  # the child closed the terminal
+                break
+            if not data:
+                break
+            chunks.append(data)
+        assert proc.wait(60) == 0
+        os.close(leader)
+    screen = b"".join(chunks).decode(errors="replace")
+    assert "ask (round 0):  50%" in screen and "2/4" in screen, screen  # partway, from the provider's counts
+    assert "batches: 1 in_progress" in screen and "batches: 1 completed" in screen, screen
+    assert "8/8" in screen, screen
+
+
+def test_top_up_rounds_go_through_batches_too(tmp_path):
+    """Duplicates leave cells short: the top-up round is planned and sent as batches as well, and
+    every cell ends with its exact count."""
+    spec = write_spec(tmp_path, MINIMAL_SPEC.replace("  count: 2", "  count: 6"))
+    with FakeServer(responder=list_then_reply_responder(dupe_every=4)).running() as srv:
+        result = invoke("run", str(spec), "--out", "out", *batch_args(srv))
+        assert result.exit_code == 0, result.output
+        assert "round 0: 4 cells short" in result.output
+        assert srv.count == 0 and len(srv.batches) >= 4  # two steps in round 0, two in round 1
+    with sqlite3.connect(tmp_path / "out" / "promptbake.db") as con:
+        rounds = {r for (r,) in con.execute("SELECT DISTINCT round FROM batch_files")}
+    assert rounds >= {0, 1}
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["train"] + manifest["test"] == 24
