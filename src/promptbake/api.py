@@ -164,12 +164,12 @@ def build(
     from promptbake.errors import StoreError
     from promptbake.output.dataset import Dataset
     from promptbake.store.db import Store
-    from promptbake.workflows.pipeline import default_store, spec_from_store
+    from promptbake.workflows.pipeline import build_store, spec_from_store
 
     if isinstance(source, str | os.PathLike) and Path(source).suffix not in (".yaml", ".yml"):
         spec, store_path = spec_from_store(source, spec_name), Path(source)
     else:
-        spec, store_path = load_spec(source), Path(store) if store is not None else default_store(out)
+        spec, store_path = load_spec(source), Path(store) if store is not None else build_store(out)
     if not store_path.exists():
         raise StoreError(f"{store_path}: no such store (nor {Path(out) / 'promptbake.db'}); "
                          "run `promptbake generate` or `promptbake run` first, or name it with --store")

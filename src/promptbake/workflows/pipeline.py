@@ -195,9 +195,14 @@ run = synchronous(run_async)
 
 
 def default_store(out_dir: str | Path) -> Path:
+    """The store ``run --out OUT`` keeps its answers in (and ``topup`` reads): OUT/promptbake.db."""
+    return Path(out_dir) / "promptbake.db"
+
+
+def build_store(out_dir: str | Path) -> Path:
     """The store ``build SPEC --out OUT`` reads when none is named: the one ``run --out OUT`` kept
     in OUT, else ``generate``'s default in the working directory."""
-    run_store = Path(out_dir) / "promptbake.db"
+    run_store = default_store(out_dir)
     return run_store if run_store.exists() else Path("promptbake.db")
 
 
