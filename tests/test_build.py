@@ -162,12 +162,12 @@ def test_a_spec_built_in_code_can_be_rebuilt_from_the_store(tmp_path):
     import yaml
 
     from promptbake.spec.models import Spec
-    from promptbake.teacher.config import TeacherOverrides
+    from promptbake.teacher.config import Teacher
     from promptbake.workflows.pipeline import run as run_pipeline
 
     spec = Spec.model_validate(yaml.safe_load(BIGGER))  # no file behind it, as with `distill`
     with FakeServer(responder=list_then_reply_responder()).running() as srv:
-        run_pipeline(spec, "a", "s.db", TeacherOverrides(base_url=srv.base_url))
+        run_pipeline(spec, "a", "s.db", Teacher(base_url=srv.base_url))
     result = run("build", "s.db", "--out", "b")
     assert result.exit_code == 0, result.output
     assert (tmp_path / "a" / "train.jsonl").read_bytes() == (tmp_path / "b" / "train.jsonl").read_bytes()

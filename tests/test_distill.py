@@ -17,6 +17,7 @@ from fakeserver import FakeServer
 
 from promptbake.cli.main import cli
 from promptbake.errors import InputError
+from promptbake.output.training_cost import finetune_estimate
 from promptbake.spec.templates import Templates
 from promptbake.teacher.tokens import count_tokens
 from promptbake.workflows.distill import (
@@ -24,7 +25,6 @@ from promptbake.workflows.distill import (
     answer_checks,
     break_even,
     distill_spec,
-    finetune_estimate,
     prompt_examples,
 )
 

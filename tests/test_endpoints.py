@@ -21,7 +21,7 @@ from helpers import write_spec
 from promptbake.cli.main import cli
 from promptbake.spec.models import TeacherConfig, load_spec
 from promptbake.teacher.client import ChatClient, Endpoint
-from promptbake.teacher.config import TeacherOverrides, merge
+from promptbake.teacher.config import Teacher, merge
 from promptbake.teacher.endpoints import Fleet, fleet_model
 from promptbake.teacher.generate import GenerateOptions
 from promptbake.teacher.limiter import Limiter
@@ -74,7 +74,7 @@ def _free_port() -> int:
 
 def run_generate(tmp_path: Path, spec_text: str, urls: list[str], **overrides: object):
     spec = load_spec(write_spec(tmp_path, spec_text))
-    return generate(spec, tmp_path / "s.db", TeacherOverrides(endpoints=tuple(urls), **overrides),
+    return generate(spec, tmp_path / "s.db", Teacher(endpoints=tuple(urls), **overrides),
                     GenerateOptions(progress=False))
 
 
@@ -183,7 +183,7 @@ def test_endpoint_killed_mid_run_job_completes_every_request_answered_once(tmp_p
 def test_replicas_share_cache_keys_and_different_models_do_not(tmp_path):
     with FakeServer().running() as a, FakeServer().running() as b:
         spec = load_spec(write_spec(tmp_path, grid_spec(30)))
-        first = generate(spec, tmp_path / "s.db", TeacherOverrides(base_url=a.base_url),
+        first = generate(spec, tmp_path / "s.db", Teacher(base_url=a.base_url),
                          GenerateOptions(progress=False))
         assert first.generate.steps[0].sent == 30
         # another spec asking the same things: answered from the cache when the cache keys agree
@@ -237,11 +237,11 @@ def test_rising_latency_halves_that_endpoints_concurrency():
 
 def test_one_base_url_flag_replaces_the_specs_endpoints_and_several_make_them():
     config = TeacherConfig.model_validate({"model": "m1", "endpoints": [{"base_url": "http://a/v1", "rpm": 5}]})
-    assert merge(config, TeacherOverrides(base_url="http://c/v1")).endpoints == []
-    several = merge(config, TeacherOverrides(endpoints=("http://c/v1", "http://d/v1"), rpm=3000))
+    assert merge(config, Teacher(base_url="http://c/v1")).endpoints == []
+    several = merge(config, Teacher(endpoints=("http://c/v1", "http://d/v1"), rpm=3000))
     assert [(e.base_url, e.rpm) for e in several.endpoints] == [("http://c/v1", None), ("http://d/v1", None)]
     assert several.rpm == 3000  # each endpoint takes the teacher's limits: 3,000 RPM apiece
-    assert merge(config, TeacherOverrides()).endpoints == config.endpoints
+    assert merge(config, Teacher()).endpoints == config.endpoints
 
 
 def test_failures_of_attempts_sent_before_a_take_out_do_not_extend_it():

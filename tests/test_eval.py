@@ -269,7 +269,7 @@ def test_check_schema_flag_reads_a_schema_file(tmp_path):
     (tmp_path / "bad.json").write_text("{")
     result = invoke("--data", str(data), "--out", "eval.jsonl", "--model", "m", "--check-schema",
                     str(tmp_path / "bad.json"))
-    assert result.exit_code == 2 and "bad.json: cannot read a JSON schema" in result.output
+    assert result.exit_code == 2 and "bad.json: the JSON schema is not valid JSON" in result.output
 
 
 def numbered_student():

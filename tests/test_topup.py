@@ -17,7 +17,7 @@ from promptbake.cli.main import cli
 from promptbake.errors import DataFileError, InputError
 from promptbake.plan.expand import Cell
 from promptbake.spec.models import load_spec
-from promptbake.teacher.config import TeacherOverrides
+from promptbake.teacher.config import Teacher
 from promptbake.teacher.generate import GenerateOptions
 from promptbake.workflows import pipeline
 from promptbake.workflows.topup import load_eval, plan_cells, weak_categories
@@ -29,7 +29,7 @@ TAGGED_SPEC = MINIMAL_SPEC.replace('      content: "{{ ask }}"\n    - role: assi
 
 def build(directory: Path, base_url: str, text: str = MINIMAL_SPEC) -> Path:
     spec_path = write_spec(directory, text)
-    pipeline.run(load_spec(spec_path), directory / "data", overrides=TeacherOverrides(base_url=base_url),
+    pipeline.run(load_spec(spec_path), directory / "data", teacher=Teacher(base_url=base_url),
                  options=GenerateOptions(progress=False))
     return spec_path
 

@@ -14,13 +14,8 @@ from promptbake.errors import DataFileError
 from promptbake.output.export import HF_FORMATS
 from promptbake.output.formats import FORMATS
 from promptbake.output.targets import TARGETS
-from promptbake.output.validate import (
-    TokenStats,
-    billed_tokens,
-    default_epochs,
-    suggest_hyperparameters,
-    validate_file,
-)
+from promptbake.output.training_cost import billed_tokens, default_epochs
+from promptbake.output.validate import TokenStats, suggest_hyperparameters, validate_file
 from promptbake.records import Example
 from promptbake.teacher import tokens
 

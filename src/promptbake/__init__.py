@@ -1,3 +1,108 @@
-"""promptbake: bake prompts into fine-tuning data."""
+"""promptbake: bake prompts into fine-tuning data.
+
+    import promptbake
+    ds = promptbake.run("generators/rude_agent.yaml", teacher=promptbake.Teacher(base_url=URL))
+    ds.train[0].messages
+
+Every name below is imported on first use (module ``__getattr__``), so ``import promptbake``
+stays fast and pulls in neither pydantic nor aiohttp until a function needs them.
+"""
+
+from __future__ import annotations
+
+import sys
+from importlib import import_module
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from promptbake.api import (
+        build,
+        build_async,
+        distill,
+        distill_async,
+        estimate,
+        evaluate,
+        evaluate_async,
+        expand,
+        export,
+        generate,
+        generate_async,
+        load_spec,
+        local_teacher,
+        run,
+        run_async,
+        topup,
+        topup_async,
+        validate,
+    )
+    from promptbake.errors import PromptbakeError
+    from promptbake.output.dataset import Dataset, Manifest
+    from promptbake.records import Example
+    from promptbake.spec.models import Spec
+    from promptbake.teacher.config import Teacher
+
+__all__ = [
+    "Dataset",
+    "Example",
+    "Manifest",
+    "PromptbakeError",
+    "Spec",
+    "Teacher",
+    "__version__",
+    "build",
+    "build_async",
+    "distill",
+    "distill_async",
+    "estimate",
+    "evaluate",
+    "evaluate_async",
+    "expand",
+    "export",
+    "generate",
+    "generate_async",
+    "load_spec",
+    "local_teacher",
+    "run",
+    "run_async",
+    "topup",
+    "topup_async",
+    "validate",
+]
+# where each name that is not a function of promptbake.api lives
+_HOMES = {
+    "Dataset": "promptbake.output.dataset",
+    "Example": "promptbake.records",
+    "Manifest": "promptbake.output.dataset",
+    "PromptbakeError": "promptbake.errors",
+    "Spec": "promptbake.spec.models",
+    "Teacher": "promptbake.teacher.config",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in __all__:
+        raise AttributeError(f"module 'promptbake' has no attribute {name!r}")
+    value = getattr(import_module(_HOMES.get(name, "promptbake.api")), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+class _Package(ModuleType):
+    """Importing a subpackage binds it on its parent: ``import promptbake.build.builder`` would
+    replace the function ``promptbake.build`` with the stage package ``build/``. The API's names
+    win; the subpackages stay reachable through ``from promptbake.build import ...``."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in __all__ and isinstance(value, ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -55,9 +55,9 @@ def arm(point: str) -> None:
         arm_batch(point)
         return
     if point == "build":
-        import promptbake.build.builder
+        from promptbake.build import builder
 
-        promptbake.build.builder.build = lambda *a, **k: _die()  # type: ignore[assignment]
+        builder.build = lambda *a, **k: _die()  # type: ignore[assignment]
         return
     kind, _, n = point.partition(":")
     if kind != "replace":

@@ -15,7 +15,7 @@ from relkit import cli_env, pure_answer, statuses, text_spec
 
 from promptbake.spec.models import load_spec
 from promptbake.teacher import generate as generation
-from promptbake.teacher.config import TeacherOverrides
+from promptbake.teacher.config import Teacher
 from promptbake.teacher.generate import GenerateOptions
 from promptbake.workflows.pipeline import generate
 
@@ -26,7 +26,7 @@ def test_a_streamed_grid_plans_sends_and_resumes_like_a_whole_one(tmp_path, monk
     (tmp_path / "spec.yaml").write_text(text_spec(6, 5, 2), encoding="utf-8")
     spec = load_spec(tmp_path / "spec.yaml")
     with FakeServer(responder=pure_answer, latency_ms=(0, 5)).running() as srv:
-        report = generate(spec, tmp_path / "s.db", TeacherOverrides(base_url=srv.base_url, concurrency=4),
+        report = generate(spec, tmp_path / "s.db", Teacher(base_url=srv.base_url, concurrency=4),
                           GenerateOptions(progress=False))
         assert srv.count == 60 and not srv.paid_twice()
         step = report.generate.steps[0]
@@ -35,7 +35,7 @@ def test_a_streamed_grid_plans_sends_and_resumes_like_a_whole_one(tmp_path, monk
         with closing(sqlite3.connect(tmp_path / "s.db")) as con:
             assert con.execute("SELECT COUNT(*) FROM cells").fetchone()[0] == 30
         # re-run: the stream re-plans the same requests, all answered: nothing is sent
-        report = generate(spec, tmp_path / "s.db", TeacherOverrides(base_url=srv.base_url),
+        report = generate(spec, tmp_path / "s.db", Teacher(base_url=srv.base_url),
                           GenerateOptions(progress=False))
         assert srv.count == 60
         assert report.generate.steps[0].planned == 60 and report.generate.steps[0].sent == 0

@@ -20,9 +20,9 @@ from promptbake.build.examples import ExampleRenderer
 from promptbake.build.gates import Gates
 from promptbake.build.sizes import nested_subsets
 from promptbake.build.split import assign
-from promptbake.output.atomic import write_jsonl_atomic, write_text_atomic
+from promptbake.output.atomic import ensure_dir, write_jsonl_atomic, write_text_atomic
 from promptbake.output.export import read_manifest, write_format
-from promptbake.output.formats import WriteReport, ensure_dir, write_split
+from promptbake.output.formats import WriteReport, write_split
 from promptbake.output.jsonl import read_jsonl
 from promptbake.plan.expand import Expander
 from promptbake.records import Example
@@ -161,7 +161,8 @@ def build(
         ({**ex.metadata(), "split": name} for name, rows in (("train", train), ("test", test)) for ex in rows),
     )
     write_jsonl_atomic(history, _merge_history(history, sides.assignment))
-    write_jsonl_atomic(out / "dropped.jsonl", (d.as_dict() for d in [*early, *gates.dropped, *deduped.dropped]))
+    write_jsonl_atomic(out / "dropped.jsonl", [*(d.as_dict() for d in early), *(d.as_dict() for d in gates.dropped),
+                                               *(d.as_dict() for d in deduped.dropped)])
 
     categories = _category_table(deduped, Counter(d.category for d in early), gates.counts, surplus, balanced.kept,
                                  train, test)

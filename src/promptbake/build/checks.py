@@ -7,12 +7,15 @@ misses, so a reject can always say why.
 from __future__ import annotations
 
 import json
+import os
 import re
+from pathlib import Path
 from typing import Any, ClassVar
 
 import jsonschema
 from pydantic import Field, field_validator
 
+from promptbake.errors import DataFileError
 from promptbake.spec.strict import Strict
 
 
@@ -125,6 +128,21 @@ class AnswerList(Strict):
 def last_assistant(messages: list[dict[str, Any]]) -> str:
     """The answer a check looks at: the last assistant message's text."""
     for message in reversed(messages):
-        if message.get("role") == "assistant" and isinstance(message.get("content"), str):
-            return message["content"]
+        content = message.get("content")
+        if message.get("role") == "assistant" and isinstance(content, str):
+            return content
     return ""
+
+
+def read_schema(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A JSON schema file for a ``schema`` check (``--check-schema``), as bad input when unreadable."""
+    path = Path(path)
+    try:
+        schema = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise DataFileError(f"{path}: cannot read the JSON schema: {exc.strerror}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataFileError(f"{path}: the JSON schema is not valid JSON: {exc}") from None
+    if not isinstance(schema, dict):
+        raise DataFileError(f"{path}: a JSON schema must be a JSON object")
+    return schema

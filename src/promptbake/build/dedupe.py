@@ -193,7 +193,8 @@ def _fmix32(h: np.ndarray) -> np.ndarray:
     h = h * np.uint32(0x85EBCA6B)
     h = h ^ (h >> np.uint32(13))
     h = h * np.uint32(0xC2B2AE35)
-    return h ^ (h >> np.uint32(16))
+    mixed: np.ndarray = h ^ (h >> np.uint32(16))
+    return mixed
 
 
 class _Bands:
@@ -212,7 +213,8 @@ class _Bands:
     def hashes(self, sigs: np.ndarray) -> np.ndarray:
         """(len(sigs), bands) uint64: a multiply-add of each band's values, wrapping mod 2**64."""
         cube = sigs[:, : self.count * self.rows].reshape(len(sigs), self.count, self.rows)
-        return (cube.astype(np.uint64) * self._mult).sum(axis=2, dtype=np.uint64)
+        hashed: np.ndarray = (cube.astype(np.uint64) * self._mult).sum(axis=2, dtype=np.uint64)
+        return hashed
 
 
 def _equal_pairs(sorted_hashes: np.ndarray, keys: np.ndarray,
@@ -227,7 +229,8 @@ def _equal_pairs(sorted_hashes: np.ndarray, keys: np.ndarray,
 
 def _similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """MinHash Jaccard estimate of paired rows, computed as ``LeanMinHash.jaccard`` does."""
-    return np.count_nonzero(a == b, axis=-1) / a.shape[-1]
+    similarity: np.ndarray = np.count_nonzero(a == b, axis=-1) / a.shape[-1]
+    return similarity
 
 
 Match = tuple[str, float]  # (kept example id, similarity)
@@ -236,7 +239,9 @@ Match = tuple[str, float]  # (kept example id, similarity)
 class _Index(Protocol):
     """Everything kept so far: exact digests and near-duplicate signatures."""
 
-    chunk_size: int
+    @property
+    def chunk_size(self) -> int:
+        """How many examples the deduper hands the index at once."""
 
     def exact(self, items: list[_Prepared]) -> list[str | None]:
         """The id an equal digest was registered under, per item (None: new)."""
@@ -475,9 +480,9 @@ class Deduper:
         _, row_of, _, _, exact, nearest = self._lookup(chunk)
         decisions: list[Dropped | None] = []
         for i, item in enumerate(chunk):
-            ex, best = item.example, nearest[row_of[i]] if i in row_of else None
-            if exact[i] is not None:
-                decisions.append(Dropped(ex.id, ex.category, "exact", exact[i], 1.0))
+            ex, best, same = item.example, nearest[row_of[i]] if i in row_of else None, exact[i]
+            if same is not None:
+                decisions.append(Dropped(ex.id, ex.category, "exact", same, 1.0))
             elif best is not None and best[1] >= self.config.threshold:
                 decisions.append(Dropped(ex.id, ex.category, "near", best[0], best[1]))
             else:

@@ -7,8 +7,9 @@ examples in the same order: that is what makes builds byte-identical.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
-from promptbake.plan.expand import stable_hash
+from promptbake.ids import stable_hash
 from promptbake.plan.planner import MessageRenderer
 from promptbake.records import Example
 from promptbake.spec.models import Spec
@@ -53,7 +54,7 @@ class ExampleRenderer:
                 )
 
 
-def _cell_values(spec: Spec, variables: dict) -> dict:
+def _cell_values(spec: Spec, variables: dict[str, Any]) -> dict[str, Any]:
     step_names = {s.name for s in spec.steps}
     return {k: v for k, v in variables.items() if k not in step_names}
 

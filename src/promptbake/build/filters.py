@@ -30,8 +30,9 @@ ECHO_THRESHOLD = 0.6  # share of the user's word trigrams the answer repeats
 def last_user(messages: list[dict[str, Any]]) -> str:
     """The prompt an answer could echo: the last user message's text."""
     for message in reversed(messages):
-        if message.get("role") == "user" and isinstance(message.get("content"), str):
-            return message["content"]
+        content = message.get("content")
+        if message.get("role") == "user" and isinstance(content, str):
+            return content
     return ""
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from promptbake.build.checks import last_assistant
-from promptbake.plan.expand import stable_hash
+from promptbake.ids import stable_hash
 from promptbake.plan.judge import verdict_score
 from promptbake.records import Example
 from promptbake.spec.models import Spec

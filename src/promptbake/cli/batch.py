@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from promptbake.cli.main import _load, cli
+from promptbake import api
+from promptbake.cli.main import cli
 
 
 @cli.group()
@@ -50,10 +51,10 @@ def cancel(store_path: str, api_key_env: str) -> None:
               help="Most requests per input file.")
 def export_command(spec_path: str, store_path: str, out_dir: str, model: str | None, batch_max_lines: int) -> None:
     """Write the pending requests of SPEC's next step as batch input files (vLLM run_batch, any provider)."""
-    from promptbake.teacher.config import TeacherOverrides
+    from promptbake import Teacher
     from promptbake.workflows.offline import export_batch_files
 
-    report = export_batch_files(_load(spec_path), store_path, out_dir, TeacherOverrides(model=model),
+    report = export_batch_files(api.load_spec(spec_path), store_path, out_dir, Teacher(model=model),
                                 max_lines=batch_max_lines)
     click.echo(report.format(), err=True)
 

@@ -9,12 +9,16 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import click
 
-from promptbake import __version__
+from promptbake import __version__, api
 from promptbake.errors import PromptbakeError
+
+if TYPE_CHECKING:
+    from promptbake import Teacher
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -84,23 +88,18 @@ def teacher_options(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from promptbake.teacher.config import TeacherOverrides
+        from promptbake import Teacher
 
-        keys = ["teacher_kind", "base_url", "model", "api_key_env", "rpm", "tpm", "concurrency",
-                "max_attempts", "timeout", "max_retry_after"]
+        keys = ["base_url", "model", "api_key_env", "rpm", "tpm", "concurrency", "max_attempts", "timeout",
+                "max_retry_after"]
         urls = kwargs.pop("base_url")
         kwargs["base_url"] = urls[0] if len(urls) == 1 else None
-        kwargs["overrides"] = TeacherOverrides(**{k: kwargs.pop(k) for k in keys},
-                                               endpoints=tuple(urls) if len(urls) > 1 else ())
+        kind = kwargs.pop("teacher_kind")
+        kwargs["teacher"] = Teacher(kind=kind, **{k: kwargs.pop(k) for k in keys},
+                                    endpoints=tuple(urls) if len(urls) > 1 else ())
         return fn(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
-
-
-def _load(spec_path: str) -> Any:
-    from promptbake.spec.models import load_spec
-
-    return load_spec(spec_path)
 
 
 @cli.command()
@@ -110,30 +109,12 @@ def _load(spec_path: str) -> Any:
 @click.option("--model", default=None, help="Model to price the dry run for (default: the spec's).")
 def expand(spec_path: str, output: str | None, dry_run: bool, model: str | None) -> None:
     """Expand SPEC's grid into first-step requests with stable ids."""
-    from promptbake.plan.estimate import estimate
-    from promptbake.plan.expand import Expander
-    from promptbake.plan.planner import Planner
-    from promptbake.plan.preflight import check_templates
-    from promptbake.teacher.config import model_name
-
-    spec = _load(spec_path)
-    model = model or model_name(spec.teacher)
     if dry_run:
-        click.echo(estimate(spec, model, spec.teacher.kind).format())
+        click.echo(api.estimate(spec_path, model).format())
         return
     if output is None:
         raise click.UsageError("give -o FILE, or --dry-run")
-    from promptbake.output.atomic import write_jsonl_atomic
-
-    expander = Expander(spec)
-    check_templates(spec, expander)
-    planner = Planner(spec, expander.templates, model, spec.teacher.kind)
-    rows = (
-        {"id": r.id, "step": r.step, "cell": r.vars, "category": r.category, "cache_key": r.cache_key,
-         "body": r.body}
-        for r in planner.first_step(expander.cells(), 0)
-    )
-    count = write_jsonl_atomic(output, rows)
+    count = api.expand(spec_path, output, model)
     click.echo(f"wrote {count} requests to {output}", err=True)
 
 
@@ -243,14 +224,10 @@ def _check_shortfall(report: Any, allow: bool, where: str) -> None:
 @_shortfall_option
 @teacher_options
 def generate(spec_path: str, store_path: str, no_cache: bool, max_cost: float | None, quiet: bool, batch: Any,
-             allow_shortfall: bool, overrides: Any) -> None:
+             allow_shortfall: bool, teacher: Teacher) -> None:
     """Run SPEC's steps against the teacher into the store (re-run to resume)."""
-    from promptbake.teacher.generate import GenerateOptions
-    from promptbake.workflows.pipeline import generate as run_generate
-
-    spec = _load(spec_path)
-    report = run_generate(spec, store_path, overrides,
-                          GenerateOptions(no_cache=no_cache, max_cost=max_cost, progress=not quiet, batch=batch))
+    report = api.generate(spec_path, store_path, teacher=teacher, max_cost=max_cost, no_cache=no_cache,
+                          progress=not quiet, batch=batch)
     _print_generate(report)
     _check_shortfall(report, allow_shortfall, f"the store {store_path} holds what was answered")
 
@@ -267,9 +244,8 @@ def validate(file: str, model: str | None, target: str, as_json: bool) -> None:
     import json
 
     from promptbake.errors import ValidationFailed
-    from promptbake.output.validate import validate_file
 
-    report = validate_file(file, model=model, target=target)
+    report = api.validate(file, model=model, target=target)
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.format())
     if not report.ok:
         raise ValidationFailed(f"{file}: {report.error_count()} format errors ({', '.join(sorted(report.errors))})")
@@ -289,11 +265,9 @@ def validate(file: str, model: str | None, target: str, as_json: bool) -> None:
 def export_command(directory: str, formats: tuple[str, ...], out: str, system: str | None,
                    train_version: int | None) -> None:
     """Re-export a built dataset DIR (train/test/metadata) for other trainers."""
-    from pathlib import Path
+    from promptbake.output.export import train_file
 
-    from promptbake.output.export import export, train_file
-
-    for report in export(directory, formats, out, system=system, train_version=train_version):
+    for report in api.export(directory, formats, out, system=system, train_version=train_version):
         click.echo(report.summary(), err=True)
     click.echo(f"train is {train_file(Path(directory), train_version)} of {directory}", err=True)
 
@@ -348,19 +322,14 @@ def _print_build(report: Any) -> None:
 @teacher_options
 def run(spec_path: str, out_dir: str, store_path: str | None, no_cache: bool, max_cost: float | None, quiet: bool,
         formats: tuple[str, ...], seed: int | None, sizes: list[int], no_report: bool, batch: Any,
-        allow_shortfall: bool, overrides: Any) -> None:
+        allow_shortfall: bool, teacher: Teacher) -> None:
     """expand → generate → build: SPEC in, train/test JSONL out (re-run to resume)."""
-    from promptbake.teacher.generate import GenerateOptions
-    from promptbake.workflows.pipeline import run as run_pipeline
-
-    spec = _load(spec_path)
-    report = run_pipeline(spec, out_dir, store_path, overrides,
-                          GenerateOptions(no_cache=no_cache, max_cost=max_cost, progress=not quiet, batch=batch),
-                          formats=list(formats) or None, seed=seed, sizes=sizes)
-    _print_generate(report)
-    _print_build(report.build)
-    _write_report(out_dir, store_path, spec, no_report)
-    _check_shortfall(report, allow_shortfall, f"{out_dir} holds what was possible")
+    dataset = api.run(spec_path, out_dir, teacher=teacher, store=store_path, max_cost=max_cost, no_cache=no_cache,
+                      progress=not quiet, formats=formats, seed=seed, sizes=sizes, batch=batch)
+    _print_generate(dataset.report)
+    _print_build(dataset.report.build)
+    _write_report(out_dir, dataset.store, spec_path, no_report)
+    _check_shortfall(dataset.report, allow_shortfall, f"{out_dir} holds what was possible")
 
 
 @cli.command()
@@ -374,26 +343,10 @@ def run(spec_path: str, out_dir: str, store_path: str | None, no_cache: bool, ma
 def build(source: str, out_dir: str, store_path: str | None, spec_name: str | None, formats: tuple[str, ...],
           seed: int | None, sizes: list[int], no_report: bool) -> None:
     """Turn stored answers into deduplicated, balanced, split fine-tuning files."""
-    from pathlib import Path
-
-    from promptbake.build.builder import build as run_build
-    from promptbake.store.db import Store
-    from promptbake.workflows.pipeline import build_store, spec_from_store
-
-    if Path(source).suffix in (".yaml", ".yml"):
-        spec = _load(source)
-        store_path = store_path or str(build_store(out_dir))
-    else:
-        spec, store_path = spec_from_store(source, spec_name), source
-    if not Path(store_path).exists():
-        from promptbake.errors import StoreError
-
-        raise StoreError(f"{store_path}: no such store (nor {Path(out_dir) / 'promptbake.db'}); "
-                         "run `promptbake generate` or `promptbake run` first, or name it with --store")
-    with Store(store_path, lock=False) as store:
-        report = run_build(spec, store, out_dir, formats=list(formats) or None, seed=seed, sizes=sizes)
-    _print_build(report)
-    _write_report(out_dir, store_path, spec, no_report)
+    dataset = api.build(source, out_dir, store=store_path, spec_name=spec_name, formats=formats, seed=seed,
+                        sizes=sizes)
+    _print_build(dataset.report)
+    _write_report(out_dir, dataset.store, source if source.endswith((".yaml", ".yml")) else None, no_report)
 
 
 @cli.group()
@@ -410,13 +363,12 @@ def serve(host: str, port: int | None) -> None:
     import signal
 
     from promptbake.errors import TeacherError
-    from promptbake.teacher.local import LocalTeacher
 
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt  # SIGTERM stops the server as cleanly as Ctrl-C does
 
     signal.signal(signal.SIGTERM, interrupt)
-    local = LocalTeacher(host=host, port=port)
+    local = api.local_teacher(host, port)
     try:
         with local as server:
             body = json.dumps({"model": server.model, "messages": [{"role": "user", "content": "Hello"}]})
@@ -463,29 +415,16 @@ def eval_command(data: str, out: str, spec_path: str | None, metadata: str | Non
                  sweeps: tuple[str, ...], check_json: bool | None, check_schema: str | None, check_regex: str | None,
                  max_length: int | None, exact: bool | None, criteria: str | None, pass_score: int | None,
                  judge_model: str | None, judge_base_url: str | None, model_version: str | None, no_cache: bool,
-                 max_cost: float | None, quiet: bool, overrides: Any) -> None:
+                 max_cost: float | None, quiet: bool, teacher: Teacher) -> None:
     """Run a model (--model, --base-url) on a test split and score it per category."""
-    import json
-    from pathlib import Path
+    from promptbake import Teacher
 
-    from promptbake.errors import DataFileError
-    from promptbake.spec.models import TeacherConfig
-    from promptbake.teacher.config import merge
-    from promptbake.workflows.evaluate import Scoring, judge_config, run_eval
-
-    spec = _load(spec_path) if spec_path else None
-    schema = None
-    if check_schema:
-        try:
-            schema = json.loads(Path(check_schema).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise DataFileError(f"{check_schema}: cannot read a JSON schema ({exc})") from None
-    flags = {"json": check_json, "schema": schema, "regex": check_regex, "max_length": max_length, "exact": exact}
-    scoring = Scoring.build(spec, flags, criteria, pass_score)
-    judge = judge_config(spec, judge_model, judge_base_url) if scoring.criteria else None
-    report = run_eval(data, out, merge(TeacherConfig(), overrides), metadata=metadata, scoring=scoring,
-                      sweeps=sweeps, judge=judge, store_path=store_path, no_cache=no_cache, max_cost=max_cost,
-                      progress=not quiet, model_version=model_version)
+    checks = {"json": check_json, "schema": check_schema, "regex": check_regex, "max_length": max_length,
+              "exact": exact}
+    report = api.evaluate(data, out, teacher=teacher, spec=spec_path, metadata=metadata, checks=checks,
+                          criteria=criteria, pass_score=pass_score,
+                          judge=Teacher(model=judge_model, base_url=judge_base_url), sweep=sweeps, store=store_path,
+                          max_cost=max_cost, no_cache=no_cache, progress=not quiet, model_version=model_version)
     click.echo(report.format(), err=True)
 
 
@@ -505,18 +444,15 @@ def eval_command(data: str, out: str, spec_path: str | None, metadata: str | Non
               help="SQLite store (default: DIR/promptbake.db).")
 @_generate_options
 @teacher_options
-def topup(spec_path: str, eval_path: str, dataset: str, threshold: float | None, bottom: int | None, metric: str,
-          per_category: int, store_path: str | None, no_cache: bool, max_cost: float | None, quiet: bool,
-          overrides: Any) -> None:
+def topup(spec_path: str, eval_path: str, dataset: str, threshold: float | None, bottom: int | None,
+          metric: Literal["auto", "pass", "score"], per_category: int, store_path: str | None, no_cache: bool,
+          max_cost: float | None, quiet: bool, teacher: Teacher) -> None:
     """Generate more examples for SPEC's weakest categories into DIR/train.vN.jsonl (test unchanged)."""
-    from promptbake.teacher.generate import GenerateOptions
-    from promptbake.workflows.topup import topup as run_topup
-
-    report = run_topup(_load(spec_path), eval_path, dataset, per_category=per_category, threshold=threshold,
-                       bottom=bottom, metric=metric, store_path=store_path, overrides=overrides,
-                       options=GenerateOptions(no_cache=no_cache, max_cost=max_cost, progress=not quiet))
-    click.echo(report.format(), err=True)
-    for run in report.runs:
+    result = api.topup(spec_path, eval_path, dataset, per_category=per_category, threshold=threshold, bottom=bottom,
+                       metric=metric, teacher=teacher, store=store_path, max_cost=max_cost, no_cache=no_cache,
+                       progress=not quiet)
+    click.echo(result.report.format(), err=True)
+    for run in result.report.runs:
         _print_failures(run.generate.failures)
 
 
@@ -560,22 +496,17 @@ def distill(prompt_path: str, inputs_path: str | None, generate_inputs: int | No
             check_schema: str | None, check_regex: str | None, max_length: int | None, structured: bool,
             max_tokens: int | None, temperature: float | None, name: str | None, price_model: str | None,
             ft_price_factor: float | None, epochs: int | None, no_cache: bool, max_cost: float | None, quiet: bool,
-            formats: tuple[str, ...], seed: int | None, allow_shortfall: bool, overrides: Any) -> None:
+            formats: tuple[str, ...], seed: int | None, allow_shortfall: bool, teacher: Teacher) -> None:
     """Bake a long --prompt into examples: inputs answered under it, kept without it (re-run to resume)."""
-    from promptbake.teacher.generate import GenerateOptions
-    from promptbake.workflows import distill as distillation
-
-    spec = distillation.distill_spec(
-        prompt_path, inputs_path, baked_system=baked_system,
-        checks=distillation.answer_checks(check_schema, check_regex, max_length),
-        generate_inputs=generate_inputs, describe=describe, axes=dict(map(distillation.parse_axis, axes)),
-        input_field=input_field, name=name, max_tokens=max_tokens, temperature=temperature, structured=structured,
+    dataset = api.distill(
+        prompt_path, inputs_path, out_dir, teacher=teacher, generate_inputs=generate_inputs, describe=describe,
+        axes=axes, input_field=input_field, baked_system=baked_system,
+        check_schema=check_schema, check_regex=check_regex, max_length=max_length, structured=structured,
+        max_tokens=max_tokens, temperature=temperature, name=name, price_model=price_model,
+        ft_price_factor=ft_price_factor, epochs=epochs, store=store_path, max_cost=max_cost, no_cache=no_cache,
+        progress=not quiet, formats=formats, seed=seed,
     )
-    result = distillation.distill(
-        spec, out_dir, store_path, overrides,
-        GenerateOptions(no_cache=no_cache, max_cost=max_cost, progress=not quiet),
-        formats=list(formats) or None, seed=seed, price_model=price_model, ft_factor=ft_price_factor, epochs=epochs,
-    )
+    result = dataset.report
     _print_generate(result.run)
     _print_build(result.run.build)
     click.echo(result.format(), err=True)

@@ -93,6 +93,14 @@ def _fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
+def ensure_dir(path: Path) -> None:
+    """Create an output directory, as an ``OutputError`` naming it when that fails."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot create directory ({exc.strerror})") from None
+
+
 def write_jsonl_atomic(path: str | os.PathLike[str], rows: Iterable[Any]) -> int:
     """Write one canonical JSON line per row, atomically; returns the number of rows written."""
     count = 0

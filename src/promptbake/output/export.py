@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from promptbake.errors import DataFileError, OutputError
-from promptbake.output.formats import FormatRefused, Row, WriteReport, convert_all, ensure_dir, get_format, write_rows
+from promptbake.output.atomic import ensure_dir
+from promptbake.output.formats import FormatRefused, Row, WriteReport, convert_all, get_format, write_rows
 from promptbake.output.jsonl import read_jsonl
 from promptbake.records import Example
 from promptbake.spec.models import OutputConfig
@@ -43,7 +44,8 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     if not path.exists():
         return {}
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        manifest: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        return manifest
     except (OSError, ValueError) as exc:
         raise DataFileError(f"{path}: cannot read the manifest ({exc})") from None
 
@@ -141,12 +143,30 @@ def export(
     student's chat template adds its own default at training time (SmolLM2: "You are a helpful AI
     assistant named SmolLM..."), which is rarely the prompt it will see at inference.
     """
-    formats = list(dict.fromkeys(formats))
-    line_formats = {name: get_format(HF_FORMATS.get(name, name)) for name in formats}  # unknown names fail first
+    names = _check_formats(formats)  # unknown names fail before anything is read
     data = read_dataset(source, train_version)
     if system is not None:
         data = {split: [e.with_default_system(system) for e in examples] for split, examples in data.items()}
-    return [report for name in line_formats for report in write_format(name, data, Path(out) / name, config)]
+    return export_examples(data, names, out, config=config)
+
+
+def _check_formats(formats: Iterable[str]) -> list[str]:
+    names = list(dict.fromkeys(formats))
+    for name in names:
+        get_format(HF_FORMATS.get(name, name))
+    return names
+
+
+def export_examples(
+    data: dict[str, list[Example]],
+    formats: Iterable[str],
+    out: str | Path,
+    *,
+    config: OutputConfig | None = None,
+) -> list[WriteReport]:
+    """Each format's splits of ``data`` under ``out/<format>/`` (``export`` and ``Dataset.write``)."""
+    names = _check_formats(formats)  # unknown names fail before anything is written
+    return [report for name in names for report in write_format(name, data, Path(out) / name, config)]
 
 
 def write_format(
@@ -262,12 +282,7 @@ def export_hf(
     converted: dict[str, tuple[list[Row], list[FormatRefused]]], out: str | Path, name: str = HF
 ) -> list[WriteReport]:
     """Parquet per split plus a ``save_to_disk`` folder; each written atomically (temp + rename)."""
-    try:
-        import datasets
-    except ImportError:
-        raise OutputError(
-            "the hf export needs the optional dependencies: pip install 'promptbake[hf]' (datasets, pyarrow)"
-        ) from None
+    datasets = _datasets()
     out = Path(out)
     ensure_dir(out)
     # datasets draws its own progress bars on stderr; our CLI reports one line per file instead.
@@ -300,11 +315,33 @@ def _replacing(final: Path) -> Iterator[Path]:
         raise
 
 
+def _datasets() -> Any:
+    try:
+        import datasets
+    except ImportError:
+        raise OutputError(
+            "the hf export needs the optional dependencies: pip install 'promptbake[hf]' (datasets, pyarrow)"
+        ) from None
+    return datasets
+
+
+def _hf_splits(rows: dict[str, list[Row]]) -> dict[str, Any]:
+    datasets = _datasets()
+    features, shaped = hf_tables(rows)
+    return {s: datasets.Dataset.from_list(r, features=features) for s, r in shaped.items()}
+
+
+def hf_dataset_dict(data: dict[str, list[Example]]) -> Any:
+    """The splits as a ``datasets.DatasetDict`` in the ``hf`` export's schema (``Dataset.to_hf``)."""
+    fmt = get_format(HF_FORMATS[HF])
+    rows = {split: convert_all(examples, fmt)[0] for split, examples in data.items()}
+    return _datasets().DatasetDict(_hf_splits(rows))
+
+
 def _write_hf(converted: dict[str, tuple[list[Row], list[FormatRefused]]], out: Path, name: str) -> list[WriteReport]:
     import datasets
 
-    features, shaped = hf_tables({split: rows for split, (rows, _) in converted.items()})
-    splits = {s: datasets.Dataset.from_list(r, features=features) for s, r in shaped.items()}
+    splits = _hf_splits({split: rows for split, (rows, _) in converted.items()})
     reports = []
     for split, ds in splits.items():
         with _replacing(out / f"{split}.parquet") as tmp:

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from promptbake.errors import InputError, OutputError
+from promptbake.errors import InputError
+from promptbake.output.atomic import ensure_dir, write_jsonl_atomic
 from promptbake.records import Example
 from promptbake.spec.models import OutputConfig
 
@@ -329,18 +330,8 @@ def convert_all(
     return rows, refused
 
 
-def ensure_dir(path: Path) -> None:
-    """Create an output directory, as an ``OutputError`` naming it when that fails."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"{path}: cannot create directory ({exc.strerror})") from None
-
-
 def write_rows(path: str | Path, fmt: str, rows: list[Row], refused: list[FormatRefused]) -> WriteReport:
     """Write converted rows atomically (temp file + rename) and report what was left out."""
-    from promptbake.output.atomic import write_jsonl_atomic
-
     path = Path(path)
     ensure_dir(path.parent)
     write_jsonl_atomic(path, rows)

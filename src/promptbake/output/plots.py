@@ -9,7 +9,8 @@ salted per plot with no date in the metadata, so the same data gives the same by
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from markupsafe import Markup
 from matplotlib import rc_context
@@ -50,7 +51,8 @@ def heatmap(name: str, rows: Sequence[str], cols: Sequence[str], values: list[li
     for i, row in enumerate(labels):
         for j, text in enumerate(row):
             if text:
-                dark = values[i][j] is not None and values[i][j] > 0.6 * (vmax or data.max())
+                value = values[i][j]
+                dark = value is not None and value > 0.6 * (vmax or data.max())
                 ax.text(j, i, text, ha="center", va="center", fontsize=8, color="white" if dark else "#222")
     ax.set_xticks(range(len(cols)), [_short(c, 18) for c in cols], rotation=30, ha="right", fontsize=8)
     ax.set_yticks(range(len(rows)), [_short(r) for r in rows], fontsize=8)
@@ -60,7 +62,8 @@ def heatmap(name: str, rows: Sequence[str], cols: Sequence[str], values: list[li
     return _svg(fig, name)
 
 
-def histograms(name: str, series: dict[str, list[float]], xlabel: str, bins: int | Sequence[float] = 20) -> Markup:
+def histograms(name: str, series: Mapping[str, Sequence[float]], xlabel: str,
+               bins: int | Sequence[float] = 20) -> Markup:
     """Overlaid histograms, one per series (prompt and answer tokens, say)."""
     fig = _figure()
     ax = fig.add_subplot()
@@ -108,7 +111,7 @@ def _legend_below(fig: Figure, entries: int) -> None:
     fig.legend(loc="outside lower center", ncols=min(entries, 3), fontsize=8, frameon=False)
 
 
-def grouped_bars(name: str, groups: Sequence[str], series: dict[str, list[float | None]], xlabel: str,
+def grouped_bars(name: str, groups: Sequence[str], series: Mapping[str, Sequence[Any]], xlabel: str,
                  xlim: tuple[float, float] | None = None) -> Markup:
     """Horizontal bars, one per series within each group (distinct-n per category, say)."""
     fig = _figure(height=max(2.0, 0.22 * len(groups) * max(1, len(series)) + 1.2))
@@ -126,7 +129,7 @@ def grouped_bars(name: str, groups: Sequence[str], series: dict[str, list[float 
     return _svg(fig, name)
 
 
-def lines(name: str, panels: dict[str, dict[str, list[tuple[float, float]]]], ylabel: str) -> Markup:
+def lines(name: str, panels: Mapping[str, Mapping[str, Sequence[tuple[float, float | None]]]], ylabel: str) -> Markup:
     """One panel per x variable (temperature, top_p), one line per series (category)."""
     fig = _figure(rows=len(panels), height=2.8)
     for p, (xlabel, series) in enumerate(panels.items()):

@@ -81,7 +81,8 @@ class Dataset:
 def _manifest(directory: Path) -> dict[str, Any]:
     path = directory / "manifest.json"
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        manifest: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        return manifest
     except FileNotFoundError:
         raise DataFileError(f"{directory}: no manifest.json; give a directory written by `promptbake build`") from None
     except (OSError, ValueError) as exc:
@@ -91,7 +92,7 @@ def _manifest(directory: Path) -> dict[str, Any]:
 def _kept(directory: Path) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     """Training rows paired with their metadata rows (the sidecar lists train, then test, in file order)."""
     meta = [row for _, row in read_jsonl(directory / "metadata.jsonl", "metadata")]
-    pairs = []
+    pairs: list[tuple[dict[str, Any], dict[str, Any]]] = []
     for split in ("train", "test"):
         rows = [row for _, row in read_jsonl(directory / f"{split}.jsonl", split)]
         sidecar = [m for m in meta if m.get("split") == split]
@@ -165,7 +166,7 @@ def _prompt(messages: list[dict[str, Any]]) -> str:
     end = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=len(messages))
     turns = [m for m in messages[:end] if isinstance(m.get("content"), str)]
     if len(turns) == 1 and turns[0].get("role") == "user":
-        return turns[0]["content"]
+        return str(turns[0]["content"])
     return "\n".join(f"{m.get('role')}: {m['content']}" for m in turns)
 
 
@@ -446,7 +447,7 @@ def _diversity(data: Dataset) -> tuple[list[dict[str, Any]], Any, list[tuple[str
         messages = row.get("messages", [])
         answers[meta.get("category", "")].append(last_assistant(messages))
         prompts[meta.get("category", "")].append(_prompt(messages))
-    table = []
+    table: list[dict[str, Any]] = []
     for name in sorted(answers):
         table.append({
             "category": name, "n": len(answers[name]),
@@ -545,7 +546,7 @@ def _settings(row: dict[str, Any]) -> dict[str, Any]:
 def eval_context(path: str | Path, sample: int = SAMPLE) -> dict[str, Any]:
     """Pass rate and mean score per category; for a sweep, both against each swept setting."""
     from promptbake.output import plots
-    from promptbake.workflows.evaluate import setting_label
+    from promptbake.workflows.evaluate.testset import setting_label
     from promptbake.workflows.topup import CategoryScore, load_eval
 
     path = Path(path)
@@ -573,10 +574,11 @@ def eval_context(path: str | Path, sample: int = SAMPLE) -> dict[str, Any]:
     }, "pass rate / mean score (0-1)", xlim=(0, 1))
     panels = {name: {category: [(x, s.value(metric)) for x, s in points.items() if s.value(metric) is not None]
                      for category, points in series.items()} for name, series in by_value.items()}
-    table = [[category, label, s.n, s.pass_rate, s.mean_score] for (category, label), s in by_setting.items()
-             if category != "all" or len(categories) > 1]
+    table: list[list[Any]] = [[category, label, s.n, s.pass_rate, s.mean_score]
+                              for (category, label), s in by_setting.items()
+                              if category != "all" or len(categories) > 1]
     table.sort(key=lambda r: (r[0] == "all", r[0], list(settings).index(r[1])))
-    best = {}
+    best: dict[str, tuple[str, float]] = {}
     for category, label, _, pass_rate, mean in table:
         value = pass_rate if metric == "pass" else mean
         if value is not None and (category not in best or value > best[category][1]):

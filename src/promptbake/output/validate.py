@@ -25,14 +25,8 @@ from typing import Any
 
 from promptbake.errors import DataFileError
 from promptbake.output.targets import Target, get_target
+from promptbake.output.training_cost import billed_tokens, default_epochs
 from promptbake.teacher import tokens
-
-# Epoch defaults from the cookbook: OpenAI aims at 3 epochs, but keeps n x epochs in [100, 25,000].
-TARGET_EPOCHS = 3
-MIN_TARGET_EXAMPLES = 100
-MAX_TARGET_EXAMPLES = 25_000
-MIN_DEFAULT_EPOCHS = 1
-MAX_DEFAULT_EPOCHS = 25
 
 HYPERPARAMETER_RULE = (
     "batch size ~0.2% of the examples, between 1 and 256; learning-rate multiplier 0.05 up to "
@@ -41,22 +35,6 @@ HYPERPARAMETER_RULE = (
 )
 
 _SHOWN_LINES = 20
-
-
-def default_epochs(n_examples: int) -> int:
-    """OpenAI's default epoch count for a training set of ``n_examples`` (the cookbook rule)."""
-    if n_examples <= 0:
-        return 0
-    if n_examples * TARGET_EPOCHS < MIN_TARGET_EXAMPLES:
-        return min(MAX_DEFAULT_EPOCHS, MIN_TARGET_EXAMPLES // n_examples)
-    if n_examples * TARGET_EPOCHS > MAX_TARGET_EXAMPLES:
-        return max(MIN_DEFAULT_EPOCHS, MAX_TARGET_EXAMPLES // n_examples)
-    return TARGET_EPOCHS
-
-
-def billed_tokens(lengths: list[int], limit: int | None, epochs: int) -> int:
-    """Tokens charged for training: each example counts up to the limit, once per epoch."""
-    return sum(min(limit, n) if limit else n for n in lengths) * epochs
 
 
 def suggest_hyperparameters(n_examples: int) -> tuple[int, float]:
@@ -336,8 +314,8 @@ class _Checker:
         ok = self.messages(line, prompt.get("messages"), need_assistant=False)
         for key in ("preferred_output", "non_preferred_output"):
             out = obj.get(key)
-            one = isinstance(out, list) and len(out) == 1 and isinstance(out[0], dict)
-            if not (one and out[0].get("role") == "assistant"):
+            if not (isinstance(out, list) and len(out) == 1 and isinstance(out[0], dict)
+                    and out[0].get("role") == "assistant"):
                 self.error("invalid_output", line, f"'{key}' must be a list of exactly one assistant message")
                 ok = False
             else:

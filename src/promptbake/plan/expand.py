@@ -8,10 +8,8 @@ re-expanding the same spec gives the same ids.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import itertools
-import json
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,15 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from promptbake.errors import DataFileError
+from promptbake.ids import stable_hash
 from promptbake.output.jsonl import read_jsonl
 from promptbake.spec.models import Spec, read_lines_file
 from promptbake.spec.templates import Templates
-
-
-def stable_hash(*parts: Any, length: int = 16) -> str:
-    """Short content hash of JSON-able parts (sorted keys), the basis of every id we write."""
-    blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:length]
 
 
 @dataclass(frozen=True)
@@ -41,9 +34,8 @@ class Cell:
 
 def load_axes(spec: Spec) -> dict[str, list[Any]]:
     axes: dict[str, list[Any]] = {}
-    for name, values in spec.grid.axes.items():
-        if isinstance(values, str):
-            values = read_lines_file(spec.resolve(values), f"values of axis {name!r}")
+    for name, given in spec.grid.axes.items():
+        values = read_lines_file(spec.resolve(given), f"values of axis {name!r}") if isinstance(given, str) else given
         if not values:
             raise DataFileError(f"{spec.where()}: grid.axes.{name} is empty")
         axes[name] = list(values)

@@ -8,6 +8,7 @@ first and then scores 1-5 as structured output (G-Eval style); the reasoning is 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from promptbake.spec.models import Judge, MessageTemplate, Spec, Step
@@ -58,7 +59,7 @@ def _messages(judge: Judge) -> list[MessageTemplate]:
     return [MessageTemplate(role="system", content=SYSTEM), MessageTemplate(role="user", content=CRITERIA_PROMPT)]
 
 
-def example_text(messages: list[dict[str, Any]], fields: list[str] | None) -> str:
+def example_text(messages: list[dict[str, Any]], fields: Sequence[str] | None) -> str:
     """What a judge sees of an example: its messages (only the roles in ``fields``, if given), one
     labelled block per message."""
     shown = [m for m in messages if fields is None or m.get("role") in fields]

@@ -16,7 +16,8 @@ from typing import Any
 from promptbake.build.checks import last_assistant
 from promptbake.build.dedupe import normalise
 from promptbake.errors import TemplateError
-from promptbake.plan.expand import Cell, stable_hash
+from promptbake.ids import stable_hash
+from promptbake.plan.expand import Cell
 from promptbake.plan.judge import example_text, judge_steps
 from promptbake.spec.models import MessageTemplate, Spec, Step
 from promptbake.spec.templates import Templates

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -317,6 +318,7 @@ class Spec(Strict):
         return self._path.parent if self._path else Path.cwd()
 
     def where(self) -> str:
+        """How errors name this spec: its file, or its name for a spec built in Python."""
         return str(self._path) if self._path else f"spec {self.name!r}"
 
     def spec_hash(self) -> str:
@@ -358,6 +360,7 @@ class Spec(Strict):
         return sorted(files.items())
 
     def resolve(self, relative: str) -> Path:
+        """A path the spec names (template, axis file, table), from the spec's folder."""
         path = Path(relative)
         return path if path.is_absolute() else self.base_dir / path
 
@@ -447,16 +450,29 @@ def parse_spec(text: str, where: str, path: Path | None = None) -> Spec:
     try:
         spec = Spec.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = tuple(err["loc"])
-        line = _node_line(root, loc)
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key"
-        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        raise SpecError(f"{where}:{line}: {_format_loc(loc)}: {msg}{more}") from exc
+        loc = tuple(exc.errors()[0]["loc"])
+        raise SpecError(f"{where}:{_node_line(root, loc)}: {_problem(exc)}") from exc
     spec._path = path
     return spec
+
+
+def _problem(exc: ValidationError) -> str:
+    """``field: what is wrong`` for the first error, and how many more there are."""
+    err = exc.errors()[0]
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key"
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"{_format_loc(tuple(err['loc']))}: {msg}{more}"
+
+
+def spec_from_dict(data: Mapping[str, Any]) -> Spec:
+    """A spec built in Python: the keys of a spec file, validated the same way (an error names the
+    field). Relative paths in it (templates, axis files, tables) resolve from the working directory."""
+    try:
+        return Spec.model_validate(dict(data))
+    except ValidationError as exc:
+        raise SpecError(f"spec {data.get('name', '(unnamed)')!r}: {_problem(exc)}") from None
 
 
 def load_spec(path: str | Path) -> Spec:

@@ -24,12 +24,12 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import jinja2
 from jinja2 import nodes
-from jinja2.exceptions import TemplateRuntimeError
-from jinja2.sandbox import SandboxedEnvironment, SecurityError
+from jinja2.exceptions import SecurityError, TemplateRuntimeError
+from jinja2.sandbox import SandboxedEnvironment
 from jinja2.visitor import NodeTransformer
 
 from promptbake.errors import TemplateError
@@ -207,12 +207,12 @@ class _Metering(NodeTransformer):
     """Routes every loop through ``_loop_guard`` and every ``~`` through ``_concat_guard``."""
 
     def visit_For(self, node: nodes.For) -> nodes.Node:
-        node = self.generic_visit(node)
+        node = cast(nodes.For, self.generic_visit(node))
         node.iter = nodes.Filter(node.iter, "_pb_loop", [], [], None, None, lineno=node.lineno)
         return node
 
     def visit_Concat(self, node: nodes.Concat) -> nodes.Node:
-        node = self.generic_visit(node)
+        node = cast(nodes.Concat, self.generic_visit(node))
         parts = nodes.List(node.nodes, lineno=node.lineno)
         return nodes.Filter(parts, "_pb_concat", [], [], None, None, lineno=node.lineno)
 
@@ -222,11 +222,11 @@ class BoundedEnvironment(SandboxedEnvironment):
     Intercepting the operators also stops Jinja from folding ``10**10**10`` while compiling."""
 
     intercepted_binops = frozenset({"*", "**", "+", "%"})
-    concat = staticmethod(_bounded_concat)  # type: ignore[assignment]
+    concat = staticmethod(_bounded_concat)
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
-        self.globals["lipsum"] = _lipsum_guard(self.globals["lipsum"])
+        self.globals["lipsum"] = _lipsum_guard(cast(Callable[..., str], self.globals["lipsum"]))
         self.filters.update({name: _guard_filter(name, self.filters[name]) for name in SIZING_FILTERS})
         self.filters["_pb_loop"] = _loop_guard
         self.filters["_pb_concat"] = _concat_guard

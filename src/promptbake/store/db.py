@@ -456,7 +456,7 @@ class Store:
 
     def _unpack(self, text: str) -> dict[str, Any]:
         """A stored body with its blobs put back (a few distinct prompts: cached by hash)."""
-        body = json.loads(text)
+        body: dict[str, Any] = json.loads(text)
         if '"$blob"' not in text:
             return body
         for message in body["messages"]:

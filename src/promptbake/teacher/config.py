@@ -1,4 +1,5 @@
-"""Which teacher a command talks to: spec settings, then CLI flags, then the environment.
+"""Which teacher a command talks to: spec settings, then ``Teacher`` (the API's argument, the CLI's
+flags), then the environment.
 
 Remote teachers follow the openai SDK's conventions (``OPENAI_API_KEY``, ``OPENAI_BASE_URL``); the
 local one is llama.cpp's server started for the duration of the job. Both end up as the same
@@ -10,24 +11,32 @@ from __future__ import annotations
 import contextlib
 import os
 import urllib.parse
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, fields
+from typing import Literal
 
 from pydantic import ValidationError
 
 from promptbake.errors import InputError
-from promptbake.spec.models import EndpointConfig, TeacherConfig
+from promptbake.spec.models import EndpointConfig, Prices, TeacherConfig
 from promptbake.teacher.client import Endpoint
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 LOCAL_MODEL = "smollm2"
 
 
-@dataclass(frozen=True)
-class TeacherOverrides:
-    """CLI flags (``teacher_options``); None means "use the spec's value"."""
+@dataclass(frozen=True, kw_only=True)
+class Teacher:
+    """The teacher to use, laid over a spec's ``teacher:`` section: the same fields as that
+    section and the CLI's teacher flags, where None keeps the spec's value.
 
-    teacher_kind: str | None = None
+    ``Teacher(base_url="http://localhost:8000/v1", model="Qwen/Qwen3-8B")`` is any
+    OpenAI-compatible server; ``Teacher(kind="local")`` the embedded SmolLM2 on llama.cpp. The API
+    key is read from the environment variable ``api_key_env`` (default ``OPENAI_API_KEY``), never
+    passed as a value, so it cannot end up in a notebook, a store or a manifest.
+    """
+
+    kind: Literal["remote", "local"] | None = None
     base_url: str | None = None
     endpoints: tuple[str, ...] = ()  # --base-url given more than once: one endpoint each
     model: str | None = None
@@ -37,6 +46,8 @@ class TeacherOverrides:
     concurrency: int | None = None
     max_attempts: int | None = None
     timeout: float | None = None
+    structured_output: Literal["auto", "json_schema", "json_object", "none"] | None = None
+    prices: Mapping[str, Prices | Mapping[str, float]] | None = None
     max_retry_after: float | None = None
 
 
@@ -46,36 +57,30 @@ FLAGS = {"kind": "--teacher", "base_url": "--base-url", "model": "--model", "api
          "timeout": "--timeout"}
 
 
-def merge(config: TeacherConfig, overrides: TeacherOverrides) -> TeacherConfig:
-    """The spec's teacher section with the flags that were given laid over it, validated by the
-    same model as the spec: a flag out of range is bad input named by its flag, like a spec field."""
-    changes = {
-        "kind": overrides.teacher_kind,
-        "base_url": overrides.base_url,
-        "model": overrides.model,
-        "api_key_env": overrides.api_key_env,
-        "rpm": overrides.rpm,
-        "tpm": overrides.tpm,
-        "concurrency": overrides.concurrency,
-        "max_attempts": overrides.max_attempts,
-        "timeout": overrides.timeout,
-        "max_retry_after": overrides.max_retry_after,
-    }
+def merge(config: TeacherConfig, teacher: Teacher | None) -> TeacherConfig:
+    """The spec's teacher section with the fields ``teacher`` sets laid over it, validated by the
+    same model as the spec: a value out of range is bad input named by its flag, like a spec field."""
+    if teacher is None:
+        return config
+    given = {f.name: getattr(teacher, f.name) for f in fields(teacher)
+             if f.name != "endpoints" and getattr(teacher, f.name) is not None}
     data = config.model_dump()
-    data.update({k: v for k, v in changes.items() if v is not None})
-    if overrides.base_url is not None:
+    data.update(given)
+    if teacher.prices is not None:
+        data["prices"] = {**config.prices, **teacher.prices}  # one model's price, not the whole table
+    if teacher.base_url is not None:
         data["endpoints"] = []  # one URL on the command line replaces the spec's fleet
-    if overrides.endpoints:
-        data["endpoints"] = [{"base_url": url} for url in overrides.endpoints]
-    if overrides.teacher_kind == "local" and overrides.model is None:
+    if teacher.endpoints:
+        data["endpoints"] = [{"base_url": url} for url in teacher.endpoints]
+    if teacher.kind == "local" and teacher.model is None:
         data["model"] = None  # the spec's remote model name means nothing to the local server
     try:
         return TeacherConfig.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
         field = str(err["loc"][0]) if err["loc"] else ""
-        given = changes.get(field)
-        where = f"{FLAGS[field]} {given}" if field in FLAGS and given is not None else f"teacher.{field}"
+        value = given.get(field)
+        where = f"{FLAGS[field]} {value}" if field in FLAGS and value is not None else f"teacher.{field}"
         raise InputError(f"{where}: {err['msg'].removeprefix('Value error, ')}") from None
 
 
@@ -131,8 +136,8 @@ def open_teacher(config: TeacherConfig) -> Iterator[tuple[Endpoint, TeacherConfi
         from promptbake.teacher.endpoints import fleet_model
 
         # requests are planned under the fleet's model; the pool sends them to its endpoints
-        first = config.endpoints[0]
-        yield Endpoint(base_url=first.base_url.rstrip("/"), model=fleet_model(config)), config
+        url = config.endpoints[0].base_url
+        yield Endpoint(base_url=url.rstrip("/"), model=fleet_model(config)), config
         return
     if config.kind == "remote":
         yield remote_endpoint(config), config

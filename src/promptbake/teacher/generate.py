@@ -18,7 +18,8 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TextIO
 
 from promptbake.errors import BudgetExceeded, TeacherError
-from promptbake.plan.expand import Expander, stable_hash
+from promptbake.ids import stable_hash
+from promptbake.plan.expand import Expander
 from promptbake.plan.judge import judge_steps
 from promptbake.plan.planner import DEFAULT_RESERVE, Planner, row_key
 from promptbake.spec.models import Spec, Step, TeacherConfig

@@ -23,7 +23,7 @@ from promptbake.store.db import ResultRow, Store
 from promptbake.teacher.batch import line_outcome
 from promptbake.teacher.batchfile import MAX_BYTES, MAX_LINES, InputFile, LineResult, input_line, read_lines
 from promptbake.teacher.client import Endpoint
-from promptbake.teacher.config import TeacherOverrides, merge, model_name
+from promptbake.teacher.config import Teacher, merge, model_name
 from promptbake.teacher.generate import GenerateOptions, Generation, _checker, result_row
 from promptbake.teacher.pricing import PriceTable
 from promptbake.workflows.pipeline import ask_for, save_run_context, shortfall, spec_from_store
@@ -50,10 +50,10 @@ class ExportReport:
 
 
 def export_batch_files(spec: Spec, store_path: str | Path, out_dir: str | Path,
-                       overrides: TeacherOverrides | None = None, *, max_lines: int = MAX_LINES,
+                       teacher: Teacher | None = None, *, max_lines: int = MAX_LINES,
                        max_bytes: int = MAX_BYTES) -> ExportReport:
     """Write the next step's pending requests as batch input files in ``out_dir``."""
-    config = merge(spec.teacher, overrides or TeacherOverrides())
+    config = merge(spec.teacher, teacher)
     expander = Expander(spec)
     report = ExportReport(spec.name, str(store_path))
     with Store(store_path) as store:

@@ -1,9 +1,10 @@
-"""The library entry points: ``generate`` and ``run`` (expand → generate → build), as the CLI
-uses them. Async stays inside; these are synchronous so scripts and notebooks can call them."""
+"""The pipeline: ``generate`` (rounds into the store) and ``run`` (expand → generate → build).
+
+Each is a coroutine (``*_async``, for callers inside an event loop) with a blocking twin that is
+safe in a notebook cell (``workflows.sync``); ``promptbake.run`` and the CLI sit on top."""
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -18,9 +19,10 @@ from promptbake.plan.preflight import check_templates
 from promptbake.records import Example
 from promptbake.spec.models import Spec
 from promptbake.store.db import Store
-from promptbake.teacher.config import TeacherOverrides, merge, open_teacher
+from promptbake.teacher.config import Teacher, merge, open_teacher
 from promptbake.teacher.generate import GenerateOptions, GenerateReport, Generation, StepReport, check_budget
 from promptbake.teacher.link import Link
+from promptbake.workflows.sync import synchronous
 
 
 @dataclass
@@ -79,10 +81,10 @@ def ask_for(missing: dict[str, int], pass_rate: float) -> dict[str, int]:
     return {key: math.ceil(n * factor) for key, n in missing.items()}
 
 
-def generate(
+async def generate_async(
     spec: Spec,
     store_path: str | Path,
-    overrides: TeacherOverrides | None = None,
+    teacher: Teacher | None = None,
     options: GenerateOptions | None = None,
     *,
     topup: bool = False,
@@ -94,7 +96,7 @@ def generate(
     Raises ``TeacherError`` when the teacher cannot be used at all or a step of round 0 failed
     entirely; a run that merely fell short returns, with ``RunReport.shortfall()`` saying so."""
     options = options or GenerateOptions()
-    config = merge(spec.teacher, overrides or TeacherOverrides())
+    config = merge(spec.teacher, teacher)
     if options.batch is not None and config.kind == "local":
         raise InputError("--batch needs a remote server with the Batch API; the local teacher has none (run "
                          "without --batch, or use `promptbake batch export` for vLLM's run_batch)")
@@ -108,22 +110,21 @@ def generate(
         generation.report.notes.extend(notes)
         report = RunReport(generation.report, store_path=str(store_path))
         status = "failed"
-
-        async def rounds() -> None:
+        try:
             async with Link(endpoint, config) as link:  # one client and limiter for every step and round
                 known = sorted({0, *store.rounds(spec.name)})
                 for round_ in known:
                     await generation.run_round(round_, link)
                 if topup:
                     await _top_up(spec, expander, store, generation, report, known[-1], link)
-
-        try:
-            asyncio.run(rounds())
             status = "done"
         finally:
             report.totals = store.totals(spec.name)
             store.finish_run(run_id, status, report.totals)
     return report
+
+
+generate = synchronous(generate_async)
 
 
 async def _top_up(spec: Spec, expander: Expander, store: Store, generation: Generation, report: RunReport,
@@ -163,11 +164,11 @@ def _why(steps: list[StepReport], generation: Generation) -> str:
     return f"its {ok} answers were all duplicates or failed the checks"
 
 
-def run(
+async def run_async(
     spec: Spec,
     out_dir: str | Path,
     store_path: str | Path | None = None,
-    overrides: TeacherOverrides | None = None,
+    teacher: Teacher | None = None,
     options: GenerateOptions | None = None,
     *,
     formats: list[str] | None = None,
@@ -182,12 +183,15 @@ def run(
     from promptbake.output.targets import target_for_teacher
 
     store_path = store_path or default_store(out_dir)
-    report = generate(spec, store_path, overrides, options, topup=True, command=command)
-    config = merge(spec.teacher, overrides or TeacherOverrides())
+    report = await generate_async(spec, store_path, teacher, options, topup=True, command=command)
+    config = merge(spec.teacher, teacher)
     with Store(store_path) as store:
         report.build = build(spec, store, out_dir, formats=formats, seed=seed, existing=existing, sizes=sizes,
                              target=target_for_teacher(config.kind, config.base_url))
     return report
+
+
+run = synchronous(run_async)
 
 
 def default_store(out_dir: str | Path) -> Path:

@@ -27,18 +27,19 @@ from promptbake.build.dedupe import dedupe
 from promptbake.build.examples import ExampleRenderer
 from promptbake.build.gates import Gates
 from promptbake.errors import DataFileError, InputError
-from promptbake.output.atomic import json_line, write_jsonl_atomic, write_text_atomic
+from promptbake.output.atomic import ensure_dir, json_line, write_jsonl_atomic, write_text_atomic
 from promptbake.output.export import read_manifest
-from promptbake.output.formats import convert_all, ensure_dir
+from promptbake.output.formats import convert_all
 from promptbake.output.jsonl import read_jsonl
+from promptbake.output.sidecar import read_split
 from promptbake.plan.expand import Cell, Expander
 from promptbake.records import Example
 from promptbake.spec.models import Grid, Spec
 from promptbake.store.db import Store
-from promptbake.teacher.config import TeacherOverrides
+from promptbake.teacher.config import Teacher
 from promptbake.teacher.generate import GenerateOptions
-from promptbake.workflows.evaluate import split_metadata
-from promptbake.workflows.pipeline import RunReport, default_store, generate
+from promptbake.workflows.pipeline import RunReport, default_store, generate_async
+from promptbake.workflows.sync import synchronous
 
 TOPUP_AXIS = "topup_round"
 DEFAULT_THRESHOLD = 0.8
@@ -124,30 +125,6 @@ def weak_categories(scores: dict[str, CategoryScore], *, metric: Metric = "auto"
 # --- the dataset ------------------------------------------------------------------------------------
 
 
-@dataclass
-class Split:
-    """A split as read: its lines (canonical JSON, as build writes them), examples and metadata."""
-
-    lines: list[str]
-    examples: list[Example]
-    metadata: list[dict[str, Any]]
-
-
-def read_split(path: Path, name: str) -> Split:
-    lines, examples = [], []
-    raw = list(read_jsonl(path, f"{name} split"))
-    metas = split_metadata(path, len(raw)) or [{} for _ in raw]
-    for (number, row), meta in zip(raw, metas, strict=True):
-        messages = row.get("messages")
-        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
-            raise DataFileError(f"{path}:{number}: no 'messages' list (top-up reads openai-chat splits)")
-        meta.setdefault("id", f"{name}:{number}")
-        meta.setdefault("category", "")
-        meta["split"] = name
-        lines.append(json_line(row))
-        examples.append(Example(id=str(meta["id"]), category=str(meta["category"]), messages=messages,
-                                tools=row.get("tools")))
-    return Split(lines, examples, metas)
 
 
 def _sha256(path: Path) -> str:
@@ -243,9 +220,9 @@ class TopupReport:
         return "\n".join(lines)
 
 
-def topup(spec: Spec, eval_path: str | Path, dataset: str | Path, *, per_category: int = 10,
+async def topup_async(spec: Spec, eval_path: str | Path, dataset: str | Path, *, per_category: int = 10,
           threshold: float | None = None, bottom: int | None = None, metric: Metric = "auto",
-          store_path: str | Path | None = None, overrides: TeacherOverrides | None = None,
+          store_path: str | Path | None = None, teacher: Teacher | None = None,
           options: GenerateOptions | None = None) -> TopupReport:
     """One top-up round on a built dataset DIR; returns what it added (nothing is written when no
     category is weak)."""
@@ -288,7 +265,7 @@ def topup(spec: Spec, eval_path: str | Path, dataset: str | Path, *, per_categor
         tag = f"topup{round_}" + (f".{j + 1}" if j else "")
         derived = derive_spec(spec, expander, group, count, round_, f"{spec.name}@{tag}",
                               directory / "topups" / f"{tag}.cells.jsonl")
-        run = generate(derived, store_path, overrides, options, topup=True, command="topup")
+        run = await generate_async(derived, store_path, teacher, options, topup=True, command="topup")
         report.runs.append(run)
         if options.max_cost is not None:  # one budget for the whole round
             options = replace(options, max_cost=max(0.0, options.max_cost - run.generate.spent))
@@ -344,3 +321,6 @@ def topup(spec: Spec, eval_path: str | Path, dataset: str | Path, *, per_categor
     })
     write_text_atomic(directory / "manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
     return report
+
+
+topup = synchronous(topup_async)

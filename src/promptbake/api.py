@@ -1,0 +1,350 @@
+"""The Python API: everything the ``promptbake`` command does, as functions returning objects.
+
+Each call that talks to a model has a coroutine form (``run_async``) for code already inside an
+event loop, and a blocking form (``run``) that also works in a notebook cell, where a loop is
+already running. The CLI is a thin layer over exactly these functions, so a flag and a keyword
+argument always mean the same thing. Heavy modules are imported when a function is first called,
+which keeps ``import promptbake`` fast.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
+
+from promptbake.workflows.sync import synchronous, threaded
+
+if TYPE_CHECKING:
+    from promptbake.output.dataset import Dataset
+    from promptbake.output.formats import WriteReport
+    from promptbake.output.validate import ValidationReport
+    from promptbake.plan.estimate import Estimate
+    from promptbake.spec.models import Spec
+    from promptbake.teacher.batch import BatchOptions
+    from promptbake.teacher.config import Teacher
+    from promptbake.teacher.generate import GenerateOptions
+    from promptbake.teacher.local import LocalTeacher
+    from promptbake.workflows.evaluate import EvalReport
+    from promptbake.workflows.pipeline import RunReport
+
+PathLike: TypeAlias = "str | Path"
+SpecSource: TypeAlias = "Spec | Mapping[str, Any] | str | Path"  # a file, a dict or a Spec
+DEFAULT_STORE = "promptbake.db"
+
+
+def load_spec(source: SpecSource) -> Spec:
+    """A validated spec from a YAML file, a dict with the same keys (a spec built in Python), or a
+    ``Spec`` (returned as is). Errors name the file, line and field, as ``SpecError``."""
+    from promptbake.spec.models import Spec, spec_from_dict
+    from promptbake.spec.models import load_spec as load_file
+
+    if isinstance(source, Spec):
+        return source
+    if isinstance(source, Mapping):
+        return spec_from_dict(source)
+    return load_file(source)
+
+
+def default_out(spec: Spec) -> Path:
+    """Where ``run`` and ``distill`` write when no ``out`` is given: ``out/<spec name>``, so the
+    store (the cache and resume point) is found again by the next call with the same spec."""
+    return Path("out") / spec.name
+
+
+def _options(max_cost: float | None, no_cache: bool, progress: bool,
+             batch: BatchOptions | None = None) -> GenerateOptions:
+    from promptbake.teacher.generate import GenerateOptions
+
+    return GenerateOptions(no_cache=no_cache, max_cost=max_cost, progress=progress, batch=batch)
+
+
+def estimate(spec: SpecSource, model: str | None = None) -> Estimate:
+    """What a spec will cost before anything is sent: cells, requests per step, tokens and USD,
+    priced for ``model`` (default: the spec's teacher model)."""
+    from promptbake.plan.estimate import estimate as plan_estimate
+    from promptbake.teacher.config import model_name
+
+    spec = load_spec(spec)
+    return plan_estimate(spec, model or model_name(spec.teacher), spec.teacher.kind)
+
+
+def expand(spec: SpecSource, out: PathLike, model: str | None = None) -> int:
+    """Write the first step's requests (stable ids, cell values, category, body) as JSONL to
+    ``out``; returns how many were written."""
+    from promptbake.output.atomic import write_jsonl_atomic
+    from promptbake.plan.expand import Expander
+    from promptbake.plan.planner import Planner
+    from promptbake.plan.preflight import check_templates
+    from promptbake.teacher.config import model_name
+
+    spec = load_spec(spec)
+    expander = Expander(spec)
+    check_templates(spec, expander)
+    planner = Planner(spec, expander.templates, model or model_name(spec.teacher), spec.teacher.kind)
+    rows = (
+        {"id": r.id, "step": r.step, "cell": r.vars, "category": r.category, "cache_key": r.cache_key, "body": r.body}
+        for r in planner.first_step(expander.cells(), 0)
+    )
+    return write_jsonl_atomic(out, rows)
+
+
+async def generate_async(
+    spec: SpecSource,
+    store: PathLike = DEFAULT_STORE,
+    *,
+    teacher: Teacher | None = None,
+    max_cost: float | None = None,
+    no_cache: bool = False,
+    progress: bool = True,
+    batch: BatchOptions | None = None,
+) -> RunReport:
+    """Run the spec's steps against the teacher into the SQLite ``store``; calling it again
+    resumes, paying only for requests without a stored answer. ``max_cost`` (USD) stops cleanly
+    before the budget would be exceeded (``BudgetExceeded``, everything paid for is stored).
+    ``batch`` sends the steps through the provider's Batch API instead of the online pool."""
+    from promptbake.workflows import pipeline
+
+    return await pipeline.generate_async(load_spec(spec), store, teacher,
+                                         _options(max_cost, no_cache, progress, batch))
+
+
+generate = synchronous(generate_async)
+
+
+async def run_async(
+    spec: SpecSource,
+    out: PathLike | None = None,
+    *,
+    teacher: Teacher | None = None,
+    store: PathLike | None = None,
+    max_cost: float | None = None,
+    no_cache: bool = False,
+    progress: bool = True,
+    formats: Sequence[str] | None = None,
+    seed: int | None = None,
+    sizes: Sequence[int] = (),
+    batch: BatchOptions | None = None,
+) -> Dataset:
+    """expand → generate (with top-up rounds for exact counts) → build, into ``out`` (default
+    ``out/<spec name>``, store ``OUT/promptbake.db``); returns the built ``Dataset``. Calling it
+    again resumes. ``formats`` adds trainer formats beside ``train.jsonl``; ``seed`` overrides the
+    spec's split seed; ``sizes`` also writes nested, stratified train subsets ``train.N.jsonl``."""
+    from promptbake.output.dataset import Dataset
+    from promptbake.workflows import pipeline
+
+    loaded = load_spec(spec)
+    directory = Path(out) if out is not None else default_out(loaded)
+    store_path = Path(store) if store is not None else pipeline.default_store(directory)
+    report = await pipeline.run_async(loaded, directory, store_path, teacher,
+                                      _options(max_cost, no_cache, progress, batch),
+                                      formats=list(formats) if formats else None, seed=seed, sizes=sizes)
+    return Dataset.load(directory, report=report, store=store_path)
+
+
+run = synchronous(run_async)
+
+
+def build(
+    source: SpecSource,
+    out: PathLike,
+    *,
+    store: PathLike | None = None,
+    spec_name: str | None = None,
+    formats: Sequence[str] | None = None,
+    seed: int | None = None,
+    sizes: Sequence[int] = (),
+) -> Dataset:
+    """Stored answers → deduplicated, balanced, split files in ``out``; no model is called.
+    ``source`` is a spec (file, dict or ``Spec``; its answers are read from ``store``, default
+    ``OUT/promptbake.db`` as ``run`` keeps it, else ``promptbake.db``) or a store file, which knows
+    the spec it was generated with (``spec_name`` picks one when it holds several)."""
+    from promptbake.build.builder import build as run_build
+    from promptbake.errors import StoreError
+    from promptbake.output.dataset import Dataset
+    from promptbake.store.db import Store
+    from promptbake.workflows.pipeline import build_store, spec_from_store
+
+    if isinstance(source, str | os.PathLike) and Path(source).suffix not in (".yaml", ".yml"):
+        spec, store_path = spec_from_store(source, spec_name), Path(source)
+    else:
+        spec, store_path = load_spec(source), Path(store) if store is not None else build_store(out)
+    if not store_path.exists():
+        raise StoreError(f"{store_path}: no such store (nor {Path(out) / 'promptbake.db'}); "
+                         "run `promptbake generate` or `promptbake run` first, or name it with --store")
+    with Store(store_path, lock=False) as opened:
+        report = run_build(spec, opened, out, formats=list(formats) if formats else None, seed=seed, sizes=sizes)
+    return Dataset.load(out, report=report, store=store_path)
+
+
+build_async = threaded(build)
+
+
+async def distill_async(
+    prompt: PathLike,
+    inputs: PathLike | None = None,
+    out: PathLike | None = None,
+    *,
+    teacher: Teacher | None = None,
+    generate_inputs: int | None = None,
+    describe: str | None = None,
+    axes: Mapping[str, Sequence[str]] | Sequence[str] = (),
+    input_field: str = "input",
+    baked_system: str | None = None,
+    check_schema: PathLike | None = None,
+    check_regex: str | None = None,
+    max_length: int | None = None,
+    structured: bool = False,
+    max_tokens: int | None = None,
+    temperature: float | None = None,
+    name: str | None = None,
+    price_model: str | None = None,
+    ft_price_factor: float | None = None,
+    epochs: int | None = None,
+    store: PathLike | None = None,
+    max_cost: float | None = None,
+    no_cache: bool = False,
+    progress: bool = True,
+    formats: Sequence[str] | None = None,
+    seed: int | None = None,
+) -> Dataset:
+    """Bake the long ``prompt`` (a Jinja template file) into short examples: ``inputs`` (JSONL,
+    CSV or text; or ``generate_inputs`` N asked of the teacher from ``describe`` and ``axes``,
+    ``{"tone": ["calm", "angry"]}`` or ``["tone=calm,angry"]``)
+    answered under it, kept with only ``baked_system``. The prompt's own few-shot examples are kept
+    out of the data; ``manifest.distill`` and ``report`` give the tokens saved and the break-even."""
+    from promptbake.output.dataset import Dataset
+    from promptbake.workflows import distill as distillation
+
+    spec = distillation.distill_spec(
+        prompt, inputs, baked_system=baked_system,
+        checks=distillation.answer_checks(check_schema, check_regex, max_length),
+        generate_inputs=generate_inputs, describe=describe, axes=_axes(axes),
+        input_field=input_field, name=name, max_tokens=max_tokens, temperature=temperature, structured=structured,
+    )
+    directory = Path(out) if out is not None else default_out(spec)
+    result = await distillation.distill_async(
+        spec, directory, store, teacher, _options(max_cost, no_cache, progress),
+        formats=list(formats) if formats else None, seed=seed, price_model=price_model, ft_factor=ft_price_factor,
+        epochs=epochs,
+    )
+    return Dataset.load(directory, report=result, store=Path(store) if store is not None else None)
+
+
+distill = synchronous(distill_async)
+
+
+def _axes(axes: Mapping[str, Sequence[str]] | Sequence[str]) -> dict[str, list[str]]:
+    """``{"tone": ["calm", "angry"]}``, or the ``--axis`` form ``["tone=calm,angry"]``."""
+    from promptbake.workflows.distill import parse_axis
+
+    if isinstance(axes, Mapping):
+        return {name: list(values) for name, values in axes.items()}
+    return dict(map(parse_axis, axes))
+
+
+async def evaluate_async(
+    data: PathLike,
+    out: PathLike,
+    *,
+    teacher: Teacher,
+    spec: SpecSource | None = None,
+    metadata: PathLike | None = None,
+    checks: Mapping[str, Any] | None = None,
+    criteria: str | None = None,
+    pass_score: int | None = None,
+    judge: Teacher | None = None,
+    sweep: Sequence[str] | Mapping[str, Sequence[int | float]] = (),
+    store: PathLike | None = None,
+    max_cost: float | None = None,
+    no_cache: bool = False,
+    progress: bool = True,
+    model_version: str | None = None,
+) -> EvalReport:
+    """Run the model ``teacher`` names (a fine-tune, a local model) on the test split ``data`` and
+    score every answer per category; per-example results go to ``out`` (JSONL), the store to
+    ``out`` with a ``.db`` suffix (calling again resumes).
+
+    ``checks`` takes the keys ``json``, ``schema`` (a dict or a schema file), ``regex``,
+    ``max_length`` and ``exact``, laid over the spec's ``eval`` block (or ``example.checks``);
+    ``criteria`` is a rubric that ``judge`` (over the spec's teacher) scores 1-5. ``sweep`` is a
+    grid of sampling settings, e.g. ``{"temperature": [0, 0.7]}``. ``model_version`` keys the
+    answers instead of the server's URL, so a retrained model under the same name answers anew."""
+    from promptbake.build.checks import read_schema
+    from promptbake.spec.models import TeacherConfig
+    from promptbake.teacher.config import merge
+    from promptbake.workflows.evaluate import Scoring, judge_config, run_eval_async
+
+    loaded = load_spec(spec) if spec is not None else None
+    flags = dict(checks or {})
+    if isinstance(flags.get("schema"), str | os.PathLike):
+        flags["schema"] = read_schema(flags["schema"])
+    scoring = Scoring.build(loaded, flags, criteria, pass_score)
+    judge_model = judge_config(loaded, judge) if scoring.criteria else None
+    return await run_eval_async(data, out, merge(TeacherConfig(), teacher), metadata=metadata, scoring=scoring,
+                                sweeps=sweep, judge=judge_model, store_path=store, no_cache=no_cache,
+                                max_cost=max_cost, progress=progress, model_version=model_version)
+
+
+evaluate = synchronous(evaluate_async)
+
+
+async def topup_async(
+    spec: SpecSource,
+    eval_file: PathLike,
+    dataset: PathLike,
+    *,
+    per_category: int = 10,
+    threshold: float | None = None,
+    bottom: int | None = None,
+    metric: Literal["auto", "pass", "score"] = "auto",
+    teacher: Teacher | None = None,
+    store: PathLike | None = None,
+    max_cost: float | None = None,
+    no_cache: bool = False,
+    progress: bool = True,
+) -> Dataset:
+    """Generate ``per_category`` more examples for the categories an ``eval_file`` (ours, or any
+    JSONL with ``category`` and ``pass`` or ``score``) shows weak: below ``threshold`` (default
+    0.8) or the worst ``bottom``. They go into the next train version of ``dataset``
+    (``train.v2.jsonl``...), deduplicated against train and test; ``test.jsonl`` never changes."""
+    from promptbake.output.dataset import Dataset
+    from promptbake.workflows.topup import topup_async as run_topup
+
+    report = await run_topup(load_spec(spec), eval_file, dataset, per_category=per_category, threshold=threshold,
+                             bottom=bottom, metric=metric, store_path=store, teacher=teacher,
+                             options=_options(max_cost, no_cache, progress))
+    return Dataset.load(dataset, report=report, store=Path(store) if store is not None else None)
+
+
+topup = synchronous(topup_async)
+
+
+def validate(file: PathLike, *, model: str | None = None, target: str = "openai") -> ValidationReport:
+    """Check a fine-tuning JSONL file the way ``target``'s trainer will (``model`` for its token
+    limit and price); the report lists every rejected line and the billed training tokens."""
+    from promptbake.output.validate import validate_file
+
+    return validate_file(file, model=model, target=target)
+
+
+def export(directory: PathLike, formats: str | Iterable[str], out: PathLike, *, system: str | None = None,
+           train_version: int | None = None) -> list[WriteReport]:
+    """Write the built dataset ``directory`` in other trainers' formats under ``out/<format>/``:
+    ``system`` for examples without one (else the student's chat template adds its default),
+    ``train_version`` to pick a training version (default: the latest top-up)."""
+    from promptbake.output.export import export as export_dataset
+
+    return export_dataset(directory, [formats] if isinstance(formats, str) else formats, out, system=system,
+                          train_version=train_version)
+
+
+def local_teacher(host: str = "127.0.0.1", port: int | None = None) -> LocalTeacher:
+    """The embedded teacher (SmolLM2-135M on llama.cpp, needs ``promptbake[local]``) for other
+    tools: ``with local_teacher() as server:`` serves an OpenAI-compatible API at
+    ``server.base_url`` until the block ends. ``run(..., teacher=Teacher(kind="local"))`` starts
+    and stops one by itself."""
+    from promptbake.teacher.local import LocalTeacher
+
+    return LocalTeacher(host=host, port=port)

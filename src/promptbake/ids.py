@@ -1,0 +1,15 @@
+"""Stable ids: every id promptbake writes (cells, requests, cache keys, examples, eval calls) is a
+content hash of what defines it, so planning the same thing twice gives the same id and a re-run
+finds its earlier answers instead of paying for them again."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+
+def stable_hash(*parts: Any, length: int = 16) -> str:
+    """Short content hash of JSON-able parts (sorted keys), the basis of every id we write."""
+    blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
