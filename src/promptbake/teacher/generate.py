@@ -316,10 +316,11 @@ class Generation:
                        jobs: Iterable[StepJob] | None = None) -> None:
         """Send the step's pending requests (or ``jobs``, planned as they are sent: no total)."""
         total = None if jobs is not None else self.store.count_pending(self.spec.name, k, round_)
-        if total == 0:
-            return
         if total is not None:
             report.stored = max(report.planned - report.cached - total, 0)
+        if total == 0:
+            return
+        if total is not None:  # a streamed step (no total) is planned as it is sent
             report.shared = self.store.count_pending(self.spec.name, k, round_, distinct=False) - total
 
         def count(outcome: Outcome) -> None:
