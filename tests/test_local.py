@@ -26,7 +26,8 @@ import pytest
 from promptbake.errors import TeacherError
 from promptbake.teacher import local
 from promptbake.teacher.client import ChatClient, Endpoint
-from promptbake.teacher.local import LocalServer, LocalTeacher, gguf_path, llama_server_command, local_server
+from promptbake.teacher.local import (LocalServer, LocalTeacher, gguf_path, llama_cpp_python_command,
+                                      llama_server_command, local_server)
 
 STANDIN = textwrap.dedent("""
     import json, os, signal, sys, time
@@ -135,7 +136,21 @@ def test_missing_server_modules_are_named(monkeypatch):
 
 
 def test_llama_server_command():
-    argv = llama_server_command(Path("/m/model.gguf"), "127.0.0.1", 8123, n_ctx=1024, n_threads=3)
+    argv = llama_server_command(Path("/b/llama-server"), Path("/m/model.gguf"), "127.0.0.1", 8123, n_ctx=1024,
+                                n_threads=3, slots=4)
+    assert argv[0] == "/b/llama-server"
+    flags = [a for a in argv[1:] if a.startswith("--")]
+    assert "--cont-batching" in flags and "--no-ui" in flags
+    assert "--no-kv-unified" in flags  # a slot's numbers never depend on its neighbours: reproducible answers
+    options = {a: b for a, b in zip(argv[1:], argv[2:], strict=False) if a.startswith("--") and not b.startswith("--")}
+    assert (options["--model"], options["--alias"]) == ("/m/model.gguf", "smollm2")
+    assert (options["--host"], options["--port"]) == ("127.0.0.1", "8123")
+    assert (options["--parallel"], options["--ctx-size"]) == ("4", "4096")  # each slot gets n_ctx
+    assert (options["--threads"], options["--threads-batch"]) == ("3", "3")
+
+
+def test_llama_cpp_python_command():
+    argv = llama_cpp_python_command(Path("/m/model.gguf"), "127.0.0.1", 8123, n_ctx=1024, n_threads=3)
     assert argv[:3] == [sys.executable, "-m", "llama_cpp.server"]
     options = dict(zip(argv[3::2], argv[4::2], strict=True))
     assert options["--model"] == "/m/model.gguf"
@@ -151,7 +166,7 @@ def test_llama_server_command():
 
 def test_yields_a_ready_server_and_stops_it(standin, tmp_path):
     command, state = standin("ok")
-    with LocalTeacher(command=command, log_path=tmp_path / "server.log") as server:
+    with LocalTeacher(engine="llama-cpp-python", command=command, log_path=tmp_path / "server.log") as server:
         assert isinstance(server, LocalServer)
         assert server.base_url.startswith("http://127.0.0.1:") and server.base_url.endswith("/v1")
         assert server.model == "smollm2"
@@ -313,7 +328,7 @@ def _require_local_teacher() -> None:
 @pytest.fixture(scope="module")
 def real_server():
     _require_local_teacher()
-    with local_server() as server:
+    with local_server(engine="llama-cpp-python") as server:
         yield server
     assert _gone(server.pid)
 

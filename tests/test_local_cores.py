@@ -1,9 +1,11 @@
-"""The local teacher uses every core: one single-thread llama.cpp server per core behind the
-endpoints layer (llama-cpp-python's server answers one request at a time)."""
+"""The local teacher uses every core: llama-server with a thread per core and its requests batched,
+or, before it is built, one single-thread llama-cpp-python server per core behind the endpoints
+layer (that server answers one request at a time). Threads set by hand are obeyed, and said."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 from test_local import STANDIN, _models, _pid, _temp_logs_in_tmp_path  # noqa: F401  (an autouse fixture)
@@ -21,14 +23,26 @@ def two_cores(tmp_path, monkeypatch):
     argvs: list[list[str]] = []
 
     def command(self, *args, **kwargs):
-        real = local.llama_server_command("model.gguf", "127.0.0.1", 0, n_threads=self.n_threads)
+        if self.engine == "llama-server":
+            real = local.llama_server_command("llama-server", "model.gguf", "127.0.0.1", 0, n_threads=self.n_threads,
+                                              slots=self.slots)
+        else:
+            real = local.llama_cpp_python_command("model.gguf", "127.0.0.1", 0, n_threads=self.n_threads)
         argvs.append(real)
         state = tmp_path / f"server{len(argvs)}"
         return lambda host, port: [local.sys.executable, str(script), "ok", str(state), str(port)]
 
     monkeypatch.setattr(local.LocalTeacher, "_default_command", command)
     monkeypatch.setattr(local, "core_count", lambda: 2)
+    monkeypatch.setattr(local, "find_llama_server", lambda: None)  # not built: llama-cpp-python's server
     return argvs, tmp_path
+
+
+@pytest.fixture
+def built(two_cores, monkeypatch):
+    """As two_cores, with llama-server built."""
+    monkeypatch.setattr(local, "find_llama_server", lambda: Path("/opt/llama-server"))
+    return two_cores
 
 
 def test_one_single_thread_server_per_core_all_stopped_after(two_cores):
@@ -56,3 +70,41 @@ def test_one_core_keeps_one_server(two_cores, monkeypatch):
     monkeypatch.setattr(local, "core_count", lambda: 1)
     with open_teacher(TeacherConfig(kind="local")) as (_, fitted):
         assert fitted.endpoints == [] and fitted.concurrency == 1
+
+
+def test_llama_server_is_one_process_with_a_thread_per_core_and_its_slots(built):
+    argvs, _ = built
+    with open_teacher(TeacherConfig(kind="local", concurrency=64)) as (endpoint, fitted):
+        assert endpoint.model == "smollm2"
+        assert fitted.endpoints == [] and fitted.concurrency == local.SLOTS  # as many in flight as it batches
+    [argv] = argvs
+    assert argv[argv.index("--threads") + 1] == "2" and argv[argv.index("--parallel") + 1] == str(local.SLOTS)
+    assert local.local_layout().notes == ()
+
+
+def test_a_lower_concurrency_is_kept_with_llama_server(built):
+    with open_teacher(TeacherConfig(kind="local", concurrency=3)) as (_, fitted):
+        assert fitted.concurrency == 3
+
+
+def test_without_llama_server_the_summary_says_how_to_get_it(two_cores):
+    [note] = local.local_layout().notes
+    assert "2 process(es) of 1 thread(s)" in note and "promptbake teacher build" in note
+
+
+@pytest.mark.parametrize(("threads", "said"), [(4, "4 llama.cpp threads on 2 cores; they spin"),
+                                               (1, "uses 1 of 2 cores")])
+def test_threads_set_by_hand_are_obeyed_and_said(built, threads, said):
+    argvs, _ = built
+    with open_teacher(TeacherConfig(kind="local", threads=threads)):
+        pass
+    assert argvs[0][argvs[0].index("--threads") + 1] == str(threads)
+    assert any(said in note for note in local.local_layout(threads).notes)
+
+
+def test_threads_by_hand_without_llama_server_size_the_processes(two_cores):
+    argvs, _ = two_cores
+    with open_teacher(TeacherConfig(kind="local", threads=2)) as (_, fitted):
+        assert fitted.endpoints == []  # one 2-thread process fills both cores
+    assert [argv[argv.index("--n_threads") + 1] for argv in argvs] == ["2"]
+    assert not any("cores" in note for note in local.local_layout(2).notes[1:])

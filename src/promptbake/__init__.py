@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from promptbake.api import (
         build,
         build_async,
+        build_local_teacher,
         distill,
         distill_async,
         estimate,
@@ -54,6 +55,7 @@ __all__ = [
     "__version__",
     "build",
     "build_async",
+    "build_local_teacher",
     "distill",
     "distill_async",
     "estimate",

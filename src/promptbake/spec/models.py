@@ -62,6 +62,7 @@ class TeacherConfig(Strict):
     structured_output: Literal["auto", "json_schema", "json_object", "none"] = "auto"
     prices: dict[str, Prices] = Field(default_factory=dict)
     endpoints: list[EndpointConfig] = Field(default_factory=list)  # several servers instead of base_url
+    threads: int | None = Field(default=None, ge=1)  # local teacher: llama.cpp threads (default: one per core)
 
     @model_validator(mode="before")
     @classmethod

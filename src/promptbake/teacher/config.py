@@ -49,12 +49,13 @@ class Teacher:
     structured_output: Literal["auto", "json_schema", "json_object", "none"] | None = None
     prices: Mapping[str, Prices | Mapping[str, float]] | None = None
     max_retry_after: float | None = None
+    threads: int | None = None  # the local teacher's llama.cpp threads (default: one per core)
 
 
 # the flag that sets each TeacherConfig field, for error messages
 FLAGS = {"kind": "--teacher", "base_url": "--base-url", "model": "--model", "api_key_env": "--api-key-env",
          "rpm": "--rpm", "tpm": "--tpm", "concurrency": "--concurrency", "max_attempts": "--max-attempts",
-         "timeout": "--timeout"}
+         "timeout": "--timeout", "threads": "--threads"}
 
 
 def merge(config: TeacherConfig, teacher: Teacher | None) -> TeacherConfig:
@@ -144,10 +145,10 @@ def open_teacher(config: TeacherConfig) -> Iterator[tuple[Endpoint, TeacherConfi
         return
     from promptbake.teacher.local import local_servers
 
-    with local_servers() as servers:
+    with local_servers(config.threads) as servers:
         model = model_name(config)
         first = Endpoint(base_url=servers[0].base_url, model=model, api_key=None)
-        # llama.cpp answers one request at a time per server: more in flight only queues
+        # each server decodes at most its slots at once: more in flight only queues
         if len(servers) == 1:
             yield first, config.model_copy(update={"concurrency": min(config.concurrency, servers[0].concurrency)})
             return

