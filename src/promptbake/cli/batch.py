@@ -32,6 +32,7 @@ def status(store_path: str, cached: bool, api_key_env: str) -> None:
 
 
 def _table(files: list[BatchFile]) -> str:
+    """What `batch status` prints: a header, then one tab-separated line per batch file."""
     if not files:
         return "no batches in this store"
     lines = ["batch\tstep\tstatus\tcounts\tin the store\tinput file\tserver"]
