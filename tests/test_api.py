@@ -234,3 +234,43 @@ def test_topup_returns_the_new_train_version(tmp_path):
     added = {e.id for e in after.train} - {e.id for e in before.train}
     assert {e.category for e in after.train if e.id in added} == {"calm"}
     assert [e.id for e in after.test] == [e.id for e in before.test]  # the test split never changes
+
+
+def test_the_cli_calls_only_the_api():
+    """The CLI is a thin layer over the public API: its modules import ``promptbake`` (its public
+    names), ``promptbake.api``, ``promptbake.errors`` and each other, nothing deeper, so whatever a
+    command can do, a Python caller can too. Names only an annotation needs (under
+    ``if TYPE_CHECKING:``) are exempt: they call nothing."""
+    import ast
+
+    allowed = {"promptbake", "promptbake.api", "promptbake.errors"}
+    public = {*promptbake.__all__, "api", "errors"}
+
+    def imports(node: ast.AST):
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and isinstance(child.test, ast.Name) and child.test.id == "TYPE_CHECKING":
+                yield from (n for stmt in child.orelse for n in imports(stmt))
+                continue
+            if isinstance(child, ast.Import | ast.ImportFrom):
+                yield child
+            yield from imports(child)
+
+    def ours(module: str) -> bool:
+        return module == "promptbake" or module.startswith("promptbake.")
+
+    offenders, checked = [], 0
+    for path in sorted((SRC / "promptbake" / "cli").glob("*.py")):
+        for node in imports(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            else:
+                assert node.level == 0, f"{path.name}:{node.lineno}: a relative import"
+                modules = [node.module or ""]
+                if node.module == "promptbake":
+                    modules = ["promptbake", *(f"promptbake.{a.name}" for a in node.names if a.name not in public)]
+            for module in filter(ours, modules):
+                checked += 1
+                if module not in allowed and not module.startswith("promptbake.cli"):
+                    offenders.append(f"{path.name}:{node.lineno}: {module}")
+    assert offenders == []
+    assert checked >= 15  # the walk found the CLI's imports (main, batch, report, __init__)

@@ -3,6 +3,7 @@ request paid once, failures retried, expired/cancelled/failed batches finished, 
 
 from __future__ import annotations
 
+import asyncio
 import filecmp
 import json
 import sqlite3
@@ -13,6 +14,7 @@ from click.testing import CliRunner
 from fakeserver import FakeServer, Fault
 from helpers import MINIMAL_SPEC, list_then_reply_responder, pure_grid_responder, write_spec
 
+import promptbake
 from promptbake.cli.main import cli
 from promptbake.spec.models import Prices
 from promptbake.teacher.pricing import PriceTable
@@ -243,21 +245,29 @@ def test_batch_prices_are_half_and_overridable(tmp_path):
     assert batch == pytest.approx(online / 2, abs=1e-4)
 
 
-def test_batch_status_and_cancel_work_on_a_store(tmp_path):
-    """A run interrupted while its batch is open: `batch status` shows the provider's view,
-    `batch cancel` stops it, and the next run keeps the completed part and re-submits the rest."""
+def kill_while_a_batch_is_open(tmp_path: Path, srv: FakeServer) -> Path:
+    """``generate --batch`` of the minimal spec into ``s.db``, killed (-9) at the third status check
+    of its first batch: the store records one open batch, which ``srv`` has polled twice. Returns
+    the spec."""
     import os
     import subprocess
     import sys
 
     spec = write_spec(tmp_path)
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT / 'tests'}"}
+    killed = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "reliability" / "killer.py"), "batch-poll:3", "--", "generate",
+         str(spec), "--store", "s.db", *batch_args(srv)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -9, killed.stderr
+    return spec
+
+
+def test_batch_status_and_cancel_work_on_a_store(tmp_path):
+    """A run interrupted while its batch is open: `batch status` shows the provider's view,
+    `batch cancel` stops it, and the next run keeps the completed part and re-submits the rest."""
     with FakeServer(responder=pure_grid_responder(), batch_polls=5).running() as srv:
-        killed = subprocess.run(
-            [sys.executable, str(ROOT / "tests" / "reliability" / "killer.py"), "batch-poll:3", "--", "generate",
-             str(spec), "--store", "s.db", *batch_args(srv)],
-            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
-        assert killed.returncode == -9, killed.stderr
+        spec = kill_while_a_batch_is_open(tmp_path, srv)
         status = invoke("batch", "status", "s.db")
         assert status.exit_code == 0, status.output
         assert "batch_0001\tmini step 0 round 0\tin_progress\t" in status.output  # polled once more by status
@@ -274,6 +284,28 @@ def test_batch_status_and_cancel_work_on_a_store(tmp_path):
         cached = invoke("batch", "status", "s.db", "--cached")
         assert cached.output.count("collected") == 3, cached.output
     assert statuses(tmp_path / "s.db") == {"ok": STEP0 + STEP1}
+
+
+def test_batch_status_and_cancel_from_python_inside_a_running_loop(tmp_path):
+    """A notebook cell: the kernel's loop is running, where a nested asyncio.run raises. The
+    blocking calls return the provider's statuses as objects; the async forms are awaitable."""
+
+    async def cell() -> tuple[list, list]:
+        asyncio.get_running_loop()
+        return promptbake.batch_status("s.db"), promptbake.cancel_batches("s.db")
+
+    with FakeServer(responder=pure_grid_responder(), batch_polls=5).running() as srv:
+        kill_while_a_batch_is_open(tmp_path, srv)
+        status, cancelled = asyncio.run(cell())
+        batch = srv.batches["batch_0001"]
+        assert [(f.batch_id, f.status, f.counts, f.collected_at) for f in status] == [
+            ("batch_0001", "in_progress", {"total": STEP0, "completed": 2, "failed": 0}, None)]  # polled a 3rd time
+        assert [(f.batch_id, f.status) for f in cancelled] == [("batch_0001", "cancelling")]
+        assert (batch.status, batch.polls) == ("cancelling", 3)
+        cached = asyncio.run(promptbake.batch_status_async("s.db", refresh=False))
+        assert [f.status for f in cached] == ["cancelling"] and batch.polls == 3  # the provider was not asked
+        fresh = asyncio.run(promptbake.batch_status_async(tmp_path / "s.db"))
+        assert [f.status for f in fresh] == ["cancelled"] and batch.polls == 4
 
 
 def test_local_teacher_is_refused_for_batch_mode(tmp_path):

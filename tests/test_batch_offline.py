@@ -11,10 +11,12 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+import yaml
 from click.testing import CliRunner
 from fakeserver import FakeServer, estimate_prompt_tokens
 from helpers import MINIMAL_SPEC, list_then_reply_responder, pure_grid_responder, write_spec
 
+import promptbake
 from promptbake.cli.main import cli
 
 FILES = ["train.jsonl", "test.jsonl", "metadata.jsonl", "dropped.jsonl"]
@@ -95,6 +97,25 @@ def test_export_run_batch_import_step_by_step_builds_what_online_builds(tmp_path
         assert online.exit_code == 0, online.output
     for name in FILES:
         assert filecmp.cmp(tmp_path / "online" / name, tmp_path / "offline" / name, shallow=False), name
+
+
+def test_python_api_runs_a_spec_through_batch_files_step_by_step(tmp_path):
+    """``promptbake.export_batch`` / ``import_batch``, the loop the commands run, with a spec built
+    in Python: the reports say which step was written, in which files, and what was stored."""
+    spec = yaml.safe_load(MINIMAL_SPEC)
+    teacher = promptbake.Teacher(model="Qwen/Qwen3-8B")
+    steps = []
+    for n in range(10):
+        exported = promptbake.export_batch(spec, "s.db", f"in{n}", teacher=teacher, max_lines=3)
+        if exported.step is None:
+            break
+        steps.append((exported.round, exported.step, exported.requests, [lines for _, lines in exported.files]))
+        vllm_run_batch([path for path, _ in exported.files], tmp_path / f"out{n}.jsonl", pure_grid_responder())
+        imported = promptbake.import_batch("s.db", tmp_path / f"out{n}.jsonl")
+        assert (imported.lines, imported.ok, imported.failed, imported.already) == (exported.requests,) * 2 + (0, 0)
+    assert steps == [(0, "ask", 4, [3, 1]), (0, "answer", 8, [3, 3, 2])]
+    assert promptbake.import_batch("s.db", [tmp_path / "out0.jsonl"]).already == 4  # nothing stored twice
+    assert len(promptbake.build("s.db", "built").train) == 6
 
 
 def test_export_splits_files_and_writes_each_distinct_request_once(tmp_path):

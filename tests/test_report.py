@@ -16,6 +16,7 @@ import pytest
 from click.testing import CliRunner
 from reportdata import build_dataset, write_sweep
 
+import promptbake
 from promptbake.build.sizes import nested_subsets, priority_order
 from promptbake.cli.main import cli
 from promptbake.output.report import write_report
@@ -167,6 +168,23 @@ def test_without_a_store_the_report_shows_the_files_and_says_what_it_lacks(tmp_p
     assert result.exit_code == 0, result.output
     page = (tmp_path / "r.html").read_text(encoding="utf-8")
     assert len(re.findall(r'<td class="n">3</td><td class="n">–</td>', page)) == 9  # requested, generated unknown
+
+
+def test_python_report_writes_the_page_and_returns_its_path(tmp_path):
+    """``promptbake.report``: a dataset directory (with the spec for requested counts), or an eval
+    file, as the command writes them; ``kind`` names what the path cannot tell."""
+    shutil.copytree(ROOT / "samples" / "quick", tmp_path / "quick", ignore=shutil.ignore_patterns("report.*"))
+    spec = promptbake.load_spec(ROOT / "generators" / "rude_agent_quick.yaml")
+    page = promptbake.report(tmp_path / "quick", spec=spec, sample=5)
+    assert page == tmp_path / "quick" / "report.html"
+    text = page.read_text(encoding="utf-8")
+    assert len(re.findall(r'<td class="n">3</td><td class="n">–</td>', text)) == 9  # the spec's requested counts
+    assert len(re.findall(r'<tr data-status="(?:train|test)"', text)) == 5  # at most `sample` listed
+    evaluated = promptbake.report(write_sweep(tmp_path / "results.txt"), kind="eval")
+    assert evaluated == tmp_path / "results.html" and set(plots(evaluated.read_text(encoding="utf-8"))) == {
+        "eval", "sweep"}
+    with pytest.raises(promptbake.PromptbakeError, match="is a directory"):
+        promptbake.report(tmp_path / "quick", kind="eval")
 
 
 def test_not_a_dataset_is_one_line_exit_2(tmp_path):

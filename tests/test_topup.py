@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from fakeserver import FakeServer
 from helpers import MINIMAL_SPEC, list_then_reply_responder, write_spec
 
+import promptbake
 from promptbake.cli.main import cli
 from promptbake.errors import DataFileError, InputError
 from promptbake.plan.expand import Cell
@@ -262,7 +263,8 @@ def test_export_writes_the_latest_train_version_or_a_chosen_one(tmp_path, fmt):
     data = tmp_path / "data"
     latest = CliRunner().invoke(cli, ["export", "data", "--format", fmt, "--out", "latest"])
     assert latest.exit_code == 0, latest.output
-    assert "train.v2.jsonl" in latest.output
+    assert "train is train.v2.jsonl of data" in latest.output
+    assert promptbake.export("data", fmt, "api", train_version=1).train == "train.jsonl"  # what the CLI prints
     first = CliRunner().invoke(cli, ["export", "data", "--format", fmt, "--out", "first", "--train-version", "1"])
     assert first.exit_code == 0, first.output
     if fmt == "hf":

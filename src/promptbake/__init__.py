@@ -19,9 +19,13 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from promptbake.api import (
+        batch_status,
+        batch_status_async,
         build,
         build_async,
         build_local_teacher,
+        cancel_batches,
+        cancel_batches_async,
         distill,
         distill_async,
         estimate,
@@ -29,10 +33,13 @@ if TYPE_CHECKING:
         evaluate_async,
         expand,
         export,
+        export_batch,
         generate,
         generate_async,
+        import_batch,
         load_spec,
         local_teacher,
+        report,
         run,
         run_async,
         topup,
@@ -43,9 +50,11 @@ if TYPE_CHECKING:
     from promptbake.output.dataset import Dataset, Manifest
     from promptbake.records import Example
     from promptbake.spec.models import Spec
+    from promptbake.teacher.batch import BatchOptions
     from promptbake.teacher.config import Teacher
 
 __all__ = [
+    "BatchOptions",
     "Dataset",
     "Example",
     "Manifest",
@@ -53,9 +62,13 @@ __all__ = [
     "Spec",
     "Teacher",
     "__version__",
+    "batch_status",
+    "batch_status_async",
     "build",
     "build_async",
     "build_local_teacher",
+    "cancel_batches",
+    "cancel_batches_async",
     "distill",
     "distill_async",
     "estimate",
@@ -63,10 +76,13 @@ __all__ = [
     "evaluate_async",
     "expand",
     "export",
+    "export_batch",
     "generate",
     "generate_async",
+    "import_batch",
     "load_spec",
     "local_teacher",
+    "report",
     "run",
     "run_async",
     "topup",
@@ -75,6 +91,7 @@ __all__ = [
 ]
 # where each name that is not a function of promptbake.api lives
 _HOMES = {
+    "BatchOptions": "promptbake.teacher.batch",
     "Dataset": "promptbake.output.dataset",
     "Example": "promptbake.records",
     "Manifest": "promptbake.output.dataset",

@@ -18,15 +18,17 @@ from promptbake.workflows.sync import synchronous, threaded
 
 if TYPE_CHECKING:
     from promptbake.output.dataset import Dataset
-    from promptbake.output.formats import WriteReport
+    from promptbake.output.export import ExportResult
     from promptbake.output.validate import ValidationReport
     from promptbake.plan.estimate import Estimate
     from promptbake.spec.models import Spec
+    from promptbake.store.batches import BatchFile
     from promptbake.teacher.batch import BatchOptions
     from promptbake.teacher.config import Teacher
     from promptbake.teacher.generate import GenerateOptions
     from promptbake.teacher.local import LocalTeacher
     from promptbake.workflows.evaluate import EvalReport
+    from promptbake.workflows.offline import ExportReport, ImportReport
     from promptbake.workflows.pipeline import RunReport
 
 PathLike: TypeAlias = "str | Path"
@@ -330,14 +332,83 @@ def validate(file: PathLike, *, model: str | None = None, target: str = "openai"
 
 
 def export(directory: PathLike, formats: str | Iterable[str], out: PathLike, *, system: str | None = None,
-           train_version: int | None = None) -> list[WriteReport]:
+           train_version: int | None = None) -> ExportResult:
     """Write the built dataset ``directory`` in other trainers' formats under ``out/<format>/``:
     ``system`` for examples without one (else the student's chat template adds its default),
-    ``train_version`` to pick a training version (default: the latest top-up)."""
+    ``train_version`` to pick a training version (default: the latest top-up). The result lists
+    each file written and names the training file they came from."""
+    from promptbake.output.export import ExportResult, train_file
     from promptbake.output.export import export as export_dataset
 
-    return export_dataset(directory, [formats] if isinstance(formats, str) else formats, out, system=system,
-                          train_version=train_version)
+    files = export_dataset(directory, [formats] if isinstance(formats, str) else formats, out, system=system,
+                           train_version=train_version)
+    return ExportResult(files, train_file(Path(directory), train_version))
+
+
+def report(source: PathLike, out: PathLike | None = None, *, kind: Literal["dataset", "eval"] | None = None,
+           store: PathLike | None = None, spec: SpecSource | None = None, sample: int | None = None) -> Path:
+    """Write one self-contained HTML page about a built dataset directory (counts, plots, kept and
+    dropped examples; default ``DIR/report.html``) or an eval results file (pass rates, sweeps;
+    default: the file with an ``.html`` suffix); returns its path. ``kind`` says which ``source``
+    is when its type is not enough (default: a file is eval results). ``store`` (default
+    ``DIR/promptbake.db`` when it exists) adds timings, failures and dropped texts; ``spec`` the
+    requested counts when there is no store. ``sample`` caps the examples of each kind listed
+    (default 1,000)."""
+    from promptbake.output.report import SAMPLE, write_eval_report, write_report
+
+    sample = SAMPLE if sample is None else sample
+    if kind == "eval" or (kind is None and Path(source).is_file()):
+        return write_eval_report(source, out, sample=sample)
+    return write_report(source, out, store=store, spec=load_spec(spec) if spec is not None else None,
+                        sample=sample)
+
+
+async def batch_status_async(store: PathLike, *, refresh: bool = True,
+                             api_key_env: str = "OPENAI_API_KEY") -> list[BatchFile]:
+    """Every Batch API job a ``store`` has sent (``generate(..., batch=BatchOptions())``): its
+    step, status and request counts, the open ones as the provider sees them now (``refresh=False``:
+    as the store last heard). Read-only, so it works while a run holds the store; the key is read
+    from the environment variable ``api_key_env`` names."""
+    from promptbake.teacher.batch import batch_status as status
+
+    return await status(store, refresh=refresh, api_key_env=api_key_env)
+
+
+batch_status = synchronous(batch_status_async)
+
+
+async def cancel_batches_async(store: PathLike, *, api_key_env: str = "OPENAI_API_KEY") -> list[BatchFile]:
+    """Cancel the open Batch API jobs of ``store``; returns them with the provider's new status.
+    The next run keeps what they completed and re-submits the rest."""
+    from promptbake.teacher.batch import cancel_batches as cancel
+
+    return await cancel(store, api_key_env=api_key_env)
+
+
+cancel_batches = synchronous(cancel_batches_async)
+
+
+def export_batch(spec: SpecSource, store: PathLike = DEFAULT_STORE, out: PathLike = "batch", *,
+                 teacher: Teacher | None = None, max_lines: int | None = None) -> ExportReport:
+    """Run a spec without a server: write the pending requests of its next step (planning rounds
+    and top-ups as ``run`` does) as Batch API input files in ``out``, at most ``max_lines`` each
+    (default: the provider limit, 50,000), for vLLM's ``run_batch`` or any provider's batch
+    upload; ``teacher.model`` names the model in the requests. ``import_batch`` stores the
+    answers; repeat until the report's ``step`` is None, then ``build``."""
+    from promptbake.teacher.batchfile import MAX_LINES
+    from promptbake.workflows.offline import export_batch_files
+
+    return export_batch_files(load_spec(spec), store, out, teacher,
+                              max_lines=MAX_LINES if max_lines is None else max_lines)
+
+
+def import_batch(store: PathLike, files: PathLike | Iterable[PathLike]) -> ImportReport:
+    """Store the answers in batch output ``files`` (vLLM ``run_batch -o``, or a provider's output
+    or error file) as the answers of the requests ``export_batch`` wrote; an answer already stored
+    is not stored twice, and a malformed line stores nothing of its file."""
+    from promptbake.workflows.offline import import_batch_output
+
+    return import_batch_output(store, [files] if isinstance(files, str | os.PathLike) else files)
 
 
 def local_teacher(host: str = "127.0.0.1", port: int | None = None) -> LocalTeacher:

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from promptbake import api
 from promptbake.cli.main import cli
+
+if TYPE_CHECKING:
+    from promptbake.store.batches import BatchFile
 
 
 @cli.group()
@@ -23,9 +28,21 @@ _KEY_ENV = click.option("--api-key-env", default="OPENAI_API_KEY", show_default=
 @_KEY_ENV
 def status(store_path: str, cached: bool, api_key_env: str) -> None:
     """List the batches of STORE with their status and request counts."""
-    from promptbake.teacher.batch import batch_status, format_files
+    click.echo(_table(api.batch_status(store_path, refresh=not cached, api_key_env=api_key_env)))
 
-    click.echo(format_files(batch_status(store_path, refresh=not cached, api_key_env=api_key_env)))
+
+def _table(files: list[BatchFile]) -> str:
+    """What `batch status` prints: a header, then one tab-separated line per batch file."""
+    if not files:
+        return "no batches in this store"
+    lines = ["batch\tstep\tstatus\tcounts\tin the store\tinput file\tserver"]
+    for f in files:
+        counts = f.counts or {}
+        state = "collected" if f.collected_at else "open"
+        lines.append(f"{f.batch_id or '-'}\t{f.spec_name} step {f.step_index} round {f.round}\t{f.status}\t"
+                     f"{counts.get('completed', 0)}/{counts.get('failed', 0)}/{f.lines} done/failed/requests\t"
+                     f"{state}\t{f.file_id or '-'}\t{f.base_url}")
+    return "\n".join(lines)
 
 
 @batch.command()
@@ -33,9 +50,7 @@ def status(store_path: str, cached: bool, api_key_env: str) -> None:
 @_KEY_ENV
 def cancel(store_path: str, api_key_env: str) -> None:
     """Cancel the open batches of STORE; the next run keeps what they completed, re-submits the rest."""
-    from promptbake.teacher.batch import cancel_batches
-
-    cancelled = cancel_batches(store_path, api_key_env=api_key_env)
+    cancelled = api.cancel_batches(store_path, api_key_env=api_key_env)
     for file in cancelled:
         click.echo(f"{file.batch_id}: {file.status}", err=True)
     click.echo(f"cancelled {len(cancelled)} open batches", err=True)
@@ -52,10 +67,8 @@ def cancel(store_path: str, api_key_env: str) -> None:
 def export_command(spec_path: str, store_path: str, out_dir: str, model: str | None, batch_max_lines: int) -> None:
     """Write the pending requests of SPEC's next step as batch input files (vLLM run_batch, any provider)."""
     from promptbake import Teacher
-    from promptbake.workflows.offline import export_batch_files
 
-    report = export_batch_files(api.load_spec(spec_path), store_path, out_dir, Teacher(model=model),
-                                max_lines=batch_max_lines)
+    report = api.export_batch(spec_path, store_path, out_dir, teacher=Teacher(model=model), max_lines=batch_max_lines)
     click.echo(report.format(), err=True)
 
 
@@ -64,7 +77,5 @@ def export_command(spec_path: str, store_path: str, out_dir: str, model: str | N
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 def import_command(store_path: str, files: tuple[str, ...]) -> None:
     """Store the answers in batch output FILES (vLLM run_batch -o, or a provider's output/error file)."""
-    from promptbake.workflows.offline import import_batch_output
-
-    report = import_batch_output(store_path, files)
+    report = api.import_batch(store_path, files)
     click.echo(report.format(), err=True)

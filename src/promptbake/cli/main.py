@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import click
@@ -149,10 +148,9 @@ def batch_options(fn: F) -> F:
         retry, poll = kwargs.pop("batch_retry"), kwargs.pop("batch_poll")
         kwargs["batch"] = None
         if mode:
-            from promptbake.teacher.batch import BatchOptions
-            from promptbake.teacher.batchfile import MAX_LINES
+            from promptbake import BatchOptions
 
-            kwargs["batch"] = BatchOptions(max_lines=lines or MAX_LINES, retry=retry, poll_max=poll)
+            kwargs["batch"] = BatchOptions(retry=retry, poll_max=poll, **({"max_lines": lines} if lines else {}))
         elif lines is not None:
             raise click.UsageError("--batch-max-lines needs --batch")
         return fn(*args, **kwargs)
@@ -267,11 +265,10 @@ def validate(file: str, model: str | None, target: str, as_json: bool) -> None:
 def export_command(directory: str, formats: tuple[str, ...], out: str, system: str | None,
                    train_version: int | None) -> None:
     """Re-export a built dataset DIR (train/test/metadata) for other trainers."""
-    from promptbake.output.export import train_file
-
-    for report in api.export(directory, formats, out, system=system, train_version=train_version):
+    result = api.export(directory, formats, out, system=system, train_version=train_version)
+    for report in result.files:
         click.echo(report.summary(), err=True)
-    click.echo(f"train is {train_file(Path(directory), train_version)} of {directory}", err=True)
+    click.echo(f"train is {result.train} of {directory}", err=True)
 
 
 def _build_options(fn: F) -> F:
@@ -300,9 +297,7 @@ def _report_options(fn: F) -> F:
 
 def _write_report(out_dir: str, store_path: Any, spec: Any, no_report: bool) -> None:
     if not no_report:
-        from promptbake.output.report import write_report
-
-        click.echo(f"report: {write_report(out_dir, store=store_path, spec=spec)}", err=True)
+        click.echo(f"report: {api.report(out_dir, kind='dataset', store=store_path, spec=spec)}", err=True)
 
 
 def _print_build(report: Any) -> None:

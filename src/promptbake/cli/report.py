@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
+from promptbake import api
 from promptbake.cli.main import cli
 
 
@@ -25,10 +24,6 @@ from promptbake.cli.main import cli
 def report(source: str, output: str | None, is_eval: bool, store_path: str | None, spec_path: str | None,
            sample: int) -> None:
     """Write an HTML report of a built dataset DIR or an eval results file: counts, plots, examples."""
-    from promptbake.output.report import write_eval_report, write_report
-
-    if is_eval or Path(source).is_file():
-        written = write_eval_report(source, output, sample=sample)
-    else:
-        written = write_report(source, output, store=store_path, spec=spec_path, sample=sample)
+    written = api.report(source, output, kind="eval" if is_eval else None, store=store_path, spec=spec_path,
+                         sample=sample)
     click.echo(f"report: {written}", err=True)

@@ -20,6 +20,7 @@ import secrets
 import shutil
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,16 @@ def train_file(directory: Path, version: int | None = None) -> str:
     if not (directory / name).exists():
         raise DataFileError(f"{directory / name}: no such training file (version {version})")
     return name
+
+
+@dataclass
+class ExportResult:
+    """What ``promptbake.export`` wrote: one report per file, and ``train``, the training file of
+    the dataset they hold (after a top-up the latest ``train.vN.jsonl``, unless a version was
+    asked for), so the caller knows which version went out without reading the manifest again."""
+
+    files: list[WriteReport]
+    train: str
 
 
 def metadata_file(data: Path) -> Path:

@@ -25,6 +25,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal
 
 from promptbake.errors import AuthError, InputError, ResponseRejected, TeacherError
@@ -46,7 +47,10 @@ POLL_FIRST = 0.25  # seconds before the first status check; doubles up to BatchO
 
 @dataclass
 class BatchOptions:
-    """``--batch`` and its flags."""
+    """``--batch`` and its flags: ``run(..., batch=BatchOptions())`` sends every step through the
+    provider's Batch API, ``max_lines`` requests per input file at most, failures worth retrying
+    into another batch (``retry="batch"``) or the online pool (``"online"``), checking the batches'
+    status at most ``poll_max`` seconds apart."""
 
     max_lines: int = MAX_LINES
     max_bytes: int = MAX_BYTES
@@ -539,48 +543,32 @@ async def _refresh(files: list[BatchFile], api_key_env: str, act: str) -> list[t
     return answers
 
 
-def batch_status(store_path: str, *, refresh: bool = True, api_key_env: str = "OPENAI_API_KEY") -> list[BatchFile]:
+async def batch_status(store_path: str | Path, *, refresh: bool = True,
+                       api_key_env: str = "OPENAI_API_KEY") -> list[BatchFile]:
     """Every batch file of a store, the open ones as their provider sees them now (read-only:
     works while a run holds the store)."""
     _must_exist(store_path)
     with Store(store_path, lock=False) as store:
         files = BatchLedger(store).all_files()
     if refresh:
-        for file, batch in asyncio.run(_refresh([f for f in files if f.collected_at is None], api_key_env,
-                                                "retrieve")):
+        for file, batch in await _refresh([f for f in files if f.collected_at is None], api_key_env, "retrieve"):
             file.status, file.counts = batch["status"], batch.get("request_counts") or file.counts
     return files
 
 
-def cancel_batches(store_path: str, *, api_key_env: str = "OPENAI_API_KEY") -> list[BatchFile]:
+async def cancel_batches(store_path: str | Path, *, api_key_env: str = "OPENAI_API_KEY") -> list[BatchFile]:
     """Cancel every open batch of a store; the next run keeps what they completed and re-submits
     the rest. Takes the store's lock: a run in progress would re-submit at once."""
     _must_exist(store_path)
     with Store(store_path) as store:
         ledger = BatchLedger(store)
         cancelled = []
-        for file, batch in asyncio.run(_refresh(ledger.open_files(), api_key_env, "cancel")):
+        for file, batch in await _refresh(ledger.open_files(), api_key_env, "cancel"):
             ledger.set_batch(file, batch)
             cancelled.append(file)
     return cancelled
 
 
-def _must_exist(store_path: str) -> None:
-    from pathlib import Path
-
+def _must_exist(store_path: str | Path) -> None:
     if not Path(store_path).exists():
         raise InputError(f"{store_path}: no such store")
-
-
-def format_files(files: list[BatchFile]) -> str:
-    """One line per batch file: what `batch status` prints."""
-    if not files:
-        return "no batches in this store"
-    lines = ["batch\tstep\tstatus\tcounts\tin the store\tinput file\tserver"]
-    for f in files:
-        counts = f.counts or {}
-        state = "collected" if f.collected_at else "open"
-        lines.append(f"{f.batch_id or '-'}\t{f.spec_name} step {f.step_index} round {f.round}\t{f.status}\t"
-                     f"{counts.get('completed', 0)}/{counts.get('failed', 0)}/{f.lines} done/failed/requests\t"
-                     f"{state}\t{f.file_id or '-'}\t{f.base_url}")
-    return "\n".join(lines)

@@ -31,6 +31,9 @@ from promptbake.workflows.pipeline import ask_for, save_run_context, shortfall, 
 
 @dataclass
 class ExportReport:
+    """What ``export_batch`` wrote: ``step`` of ``round`` (None once nothing is left to generate),
+    its pending ``requests``, and the input ``files`` holding each distinct one once."""
+
     spec_name: str
     store: str
     round: int | None = None
@@ -136,6 +139,8 @@ def write_input_files(lines: Iterable[bytes], directory: Path, stem: str, max_li
 
 @dataclass
 class ImportReport:
+    """What ``import_batch`` stored, line by line of the output files."""
+
     store: str
     lines: int = 0
     ok: int = 0
