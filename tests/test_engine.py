@@ -108,11 +108,11 @@ LIST_SCHEMA = {"type": "array", "items": {"type": "string"}, "minItems": 5, "max
 
 @pytest.fixture(scope="module")
 def real_llama_server(llama_server):
-    with LocalTeacher(engine="llama-server", n_threads=min(2, os.cpu_count() or 1)) as server:
+    with LocalTeacher(engine="llama-server", n_threads=1) as server:
         yield server
 
 
-def _ask(server, bodies: list[dict], concurrency: int) -> list[str]:
+def _ask(server, bodies: list[dict], concurrency: int = 1) -> list[str]:
     async def go() -> list[str]:
         async with ChatClient(server.endpoint, concurrency=concurrency) as client:
             results = await asyncio.gather(*(client.chat({"model": server.model, **b}) for b in bodies))
@@ -122,18 +122,21 @@ def _ask(server, bodies: list[dict], concurrency: int) -> list[str]:
 
 
 @pytest.mark.local_model
-def test_real_answers_are_the_same_alone_or_batched(real_llama_server):
-    # The README's reproducibility rests on this: a request's answer does not depend on what else
-    # the server was decoding beside it.
-    bodies = [{"max_tokens": 40, "temperature": 0.7, "seed": i,
-               "messages": [{"role": "user", "content": f"Complain about order {i} as an angry customer."}]}
-              for i in range(8)]
-    alone = _ask(real_llama_server, bodies, concurrency=1)
-    batched = _ask(real_llama_server, bodies, concurrency=8)
-    assert real_llama_server.concurrency == 8
-    assert all(a.strip() for a in alone)
-    assert batched == alone
-    assert len(set(alone)) == len(alone)  # different seeds and prompts: different answers, not a cache
+def test_real_answers_do_not_depend_on_the_server_or_the_order(real_llama_server):
+    # The quick sample's reproducibility rests on this: each process answers one request at a time,
+    # so an answer does not depend on what the server answered before (its prompt cache reuses
+    # the shared prefix) nor on which of the per-core servers got it.
+    bodies = [{"max_tokens": 30, "temperature": 0.7, "seed": i,
+               "messages": [{"role": "system", "content": "You are a rude shop assistant."},
+                            {"role": "user", "content": f"Where is aisle {i}? I have asked twice."}]}
+              for i in range(6)]
+    first = _ask(real_llama_server, bodies)
+    with LocalTeacher(engine="llama-server", n_threads=1) as other:
+        backwards = _ask(other, bodies[::-1])[::-1]
+    assert real_llama_server.concurrency == 1
+    assert all(a.strip() for a in first)
+    assert backwards == first
+    assert len(set(first)) == len(first)  # different seeds and prompts: different answers, not a cache
 
 
 @pytest.mark.local_model
@@ -142,7 +145,7 @@ def test_real_grammar_constrained_json_list_on_llama_server(real_llama_server):
         "temperature": 0.8, "seed": 1, "max_tokens": 400,
         "response_format": {"type": "json_object", "schema": LIST_SCHEMA},
         "messages": [{"role": "user", "content": "List 5 complaints an angry customer might send to an online "
-                                                 "shop. Answer as a JSON list of strings."}]}], concurrency=1)
+                                                 "shop. Answer as a JSON list of strings."}]}])
     items = json.loads(content, strict=False)
     assert isinstance(items, list) and len(items) == 5 and all(isinstance(i, str) for i in items)
 
@@ -152,10 +155,10 @@ def test_the_local_teacher_runs_on_llama_server_once_built(llama_server):
     probe = ("from promptbake.teacher.local import local_layout, local_servers\n"
              "layout = local_layout()\n"
              "with local_servers() as servers:\n"
-             "    print(layout.engine, len(servers), servers[0].concurrency)\n")
+             "    print(layout.engine, len(servers), {s.concurrency for s in servers})\n")
     shown = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert shown.returncode == 0, shown.stderr
-    assert shown.stdout.split() == ["llama-server", "1", "8"]
+    assert shown.stdout.split() == ["llama-server", str(len(os.sched_getaffinity(0))), "{1}"]
 
 
 def test_the_build_glue_ships_with_the_package():

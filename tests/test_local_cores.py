@@ -1,6 +1,5 @@
-"""The local teacher uses every core: llama-server with a thread per core and its requests batched,
-or, before it is built, one single-thread llama-cpp-python server per core behind the endpoints
-layer (that server answers one request at a time). Threads set by hand are obeyed, and said."""
+"""The local teacher uses every core: one single-thread server per core behind the endpoints layer,
+llama-server once it is built, else llama-cpp-python's. Threads set by hand are obeyed, and said."""
 
 from __future__ import annotations
 
@@ -24,8 +23,7 @@ def two_cores(tmp_path, monkeypatch):
 
     def command(self, *args, **kwargs):
         if self.engine == "llama-server":
-            real = local.llama_server_command("llama-server", "model.gguf", "127.0.0.1", 0, n_threads=self.n_threads,
-                                              slots=self.slots)
+            real = local.llama_server_command("llama-server", "model.gguf", "127.0.0.1", 0, n_threads=self.n_threads)
         else:
             real = local.llama_cpp_python_command("model.gguf", "127.0.0.1", 0, n_threads=self.n_threads)
         argvs.append(real)
@@ -72,39 +70,44 @@ def test_one_core_keeps_one_server(two_cores, monkeypatch):
         assert fitted.endpoints == [] and fitted.concurrency == 1
 
 
-def test_llama_server_is_one_process_with_a_thread_per_core_and_its_slots(built):
+def test_llama_server_once_built_one_single_thread_process_per_core(built):
     argvs, _ = built
     with open_teacher(TeacherConfig(kind="local", concurrency=64)) as (endpoint, fitted):
         assert endpoint.model == "smollm2"
-        assert fitted.endpoints == [] and fitted.concurrency == local.SLOTS  # as many in flight as it batches
-    [argv] = argvs
-    assert argv[argv.index("--threads") + 1] == "2" and argv[argv.index("--parallel") + 1] == str(local.SLOTS)
+        assert [(e.model, e.concurrency) for e in fitted.endpoints] == [("smollm2", 1), ("smollm2", 1)]
+    assert [argv[0] for argv in argvs] == ["llama-server", "llama-server"]
+    assert [argv[argv.index("--threads") + 1] for argv in argvs] == ["1", "1"]
     assert local.local_layout().notes == ()
 
 
-def test_a_lower_concurrency_is_kept_with_llama_server(built):
-    with open_teacher(TeacherConfig(kind="local", concurrency=3)) as (_, fitted):
-        assert fitted.concurrency == 3
-
-
 def test_without_llama_server_the_summary_says_how_to_get_it(two_cores):
+    argvs, _ = two_cores
+    with open_teacher(TeacherConfig(kind="local")):
+        pass
+    assert [argv[1:3] for argv in argvs] == [["-m", "llama_cpp.server"]] * 2
     [note] = local.local_layout().notes
-    assert "2 process(es) of 1 thread(s)" in note and "promptbake teacher build" in note
+    assert "llama-cpp-python's server (2 x 1 thread)" in note and "promptbake teacher build" in note
 
 
 @pytest.mark.parametrize(("threads", "said"), [(4, "4 llama.cpp threads on 2 cores; they spin"),
-                                               (1, "uses 1 of 2 cores")])
-def test_threads_set_by_hand_are_obeyed_and_said(built, threads, said):
+                                               (3, "3 llama.cpp threads on 2 cores; they spin")])
+def test_more_threads_than_cores_are_obeyed_and_said(built, threads, said):
     argvs, _ = built
-    with open_teacher(TeacherConfig(kind="local", threads=threads)):
-        pass
-    assert argvs[0][argvs[0].index("--threads") + 1] == str(threads)
+    with open_teacher(TeacherConfig(kind="local", threads=threads)) as (_, fitted):
+        assert fitted.endpoints == []  # one process
+    assert [argv[argv.index("--threads") + 1] for argv in argvs] == [str(threads)]
     assert any(said in note for note in local.local_layout(threads).notes)
 
 
-def test_threads_by_hand_without_llama_server_size_the_processes(two_cores):
-    argvs, _ = two_cores
+def test_threads_by_hand_size_the_processes(built, monkeypatch):
+    argvs, _ = built
+    monkeypatch.setattr(local, "core_count", lambda: 4)
     with open_teacher(TeacherConfig(kind="local", threads=2)) as (_, fitted):
-        assert fitted.endpoints == []  # one 2-thread process fills both cores
-    assert [argv[argv.index("--n_threads") + 1] for argv in argvs] == ["2"]
-    assert not any("cores" in note for note in local.local_layout(2).notes[1:])
+        assert len(fitted.endpoints) == 2  # 2 processes x 2 threads = 4 cores
+    assert [argv[argv.index("--threads") + 1] for argv in argvs] == ["2", "2"]
+    assert local.local_layout(2).notes == ()
+
+
+def test_fewer_threads_than_cores_are_said(built, monkeypatch):
+    monkeypatch.setattr(local, "core_count", lambda: 3)
+    assert local.local_layout(2).notes == ("--threads 2: the local teacher uses 2 of 3 cores",)

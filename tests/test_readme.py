@@ -32,7 +32,8 @@ def test_quick_start_is_two_commands_and_ci_runs_the_test_one():
     quick = README.split("## Quick start", 1)[1].split("## ", 1)[0]
     blocks = re.findall(r"```bash\n(.*?)\n```", quick, re.S)
     assert blocks[0] == (
-        "pip install -e '.[local]' && promptbake run generators/rude_agent_quick.yaml --teacher local --out out/quick"
+        "pip install -e '.[local]' && promptbake teacher build && "
+        "promptbake run generators/rude_agent_quick.yaml --teacher local --out out/quick"
     )
     assert blocks[1] == "pip install -e '.[dev]' && python -m pytest"
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")

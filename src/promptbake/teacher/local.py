@@ -1,9 +1,8 @@
 """The embedded local teacher: SmolLM2-135M-Instruct behind llama.cpp's OpenAI-compatible server.
 
-Two engines serve it. llama.cpp's own ``llama-server`` (built once by ``promptbake teacher build``,
-see :mod:`promptbake.teacher.engine`) decodes several requests in one batch: one process with a
-thread per core and :data:`SLOTS` requests in flight. Without it, llama-cpp-python's server, which
-answers one request at a time, runs as one single-thread process per core.
+Two engines serve it, each as one single-thread process per core answering one request at a
+time: llama.cpp's own ``llama-server`` once ``promptbake teacher build`` has built it (see
+:mod:`promptbake.teacher.engine`), else llama-cpp-python's server.
 
 Why a subprocess and not ``llama_cpp.Llama`` in-process: the pool already speaks HTTP to every
 teacher, so the local one is "just another base URL" and every feature (cache, retries, limits)
@@ -58,9 +57,6 @@ DEFAULT_N_CTX = 4096
 # llama-cpp-python's server runs one completion at a time (a global lock); a second request in
 # flight only waits in its queue. Measured: 8 requests took as long or longer with 2 in flight.
 RECOMMENDED_CONCURRENCY = 1
-# llama-server's parallel slots: requests decoded together in one batch. Each slot keeps its own
-# DEFAULT_N_CTX of KV cache (23 KB a token for SmolLM2-135M: 8 slots hold about 750 MB).
-SLOTS = 8
 Engine = Literal["llama-server", "llama-cpp-python"]
 # Modules behind llama-cpp-python's [server] extra: checked up front so a missing one is one clear
 # error instead of an ImportError traceback in the server's log.
@@ -100,13 +96,15 @@ def check_server_installed() -> None:
 
 
 def llama_server_command(binary: Path | str, model: Path | str, host: str, port: int, *,
-                         n_ctx: int = DEFAULT_N_CTX, n_threads: int = 2, slots: int = SLOTS) -> list[str]:
-    """llama.cpp's ``llama-server`` serving ``model`` as :data:`MODEL_ALIAS` with ``slots``
-    requests decoded together, each with ``n_ctx`` tokens of context.
+                         n_ctx: int = DEFAULT_N_CTX, n_threads: int = 1) -> list[str]:
+    """llama.cpp's ``llama-server`` serving ``model`` as :data:`MODEL_ALIAS`, one request at a time.
 
-    Each slot has a KV cache of its own (``--no-kv-unified``): a request's numbers then never
-    depend on where other requests sit in a shared cache, so an answer is the same bytes whether it
-    was decoded alone or beside seven others (tests/test_local.py checks it). No web UI.
+    Why one slot, when llama-server can decode several requests in one batch: llama.cpp's kernels
+    round a batch of n tokens differently from a single token (llama.cpp PR #6950), so a batched
+    answer depends on its neighbours, and on 2 cores batching bought no shorter job than a process
+    per core (64 s against 46 s for the quick job). Its prompt cache stays on: the steps' shared
+    system prompts and few-shot turns are then evaluated once, which halves the job. Flash
+    attention is off: on the CPU it was slower here (70 s against 56 s for 46 requests). No web UI.
     """
     return [
         str(binary),
@@ -114,10 +112,9 @@ def llama_server_command(binary: Path | str, model: Path | str, host: str, port:
         "--alias", MODEL_ALIAS,
         "--host", host,
         "--port", str(port),
-        "--ctx-size", str(n_ctx * slots),
-        "--parallel", str(slots),
-        "--cont-batching",
-        "--no-kv-unified",
+        "--ctx-size", str(n_ctx),
+        "--parallel", "1",
+        "--flash-attn", "off",
         "--threads", str(n_threads),
         "--threads-batch", str(n_threads),
         "--no-ui",
@@ -176,7 +173,7 @@ class LocalTeacher:
     """
 
     def __init__(self, *, host: str = DEFAULT_HOST, port: int | None = None, n_ctx: int = DEFAULT_N_CTX,
-                 engine: Engine | None = None, n_threads: int | None = None, slots: int = SLOTS,
+                 engine: Engine | None = None, n_threads: int | None = None,
                  startup_timeout: float = 60.0, log_path: Path | str | None = None,
                  command: Command | None = None) -> None:
         self.host = host
@@ -184,7 +181,6 @@ class LocalTeacher:
         self.n_ctx = n_ctx
         self.engine: Engine = engine or ("llama-server" if find_llama_server() else "llama-cpp-python")
         self.n_threads = n_threads or core_count()
-        self.slots = slots if self.engine == "llama-server" else RECOMMENDED_CONCURRENCY
         self.startup_timeout = startup_timeout
         self.log_path = Path(log_path) if log_path is not None else None
         self._command = command
@@ -269,7 +265,7 @@ class LocalTeacher:
             if binary is None:
                 raise TeacherError(f"llama-server is not built: {BUILD_COMMAND}")
             return functools.partial(llama_server_command, binary, gguf_path(), n_ctx=self.n_ctx,
-                                     n_threads=self.n_threads, slots=self.slots)
+                                     n_threads=self.n_threads)
         check_server_installed()
         return functools.partial(llama_cpp_python_command, gguf_path(), n_ctx=self.n_ctx, n_threads=self.n_threads)
 
@@ -301,7 +297,7 @@ class LocalTeacher:
                 raise TeacherError(f"the local teacher exited with code {code} while starting "
                                    f"(log: {self.log_path}): {tail}")
             if _answers(base_url):
-                return LocalServer(base_url=base_url, model=MODEL_ALIAS, concurrency=self.slots,
+                return LocalServer(base_url=base_url, model=MODEL_ALIAS, concurrency=RECOMMENDED_CONCURRENCY,
                                    pid=self._process.pid, log_path=self.log_path)
             if time.monotonic() > deadline:
                 raise TeacherError(f"the local teacher did not answer on {base_url} within "
@@ -323,42 +319,38 @@ def core_count() -> int:
 
 @dataclass(frozen=True)
 class LocalLayout:
-    """How the local teacher uses the cores: which engine, how many processes of how many threads,
-    how many requests each decodes at once, and what the run's summary should say about it."""
+    """How the local teacher uses the cores: which engine, how many processes of how many
+    threads, and what the run's summary should say about it."""
 
     engine: Engine
     processes: int
     threads: int
-    slots: int
     notes: tuple[str, ...] = ()
 
 
 def local_layout(threads: int | None = None) -> LocalLayout:
-    """llama-server when it is built: one process, a thread per core, :data:`SLOTS` requests
-    batched. Otherwise llama-cpp-python's server, which answers one request at a time and so
-    cannot use two cores: one single-thread process per core (50-54 completion tok/s for one
-    2-thread server here, 80-92 for two 1-thread ones; FACTS.md).
+    """One single-thread server per core, each answering one request at a time: llama-server when
+    it is built, else llama-cpp-python's server (which can only answer one at a time: a global
+    lock). On 2 cores the quick job took 101 s on one 2-thread llama-cpp-python server, 62 s on
+    one per core and 46 s on llama-server per core (bench/local_engine.py).
 
     llama.cpp's threads spin while they wait, so processes × threads should equal the cores: a
     second busy process on the same cores made one request take 67 s. ``threads`` set by hand is
-    obeyed, and the notes say what it does to that balance."""
+    obeyed (processes = cores ÷ threads), and the notes say what it does to that balance."""
     cores = core_count()
+    per = threads or 1
+    processes = max(1, cores // per)
     notes: list[str] = []
-    if find_llama_server():
-        layout = LocalLayout("llama-server", 1, threads or cores, SLOTS)
-    else:
-        per = threads or 1
-        layout = LocalLayout("llama-cpp-python", max(1, cores // per), per, RECOMMENDED_CONCURRENCY)
-        notes.append(f"local teacher: llama-cpp-python's server, {layout.processes} process(es) of {per} "
-                     f"thread(s), one request each at a time; `{BUILD_COMMAND}` builds llama.cpp's "
-                     "llama-server once (about 2 minutes), which batches requests and answers about 2x faster")
-    used = layout.processes * layout.threads
-    if threads is not None and used > cores:
-        notes.append(f"--threads {threads}: {used} llama.cpp threads on {cores} cores; they spin while they "
-                     "wait, so more threads than cores slow every request down")
-    elif threads is not None and used < cores:
-        notes.append(f"--threads {threads}: the local teacher uses {used} of {cores} cores")
-    return LocalLayout(layout.engine, layout.processes, layout.threads, layout.slots, tuple(notes))
+    engine: Engine = "llama-server" if find_llama_server() else "llama-cpp-python"
+    if engine == "llama-cpp-python":
+        notes.append(f"local teacher: llama-cpp-python's server ({processes} x {per} thread); `{BUILD_COMMAND}` "
+                     "builds llama.cpp's llama-server once (about 2 minutes), which answers about 1.3x faster")
+    if threads is not None and processes * per > cores:
+        notes.append(f"--threads {threads}: {processes * per} llama.cpp threads on {cores} cores; they spin while "
+                     "they wait, so more threads than cores slow every request down")
+    elif threads is not None and processes * per < cores:
+        notes.append(f"--threads {threads}: the local teacher uses {processes * per} of {cores} cores")
+    return LocalLayout(engine, processes, per, tuple(notes))
 
 
 @contextlib.contextmanager
@@ -366,8 +358,7 @@ def local_servers(threads: int | None = None, *, command: Command | None = None)
     """The servers of :func:`local_layout`, all stopped when the block ends."""
     layout = local_layout(threads)
     with contextlib.ExitStack() as stack:
-        yield [stack.enter_context(LocalTeacher(engine=layout.engine, n_threads=layout.threads, slots=layout.slots,
-                                                command=command))
+        yield [stack.enter_context(LocalTeacher(engine=layout.engine, n_threads=layout.threads, command=command))
                for _ in range(layout.processes)]
 
 
