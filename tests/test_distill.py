@@ -435,20 +435,23 @@ def test_tiny_distillation_on_the_local_teacher(tmp_path):
         local.gguf_path()
     except TeacherError as exc:
         pytest.skip(str(exc))
+    # A task SmolLM2-135M can do at temperature 0 on either local engine (asked for one word, it writes
+    # code until max_tokens cuts it off).
     (tmp_path / "prompt.md").write_text(
-        "You sort customer messages for {{ company | default('Acme') }}. Reply with one word: billing, "
-        "login or other.\n\n<example>\n<input>I was charged twice</input>\n<output>billing</output>\n</example>\n")
+        "You are a support agent for {{ company | default('Acme') }}. Reply to the customer in one short, "
+        "friendly sentence.\n\n<example>\n<input>I was charged twice</input>\n<output>Sorry about that, we will "
+        "refund the extra charge today.</output>\n</example>\n")
     (tmp_path / "in.txt").write_text("My card was charged two times this month\nI forgot my password\n"
                                      "Where is your office?\n")
     result = invoke("distill", "--prompt", "prompt.md", "--inputs", "in.txt", "--out", "out", "--teacher", "local",
                     "--max-tokens", "120", "--temperature", "0", "--max-attempts", "2", "--baked-system",
-                    "Sort the message.", "-q")
+                    "Reply to the customer.", "-q")
     assert result.exit_code == 0, result.output
     data = rows(tmp_path / "out/train.jsonl") + rows(tmp_path / "out/test.jsonl")
     assert len(data) == 3
     for row in data:
         assert [m["role"] for m in row["messages"]] == ["system", "user", "assistant"]
-        assert row["messages"][0]["content"] == "Sort the message." and row["messages"][2]["content"].strip()
+        assert row["messages"][0]["content"] == "Reply to the customer." and row["messages"][2]["content"].strip()
     d = json.loads((tmp_path / "out/manifest.json").read_text())["distill"]
     assert d["prompt_examples"] == 1 and d["generation_cost"] == 0
     assert d["break_even"] is None and "smollm2" in d["break_even_note"]

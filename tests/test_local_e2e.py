@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from helpers import write_spec
 
 from promptbake.cli.main import cli
+from promptbake.teacher import local
 
 pytestmark = pytest.mark.local_model
 
@@ -57,11 +58,18 @@ max_rounds: 3
 """
 
 
-def test_run_on_the_local_teacher(tmp_path):
+@pytest.mark.parametrize("engine", ["llama-server", "llama-cpp-python"])
+def test_run_on_the_local_teacher(tmp_path, monkeypatch, request, engine):
     pytest.importorskip("llama_cpp.server", reason="needs pip install 'promptbake[local]'")
+    if engine == "llama-server":
+        request.getfixturevalue("llama_server")  # the README's set-up: built
+    else:
+        monkeypatch.setattr(local, "find_llama_server", lambda: None)  # not built (yet)
     spec = write_spec(tmp_path, TINY)
     result = CliRunner().invoke(cli, ["run", str(spec), "--out", "out", "-q"])
     assert result.exit_code == 0, result.output
+    # the summary says how to get the faster engine only when it is missing
+    assert ("promptbake teacher build" in result.output) == (engine == "llama-cpp-python")
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["teacher"] == {"kind": "local", "models": ["smollm2"]}
     assert manifest["train"] + manifest["test"] == 2
