@@ -10,6 +10,14 @@ about 8 minutes on 2 cores. llama-cpp-python has already installed the libraries
 server's own sources are compiled (about 80 s), from the llama.cpp tree in the sdist of the very
 llama-cpp-python version that is installed: the headers must match the libraries. The binary lives
 in the user's cache, keyed by that version and that environment (it links to its libraries).
+
+Beside it goes a ggml CPU backend of our own, built from the same tree without llamafile's sgemm
+(``GGML_LLAMAFILE=OFF``): with sgemm, a matrix product over one token and over several round
+differently (llama.cpp PR #6950), so an answer depended on what the server had cached or batched
+beside it, and two fresh runs of the quick job agreed on 25 of 27 examples. Without it every
+product goes through ggml's own dot products, which round the same for any batch: runs repeat byte
+for byte, batched or not, at the same speed here. The server loads it through ``LD_LIBRARY_PATH``
+(:func:`server_env`).
 """
 
 from __future__ import annotations
@@ -36,8 +44,7 @@ OVERRIDE_ENV = "PROMPTBAKE_LLAMA_SERVER"
 BUILD_COMMAND = "promptbake teacher build"
 _CMAKE_GLUE = Path(__file__).with_name("llama_server.cmake")
 _CONFIG = "lib/cmake/llama/llama-config.cmake"
-# The parts of the llama.cpp tree the server's build reads; the rest of the 76 MB sdist is skipped.
-_NEEDED = ("tools/server/", "tools/ui/", "tools/mtmd/", "common/", "vendor/", "scripts/ui-assets.cmake")
+GGML_CPU = "libggml-cpu.so.0"  # the soname libggml.so loads the CPU backend by
 
 Echo = Callable[[str], None]
 
@@ -95,7 +102,7 @@ def build_llama_server(source: Path | str | None = None, *, force: bool = False,
     binary = target / BINARY
     target.mkdir(parents=True, exist_ok=True)
     with _locked(target / ".lock"):  # two builds at once would write the same file
-        if binary.is_file() and not force and _runs(binary):
+        if binary.is_file() and (target / GGML_CPU).is_file() and not force and _runs(binary):
             say(f"{BINARY} for llama-cpp-python {version} is already built: {binary}")
             return binary
         cmake = shutil.which("cmake")
@@ -103,11 +110,13 @@ def build_llama_server(source: Path | str | None = None, *, force: bool = False,
             raise TeacherError("building llama-server needs cmake: pip install cmake (or apt-get install cmake)")
         with tempfile.TemporaryDirectory(prefix="promptbake-llama-server-") as work:
             tree = _llama_tree(Path(source) if source else _download(version, Path(work), say), Path(work))
-            say(f"compiling {BINARY} against llama-cpp-python {version} in {prefix} (about 80 s on 2 cores)")
+            say(f"compiling {BINARY} against llama-cpp-python {version} in {prefix}, and ggml's CPU backend "
+                "without llamafile (about 2 minutes on 2 cores)")
             built = _compile(cmake, tree, prefix, Path(work), jobs or os.cpu_count() or 1, target)
-            staged = target / f".{BINARY}.new"
-            shutil.copy2(built, staged)
-            os.replace(staged, binary)
+            for name, path in ((GGML_CPU, built[1]), (BINARY, built[0])):  # the binary last: it marks "built"
+                staged = target / f".{name}.new"
+                shutil.copy2(path, staged)
+                os.replace(staged, target / name)
     if not _runs(binary):
         raise TeacherError(f"the {BINARY} just built does not start: {binary} --version failed")
     say(f"built {binary}")
@@ -116,8 +125,9 @@ def build_llama_server(source: Path | str | None = None, *, force: bool = False,
 
 def _download(version: str, work: Path, say: Echo) -> Path:
     say(f"downloading the llama-cpp-python {version} sdist (llama.cpp's sources) with pip")
-    argv = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--dest", str(work),
-            f"{LLAMA_DISTRIBUTION}=={version}"]
+    # --no-binary for this package only: with :all:, pip would build its build tools (cmake) from source too
+    argv = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", LLAMA_DISTRIBUTION,
+            "--dest", str(work), f"{LLAMA_DISTRIBUTION}=={version}"]
     done = subprocess.run(argv, capture_output=True, text=True)
     found = sorted(work.glob("llama_cpp_python-*.tar.gz"))
     if done.returncode != 0 or not found:
@@ -149,28 +159,44 @@ def _llama_tree(source: Path, work: Path) -> Path:
 
 def _needed(name: str) -> bool:
     _, _, inside = name.partition("/vendor/llama.cpp/")
-    return bool(inside) and inside.startswith(_NEEDED)
+    return bool(inside)
 
 
-def _compile(cmake: str, tree: Path, prefix: Path, work: Path, jobs: int, target: Path) -> Path:
-    glue, build = work / "glue", work / "build"
+def _compile(cmake: str, tree: Path, prefix: Path, work: Path, jobs: int, target: Path) -> tuple[Path, Path]:
+    """The server (against the installed libraries) and the CPU backend (llama.cpp's own CMake,
+    nothing but that target): their paths in the build folders."""
+    glue, build, ggml = work / "glue", work / "build", work / "ggml"
     glue.mkdir()
     shutil.copy(_CMAKE_GLUE, glue / "CMakeLists.txt")
     log = target / "build.log"
+    off = [f"-D{flag}=OFF" for flag in ("GGML_LLAMAFILE", "LLAMA_BUILD_TESTS", "LLAMA_BUILD_EXAMPLES",
+                                         "LLAMA_BUILD_TOOLS", "LLAMA_BUILD_SERVER", "LLAMA_BUILD_APP", "LLAMA_CURL")]
     steps = [[cmake, "-S", str(glue), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release",
               f"-DLLAMA_SRC={tree}", f"-DCMAKE_PREFIX_PATH={prefix}"],
-             [cmake, "--build", str(build), "--target", BINARY, "-j", str(jobs)]]
+             [cmake, "--build", str(build), "--target", BINARY, "-j", str(jobs)],
+             [cmake, "-S", str(tree), "-B", str(ggml), "-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=ON", *off],
+             [cmake, "--build", str(ggml), "--target", "ggml-cpu", "-j", str(jobs)]]
     with open(log, "wb") as out:
         for argv in steps:
             if subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT).returncode != 0:
                 tail = log.read_bytes()[-2000:].decode("utf-8", "replace").strip().splitlines()[-3:]
                 raise TeacherError(f"building {BINARY} failed (log: {log}): {' | '.join(tail)}")
-    return build / BINARY
+    return build / BINARY, ggml / "bin" / GGML_CPU
+
+
+def server_env(binary: Path) -> dict[str, str]:
+    """What the server's environment needs so that it loads our CPU backend, when it is ours."""
+    if not (binary.parent / GGML_CPU).is_file():
+        return {}
+    inherited = os.environ.get("LD_LIBRARY_PATH")
+    return {"LD_LIBRARY_PATH": str(binary.parent) + (os.pathsep + inherited if inherited else "")}
 
 
 def _runs(binary: Path) -> bool:
     try:
-        return subprocess.run([str(binary), "--version"], capture_output=True, timeout=30).returncode == 0
+        done = subprocess.run([str(binary), "--version"], capture_output=True, timeout=30,
+                              env={**os.environ, **server_env(binary)})
+        return done.returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
 

