@@ -334,8 +334,8 @@ class LocalLayout:
 def local_layout(threads: int | None = None) -> LocalLayout:
     """One single-thread server per core, each answering one request at a time: llama-server when
     it is built, else llama-cpp-python's server (which can only answer one at a time: a global
-    lock). On 2 cores the quick job took 101 s on one 2-thread llama-cpp-python server, 62 s on
-    one per core and 46 s on llama-server per core (bench/local_engine.py).
+    lock). On 2 cores the quick job took 88-124 s on one 2-thread llama-cpp-python server, 56-64 s
+    on one per core and 45-51 s on llama-server per core (bench/local_engine.py).
 
     llama.cpp's threads spin while they wait, so processes × threads should equal the cores: a
     second busy process on the same cores made one request take 67 s. ``threads`` set by hand is
