@@ -35,9 +35,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from datasketch import LeanMinHash, MinHashLSH
 
-from promptbake.build.dedupe import _LSH_WEIGHTS, _SCHEME, _SEED, Deduper, normalise
+from promptbake.curate.dedupe import _LSH_WEIGHTS, _SCHEME, _SEED, Deduper, normalise
 from promptbake.records import Example
-from promptbake.spec.models import DedupeConfig
+from promptbake.specification.models import DedupeConfig
 
 NEAR_MIN = 0.9
 CATEGORIES = 10

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from promptbake.build.balance import balance
+from promptbake.curate.balance import balance
 from promptbake.records import Example
-from promptbake.spec.models import BalanceConfig
+from promptbake.specification.models import BalanceConfig
 
 
 def make(sizes: dict[str, int]) -> list[Example]:

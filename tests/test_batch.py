@@ -16,7 +16,7 @@ from helpers import MINIMAL_SPEC, list_then_reply_responder, pure_grid_responder
 
 import promptbake
 from promptbake.cli.main import cli
-from promptbake.spec.models import Prices
+from promptbake.specification.models import Prices
 from promptbake.teacher.pricing import PriceTable
 
 ROOT = Path(__file__).parent.parent

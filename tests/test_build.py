@@ -161,7 +161,7 @@ def test_rude_agent_gives_1000_distinct_examples_split_90_10(tmp_path):
 def test_a_spec_built_in_code_can_be_rebuilt_from_the_store(tmp_path):
     import yaml
 
-    from promptbake.spec.models import Spec
+    from promptbake.specification.models import Spec
     from promptbake.teacher.config import Teacher
     from promptbake.workflows.pipeline import run as run_pipeline
 

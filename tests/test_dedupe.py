@@ -12,10 +12,10 @@ import pytest
 from datasketch import MinHash
 from helpers import same_output_under_hash_seeds
 
-from promptbake.build.dedupe import Deduper, _Signer, dedupe, normalise
+from promptbake.curate.dedupe import Deduper, _Signer, dedupe, normalise
 from promptbake.errors import SpecError
 from promptbake.records import Example
-from promptbake.spec.models import DedupeConfig
+from promptbake.specification.models import DedupeConfig
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "dedupe.py"
 
@@ -222,7 +222,7 @@ def test_decisions_are_identical_across_processes_and_hash_seeds(tmp_path):
         "import json, sys, importlib.util\n"
         f"spec = importlib.util.spec_from_file_location('b', {str(BENCH)!r})\n"
         "m = importlib.util.module_from_spec(spec); sys.modules['b'] = m; spec.loader.exec_module(m)\n"
-        "from promptbake.build.dedupe import dedupe\nfrom promptbake.spec.models import DedupeConfig\n"
+        "from promptbake.curate.dedupe import dedupe\nfrom promptbake.specification.models import DedupeConfig\n"
         "examples, _ = m.make_corpus(150, n_near=40, n_exact=10, seed=3)\n"
         "print(json.dumps([d.as_dict() for d in dedupe(examples, DedupeConfig()).dropped]))\n"
     )

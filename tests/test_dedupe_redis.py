@@ -13,9 +13,9 @@ import pytest
 from helpers import MINIMAL_SPEC, write_spec
 from test_dedupe import _bench
 
-from promptbake.build.dedupe import Deduper, dedupe
+from promptbake.curate.dedupe import Deduper, dedupe
 from promptbake.errors import IndexUnavailable, SpecError
-from promptbake.spec.models import DedupeConfig, DedupeStorage, load_spec
+from promptbake.specification.models import DedupeConfig, DedupeStorage, load_spec
 
 pytestmark = pytest.mark.skipif(
     shutil.which("redis-server") is None,

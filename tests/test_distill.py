@@ -18,7 +18,7 @@ from fakeserver import FakeServer
 from promptbake.cli.main import cli
 from promptbake.errors import InputError
 from promptbake.output.training_cost import finetune_estimate
-from promptbake.spec.templates import Templates
+from promptbake.specification.templates import Templates
 from promptbake.teacher.tokens import count_tokens
 from promptbake.workflows.distill import (
     TRACE_CHARS,

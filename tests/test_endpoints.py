@@ -19,7 +19,7 @@ from fakeserver import FakeServer
 from helpers import write_spec
 
 from promptbake.cli.main import cli
-from promptbake.spec.models import TeacherConfig, load_spec
+from promptbake.specification.models import TeacherConfig, load_spec
 from promptbake.teacher.client import ChatClient, Endpoint
 from promptbake.teacher.config import Teacher, merge
 from promptbake.teacher.endpoints import Fleet, fleet_model

@@ -12,7 +12,7 @@ from fakeserver import FakeServer, Fault
 
 from promptbake.cli.main import cli
 from promptbake.errors import InputError
-from promptbake.spec.models import parse_spec
+from promptbake.specification.models import parse_spec
 from promptbake.workflows.evaluate import Scoring, load_test, parse_sweeps, summarise
 
 EXAMPLES = [  # (id, category, user text, reference answer)

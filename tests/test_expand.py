@@ -12,7 +12,7 @@ from helpers import MINIMAL_SPEC, write_spec
 from promptbake.cli.main import cli
 from promptbake.errors import DataFileError, TemplateError
 from promptbake.plan.expand import Expander
-from promptbake.spec.models import load_spec
+from promptbake.specification.models import load_spec
 
 ROOT = Path(__file__).parent.parent
 

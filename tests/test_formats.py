@@ -11,7 +11,7 @@ from promptbake.errors import InputError
 from promptbake.output.formats import FORMATS, FormatRefused, formats_table, get_format, write_split
 from promptbake.output.targets import TARGETS
 from promptbake.records import Example
-from promptbake.spec.models import OutputConfig
+from promptbake.specification.models import OutputConfig
 
 
 def single(i: int = 1, *, system: bool = True, rejected: bool = False) -> Example:

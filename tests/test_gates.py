@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from fakeserver import FakeServer
 from helpers import MINIMAL_SPEC, list_then_reply_responder, write_spec
 
-from promptbake.build.filters import FilterSet, echo_score
+from promptbake.curate.filters import FilterSet, echo_score
 from promptbake.cli.main import cli
 
 GATED = MINIMAL_SPEC.replace("  count: 2", "  count: 5") + """

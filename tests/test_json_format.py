@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from fakeserver import FakeServer
 from helpers import ROOT, json_format_responder
 
-from promptbake.build.checks import AnswerList
+from promptbake.curate.checks import AnswerList
 from promptbake.cli.main import cli
 
 SPEC = str(ROOT / "generators" / "json_format.yaml")

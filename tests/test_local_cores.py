@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from test_local import STANDIN, _models, _pid, _temp_logs_in_tmp_path  # noqa: F401  (an autouse fixture)
 
-from promptbake.spec.models import TeacherConfig
+from promptbake.specification.models import TeacherConfig
 from promptbake.teacher import local
 from promptbake.teacher.config import open_teacher
 

@@ -7,8 +7,8 @@ import json
 import re
 from pathlib import Path
 
-from promptbake.build.filters import ECHO_THRESHOLD, echo_score
-from promptbake.spec.models import load_spec
+from promptbake.curate.filters import ECHO_THRESHOLD, echo_score
+from promptbake.specification.models import load_spec
 
 ROOT = Path(__file__).parent.parent
 SAMPLE = ROOT / "samples" / "quick"

@@ -8,7 +8,7 @@ from helpers import MINIMAL_SPEC, write_spec
 
 from promptbake.cli.main import cli
 from promptbake.errors import SpecError
-from promptbake.spec.models import load_spec
+from promptbake.specification.models import load_spec
 
 
 def test_minimal_spec_loads(tmp_path):

@@ -9,9 +9,9 @@ from itertools import pairwise
 import pytest
 from helpers import same_output_under_hash_seeds
 
-from promptbake.build.split import assign, holdout_sizes, split
+from promptbake.curate.split import assign, holdout_sizes, split
 from promptbake.records import Example
-from promptbake.spec.models import SplitConfig
+from promptbake.specification.models import SplitConfig
 
 
 def make(sizes: dict[str, int]) -> list[Example]:
@@ -108,8 +108,8 @@ def test_output_is_in_shuffled_order_not_grouped():
 
 def test_identical_across_processes_and_hash_seeds():
     script = (
-        "import json\nfrom promptbake.records import Example\nfrom promptbake.spec.models import SplitConfig\n"
-        "from promptbake.build.split import split\n"
+        "import json\nfrom promptbake.records import Example\nfrom promptbake.specification.models import SplitConfig\n"
+        "from promptbake.curate.split import split\n"
         f"sizes = {SIZES!r}\n"
         "data = [Example(id=f'{c}-{i}', category=c, messages=[]) for c, n in sizes.items() for i in range(n)]\n"
         "train, test = split(data, SplitConfig(test=0.1, seed=7))\n"

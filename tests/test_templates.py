@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from promptbake.errors import TemplateError
-from promptbake.spec.templates import Templates
+from promptbake.specification.templates import Templates
 
 
 def test_renders_and_reports_missing_variable_with_line():

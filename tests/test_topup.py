@@ -17,7 +17,7 @@ import promptbake
 from promptbake.cli.main import cli
 from promptbake.errors import DataFileError, InputError
 from promptbake.plan.expand import Cell
-from promptbake.spec.models import load_spec
+from promptbake.specification.models import load_spec
 from promptbake.teacher.config import Teacher
 from promptbake.teacher.generate import GenerateOptions
 from promptbake.workflows import pipeline

@@ -10,9 +10,7 @@ stays fast and pulls in neither pydantic nor aiohttp until a function needs them
 
 from __future__ import annotations
 
-import sys
 from importlib import import_module
-from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -49,7 +47,7 @@ if TYPE_CHECKING:
     from promptbake.errors import PromptbakeError
     from promptbake.output.dataset import Dataset, Manifest
     from promptbake.records import Example
-    from promptbake.spec.models import Spec
+    from promptbake.specification.models import Spec
     from promptbake.teacher.batch import BatchOptions
     from promptbake.teacher.config import Teacher
 
@@ -96,7 +94,7 @@ _HOMES = {
     "Example": "promptbake.records",
     "Manifest": "promptbake.output.dataset",
     "PromptbakeError": "promptbake.errors",
-    "Spec": "promptbake.spec.models",
+    "Spec": "promptbake.specification.models",
     "Teacher": "promptbake.teacher.config",
 }
 
@@ -111,17 +109,3 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(__all__)
-
-
-class _Package(ModuleType):
-    """Importing a subpackage binds it on its parent: ``import promptbake.build.builder`` would
-    replace the function ``promptbake.build`` with the stage package ``build/``. The API's names
-    win; the subpackages stay reachable through ``from promptbake.build import ...``."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in __all__ and isinstance(value, ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from promptbake.output.export import ExportResult
     from promptbake.output.validate import ValidationReport
     from promptbake.plan.estimate import Estimate
-    from promptbake.spec.models import Spec
+    from promptbake.specification.models import Spec
     from promptbake.store.batches import BatchFile
     from promptbake.teacher.batch import BatchOptions
     from promptbake.teacher.config import Teacher
@@ -39,8 +39,8 @@ DEFAULT_STORE = "promptbake.db"
 def load_spec(source: SpecSource) -> Spec:
     """A validated spec from a YAML file, a dict with the same keys (a spec built in Python), or a
     ``Spec`` (returned as is). Errors name the file, line and field, as ``SpecError``."""
-    from promptbake.spec.models import Spec, spec_from_dict
-    from promptbake.spec.models import load_spec as load_file
+    from promptbake.specification.models import Spec, spec_from_dict
+    from promptbake.specification.models import load_spec as load_file
 
     if isinstance(source, Spec):
         return source
@@ -162,7 +162,7 @@ def build(
     ``source`` is a spec (file, dict or ``Spec``; its answers are read from ``store``, default
     ``OUT/promptbake.db`` as ``run`` keeps it, else ``promptbake.db``) or a store file, which knows
     the spec it was generated with (``spec_name`` picks one when it holds several)."""
-    from promptbake.build.builder import build as run_build
+    from promptbake.curate.builder import build as run_build
     from promptbake.errors import StoreError
     from promptbake.output.dataset import Dataset
     from promptbake.store.db import Store
@@ -273,8 +273,8 @@ async def evaluate_async(
     ``criteria`` is a rubric that ``judge`` (over the spec's teacher) scores 1-5. ``sweep`` is a
     grid of sampling settings, e.g. ``{"temperature": [0, 0.7]}``. ``model_version`` keys the
     answers instead of the server's URL, so a retrained model under the same name answers anew."""
-    from promptbake.build.checks import read_schema
-    from promptbake.spec.models import TeacherConfig
+    from promptbake.curate.checks import read_schema
+    from promptbake.specification.models import TeacherConfig
     from promptbake.teacher.config import merge
     from promptbake.workflows.evaluate import Scoring, judge_config, run_eval_async
 

@@ -55,7 +55,7 @@ def arm(point: str) -> None:
         arm_batch(point)
         return
     if point == "build":
-        from promptbake.build import builder
+        from promptbake.curate import builder
 
         builder.build = lambda *a, **k: _die()  # type: ignore[assignment]
         return

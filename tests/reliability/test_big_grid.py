@@ -13,7 +13,7 @@ from contextlib import closing
 from fakeserver import FakeServer
 from relkit import cli_env, pure_answer, statuses, text_spec
 
-from promptbake.spec.models import load_spec
+from promptbake.specification.models import load_spec
 from promptbake.teacher import generate as generation
 from promptbake.teacher.config import Teacher
 from promptbake.teacher.generate import GenerateOptions

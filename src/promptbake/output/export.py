@@ -29,7 +29,7 @@ from promptbake.output.atomic import ensure_dir
 from promptbake.output.formats import FormatRefused, Row, WriteReport, convert_all, get_format, write_rows
 from promptbake.output.jsonl import read_jsonl
 from promptbake.records import Example
-from promptbake.spec.models import OutputConfig
+from promptbake.specification.models import OutputConfig
 
 SPLITS = ("train", "test")
 HF = "hf"

@@ -19,7 +19,7 @@ from typing import Any
 from promptbake.errors import InputError
 from promptbake.output.atomic import ensure_dir, write_jsonl_atomic
 from promptbake.records import Example
-from promptbake.spec.models import OutputConfig
+from promptbake.specification.models import OutputConfig
 
 Row = dict[str, Any]
 

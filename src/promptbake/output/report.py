@@ -24,12 +24,12 @@ from typing import Any
 
 from markupsafe import Markup
 
-from promptbake.build.checks import last_assistant
+from promptbake.curate.checks import last_assistant
 from promptbake.errors import DataFileError
 from promptbake.output.jsonl import read_jsonl
 from promptbake.plan.expand import Expander
 from promptbake.records import Example
-from promptbake.spec.models import Spec
+from promptbake.specification.models import Spec
 
 REPORT = "report.html"
 SAMPLE = 1000  # examples of each kind (kept, dropped) in the page's table
@@ -104,7 +104,7 @@ def _kept(directory: Path) -> list[tuple[dict[str, Any], dict[str, Any]]]:
 
 
 def _store_facts(store_path: Path, spec: Spec, expander: Expander) -> StoreFacts:
-    from promptbake.build.examples import ExampleRenderer
+    from promptbake.curate.examples import ExampleRenderer
     from promptbake.store.db import Store
 
     with Store(store_path, lock=False) as store:
@@ -126,7 +126,7 @@ def _store_facts(store_path: Path, spec: Spec, expander: Expander) -> StoreFacts
 def load_dataset(directory: str | Path, store_path: str | Path | None = None, spec: Spec | str | Path | None = None
                  ) -> Dataset:
     """The built files of ``directory``, with the store's facts when the store is found."""
-    from promptbake.spec.models import load_spec
+    from promptbake.specification.models import load_spec
     from promptbake.workflows.pipeline import spec_from_store
 
     directory = Path(directory)

@@ -17,7 +17,7 @@ from promptbake.plan.expand import Cell, Expander
 from promptbake.plan.judge import example_text
 from promptbake.plan.planner import DEFAULT_RESERVE, Planner
 from promptbake.plan.preflight import check_templates, placeholder
-from promptbake.spec.models import Spec
+from promptbake.specification.models import Spec
 from promptbake.store.db import PlannedRequest
 from promptbake.teacher.pricing import PriceTable
 from promptbake.teacher.tokens import encoding_note

@@ -19,8 +19,8 @@ from typing import Any
 from promptbake.errors import DataFileError
 from promptbake.ids import stable_hash
 from promptbake.output.jsonl import read_jsonl
-from promptbake.spec.models import Spec, read_lines_file
-from promptbake.spec.templates import Templates
+from promptbake.specification.models import Spec, read_lines_file
+from promptbake.specification.templates import Templates
 
 
 @dataclass(frozen=True)

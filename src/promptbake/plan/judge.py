@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from promptbake.spec.models import Judge, MessageTemplate, Spec, Step
+from promptbake.specification.models import Judge, MessageTemplate, Spec, Step
 
 SCORE_SCHEMA: dict[str, Any] = {
     "type": "object",

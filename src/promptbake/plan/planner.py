@@ -13,14 +13,14 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from promptbake.build.checks import last_assistant
-from promptbake.build.dedupe import normalise
+from promptbake.curate.checks import last_assistant
+from promptbake.curate.dedupe import normalise
 from promptbake.errors import TemplateError
 from promptbake.ids import stable_hash
 from promptbake.plan.expand import Cell
 from promptbake.plan.judge import example_text, judge_steps
-from promptbake.spec.models import MessageTemplate, Spec, Step
-from promptbake.spec.templates import Templates
+from promptbake.specification.models import MessageTemplate, Spec, Step
+from promptbake.specification.templates import Templates
 from promptbake.store.db import FanoutDrop, PlannedRequest, StoredRequest
 from promptbake.teacher.tokens import count_messages
 

@@ -14,7 +14,7 @@ from typing import Any
 from promptbake.plan.expand import Expander
 from promptbake.plan.judge import judge_steps
 from promptbake.plan.planner import MessageRenderer
-from promptbake.spec.models import Spec, Step
+from promptbake.specification.models import Spec, Step
 
 
 class Placeholder:
@@ -53,7 +53,7 @@ def placeholder(step: Step, text: str | None = None) -> Any:
 def check_templates(spec: Spec, expander: Expander) -> None:
     """Raise ``TemplateError`` naming the field (or file) and line of the first template that
     cannot render for the first cell (a grid with no cell has nothing to render)."""
-    from promptbake.build.examples import ExampleRenderer
+    from promptbake.curate.examples import ExampleRenderer
 
     cell = next(expander.cells(), None)
     if cell is None:

@@ -38,7 +38,7 @@ from promptbake.teacher.pool import Attempt, Outcome, PoolStats, _JobRun, worst_
 from promptbake.teacher.pricing import PriceTable
 
 if TYPE_CHECKING:
-    from promptbake.spec.models import Step
+    from promptbake.specification.models import Step
     from promptbake.teacher.generate import Generation
     from promptbake.teacher.link import Link
 

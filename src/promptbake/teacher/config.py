@@ -18,7 +18,7 @@ from typing import Literal
 from pydantic import ValidationError
 
 from promptbake.errors import InputError
-from promptbake.spec.models import EndpointConfig, Prices, TeacherConfig
+from promptbake.specification.models import EndpointConfig, Prices, TeacherConfig
 from promptbake.teacher.client import Endpoint
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"

@@ -32,7 +32,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from promptbake.spec.models import TeacherConfig
+from promptbake.specification.models import TeacherConfig
 from promptbake.teacher.client import AttemptError, ChatClient, ChatResult, Endpoint, RateInfo, RateLimited
 from promptbake.teacher.config import model_name, remote_endpoint
 from promptbake.teacher.limiter import Clock, Limiter, Permit

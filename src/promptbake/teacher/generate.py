@@ -22,7 +22,7 @@ from promptbake.ids import stable_hash
 from promptbake.plan.expand import Expander
 from promptbake.plan.judge import judge_steps
 from promptbake.plan.planner import DEFAULT_RESERVE, Planner, row_key
-from promptbake.spec.models import Spec, Step, TeacherConfig
+from promptbake.specification.models import Spec, Step, TeacherConfig
 from promptbake.store.db import AttemptRow, FanoutDrop, PlannedRequest, ResultRow, Store, StoredRequest
 from promptbake.teacher.client import ChatResult, Endpoint
 from promptbake.teacher.config import model_name

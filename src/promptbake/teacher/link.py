@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-from promptbake.spec.models import TeacherConfig
+from promptbake.specification.models import TeacherConfig
 from promptbake.teacher.client import ChatClient, Endpoint
 from promptbake.teacher.config import endpoint_identity, open_teacher
 from promptbake.teacher.endpoints import Fleet, connect

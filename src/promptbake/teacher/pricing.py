@@ -13,7 +13,7 @@ import math
 from collections.abc import Iterable, Mapping
 
 from promptbake.errors import InputError
-from promptbake.spec.models import Prices
+from promptbake.specification.models import Prices
 
 DEFAULT_PRICES: dict[str, Prices] = {
     "gpt-5": Prices(input=1.25, output=10.00),

@@ -17,7 +17,7 @@ from pathlib import Path
 from promptbake.errors import InputError
 from promptbake.output.atomic import atomic_writer
 from promptbake.plan.expand import Expander
-from promptbake.spec.models import Spec
+from promptbake.specification.models import Spec
 from promptbake.store.batches import Holder, Item, exhausted, holders
 from promptbake.store.db import ResultRow, Store
 from promptbake.teacher.batch import line_outcome

@@ -17,7 +17,7 @@ from promptbake.errors import InputError
 from promptbake.plan.expand import Expander
 from promptbake.plan.preflight import check_templates
 from promptbake.records import Example
-from promptbake.spec.models import Spec
+from promptbake.specification.models import Spec
 from promptbake.store.db import Store
 from promptbake.teacher.config import Teacher, merge, open_teacher
 from promptbake.teacher.generate import GenerateOptions, GenerateReport, Generation, StepReport, check_budget
@@ -58,9 +58,9 @@ class RunReport:
 def shortfall(spec: Spec, expander: Expander, store: Store) -> tuple[dict[str, int], float]:
     """Per cell, how many accepted examples (parsed, through every quality gate, distinct) are
     still missing; and the share of rendered examples the quality gates have let through so far."""
-    from promptbake.build.dedupe import dedupe
-    from promptbake.build.examples import ExampleRenderer
-    from promptbake.build.gates import Gates
+    from promptbake.curate.dedupe import dedupe
+    from promptbake.curate.examples import ExampleRenderer
+    from promptbake.curate.gates import Gates
 
     gates = Gates(spec, store)
     passed = list(gates.passing(ExampleRenderer(spec, expander.templates).examples(store)))
@@ -183,7 +183,7 @@ async def run_async(
 ) -> RunReport:
     """expand → generate (with top-up rounds for exact counts) → build, in one call.
     ``existing``: examples the built data must not repeat (see ``build.build``)."""
-    from promptbake.build.builder import build
+    from promptbake.curate.builder import build
     from promptbake.output.targets import target_for_teacher
 
     store_path = store_path or default_store(out_dir)
@@ -229,7 +229,7 @@ def spec_text(spec: Spec) -> str:
 def spec_from_store(store_path: str | Path, name: str | None = None) -> Spec:
     """The spec a store was generated with (``build STORE``), re-read from the text it saved."""
     from promptbake.errors import StoreError
-    from promptbake.spec.models import parse_spec
+    from promptbake.specification.models import parse_spec
 
     if not Path(store_path).exists():
         raise StoreError(f"{store_path}: no such store")

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from promptbake.build.dedupe import dedupe
-from promptbake.build.examples import ExampleRenderer
-from promptbake.build.gates import Gates
+from promptbake.curate.dedupe import dedupe
+from promptbake.curate.examples import ExampleRenderer
+from promptbake.curate.gates import Gates
 from promptbake.errors import DataFileError, InputError
 from promptbake.output.atomic import ensure_dir, json_line, write_jsonl_atomic, write_text_atomic
 from promptbake.output.export import read_manifest
@@ -34,7 +34,7 @@ from promptbake.output.jsonl import read_jsonl
 from promptbake.output.sidecar import read_split
 from promptbake.plan.expand import Cell, Expander
 from promptbake.records import Example
-from promptbake.spec.models import Grid, Spec
+from promptbake.specification.models import Grid, Spec
 from promptbake.store.db import Store
 from promptbake.teacher.config import Teacher
 from promptbake.teacher.generate import GenerateOptions

@@ -16,7 +16,7 @@ from typing import Any
 from promptbake.errors import InputError
 from promptbake.output.atomic import write_text_atomic
 from promptbake.plan.expand import Expander
-from promptbake.spec.models import MessageTemplate, Spec
+from promptbake.specification.models import MessageTemplate, Spec
 from promptbake.teacher.config import Teacher, merge, model_name
 from promptbake.teacher.generate import GenerateOptions
 from promptbake.teacher.pricing import PriceTable

@@ -16,10 +16,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from promptbake.build.checks import Checks, read_schema
+from promptbake.curate.checks import Checks, read_schema
 from promptbake.errors import DataFileError, InputError
 from promptbake.plan.expand import load_table
-from promptbake.spec.models import IDENTIFIER, Spec
+from promptbake.specification.models import IDENTIFIER, Spec
 
 ANSWER_STEP = "answer"
 INPUT_STEP = "input"  # the generated-inputs step; its items become the variable ``input``

@@ -22,7 +22,7 @@ from promptbake.errors import BudgetExceeded, InputError, TeacherError
 from promptbake.ids import stable_hash
 from promptbake.output.atomic import ensure_dir, write_jsonl_atomic
 from promptbake.plan.planner import DEFAULT_RESERVE
-from promptbake.spec.models import TeacherConfig
+from promptbake.specification.models import TeacherConfig
 from promptbake.store.db import PlannedRequest, Store
 from promptbake.teacher.client import ChatResult
 from promptbake.teacher.config import endpoint_identity, model_name

@@ -10,10 +10,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from promptbake.build.checks import AnswerList, Checks
+from promptbake.curate.checks import AnswerList, Checks
 from promptbake.errors import InputError
-from promptbake.spec.models import Spec, TeacherConfig
-from promptbake.spec.templates import Templates
+from promptbake.specification.models import Spec, TeacherConfig
+from promptbake.specification.templates import Templates
 from promptbake.teacher.client import ChatResult
 from promptbake.teacher.config import Teacher, merge
 from promptbake.teacher.parse import parse_output

@@ -7,7 +7,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
-from promptbake.build.checks import AnswerList
+from promptbake.curate.checks import AnswerList
 from promptbake.workflows.evaluate.testset import setting_label
 
 

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from promptbake.errors import DataFileError, InputError
 from promptbake.output.jsonl import read_jsonl
 from promptbake.output.sidecar import split_metadata
-from promptbake.spec.models import SamplingParams
+from promptbake.specification.models import SamplingParams
 
 SWEEPABLE = ("temperature", "top_p", "max_tokens", "seed", "presence_penalty", "frequency_penalty")
 _SENT_KEYS = ("role", "content", "name", "tool_calls", "tool_call_id")  # no training-only "weight"

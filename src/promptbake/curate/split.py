@@ -28,9 +28,9 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from promptbake.build.dedupe import normalise
+from promptbake.curate.dedupe import normalise
 from promptbake.records import Example
-from promptbake.spec.models import SplitConfig
+from promptbake.specification.models import SplitConfig
 
 TEST, TRAIN = "test", "train"
 

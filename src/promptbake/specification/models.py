@@ -16,10 +16,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from promptbake.build.checks import AnswerList, Checks
-from promptbake.build.filters import FilterSet
+from promptbake.curate.checks import AnswerList, Checks
+from promptbake.curate.filters import FilterSet
 from promptbake.errors import DataFileError, SpecError, TemplateError
-from promptbake.spec.strict import Strict
+from promptbake.specification.strict import Strict
 
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -337,7 +337,7 @@ class Spec(Strict):
         it reports the error where it matters)."""
         import jinja2
 
-        from promptbake.spec.templates import Templates
+        from promptbake.specification.templates import Templates
 
         files: dict[str, bytes] = {}
         messages = [m for step in self.steps for m in step.messages] + list(self.example.messages)

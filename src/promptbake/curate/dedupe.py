@@ -40,7 +40,7 @@ from datasketch import LeanMinHash, MinHash, MinHashLSH
 
 from promptbake.errors import IndexUnavailable, InputError, SpecError
 from promptbake.records import Example
-from promptbake.spec.models import DedupeConfig, DedupeStorage
+from promptbake.specification.models import DedupeConfig, DedupeStorage
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
 Reason = Literal["exact", "near"]

@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import RootModel, model_validator
 
-from promptbake.build.checks import last_assistant
+from promptbake.curate.checks import last_assistant
 
 # Refusal and apology boilerplate of chat-tuned models: an answer carrying one did not do the task.
 REFUSALS = re.compile(

@@ -16,7 +16,7 @@ import jsonschema
 from pydantic import Field, field_validator
 
 from promptbake.errors import DataFileError
-from promptbake.spec.strict import Strict
+from promptbake.specification.strict import Strict
 
 
 class Checks(Strict):

@@ -12,8 +12,8 @@ from typing import Any
 from promptbake.ids import stable_hash
 from promptbake.plan.planner import MessageRenderer
 from promptbake.records import Example
-from promptbake.spec.models import Spec
-from promptbake.spec.templates import Templates
+from promptbake.specification.models import Spec
+from promptbake.specification.templates import Templates
 from promptbake.store.db import Store
 
 

@@ -14,19 +14,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from promptbake.build.balance import balance
-from promptbake.build.dedupe import Dropped, dedupe
-from promptbake.build.examples import ExampleRenderer
-from promptbake.build.gates import Gates
-from promptbake.build.sizes import nested_subsets
-from promptbake.build.split import assign
+from promptbake.curate.balance import balance
+from promptbake.curate.dedupe import Dropped, dedupe
+from promptbake.curate.examples import ExampleRenderer
+from promptbake.curate.gates import Gates
+from promptbake.curate.sizes import nested_subsets
+from promptbake.curate.split import assign
 from promptbake.output.atomic import ensure_dir, write_jsonl_atomic, write_text_atomic
 from promptbake.output.export import read_manifest, write_format
 from promptbake.output.formats import WriteReport, write_split
 from promptbake.output.jsonl import read_jsonl
 from promptbake.plan.expand import Expander
 from promptbake.records import Example
-from promptbake.spec.models import Spec
+from promptbake.specification.models import Spec
 from promptbake.store.db import Store
 
 CANONICAL = "openai-chat"  # DIR/train.jsonl and DIR/test.jsonl; other formats go to DIR/<format>/

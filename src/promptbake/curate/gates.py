@@ -12,11 +12,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from promptbake.build.checks import last_assistant
+from promptbake.curate.checks import last_assistant
 from promptbake.ids import stable_hash
 from promptbake.plan.judge import verdict_score
 from promptbake.records import Example
-from promptbake.spec.models import Spec
+from promptbake.specification.models import Spec
 from promptbake.store.db import Store
 
 GATES = ("checks", "filters", "judge")

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from promptbake.records import Example
-from promptbake.spec.models import BalanceConfig
+from promptbake.specification.models import BalanceConfig
 
 
 @dataclass
