@@ -33,8 +33,9 @@ from typing import Any
 import aiohttp
 
 from promptbake.teacher.client import ChatClient, Endpoint
+from promptbake.teacher.jobs import Job, Outcome
 from promptbake.teacher.limiter import Limiter
-from promptbake.teacher.pool import Job, Outcome, Pool
+from promptbake.teacher.pool import Pool
 
 SERVER = Path(__file__).resolve().parent.parent / "tests" / "fakeserver.py"
 MODEL = "gpt-4o-mini"

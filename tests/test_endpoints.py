@@ -24,8 +24,9 @@ from promptbake.teacher.client import ChatClient, Endpoint
 from promptbake.teacher.config import Teacher, merge
 from promptbake.teacher.endpoints import Fleet, fleet_model
 from promptbake.teacher.generate import GenerateOptions
+from promptbake.teacher.jobs import Job
 from promptbake.teacher.limiter import Limiter
-from promptbake.teacher.pool import Job, Pool
+from promptbake.teacher.pool import Pool
 from promptbake.workflows.pipeline import generate
 
 SERVER = Path(__file__).resolve().parent / "fakeserver.py"

@@ -12,8 +12,9 @@ from fakeserver import FakeServer, Fault, body_hash
 
 from promptbake import errors
 from promptbake.teacher.client import ChatClient, ChatResult, Endpoint
+from promptbake.teacher.jobs import Job, Outcome
 from promptbake.teacher.limiter import Limiter
-from promptbake.teacher.pool import Job, Outcome, Pool, PoolStats
+from promptbake.teacher.pool import Pool, PoolStats
 
 KEY = "sk-pool-test-key-0123456789"
 

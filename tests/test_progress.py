@@ -15,7 +15,7 @@ from fakeserver import FakeServer, Fault
 from helpers import MINIMAL_SPEC, list_then_reply_responder, write_spec
 
 from promptbake.cli.main import cli
-from promptbake.teacher.generate import Progress
+from promptbake.teacher.progress import Progress
 
 
 def outcome(ok: bool = True) -> SimpleNamespace:

@@ -32,10 +32,12 @@ from promptbake.errors import AuthError, InputError, ResponseRejected, TeacherEr
 from promptbake.store.batches import TERMINAL, BatchFile, BatchLedger, Item
 from promptbake.store.db import ResultRow, Store
 from promptbake.teacher.batchfile import MAX_BYTES, MAX_LINES, InputFile, LineResult, input_line, parse_line
-from promptbake.teacher.client import AttemptError, ChatResult, Endpoint, read_result
-from promptbake.teacher.generate import Progress, StepJob, _checker, result_row, send_to_store
-from promptbake.teacher.pool import Attempt, Outcome, PoolStats, _JobRun, worst_cost
+from promptbake.teacher.client import AttemptError, ChatResult, Endpoint, KeyScrubber, read_result
+from promptbake.teacher.jobs import Attempt, Outcome, StepJob, attempt_body, checker, result_row, worst_cost
+from promptbake.teacher.online import send_to_store
+from promptbake.teacher.pool import PoolStats
 from promptbake.teacher.pricing import PriceTable
+from promptbake.teacher.progress import Progress
 
 if TYPE_CHECKING:
     from promptbake.specification.models import Step
@@ -120,7 +122,7 @@ class BatchApi:
         await self._client.close()
 
     def _scrub(self, text: str) -> str:
-        return scrub(text, self.endpoint.api_key)
+        return KeyScrubber(self.endpoint.api_key)(text)
 
     @contextlib.contextmanager
     def _errors(self, what: str, hint: str = "", refused: type[TeacherError] = TeacherError) -> Iterator[None]:
@@ -200,11 +202,6 @@ class BatchApi:
                         yield text
 
 
-def scrub(text: str, key: str | None) -> str:
-    """The text with the API key blotted out: providers may echo what they were sent."""
-    return text.replace(key, "***") if key else text
-
-
 def _message(exc: Any) -> str:
     body = getattr(exc, "body", None)
     if isinstance(body, dict):
@@ -223,7 +220,7 @@ async def send_step_batches(generation: Generation, k: int, round_: int, step: S
     assert options is not None
     if generation.report.batch is None:
         generation.report.batch = BatchTotals()
-    scope = Scope(generation.spec.name, k, round_, _checker(step), step.seed is not None)
+    scope = Scope(generation.spec.name, k, round_, checker(step), step.seed is not None)
     run = BatchRun(generation.store, generation.endpoint, config.max_attempts, PriceTable(config.prices), scope,
                    options, progress=progress, max_cost=max_cost, on_outcome=on_outcome,
                    totals=generation.report.batch, timeout=config.timeout)
@@ -341,7 +338,7 @@ class BatchRun:
                 if self.max_cost is not None and self.stats.cost + reserved + worst > self.max_cost:
                     self.stats.stopped_for_budget = not files and current is None
                     break
-                line = input_line(cid, _JobRun(job, rejections=self.rejections[cid]).body)
+                line = input_line(cid, attempt_body(job, self.rejections[cid]))
                 if len(line) > self.options.max_bytes:
                     raise InputError(f"request {job.id} is {len(line):,} bytes, more than a batch file may hold")
                 if current is not None and not current.fits(line):
@@ -435,7 +432,7 @@ class BatchRun:
             cid = line.custom_id
             self.tries[cid] += 1
             if line.error:
-                line.error = scrub(line.error, self.endpoint.api_key)
+                line.error = KeyScrubber(self.endpoint.api_key)(line.error)
             outcome, retry = self._outcome(group[0], line, age)
             final = outcome.ok or not retry or self.tries[cid] >= self.max_attempts
             if not outcome.ok and final:

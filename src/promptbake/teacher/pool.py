@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import hashlib
 import math
 import random
 import re
@@ -27,10 +26,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from promptbake import errors
-from promptbake.teacher.client import CANNOT_CONNECT, AttemptError, ChatClient, ChatResult, RateLimited
+from promptbake.teacher.client import CANNOT_CONNECT, AttemptError, ChatClient, RateLimited
+from promptbake.teacher.jobs import Attempt, CostFn, Job, Outcome, attempt_body, charge, worst_cost
 from promptbake.teacher.limiter import Limiter, wait_hint
 
-CostFn = Callable[[str, int, int], float]
 Notice = Callable[[str], None]
 FAIL_FAST = 10  # identical failures with no success before a pool gives up
 MAX_RETRY_AFTER = 60.0  # seconds: a longer retry-after pauses only its own request, this long
@@ -39,60 +38,6 @@ _NUMBERS = re.compile(r"\d+(?:\.\d+)?")
 
 class FailingFast(errors.TeacherError):
     """The first requests of a pool all failed for one reason: stop paying (see ``fail_fast``)."""
-
-# The prompt's token count is an estimate (tiktoken, maybe another model's encoding); the server
-# counts its own way. The budget reserves this much more, so the bound holds when it counts more.
-PROMPT_MARGIN = 1.25
-PROMPT_SLACK = 16  # tokens: the chat format's overhead varies between servers
-
-
-@dataclass
-class Job:
-    id: str
-    body: dict[str, Any]  # the full request body including the model; never the key
-    est_tokens: int  # what TPM reserves: estimated prompt + max tokens × n
-    check: Callable[[ChatResult], Any] | None = None  # raises errors.ResponseRejected to retry
-    reseed: bool = False  # after a rejection, retry with a different "seed"
-
-
-@dataclass
-class Attempt:
-    """One HTTP attempt. ``raw`` keeps the content the check rejected; ``cost`` is what it billed."""
-
-    number: int
-    status: int | None
-    error_kind: str | None
-    error: str | None
-    latency_ms: float
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost: float = 0.0
-    raw: str | None = None
-    seed: int | None = None
-    estimated: bool = False  # no usable usage came back: tokens and cost are the worst case
-
-
-@dataclass
-class Outcome:
-    """A finished job. ``abandoned`` means it was cut short (budget, 401, cancellation), not that it
-    failed: its paid attempts must be stored, and the job stays pending for the next run."""
-
-    job: Job
-    ok: bool
-    result: ChatResult | None
-    parsed: Any
-    attempts: list[Attempt]
-    error: str | None
-    abandoned: bool = False
-    kind: str | None = None  # the error kind that ended a failed job
-    final: bool = False  # failed for a reason sending it again cannot fix
-
-    @property
-    def reason(self) -> str:
-        """Why it failed, in the server's words: the last attempt's error without the "gave up
-        after N attempts" wrapper, or, for a final failure, the error that says why it was final."""
-        last = self.attempts[-1].error if self.attempts and not self.final else None
-        return last or self.error or "unknown"
 
 
 @dataclass
@@ -170,16 +115,7 @@ class _JobRun:
 
     @property
     def body(self) -> dict[str, Any]:
-        """After a rejection, the body with another seed: the step's own plus the number of
-        rejections, or one derived from the job id when the step sets none (a deterministic
-        teacher would otherwise answer the same bytes again)."""
-        body = self.job.body
-        if not (self.job.reseed and self.rejections):
-            return body
-        seed = body.get("seed")
-        if not isinstance(seed, int) or isinstance(seed, bool):
-            seed = int(hashlib.sha256(self.job.id.encode()).hexdigest()[:8], 16) % 1_000_000
-        return {**body, "seed": seed + self.rejections}
+        return attempt_body(self.job, self.rejections)
 
 
 class Pool:
@@ -346,17 +282,13 @@ class Pool:
 
         latency = (time.perf_counter() - start) * 1000
         self.limiter.observe(permit, result.rate)
-        if result.usage_known:
-            prompt_tokens, completion_tokens = result.prompt_tokens, result.completion_tokens
-            self.limiter.adjust(permit, prompt_tokens + completion_tokens)
-            paid = self.cost(str(body.get("model", result.model)), prompt_tokens, completion_tokens)
-        else:
-            # no usage to bill by: charge what was reserved, never $0 (the summary says so)
-            (prompt_tokens, completion_tokens), paid = worst_tokens(run.job), worst
+        bill = charge(self.cost, run.job, result)
+        if not bill.estimated:
+            self.limiter.adjust(permit, bill.prompt_tokens + bill.completion_tokens)
         self.limiter.succeeded()
-        self._budget.spent += paid
-        attempt = Attempt(number, 200, None, None, latency, prompt_tokens, completion_tokens, paid,
-                          seed=seed, estimated=not result.usage_known)
+        self._budget.spent += bill.cost
+        attempt = Attempt(number, 200, None, None, latency, bill.prompt_tokens, bill.completion_tokens, bill.cost,
+                          seed=seed, estimated=bill.estimated)
         run.attempts.append(attempt)
         if run.job.check is None:
             return 0.0, Outcome(run.job, True, result, None, run.attempts, None)
@@ -409,24 +341,6 @@ class Pool:
             if attempt.estimated:
                 stats.estimated += 1
                 stats.estimated_cost += attempt.cost
-
-
-def worst_tokens(job: Job) -> tuple[int, int]:
-    """(prompt, completion) tokens of the dearest answer ``job`` can get: the prompt estimate with
-    a margin, and every completion token it may use (max tokens × n). With no max tokens set, the
-    whole estimate is counted as completion tokens (the dearer kind)."""
-    body = job.body
-    cap = body.get("max_completion_tokens", body.get("max_tokens"))
-    if cap is None:
-        return 0, math.ceil(job.est_tokens * PROMPT_MARGIN) + PROMPT_SLACK
-    out = int(cap) * int(body.get("n") or 1)
-    return math.ceil(max(0, job.est_tokens - out) * PROMPT_MARGIN) + PROMPT_SLACK, out
-
-
-def worst_cost(cost: CostFn, job: Job) -> float:
-    """Cost if the answer used every token it may (see :func:`worst_tokens`)."""
-    prompt, completion = worst_tokens(job)
-    return cost(str(job.body.get("model", "")), prompt, completion)
 
 
 def _puller(jobs: AsyncIterator[Job] | Iterable[Job]) -> Callable[[], Awaitable[Job | None]]:

@@ -24,7 +24,8 @@ from promptbake.teacher.batch import line_outcome
 from promptbake.teacher.batchfile import MAX_BYTES, MAX_LINES, InputFile, LineResult, input_line, read_lines
 from promptbake.teacher.client import Endpoint
 from promptbake.teacher.config import Teacher, merge, model_name
-from promptbake.teacher.generate import GenerateOptions, Generation, _checker, result_row
+from promptbake.teacher.generate import GenerateOptions, Generation
+from promptbake.teacher.jobs import checker, result_row
 from promptbake.teacher.pricing import PriceTable
 from promptbake.workflows.pipeline import ask_for, save_run_context, shortfall, spec_from_store
 
@@ -199,7 +200,7 @@ def _rows(line: LineResult, pending: list[Holder], specs: dict[str, Spec], store
         spec = specs[first.spec_name] = spec_from_store(store_path, first.spec_name)
     step = spec.steps[first.step_index]
     answer = line_outcome(Item(line.custom_id, first.request_id, first.model), line, first.attempts + 1,
-                          _checker(step), PriceTable(spec.teacher.prices))
+                          checker(step), PriceTable(spec.teacher.prices))
     outcome = answer.outcome
     report.cost += answer.cost
     if outcome.ok:

@@ -26,10 +26,12 @@ from promptbake.specification.models import TeacherConfig
 from promptbake.store.db import PlannedRequest, Store
 from promptbake.teacher.client import ChatResult
 from promptbake.teacher.config import endpoint_identity, model_name
-from promptbake.teacher.generate import Progress, StepJob, bounded, send_to_store
+from promptbake.teacher.jobs import StepJob, bounded
 from promptbake.teacher.link import Link, Links
+from promptbake.teacher.online import send_to_store
 from promptbake.teacher.pool import FailureLog, PoolStats
 from promptbake.teacher.pricing import PriceTable
+from promptbake.teacher.progress import Progress
 from promptbake.teacher.tokens import count_messages
 from promptbake.workflows.evaluate.scoring import (
     Scoring,
