@@ -21,16 +21,14 @@ recorded, so tests can prove that nothing was uploaded or launched twice.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
-import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from aiohttp import web
+from fakeserver import in_background
 
 Kind = Literal["openai", "together", "fireworks"]
 
@@ -100,19 +98,9 @@ class FakeProvider:
     async def stop(self) -> None:
         await self._runner.cleanup()
 
-    @contextlib.contextmanager
-    def running(self) -> Iterator[FakeProvider]:
-        loop = asyncio.new_event_loop()
-        thread = threading.Thread(target=loop.run_forever, daemon=True)
-        thread.start()
-        asyncio.run_coroutine_threadsafe(self.start(), loop).result(10)
-        try:
-            yield self
-        finally:
-            asyncio.run_coroutine_threadsafe(self.stop(), loop).result(30)
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join(10)
-            loop.close()
+    def running(self) -> contextlib.AbstractContextManager[FakeProvider]:
+        """Serve from a daemon thread while the block runs (sync tests, the CLI in-process)."""
+        return in_background(self)
 
     # ---- shared ----------------------------------------------------------------------------
 

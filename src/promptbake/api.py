@@ -464,13 +464,13 @@ async def train_hosted_async(
     check and the price. The key is read from ``api_key_env`` (default ``<PROVIDER>_API_KEY``), the
     server from ``base_url`` (default ``<PROVIDER>_BASE_URL``, else the public API); Fireworks needs
     ``account`` (or ``FIREWORKS_ACCOUNT_ID``). ``echo`` receives progress lines."""
+    from promptbake.train.hosted import TrainOptions
     from promptbake.train.hosted import train_hosted_async as run
     from promptbake.train.providers import Connection
 
-    connection = Connection.resolve(provider, base_url, api_key_env, account)
-    return await run(directory, connection, model, epochs=epochs, price=price, max_cost=max_cost,
-                     validation=validation, suffix=suffix, dry_run=dry_run, wait=wait, poll=poll, new_job=new_job,
-                     echo=echo)
+    options = TrainOptions(epochs=epochs, price=price, max_cost=max_cost, validation=validation, suffix=suffix,
+                           dry_run=dry_run, wait=wait, poll=poll, new_job=new_job)
+    return await run(directory, Connection.resolve(provider, base_url, api_key_env, account), model, options, echo)
 
 
 train_hosted = synchronous(train_hosted_async)

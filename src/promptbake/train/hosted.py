@@ -369,42 +369,45 @@ def _ended(job: TrainJob) -> TrainingError:
                          " (run again with --new-job to launch another on the same uploads)")
 
 
-async def train_hosted_async(
-    directory: str | Path,
-    connection: Connection,
-    model: str,
-    *,
-    epochs: int | None = None,
-    price: float | None = None,
-    max_cost: float | None = None,
-    validation: bool = False,
-    suffix: str | None = None,
-    dry_run: bool = False,
-    wait: bool = True,
-    poll: float = 60.0,
-    new_job: bool = False,
-    echo: Echo | None = None,
-) -> TrainResult:
-    """Check, price, upload, launch and (with ``wait``) follow a fine-tuning job; see the module."""
+@dataclass
+class TrainOptions:
+    """How ``train_hosted`` runs, beyond where and what: ``promptbake train``'s flags."""
+
+    epochs: int | None = None  # None: the provider's default (OpenAI's rule, else 1)
+    price: float | None = None  # USD per 1M training tokens, over the table's
+    max_cost: float | None = None  # refuse an estimate above it, or an unknown one
+    validation: bool = False  # upload the test split as the validation file
+    suffix: str | None = None
+    dry_run: bool = False  # check and price only
+    wait: bool = True  # follow the job until it ends
+    poll: float = 60.0  # longest pause between two status checks
+    new_job: bool = False  # launch again after a failed or cancelled job
+
+
+async def train_hosted_async(directory: str | Path, connection: Connection, model: str,
+                             options: TrainOptions | None = None, echo: Echo | None = None) -> TrainResult:
+    """Check, price, upload, launch and (with ``options.wait``) follow a fine-tuning job; see the
+    module. ``echo`` receives progress lines."""
+    o = options or TrainOptions()
     say = echo or (lambda _: None)
-    plan = plan_training(directory, connection, model, epochs=epochs, price=price, validation=validation,
-                         suffix=suffix)
+    plan = plan_training(directory, connection, model, epochs=o.epochs, price=o.price, validation=o.validation,
+                         suffix=o.suffix)
     for warning in plan.warnings:
         say(f"warning: {warning}")
     say(f"{plan.train_path}: no format errors for {connection.provider}; {plan.estimate.format()}")
     result = TrainResult(plan)
-    if dry_run:
-        check_budget(plan.estimate, max_cost)
+    if o.dry_run:
+        check_budget(plan.estimate, o.max_cost)
         return result
     with Store(store_path(plan.directory)) as store:
         ledger = TrainLedger(store)
         job = ledger.latest(plan.key)
         if job is not None and job.status in ("failed", "cancelled"):
-            if not new_job:
+            if not o.new_job:
                 raise _ended(job)
             job = None
         if job is None or job.job_id is None:
-            check_budget(plan.estimate, max_cost)  # a job already launched is paid for: no limit to apply
+            check_budget(plan.estimate, o.max_cost)  # a job already launched is paid for: no limit to apply
         result.reattached = job is not None
         result.job = job or ledger.add(_new_attempt(plan))
         if job is not None:
@@ -415,8 +418,8 @@ async def train_hosted_async(
             launch = _Launch(api, ledger, result, say)
             await launch.uploads()
             await launch.launch()
-            if wait:
-                await launch.follow(poll)
+            if o.wait:
+                await launch.follow(o.poll)
         if result.job.status == "succeeded":
             write_train_json(plan.directory, result.job)
         elif result.job.status in ("failed", "cancelled"):
