@@ -105,8 +105,10 @@ class FakeProvider:
     # ---- shared ----------------------------------------------------------------------------
 
     def _error(self, request: web.Request, status: int, message: str, **headers: str) -> web.Response:
-        if self.echo_auth:
-            message += f" (request had Authorization: {request.headers.get('Authorization')})"
+        if self.echo_auth:  # whole, cut and masked, as servers do
+            sent = request.headers.get("Authorization") or ""
+            key = sent.removeprefix("Bearer ")
+            message += f" (request had Authorization: {sent}; key {key[:14]}... or ...{key[-10:]})"
         if self.kind == "fireworks":
             body: dict[str, Any] = {"code": status, "message": message}
         else:

@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from promptbake.errors import InputError, TrainingError
-from promptbake.teacher.batch import api_error_message, scrub
+from promptbake.teacher.batch import api_error_message
+from promptbake.teacher.client import KeyScrubber
 
 # queued (waiting for hardware), validating (the provider reads the file), running, cancelling, and
 # the three ends; a state this module does not know is kept as running, with the raw word shown
@@ -118,6 +119,7 @@ class Provider(abc.ABC):
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
         self.key = connection.key()
+        self.scrub = KeyScrubber(self.key)  # the key, and any 8-character prefix or suffix of it
         self.client: Any = None
 
     async def __aenter__(self) -> Provider:
@@ -158,11 +160,11 @@ class Provider(abc.ABC):
                            f"retries: {api_error_message(exc)}; nothing is lost, run the command again later")
             else:
                 message = f"{what}: HTTP {status} from {self.name} at {where}: {api_error_message(exc)}"
-            raise TrainingError(scrub(message, self.key)) from None
+            raise TrainingError(self.scrub(message)) from None
         except sdk.APIError as exc:  # connection errors and timeouts, after the SDK's retries
-            raise TrainingError(scrub(f"{what}: cannot reach {self.name} at {where}: {exc}", self.key)) from None
+            raise TrainingError(self.scrub(f"{what}: cannot reach {self.name} at {where}: {exc}")) from None
         except ValueError as exc:
-            raise InputError(scrub(f"{what}: {self.name} refuses the request: {exc}", self.key)) from None
+            raise InputError(self.scrub(f"{what}: {self.name} refuses the request: {exc}")) from None
 
     def view(self, job_id: str, raw: str, **facts: Any) -> JobView:
         return JobView(job_id, self.raw_states.get(raw, "running"), raw, **facts)
