@@ -136,10 +136,10 @@ class BatchApi:
             raise AuthError(f"{what}: the server at {where} refused the credentials "
                             f"(HTTP {exc.status_code}); check the API key variable") from None
         except openai.NotFoundError as exc:
-            message = (f"{what}: {where} answered 404 ({api_error_message(exc)}); a server without the Batch API can "
+            message = (f"{what}: {where} answered 404 ({_message(exc)}); a server without the Batch API can "
                        "still run the files: see `promptbake batch export`")
         except openai.APIStatusError as exc:
-            message = f"{what}: HTTP {exc.status_code} from {where}: {api_error_message(exc)}{hint}"
+            message = f"{what}: HTTP {exc.status_code} from {where}: {_message(exc)}{hint}"
         except openai.APIError as exc:  # connection errors and timeouts, after the SDK's retries
             message, error = f"{what}: cannot reach {where}: {exc}", TeacherError
         else:
@@ -205,8 +205,7 @@ def scrub(text: str, key: str | None) -> str:
     return text.replace(key, "***") if key else text
 
 
-def api_error_message(exc: Any) -> str:
-    """What an SDK error says in its body (the provider's own words), on one line."""
+def _message(exc: Any) -> str:
     body = getattr(exc, "body", None)
     if isinstance(body, dict):
         inner = body.get("error", body)

@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from promptbake.errors import InputError, TrainingError
-from promptbake.teacher.batch import api_error_message
 from promptbake.teacher.client import KeyScrubber
 
 # queued (waiting for hardware), validating (the provider reads the file), running, cancelling, and
@@ -157,9 +156,9 @@ class Provider(abc.ABC):
                            f"check {self.connection.api_key_env}")
             elif status == 429:
                 message = (f"{what}: {self.name} is rate limiting (HTTP 429) and still was after the SDK's "
-                           f"retries: {api_error_message(exc)}; nothing is lost, run the command again later")
+                           f"retries: {_said(exc)}; nothing is lost, run the command again later")
             else:
-                message = f"{what}: HTTP {status} from {self.name} at {where}: {api_error_message(exc)}"
+                message = f"{what}: HTTP {status} from {self.name} at {where}: {_said(exc)}"
             raise TrainingError(self.scrub(message)) from None
         except sdk.APIError as exc:  # connection errors and timeouts, after the SDK's retries
             raise TrainingError(self.scrub(f"{what}: cannot reach {self.name} at {where}: {exc}")) from None
@@ -194,6 +193,15 @@ class Provider(abc.ABC):
     @abc.abstractmethod
     async def cancel(self, job_id: str) -> JobView:
         """Ask the provider to stop the job; returns it as it is afterwards."""
+
+
+def _said(exc: Any) -> str:
+    """What the provider said, on one line: ``{"error": {"message"}}`` (OpenAI, Together) or
+    ``{"message"}`` (Fireworks), else the SDK's own text."""
+    body = getattr(exc, "body", None)
+    inner = body.get("error", body) if isinstance(body, dict) else body
+    text = inner.get("message") if isinstance(inner, dict) else inner
+    return " ".join(str(text or exc).split())[:300]
 
 
 def _seconds(value: Any) -> float:
