@@ -388,3 +388,10 @@ def test_a_file_over_the_providers_size_limit_is_refused(tmp_path, monkeypatch):
                     "--dry-run")
     assert result.exit_code == 2
     assert "ds/train.jsonl: fireworks would refuse this file: file_too_large" in error_line(result)
+
+
+def test_a_suffix_longer_than_the_provider_takes_is_bad_input(tmp_path):
+    write_dataset(tmp_path / "ds")
+    result = invoke("train", "ds", "--provider", "together", "--model", MODELS["together"], "--suffix", "x" * 41,
+                    "--dry-run")
+    assert result.exit_code == 2 and "at most 40 characters" in error_line(result)

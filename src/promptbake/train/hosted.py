@@ -41,7 +41,7 @@ from promptbake.output.training_cost import default_epochs, listed_price
 from promptbake.output.validate import ValidationReport, overlapping_lines, validate_file
 from promptbake.store.db import Store
 from promptbake.store.train_jobs import TrainJob, TrainLedger
-from promptbake.train.providers import Connection, JobRequest, JobView, Provider, connect
+from promptbake.train.providers import Connection, JobRequest, JobView, Provider, connect, provider_class
 
 UPLOAD_FORMAT = "openai-chat"  # read by OpenAI, Together and Fireworks alike; keeps per-message weight
 TRAIN_JSON = "train.json"
@@ -189,6 +189,9 @@ def plan_training(directory: str | Path, connection: Connection, model: str, *, 
     provider would refuse a file."""
     directory = Path(directory)
     provider = connection.provider
+    longest = provider_class(provider).max_suffix
+    if suffix and longest is not None and len(suffix) > longest:
+        raise InputError(f"--suffix {suffix!r}: {provider} takes at most {longest} characters")
     data = read_dataset(directory)
     source = train_file(directory)
     if validation and not data.get("test"):

@@ -100,19 +100,24 @@ class Connection:
         return key
 
 
-def connect(connection: Connection) -> Provider:
-    """The provider object for a connection (enter it with ``async with``)."""
+def provider_class(name: str) -> type[Provider]:
     kinds: dict[str, type[Provider]] = {"openai": OpenAIProvider, "together": TogetherProvider,
                                         "fireworks": FireworksProvider}
-    return kinds[connection.provider](connection)
+    return kinds[name]
+
+
+def connect(connection: Connection) -> Provider:
+    """The provider object for a connection (enter it with ``async with``)."""
+    return provider_class(connection.provider)(connection)
 
 
 class Provider(abc.ABC):
     """One provider's files and jobs. ``async with`` opens its SDK client."""
 
     name: ClassVar[str]
-    package: ClassVar[str]  # the SDK's import name, for the install hint
-    extra: ClassVar[str]  # the promptbake extra that installs it
+    package: ClassVar[str]  # the SDK's import name
+    install: ClassVar[str]  # what installs it
+    max_suffix: ClassVar[int | None] = None  # longest model-name suffix the provider takes
     raw_states: ClassVar[dict[str, str]]
 
     def __init__(self, connection: Connection) -> None:
@@ -134,7 +139,7 @@ class Provider(abc.ABC):
         try:
             return importlib.import_module(self.package)
         except ImportError:
-            raise InputError(f"--provider {self.name} needs its SDK: pip install 'promptbake[{self.extra}]'") from None
+            raise InputError(f"--provider {self.name} needs its SDK: pip install {self.install}") from None
 
     @abc.abstractmethod
     def _client(self, sdk: Any) -> Any:
@@ -214,7 +219,8 @@ def _seconds(value: Any) -> float:
 class OpenAIProvider(Provider):
     """``/v1/files`` (purpose ``fine-tune``) and ``/v1/fine_tuning/jobs``."""
 
-    name, package, extra = "openai", "openai", "openai"
+    name, package, install = "openai", "openai", "openai"
+    max_suffix = 64
     raw_states: ClassVar[dict[str, str]] = {
         "validating_files": "validating", "queued": "queued", "running": "running",
         "succeeded": "succeeded", "failed": "failed", "cancelled": "cancelled",
@@ -277,7 +283,8 @@ class TogetherProvider(Provider):
     ``/v1/fine-tunes``. The SDK's ``create`` asks the provider for the model's limits and its own
     price estimate before it launches."""
 
-    name, package, extra = "together", "together", "together"
+    name, package, install = "together", "together", "'promptbake[together]'"
+    max_suffix = 40
     raw_states: ClassVar[dict[str, str]] = {
         "pending": "queued", "queued": "queued", "running": "running", "compressing": "running",
         "uploading": "running", "cancel_requested": "cancelling", "cancelled": "cancelled",
@@ -344,7 +351,7 @@ class FireworksProvider(Provider):
     under ``/v1/accounts/{account}``. Their ids are chosen by the caller, so ours are the upload
     name and the job name: a lost id is found by asking for it."""
 
-    name, package, extra = "fireworks", "fireworks", "fireworks"
+    name, package, install = "fireworks", "fireworks", "'promptbake[fireworks]'"
     raw_states: ClassVar[dict[str, str]] = {
         "JOB_STATE_UNSPECIFIED": "queued", "JOB_STATE_CREATING": "queued", "JOB_STATE_PENDING": "queued",
         "JOB_STATE_CREATING_INPUT_DATASET": "queued", "JOB_STATE_RE_QUEUEING": "queued", "JOB_STATE_IDLE": "queued",
