@@ -32,7 +32,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, TypeVar
 
 from aiohttp import web
 
@@ -211,20 +211,9 @@ class FakeServer:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
-    @contextlib.contextmanager
-    def running(self) -> Iterator[FakeServer]:
+    def running(self) -> contextlib.AbstractContextManager[FakeServer]:
         """Run on a private loop in a daemon thread, so sync tests can drive any client."""
-        loop = asyncio.new_event_loop()
-        thread = threading.Thread(target=loop.run_forever, daemon=True)
-        thread.start()
-        asyncio.run_coroutine_threadsafe(self.start(), loop).result(10)
-        try:
-            yield self
-        finally:
-            asyncio.run_coroutine_threadsafe(self.stop(), loop).result(30)
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join(10)
-            loop.close()
+        return in_background(self)
 
     # ---- recorded facts --------------------------------------------------------------------
 
@@ -605,6 +594,32 @@ class FakeBatch:
 
 def _retry_headers(ms: float) -> dict[str, str]:
     return {"retry-after-ms": f"{ms:.0f}", "retry-after": str(max(1, math.ceil(ms / 1000)))}
+
+
+S = TypeVar("S", bound="Startable")
+
+
+class Startable(Protocol):
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+@contextlib.contextmanager
+def in_background(server: S) -> Iterator[S]:
+    """Serve ``server`` on a private loop in a daemon thread until the block ends (every loopback
+    stand-in's ``running()``)."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    asyncio.run_coroutine_threadsafe(server.start(), loop).result(10)
+    try:
+        yield server
+    finally:
+        asyncio.run_coroutine_threadsafe(server.stop(), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
 
 
 def _error(status: int, type_: str, message: str, code: str | None,

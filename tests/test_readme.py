@@ -46,6 +46,9 @@ def test_readme_command_uses_real_commands_and_flags(line):
     command: click.Command = cli
     while isinstance(command, click.Group) and words and words[0] in command.commands:
         command = command.commands[words.pop(0)]
+    default = getattr(command, "default_command", None)  # `promptbake train DIR` is `train start DIR`
+    if isinstance(command, click.Group) and default:
+        command = command.commands[default]
     assert not isinstance(command, click.Group), f"{line}: no such command"
     known = {opt for param in command.params for opt in param.opts + param.secondary_opts}
     for word in words:

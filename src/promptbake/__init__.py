@@ -42,6 +42,12 @@ if TYPE_CHECKING:
         run_async,
         topup,
         topup_async,
+        train_cancel,
+        train_cancel_async,
+        train_hosted,
+        train_hosted_async,
+        train_status,
+        train_status_async,
         validate,
     )
     from promptbake.errors import PromptbakeError
@@ -85,6 +91,12 @@ __all__ = [
     "run_async",
     "topup",
     "topup_async",
+    "train_cancel",
+    "train_cancel_async",
+    "train_hosted",
+    "train_hosted_async",
+    "train_status",
+    "train_status_async",
     "validate",
 ]
 # where each name that is not a function of promptbake.api lives

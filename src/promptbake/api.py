@@ -23,10 +23,12 @@ if TYPE_CHECKING:
     from promptbake.plan.estimate import Estimate
     from promptbake.specification.models import Spec
     from promptbake.store.batches import BatchFile
+    from promptbake.store.train_jobs import TrainJob
     from promptbake.teacher.batch import BatchOptions
     from promptbake.teacher.config import Teacher
     from promptbake.teacher.generate import GenerateOptions
     from promptbake.teacher.local import LocalTeacher
+    from promptbake.train.hosted import TrainResult
     from promptbake.workflows.evaluate import EvalReport
     from promptbake.workflows.offline import ExportReport, ImportReport
     from promptbake.workflows.pipeline import RunReport
@@ -430,3 +432,68 @@ def build_local_teacher(source: PathLike | None = None, *, force: bool = False,
     from promptbake.teacher.engine import build_llama_server
 
     return build_llama_server(source, force=force, echo=echo)
+
+
+async def train_hosted_async(
+    directory: PathLike,
+    *,
+    provider: Literal["openai", "together", "fireworks"],
+    model: str,
+    base_url: str | None = None,
+    api_key_env: str | None = None,
+    account: str | None = None,
+    epochs: int | None = None,
+    price: float | None = None,
+    max_cost: float | None = None,
+    validation: bool = False,
+    suffix: str | None = None,
+    dry_run: bool = False,
+    wait: bool = True,
+    poll: float = 60.0,
+    new_job: bool = False,
+    echo: Callable[[str], None] | None = None,
+) -> TrainResult:
+    """Fine-tune ``model`` at ``provider`` on the built dataset ``directory`` (its latest
+    ``train.vN``): check the file against the provider's published rules (``ValidationFailed``,
+    naming the rule and line, before anything is uploaded), price it (billed tokens x ``epochs``
+    x the table's price or ``price`` USD per 1M tokens; ``max_cost`` refuses an unknown or higher
+    estimate), upload, launch and, with ``wait``, follow the job (status checks at most ``poll``
+    seconds apart) until ``directory/train.json`` holds the fine-tuned model id. ``validation``
+    uploads the test split as the validation file. Calling it again re-attaches to the recorded
+    job; ``new_job`` launches another after a failed or cancelled one. ``dry_run`` stops after the
+    check and the price. The key is read from ``api_key_env`` (default ``<PROVIDER>_API_KEY``), the
+    server from ``base_url`` (default ``<PROVIDER>_BASE_URL``, else the public API); Fireworks needs
+    ``account`` (or ``FIREWORKS_ACCOUNT_ID``). ``echo`` receives progress lines."""
+    from promptbake.train.hosted import TrainOptions
+    from promptbake.train.hosted import train_hosted_async as run
+    from promptbake.train.providers import Connection
+
+    options = TrainOptions(epochs=epochs, price=price, max_cost=max_cost, validation=validation, suffix=suffix,
+                           dry_run=dry_run, wait=wait, poll=poll, new_job=new_job)
+    return await run(directory, Connection.resolve(provider, base_url, api_key_env, account), model, options, echo)
+
+
+train_hosted = synchronous(train_hosted_async)
+
+
+async def train_status_async(directory: PathLike, *, refresh: bool = True) -> list[TrainJob]:
+    """The hosted training jobs recorded for ``directory``, oldest first, the open ones as their
+    provider sees them now (``refresh=False``: as the store last heard); one found succeeded writes
+    ``directory/train.json``. Read-only on the store's lock, so it works while ``train`` waits."""
+    from promptbake.train.hosted import train_status_async as status
+
+    return await status(directory, refresh=refresh)
+
+
+train_status = synchronous(train_status_async)
+
+
+async def train_cancel_async(directory: PathLike) -> list[TrainJob]:
+    """Cancel the open hosted training jobs of ``directory``; returns them as their provider then
+    reports them."""
+    from promptbake.train.hosted import train_cancel_async as cancel
+
+    return await cancel(directory)
+
+
+train_cancel = synchronous(train_cancel_async)

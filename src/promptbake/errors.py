@@ -66,6 +66,11 @@ class OutputError(PromptbakeError):
     """An output file or directory cannot be written (read-only, disk full)."""
 
 
+class TrainingError(PromptbakeError):
+    """A hosted fine-tuning provider refused a call, or the job it ran failed: the message carries
+    the provider's own words (with the key scrubbed), and the store keeps the ids already returned."""
+
+
 class ValidationFailed(InputError):
     """A fine-tuning file has format errors: bad input like any other (exit 2), with the report
     naming every rejected line."""

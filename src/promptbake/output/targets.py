@@ -9,10 +9,13 @@ Sources:
   ``Chat_finetuning_data_prep`` (keys, roles, epochs rule), the pricing page (training $/1M tokens).
 - Azure OpenAI: ``fine-tune-models.md`` in MicrosoftDocs/azure-ai-docs (training-example context
   lengths, including 32,768 for gpt-4.1-nano). Azure prices vary by region and training tier.
-- Together: docs.together.ai data preparation and ``together.constants`` (MIN_SAMPLES = 1, roles
-  system/user/assistant/tool, only ``messages`` + ``tools`` columns, user/assistant alternate).
+- Together: docs.together.ai data preparation and ``together.lib.constants`` (MIN_SAMPLES = 1,
+  MAX_FILE_SIZE_GB = 50.1, roles system/user/assistant/tool, only ``messages`` + ``tools``
+  columns, user/assistant alternate); the SDK's ``fine_tuning.create`` defaults to 1 epoch.
 - Fireworks: docs.fireworks.ai SFT and DPO pages (minimum 3, maximum 3 million examples; a system
-  message only first; ``weight`` 0/1; OpenAI-compatible messages incl. ``tool_calls``).
+  message only first; ``weight`` 0/1; OpenAI-compatible messages incl. ``tool_calls``) and
+  fine-tuning-via-api (the one-request ``:upload`` takes files under 150 MB).
+- OpenAI files: ``POST /v1/files`` takes files up to 512 MB.
 - TRL: huggingface.co/docs/trl dataset_formats (conversational ``messages``; preference
   ``prompt``/``chosen``/``rejected``).
 - Axolotl: docs/dataset-formats and docs/rlhf.qmd (``chat_template`` on ``messages``, ShareGPT via
@@ -52,6 +55,9 @@ class Target:
     system_first_only: bool = False
     strict_columns: bool = False  # unknown top-level keys are rejected, not ignored
     openai_epochs: bool = False  # the provider picks epochs by the cookbook rule and bills tokens
+    default_epochs: int | None = None  # epochs when none are asked for, where not the cookbook rule
+    max_file_bytes: int | None = None  # the largest training file its upload takes
+    docs: str = ""  # where the rules above are published
     notes: str = ""
 
     def limits(self, model: str | None) -> ModelLimits | None:
@@ -110,6 +116,8 @@ TARGETS: dict[str, Target] = {
             message_keys=_OPENAI_CHAT_KEYS,
             allows_weight=True,
             openai_epochs=True,
+            max_file_bytes=512 * 1024**2,
+            docs="https://platform.openai.com/docs/guides/supervised-fine-tuning",
             notes="openai-completion only for the legacy babbage-002/davinci-002 models. "
             "Self-serve fine-tuning takes no new jobs after 2027-01-06.",
         ),
@@ -136,6 +144,9 @@ TARGETS: dict[str, Target] = {
             allows_weight=True,
             alternating_roles=True,
             strict_columns=True,
+            default_epochs=1,
+            max_file_bytes=int(50.1 * 1024**3),
+            docs="https://docs.together.ai/docs/fine-tuning-data-preparation",
             notes="Context length and price depend on the base model chosen: no per-example limit "
             "checked. openai-completion lines are Together's prompt/completion 'instruction' format.",
         ),
@@ -148,6 +159,9 @@ TARGETS: dict[str, Target] = {
             message_keys=frozenset({"role", "content", "weight", "tool_calls", "tool_call_id", "name"}),
             allows_weight=True,
             system_first_only=True,
+            default_epochs=1,
+            max_file_bytes=150 * 1000**2,
+            docs="https://docs.fireworks.ai/fine-tuning/fine-tuning-models",
             notes="Context length depends on the base model (see its model page): not checked.",
         ),
         Target(

@@ -35,10 +35,16 @@ def billed_tokens(lengths: list[int], limit: int | None, epochs: int) -> int:
     return sum(min(limit, n) if limit else n for n in lengths) * epochs
 
 
+def listed_price(target: str, model: str | None) -> float | None:
+    """USD per 1M training tokens that targets.py lists for ``model`` at ``target``, or None: Together
+    and Fireworks price by model size bracket on their pricing pages, which no table here copies."""
+    limits = get_target(target).limits(model)
+    return limits.train_usd_per_1m if limits else None
+
+
 # USD per 1M training tokens when targets.py has no price for the model: OpenAI's gpt-4o-mini
 # price (the cheapest widely used hosted fine-tune), so the estimate errs low, and says so.
 DEFAULT_TRAIN_USD_PER_1M = 3.00
-
 
 
 @dataclass(frozen=True)
@@ -59,8 +65,9 @@ def finetune_estimate(lengths: list[int], model: str, *, epochs: int | None = No
     limits = get_target(target).limits(model)
     epochs = default_epochs(len(lengths)) if epochs is None else epochs
     per_epoch = billed_tokens(lengths, limits.context if limits else None, 1)
-    if limits is not None and limits.train_usd_per_1m is not None:
-        price, source = limits.train_usd_per_1m, f"{target} training price for {model}"
+    listed = listed_price(target, model)
+    if listed is not None:
+        price, source = listed, f"{target} training price for {model}"
     else:
         price, source = DEFAULT_TRAIN_USD_PER_1M, f"assumed (no {target} training price for {model})"
     return FineTuneEstimate(per_epoch, epochs, price, source, per_epoch * epochs * price / 1_000_000)

@@ -6,7 +6,7 @@ Error keys follow OpenAI's cookbook (``Chat_finetuning_data_prep``): ``data_type
 ``invalid_json`` and the rules the other targets document (``roles_not_alternating`` for Together,
 ``system_not_first`` for Fireworks, ``invalid_weight``, ``missing_field``,
 ``field_type``, ``invalid_output`` for the non-chat formats, ``format_not_accepted``,
-``too_few_examples``). Every key maps to the 1-based line numbers it occurs on, so a user can jump
+``too_few_examples``, ``file_too_large``). Every key maps to the 1-based line numbers it occurs on, so a user can jump
 straight to them. Rules come from ``targets.TARGETS``.
 
 Examples over the model's token limit are a warning, not an error: OpenAI truncates them (and
@@ -431,6 +431,9 @@ def validate_file(path: str | Path, *, model: str | None = None, target: str = "
         detail = f"{report.file_format} files are not read by {tgt.name}; it takes {accepted}"
         check.error("format_not_accepted", None, detail)
     _count_rules(check, tgt, n_examples)
+    size = path.stat().st_size
+    if tgt.max_file_bytes is not None and size > tgt.max_file_bytes:
+        check.error("file_too_large", None, f"{size:,} bytes; {tgt.name} takes files up to {tgt.max_file_bytes:,}")
 
     limits = tgt.limits(model)
     report.token_limit = limits.context if limits else None
@@ -487,3 +490,17 @@ def _count_rules(check: _Checker, target: Target, n: int) -> None:
         )
     if target.max_examples is not None and n > target.max_examples:
         check.error("too_many_examples", None, f"{n} examples; {target.name} takes at most {target.max_examples:,}")
+
+
+def overlapping_lines(train: str | Path, validation: str | Path) -> list[int]:
+    """1-based lines of ``validation`` whose example is also in ``train`` (same JSON, key order
+    aside): providers that take a validation file want it disjoint from the training file, or its
+    loss says nothing about examples the model has not seen."""
+    def canonical(raw: str) -> str | None:
+        try:
+            return json.dumps(json.loads(raw), sort_keys=True, ensure_ascii=False)
+        except json.JSONDecodeError:
+            return None
+
+    seen = {canonical(raw) for raw in read_text_lines(Path(train))} - {None}
+    return [n for n, raw in enumerate(read_text_lines(Path(validation)), 1) if canonical(raw) in seen]

@@ -166,3 +166,22 @@ def m008_fanout_drops(db: sqlite3.Connection) -> None:
         "CREATE TABLE fanout_drops (spec_name TEXT, step_index INTEGER, round INTEGER, request_id TEXT, "
         "item_index INTEGER, category TEXT, duplicate_of TEXT, PRIMARY KEY (spec_name, request_id, item_index))"
     )
+
+
+@migration
+def m009_train_jobs(db: sqlite3.Connection) -> None:
+    # hosted fine-tuning: the upload names are written before anything leaves the machine, and each
+    # file id and job id the moment the provider returns it, so a re-run re-attaches to its job
+    _statements(
+        db,
+        """
+        CREATE TABLE train_jobs (
+            id INTEGER PRIMARY KEY, key TEXT, provider TEXT, base_url TEXT, account TEXT,
+            api_key_env TEXT, base_model TEXT, train_source TEXT, settings TEXT,
+            train_name TEXT, train_file_id TEXT, validation_name TEXT, validation_file_id TEXT,
+            job_name TEXT, job_id TEXT, status TEXT, raw_status TEXT, fine_tuned_model TEXT,
+            error TEXT, trained_tokens INTEGER, estimate TEXT, created_at REAL, updated_at REAL
+        );
+        CREATE INDEX train_jobs_by_key ON train_jobs (key, id)
+        """,
+    )
