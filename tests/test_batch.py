@@ -573,3 +573,43 @@ def test_unreadable_output_lines_cost_only_their_requests(tmp_path):
         errors = [e for (e,) in con.execute("SELECT error FROM attempts WHERE error IS NOT NULL")]
     assert len(errors) == 2 and any("its answer could not be read: line 2 of" in e for e in errors), errors
     assert any("unreadable lines (line 3 of" in e for e in errors), errors
+
+
+@dataclass
+class KeyRecordingServer(FakeServer):
+    """Records the Authorization header of every batch status check and cancel."""
+
+    checks: list = None  # type: ignore[assignment]
+
+    async def _batch_get(self, request):
+        self.checks = [*(self.checks or []), request.headers.get("Authorization")]
+        return await super()._batch_get(request)
+
+    async def _batch_cancel(self, request):
+        self.checks = [*(self.checks or []), request.headers.get("Authorization")]
+        return await super()._batch_cancel(request)
+
+
+def test_status_and_cancel_ask_with_the_key_the_batches_were_sent_with(tmp_path, monkeypatch):
+    """A spec whose teacher reads its key from MY_KEY: `batch status` and `batch cancel` of its
+    store, run without --api-key-env, ask the provider with that key, not OPENAI_API_KEY's."""
+    import os
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("MY_KEY", "sk-mine-0123456789abcdef")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-other-0123456789abcdef")
+    spec = write_spec(tmp_path, MINIMAL_SPEC.replace("  model: gpt-4o-mini\n",
+                                                     "  model: gpt-4o-mini\n  api_key_env: MY_KEY\n"))
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT / 'tests'}"}
+    with KeyRecordingServer(responder=pure_grid_responder(), batch_polls=5).running() as srv:
+        killed = subprocess.run(
+            [sys.executable, str(ROOT / "tests" / "reliability" / "killer.py"), "batch-poll:2", "--", "generate",
+             str(spec), "--store", "s.db", *batch_args(srv)],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        assert killed.returncode == -9, killed.stderr
+        before = len(srv.checks)
+        assert invoke("batch", "status", "s.db").exit_code == 0
+        assert invoke("batch", "cancel", "s.db").exit_code == 0
+        assert srv.checks[before:] == ["Bearer sk-mine-0123456789abcdef"] * 2
+        assert set(srv.auth_headers) == {"Bearer sk-mine-0123456789abcdef"}  # the upload
