@@ -466,10 +466,11 @@ def test_batch_files_spread_over_every_endpoint_each_with_its_key(tmp_path, monk
         status = invoke("batch", "status", "s.db")
         assert status.exit_code == 0, status.output
         assert status.output.count(a.base_url) == status.output.count(b.base_url) == 2
+        monkeypatch.delenv("KEY_B")
+        result = invoke("generate", str(spec), "--store", "t.db", "--batch")
+        assert result.exit_code == 2 and "KEY_B is not set" in result.output, result.output
+        assert len(a.uploads) == len(b.uploads) == 2  # refused before anything went out
     assert statuses(tmp_path / "s.db") == {"ok": STEP0 + STEP1}
-    monkeypatch.delenv("KEY_B")
-    result = invoke("generate", str(spec), "--store", "t.db", "--batch")
-    assert result.exit_code == 2 and "KEY_B is not set" in result.output, result.output
 
 
 @dataclass
@@ -613,3 +614,25 @@ def test_status_and_cancel_ask_with_the_key_the_batches_were_sent_with(tmp_path,
         assert invoke("batch", "cancel", "s.db").exit_code == 0
         assert srv.checks[before:] == ["Bearer sk-mine-0123456789abcdef"] * 2
         assert set(srv.auth_headers) == {"Bearer sk-mine-0123456789abcdef"}  # the upload
+
+
+def test_a_rejected_answer_is_asked_again_with_a_new_seed_in_a_later_run(tmp_path):
+    """The step's checks reject an answer; the run ends out of attempts. The next run (more
+    attempts) asks again with a new seed, as the online pool would after a rejection, not the
+    same bytes, which a deterministic teacher would answer the same way."""
+    spec = write_spec(tmp_path)
+    lists = pure_grid_responder()
+
+    def respond(body: dict) -> str:
+        if body["messages"][0]["role"] != "system" and "seed" not in body:
+            return "Sorry, no list today."
+        return lists(body)
+
+    with FakeServer(responder=respond).running() as srv:
+        first = invoke("generate", str(spec), "--store", "s.db", *batch_args(srv, "--max-attempts", "1"))
+        assert first.exit_code == 1, first.output
+        again = invoke("generate", str(spec), "--store", "s.db", *batch_args(srv, "--max-attempts", "2"))
+        assert again.exit_code == 0, again.output
+        asks = uploaded_lines(srv)
+        assert ["seed" in line["body"] for line in asks[0] + asks[1]] == [False] * STEP0 + [True] * STEP0
+    assert statuses(tmp_path / "s.db") == {"ok": STEP0 + STEP1}
