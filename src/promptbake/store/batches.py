@@ -201,11 +201,11 @@ class BatchLedger:
         return grouped
 
     def tries(self, spec_name: str, step_index: int) -> dict[str, Tries]:
-        """What earlier batches did with the step's requests still waiting for an answer."""
+        """What earlier batches did with the step's requests still waiting for an answer (planned
+        now or not: a streamed step is planned again slice by slice as it is sent)."""
         rows = self.db.execute(
             "SELECT t.custom_id, t.tries, t.rejections, t.final, t.error FROM batch_tries t WHERE t.custom_id IN "
-            "(SELECT cache_key FROM requests WHERE spec_name = ? AND step_index = ? AND current = 1 "
-            "AND status != 'ok')",
+            "(SELECT cache_key FROM requests WHERE spec_name = ? AND step_index = ? AND status != 'ok')",
             (spec_name, step_index),
         )
         return {cid: Tries(tries, rejections, bool(final), error) for cid, tries, rejections, final, error in rows}
