@@ -7,6 +7,7 @@ import asyncio
 import filecmp
 import json
 import sqlite3
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -372,3 +373,266 @@ def test_top_up_rounds_go_through_batches_too(tmp_path):
     assert rounds >= {0, 1}
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["train"] + manifest["test"] == 24
+
+
+JUDGED = MINIMAL_SPEC + """
+judge:
+  criteria: "The reply is rude."
+  min_score: 4
+"""
+
+
+def judging(respond):
+    """``respond``, with a judge that rates every reply 5."""
+
+    def answer(body: dict):
+        if "strict judge" in (body["messages"][0].get("content") or ""):
+            return json.dumps({"reasoning": "rude enough", "score": 5})
+        return respond(body)
+
+    return answer
+
+
+def test_judge_steps_go_through_batches_too(tmp_path):
+    spec = write_spec(tmp_path, JUDGED)
+    with FakeServer(responder=judging(pure_grid_responder())).running() as srv:
+        result = invoke("run", str(spec), "--out", "out", *batch_args(srv))
+        assert result.exit_code == 0, result.output
+        assert srv.count == 0
+        assert [len(f) for f in uploaded_lines(srv)] == [STEP0, STEP1, STEP1]  # ask, answer, judge
+    meta = [json.loads(line) for line in (tmp_path / "out" / "metadata.jsonl").read_text().splitlines()]
+    assert len(meta) == STEP1 and all(m["scores"] == {"judge": 5} for m in meta)
+
+
+def test_a_grid_planned_as_it_is_sent_goes_through_batches(tmp_path, monkeypatch):
+    """A grid over STREAM_CELLS is planned slice by slice while it is sent: in batch mode round 0
+    is sent too (once), and no top-up round asks again for what round 0 never asked."""
+    from promptbake.teacher import generate
+
+    monkeypatch.setattr(generate, "STREAM_CELLS", 2)
+    monkeypatch.setattr(generate, "STREAM_CHUNK", 3)  # 4 cells: two slices
+    spec = write_spec(tmp_path)
+    with FakeServer(responder=pure_grid_responder()).running() as srv:
+        result = invoke("run", str(spec), "--out", "out", *batch_args(srv))
+        assert result.exit_code == 0, result.output
+        assert srv.count == 0 and srv.batch_lines == STEP0 + STEP1
+        asks, replies = uploaded_lines(srv)
+        assert len(asks) == STEP0 and len(replies) == STEP1
+        assert all(line["body"]["messages"][0]["content"].startswith("Give 2 things") for line in asks)
+        assert not srv.paid_twice()
+    assert f"round 0 ask: {STEP0} planned, 0 from cache, {STEP0} sent, {STEP0} ok" in result.output
+    assert "round 1" not in result.output
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["train"] + manifest["test"] == STEP1
+
+
+def test_max_cost_caps_batch_bodies_and_charges_answers_without_usage(tmp_path):
+    """Under --max-cost a step without max_tokens goes out with the cap the summary names, and an
+    answer that comes back without usage is charged that worst case (marked estimated), not $0."""
+    from promptbake.plan.planner import DEFAULT_RESERVE
+
+    spec = write_spec(tmp_path)
+    with FakeServer(responder=pure_grid_responder(), usage_mode="omit").running() as srv:
+        result = invoke("generate", str(spec), "--store", "s.db", *batch_args(srv, "--max-cost", "5"))
+        assert result.exit_code == 0, result.output
+        bodies = [line["body"] for lines in uploaded_lines(srv) for line in lines]
+    assert len(bodies) == STEP0 + STEP1
+    assert {body.get("max_tokens") for body in bodies} == {DEFAULT_RESERVE}
+    assert f"sent with max_tokens {DEFAULT_RESERVE}" in result.output
+    with sqlite3.connect(tmp_path / "s.db") as con:
+        costs = [c for (c,) in con.execute("SELECT cost FROM attempts WHERE status_code = 200")]
+    worst = PriceTable().batch_cost("gpt-4o-mini", 0, DEFAULT_RESERVE)
+    assert len(costs) == STEP0 + STEP1 and all(c >= worst for c in costs), costs
+    assert f"{STEP0 + STEP1} answers came without usage and were charged their worst case" in result.output
+
+
+def test_batch_files_spread_over_every_endpoint_each_with_its_key(tmp_path, monkeypatch):
+    """Two endpoints with their own keys: each gets files (by weight) uploaded with its own key,
+    and `batch status` asks each with the key its files were sent with."""
+    monkeypatch.setenv("KEY_A", "sk-aaaaaaaaaaaaaaaaaaaa")
+    monkeypatch.setenv("KEY_B", "sk-bbbbbbbbbbbbbbbbbbbb")
+    with FakeServer(responder=pure_grid_responder()).running() as a, \
+            FakeServer(responder=pure_grid_responder()).running() as b:
+        fleet = (f"  endpoints:\n    - {{base_url: '{a.base_url}', api_key_env: KEY_A}}\n"
+                 f"    - {{base_url: '{b.base_url}', api_key_env: KEY_B}}\n")
+        spec = write_spec(tmp_path, MINIMAL_SPEC.replace("  model: gpt-4o-mini\n", "  model: gpt-4o-mini\n" + fleet))
+        result = invoke("generate", str(spec), "--store", "s.db", "-q", "--batch", "--batch-poll", "0.2")
+        assert result.exit_code == 0, result.output
+        assert [len(f) for f in uploaded_lines(a)] == [STEP0 // 2, STEP1 // 2]
+        assert [len(f) for f in uploaded_lines(b)] == [STEP0 // 2, STEP1 // 2]
+        assert set(a.auth_headers) == {"Bearer sk-aaaaaaaaaaaaaaaaaaaa"}
+        assert set(b.auth_headers) == {"Bearer sk-bbbbbbbbbbbbbbbbbbbb"}
+        assert a.count == b.count == 0
+        status = invoke("batch", "status", "s.db")
+        assert status.exit_code == 0, status.output
+        assert status.output.count(a.base_url) == status.output.count(b.base_url) == 2
+        monkeypatch.delenv("KEY_B")
+        result = invoke("generate", str(spec), "--store", "t.db", "--batch")
+        assert result.exit_code == 2 and "KEY_B is not set" in result.output, result.output
+        assert len(a.uploads) == len(b.uploads) == 2  # refused before anything went out
+    assert statuses(tmp_path / "s.db") == {"ok": STEP0 + STEP1}
+
+
+@dataclass
+class EchoingServer(FakeServer):
+    """A provider that quotes a key back: in a failed batch's errors, and wherever the responder
+    puts it (answers, per-line errors)."""
+
+    echo: str = ""
+
+    def _advance(self, batch) -> None:
+        super()._advance(batch)
+        if batch.errors:
+            batch.errors["data"][0]["message"] = f"Invalid batch from key {self.echo[:20]}..."
+
+
+def test_keys_the_provider_echoes_in_batches_never_reach_the_store(tmp_path, monkeypatch):
+    key = "sk-test-" + "0123456789abcdef" * 3
+    monkeypatch.setenv("OPENAI_API_KEY", key)
+
+    def respond(body: dict):
+        if body["messages"][0]["role"] != "system":
+            return None
+        if "gym" in body["messages"][-1]["content"] and "calm" in body["messages"][-1]["content"]:
+            return Fault("400", message=f"Invalid request for key ...{key[-12:]}")
+        return f"Ugh, fine. (served for {key[:14]}...{key[-10:]})"
+
+    spec = write_spec(tmp_path)
+    with EchoingServer(responder=pure_grid_responder(respond), batch_ends=["failed"], echo=key).running() as srv:
+        result = invoke("generate", str(spec), "--store", "s.db", *batch_args(srv), "--allow-shortfall")
+        assert result.exit_code == 0, result.output
+        assert "failed" in next(iter(srv.batches.values())).status
+    stored = b"".join(p.read_bytes() for p in tmp_path.glob("s.db*")).decode("utf-8", "replace")
+    pieces = {key[i:i + 8] for i in range(len(key) - 7)}
+    assert not [p for p in pieces if p in stored or p in result.output]
+    with sqlite3.connect(tmp_path / "s.db") as con:
+        assert "Invalid batch from key ***" in con.execute("SELECT errors FROM batch_files").fetchone()[0]
+        contents = [c for (c,) in con.execute("SELECT contents FROM responses WHERE contents LIKE '%served for%'")]
+    assert contents and all("served for ***...***" in c for c in contents)
+
+
+def test_every_batch_refused_ends_in_one_line_and_is_not_uploaded_again(tmp_path):
+    """A provider that refuses every batch at validation: the second identical refusal ends the
+    step with one line giving the provider's reason (no traceback); the next run does not upload
+    the same requests again, and says why."""
+    spec = write_spec(tmp_path)
+    with FakeServer(responder=pure_grid_responder(), batch_ends=["failed"] * 20).running() as srv:
+        result = invoke("generate", str(spec), "--store", "s.db", *batch_args(srv))
+        assert isinstance(result.exception, SystemExit) and result.exit_code == 1, result.output
+        errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+        assert len(errors) == 1 and "The batch was refused at validation." in errors[0], result.output
+        assert "twice in a row" in errors[0]
+        assert len(srv.uploads) == 2
+        again = invoke("generate", str(spec), "--store", "s.db", *batch_args(srv))
+        assert again.exit_code == 3, again.output
+        assert len(srv.uploads) == 2
+        assert f"batch: {STEP0} requests of step ask are not sent again" in again.output
+        assert "The batch was refused at validation." in again.output
+
+
+def test_every_line_refused_ends_in_one_line_with_the_reason(tmp_path):
+    spec = write_spec(tmp_path)
+    refuse = pure_grid_responder(lambda body: Fault("400", message="Invalid value for 'model': no such model."))
+    with FakeServer(responder=refuse).running() as srv:
+        result = invoke("generate", str(spec), "--store", "s.db", *batch_args(srv))
+        assert isinstance(result.exception, SystemExit) and result.exit_code == 1, result.output
+        errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+        assert len(errors) == 1 and "Invalid value for 'model': no such model." in errors[0], result.output
+        assert len(srv.uploads) == 1  # a 400 would come back the same: not sent again
+
+
+@dataclass
+class CorruptingServer(FakeServer):
+    """A provider whose first output file has one line cut short and one line of garbage."""
+
+    corrupted: bool = False
+
+    def _end(self, batch, status: str) -> None:
+        super()._end(batch, status)
+        if self.corrupted or not batch.output_file_id:
+            return
+        self.corrupted = True
+        meta, data = self.files[batch.output_file_id]
+        lines = data.decode().splitlines()
+        lines[1] = lines[1][:len(lines[1]) // 2]  # cut off, its custom_id still readable
+        lines[2] = "{not json"
+        self.files[batch.output_file_id] = (meta, ("\n".join(lines) + "\n").encode())
+
+
+def test_unreadable_output_lines_cost_only_their_requests(tmp_path):
+    """One output line cut short and one of garbage: every other answer of the file is stored,
+    the two requests go into the next batch, and the run says which lines of which file."""
+    spec = write_spec(tmp_path)
+    with CorruptingServer(responder=pure_grid_responder()).running() as srv:
+        result = invoke("generate", str(spec), "--store", "s.db", *batch_args(srv))
+        assert result.exit_code == 0, result.output
+        assert [len(f) for f in uploaded_lines(srv)] == [STEP0, 2, STEP1]
+        assert "line 2 of file-" in result.output and "line 3 of file-" in result.output
+        assert "2 unreadable output lines" in result.output
+    assert statuses(tmp_path / "s.db") == {"ok": STEP0 + STEP1}
+    with sqlite3.connect(tmp_path / "s.db") as con:
+        errors = [e for (e,) in con.execute("SELECT error FROM attempts WHERE error IS NOT NULL")]
+    assert len(errors) == 2 and any("its answer could not be read: line 2 of" in e for e in errors), errors
+    assert any("unreadable lines (line 3 of" in e for e in errors), errors
+
+
+@dataclass
+class KeyRecordingServer(FakeServer):
+    """Records the Authorization header of every batch status check and cancel."""
+
+    checks: list = None  # type: ignore[assignment]
+
+    async def _batch_get(self, request):
+        self.checks = [*(self.checks or []), request.headers.get("Authorization")]
+        return await super()._batch_get(request)
+
+    async def _batch_cancel(self, request):
+        self.checks = [*(self.checks or []), request.headers.get("Authorization")]
+        return await super()._batch_cancel(request)
+
+
+def test_status_and_cancel_ask_with_the_key_the_batches_were_sent_with(tmp_path, monkeypatch):
+    """A spec whose teacher reads its key from MY_KEY: `batch status` and `batch cancel` of its
+    store, run without --api-key-env, ask the provider with that key, not OPENAI_API_KEY's."""
+    import os
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("MY_KEY", "sk-mine-0123456789abcdef")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-other-0123456789abcdef")
+    spec = write_spec(tmp_path, MINIMAL_SPEC.replace("  model: gpt-4o-mini\n",
+                                                     "  model: gpt-4o-mini\n  api_key_env: MY_KEY\n"))
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT / 'tests'}"}
+    with KeyRecordingServer(responder=pure_grid_responder(), batch_polls=5).running() as srv:
+        killed = subprocess.run(
+            [sys.executable, str(ROOT / "tests" / "reliability" / "killer.py"), "batch-poll:2", "--", "generate",
+             str(spec), "--store", "s.db", *batch_args(srv)],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        assert killed.returncode == -9, killed.stderr
+        before = len(srv.checks)
+        assert invoke("batch", "status", "s.db").exit_code == 0
+        assert invoke("batch", "cancel", "s.db").exit_code == 0
+        assert srv.checks[before:] == ["Bearer sk-mine-0123456789abcdef"] * 2
+        assert set(srv.auth_headers) == {"Bearer sk-mine-0123456789abcdef"}  # the upload
+
+
+def test_a_rejected_answer_is_asked_again_with_a_new_seed_in_a_later_run(tmp_path):
+    """The step's checks reject an answer; the run ends out of attempts. The next run (more
+    attempts) asks again with a new seed, as the online pool would after a rejection, not the
+    same bytes, which a deterministic teacher would answer the same way."""
+    spec = write_spec(tmp_path)
+    lists = pure_grid_responder()
+
+    def respond(body: dict) -> str:
+        if body["messages"][0]["role"] != "system" and "seed" not in body:
+            return "Sorry, no list today."
+        return lists(body)
+
+    with FakeServer(responder=respond).running() as srv:
+        first = invoke("generate", str(spec), "--store", "s.db", *batch_args(srv, "--max-attempts", "1"))
+        assert first.exit_code == 1, first.output
+        again = invoke("generate", str(spec), "--store", "s.db", *batch_args(srv, "--max-attempts", "2"))
+        assert again.exit_code == 0, again.output
+        asks = uploaded_lines(srv)
+        assert ["seed" in line["body"] for line in asks[0] + asks[1]] == [False] * STEP0 + [True] * STEP0
+    assert statuses(tmp_path / "s.db") == {"ok": STEP0 + STEP1}

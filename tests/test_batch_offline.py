@@ -65,6 +65,22 @@ def attempts(db: Path) -> int:
         return con.execute("SELECT COUNT(*) FROM attempts").fetchone()[0]
 
 
+def export_until_done(tmp_path: Path, spec: str, answer: Callable[[dict], str], most: int) -> list[str]:
+    """``batch export`` / run_batch / ``batch import`` into ``s.db`` until the export says there is
+    nothing left (at most ``most`` times); returns what each export wrote ("round R step S")."""
+    steps = []
+    for n in range(most):
+        result = invoke("batch", "export", spec, "--store", "s.db", "--out", f"in{n}")
+        assert result.exit_code == 0, result.output
+        if "nothing left to generate" in result.output:
+            return steps
+        steps.append(result.output.split(":")[0])
+        vllm_run_batch(sorted((tmp_path / f"in{n}").glob("*.jsonl")), tmp_path / f"out{n}.jsonl", answer)
+        imported = invoke("batch", "import", "s.db", f"out{n}.jsonl")
+        assert imported.exit_code == 0, imported.output
+    return steps
+
+
 def test_export_run_batch_import_step_by_step_builds_what_online_builds(tmp_path):
     spec = str(write_spec(tmp_path))
     answer = pure_grid_responder()
@@ -173,18 +189,39 @@ def test_export_writes_top_up_rounds_for_cells_left_short(tmp_path):
     """Duplicates leave cells short after round 0: the next export is round 1's first step, and
     the loop ends with every cell at its count, as `run` would."""
     spec = str(write_spec(tmp_path, MINIMAL_SPEC.replace("  count: 2", "  count: 6")))
-    answer = list_then_reply_responder(dupe_every=4)
-    steps = []
-    for n in range(12):
-        result = invoke("batch", "export", spec, "--store", "s.db", "--out", f"in{n}")
-        assert result.exit_code == 0, result.output
-        if "nothing left to generate" in result.output:
-            break
-        steps.append(result.output.split(":")[0])
-        vllm_run_batch(sorted((tmp_path / f"in{n}").glob("*.jsonl")), tmp_path / f"out{n}.jsonl", answer)
-        assert invoke("batch", "import", "s.db", f"out{n}.jsonl").exit_code == 0
+    steps = export_until_done(tmp_path, spec, list_then_reply_responder(dupe_every=4), 12)
     assert steps[:3] == ["round 0 step ask", "round 0 step answer", "round 1 step ask"], steps
     result = invoke("build", "s.db", "--out", "out")
     assert result.exit_code == 0, result.output
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["train"] + manifest["test"] == 24
+
+
+JUDGED = MINIMAL_SPEC + """
+judge:
+  criteria: "The reply is rude."
+  min_score: 4
+"""
+
+
+def judging_responder() -> Callable[[dict], str]:
+    """The pure grid teacher, and a judge that rates every reply 5."""
+    grid = pure_grid_responder()
+
+    def respond(body: dict) -> str:
+        if "strict judge" in (body["messages"][0].get("content") or ""):
+            return json.dumps({"reasoning": "rude enough", "score": 5})
+        return grid(body)
+
+    return respond
+
+
+def test_export_and_import_carry_the_judge_step(tmp_path):
+    """A spec with a judge: after the answers, the next export is the judge's requests, and the
+    built set holds every example with its verdict (no 'judge: no verdict' drops, no top-up)."""
+    steps = export_until_done(tmp_path, str(write_spec(tmp_path, JUDGED)), judging_responder(), 8)
+    assert steps == ["round 0 step ask", "round 0 step answer", "round 0 step judge"]
+    result = invoke("build", "s.db", "--out", "out")
+    assert result.exit_code == 0, result.output
+    meta = [json.loads(line) for line in (tmp_path / "out" / "metadata.jsonl").read_text().splitlines()]
+    assert len(meta) == 8 and all(m["scores"] == {"judge": 5} for m in meta)

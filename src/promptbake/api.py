@@ -369,8 +369,9 @@ async def batch_status_async(store: PathLike, *, refresh: bool = True,
                              api_key_env: str = "OPENAI_API_KEY") -> list[BatchFile]:
     """Every Batch API job a ``store`` has sent (``generate(..., batch=BatchOptions())``): its
     step, status and request counts, the open ones as the provider sees them now (``refresh=False``:
-    as the store last heard). Read-only, so it works while a run holds the store; the key is read
-    from the environment variable ``api_key_env`` names."""
+    as the store last heard). Read-only, so it works while a run holds the store. Each provider is
+    asked with the key variable its batches were sent with (``api_key_env``: for stores that did
+    not record it)."""
     from promptbake.teacher.batch import batch_status as status
 
     return await status(store, refresh=refresh, api_key_env=api_key_env)

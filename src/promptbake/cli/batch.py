@@ -19,7 +19,8 @@ def batch() -> None:
 
 
 _KEY_ENV = click.option("--api-key-env", default="OPENAI_API_KEY", show_default=True,
-                        help="Environment variable holding the provider's key.")
+                        help="Environment variable holding the provider's key, for batches whose run did not "
+                             "record one (each batch is asked with the key variable it was sent with).")
 
 
 @batch.command()

@@ -4,7 +4,9 @@ A batch is paid for once it is created, and it lives at the provider for up to a
 than a laptop stays awake. So every id is committed the moment the provider returns it: a row is
 written (with its requests) before the upload, gets its file id right after the upload and its
 batch id right after the create. A re-run reads the open rows and re-attaches instead of
-uploading or creating again.
+uploading or creating again. How often each request was tried in a batch, and how its last try
+failed, is kept too (``batch_tries``): a request the provider refused for good, or that used its
+attempts, is not uploaded again by the next run.
 """
 
 from __future__ import annotations
@@ -13,12 +15,13 @@ import json
 import time
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from promptbake.store.db import Store
 
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
+SentItem = tuple[str, str, int | None]  # custom_id, request_id, the max_tokens added under --max-cost
 
 
 @dataclass
@@ -43,6 +46,7 @@ class BatchFile:
     errors: str | None = None
     created_at: float = 0.0
     collected_at: float | None = None
+    api_key_env: str | None = None  # the variable its provider's key came from (None: an older store)
 
     @property
     def done(self) -> int:
@@ -52,17 +56,41 @@ class BatchFile:
 
 @dataclass
 class Item:
-    """A request in a batch file: ``custom_id`` is its cache key, shared by identical requests."""
+    """A request in a batch file: ``custom_id`` is its cache key, shared by identical requests.
+    ``model``, ``est_tokens`` and ``limits`` (the body's ``n`` and output caps, as sent) are what
+    its worst case, and so the charge for an answer without usage, is computed from."""
 
     custom_id: str
     request_id: str
     model: str
+    est_tokens: int = 0
+    limits: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Tries:
+    """A custom_id's batch attempts over every run: how many, how many answers the step's checks
+    rejected (the next attempt's seed), and whether and how the last one failed."""
+
+    tries: int = 0
+    rejections: int = 0
+    final: bool = False  # failed for a reason sending it again cannot fix
+    error: str | None = None
 
 
 _COLUMNS = (
     "id, spec_name, step_index, round, base_url, name, lines, bytes, reserved, file_id, batch_id, status, "
-    "counts, output_file_id, error_file_id, errors, created_at, collected_at"
+    "counts, output_file_id, error_file_id, errors, created_at, collected_at, api_key_env"
 )
+# a request's worst case, from its stored row ``r`` (the top-level fields are never packed into blobs)
+_LIMITS = ("COALESCE(json_extract(r.body, '$.model'), ''), COALESCE(r.est_tokens, 0), json_extract(r.body, '$.n'), "
+           "json_extract(r.body, '$.max_tokens'), json_extract(r.body, '$.max_completion_tokens')")
+
+
+def _limits(n: Any, max_tokens: Any, max_completion_tokens: Any, sent_max_tokens: Any = None) -> dict[str, Any]:
+    limits = {"n": n, "max_tokens": max_tokens if max_tokens is not None else sent_max_tokens,
+              "max_completion_tokens": max_completion_tokens}
+    return {k: v for k, v in limits.items() if v is not None}
 
 
 def _file(row: tuple[Any, ...]) -> BatchFile:
@@ -78,27 +106,30 @@ class BatchLedger:
         self.store = store
         self.db = store.db
 
-    def add_file(self, spec_name: str, step_index: int, round_: int, base_url: str, lines: int, size: int,
-                 reserved: float, items: Iterable[tuple[str, str]]) -> BatchFile:
-        """Record a file and its (custom_id, request_id) items before anything is uploaded."""
+    def add_file(self, spec_name: str, step_index: int, round_: int, base_url: str, api_key_env: str, lines: int,
+                 size: int, reserved: float, items: Iterable[SentItem]) -> BatchFile:
+        """Record a file and its items before anything is uploaded."""
         now = time.time()
         name = f"promptbake-{spec_name[:40]}-{uuid.uuid4().hex[:16]}.jsonl"
         with self.store.transaction():
             cur = self.db.execute(
                 "INSERT INTO batch_files (spec_name, step_index, round, base_url, name, lines, bytes, reserved, "
-                "status, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'local', ?, ?)",
-                (spec_name, step_index, round_, base_url, name, lines, size, reserved, now, now),
+                "status, created_at, updated_at, api_key_env) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'local', ?, ?, ?)",
+                (spec_name, step_index, round_, base_url, name, lines, size, reserved, now, now, api_key_env),
             )
             file_no = int(cur.lastrowid or 0)
-            self.db.executemany("INSERT OR IGNORE INTO batch_items VALUES (?, ?, ?)",
-                                ((file_no, cid, rid) for cid, rid in items))
-        return BatchFile(file_no, spec_name, step_index, round_, base_url, name, lines, size, reserved, created_at=now)
+            self._add_items(file_no, items)
+        return BatchFile(file_no, spec_name, step_index, round_, base_url, name, lines, size, reserved, created_at=now,
+                         api_key_env=api_key_env)
 
-    def add_items(self, file: BatchFile, items: Iterable[tuple[str, str]]) -> None:
+    def add_items(self, file: BatchFile, items: Iterable[SentItem]) -> None:
         """More requests identical to one already in ``file``: its answer will serve them too."""
         with self.store.transaction():
-            self.db.executemany("INSERT OR IGNORE INTO batch_items VALUES (?, ?, ?)",
-                                ((file.id, cid, rid) for cid, rid in items))
+            self._add_items(file.id, items)
+
+    def _add_items(self, file_no: int, items: Iterable[SentItem]) -> None:
+        self.db.executemany("INSERT OR IGNORE INTO batch_items (file, custom_id, request_id, max_tokens) "
+                            "VALUES (?, ?, ?, ?)", ((file_no, *item) for item in items))
 
     def forget(self, file: BatchFile) -> None:
         """Drop a row whose upload never happened: its requests are simply still pending."""
@@ -160,14 +191,33 @@ class BatchLedger:
     def items(self, file: BatchFile) -> dict[str, list[Item]]:
         """The file's requests by custom_id; the first of each group is the one billed."""
         rows = self.db.execute(
-            "SELECT i.custom_id, i.request_id, COALESCE(json_extract(r.body, '$.model'), '') "
+            f"SELECT i.custom_id, i.request_id, {_LIMITS}, i.max_tokens "
             "FROM batch_items i LEFT JOIN requests r ON r.id = i.request_id WHERE i.file = ? ORDER BY i.rowid",
             (file.id,),
         )
         grouped: dict[str, list[Item]] = {}
-        for cid, rid, model in rows:
-            grouped.setdefault(cid, []).append(Item(cid, rid, model))
+        for cid, rid, model, est, *limits in rows:
+            grouped.setdefault(cid, []).append(Item(cid, rid, model, est, _limits(*limits)))
         return grouped
+
+    def tries(self, spec_name: str, step_index: int) -> dict[str, Tries]:
+        """What earlier batches did with the step's requests still waiting for an answer (planned
+        now or not: a streamed step is planned again slice by slice as it is sent)."""
+        rows = self.db.execute(
+            "SELECT t.custom_id, t.tries, t.rejections, t.final, t.error FROM batch_tries t WHERE t.custom_id IN "
+            "(SELECT cache_key FROM requests WHERE spec_name = ? AND step_index = ? AND status != 'ok')",
+            (spec_name, step_index),
+        )
+        return {cid: Tries(tries, rejections, bool(final), error) for cid, tries, rejections, final, error in rows}
+
+    def save_tries(self, tries: dict[str, Tries]) -> None:
+        """Inside the transaction that records the answers the tries were counted from."""
+        now = time.time()
+        with self.store.transaction():
+            self.db.executemany(
+                "INSERT OR REPLACE INTO batch_tries VALUES (?, ?, ?, ?, ?, ?)",
+                ((cid, t.tries, t.rejections, int(t.final), t.error, now) for cid, t in tries.items()),
+            )
 
 
 def _errors_text(errors: Any) -> str | None:
@@ -189,22 +239,22 @@ def _errors_text(errors: Any) -> str | None:
 class Holder:
     """A current request waiting for the answer a custom_id (cache key) carries."""
 
-    request_id: str
     spec_name: str
     step_index: int
     status: str
     attempts: int
-    model: str
+    item: Item
 
 
 def holders(store: Store, custom_id: str) -> list[Holder]:
     """Current requests with this cache key, in plan order (offline import)."""
     rows = store.db.execute(
-        "SELECT id, spec_name, step_index, status, attempts, COALESCE(json_extract(body, '$.model'), '') "
-        "FROM requests WHERE cache_key = ? AND current = 1 ORDER BY spec_name, step_index, ord",
+        f"SELECT r.id, r.spec_name, r.step_index, r.status, r.attempts, {_LIMITS} "
+        "FROM requests r WHERE r.cache_key = ? AND r.current = 1 ORDER BY r.spec_name, r.step_index, r.ord",
         (custom_id,),
     )
-    return [Holder(*row) for row in rows]
+    return [Holder(spec_name, k, status, attempts, Item(custom_id, rid, model, est, _limits(*limits)))
+            for rid, spec_name, k, status, attempts, model, est, *limits in rows]
 
 
 def exhausted(store: Store, spec_name: str, step_index: int, max_attempts: int) -> set[str]:

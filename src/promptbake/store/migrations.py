@@ -185,3 +185,23 @@ def m009_train_jobs(db: sqlite3.Connection) -> None:
         CREATE INDEX train_jobs_by_key ON train_jobs (key, id)
         """,
     )
+
+
+@migration
+def m010_batch_tries(db: sqlite3.Connection) -> None:
+    # batch mode, kept across runs: how often each request (custom_id) went into a batch and how its
+    # last try failed (a batch the provider refuses is not uploaded again on every run, and a
+    # rejected answer is asked again with a new seed); each file's key variable (status and cancel
+    # ask each provider with its own key); the max_tokens a line was sent with under --max-cost (an
+    # answer without usage is charged the worst case it could have cost)
+    _statements(
+        db,
+        """
+        CREATE TABLE batch_tries (
+            custom_id TEXT PRIMARY KEY, tries INTEGER, rejections INTEGER, final INTEGER, error TEXT,
+            updated_at REAL
+        );
+        ALTER TABLE batch_files ADD COLUMN api_key_env TEXT;
+        ALTER TABLE batch_items ADD COLUMN max_tokens INTEGER
+        """,
+    )

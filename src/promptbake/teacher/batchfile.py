@@ -11,12 +11,14 @@ where online mode would have put it.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 from promptbake.errors import DataFileError
+from promptbake.store.batches import SentItem
 from promptbake.teacher.client import RETRYABLE_STATUSES
 
 CHAT_URL = "/v1/chat/completions"
@@ -25,7 +27,8 @@ MAX_BYTES = 200_000_000  # "200 MB": counted in decimal megabytes, the smaller r
 
 # error codes (lines without a response) that a later batch can fix: the request never ran
 RETRYABLE_CODES = frozenset({"batch_expired", "batch_cancelled", "server_error", "rate_limit_exceeded", "timeout",
-                             "not_run"})
+                             "not_run", "batch_failed", "malformed"})
+_CUSTOM_ID = re.compile(r'"custom_id"\s*:\s*"([^"\\]{1,500})"')
 
 
 def input_line(custom_id: str, body: dict[str, Any]) -> bytes:
@@ -43,7 +46,7 @@ class InputFile:
     lines: int = 0
     size: int = 0
     reserved: float = 0.0
-    items: list[tuple[str, str]] = field(default_factory=list)  # (custom_id, request_id)
+    items: list[SentItem] = field(default_factory=list)
 
     def fits(self, line: bytes) -> bool:
         return self.lines < self.max_lines and self.size + len(line) <= self.max_bytes
@@ -99,6 +102,15 @@ def parse_line(text: str, where: str) -> LineResult:
         status, message = 502, f"unreadable answer: {json.dumps(body)[:120]}"
     return LineResult(custom_id, int(status) if isinstance(status, int) else None, None,
                       message or f"HTTP {status}", code)
+
+
+def unreadable(text: str, problem: DataFileError) -> LineResult | None:
+    """A line of a provider's output that cannot be read (malformed, cut off): a failure of its
+    request, worth another try, when its custom_id can still be found in it; else None."""
+    found = _CUSTOM_ID.search(text)
+    if found is None:
+        return None
+    return LineResult(found.group(1), None, None, f"its answer could not be read: {problem}", "malformed")
 
 
 def _error(error: Any) -> tuple[str | None, str | None]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from promptbake.errors import BudgetExceeded, TeacherError
 from promptbake.plan.expand import Expander
@@ -18,6 +17,7 @@ from promptbake.plan.judge import judge_steps
 from promptbake.plan.planner import DEFAULT_RESERVE, Planner, row_key
 from promptbake.specification.models import Spec, Step, TeacherConfig
 from promptbake.store.db import FanoutDrop, PlannedRequest, Store
+from promptbake.teacher.batch import BatchOptions, BatchTotals, Scope, send_step_batches
 from promptbake.teacher.client import Endpoint
 from promptbake.teacher.config import model_name
 from promptbake.teacher.endpoints import EndpointStats
@@ -27,9 +27,6 @@ from promptbake.teacher.online import say, send_to_store
 from promptbake.teacher.pool import FailingFast, FailureLog, Notice
 from promptbake.teacher.pricing import PriceTable
 from promptbake.teacher.progress import Progress
-
-if TYPE_CHECKING:
-    from promptbake.teacher.batch import BatchOptions, BatchTotals
 
 # A grid of more cells than this is not planned whole before the first request: step 0 of round 0
 # is planned STREAM_CHUNK cells at a time while the pool sends what is planned (10^8 cells would
@@ -232,10 +229,13 @@ class Generation:
         progress = Progress(self.options.progress, total, f"{step.name} (round {round_})")
         budget = None if self.options.max_cost is None else self.options.max_cost - self.report.spent
         if self.options.batch is not None:
-            from promptbake.teacher.batch import send_step_batches
-
-            stats = await send_step_batches(self, k, round_, step, link, progress=progress, max_cost=budget,
-                                            on_outcome=count)
+            if self.report.batch is None:
+                self.report.batch = BatchTotals()
+            stats = await send_step_batches(
+                self.store, link, Scope(self.spec.name, k, round_, step), self.options.batch, self.report.batch,
+                lambda: self._jobs(k, round_, step), first=jobs, progress=progress,
+                show_progress=self.options.progress, max_cost=budget, on_outcome=count,
+                failures=self.report.failures, notice=self.options.notice)
         else:
             stats = await send_to_store(
                 self.store,

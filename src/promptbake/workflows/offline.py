@@ -3,8 +3,8 @@
 ``export`` plans what the store is ready for and writes the pending requests of the next step as
 Batch API input files; a GPU fleet runs them with vLLM's ``run_batch`` (or they go through any
 provider's batch UI); ``import`` stores the output lines as answers, exactly as batch mode would.
-The next ``export`` then writes the step after, then top-up rounds, until nothing is pending
-and ``build`` can run.
+The next ``export`` then writes the step after (the judges' verdicts included: a judge is a step),
+then top-up rounds, until nothing is pending and ``build`` can run.
 """
 
 from __future__ import annotations
@@ -17,10 +17,11 @@ from pathlib import Path
 from promptbake.errors import InputError
 from promptbake.output.atomic import atomic_writer
 from promptbake.plan.expand import Expander
-from promptbake.specification.models import Spec
-from promptbake.store.batches import Holder, Item, exhausted, holders
+from promptbake.plan.judge import judge_steps
+from promptbake.specification.models import Spec, Step
+from promptbake.store.batches import Holder, exhausted, holders
 from promptbake.store.db import ResultRow, Store
-from promptbake.teacher.batch import line_outcome
+from promptbake.teacher.batch import item_job, line_outcome
 from promptbake.teacher.batchfile import MAX_BYTES, MAX_LINES, InputFile, LineResult, input_line, read_lines
 from promptbake.teacher.client import Endpoint
 from promptbake.teacher.config import Teacher, merge, model_name
@@ -68,7 +69,7 @@ def export_batch_files(spec: Spec, store_path: str | Path, out_dir: str | Path,
         if found is None:
             return report
         round_, k, skip = found
-        report.round, report.step = round_, spec.steps[k].name
+        report.round, report.step = round_, generation.planner.steps[k].name
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         stem = f"{spec.name}.round{round_}.{report.step}"
@@ -95,7 +96,7 @@ def _next_step(spec: Spec, store: Store, expander: Expander, generation: Generat
     as it goes; past the last round, a top-up round for cells left short, as ``run`` does."""
     rounds = sorted({0, *store.rounds(spec.name)})
     for round_ in rounds:
-        for k in range(len(spec.steps)):
+        for k in range(len(generation.planner.steps)):  # the spec's steps, then its judges
             found = _plan(spec, store, generation, round_, k, max_attempts)
             if found is not None:
                 return found
@@ -149,12 +150,16 @@ class ImportReport:
     already: int = 0  # answers the store had already: not stored twice
     unknown: int = 0  # custom_ids no current request has: another store's, or an older plan's
     cost: float = 0.0
+    estimated: int = 0  # answers without usable usage, charged the worst case their request allowed
+    estimated_cost: float = 0.0
 
     def format(self) -> str:
         extra = f", {self.already} already stored" if self.already else ""
         extra += f", {self.unknown} matching no request in {self.store}" if self.unknown else ""
+        guess = (f" (${self.estimated_cost:.4f} of it estimated: {self.estimated} answers came without usage and "
+                 "were charged their worst case)") if self.estimated else ""
         return (f"imported {self.lines:,} answers: {self.ok:,} ok, {self.failed:,} failed{extra}; "
-                f"${self.cost:.4f} at batch prices; run `promptbake batch export` for the next step")
+                f"${self.cost:.4f} at batch prices{guess}; run `promptbake batch export` for the next step")
 
 
 def import_batch_output(store_path: str | Path, paths: Iterable[str | Path]) -> ImportReport:
@@ -163,7 +168,7 @@ def import_batch_output(store_path: str | Path, paths: Iterable[str | Path]) -> 
     report = ImportReport(str(store_path))
     if not Path(store_path).exists():
         raise InputError(f"{store_path}: no such store; run `promptbake batch export` first")
-    specs: dict[str, Spec] = {}
+    specs: dict[str, tuple[list[Step], PriceTable]] = {}
     with Store(store_path) as store:
         for path in paths:
             rows: list[ResultRow] = []
@@ -192,20 +197,23 @@ def import_batch_output(store_path: str | Path, paths: Iterable[str | Path]) -> 
     return report
 
 
-def _rows(line: LineResult, pending: list[Holder], specs: dict[str, Spec], store_path: str | Path,
-          report: ImportReport) -> list[ResultRow]:
+def _rows(line: LineResult, pending: list[Holder], specs: dict[str, tuple[list[Step], PriceTable]],
+          store_path: str | Path, report: ImportReport) -> list[ResultRow]:
     first = pending[0]
-    spec = specs.get(first.spec_name)
-    if spec is None:
-        spec = specs[first.spec_name] = spec_from_store(store_path, first.spec_name)
-    step = spec.steps[first.step_index]
-    answer = line_outcome(Item(line.custom_id, first.request_id, first.model), line, first.attempts + 1,
-                          checker(step), PriceTable(spec.teacher.prices))
+    if first.spec_name not in specs:  # the spec's steps, then one per judge, as they were planned
+        spec = spec_from_store(store_path, first.spec_name)
+        specs[first.spec_name] = [*spec.steps, *judge_steps(spec)], PriceTable(spec.teacher.prices)
+    steps, prices = specs[first.spec_name]
+    answer = line_outcome(item_job(first.item), line, first.attempts + 1, checker(steps[first.step_index]), prices)
     outcome = answer.outcome
     report.cost += answer.cost
+    for attempt in outcome.attempts:
+        if attempt.estimated:
+            report.estimated += 1
+            report.estimated_cost += attempt.cost
     if outcome.ok:
         report.ok += 1
         return [result_row(outcome)]
     report.failed += 1
-    return [result_row(outcome), *(ResultRow(h.request_id, line.custom_id, False, [], outcome.error)
+    return [result_row(outcome), *(ResultRow(h.item.request_id, line.custom_id, False, [], outcome.error)
                                    for h in pending[1:])]
