@@ -1,10 +1,13 @@
-"""Many endpoints (``teacher.endpoints``, repeated ``--base-url``): requests go where there is room,
-a failing endpoint is taken out and probed back, nothing is lost, replicas share the cache."""
+"""Many endpoints (``teacher.endpoints``, repeated ``--base-url``): requests go where there is room
+among the endpoints serving their model, a failing endpoint is taken out and probed back, nothing
+is lost, replicas share the cache, and an answer is stored as the model that gave it."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import re
 import socket
 import sqlite3
 import subprocess
@@ -14,15 +17,17 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 from fakeserver import FakeServer
 from helpers import write_spec
 
 from promptbake.cli.main import cli
+from promptbake.errors import InputError
 from promptbake.specification.models import TeacherConfig, load_spec
 from promptbake.teacher.client import ChatClient, Endpoint
 from promptbake.teacher.config import Teacher, merge
-from promptbake.teacher.endpoints import Fleet, fleet_model
+from promptbake.teacher.endpoints import Fleet
 from promptbake.teacher.generate import GenerateOptions
 from promptbake.teacher.jobs import Job
 from promptbake.teacher.limiter import Limiter
@@ -181,7 +186,7 @@ def test_endpoint_killed_mid_run_job_completes_every_request_answered_once(tmp_p
     assert f"endpoint {victim_url} m1:" in result.output and "taken out" in result.output
 
 
-def test_replicas_share_cache_keys_and_different_models_do_not(tmp_path):
+def test_replicas_share_cache_keys(tmp_path):
     with FakeServer().running() as a, FakeServer().running() as b:
         spec = load_spec(write_spec(tmp_path, grid_spec(30)))
         first = generate(spec, tmp_path / "s.db", Teacher(base_url=a.base_url),
@@ -191,25 +196,33 @@ def test_replicas_share_cache_keys_and_different_models_do_not(tmp_path):
         replicas = run_generate(tmp_path, grid_spec(30).replace("name: fleet", "name: again"),
                                 [a.base_url, b.base_url])
         assert replicas.generate.steps[0].cached == 30 and a.count + b.count == 30
-        mixed_spec = grid_spec(30).replace(
-            "teacher: {model: m1, concurrency: 4, max_attempts: 8}",
-            f"teacher:\n  model: m1\n  endpoints:\n    - {{base_url: {a.base_url}}}\n"
-            f"    - {{base_url: {b.base_url}, model: m2}}",
-        )
-        before_a, before_b = a.count, b.count
-        mixed = run_generate(tmp_path, mixed_spec.replace("name: fleet", "name: mixed"), [])
-        assert mixed.generate.steps[0].cached == 0 and mixed.generate.steps[0].sent == 30
-        # each endpoint is sent its own model's name
-        assert {body["model"] for body in a.bodies[before_a:]} == {"m1"}
-        assert {body["model"] for body in b.bodies[before_b:]} == {"m2"}
 
 
-def test_fleet_model_names_the_models_served():
-    config = TeacherConfig.model_validate({"model": "m1", "endpoints": [
-        {"base_url": "http://a/v1"}, {"base_url": "http://b/v1"}]})
-    assert fleet_model(config) == "m1"
-    config.endpoints[1].model = "m2"
-    assert fleet_model(config) == "m1+m2"
+def test_the_teachers_model_is_resolved_once_from_the_spec():
+    from promptbake.plan.routing import teacher_models
+
+    def resolve(**teacher: object) -> tuple[str, ...]:
+        return teacher_models(TeacherConfig.model_validate(teacher))
+
+    fleet = [{"base_url": "http://a/v1", "model": "m1"}, {"base_url": "http://b/v1", "model": "m1"}]
+    assert resolve(model="m1", endpoints=[{"base_url": "http://a/v1"}]) == ("m1",)
+    assert resolve(endpoints=fleet) == ("m1",)  # the one model the endpoints name
+    assert resolve(endpoints=[*fleet, {"base_url": "http://c/v1"}]) == ("m1",)  # c serves any
+    assert resolve(models=["m1", "m2"]) == ("m1", "m2")
+    assert resolve(kind="local") == ("smollm2",)
+    with pytest.raises(InputError, match="no teacher model"):
+        resolve(endpoints=[{"base_url": "http://a/v1"}])
+    for bad, message in [({"model": "m1", "models": ["m2"]}, "not both"), ({"models": ["m1", "m1"]}, "twice"),
+                         ({"endpoints": [fleet[0], {"base_url": "http://b/v1", "model": "m2"}]},
+                          r"several models \(m1, m2\).*teacher.models: \[m1, m2\]")]:
+        with pytest.raises(ValueError, match=message):
+            TeacherConfig.model_validate(bad)
+    # --model names the one model: it replaces the spec's mix, and a --models replaces its model
+    mixed = TeacherConfig.model_validate({"models": ["m1", "m2"]})
+    assert (merge(mixed, Teacher(model="m3")).model, merge(mixed, Teacher(model="m3")).models) == ("m3", None)
+    one = TeacherConfig.model_validate({"model": "m1"})
+    assert (merge(one, Teacher(models=("a", "b"))).model, merge(one, Teacher(models=("a", "b"))).models) == (
+        None, ["a", "b"])
 
 
 def test_rising_latency_halves_that_endpoints_concurrency():
@@ -269,10 +282,139 @@ def test_failures_of_attempts_sent_before_a_take_out_do_not_extend_it():
     assert taken_out == 1 and backoff == 2.0  # 16 refused at once are one failure of the endpoint
 
 
-def test_a_fleet_of_models_is_priced_at_its_dearest_for_the_budget():
-    from promptbake.teacher.pricing import PriceTable
+# --- routing by model (each test fails on the code that rewrote a request's model per endpoint) ---
 
-    prices = PriceTable()
-    assert prices.lookup("gpt-4o-mini+gpt-4o") == prices.lookup("gpt-4o")
-    assert prices.lookup("gpt-4o-mini+my-vllm-model") == prices.lookup("gpt-4o-mini")
-    assert prices.lookup("a-model+b-model") is None
+
+def judged(body: dict) -> str:
+    """A teacher for ``judged_spec``: the judge's prompt gets a verdict, anything else a reply."""
+    if "strict judge" in body["messages"][0]["content"]:
+        return json.dumps({"reasoning": "fine", "score": 5})
+    return f"Something about {body['messages'][-1]['content']}"
+
+
+def judged_spec(cells: int, teacher: str, name: str = "fleet") -> str:
+    """``grid_spec`` with a judge of its own model (judge-x) and the given ``teacher:`` section."""
+    return grid_spec(cells).replace("name: fleet", f"name: {name}").replace(
+        "teacher: {model: m1, concurrency: 4, max_attempts: 8}", teacher) + (
+        "judge:\n  criteria: Fine.\n  model: judge-x\n  min_score: 1\nmax_rounds: 0\n")
+
+
+def is_judge(body: dict) -> bool:
+    return "strict judge" in body["messages"][0]["content"]
+
+
+def stored_models(store: Path) -> list[tuple[str, str]]:
+    """(model the request named, model the stored answer says it came from), for every answer."""
+    with sqlite3.connect(store) as db:
+        return db.execute("SELECT json_extract(r.body, '$.model'), p.model FROM requests r "
+                          "JOIN responses p ON p.id = r.response_id").fetchall()
+
+
+@pytest.mark.parametrize("own", [True, False], ids=["endpoints-name-models", "endpoints-serve-any"])
+def test_a_judge_is_answered_by_its_own_model_and_its_verdicts_cached_under_it(tmp_path, own):
+    with FakeServer(responder=judged).running() as a, FakeServer(responder=judged).running() as j, \
+            FakeServer(responder=judged).running() as single:
+        models = ("m1", "judge-x") if own else (None, None)
+        endpoints = "".join(f"\n    - {{base_url: {url}{f', model: {m}' if m else ''}}}"
+                            for url, m in zip((a.base_url, j.base_url), models, strict=True))
+        teacher = f"teacher:\n  model: m1\n  concurrency: 4\n  endpoints:{endpoints}"
+        report = run_generate(tmp_path, judged_spec(30, teacher), [])
+        bodies = a.bodies + j.bodies
+        assert len(bodies) == 60 and sum(map(is_judge, bodies)) == 30
+        assert {(is_judge(b), b["model"]) for b in bodies} == {(False, "m1"), (True, "judge-x")}  # never rewritten
+        if own:  # an endpoint naming a model gets only that model's requests
+            assert not any(map(is_judge, a.bodies)) and all(map(is_judge, j.bodies))
+        assert {sent == answered for sent, answered in stored_models(tmp_path / "s.db")} == {True}
+        # a later run on one endpoint asking the same models is served exactly those answers
+        again = load_spec(write_spec(tmp_path, judged_spec(30, "teacher: {model: m1}", name="again")))
+        later = generate(again, tmp_path / "s.db", Teacher(base_url=single.base_url), GenerateOptions(progress=False))
+    assert [s.cached for s in later.generate.steps] == [30, 30] and single.count == 0
+    assert report.generate.steps[-1].ok == 30
+
+
+def fleet_teacher(*endpoints: tuple[str, str | None], head: str = "model: m1") -> str:
+    lines = "".join(f"\n    - {{base_url: {url}{f', model: {m}' if m else ''}}}" for url, m in endpoints)
+    return f"teacher:\n  {head}\n  concurrency: 4\n  endpoints:{lines}"
+
+
+def test_a_model_no_endpoint_serves_is_refused_before_any_request(tmp_path):
+    with FakeServer(responder=judged).running() as a, FakeServer(responder=judged).running() as b:
+        write_spec(tmp_path, judged_spec(5, fleet_teacher((a.base_url, "m1"), (b.base_url, "m1"))))
+        result = CliRunner().invoke(cli, ["generate", "spec.yaml", "--store", "s.db", "-q"])
+        assert a.count == b.count == 0
+    assert result.exit_code == 2, result.output
+    assert "no endpoint serves model 'judge-x' (asked by judge)" in result.output
+    assert f"{a.base_url} (m1)" in result.output and f"{b.base_url} (m1)" in result.output
+
+
+@pytest.mark.parametrize(("head", "second", "message"), [
+    ("max_attempts: 3", "m2", r"several models \(m1, m2\) and the teacher names none.*teacher.models: \[m1, m2\]"),
+    ("model: m1", "m2", r"serves model 'm2', which no step asks for .*mix the models explicitly"),
+])
+def test_mixing_models_is_never_inferred_from_the_endpoints(tmp_path, head, second, message):
+    with FakeServer().running() as a, FakeServer().running() as b:
+        write_spec(tmp_path, grid_spec(5).replace(
+            "teacher: {model: m1, concurrency: 4, max_attempts: 8}",
+            fleet_teacher((a.base_url, None if "model" in head else "m1"), (b.base_url, second), head=head)))
+        result = CliRunner().invoke(cli, ["generate", "spec.yaml", "--store", "s.db", "-q"])
+        assert a.count == b.count == 0
+    assert result.exit_code == 2, result.output
+    assert re.search(message, " ".join(result.output.split())), result.output
+
+
+def test_an_explicit_mix_sends_each_request_to_its_model_and_caches_it_under_that_model(tmp_path):
+    with FakeServer().running() as a, FakeServer().running() as b, FakeServer().running() as single:
+        spec = grid_spec(40).replace("teacher: {model: m1, concurrency: 4, max_attempts: 8}",
+                                     fleet_teacher((a.base_url, "m1"), (b.base_url, "m2"), head="models: [m1, m2]"))
+        mixed = run_generate(tmp_path, spec, [])
+        assert mixed.generate.steps[0].ok == 40
+        assert {x["model"] for x in a.bodies} == {"m1"} and {x["model"] for x in b.bodies} == {"m2"}
+        assert a.count >= 10 and b.count >= 10 and a.count + b.count == 40  # spread over both
+        assert {sent == answered for sent, answered in stored_models(tmp_path / "s.db")} == {True}
+        # a run asking m1 alone is served the m1 answers from the cache, and only those
+        one = load_spec(write_spec(tmp_path, grid_spec(40).replace("name: fleet", "name: one")))
+        later = generate(one, tmp_path / "s.db", Teacher(base_url=single.base_url), GenerateOptions(progress=False))
+    assert later.generate.steps[0].cached == a.count and single.count == b.count
+
+
+# --- prices of a fleet's models under --max-cost ---------------------------------------------------
+
+
+def test_a_fleet_naming_its_model_only_on_the_endpoints_is_priced_and_estimated(tmp_path):
+    with FakeServer().running() as a, FakeServer().running() as b:
+        write_spec(tmp_path, grid_spec(6).replace(
+            "teacher: {model: m1, concurrency: 4, max_attempts: 8}",
+            fleet_teacher((a.base_url, "gpt-4o-mini"), (b.base_url, "gpt-4o-mini"), head="max_attempts: 3")))
+        dry = CliRunner().invoke(cli, ["expand", "spec.yaml", "--dry-run"])
+        result = CliRunner().invoke(cli, ["generate", "spec.yaml", "--store", "s.db", "-q", "--max-cost", "1"])
+        assert a.count + b.count == 6
+    assert dry.exit_code == 0, dry.output
+    assert "model: gpt-4o-mini" in dry.output and "estimated cost ≤ $" in dry.output
+    assert result.exit_code == 0, result.output
+
+
+def test_every_model_a_fleet_answers_with_is_priced_and_billed_as_itself(tmp_path):
+    def attempts() -> list[tuple[str, int, int, float]]:
+        with sqlite3.connect(tmp_path / "s.db") as db:
+            return db.execute("SELECT json_extract(r.body, '$.model'), a.prompt_tokens, a.completion_tokens, a.cost "
+                              "FROM attempts a JOIN requests r ON r.id = a.request_id").fetchall()
+
+    def spec(head: str, prices: str = "") -> str:
+        return grid_spec(20).replace("teacher: {model: m1, concurrency: 4, max_attempts: 8}", fleet_teacher(
+            (a.base_url, "gpt-4o-mini"), (b.base_url, "my-vllm"), head=head) + prices)
+
+    with FakeServer().running() as a, FakeServer().running() as b:
+        for head in ("model: gpt-4o-mini", "models: [gpt-4o-mini, my-vllm]"):  # implicit, then unpriced
+            write_spec(tmp_path, spec(head))
+            refused = CliRunner().invoke(cli, ["generate", "spec.yaml", "--store", "s.db", "-q", "--max-cost", "1"])
+            assert refused.exit_code == 2 and a.count == b.count == 0, refused.output
+        assert "no price is known for model 'my-vllm'" in refused.output
+        write_spec(tmp_path, spec("models: [gpt-4o-mini, my-vllm]", "\n  prices: {my-vllm: {input: 100, output: 200}}"))
+        result = CliRunner().invoke(cli, ["generate", "spec.yaml", "--store", "s.db", "-q", "--max-cost", "1"])
+        assert result.exit_code == 0, result.output
+        assert a.count and b.count
+    prices = {"gpt-4o-mini": (0.15, 0.60), "my-vllm": (100.0, 200.0)}
+    rows = attempts()
+    assert len(rows) == 20 and {m for m, *_ in rows} == set(prices)
+    for model, prompt, completion, cost in rows:
+        assert cost == pytest.approx((prompt * prices[model][0] + completion * prices[model][1]) / 1e6)
