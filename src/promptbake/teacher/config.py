@@ -158,6 +158,6 @@ def open_teacher(config: TeacherConfig) -> Iterator[tuple[Endpoint, TeacherConfi
             yield first, config.model_copy(update={"concurrency": min(config.concurrency, servers[0].concurrency)})
             return
         # one server per core behind the endpoints layer: each core answers its own request, and
-        # each serves whatever it is asked, as the one server does (llama.cpp has one model loaded)
-        endpoints = [EndpointConfig(base_url=s.base_url, concurrency=s.concurrency) for s in servers]
+        # each serves the one model llama.cpp has loaded
+        endpoints = [EndpointConfig(base_url=s.base_url, model=model, concurrency=s.concurrency) for s in servers]
         yield first, config.model_copy(update={"endpoints": endpoints})
