@@ -1,5 +1,6 @@
-"""Many endpoints (``teacher.endpoints``, repeated ``--base-url``): requests go where there is room,
-a failing endpoint is taken out and probed back, nothing is lost, replicas share the cache."""
+"""Many endpoints (``teacher.endpoints``, repeated ``--base-url``): requests go where there is room
+among the endpoints serving their model, a failing endpoint is taken out and probed back, nothing
+is lost, replicas share the cache, and an answer is stored as the model that gave it."""
 
 from __future__ import annotations
 
@@ -14,15 +15,17 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 from fakeserver import FakeServer
 from helpers import write_spec
 
 from promptbake.cli.main import cli
+from promptbake.errors import InputError
 from promptbake.specification.models import TeacherConfig, load_spec
 from promptbake.teacher.client import ChatClient, Endpoint
 from promptbake.teacher.config import Teacher, merge
-from promptbake.teacher.endpoints import Fleet, fleet_model
+from promptbake.teacher.endpoints import Fleet
 from promptbake.teacher.generate import GenerateOptions
 from promptbake.teacher.jobs import Job
 from promptbake.teacher.limiter import Limiter
@@ -181,7 +184,7 @@ def test_endpoint_killed_mid_run_job_completes_every_request_answered_once(tmp_p
     assert f"endpoint {victim_url} m1:" in result.output and "taken out" in result.output
 
 
-def test_replicas_share_cache_keys_and_different_models_do_not(tmp_path):
+def test_replicas_share_cache_keys(tmp_path):
     with FakeServer().running() as a, FakeServer().running() as b:
         spec = load_spec(write_spec(tmp_path, grid_spec(30)))
         first = generate(spec, tmp_path / "s.db", Teacher(base_url=a.base_url),
@@ -191,25 +194,33 @@ def test_replicas_share_cache_keys_and_different_models_do_not(tmp_path):
         replicas = run_generate(tmp_path, grid_spec(30).replace("name: fleet", "name: again"),
                                 [a.base_url, b.base_url])
         assert replicas.generate.steps[0].cached == 30 and a.count + b.count == 30
-        mixed_spec = grid_spec(30).replace(
-            "teacher: {model: m1, concurrency: 4, max_attempts: 8}",
-            f"teacher:\n  model: m1\n  endpoints:\n    - {{base_url: {a.base_url}}}\n"
-            f"    - {{base_url: {b.base_url}, model: m2}}",
-        )
-        before_a, before_b = a.count, b.count
-        mixed = run_generate(tmp_path, mixed_spec.replace("name: fleet", "name: mixed"), [])
-        assert mixed.generate.steps[0].cached == 0 and mixed.generate.steps[0].sent == 30
-        # each endpoint is sent its own model's name
-        assert {body["model"] for body in a.bodies[before_a:]} == {"m1"}
-        assert {body["model"] for body in b.bodies[before_b:]} == {"m2"}
 
 
-def test_fleet_model_names_the_models_served():
-    config = TeacherConfig.model_validate({"model": "m1", "endpoints": [
-        {"base_url": "http://a/v1"}, {"base_url": "http://b/v1"}]})
-    assert fleet_model(config) == "m1"
-    config.endpoints[1].model = "m2"
-    assert fleet_model(config) == "m1+m2"
+def test_the_teachers_model_is_resolved_once_from_the_spec():
+    from promptbake.plan.routing import teacher_models
+
+    def resolve(**teacher: object) -> tuple[str, ...]:
+        return teacher_models(TeacherConfig.model_validate(teacher))
+
+    fleet = [{"base_url": "http://a/v1", "model": "m1"}, {"base_url": "http://b/v1", "model": "m1"}]
+    assert resolve(model="m1", endpoints=[{"base_url": "http://a/v1"}]) == ("m1",)
+    assert resolve(endpoints=fleet) == ("m1",)  # the one model the endpoints name
+    assert resolve(endpoints=[*fleet, {"base_url": "http://c/v1"}]) == ("m1",)  # c serves any
+    assert resolve(models=["m1", "m2"]) == ("m1", "m2")
+    assert resolve(kind="local") == ("smollm2",)
+    with pytest.raises(InputError, match="no teacher model"):
+        resolve(endpoints=[{"base_url": "http://a/v1"}])
+    for bad, message in [({"model": "m1", "models": ["m2"]}, "not both"), ({"models": ["m1", "m1"]}, "twice"),
+                         ({"endpoints": [fleet[0], {"base_url": "http://b/v1", "model": "m2"}]},
+                          r"several models \(m1, m2\).*teacher.models: \[m1, m2\]")]:
+        with pytest.raises(ValueError, match=message):
+            TeacherConfig.model_validate(bad)
+    # --model names the one model: it replaces the spec's mix, and a --models replaces its model
+    mixed = TeacherConfig.model_validate({"models": ["m1", "m2"]})
+    assert (merge(mixed, Teacher(model="m3")).model, merge(mixed, Teacher(model="m3")).models) == ("m3", None)
+    one = TeacherConfig.model_validate({"model": "m1"})
+    assert (merge(one, Teacher(models=("a", "b"))).model, merge(one, Teacher(models=("a", "b"))).models) == (
+        None, ["a", "b"])
 
 
 def test_rising_latency_halves_that_endpoints_concurrency():
@@ -267,12 +278,3 @@ def test_failures_of_attempts_sent_before_a_take_out_do_not_extend_it():
     ok, taken_out, backoff = asyncio.run(scenario())
     assert ok == 100
     assert taken_out == 1 and backoff == 2.0  # 16 refused at once are one failure of the endpoint
-
-
-def test_a_fleet_of_models_is_priced_at_its_dearest_for_the_budget():
-    from promptbake.teacher.pricing import PriceTable
-
-    prices = PriceTable()
-    assert prices.lookup("gpt-4o-mini+gpt-4o") == prices.lookup("gpt-4o")
-    assert prices.lookup("gpt-4o-mini+my-vllm-model") == prices.lookup("gpt-4o-mini")
-    assert prices.lookup("a-model+b-model") is None

@@ -12,7 +12,7 @@ from helpers import MINIMAL_SPEC, write_spec
 from promptbake.cli.main import cli
 from promptbake.errors import DataFileError, TemplateError
 from promptbake.plan.expand import Expander
-from promptbake.specification.models import load_spec
+from promptbake.specification.models import TeacherConfig, load_spec
 
 ROOT = Path(__file__).parent.parent
 
@@ -115,7 +115,8 @@ def test_changing_a_template_changes_only_its_prompts(tmp_path):
 
     def first_keys(spec):
         expander = Expander(spec)
-        return [r.cache_key for r in Planner(spec, expander.templates, "m", "remote").first_step(expander.cells(), 0)]
+        planner = Planner(spec, expander.templates, TeacherConfig(model="m"))
+        return [r.cache_key for r in planner.first_step(expander.cells(), 0)]
 
     assert first_keys(a) == first_keys(b)
 
@@ -142,7 +143,7 @@ def test_missing_template_file(tmp_path):
         from promptbake.plan.planner import Planner
 
         spec = load_spec(write_spec(tmp_path, text))
-        Planner(spec, Expander(spec).templates, "m", "remote")
+        Planner(spec, Expander(spec).templates, TeacherConfig(model="m"))
 
 
 def test_inline_template_error_names_spec_field(tmp_path):
@@ -151,7 +152,7 @@ def test_inline_template_error_names_spec_field(tmp_path):
     from promptbake.plan.planner import Planner
 
     expander = Expander(spec)
-    planner = Planner(spec, expander.templates, "m", "remote")
+    planner = Planner(spec, expander.templates, TeacherConfig(model="m"))
     with pytest.raises(TemplateError, match=r"spec.yaml:steps\[1\].messages\[0\].content:1: 'missing' is undefined"):
         planner.request(
             1,
@@ -184,7 +185,7 @@ def test_request_body_holds_rendered_messages_and_only_sampling_params(tmp_path)
     from promptbake.plan.planner import Planner
 
     expander = Expander(spec)
-    request = next(Planner(spec, expander.templates, "m", "remote").first_step(expander.cells(), 0))
+    request = next(Planner(spec, expander.templates, TeacherConfig(model="m")).first_step(expander.cells(), 0))
     assert request.body == {
         "model": "m",
         "messages": [{"role": "user", "content": "Give 2 things a calm customer says at the shop."}],
@@ -200,5 +201,5 @@ def test_list_prompt_never_asks_for_fewer_than_min_items(tmp_path):
     from promptbake.plan.planner import Planner
 
     expander = Expander(spec)
-    request = next(Planner(spec, expander.templates, "m", "remote").first_step(expander.cells(), 0))
+    request = next(Planner(spec, expander.templates, TeacherConfig(model="m")).first_step(expander.cells(), 0))
     assert request.body["messages"][0]["content"] == "Give 5 things a calm customer says at the shop."

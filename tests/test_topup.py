@@ -277,3 +277,28 @@ def test_export_writes_the_latest_train_version_or_a_chosen_one(tmp_path, fmt):
     assert sizes == {"latest": len(lines(data / "train.v2.jsonl")), "first": len(lines(data / "train.jsonl"))}
     missing = CliRunner().invoke(cli, ["export", "data", "--format", fmt, "--out", "x", "--train-version", "5"])
     assert missing.exit_code == 2 and "train.v5.jsonl" in missing.output
+
+
+def deterministic_teacher(body: dict) -> str:
+    """A teacher whose answer is a pure function of the request's bytes (seed included): a list
+    of ``N`` utterances for "Give N ..." prompts, a reply otherwise."""
+    digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+    user = body["messages"][-1]["content"]
+    if body["messages"][0]["role"] != "system":
+        count = int(user.split()[1])
+        return json.dumps([f"Complaint {digest[4 * i:4 * i + 8]} number {i}." for i in range(count)])
+    return f"Ugh. Fine. {digest[:12]}"
+
+
+def test_a_topup_asks_a_deterministic_teacher_in_new_bytes_and_gets_new_examples(tmp_path):
+    with FakeServer(responder=deterministic_teacher).running() as srv:
+        spec = build(tmp_path, srv.base_url)
+        first = {json.dumps(b, sort_keys=True) for b in srv.bodies}
+        sent = srv.count
+        # 4 for the 2 angry cells: 2 each, as the dataset's own run asked (the same prompts)
+        result = topup(spec, write_eval(tmp_path / "e.jsonl", ANGRY_WEAK), srv.base_url, "--per-category", "4")
+        assert result.exit_code == 0, result.output
+        asked = [json.dumps(b, sort_keys=True) for b in srv.bodies[sent:]]
+    assert asked and not first & set(asked)  # the step sets no seed: the round's seed makes the bytes new
+    (entry,) = json.loads((tmp_path / "data" / "manifest.json").read_text())["topups"]
+    assert entry["added"] == 4 and entry["categories"]["angry"]["duplicates"] == 0

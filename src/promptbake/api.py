@@ -68,10 +68,8 @@ def estimate(spec: SpecSource, model: str | None = None) -> Estimate:
     """What a spec will cost before anything is sent: cells, requests per step, tokens and USD,
     priced for ``model`` (default: the spec's teacher model)."""
     from promptbake.plan.estimate import estimate as plan_estimate
-    from promptbake.teacher.config import model_name
 
-    spec = load_spec(spec)
-    return plan_estimate(spec, model or model_name(spec.teacher), spec.teacher.kind)
+    return plan_estimate(load_spec(spec), model)
 
 
 def expand(spec: SpecSource, out: PathLike, model: str | None = None) -> int:
@@ -81,12 +79,12 @@ def expand(spec: SpecSource, out: PathLike, model: str | None = None) -> int:
     from promptbake.plan.expand import Expander
     from promptbake.plan.planner import Planner
     from promptbake.plan.preflight import check_templates
-    from promptbake.teacher.config import model_name
+    from promptbake.plan.routing import with_model
 
     spec = load_spec(spec)
     expander = Expander(spec)
     check_templates(spec, expander)
-    planner = Planner(spec, expander.templates, model or model_name(spec.teacher), spec.teacher.kind)
+    planner = Planner(spec, expander.templates, with_model(spec.teacher, model))
     rows = (
         {"id": r.id, "step": r.step, "cell": r.vars, "category": r.category, "cache_key": r.cache_key, "body": r.body}
         for r in planner.first_step(expander.cells(), 0)

@@ -17,6 +17,7 @@ from promptbake.plan.expand import Cell, Expander
 from promptbake.plan.judge import example_text
 from promptbake.plan.planner import DEFAULT_RESERVE, Planner
 from promptbake.plan.preflight import check_templates, placeholder
+from promptbake.plan.routing import label, with_model
 from promptbake.specification.models import Spec
 from promptbake.store.db import PlannedRequest
 from promptbake.teacher.pricing import PriceTable
@@ -42,6 +43,7 @@ class Estimate:
     model: str
     steps: list[StepEstimate] = field(default_factory=list)
     price_known: bool = True
+    unpriced: list[str] = field(default_factory=list)  # the models without a known price
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -65,7 +67,8 @@ class Estimate:
             )
         total_prompt = sum(s.prompt_tokens for s in self.steps)
         total_completion = sum(s.completion_tokens for s in self.steps)
-        price = f"≤ ${self.cost:.4f}" if self.price_known else "unknown (no price for this model; set teacher.prices)"
+        price = f"≤ ${self.cost:.4f}" if self.price_known else (
+            f"unknown (no price for {', '.join(self.unpriced) or 'this model'}; set teacher.prices)")
         lines.append(
             f"total: {sum(s.requests for s in self.steps)} requests, ~{total_prompt:,} prompt tokens, "
             f"≤ {total_completion:,} completion tokens, estimated cost {price}"
@@ -76,26 +79,34 @@ class Estimate:
         return "\n".join(lines)
 
 
-def estimate(spec: Spec, model: str, teacher_kind: str = "remote", prices: PriceTable | None = None) -> Estimate:
+def estimate(spec: Spec, model: str | None = None, teacher_kind: str | None = None,
+             prices: PriceTable | None = None) -> Estimate:
+    """The dry run of ``spec`` with its teacher's models, or priced as if ``model`` answered every
+    step without its own (then the spec's fleet does not matter: it is replaced, as ``--model``
+    with ``--base-url`` would)."""
+    teacher = with_model(spec.teacher, model)
+    if teacher_kind is not None:
+        teacher = teacher.model_copy(update={"kind": teacher_kind})
     expander = Expander(spec)
     check_templates(spec, expander)
-    planner = Planner(spec, expander.templates, model, teacher_kind)
+    planner = Planner(spec, expander.templates, teacher)
     prices = prices or PriceTable(spec.teacher.prices)
+    asked = sorted({m for models in planner.models for m in models})
     cells = list(itertools.islice(expander.cells(), SAMPLE))
     total_cells, wanted = expander.totals()
     # the sampled cells stand for the grid: a list request is one per cell, any other request one
     # per example wanted (the first cells of a weighted grid may want more than the average)
     cell_scale = total_cells / max(len(cells), 1)
     example_scale = wanted / max(sum(c.count for c in cells), 1)
-    result = Estimate(cells=total_cells, examples_wanted=wanted, model=model, price_known=prices.known(model))
-    note = encoding_note(model) if teacher_kind != "local" else None  # a local model is no OpenAI tokenizer
-    if note:
-        result.notes.append(note)
+    unpriced = [m for m in asked if not prices.known(m)]
+    result = Estimate(cells=total_cells, examples_wanted=wanted, model=label(teacher) or ", ".join(asked),
+                      price_known=not unpriced, unpriced=unpriced)
+    if teacher.kind != "local":  # a local model is no OpenAI tokenizer
+        result.notes.extend(note for note in map(encoding_note, asked) if note)
 
     rows_by_cell = {c.key: 1 for c in cells}
     placeholders: dict[str, Any] = {}
     for k, step in enumerate(planner.steps):
-        step_model = step.model or model
         if k == 0:
             requests = list(planner.first_step(cells, 0))
         elif k >= planner.real:
@@ -126,14 +137,16 @@ def estimate(spec: Spec, model: str, teacher_kind: str = "remote", prices: Price
         completion = reserve * len(requests)
         scale = cell_scale if k == 0 and step.parse == "list" else example_scale
         n_requests = round(len(requests) * scale)
+        # each request at its own model's price: a mix costs what its models' shares cost
         result.steps.append(
             StepEstimate(
                 step=step.name,
                 requests=n_requests,
                 prompt_tokens=round(prompt * scale),
                 completion_tokens=round(completion * scale),
-                cost=prices.cost(step_model, round(prompt * scale), round(completion * scale)),
-                batch_cost=prices.batch_cost(step_model, round(prompt * scale), round(completion * scale)),
+                cost=scale * sum(prices.cost(r.body["model"], r.est_tokens - reserve, reserve) for r in requests),
+                batch_cost=scale * sum(prices.batch_cost(r.body["model"], r.est_tokens - reserve, reserve)
+                                       for r in requests),
             )
         )
         # what the next step sees: a row per output; a list answer is expected to hold the cell's count

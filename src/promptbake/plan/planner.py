@@ -19,7 +19,8 @@ from promptbake.errors import TemplateError
 from promptbake.ids import stable_hash
 from promptbake.plan.expand import Cell
 from promptbake.plan.judge import example_text, judge_steps
-from promptbake.specification.models import MessageTemplate, Spec, Step
+from promptbake.plan.routing import check_routes, pick
+from promptbake.specification.models import MessageTemplate, Spec, Step, TeacherConfig
 from promptbake.specification.templates import Templates
 from promptbake.store.db import FanoutDrop, PlannedRequest, StoredRequest
 from promptbake.teacher.tokens import count_messages
@@ -79,13 +80,19 @@ def single_output(step: Step) -> bool:
 
 
 class Planner:
-    def __init__(self, spec: Spec, templates: Templates, model: str, teacher_kind: str) -> None:
+    """Plans ``spec``'s requests for ``teacher`` (the merged teacher config: which model answers
+    each step is decided here, see :mod:`promptbake.plan.routing`). ``topup_round`` (a dataset's
+    top-up round, 0 for its first run) varies the seed of steps that set none, as a later round
+    of a run does: a top-up must not send the bytes its dataset was already made of."""
+
+    def __init__(self, spec: Spec, templates: Templates, teacher: TeacherConfig, *, topup_round: int = 0) -> None:
         self.spec = spec
-        self.model = model
-        self.teacher_kind = teacher_kind
+        self.teacher_kind = teacher.kind
+        self.topup_round = topup_round
         # the spec's steps, then one step per judge: a verdict is planned and paid like an answer
         self.steps = [*spec.steps, *judge_steps(spec)]
         self.real = len(spec.steps)
+        self.models = check_routes(self.steps, teacher)  # per step: the model(s) its requests name
         self.renderers = [
             MessageRenderer(templates, step.messages, _where(spec, i, self.real)) for i, step in enumerate(self.steps)
         ]
@@ -133,16 +140,19 @@ class Planner:
         render_only: dict[str, Any] | None = None,
     ) -> PlannedRequest:
         step = self.steps[k]
-        model = step.model or self.model
+        model = pick(self.models[k], self.spec.name, step.name, cell_key, parent_id, item_index, replicate)
         messages = self.renderers[k].render({**variables, **(render_only or {})})
         body: dict[str, Any] = {"model": model, "messages": messages, **step.body_params()}
+        # a top-up of a built dataset is its own spec, planned from round 0: its top-up round
+        # joins the seed so that no request repeats the bytes of the dataset's first run
+        again = [self.topup_round] if self.topup_round else []
         if step.seed is not None:
-            # a fresh seed per replicate and per top-up round, so repeats differ
+            # a fresh seed per replicate (the cell's values, which hold a top-up's round), so repeats differ
             body["seed"] = step.seed + int(stable_hash(replicate, length=6), 16) % 1_000_000
-        elif round_ > 0:
+        elif round_ > 0 or again:
             # a top-up round must not send round 0's bytes again: a deterministic teacher would
             # answer with the same duplicates (round 0 keeps no seed, so its cache keys stay)
-            body["seed"] = int(stable_hash(replicate, round_, length=6), 16) % 1_000_000
+            body["seed"] = int(stable_hash(replicate, round_, *again, length=6), 16) % 1_000_000
         response_format = self._response_format(step)
         if response_format is not None:
             body["response_format"] = response_format

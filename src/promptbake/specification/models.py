@@ -52,6 +52,9 @@ class TeacherConfig(Strict):
     kind: Literal["remote", "local"] = "remote"
     base_url: str | None = None
     model: str | None = None
+    # several models answering the steps without their own, each request one of them (see
+    # plan/routing.py): mixing is said here, never inferred from endpoints naming other models
+    models: list[str] | None = Field(default=None, min_length=1)
     api_key_env: str = "OPENAI_API_KEY"
     rpm: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     tpm: float | None = Field(default=None, gt=0, allow_inf_nan=False)
@@ -73,6 +76,24 @@ class TeacherConfig(Strict):
                 raise ValueError("teacher must be 'local', 'remote' or a mapping")
             return {"kind": data}
         return data
+
+    @model_validator(mode="after")
+    def _one_model_source(self) -> TeacherConfig:
+        check_models(self.model, self.models)
+        named = sorted({e.model for e in self.endpoints if e.model})
+        if self.model is None and self.models is None and len(named) > 1:
+            raise ValueError(f"the endpoints serve several models ({', '.join(named)}) and the teacher names none: "
+                             "set teacher.model to the one steps use, or mix them explicitly with "
+                             f"teacher.models: [{', '.join(named)}]")
+        return self
+
+
+def check_models(model: str | None, models: list[str] | None) -> None:
+    """``model`` or ``models`` (a mix of distinct names), not both."""
+    if model is not None and models is not None:
+        raise ValueError("give 'model' (one model) or 'models' (a mix), not both")
+    if models is not None and len(set(models)) < len(models):
+        raise ValueError("'models' names a model twice")
 
 
 class MessageTemplate(Strict):
@@ -124,9 +145,11 @@ class Step(SamplingParams):
     json_schema: dict[str, Any] | None = Field(default=None, alias="schema")
     repeat: int | None = Field(default=None, ge=1)
     min_items: int = Field(default=1, ge=1)
+    models: list[str] | None = Field(default=None, min_length=1)  # a mix, each request one of them
 
     @model_validator(mode="after")
     def _check(self) -> Step:
+        check_models(self.model, self.models)
         if not IDENTIFIER.match(self.name):
             raise ValueError(f"step name {self.name!r} must be an identifier (letters, digits, _)")
         if self.json_schema is not None and self.parse == "text":
@@ -186,6 +209,7 @@ class Judge(Strict):
     criteria: str | None = None
     template: str | None = None  # a prompt template (file under templates/) instead of criteria
     model: str | None = None  # default: the teacher's model
+    models: list[str] | None = Field(default=None, min_length=1)  # a mix, each verdict one of them
     min_score: int = Field(default=4, ge=1, le=5)
     fields: list[Literal["system", "user", "assistant"]] | None = None  # default: the whole example
     temperature: float | None = Field(default=0.0, ge=0, le=2)
@@ -196,6 +220,7 @@ class Judge(Strict):
     def _check(self) -> Judge:
         if (self.criteria is None) == (self.template is None):
             raise ValueError("a judge needs exactly one of 'criteria' or 'template'")
+        check_models(self.model, self.models)
         if self.name is not None and not IDENTIFIER.match(self.name):
             raise ValueError(f"judge name {self.name!r} must be an identifier (letters, digits, _)")
         return self

@@ -18,11 +18,11 @@ from typing import Literal
 from pydantic import ValidationError
 
 from promptbake.errors import InputError
+from promptbake.plan.routing import label, teacher_models
 from promptbake.specification.models import EndpointConfig, Prices, TeacherConfig
 from promptbake.teacher.client import Endpoint
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
-LOCAL_MODEL = "smollm2"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,6 +40,7 @@ class Teacher:
     base_url: str | None = None
     endpoints: tuple[str, ...] = ()  # --base-url given more than once: one endpoint each
     model: str | None = None
+    models: tuple[str, ...] | None = None  # a mix for the steps without their own (see plan/routing.py)
     api_key_env: str | None = None
     rpm: float | None = None
     tpm: float | None = None
@@ -69,28 +70,34 @@ def merge(config: TeacherConfig, teacher: Teacher | None) -> TeacherConfig:
     data.update(given)
     if teacher.prices is not None:
         data["prices"] = {**config.prices, **teacher.prices}  # one model's price, not the whole table
+    if teacher.model is not None and teacher.models is None:
+        data["models"] = None  # --model names the one model: it replaces the spec's mix
+    if teacher.models is not None and teacher.model is None:
+        data["model"] = None
     if teacher.base_url is not None:
         data["endpoints"] = []  # one URL on the command line replaces the spec's fleet
     if teacher.endpoints:
         data["endpoints"] = [{"base_url": url} for url in teacher.endpoints]
     if teacher.kind == "local" and teacher.model is None:
-        data["model"] = None  # the spec's remote model name means nothing to the local server
+        data["model"] = data["models"] = None  # the spec's remote model names mean nothing to the local server
     try:
         return TeacherConfig.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
         field = str(err["loc"][0]) if err["loc"] else ""
         value = given.get(field)
-        where = f"{FLAGS[field]} {value}" if field in FLAGS and value is not None else f"teacher.{field}"
+        where = f"{FLAGS[field]} {value}" if field in FLAGS and value is not None else f"teacher.{field}".rstrip(".")
         raise InputError(f"{where}: {err['msg'].removeprefix('Value error, ')}") from None
 
 
 def model_name(config: TeacherConfig) -> str:
-    if config.model:
-        return config.model
-    if config.kind == "local":
-        return LOCAL_MODEL
-    raise InputError("no teacher model: set teacher.model in the spec or pass --model")
+    """The teacher's one model, for commands that ask a single model (eval's answers and judge,
+    distillation's break-even): a mix (``teacher.models``) needs ``--model`` to choose. Steps
+    resolve theirs in :mod:`promptbake.plan.routing`."""
+    models = teacher_models(config)
+    if len(models) > 1:
+        raise InputError(f"teacher.models mixes {', '.join(models)}: this command asks one model; pass --model")
+    return models[0]
 
 
 def base_url(config: TeacherConfig) -> str:
@@ -117,7 +124,7 @@ def remote_endpoint(config: TeacherConfig) -> Endpoint:
             "server, or use --teacher local"
         )
     check_base_url(url)
-    return Endpoint(base_url=url.rstrip("/"), model=model_name(config), api_key=api_key)
+    return Endpoint(base_url=url.rstrip("/"), model=label(config), api_key=api_key)
 
 
 def check_base_url(base_url: str) -> None:
@@ -134,11 +141,9 @@ def open_teacher(config: TeacherConfig) -> Iterator[tuple[Endpoint, TeacherConfi
     """The endpoint to talk to, and the config with limits fitting it. A local teacher's server
     lives exactly as long as this block (stopped on errors and Ctrl-C too)."""
     if config.kind == "remote" and config.endpoints:
-        from promptbake.teacher.endpoints import fleet_model
-
-        # requests are planned under the fleet's model; the pool sends them to its endpoints
+        # each request names its model when planned; the fleet sends it to an endpoint serving it
         url = config.endpoints[0].base_url
-        yield Endpoint(base_url=url.rstrip("/"), model=fleet_model(config)), config
+        yield Endpoint(base_url=url.rstrip("/"), model=label(config)), config
         return
     if config.kind == "remote":
         yield remote_endpoint(config), config
@@ -152,6 +157,7 @@ def open_teacher(config: TeacherConfig) -> Iterator[tuple[Endpoint, TeacherConfi
         if len(servers) == 1:
             yield first, config.model_copy(update={"concurrency": min(config.concurrency, servers[0].concurrency)})
             return
-        # one server per core behind the endpoints layer: each core answers its own request
+        # one server per core behind the endpoints layer: each core answers its own request, and
+        # each serves the one model llama.cpp has loaded
         endpoints = [EndpointConfig(base_url=s.base_url, model=model, concurrency=s.concurrency) for s in servers]
         yield first, config.model_copy(update={"endpoints": endpoints})

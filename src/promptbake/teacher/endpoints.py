@@ -15,10 +15,11 @@ with one request; its failed attempts go back to the pool, which retries them li
 attempt, and the fleet admits the retries elsewhere. Nothing is lost, and every attempt is in the
 store.
 
-Cache keys: every endpoint's answer is stored under the request's planned model. Replicas of one
-model plan with that model's name, so they share cache keys with each other and with a run on a
-single replica; a fleet of different models plans with the models' names joined by ``+``, so its
-answers are never served to a run on one of those models, nor theirs to it.
+Routing: a request names its model when it is planned (:mod:`promptbake.plan.routing`) and is
+admitted only to the endpoints that serve that model: those naming it, and those naming none
+(they serve whatever they are asked). Nothing rewrites the model at send time, so an answer is
+stored, cached and billed as the model that gave it. Replicas of one model share cache keys with
+each other and with a run on a single replica; different models never share an answer.
 """
 
 from __future__ import annotations
@@ -28,13 +29,15 @@ import contextlib
 import math
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from promptbake.errors import TeacherError
+from promptbake.plan.routing import label, serves
 from promptbake.specification.models import TeacherConfig
 from promptbake.teacher.client import AttemptError, ChatClient, ChatResult, Endpoint, RateInfo, RateLimited
-from promptbake.teacher.config import model_name, remote_endpoint
+from promptbake.teacher.config import remote_endpoint
 from promptbake.teacher.limiter import Clock, Limiter, Permit
 
 STREAK = 3  # consecutive failures that take an endpoint out
@@ -83,8 +86,10 @@ class EndpointStats:
 class _Member:
     """One endpoint of the fleet: its client, its limiter, its health."""
 
-    def __init__(self, endpoint: Endpoint, client: ChatClient, limiter: Limiter, weight: float) -> None:
+    def __init__(self, endpoint: Endpoint, client: ChatClient, limiter: Limiter, weight: float,
+                 model: str | None) -> None:
         self.endpoint = endpoint
+        self.model = model  # the one model it serves; None: whatever it is asked
         self.client = client
         self.limiter = limiter
         self.weight = weight
@@ -122,9 +127,7 @@ class _MemberClient:
         self.member = member
 
     async def chat(self, body: dict[str, Any]) -> ChatResult:
-        member = self.member
-        if body.get("model") != member.endpoint.model:
-            body = {**body, "model": member.endpoint.model}
+        member = self.member  # admitted for the body's model: sent as planned, never rewritten
         member.stats.requests += 1
         start = self.fleet.clock()
         try:
@@ -147,19 +150,26 @@ class Fleet:
     """The pool's limiter over several endpoints (same methods as :class:`Limiter`)."""
 
     def __init__(self, members: list[tuple[Endpoint, ChatClient, Limiter, float]],
-                 clock: Clock = time.monotonic) -> None:
+                 clock: Clock = time.monotonic, models: Sequence[str | None] | None = None) -> None:
+        """``models``: the one model each endpoint serves (None, or no list: whatever it is asked)."""
         self.clock = clock
-        self.members = [_Member(*m) for m in members]
+        models = models or [None] * len(members)
+        self.members = [_Member(*m, model) for m, model in zip(members, models, strict=True)]
         self._clients = {id(m): _MemberClient(self, m) for m in self.members}
         self.concurrency = _Slots(sum(m.limiter.concurrency.cap for m in self.members))
         self._lock = asyncio.Lock()  # FIFO: only the head waiter watches the endpoints
         self._changed = asyncio.Event()
 
-    async def acquire(self, tokens: int) -> Permit:
+    async def acquire(self, tokens: int, model: str | None = None) -> Permit:
+        """A permit on an endpoint serving ``model`` (any endpoint when None)."""
+        serving = [i for i, m in enumerate(self.members) if model is None or serves(m.model, model)]
+        if not serving:  # planning refuses such a request (plan/routing.py): this is a guard
+            raise TeacherError(f"no endpoint serves model {model!r}: "
+                               + ", ".join(f"{m.endpoint.base_url} ({m.model})" for m in self.members))
         async with self._lock:
             while True:
                 now = self.clock()
-                waits = [(m.wait(tokens, now), m.load(), i) for i, m in enumerate(self.members)]
+                waits = [(self.members[i].wait(tokens, now), self.members[i].load(), i) for i in serving]
                 wait, _, at = min(waits)
                 if wait <= 0:
                     break
@@ -239,12 +249,6 @@ class Fleet:
         return {f"{m.endpoint.base_url} {m.endpoint.model}": m.stats for m in self.members}
 
 
-def fleet_model(config: TeacherConfig) -> str:
-    """The model requests are planned (and cached) under: see the module docstring."""
-    models = sorted({e.model or model_name(config) for e in config.endpoints})
-    return "+".join(models)
-
-
 @contextlib.asynccontextmanager
 async def connect(endpoint: Endpoint, config: TeacherConfig) -> AsyncIterator[tuple[ChatClient, Limiter | Fleet]]:
     """The client and limiter the pool runs with: one endpoint's, or a :class:`Fleet` over
@@ -256,8 +260,9 @@ async def connect(endpoint: Endpoint, config: TeacherConfig) -> AsyncIterator[tu
     async with contextlib.AsyncExitStack() as stack:
         members = []
         for spec in config.endpoints:
+            # named by the model it serves, or, serving any, by the teacher's (messages only)
             own = config.model_copy(update={
-                "base_url": spec.base_url, "model": spec.model or model_name(config),
+                "base_url": spec.base_url, "model": spec.model or label(config), "models": None, "endpoints": [],
                 "api_key_env": spec.api_key_env or config.api_key_env,
             })
             concurrency = spec.concurrency or config.concurrency
@@ -267,6 +272,6 @@ async def connect(endpoint: Endpoint, config: TeacherConfig) -> AsyncIterator[tu
                 ChatClient(where, concurrency=concurrency, timeout=config.timeout))
             limiter = Limiter(rpm=spec.rpm or config.rpm, tpm=spec.tpm or config.tpm, concurrency=concurrency)
             members.append((client.endpoint, client, limiter, spec.weight))
-        fleet = Fleet(members)
+        fleet = Fleet(members, models=[spec.model for spec in config.endpoints])
         yield members[0][1], fleet
 

@@ -15,11 +15,11 @@ from promptbake.errors import BudgetExceeded, TeacherError
 from promptbake.plan.expand import Expander
 from promptbake.plan.judge import judge_steps
 from promptbake.plan.planner import DEFAULT_RESERVE, Planner, row_key
+from promptbake.plan.routing import check_routes
 from promptbake.specification.models import Spec, Step, TeacherConfig
 from promptbake.store.db import FanoutDrop, PlannedRequest, Store
 from promptbake.teacher.batch import BatchOptions, BatchTotals, Scope, send_step_batches
 from promptbake.teacher.client import Endpoint
-from promptbake.teacher.config import model_name
 from promptbake.teacher.endpoints import EndpointStats
 from promptbake.teacher.jobs import Outcome, StepJob, capped, checker, step_job, unseeded
 from promptbake.teacher.link import Link
@@ -42,6 +42,7 @@ class GenerateOptions:
     progress: bool = True
     batch: BatchOptions | None = None  # --batch: steps go through the Batch API, not the online pool
     notice: Notice = say
+    topup_round: int = 0  # a built dataset's top-up round: varies unseeded requests (see Planner)
 
 
 @dataclass
@@ -81,14 +82,17 @@ class GenerateReport:
                 "without usage and were charged their worst case)")
 
 
-def check_budget(spec: Spec, config: TeacherConfig, max_cost: float | None) -> list[str]:
-    """Refuse to start a run whose ``--max-cost`` could not hold (a model without a price would be
-    counted as free). Returns notes for the summary: steps without ``max_tokens`` are sent with
-    ``DEFAULT_RESERVE`` under a budget (see :func:`bounded`)."""
+def check_run(spec: Spec, config: TeacherConfig, max_cost: float | None) -> list[str]:
+    """Refuse to start a run that could not go as asked: a model no endpoint serves (see
+    :func:`check_routes`), or a ``--max-cost`` that could not hold (a model without a price would
+    be counted as free: every model a step may be answered by needs one). Returns notes for the
+    summary: steps without ``max_tokens`` are sent with ``DEFAULT_RESERVE`` under a budget (see
+    :func:`bounded`)."""
+    steps = [*spec.steps, *judge_steps(spec)]  # a judge's verdicts are paid like answers
+    models = check_routes(steps, config)
     if max_cost is None:
         return []
-    steps = [*spec.steps, *judge_steps(spec)]  # a judge's verdicts are paid like answers
-    PriceTable(config.prices).require((step.model or model_name(config) for step in steps), max_cost)
+    PriceTable(config.prices).require((m for step in models for m in step), max_cost)
     return [
         f"step {step.name} sets no max_tokens: under --max-cost its answers are sent with max_tokens "
         f"{DEFAULT_RESERVE}, the worst case reserved for each (set max_tokens in the spec to choose)"
@@ -112,7 +116,7 @@ class Generation:
         self.endpoint = endpoint
         self.config = config
         self.options = options
-        self.planner = Planner(spec, expander.templates, endpoint.model, config.kind)
+        self.planner = Planner(spec, expander.templates, config, topup_round=options.topup_round)
         self.report = GenerateReport()
         self._forgotten: set[int] = set()
         # --no-cache re-pays a whole step, which needs it planned whole first

@@ -143,7 +143,9 @@ class Limiter:
         self._lock = asyncio.Lock()  # FIFO: only the head waiter watches the buckets
         self._synced_at = {"requests": float("-inf"), "tokens": float("-inf")}
 
-    async def acquire(self, tokens: int) -> Permit:
+    async def acquire(self, tokens: int, model: str | None = None) -> Permit:
+        """``model`` is for a :class:`~promptbake.teacher.endpoints.Fleet`, which routes by it; one
+        endpoint serves whatever it is asked."""
         await self.concurrency.acquire()
         try:
             if self.requests is not None or self.tokens is not None or self.paused_until > self.clock():

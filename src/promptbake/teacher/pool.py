@@ -245,7 +245,7 @@ class Pool:
         """One attempt. Returns (delay before the next attempt, outcome if the job is finished)."""
         body = run.body
         seed = body.get("seed") if isinstance(body.get("seed"), int) else None
-        permit = await self.limiter.acquire(run.job.est_tokens)
+        permit = await self.limiter.acquire(run.job.est_tokens, str(body.get("model") or "") or None)  # routing
         start = time.perf_counter()
         try:
             result = await (permit.client or self.client).chat(body)  # a Fleet picks the endpoint

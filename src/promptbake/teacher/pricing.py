@@ -66,11 +66,6 @@ class PriceTable:
     def lookup(self, model: str) -> Prices | None:
         """The model's price: its own entry (``teacher.prices`` may name a fine-tune), else for
         a fine-tune its base price × the family's fine-tuned factor; None when unknown."""
-        if "+" in model and model not in self.prices:
-            # a fleet of several models (endpoints.py): which one answers is not known before,
-            # so a budget counts the dearest of those with a price
-            found = [p for p in map(self.lookup, model.split("+")) if p is not None]
-            return max(found, key=lambda p: (p.output, p.input)) if found else None
         key = _family(self.prices, model)
         if key is not None:
             return self.prices[key]
@@ -109,10 +104,10 @@ class PriceTable:
         if max_cost is None:
             return
         check_max_cost(max_cost)
-        for member in sorted({m for model in models for m in model.split("+")}):  # each model of a fleet
-            if not self.known(member):
+        for model in sorted(set(models)):
+            if not self.known(model):
                 raise InputError(
-                    f"--max-cost: no price is known for model {member!r}, so its spend cannot be bounded; "
+                    f"--max-cost: no price is known for model {model!r}, so its spend cannot be bounded; "
                     f"add it to the spec's teacher.prices (USD per 1M tokens: {{input: ..., output: ...}})"
                 )
 

@@ -20,7 +20,7 @@ from promptbake.records import Example
 from promptbake.specification.models import Spec
 from promptbake.store.db import Store
 from promptbake.teacher.config import Teacher, merge, open_teacher
-from promptbake.teacher.generate import GenerateOptions, GenerateReport, Generation, StepReport, check_budget
+from promptbake.teacher.generate import GenerateOptions, GenerateReport, Generation, StepReport, check_run
 from promptbake.teacher.link import Link
 from promptbake.workflows.sync import synchronous
 
@@ -100,7 +100,7 @@ async def generate_async(
     if options.batch is not None and config.kind == "local":
         raise InputError("--batch needs a remote server with the Batch API; the local teacher has none (run "
                          "without --batch, or use `promptbake batch export` for vLLM's run_batch)")
-    notes = check_budget(spec, config, options.max_cost)
+    notes = check_run(spec, config, options.max_cost)
     if config.kind == "local":
         from promptbake.teacher.local import local_layout
 

@@ -4,8 +4,10 @@ Weak categories come from an eval file (ours, or any JSONL with ``category`` and
 ``score``). New examples are made by the normal generation on a derived spec: the same spec, its
 grid replaced by a table of the weak categories' cells crossed with a ``topup_round`` axis. That
 axis changes every cell key, request id, cache key and step seed (they hash the cell values), so
-round N asks the teacher afresh instead of being served round 1's answers from the cache, while the
-templates, which never mention it, render the same prompts. The new examples are deduplicated
+round N is not served round 1's answers from the cache, while the templates, which never mention
+it, render the same prompts; a step that sets no seed is sent one derived from the round
+(``GenerateOptions.topup_round``), so the request's bytes differ too and a deterministic teacher
+answers afresh. The new examples are deduplicated
 against everything already in the dataset (train and test) and appended to a new train version,
 ``train.v2.jsonl``, ``train.v3.jsonl``…; ``test.jsonl`` is never written, so evals stay comparable.
 The manifest's ``topups`` list records what each round added, why, and from which eval file.
@@ -265,7 +267,9 @@ async def topup_async(spec: Spec, eval_path: str | Path, dataset: str | Path, *,
         tag = f"topup{round_}" + (f".{j + 1}" if j else "")
         derived = derive_spec(spec, expander, group, count, round_, f"{spec.name}@{tag}",
                               directory / "topups" / f"{tag}.cells.jsonl")
-        run = await generate_async(derived, store_path, teacher, options, topup=True, command="topup")
+        # the round varies the seed of steps that set none: the teacher is asked afresh
+        run = await generate_async(derived, store_path, teacher, replace(options, topup_round=round_), topup=True,
+                                   command="topup")
         report.runs.append(run)
         if options.max_cost is not None:  # one budget for the whole round
             options = replace(options, max_cost=max(0.0, options.max_cost - run.generate.spent))
