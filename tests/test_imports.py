@@ -17,7 +17,6 @@ SRC = Path(__file__).resolve().parent.parent / "src"
 # export↔formats (h2) and batch↔generate (h4).
 KNOWN: set[frozenset[str]] = {
     frozenset({"promptbake.output.export", "promptbake.output.formats"}),
-    frozenset({"promptbake.teacher.batch", "promptbake.teacher.generate"}),
 }
 
 

@@ -18,13 +18,14 @@ from promptbake.errors import InputError
 from promptbake.output.atomic import atomic_writer
 from promptbake.plan.expand import Expander
 from promptbake.plan.judge import judge_steps
+from promptbake.plan.routing import label
 from promptbake.specification.models import Spec, Step
 from promptbake.store.batches import Holder, exhausted, holders
 from promptbake.store.db import ResultRow, Store
 from promptbake.teacher.batch import item_job, line_outcome
 from promptbake.teacher.batchfile import MAX_BYTES, MAX_LINES, InputFile, LineResult, input_line, read_lines
 from promptbake.teacher.client import Endpoint
-from promptbake.teacher.config import Teacher, merge, model_name
+from promptbake.teacher.config import Teacher, merge
 from promptbake.teacher.generate import GenerateOptions, Generation
 from promptbake.teacher.jobs import checker, result_row
 from promptbake.teacher.pricing import PriceTable
@@ -63,7 +64,7 @@ def export_batch_files(spec: Spec, store_path: str | Path, out_dir: str | Path,
     report = ExportReport(spec.name, str(store_path))
     with Store(store_path) as store:
         save_run_context(spec, store, expander)
-        generation = Generation(spec, store, expander, Endpoint(base_url="", model=model_name(config)), config,
+        generation = Generation(spec, store, expander, Endpoint(base_url="", model=label(config)), config,
                                 GenerateOptions(progress=False))
         found = _next_step(spec, store, expander, generation, config.max_attempts)
         if found is None:
