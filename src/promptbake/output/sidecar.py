@@ -17,10 +17,15 @@ from promptbake.output.jsonl import read_jsonl
 from promptbake.records import Example
 
 
+def metadata_file(data: Path) -> Path:
+    """The sidecar build (or top-up) writes next to a split: ``train.jsonl`` and ``test.jsonl`` →
+    ``metadata.jsonl``, ``train.v2.jsonl`` → ``metadata.v2.jsonl``."""
+    _, _, rest = data.name.partition(".")
+    return data.with_name(f"metadata.{rest or 'jsonl'}")
+
+
 def default_metadata(data: Path) -> Path | None:
     """The sidecar next to a split (``metadata_file``), if there is one."""
-    from promptbake.output.export import metadata_file
-
     candidate = metadata_file(data) if "." in data.name else None
     return candidate if candidate is not None and candidate.exists() else None
 
