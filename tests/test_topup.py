@@ -16,12 +16,13 @@ from helpers import MINIMAL_SPEC, list_then_reply_responder, write_spec
 import promptbake
 from promptbake.cli.main import cli
 from promptbake.errors import DataFileError, InputError
+from promptbake.output.eval_results import load_eval
 from promptbake.plan.expand import Cell
 from promptbake.specification.models import load_spec
 from promptbake.teacher.config import Teacher
 from promptbake.teacher.generate import GenerateOptions
 from promptbake.workflows import pipeline
-from promptbake.workflows.topup import load_eval, plan_cells, weak_categories
+from promptbake.workflows.topup import plan_cells, weak_categories
 
 # the mood in the user turn lets a fake student answer differently per category
 TAGGED_SPEC = MINIMAL_SPEC.replace('      content: "{{ ask }}"\n    - role: assistant',

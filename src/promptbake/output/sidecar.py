@@ -72,5 +72,5 @@ def read_split(path: Path, name: str) -> Split:
         lines.append(json_line(row))
         examples.append(Example(id=str(meta["id"]), category=str(meta["category"]), cell=meta.get("cell") or {},
                                 messages=messages, tools=row.get("tools"), rejected=meta.get("rejected"),
-                                provenance=meta.get("provenance") or {}))
+                                provenance=meta.get("provenance") or {}, scores=meta.get("scores") or {}))
     return Split(lines, examples, metas)

@@ -20,13 +20,14 @@ from promptbake.plan.expand import Expander
 from promptbake.specification.models import Spec
 from promptbake.store.batches import Holder, Item, exhausted, holders
 from promptbake.store.db import ResultRow, Store
+from promptbake.store.saved_specs import spec_from_store
 from promptbake.teacher.batch import line_outcome
 from promptbake.teacher.batchfile import MAX_BYTES, MAX_LINES, InputFile, LineResult, input_line, read_lines
 from promptbake.teacher.client import Endpoint
 from promptbake.teacher.config import Teacher, merge, model_name
 from promptbake.teacher.generate import GenerateOptions, Generation, _checker, result_row
 from promptbake.teacher.pricing import PriceTable
-from promptbake.workflows.pipeline import ask_for, save_run_context, shortfall, spec_from_store
+from promptbake.workflows.pipeline import ask_for, save_run_context, shortfall
 
 
 @dataclass
