@@ -201,3 +201,25 @@ def test_build_spec_reads_the_store_run_wrote_by_default(tmp_path):
     result = run("build", str(spec), "--out", "out")  # no --store: OUT/promptbake.db, as run used
     assert result.exit_code == 0, result.output
     assert (tmp_path / "out" / "train.jsonl").read_bytes() == before
+
+
+def test_split_group_none_keeps_test_prompts_in_test_when_a_sampling_parameter_changes(tmp_path):
+    """Issue 24: with ``split.group: none`` the example's side was keyed by its id, which hashes
+    every sampling parameter: a new ``max_tokens`` on the reply step moved test prompts to train."""
+    text = BIGGER.replace("  seed: 1\n", "  seed: 1\n  group: none\n")
+    spec = write_spec(tmp_path, text)
+    longer = write_spec(tmp_path, text.replace("  - name: answer\n", "  - name: answer\n    max_tokens: 50\n"
+                                                                       "    temperature: 0.3\n"), "longer.yaml")
+
+    def test_prompts() -> set[str]:
+        return {r["messages"][0]["content"] for r in read_jsonl(tmp_path / "out" / "test.jsonl")}
+
+    with FakeServer(responder=list_then_reply_responder()).running() as srv:
+        assert run("run", str(spec), "--out", "out", "--base-url", srv.base_url, "-q").exit_code == 0
+        before, ids = test_prompts(), set(sides(tmp_path / "out"))
+        sent = srv.count
+        result = run("run", str(longer), "--out", "out", "--base-url", srv.base_url, "-q")
+        assert result.exit_code == 0, result.output
+        assert srv.count == sent + 24  # the replies were asked again: new requests, new example ids
+    assert not ids & set(sides(tmp_path / "out"))
+    assert len(before) == 6 and test_prompts() == before
