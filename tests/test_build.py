@@ -223,3 +223,29 @@ def test_split_group_none_keeps_test_prompts_in_test_when_a_sampling_parameter_c
         assert srv.count == sent + 24  # the replies were asked again: new requests, new example ids
     assert not ids & set(sides(tmp_path / "out"))
     assert len(before) == 6 and test_prompts() == before
+
+
+def test_a_seed_that_would_not_decide_an_existing_split_is_refused_before_anything_is_paid(tmp_path):
+    """Issue 24: `build --seed N` into a built directory kept every example on its side (as it must)
+    yet recorded seed N in the manifest, a seed that decided nothing."""
+    spec = write_spec(tmp_path, BIGGER)
+    with FakeServer(responder=list_then_reply_responder()).running() as srv:
+        assert run("run", str(spec), "--out", "out", "--base-url", srv.base_url, "-q").exit_code == 0
+        before = {name: (tmp_path / "out" / name).read_bytes() for name in ("manifest.json", "train.jsonl")}
+        refused = run("build", str(spec), "--out", "out", "--seed", "99")
+        assert refused.exit_code == 2
+        assert refused.output.strip() == ("Error: out: an earlier build split it with seed 1 and its examples keep "
+                                          "their sides, so seed 99 (--seed) would place only new ones; build into a "
+                                          "new directory for a split by seed 99, or keep seed 1")
+        sent = srv.count
+        bigger = write_spec(tmp_path, BIGGER.replace("[shop, gym]", "[shop, gym, park]"), "bigger.yaml")
+        result = run("run", str(bigger), "--out", "out", "--base-url", srv.base_url, "-q", "--seed", "99")
+        assert result.exit_code == 2 and "seed 99 (--seed)" in result.output
+        assert srv.count == sent  # refused before a request was sent
+        assert {name: (tmp_path / "out" / name).read_bytes() for name in before} == before
+        assert run("build", str(spec), "--out", "out", "--seed", "1").exit_code == 0  # the seed it has
+        changed = write_spec(tmp_path, BIGGER.replace("  seed: 1\n", "  seed: 2\n"), "changed.yaml")
+        result = run("build", str(changed), "--out", "out")
+        assert result.exit_code == 2 and "seed 2 (split.seed)" in result.output
+        assert run("build", str(spec), "--store", "out/promptbake.db", "--out", "fresh", "--seed", "99").exit_code == 0
+    assert json.loads((tmp_path / "fresh" / "manifest.json").read_text())["seed"] == 99

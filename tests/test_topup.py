@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sqlite3
 from collections import Counter
 from pathlib import Path
@@ -251,6 +252,43 @@ def test_a_rebuild_keeps_the_topup_history_and_the_next_round_continues_it(tmp_p
     assert len(lines(data / "train.v3.jsonl")) == len(v2.splitlines()) + 1
     assert [t["train"] for t in json.loads((data / "manifest.json").read_text())["topups"]] == [
         "train.v2.jsonl", "train.v3.jsonl"]
+
+
+@pytest.mark.parametrize("rejected", ["1|[89]|1[0-9]", "[89]|1[0-9]"])
+def test_a_rebuild_under_new_filters_starts_a_new_topup_lineage(tmp_path, rejected):
+    """Issue 24: a rebuild that changes the data (or only the spec, when the new filter rejects
+    just top-up rows) used to leave train.v2.jsonl as the training set, with rows the new filter
+    rejects and a sidecar that no longer matched test.jsonl."""
+    with FakeServer(responder=list_then_reply_responder()).running() as srv:
+        spec = build(tmp_path, srv.base_url)
+        data = tmp_path / "data"
+        assert topup(spec, write_eval(tmp_path / "e1.jsonl", ANGRY_WEAK), srv.base_url, "--per-category", "3"
+                     ).exit_code == 0
+        v2 = (data / "train.v2.jsonl").read_bytes()
+        # customers 0-7 came from the build, 8 and up from the top-up: both kinds, or top-up rows only
+        pattern = rf"Customer (?:{rejected}) says"
+        spec.write_text(spec.read_text() + f"filters:\n  - not_regex: '{pattern}'\n")
+        rebuilt = CliRunner().invoke(cli, ["build", str(spec), "--out", "data", "--no-report"])
+        assert rebuilt.exit_code == 0, rebuilt.output
+        assert "train.jsonl is the training set again" in rebuilt.output
+        assert not (data / "train.v2.jsonl").exists() and not (data / "metadata.v2.jsonl").exists()
+        assert (data / "topups" / "superseded.1" / "train.v2.jsonl").read_bytes() == v2  # moved, not lost
+        manifest = json.loads((data / "manifest.json").read_text())
+        assert "topups" not in manifest
+        (old,) = manifest["superseded_topups"]
+        assert old["directory"] == "topups/superseded.1" and [t["train"] for t in old["topups"]] == ["train.v2.jsonl"]
+        dataset = promptbake.Dataset.load(data)
+        assert dataset.train_file == "train.jsonl"
+        assert dataset.train and not [e for e in dataset.train if re.search(pattern, e.messages[-1]["content"])]
+        assert [len(e.messages) for e in dataset.train]  # read without a sidecar mismatch
+        exported = CliRunner().invoke(cli, ["export", "data", "--format", "messages", "--out", "exp"])
+        assert exported.exit_code == 0, exported.output
+        assert len(lines(tmp_path / "exp" / "messages" / "train.jsonl")) == len(lines(data / "train.jsonl"))
+        again = topup(spec, write_eval(tmp_path / "e2.jsonl", ANGRY_WEAK), srv.base_url, "--per-category", "1")
+        assert again.exit_code == 0, again.output
+    (entry,) = json.loads((data / "manifest.json").read_text())["topups"]
+    assert (entry["round"], entry["from"], entry["train"]) == (1, "train.jsonl", "train.v2.jsonl")
+    assert not Counter(lines(data / "train.jsonl")) - Counter(lines(data / "train.v2.jsonl"))
 
 
 @pytest.mark.parametrize("fmt", ["messages", "hf"])

@@ -182,9 +182,10 @@ async def run_async(
 ) -> RunReport:
     """expand → generate (with top-up rounds for exact counts) → build, in one call.
     ``existing``: examples the built data must not repeat (see ``build.build``)."""
-    from promptbake.curate.builder import build
+    from promptbake.curate.builder import build, split_seed
     from promptbake.output.targets import target_for_teacher
 
+    split_seed(Path(out_dir), spec, seed)  # a split the directory cannot take is refused before paying
     store_path = store_path or default_store(out_dir)
     report = await generate_async(spec, store_path, teacher, options, topup=True, command=command)
     config = merge(spec.teacher, teacher)

@@ -13,7 +13,6 @@ The manifest's ``topups`` list records what each round added, why, and from whic
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import random
@@ -27,6 +26,7 @@ from promptbake.curate.dedupe import dedupe
 from promptbake.curate.examples import ExampleRenderer
 from promptbake.curate.gates import Gates
 from promptbake.errors import InputError
+from promptbake.ids import file_sha256
 from promptbake.output.atomic import ensure_dir, json_line, write_jsonl_atomic, write_text_atomic
 from promptbake.output.eval_results import CategoryScore, load_eval
 from promptbake.output.export import read_manifest
@@ -66,19 +66,6 @@ def weak_categories(scores: dict[str, CategoryScore], *, metric: Metric = "auto"
         return metric, ranked[:bottom]
     limit = DEFAULT_THRESHOLD if threshold is None else threshold
     return metric, [s for s in ranked if (s.value(metric) or 0.0) < limit]
-
-
-# --- the dataset ------------------------------------------------------------------------------------
-
-
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # --- generation on a derived spec ----------------------------------------------------------------
@@ -187,7 +174,7 @@ async def topup_async(spec: Spec, eval_path: str | Path, dataset: str | Path, *,
     if not weak:
         report.train_path = current
         return report
-    digest = _sha256(eval_path)
+    digest = file_sha256(eval_path)
     reused = [r["round"] for r in rounds if r.get("eval", {}).get("sha256") == digest]
     if reused:
         report.warnings.append(f"{eval_path} already drove round {reused[-1]}; evaluate the new train split first")
