@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import statistics
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,9 +25,10 @@ from typing import Any
 from markupsafe import Markup
 
 from promptbake.curate.checks import last_assistant
-from promptbake.errors import DataFileError
+from promptbake.errors import DataFileError, OutputError, PromptbakeError
 from promptbake.output.dataset import Dataset
 from promptbake.output.jsonl import read_jsonl
+from promptbake.output.visible import visible
 from promptbake.plan.expand import Expander
 from promptbake.records import Example
 from promptbake.specification.models import Spec
@@ -598,11 +599,17 @@ def eval_context(path: str | Path, sample: int = SAMPLE) -> dict[str, Any]:
 def render(context: dict[str, Any]) -> str:
     from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
+    # every text the page prints shows its invisible characters (⟨U+200B⟩), attributes included,
+    # so the table's filters still match; markup (the plots) is printed as it is
     env = Environment(loader=PackageLoader("promptbake.output", "templates"),
                       autoescape=select_autoescape(["html", "j2"]), undefined=StrictUndefined,
-                      trim_blocks=True, lstrip_blocks=True)
+                      trim_blocks=True, lstrip_blocks=True, finalize=_shown)
     env.filters["num"] = _num
     return env.get_template(f"{context['kind']}.html.j2").render(**context)
+
+
+def _shown(value: Any) -> Any:
+    return visible(value) if isinstance(value, str) and not isinstance(value, Markup) else value
 
 
 def _num(value: Any, digits: int = 2) -> Markup | str:
@@ -615,9 +622,20 @@ def _num(value: Any, digits: int = 2) -> Markup | str:
     return str(value)
 
 
-def _write(text: str, out: Path) -> Path:
+def _write(page: Callable[[], str], out: Path, source: Path) -> Path:
+    """Draw the page and write it to ``out``. The report is written after the data and only reads
+    it: whatever goes wrong while drawing (a plot matplotlib cannot draw, a bug) is an
+    ``OutputError`` saying the data is untouched, never a traceback that reads like a lost run."""
     from promptbake.output.atomic import write_text_atomic
 
+    try:
+        text = page()
+    except PromptbakeError:
+        raise
+    except Exception as exc:
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())
+        raise OutputError(f"{out}: the report could not be drawn ({reason[:300]}); {source} is untouched "
+                          "and complete") from exc
     write_text_atomic(out, text)  # an unwritable path is an OutputError naming it
     return out
 
@@ -626,9 +644,11 @@ def write_report(directory: str | Path, out: str | Path | None = None, *, store:
                  spec: Spec | str | Path | None = None, sample: int = SAMPLE) -> Path:
     """``DIR/report.html`` (or ``out``) for the dataset built in ``directory``."""
     data = load_dataset(directory, store, spec)
-    return _write(render(dataset_context(data, sample)), Path(out) if out else Path(directory) / REPORT)
+    return _write(lambda: render(dataset_context(data, sample)), Path(out) if out else Path(directory) / REPORT,
+                  Path(directory))
 
 
 def write_eval_report(path: str | Path, out: str | Path | None = None, *, sample: int = SAMPLE) -> Path:
     """``EVAL.html`` (or ``out``) for an eval results file."""
-    return _write(render(eval_context(path, sample)), Path(out) if out else Path(path).with_suffix(".html"))
+    return _write(lambda: render(eval_context(path, sample)), Path(out) if out else Path(path).with_suffix(".html"),
+                  Path(path))
