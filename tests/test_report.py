@@ -302,3 +302,6 @@ def test_a_report_that_cannot_be_drawn_leaves_the_data_and_says_so(tmp_path, mon
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert len(lines(tmp_path / "out" / "train.jsonl")) == manifest["train"] > 0
     assert len(lines(tmp_path / "out" / "test.jsonl")) == manifest["test"] > 0
+    rebuilt = run("build", str(spec), "--out", "out")
+    assert rebuilt.exit_code == 1 and "the report could not be drawn" in rebuilt.output
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["train"] == manifest["train"]
