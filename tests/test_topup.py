@@ -236,13 +236,17 @@ def test_categories_the_spec_does_not_have_are_an_input_error(tmp_path):
     assert "metadata" in result.output
 
 
+def topped_up(tmp_path: Path, base_url: str, per_category: int) -> tuple[Path, Path, bytes]:
+    """A built dataset after one top-up round for 'angry': (spec, directory, train.v2.jsonl's bytes)."""
+    spec = build(tmp_path, base_url)
+    result = topup(spec, write_eval(tmp_path / "e1.jsonl", ANGRY_WEAK), base_url, "--per-category", str(per_category))
+    assert result.exit_code == 0, result.output
+    return spec, tmp_path / "data", (tmp_path / "data" / "train.v2.jsonl").read_bytes()
+
+
 def test_a_rebuild_keeps_the_topup_history_and_the_next_round_continues_it(tmp_path):
     with FakeServer(responder=list_then_reply_responder()).running() as srv:
-        spec = build(tmp_path, srv.base_url)
-        data = tmp_path / "data"
-        assert topup(spec, write_eval(tmp_path / "e1.jsonl", ANGRY_WEAK), srv.base_url, "--per-category", "2"
-                     ).exit_code == 0
-        v2 = (data / "train.v2.jsonl").read_bytes()
+        spec, data, v2 = topped_up(tmp_path, srv.base_url, 2)
         rebuilt = CliRunner().invoke(cli, ["build", str(spec), "--out", "data"])
         assert rebuilt.exit_code == 0, rebuilt.output
         assert len(json.loads((data / "manifest.json").read_text())["topups"]) == 1  # the rebuild kept it
@@ -260,11 +264,7 @@ def test_a_rebuild_under_new_filters_starts_a_new_topup_lineage(tmp_path, reject
     just top-up rows) used to leave train.v2.jsonl as the training set, with rows the new filter
     rejects and a sidecar that no longer matched test.jsonl."""
     with FakeServer(responder=list_then_reply_responder()).running() as srv:
-        spec = build(tmp_path, srv.base_url)
-        data = tmp_path / "data"
-        assert topup(spec, write_eval(tmp_path / "e1.jsonl", ANGRY_WEAK), srv.base_url, "--per-category", "3"
-                     ).exit_code == 0
-        v2 = (data / "train.v2.jsonl").read_bytes()
+        spec, data, v2 = topped_up(tmp_path, srv.base_url, 3)
         # customers 0-7 came from the build, 8 and up from the top-up: both kinds, or top-up rows only
         pattern = rf"Customer (?:{rejected}) says"
         spec.write_text(spec.read_text() + f"filters:\n  - not_regex: '{pattern}'\n")
