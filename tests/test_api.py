@@ -234,6 +234,11 @@ def test_topup_returns_the_new_train_version(tmp_path):
     added = {e.id for e in after.train} - {e.id for e in before.train}
     assert {e.category for e in after.train if e.id in added} == {"calm"}
     assert [e.id for e in after.test] == [e.id for e in before.test]  # the test split never changes
+    assert after.train_file == "train.v2.jsonl"
+    first = promptbake.Dataset.load("out", train_version=1)
+    assert first.train_file == "train.jsonl" and [e.id for e in first.train] == [e.id for e in before.train]
+    with pytest.raises(promptbake.PromptbakeError, match="no such training file"):
+        promptbake.Dataset.load("out", train_version=3)
 
 
 def test_the_cli_calls_only_the_api():

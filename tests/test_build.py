@@ -201,3 +201,51 @@ def test_build_spec_reads_the_store_run_wrote_by_default(tmp_path):
     result = run("build", str(spec), "--out", "out")  # no --store: OUT/promptbake.db, as run used
     assert result.exit_code == 0, result.output
     assert (tmp_path / "out" / "train.jsonl").read_bytes() == before
+
+
+def test_split_group_none_keeps_test_prompts_in_test_when_a_sampling_parameter_changes(tmp_path):
+    """Issue 24: with ``split.group: none`` the example's side was keyed by its id, which hashes
+    every sampling parameter: a new ``max_tokens`` on the reply step moved test prompts to train."""
+    text = BIGGER.replace("  seed: 1\n", "  seed: 1\n  group: none\n")
+    spec = write_spec(tmp_path, text)
+    longer = write_spec(tmp_path, text.replace("  - name: answer\n", "  - name: answer\n    max_tokens: 50\n"
+                                                                       "    temperature: 0.3\n"), "longer.yaml")
+
+    def test_prompts() -> set[str]:
+        return {r["messages"][0]["content"] for r in read_jsonl(tmp_path / "out" / "test.jsonl")}
+
+    with FakeServer(responder=list_then_reply_responder()).running() as srv:
+        assert run("run", str(spec), "--out", "out", "--base-url", srv.base_url, "-q").exit_code == 0
+        before, ids = test_prompts(), set(sides(tmp_path / "out"))
+        sent = srv.count
+        result = run("run", str(longer), "--out", "out", "--base-url", srv.base_url, "-q")
+        assert result.exit_code == 0, result.output
+        assert srv.count == sent + 24  # the replies were asked again: new requests, new example ids
+    assert not ids & set(sides(tmp_path / "out"))
+    assert len(before) == 6 and test_prompts() == before
+
+
+def test_a_seed_that_would_not_decide_an_existing_split_is_refused_before_anything_is_paid(tmp_path):
+    """Issue 24: `build --seed N` into a built directory kept every example on its side (as it must)
+    yet recorded seed N in the manifest, a seed that decided nothing."""
+    spec = write_spec(tmp_path, BIGGER)
+    with FakeServer(responder=list_then_reply_responder()).running() as srv:
+        assert run("run", str(spec), "--out", "out", "--base-url", srv.base_url, "-q").exit_code == 0
+        before = {name: (tmp_path / "out" / name).read_bytes() for name in ("manifest.json", "train.jsonl")}
+        refused = run("build", str(spec), "--out", "out", "--seed", "99")
+        assert refused.exit_code == 2
+        assert refused.output.strip() == ("Error: out: an earlier build split it with seed 1 and its examples keep "
+                                          "their sides, so seed 99 (--seed) would place only new ones; build into a "
+                                          "new directory for a split by seed 99, or keep seed 1")
+        sent = srv.count
+        bigger = write_spec(tmp_path, BIGGER.replace("[shop, gym]", "[shop, gym, park]"), "bigger.yaml")
+        result = run("run", str(bigger), "--out", "out", "--base-url", srv.base_url, "-q", "--seed", "99")
+        assert result.exit_code == 2 and "seed 99 (--seed)" in result.output
+        assert srv.count == sent  # refused before a request was sent
+        assert {name: (tmp_path / "out" / name).read_bytes() for name in before} == before
+        assert run("build", str(spec), "--out", "out", "--seed", "1").exit_code == 0  # the seed it has
+        changed = write_spec(tmp_path, BIGGER.replace("  seed: 1\n", "  seed: 2\n"), "changed.yaml")
+        result = run("build", str(changed), "--out", "out")
+        assert result.exit_code == 2 and "seed 2 (split.seed)" in result.output
+        assert run("build", str(spec), "--store", "out/promptbake.db", "--out", "fresh", "--seed", "99").exit_code == 0
+    assert json.loads((tmp_path / "fresh" / "manifest.json").read_text())["seed"] == 99

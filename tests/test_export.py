@@ -13,8 +13,8 @@ from helpers import TOOLS, same_output_under_hash_seeds, tool_call_example
 
 from promptbake.cli.main import cli
 from promptbake.errors import DataFileError, OutputError
-from promptbake.output.export import export, read_dataset
-from promptbake.output.formats import FORMATS, FormatRefused, formats_table
+from promptbake.output.export import export, formats_table, read_dataset
+from promptbake.output.formats import FORMATS, FormatRefused
 from promptbake.records import Example
 
 

@@ -8,7 +8,8 @@ import pytest
 from helpers import TOOLS, tool_call_example
 
 from promptbake.errors import InputError
-from promptbake.output.formats import FORMATS, FormatRefused, formats_table, get_format, write_split
+from promptbake.output.export import formats_table
+from promptbake.output.formats import FORMATS, FormatRefused, get_format, write_split
 from promptbake.output.targets import TARGETS
 from promptbake.records import Example
 from promptbake.specification.models import OutputConfig

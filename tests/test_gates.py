@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -158,6 +161,10 @@ def test_dry_run_prices_the_judge(tmp_path):
          "Figure it out yourself, we close at nine."),
         ([{"regex": "^Ugh"}], "Refund me", "Fine.", "regex", "Ugh. Fine."),
         ([{"not_regex": "(?i)sorry"}], "Refund me", "Sorry, no.", "not_regex", "No."),
+        # typographic apostrophes, as chat models often write them (issue 24)
+        (["no_refusal"], "Refund me", "I\u2019m sorry, but I can\u2019t help with that.", "no_refusal",
+         "Ugh. Can\u2019t you read the sign?"),
+        (["no_refusal"], "Refund me", "I can\u2018t assist with refunds.", "no_refusal", "I\u2019m off. Bye."),
     ],
 )
 def test_each_builtin_filter_drops_with_its_name(filters, prompt, answer, gate, good):
@@ -174,6 +181,38 @@ def test_a_filter_can_check_the_user_turn():
     assert compiled.failures(narration) == ["regex: no match for '(?i)\\\\b(I|my|me)\\\\b' (user)"]
     spoken = [{"role": "user", "content": "I want my money back."}, {"role": "assistant", "content": "No."}]
     assert compiled.failures(spoken) == []
+
+
+def test_a_refusal_reason_quotes_the_answer_as_written():
+    compiled = FilterSet.model_validate(["no_refusal"]).compile()
+    answer = "Well. I\u2019m sorry, but I can\u2019t do that."
+    assert compiled.failures([{"role": "user", "content": "x"}, {"role": "assistant", "content": answer}]) == [
+        "no_refusal: 'I\u2019m sorry, but I can\u2019t'"]
+
+
+BACKTRACKING = """
+from promptbake.curate.filters import FilterSet
+from promptbake.errors import PromptbakeError
+filters = FilterSet.model_validate([{"not_regex": "^b"}, {"regex": "(a+)+$"}]).compile()
+from promptbake.curate.checks import Checks
+for check in (lambda text: filters.failures([{"role": "user", "content": "x"}, {"role": "assistant", "content": text}]),
+              Checks(regex="(a+)+$").failures):
+    try:
+        print(check("a" * 5000 + "b"))
+    except PromptbakeError as exc:
+        print(f"{type(exc).__name__} {exc.exit_code}: {exc}")
+"""
+
+
+def test_a_catastrophically_backtracking_regex_stops_in_one_line_naming_the_filter():
+    """Issue 24: ``re`` spent hours on (a+)+$ against 'aaa...b', hanging the build silently. In a
+    child process, so that code which hangs fails the test instead of hanging the suite."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent / "src")}
+    done = subprocess.run([sys.executable, "-c", BACKTRACKING], capture_output=True, text=True, env=env, timeout=30)
+    assert done.stdout.splitlines() == [
+        f"SpecError 2: {where} '(a+)+$': matching one 5,001-character text took over 1 s (catastrophic "
+        "backtracking); rewrite the pattern without nested or overlapping repeats"
+        for where in ("filters: regex", "example.checks: regex")], done.stderr
 
 
 def test_echo_score_ignores_case_and_punctuation_but_not_new_words():

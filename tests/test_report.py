@@ -241,3 +241,67 @@ def test_judge_scores_in_the_metadata_are_plotted_per_category(tmp_path):
     page = write_report(tmp_path / "quick").read_text(encoding="utf-8")
     assert "judge" in plots(page)
     assert "No judge scores recorded" not in page
+
+
+# --- what the page prints of the data ---------------------------------------------------------
+
+
+def glyph(char: str) -> str:
+    """The id matplotlib gives a character's outline in an SVG drawn with ``svg.fonttype: path``."""
+    from matplotlib.font_manager import FontProperties, findfont, get_font
+
+    return f'id="DejaVuSans-{get_font(findfont(FontProperties())).get_char_index(ord(char)):x}"'
+
+
+def test_labels_are_drawn_as_written_with_invisible_characters_shown(tmp_path):
+    """Issue 24: a category with ``$...$`` crashed the report (matplotlib math text), and two
+    categories differing by a zero-width space looked the same."""
+    quick = tmp_path / "quick"
+    shutil.copytree(ROOT / "samples" / "quick", quick, ignore=shutil.ignore_patterns("report.*"))
+    renamed = {"wants to speak to the manager": r"wants $\foo$ manager",
+               "wants a return or a refund": "arrives near closing time\u200b"}
+
+    def rename(value):
+        if isinstance(value, dict):
+            return {renamed.get(k, k): rename(v) for k, v in value.items()}
+        return renamed.get(value, value) if isinstance(value, str) else value
+
+    meta = quick / "metadata.jsonl"
+    meta.write_text("".join(json.dumps(rename(json.loads(line))) + "\n" for line in lines(meta)))
+    manifest = quick / "manifest.json"
+    manifest.write_text(json.dumps(rename(json.loads(manifest.read_text()))))
+    page = write_report(quick).read_text(encoding="utf-8")
+    assert "arrives near closing time⟨U+200B⟩" in page and "\u200b" not in page
+    assert '<option value="arrives near closing time⟨U+200B⟩">' in page  # the filter still matches the rows
+    assert 'data-category="arrives near closing time⟨U+200B⟩"' in page
+    drawn = plots(page)
+    for name in ("funnel", "heatmap", "lengths", "diversity"):
+        assert glyph("$") in drawn[name], name  # literal text, not math
+    for name in ("funnel", "lengths", "diversity"):  # the heat map's short column labels end before it
+        assert glyph("⟨") in drawn[name], name
+    assert html.escape(r"wants $\foo$ manager") in page
+
+
+def test_a_report_that_cannot_be_drawn_leaves_the_data_and_says_so(tmp_path, monkeypatch):
+    from fakeserver import FakeServer
+    from helpers import list_then_reply_responder, write_spec
+
+    from promptbake.output import plots as drawing
+
+    def broken(*args, **kwargs):
+        raise ValueError("no such glyph\nat line 2")
+
+    monkeypatch.setattr(drawing, "heatmap", broken)
+    spec = write_spec(tmp_path)
+    with FakeServer(responder=list_then_reply_responder()).running() as srv:
+        result = run("run", str(spec), "--out", "out", "--base-url", srv.base_url, "-q")
+    assert result.exit_code == 1
+    assert (f"Error: {Path('out') / 'report.html'}: the report could not be drawn (ValueError: no such glyph at "
+            "line 2); out is untouched and complete") in result.output.splitlines()
+    assert not (tmp_path / "out" / "report.html").exists()
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert len(lines(tmp_path / "out" / "train.jsonl")) == manifest["train"] > 0
+    assert len(lines(tmp_path / "out" / "test.jsonl")) == manifest["test"] > 0
+    rebuilt = run("build", str(spec), "--out", "out")
+    assert rebuilt.exit_code == 1 and "the report could not be drawn" in rebuilt.output
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["train"] == manifest["train"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sqlite3
 from collections import Counter
 from pathlib import Path
@@ -16,12 +17,13 @@ from helpers import MINIMAL_SPEC, list_then_reply_responder, write_spec
 import promptbake
 from promptbake.cli.main import cli
 from promptbake.errors import DataFileError, InputError
+from promptbake.output.eval_results import load_eval
 from promptbake.plan.expand import Cell
 from promptbake.specification.models import load_spec
 from promptbake.teacher.config import Teacher
 from promptbake.teacher.generate import GenerateOptions
 from promptbake.workflows import pipeline
-from promptbake.workflows.topup import load_eval, plan_cells, weak_categories
+from promptbake.workflows.topup import plan_cells, weak_categories
 
 # the mood in the user turn lets a fake student answer differently per category
 TAGGED_SPEC = MINIMAL_SPEC.replace('      content: "{{ ask }}"\n    - role: assistant',
@@ -234,13 +236,17 @@ def test_categories_the_spec_does_not_have_are_an_input_error(tmp_path):
     assert "metadata" in result.output
 
 
+def topped_up(tmp_path: Path, base_url: str, per_category: int) -> tuple[Path, Path, bytes]:
+    """A built dataset after one top-up round for 'angry': (spec, directory, train.v2.jsonl's bytes)."""
+    spec = build(tmp_path, base_url)
+    result = topup(spec, write_eval(tmp_path / "e1.jsonl", ANGRY_WEAK), base_url, "--per-category", str(per_category))
+    assert result.exit_code == 0, result.output
+    return spec, tmp_path / "data", (tmp_path / "data" / "train.v2.jsonl").read_bytes()
+
+
 def test_a_rebuild_keeps_the_topup_history_and_the_next_round_continues_it(tmp_path):
     with FakeServer(responder=list_then_reply_responder()).running() as srv:
-        spec = build(tmp_path, srv.base_url)
-        data = tmp_path / "data"
-        assert topup(spec, write_eval(tmp_path / "e1.jsonl", ANGRY_WEAK), srv.base_url, "--per-category", "2"
-                     ).exit_code == 0
-        v2 = (data / "train.v2.jsonl").read_bytes()
+        spec, data, v2 = topped_up(tmp_path, srv.base_url, 2)
         rebuilt = CliRunner().invoke(cli, ["build", str(spec), "--out", "data"])
         assert rebuilt.exit_code == 0, rebuilt.output
         assert len(json.loads((data / "manifest.json").read_text())["topups"]) == 1  # the rebuild kept it
@@ -250,6 +256,39 @@ def test_a_rebuild_keeps_the_topup_history_and_the_next_round_continues_it(tmp_p
     assert len(lines(data / "train.v3.jsonl")) == len(v2.splitlines()) + 1
     assert [t["train"] for t in json.loads((data / "manifest.json").read_text())["topups"]] == [
         "train.v2.jsonl", "train.v3.jsonl"]
+
+
+@pytest.mark.parametrize("rejected", ["1|[89]|1[0-9]", "[89]|1[0-9]"])
+def test_a_rebuild_under_new_filters_starts_a_new_topup_lineage(tmp_path, rejected):
+    """Issue 24: a rebuild that changes the data (or only the spec, when the new filter rejects
+    just top-up rows) used to leave train.v2.jsonl as the training set, with rows the new filter
+    rejects and a sidecar that no longer matched test.jsonl."""
+    with FakeServer(responder=list_then_reply_responder()).running() as srv:
+        spec, data, v2 = topped_up(tmp_path, srv.base_url, 3)
+        # customers 0-7 came from the build, 8 and up from the top-up: both kinds, or top-up rows only
+        pattern = rf"Customer (?:{rejected}) says"
+        spec.write_text(spec.read_text() + f"filters:\n  - not_regex: '{pattern}'\n")
+        rebuilt = CliRunner().invoke(cli, ["build", str(spec), "--out", "data", "--no-report"])
+        assert rebuilt.exit_code == 0, rebuilt.output
+        assert "train.jsonl is the training set again" in rebuilt.output
+        assert not (data / "train.v2.jsonl").exists() and not (data / "metadata.v2.jsonl").exists()
+        assert (data / "topups" / "superseded.1" / "train.v2.jsonl").read_bytes() == v2  # moved, not lost
+        manifest = json.loads((data / "manifest.json").read_text())
+        assert "topups" not in manifest
+        (old,) = manifest["superseded_topups"]
+        assert old["directory"] == "topups/superseded.1" and [t["train"] for t in old["topups"]] == ["train.v2.jsonl"]
+        dataset = promptbake.Dataset.load(data)
+        assert dataset.train_file == "train.jsonl"
+        assert dataset.train and not [e for e in dataset.train if re.search(pattern, e.messages[-1]["content"])]
+        assert [len(e.messages) for e in dataset.train]  # read without a sidecar mismatch
+        exported = CliRunner().invoke(cli, ["export", "data", "--format", "messages", "--out", "exp"])
+        assert exported.exit_code == 0, exported.output
+        assert len(lines(tmp_path / "exp" / "messages" / "train.jsonl")) == len(lines(data / "train.jsonl"))
+        again = topup(spec, write_eval(tmp_path / "e2.jsonl", ANGRY_WEAK), srv.base_url, "--per-category", "1")
+        assert again.exit_code == 0, again.output
+    (entry,) = json.loads((data / "manifest.json").read_text())["topups"]
+    assert (entry["round"], entry["from"], entry["train"]) == (1, "train.jsonl", "train.v2.jsonl")
+    assert not Counter(lines(data / "train.jsonl")) - Counter(lines(data / "train.v2.jsonl"))
 
 
 @pytest.mark.parametrize("fmt", ["messages", "hf"])

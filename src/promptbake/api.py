@@ -166,7 +166,8 @@ def build(
     from promptbake.errors import StoreError
     from promptbake.output.dataset import Dataset
     from promptbake.store.db import Store
-    from promptbake.workflows.pipeline import build_store, spec_from_store
+    from promptbake.store.saved_specs import spec_from_store
+    from promptbake.workflows.pipeline import build_store
 
     if isinstance(source, str | os.PathLike) and Path(source).suffix not in (".yaml", ".yml"):
         spec, store_path = spec_from_store(source, spec_name), Path(source)

@@ -295,9 +295,19 @@ def _report_options(fn: F) -> F:
     return fn
 
 
-def _write_report(out_dir: str, store_path: Any, spec: Any, no_report: bool) -> None:
-    if not no_report:
+def _write_report(out_dir: str, store_path: Any, spec: Any, no_report: bool) -> PromptbakeError | None:
+    """Write OUT/report.html; a failure is said at once and returned, not raised, so the checks
+    after it still run (the data is already written), and the caller exits with it last."""
+    if no_report:
+        return None
+    try:
         click.echo(f"report: {api.report(out_dir, kind='dataset', store=store_path, spec=spec)}", err=True)
+    except PromptbakeError as exc:
+        if os.environ.get("PROMPTBAKE_RAISE_ERRORS") or (click.get_current_context().obj or {}).get("debug"):
+            raise
+        click.echo(f"Error: {exc}", err=True)
+        return exc
+    return None
 
 
 def _print_build(report: Any) -> None:
@@ -325,8 +335,10 @@ def run(spec_path: str, out_dir: str, store_path: str | None, no_cache: bool, ma
                       progress=not quiet, formats=formats, seed=seed, sizes=sizes, batch=batch)
     _print_generate(dataset.report)
     _print_build(dataset.report.build)
-    _write_report(out_dir, dataset.store, spec_path, no_report)
+    failed = _write_report(out_dir, dataset.store, spec_path, no_report)
     _check_shortfall(dataset.report, allow_shortfall, f"{out_dir} holds what was possible")
+    if failed:
+        click.get_current_context().exit(failed.exit_code)
 
 
 @cli.command()
@@ -343,7 +355,9 @@ def build(source: str, out_dir: str, store_path: str | None, spec_name: str | No
     dataset = api.build(source, out_dir, store=store_path, spec_name=spec_name, formats=formats, seed=seed,
                         sizes=sizes)
     _print_build(dataset.report)
-    _write_report(out_dir, dataset.store, source if source.endswith((".yaml", ".yml")) else None, no_report)
+    failed = _write_report(out_dir, dataset.store, source if source.endswith((".yaml", ".yml")) else None, no_report)
+    if failed:
+        click.get_current_context().exit(failed.exit_code)
 
 
 @cli.group()

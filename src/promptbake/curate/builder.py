@@ -8,6 +8,8 @@ stratified split → write every format atomically → metadata sidecar, manifes
 from __future__ import annotations
 
 import json
+import os
+import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -20,6 +22,8 @@ from promptbake.curate.examples import ExampleRenderer
 from promptbake.curate.gates import Gates
 from promptbake.curate.sizes import nested_subsets
 from promptbake.curate.split import assign
+from promptbake.errors import InputError
+from promptbake.ids import file_sha256
 from promptbake.output.atomic import ensure_dir, write_jsonl_atomic, write_text_atomic
 from promptbake.output.export import read_manifest, write_format
 from promptbake.output.formats import WriteReport, write_split
@@ -113,6 +117,62 @@ def _merge_history(path: Path, assignment: list[dict[str, str]]) -> list[dict[st
     return list(rows.values())
 
 
+def split_seed(out: Path, spec: Spec, seed: int | None = None) -> int:
+    """The seed that splits ``spec``'s data into ``out`` (``seed``, else ``split.seed``), refused
+    when it is not the one that placed the examples ``out`` already holds: they keep their sides (a
+    test example never moves to train), so another seed would place only the new ones while the
+    manifest claimed it decided the split. ``run`` asks before anything is paid for."""
+    wanted = spec.split.seed if seed is None else seed
+    if not any((out / name).exists() for name in (SPLITS, "metadata.jsonl")):
+        return wanted
+    recorded = read_manifest(out).get("seed")
+    if recorded is not None and recorded != wanted:
+        source = "--seed" if seed is not None else "split.seed"
+        raise InputError(f"{out}: an earlier build split it with seed {recorded} and its examples keep their sides, "
+                         f"so seed {wanted} ({source}) would place only new ones; build into a new directory for a "
+                         f"split by seed {wanted}, or keep seed {recorded}")
+    return wanted
+
+
+_VERSION = re.compile(r"(?:train|metadata)\.v\d+\.jsonl")  # a top-up round's training file and sidecar
+
+
+def _reconcile_topups(out: Path, previous: dict[str, Any], before: dict[str, str], spec_hash: str,
+                      manifest: dict[str, Any], warnings: list[str]) -> None:
+    """Keep the top-up versions (``train.v2.jsonl``...) only while they extend what was just built.
+
+    A round appends to the train split it started from and copies the test split's metadata, under
+    the spec of its day; a rebuild that changed either split or the spec leaves them describing
+    other data (rows the new filters reject, a sidecar that no longer matches ``test.jsonl``). Then
+    every ``train.vN``/``metadata.vN`` file is moved to ``topups/superseded.N/`` and the lineage
+    starts again from ``train.jsonl``, with a warning and a manifest record saying so; nothing is
+    deleted, and the store still holds every answer the rounds paid for."""
+    superseded = list(previous.get("superseded_topups") or [])
+    topups = previous.get("topups") or []
+    changed = [name for name, digest in before.items()
+               if not (out / name).exists() or file_sha256(out / name) != digest]
+    changed += ["the spec"] if any(t.get("spec_hash") != spec_hash for t in topups) else []
+    if topups and changed:
+        n = len(superseded) + 1
+        while (out / "topups" / f"superseded.{n}").exists():
+            n += 1
+        moved = out / "topups" / f"superseded.{n}"
+        ensure_dir(moved)
+        stale = sorted(p.name for p in out.iterdir() if _VERSION.fullmatch(p.name))
+        for name in stale:
+            os.replace(out / name, moved / name)
+        why = f"{' and '.join(changed)} changed"
+        rounds = f"top-up rounds 1-{len(topups)}" if len(topups) > 1 else "top-up round 1"
+        superseded.append({"directory": f"topups/superseded.{n}", "files": stale, "reason": why, "topups": topups})
+        warnings.append(f"{why} since {rounds}: {', '.join(stale) or 'its files'} no longer extend this build and "
+                        f"moved to {moved}; train.jsonl is the training set again (run topup again to add to it)")
+        topups = []
+    if topups:  # train.v2.jsonl, ... still extend this build: their record stays with them
+        manifest["topups"] = topups
+    if superseded:
+        manifest["superseded_topups"] = superseded
+
+
 def build(
     spec: Spec,
     store: Store,
@@ -130,7 +190,10 @@ def build(
     ``sizes``: also write nested, stratified train subsets ``train.N.jsonl`` (see ``sizes.py``).
     ``target``: whose rules ``train.jsonl`` is validated against (default: from the spec's teacher)."""
     out = Path(out_dir)
+    split_config = spec.split.model_copy(update={"seed": split_seed(out, spec, seed)})
     ensure_dir(out)
+    previous = read_manifest(out)
+    before = {name: file_sha256(out / name) for name in ("train.jsonl", "test.jsonl") if (out / name).exists()}
     expander = Expander(spec)
     renderer = ExampleRenderer(spec, expander.templates)
     # items a fan-out repeated were dropped before the next step paid for them: exact duplicates too
@@ -139,7 +202,6 @@ def build(
     gates = Gates(spec, store)
     deduped = dedupe(gates.passing(renderer.examples(store)), spec.dedupe, existing)
     accepted, surplus, warnings = _keep_counts(spec, expander, deduped.kept)
-    split_config = spec.split if seed is None else spec.split.model_copy(update={"seed": seed})
     balanced = balance(accepted, spec.balance, split_config.seed)
     warnings.extend(balanced.warnings)
     history = out / SPLITS
@@ -188,9 +250,7 @@ def build(
     if subsets:
         manifest["sizes"] = {str(n): dict(sorted(Counter(e.category for e in rows).items()))
                              for n, rows in subsets.items()}
-    topups = read_manifest(out).get("topups")
-    if topups:  # train.v2.jsonl, ... stay in DIR: their record stays with them
-        manifest["topups"] = topups
+    _reconcile_topups(out, previous, before, manifest["spec_hash"], manifest, warnings)
     report = BuildReport(out, len(train), len(test), categories, warnings, writes, manifest=manifest)
     if validate:
         from promptbake.output.targets import target_for_teacher

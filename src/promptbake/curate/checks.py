@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 from typing import Any, ClassVar
 
 import jsonschema
 from pydantic import Field, field_validator
 
+from promptbake.curate.patterns import check_pattern, compiled
 from promptbake.errors import DataFileError
 from promptbake.specification.strict import Strict
 
@@ -32,12 +32,7 @@ class Checks(Strict):
     @field_validator("regex")
     @classmethod
     def _compiles(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                re.compile(value)
-            except re.error as exc:
-                raise ValueError(f"invalid regex: {exc}") from exc
-        return value
+        return None if value is None else check_pattern(value)
 
     @field_validator("json_schema")
     @classmethod
@@ -57,7 +52,7 @@ class Checks(Strict):
         failed: list[str] = []
         if self.max_length is not None and len(answer) > self.max_length:
             failed.append(f"max_length: {len(answer)} > {self.max_length}")
-        if self.regex is not None and not re.search(self.regex, answer):
+        if self.regex is not None and not compiled(self.regex, "example.checks: regex").search(answer):
             failed.append("regex: no match")
         if self.exact and reference is not None and answer.strip() != reference.strip():
             failed.append("exact: differs from the reference")

@@ -16,6 +16,8 @@ from typing import Any
 from pydantic import RootModel, model_validator
 
 from promptbake.curate.checks import last_assistant
+from promptbake.curate.normalise import plain_quotes
+from promptbake.curate.patterns import Pattern, check_pattern
 
 # Refusal and apology boilerplate of chat-tuned models: an answer carrying one did not do the task.
 REFUSALS = re.compile(
@@ -83,8 +85,8 @@ def _no_echo(threshold: float) -> Check:
 
 
 def _no_refusal(prompt: str, answer: str) -> str | None:
-    match = REFUSALS.search(answer)
-    return f"no_refusal: {match.group(0)!r}" if match else None
+    match = REFUSALS.search(plain_quotes(answer))  # "I’m sorry, but I can’t" is a refusal too
+    return f"no_refusal: {answer[match.start():match.end()]!r}" if match else None
 
 
 def _no_empty(prompt: str, answer: str) -> str | None:
@@ -110,12 +112,12 @@ def _language(code: str) -> Check:
 
 
 def _regex(pattern: str) -> Check:
-    compiled = re.compile(pattern)
+    compiled = Pattern(pattern, "filters: regex")
     return lambda prompt, answer: None if compiled.search(answer) else f"regex: no match for {pattern!r}"
 
 
 def _not_regex(pattern: str) -> Check:
-    compiled = re.compile(pattern)
+    compiled = Pattern(pattern, "filters: not_regex")
 
     def check(prompt: str, answer: str) -> str | None:
         match = compiled.search(answer)
@@ -146,10 +148,9 @@ def _pattern(name: str) -> Callable[[Any], str]:
         if not isinstance(value, str):
             raise ValueError(f"{name} takes a regular expression")
         try:
-            re.compile(value)
-        except re.error as exc:
-            raise ValueError(f"{name}: invalid regex: {exc}") from exc
-        return value
+            return check_pattern(value)
+        except ValueError as exc:
+            raise ValueError(f"{name}: {exc}") from exc
 
     return parse
 

@@ -11,7 +11,8 @@ Group-aware: examples that share a prompt (``split.group: prompt``, the default:
 before the last assistant turn, normalised as exact dedupe normalises), or a lineage (``lineage``:
 the row the last step answered, so ``n > 1``, ``repeat`` and several replies per utterance stay
 together), always land on the same side, so no test prompt was seen in training. ``none`` splits
-example by example.
+example by example, each known by its slot (cell, prompt, and place among that prompt's examples),
+not by its id, which changes with any sampling parameter of any step.
 
 Stratified: quotas are apportioned with exact integer arithmetic (largest remainder, ties by
 category name) so that every category with at least two examples is in both splits (a category
@@ -27,24 +28,37 @@ import heapq
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
-from promptbake.curate.dedupe import normalise
+from promptbake.curate.normalise import normalise
 from promptbake.records import Example
 from promptbake.specification.models import SplitConfig
 
 TEST, TRAIN = "test", "train"
 
 
+def prompt_key(messages: list[dict[str, Any]]) -> str | None:
+    """Every message before the last assistant turn, normalised as exact dedupe normalises, as a
+    hash; None when there is nothing before it."""
+    last = max((j for j, m in enumerate(messages) if m.get("role") == "assistant"), default=0)
+    prompt = [[m.get("role"), normalise(m["content"]) if isinstance(m.get("content"), str) else m.get("content")]
+              for m in messages[:last]]
+    return hashlib.sha256(repr(prompt).encode()).hexdigest()[:32] if prompt else None
+
+
 def group_key(example: Example, by: str) -> str:
-    """The key whose examples must share a side (``by``: prompt, lineage or none)."""
+    """The key whose examples must share a side (``by``: prompt, lineage or none). With ``none``
+    it is the example's ``slot`` (its cell, prompt and place among the examples with that prompt):
+    unlike the example id, it does not change when a step's sampling parameters (``max_tokens``,
+    ``temperature``, ``n``...) do, so an earlier build's test examples stay in test."""
     if by == "lineage":
         return example.provenance.get("lineage") or example.id
     if by == "prompt":
-        last = max((j for j, m in enumerate(example.messages) if m.get("role") == "assistant"), default=0)
-        prompt = [[m.get("role"), normalise(m["content"]) if isinstance(m.get("content"), str) else m.get("content")]
-                  for m in example.messages[:last]]
-        if prompt:
-            return "prompt:" + hashlib.sha256(repr(prompt).encode()).hexdigest()[:32]
+        key = prompt_key(example.messages)
+        if key is not None:
+            return "prompt:" + key
+    if by == "none" and example.provenance.get("slot"):
+        return "slot:" + example.provenance["slot"]
     return example.id
 
 

@@ -17,19 +17,22 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from promptbake.errors import DataFileError
+from promptbake.output.export import train_file
 from promptbake.output.formats import WriteReport
 from promptbake.output.sidecar import read_split
 from promptbake.records import Example
 
 
 class CategoryCounts(BaseModel):
-    """One category's way through build: rows generated, what checks, dedupe and the per-cell
-    count took away, and where the kept examples went."""
+    """One category's way through build: rows generated, what the quality gates (checks, filters,
+    judges), dedupe and the per-cell count took away, and where the kept examples went."""
 
     model_config = ConfigDict(extra="allow")
 
     rows: int = 0
     rejected_by_checks: int = 0
+    filtered: int = 0
+    judged_out: int = 0
     exact_dupes: int = 0
     near_dupes: int = 0
     surplus: int = 0
@@ -95,24 +98,27 @@ class Dataset:
     The splits are read on first use, so the CLI, which only prints the report, never holds a
     large dataset in memory."""
 
-    def __init__(self, directory: str | Path, *, report: Any = None, store: Path | None = None) -> None:
+    def __init__(self, directory: str | Path, *, report: Any = None, store: Path | None = None,
+                 train_version: int | None = None) -> None:
         self.directory = Path(directory)
         if not (self.directory / "train.jsonl").is_file():
             raise DataFileError(f"{self.directory}: no train.jsonl (build the dataset first)")
         self.manifest = Manifest.read(self.directory / "manifest.json")
+        self.train_file = train_file(self.directory, train_version)
         self.report = report
         self.store = store
 
     @classmethod
-    def load(cls, directory: str | Path, *, report: Any = None, store: Path | None = None) -> Dataset:
-        """Read a built dataset directory (``promptbake run/build --out DIR``)."""
-        return cls(directory, report=report, store=store)
+    def load(cls, directory: str | Path, *, report: Any = None, store: Path | None = None,
+             train_version: int | None = None) -> Dataset:
+        """Read a built dataset directory (``promptbake run/build --out DIR``). ``train_version``
+        picks a training file as ``export --train-version`` does (1: the build's ``train.jsonl``)."""
+        return cls(directory, report=report, store=store, train_version=train_version)
 
     @cached_property
     def train(self) -> list[Example]:
-        """The training examples; after a top-up, those of the newest version (``train.v2.jsonl``...)."""
-        name = self.manifest.topups[-1].get("train", "train.jsonl") if self.manifest.topups else "train.jsonl"
-        return read_split(self.directory / name, "train").examples
+        """The training examples: ``train_file``, after a top-up the newest version (``train.v2.jsonl``...)."""
+        return read_split(self.directory / self.train_file, "train").examples
 
     @cached_property
     def test(self) -> list[Example]:

@@ -26,8 +26,9 @@ from typing import Any
 
 from promptbake.errors import DataFileError, OutputError
 from promptbake.output.atomic import ensure_dir
-from promptbake.output.formats import FormatRefused, Row, WriteReport, convert_all, get_format, write_rows
+from promptbake.output.formats import FORMATS, FormatRefused, Row, WriteReport, convert_all, get_format, write_rows
 from promptbake.output.jsonl import read_jsonl
+from promptbake.output.sidecar import metadata_file
 from promptbake.records import Example
 from promptbake.specification.models import OutputConfig
 
@@ -73,13 +74,6 @@ class ExportResult:
 
     files: list[WriteReport]
     train: str
-
-
-def metadata_file(data: Path) -> Path:
-    """The sidecar build (or top-up) writes next to a split: ``train.jsonl`` and ``test.jsonl`` →
-    ``metadata.jsonl``, ``train.v2.jsonl`` → ``metadata.v2.jsonl``."""
-    _, _, rest = data.name.partition(".")
-    return data.with_name(f"metadata.{rest or 'jsonl'}")
 
 
 def _metadata_by_split(
@@ -363,3 +357,17 @@ def _write_hf(converted: dict[str, tuple[list[Row], list[FormatRefused]]], out: 
         datasets.DatasetDict(splits).save_to_disk(str(tmp))
     reports.append(WriteReport(out / "dataset", name, sum(len(ds) for ds in splits.values())))
     return reports
+
+
+def formats_table() -> str:
+    """The README's Markdown table of formats, the targets that read them and what those need beyond
+    the file, from the registries (``hf`` formats from ``HF_DOCS``)."""
+    from promptbake.output.targets import targets_for_format
+
+    lines = ["| format | kind | read by | shape | beyond the file |", "| --- | --- | --- | --- | --- |"]
+    lines += [
+        f"| `{f.name}` | {f.kind} | {', '.join(targets_for_format(f.name))} | {f.doc} | {f.needs} |"
+        for f in FORMATS.values()
+    ]
+    lines += [f"| `{name}` | {kind} | {by} | {doc} | {needs} |" for name, (kind, by, doc, needs) in HF_DOCS.items()]
+    return "\n".join(lines)

@@ -346,17 +346,3 @@ def write_split(
     rows, refused = convert_all(examples, fmt, config)
     return write_rows(path, fmt.name, rows, refused)
 
-
-def formats_table() -> str:
-    """The README's Markdown table of formats, the targets that read them and what those need beyond
-    the file, from the registries (``hf`` formats from ``export.HF_DOCS``)."""
-    from promptbake.output.export import HF_DOCS
-    from promptbake.output.targets import targets_for_format
-
-    lines = ["| format | kind | read by | shape | beyond the file |", "| --- | --- | --- | --- | --- |"]
-    lines += [
-        f"| `{f.name}` | {f.kind} | {', '.join(targets_for_format(f.name))} | {f.doc} | {f.needs} |"
-        for f in FORMATS.values()
-    ]
-    lines += [f"| `{name}` | {kind} | {by} | {doc} | {needs} |" for name, (kind, by, doc, needs) in HF_DOCS.items()]
-    return "\n".join(lines)

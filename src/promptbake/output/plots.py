@@ -4,24 +4,45 @@ matplotlib draws on its object API (``Figure``), never ``pyplot``: no global fig
 backend to select, nothing shared between reports built in one process. Text is drawn as paths
 (``svg.fonttype: path``), so the SVG needs no font from the viewer's machine, and element ids are
 salted per plot with no date in the metadata, so the same data gives the same bytes.
+
+Labels come from the data (categories, axis values, setting names) and are drawn as written:
+math text is off, so ``$5 and $10`` is two prices and not a formula (which matplotlib would fail to
+parse, losing the whole report), and invisible characters are shown as ``⟨U+200B⟩`` (``visible``).
 """
 
 from __future__ import annotations
 
+import functools
 import io
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ParamSpec
 
 from markupsafe import Markup
 from matplotlib import rc_context
 from matplotlib.figure import Figure
 
+from promptbake.output.visible import visible
+
 PALETTE = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f",
            "#bab0ac"]
 _WIDTH = 7.5  # inches: the report's column
+P = ParamSpec("P")
+
+
+def _literal(draw: Callable[P, Markup]) -> Callable[P, Markup]:
+    """Draw with math text off: matplotlib reads the setting when it makes a text (tick labels are
+    made while saving), so it holds for the whole plot, figure and SVG alike."""
+
+    @functools.wraps(draw)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> Markup:
+        with rc_context({"text.parse_math": False}):
+            return draw(*args, **kwargs)
+
+    return wrapper
 
 
 def _short(label: str, width: int = 28) -> str:
+    label = visible(label)
     return label if len(label) <= width else label[: width - 1] + "…"
 
 
@@ -39,6 +60,7 @@ def _figure(rows: int = 1, height: float = 3.0) -> Figure:
     return fig
 
 
+@_literal
 def heatmap(name: str, rows: Sequence[str], cols: Sequence[str], values: list[list[float | None]],
             labels: list[list[str]], row_axis: str, col_axis: str, scale: str, vmax: float | None = None) -> Markup:
     """A grid of cells: colour by ``values`` (None: no such cell) from 0 to ``vmax``, text from ``labels``."""
@@ -56,25 +78,27 @@ def heatmap(name: str, rows: Sequence[str], cols: Sequence[str], values: list[li
                 ax.text(j, i, text, ha="center", va="center", fontsize=8, color="white" if dark else "#222")
     ax.set_xticks(range(len(cols)), [_short(c, 18) for c in cols], rotation=30, ha="right", fontsize=8)
     ax.set_yticks(range(len(rows)), [_short(r) for r in rows], fontsize=8)
-    ax.set_xlabel(col_axis)
-    ax.set_ylabel(row_axis)
+    ax.set_xlabel(visible(col_axis))
+    ax.set_ylabel(visible(row_axis))
     fig.colorbar(image, ax=ax, label=scale, shrink=0.8)
     return _svg(fig, name)
 
 
+@_literal
 def histograms(name: str, series: Mapping[str, Sequence[float]], xlabel: str,
                bins: int | Sequence[float] = 20) -> Markup:
     """Overlaid histograms, one per series (prompt and answer tokens, say)."""
     fig = _figure()
     ax = fig.add_subplot()
     for k, (label, data) in enumerate(series.items()):
-        ax.hist(data, bins=bins, alpha=0.6, label=f"{label} (n={len(data)})", color=PALETTE[k % len(PALETTE)])
+        ax.hist(data, bins=bins, alpha=0.6, label=f"{visible(label)} (n={len(data)})", color=PALETTE[k % len(PALETTE)])
     ax.set_xlabel(xlabel)
     ax.set_ylabel("examples")
     ax.legend(fontsize=8)
     return _svg(fig, name)
 
 
+@_literal
 def boxes(name: str, groups: dict[str, list[float]], xlabel: str) -> Markup:
     """One horizontal box per group (category), the group's size in its label."""
     fig = _figure(height=max(2.0, 0.4 * len(groups) + 1.0))
@@ -88,6 +112,7 @@ def boxes(name: str, groups: dict[str, list[float]], xlabel: str) -> Markup:
     return _svg(fig, name)
 
 
+@_literal
 def stacked_bars(name: str, bars: Sequence[str], stacks: dict[str, list[float]], xlabel: str,
                  colors: dict[str, str] | None = None) -> Markup:
     """Horizontal bars (categories, subset sizes) split into stacks (kept, dropped by…)."""
@@ -111,6 +136,7 @@ def _legend_below(fig: Figure, entries: int) -> None:
     fig.legend(loc="outside lower center", ncols=min(entries, 3), fontsize=8, frameon=False)
 
 
+@_literal
 def grouped_bars(name: str, groups: Sequence[str], series: Mapping[str, Sequence[Any]], xlabel: str,
                  xlim: tuple[float, float] | None = None) -> Markup:
     """Horizontal bars, one per series within each group (distinct-n per category, say)."""
@@ -119,7 +145,7 @@ def grouped_bars(name: str, groups: Sequence[str], series: Mapping[str, Sequence
     height = 0.8 / max(1, len(series))
     for k, (label, values) in enumerate(series.items()):
         ys = [i + k * height for i in range(len(groups))]
-        ax.barh(ys, [v or 0 for v in values], height=height, label=label, color=PALETTE[k % len(PALETTE)])
+        ax.barh(ys, [v or 0 for v in values], height=height, label=_short(label, 40), color=PALETTE[k % len(PALETTE)])
     ax.set_yticks([i + 0.4 - height / 2 for i in range(len(groups))], [_short(g) for g in groups], fontsize=8)
     ax.invert_yaxis()
     if xlim:
@@ -129,6 +155,7 @@ def grouped_bars(name: str, groups: Sequence[str], series: Mapping[str, Sequence
     return _svg(fig, name)
 
 
+@_literal
 def lines(name: str, panels: Mapping[str, Mapping[str, Sequence[tuple[float, float | None]]]], ylabel: str) -> Markup:
     """One panel per x variable (temperature, top_p), one line per series (category)."""
     fig = _figure(rows=len(panels), height=2.8)
@@ -140,7 +167,7 @@ def lines(name: str, panels: Mapping[str, Mapping[str, Sequence[tuple[float, flo
             xs, ys = zip(*sorted(points), strict=True)
             style = {"color": "#222", "linewidth": 2.5} if label == "all" else {"color": PALETTE[k % len(PALETTE)]}
             ax.plot(xs, ys, marker="o", label=_short(label), **style)
-        ax.set_xlabel(xlabel)
+        ax.set_xlabel(visible(xlabel))
         ax.set_ylabel(ylabel)
         ax.legend(fontsize=7, loc="best")
     return _svg(fig, name)

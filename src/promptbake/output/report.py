@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import statistics
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,8 +25,10 @@ from typing import Any
 from markupsafe import Markup
 
 from promptbake.curate.checks import last_assistant
-from promptbake.errors import DataFileError
+from promptbake.errors import DataFileError, OutputError, PromptbakeError
+from promptbake.output.dataset import Dataset
 from promptbake.output.jsonl import read_jsonl
+from promptbake.output.visible import visible
 from promptbake.plan.expand import Expander
 from promptbake.records import Example
 from promptbake.specification.models import Spec
@@ -67,40 +69,22 @@ class StoreFacts:
 
 
 @dataclass
-class Dataset:
-    directory: Path
-    manifest: dict[str, Any]
-    kept: list[tuple[dict[str, Any], dict[str, Any]]]  # (metadata row, training row) per kept example
+class ReportData:
+    """What a dataset report draws: the built ``Dataset`` (its directory, manifest and splits as
+    build wrote them) and what the page adds to it: the drops, and the spec and store when found."""
+
+    dataset: Dataset
+    manifest: dict[str, Any]  # the manifest's keys as written (older builds lack some)
+    kept: list[tuple[str, Example]]  # (split, example) per kept example, train then test
     dropped: list[dict[str, Any]]
     spec: Spec | None = None
     store: StoreFacts | None = None
     notes: list[str] = field(default_factory=list)
     requested: dict[str, Any] = field(default_factory=dict)  # cell key → the spec's Cell (count, category)
 
-
-def _manifest(directory: Path) -> dict[str, Any]:
-    path = directory / "manifest.json"
-    try:
-        manifest: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-        return manifest
-    except FileNotFoundError:
-        raise DataFileError(f"{directory}: no manifest.json; give a directory written by `promptbake build`") from None
-    except (OSError, ValueError) as exc:
-        raise DataFileError(f"{path}: cannot read: {exc}") from None
-
-
-def _kept(directory: Path) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    """Training rows paired with their metadata rows (the sidecar lists train, then test, in file order)."""
-    meta = [row for _, row in read_jsonl(directory / "metadata.jsonl", "metadata")]
-    pairs: list[tuple[dict[str, Any], dict[str, Any]]] = []
-    for split in ("train", "test"):
-        rows = [row for _, row in read_jsonl(directory / f"{split}.jsonl", split)]
-        sidecar = [m for m in meta if m.get("split") == split]
-        if len(sidecar) != len(rows):
-            raise DataFileError(f"{directory / 'metadata.jsonl'}: {len(sidecar)} {split} rows for the "
-                                f"{len(rows)} lines of {split}.jsonl; rebuild the dataset")
-        pairs += zip(sidecar, rows, strict=True)
-    return pairs
+    @property
+    def directory(self) -> Path:
+        return self.dataset.directory
 
 
 def _store_facts(store_path: Path, spec: Spec, expander: Expander) -> StoreFacts:
@@ -124,16 +108,24 @@ def _store_facts(store_path: Path, spec: Spec, expander: Expander) -> StoreFacts
 
 
 def load_dataset(directory: str | Path, store_path: str | Path | None = None, spec: Spec | str | Path | None = None
-                 ) -> Dataset:
-    """The built files of ``directory``, with the store's facts when the store is found."""
+                 ) -> ReportData:
+    """The built files of ``directory``, with the store's facts when the store is found. The page
+    shows the build (``train.jsonl``, whose counts the manifest holds), not a later top-up version."""
     from promptbake.specification.models import load_spec
-    from promptbake.workflows.pipeline import spec_from_store
+    from promptbake.store.saved_specs import spec_from_store
 
     directory = Path(directory)
-    manifest = _manifest(directory)
-    data = Dataset(directory, manifest, _kept(directory),
-                   [row for _, row in read_jsonl(directory / "dropped.jsonl", "dropped")]
-                   if (directory / "dropped.jsonl").exists() else [])
+    if not (directory / "manifest.json").is_file():
+        raise DataFileError(f"{directory}: no manifest.json; give a directory written by `promptbake build`")
+    dataset = Dataset.load(directory, train_version=1)
+    manifest = dataset.manifest.model_dump(mode="json", exclude_unset=True)
+    kept = [*(("train", e) for e in dataset.train), *(("test", e) for e in dataset.test)]
+    data = ReportData(dataset, manifest, kept, [row for _, row in read_jsonl(directory / "dropped.jsonl", "dropped")]
+                      if (directory / "dropped.jsonl").exists() else [])
+    if dataset.manifest.topups:
+        latest = dataset.manifest.topups[-1]
+        data.notes.append(f"top-up rounds since this build made {latest.get('train')} the training set "
+                          f"({latest.get('train_examples', '?')} examples); this page shows the build's train.jsonl")
     store = Path(store_path) if store_path is not None else directory / "promptbake.db"
     if store_path is not None and not store.exists():
         raise DataFileError(f"{store}: no such store")
@@ -170,10 +162,10 @@ def _prompt(messages: list[dict[str, Any]]) -> str:
     return "\n".join(f"{m.get('role')}: {m['content']}" for m in turns)
 
 
-def _judge_score(meta: dict[str, Any]) -> float | None:
+def _judge_score(by_judge: dict[str, int]) -> float | None:
     """A kept example's judge score (the lowest, with several judges: the one that gated it), when
     the build recorded one in its metadata row."""
-    scores = [v for v in (meta.get("scores") or {}).values() if isinstance(v, int | float) and not isinstance(v, bool)]
+    scores = [v for v in by_judge.values() if isinstance(v, int | float) and not isinstance(v, bool)]
     return float(min(scores)) if scores else None
 
 
@@ -225,21 +217,20 @@ class Classified:
     fates: dict[str, Counter[str]]  # cell key → {generated, checks, exact, near, count/balance}
 
 
-def _classify(data: Dataset) -> Classified:
+def _classify(data: ReportData) -> Classified:
     """Kept rows come from the files; dropped ones are re-rendered from the store when it is here
     (else listed from ``dropped.jsonl`` without text). Anything rendered that is neither kept nor
     listed there (a gate's drop or a duplicate) was cut by the cell's count or by balance."""
     rows = []
-    for meta, train_row in data.kept:
-        messages = train_row.get("messages", [])
-        rows.append(Row(meta.get("split", ""), meta.get("category", ""), _label(meta.get("cell", {})),
-                        _prompt(messages), last_assistant(messages)))
+    for split, example in data.kept:
+        rows.append(Row(split, example.category, _label(example.cell), _prompt(example.messages),
+                        last_assistant(example.messages)))
     fates: dict[str, Counter[str]] = defaultdict(Counter)
     listed = {row.get("id"): row for row in data.dropped}
     if data.store is None:
         rows += [Row("dropped", str(d.get("category", "")), "", "", "", _drop_reason(d)) for d in data.dropped]
         return Classified(rows, fates)
-    kept_ids = {meta.get("id") for meta, _ in data.kept}
+    kept_ids = {example.id for _, example in data.kept}
     rendered: set[str] = set()
     for ex in data.store.examples:
         rendered.add(ex.id)
@@ -270,7 +261,7 @@ def _sample(rows: list[Row], limit: int) -> tuple[list[Row], str]:
     return kept[:limit] + dropped[:limit], note
 
 
-def _category_table(data: Dataset) -> tuple[list[str], list[list[Any]]]:
+def _category_table(data: ReportData) -> tuple[list[str], list[list[Any]]]:
     """The manifest's per-category counts, after what the spec requested (when known), with what
     balance cut made explicit."""
     categories = data.manifest.get("categories", {})
@@ -302,7 +293,7 @@ class CellView:
     share: bool  # the heat map's colour is kept ÷ requested (the spec is known), else kept
 
 
-def _cells(data: Dataset, classified: Classified) -> CellView:
+def _cells(data: ReportData, classified: Classified) -> CellView:
     """Per-cell rows (requested, generated, drops, kept, train, test) and the heat map over the
     two main axes: kept per cell, coloured by the share of the requested count when known."""
     from promptbake.output import plots
@@ -310,10 +301,10 @@ def _cells(data: Dataset, classified: Classified) -> CellView:
     requested = {key: (cell.values, cell.count) for key, cell in data.requested.items()}
     cells: dict[str, dict[str, Any]] = {key: values for key, (values, _) in requested.items()}
     splits: dict[str, Counter[str]] = defaultdict(Counter)
-    for meta, _ in data.kept:
-        key = meta.get("provenance", {}).get("cell_key") or _label(meta.get("cell", {}))
-        cells.setdefault(key, meta.get("cell", {}))
-        splits[key][meta.get("split", "")] += 1
+    for split, example in data.kept:
+        key = example.provenance.get("cell_key") or _label(example.cell)
+        cells.setdefault(key, example.cell)
+        splits[key][split] += 1
     fate_names = [f for f in ("checks", "exact", "near", "count/balance")
                   if any(f in c for c in classified.fates.values())]
     fate_names += sorted({f for c in classified.fates.values() for f in c} - {"generated", *fate_names})
@@ -348,7 +339,7 @@ def _cells(data: Dataset, classified: Classified) -> CellView:
     return view
 
 
-def _glance(data: Dataset) -> list[tuple[str, str]]:
+def _glance(data: ReportData) -> list[tuple[str, str]]:
     m = data.manifest
     usage = (data.store.totals if data.store else None) or m.get("usage", {})
     teacher = m.get("teacher", {})
@@ -370,7 +361,7 @@ def _glance(data: Dataset) -> list[tuple[str, str]]:
     return items
 
 
-def _estimated_cost(data: Dataset) -> str:
+def _estimated_cost(data: ReportData) -> str:
     if data.spec is None:
         return ""
     from promptbake.plan.estimate import estimate
@@ -386,7 +377,7 @@ def _estimated_cost(data: Dataset) -> str:
         f", estimate unknown (no price for {model})")
 
 
-def _runs(data: Dataset) -> list[list[str]]:
+def _runs(data: ReportData) -> list[list[str]]:
     if data.store is None:
         return []
 
@@ -397,7 +388,7 @@ def _runs(data: Dataset) -> list[list[str]]:
              if r["finished_at"] else "-", r["status"]] for r in data.store.runs]
 
 
-def _distributions(data: Dataset) -> dict[str, Any]:
+def _distributions(data: ReportData) -> dict[str, Any]:
     from promptbake.output import plots
     from promptbake.teacher.tokens import count_messages, count_tokens, encoding_for
 
@@ -406,16 +397,16 @@ def _distributions(data: Dataset) -> dict[str, Any]:
     prompt_tokens, answer_tokens = [], []
     lengths: dict[str, list[float]] = defaultdict(list)
     scores: dict[str, list[float]] = defaultdict(list)
-    for meta, row in data.kept:
-        messages = row.get("messages", [])
+    for _, example in data.kept:
+        messages = example.messages
         answer = last_assistant(messages)
         end = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=len(messages))
         prompt_tokens.append(count_messages(messages[:end], model))
         answer_tokens.append(count_tokens(answer, model))
-        lengths[meta.get("category", "")].append(len(answer))
-        score = _judge_score(meta)
+        lengths[example.category].append(len(answer))
+        score = _judge_score(example.scores)
         if score is not None:
-            scores[meta.get("category", "")].append(score)
+            scores[example.category].append(score)
     out: dict[str, Any] = {"encoding": encoding_for(model).name, "tokens": None, "lengths": None, "token_stats": [],
                            "scores": None, "similarity": None}
     if prompt_tokens:
@@ -438,15 +429,14 @@ def _distributions(data: Dataset) -> dict[str, Any]:
     return out
 
 
-def _diversity(data: Dataset) -> tuple[list[dict[str, Any]], Any, list[tuple[str, int]]]:
+def _diversity(data: ReportData) -> tuple[list[dict[str, Any]], Any, list[tuple[str, int]]]:
     from promptbake.output import plots
 
     answers: dict[str, list[str]] = defaultdict(list)
     prompts: dict[str, list[str]] = defaultdict(list)
-    for meta, row in data.kept:
-        messages = row.get("messages", [])
-        answers[meta.get("category", "")].append(last_assistant(messages))
-        prompts[meta.get("category", "")].append(_prompt(messages))
+    for _, example in data.kept:
+        answers[example.category].append(last_assistant(example.messages))
+        prompts[example.category].append(_prompt(example.messages))
     table: list[dict[str, Any]] = []
     for name in sorted(answers):
         table.append({
@@ -496,7 +486,7 @@ def _funnel(header: list[str], rows: list[list[Any]]) -> Markup | None:
     return plots.stacked_bars("funnel", [r[0] for r in rows], stacks, "examples", STAGE_COLORS)
 
 
-def dataset_context(data: Dataset, sample: int = SAMPLE) -> dict[str, Any]:
+def dataset_context(data: ReportData, sample: int = SAMPLE) -> dict[str, Any]:
     classified = _classify(data)
     rows, sample_note = _sample(classified.rows, sample)
     cells = _cells(data, classified)
@@ -531,7 +521,7 @@ def dataset_context(data: Dataset, sample: int = SAMPLE) -> dict[str, Any]:
 def _spec_text(spec: Spec | None) -> str | None:
     if spec is None:
         return None
-    from promptbake.workflows.pipeline import spec_text
+    from promptbake.store.saved_specs import spec_text
 
     return spec_text(spec)
 
@@ -546,8 +536,7 @@ def _settings(row: dict[str, Any]) -> dict[str, Any]:
 def eval_context(path: str | Path, sample: int = SAMPLE) -> dict[str, Any]:
     """Pass rate and mean score per category; for a sweep, both against each swept setting."""
     from promptbake.output import plots
-    from promptbake.workflows.evaluate.testset import setting_label
-    from promptbake.workflows.topup import CategoryScore, load_eval
+    from promptbake.output.eval_results import CategoryScore, load_eval, setting_label
 
     path = Path(path)
     pooled = load_eval(path)  # validates every line, names a bad one
@@ -610,11 +599,17 @@ def eval_context(path: str | Path, sample: int = SAMPLE) -> dict[str, Any]:
 def render(context: dict[str, Any]) -> str:
     from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
+    # every text the page prints shows its invisible characters (⟨U+200B⟩), attributes included,
+    # so the table's filters still match; markup (the plots) is printed as it is
     env = Environment(loader=PackageLoader("promptbake.output", "templates"),
                       autoescape=select_autoescape(["html", "j2"]), undefined=StrictUndefined,
-                      trim_blocks=True, lstrip_blocks=True)
+                      trim_blocks=True, lstrip_blocks=True, finalize=_shown)
     env.filters["num"] = _num
     return env.get_template(f"{context['kind']}.html.j2").render(**context)
+
+
+def _shown(value: Any) -> Any:
+    return visible(value) if isinstance(value, str) and not isinstance(value, Markup) else value
 
 
 def _num(value: Any, digits: int = 2) -> Markup | str:
@@ -627,9 +622,20 @@ def _num(value: Any, digits: int = 2) -> Markup | str:
     return str(value)
 
 
-def _write(text: str, out: Path) -> Path:
+def _write(page: Callable[[], str], out: Path, source: Path) -> Path:
+    """Draw the page and write it to ``out``. The report is written after the data and only reads
+    it: whatever goes wrong while drawing (a plot matplotlib cannot draw, a bug) is an
+    ``OutputError`` saying the data is untouched, never a traceback that reads like a lost run."""
     from promptbake.output.atomic import write_text_atomic
 
+    try:
+        text = page()
+    except PromptbakeError:
+        raise
+    except Exception as exc:
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())
+        raise OutputError(f"{out}: the report could not be drawn ({reason[:300]}); {source} is untouched "
+                          "and complete") from exc
     write_text_atomic(out, text)  # an unwritable path is an OutputError naming it
     return out
 
@@ -638,9 +644,11 @@ def write_report(directory: str | Path, out: str | Path | None = None, *, store:
                  spec: Spec | str | Path | None = None, sample: int = SAMPLE) -> Path:
     """``DIR/report.html`` (or ``out``) for the dataset built in ``directory``."""
     data = load_dataset(directory, store, spec)
-    return _write(render(dataset_context(data, sample)), Path(out) if out else Path(directory) / REPORT)
+    return _write(lambda: render(dataset_context(data, sample)), Path(out) if out else Path(directory) / REPORT,
+                  Path(directory))
 
 
 def write_eval_report(path: str | Path, out: str | Path | None = None, *, sample: int = SAMPLE) -> Path:
     """``EVAL.html`` (or ``out``) for an eval results file."""
-    return _write(render(eval_context(path, sample)), Path(out) if out else Path(path).with_suffix(".html"))
+    return _write(lambda: render(eval_context(path, sample)), Path(out) if out else Path(path).with_suffix(".html"),
+                  Path(path))

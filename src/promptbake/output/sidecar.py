@@ -17,10 +17,15 @@ from promptbake.output.jsonl import read_jsonl
 from promptbake.records import Example
 
 
+def metadata_file(data: Path) -> Path:
+    """The sidecar build (or top-up) writes next to a split: ``train.jsonl`` and ``test.jsonl`` →
+    ``metadata.jsonl``, ``train.v2.jsonl`` → ``metadata.v2.jsonl``."""
+    _, _, rest = data.name.partition(".")
+    return data.with_name(f"metadata.{rest or 'jsonl'}")
+
+
 def default_metadata(data: Path) -> Path | None:
     """The sidecar next to a split (``metadata_file``), if there is one."""
-    from promptbake.output.export import metadata_file
-
     candidate = metadata_file(data) if "." in data.name else None
     return candidate if candidate is not None and candidate.exists() else None
 
@@ -67,5 +72,5 @@ def read_split(path: Path, name: str) -> Split:
         lines.append(json_line(row))
         examples.append(Example(id=str(meta["id"]), category=str(meta["category"]), cell=meta.get("cell") or {},
                                 messages=messages, tools=row.get("tools"), rejected=meta.get("rejected"),
-                                provenance=meta.get("provenance") or {}))
+                                provenance=meta.get("provenance") or {}, scores=meta.get("scores") or {}))
     return Split(lines, examples, metas)

@@ -22,6 +22,7 @@ from promptbake.plan.routing import label
 from promptbake.specification.models import Spec, Step
 from promptbake.store.batches import Holder, exhausted, holders
 from promptbake.store.db import ResultRow, Store
+from promptbake.store.saved_specs import spec_from_store
 from promptbake.teacher.batch import item_job, line_outcome
 from promptbake.teacher.batchfile import MAX_BYTES, MAX_LINES, InputFile, LineResult, input_line, read_lines
 from promptbake.teacher.client import Endpoint
@@ -29,7 +30,7 @@ from promptbake.teacher.config import Teacher, merge
 from promptbake.teacher.generate import GenerateOptions, Generation
 from promptbake.teacher.jobs import checker, result_row
 from promptbake.teacher.pricing import PriceTable
-from promptbake.workflows.pipeline import ask_for, save_run_context, shortfall, spec_from_store
+from promptbake.workflows.pipeline import ask_for, save_run_context, shortfall
 
 
 @dataclass

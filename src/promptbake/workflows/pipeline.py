@@ -11,14 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from promptbake.errors import InputError
 from promptbake.plan.expand import Expander
 from promptbake.plan.preflight import check_templates
 from promptbake.records import Example
 from promptbake.specification.models import Spec
 from promptbake.store.db import Store
+from promptbake.store.saved_specs import spec_text
 from promptbake.teacher.config import Teacher, merge, open_teacher
 from promptbake.teacher.generate import GenerateOptions, GenerateReport, Generation, StepReport, check_run
 from promptbake.teacher.link import Link
@@ -183,9 +182,10 @@ async def run_async(
 ) -> RunReport:
     """expand → generate (with top-up rounds for exact counts) → build, in one call.
     ``existing``: examples the built data must not repeat (see ``build.build``)."""
-    from promptbake.curate.builder import build
+    from promptbake.curate.builder import build, split_seed
     from promptbake.output.targets import target_for_teacher
 
+    split_seed(Path(out_dir), spec, seed)  # a split the directory cannot take is refused before paying
     store_path = store_path or default_store(out_dir)
     report = await generate_async(spec, store_path, teacher, options, topup=True, command=command)
     config = merge(spec.teacher, teacher)
@@ -216,26 +216,3 @@ def save_run_context(spec: Spec, store: Store, expander: Expander, *, cells: boo
     store.save_spec(spec.name, spec.spec_hash(), str(spec.path or ""), spec_text(spec))
     if cells:
         store.save_cells(spec.name, expander.cells())
-
-
-def spec_text(spec: Spec) -> str:
-    """What the store keeps of a spec: its file as written, or (a spec built in code, such as a
-    distillation) the validated model as YAML, so ``build STORE`` can always rebuild."""
-    if spec.path is not None:
-        return spec.path.read_text(encoding="utf-8")
-    return yaml.safe_dump(spec.model_dump(mode="json", by_alias=True, exclude_none=True), sort_keys=False)
-
-
-def spec_from_store(store_path: str | Path, name: str | None = None) -> Spec:
-    """The spec a store was generated with (``build STORE``), re-read from the text it saved."""
-    from promptbake.errors import StoreError
-    from promptbake.specification.models import parse_spec
-
-    if not Path(store_path).exists():
-        raise StoreError(f"{store_path}: no such store")
-    with Store(store_path, lock=False) as store:
-        saved = [s for s in store.saved_specs() if name is None or s[0] == name]
-    if not saved:
-        raise StoreError(f"{store_path}: holds no spec{f' named {name!r}' if name else ''}; pass the spec file")
-    spec_name, path, text = saved[0]
-    return parse_spec(text, path or f"{store_path}:{spec_name}", Path(path) if path else None)

@@ -15,7 +15,6 @@ The manifest's ``topups`` list records what each round added, why, and from whic
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import random
@@ -23,16 +22,17 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from promptbake.curate.dedupe import dedupe
 from promptbake.curate.examples import ExampleRenderer
 from promptbake.curate.gates import Gates
-from promptbake.errors import DataFileError, InputError
+from promptbake.errors import InputError
+from promptbake.ids import file_sha256
 from promptbake.output.atomic import ensure_dir, json_line, write_jsonl_atomic, write_text_atomic
+from promptbake.output.eval_results import CategoryScore, load_eval
 from promptbake.output.export import read_manifest
 from promptbake.output.formats import convert_all
-from promptbake.output.jsonl import read_jsonl
 from promptbake.output.sidecar import read_split
 from promptbake.plan.expand import Cell, Expander
 from promptbake.records import Example
@@ -49,60 +49,6 @@ Metric = Literal["auto", "pass", "score"]
 
 
 # --- which categories are weak ------------------------------------------------------------------
-
-
-@dataclass
-class CategoryScore:
-    category: str
-    n: int = 0
-    passed: int = 0
-    with_pass: int = 0
-    scores: list[float] = field(default_factory=list)
-
-    @property
-    def pass_rate(self) -> float | None:
-        return self.passed / self.with_pass if self.with_pass else None
-
-    @property
-    def mean_score(self) -> float | None:
-        return sum(self.scores) / len(self.scores) if self.scores else None
-
-    def value(self, metric: str) -> float | None:
-        return self.pass_rate if metric == "pass" else self.mean_score
-
-    def add(self, passed: bool | None, score: float | None) -> None:
-        self.n += 1
-        if passed is not None:
-            self.with_pass += 1
-            self.passed += passed
-        if score is not None:
-            self.scores.append(float(score))
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"n": self.n, "pass_rate": self.pass_rate, "mean_score": self.mean_score}
-
-
-def load_eval(path: str | Path) -> dict[str, CategoryScore]:
-    """Per-category results of an eval file; lines with neither ``pass`` nor ``score`` (failed
-    calls, unscored outputs) are skipped. A sweep's settings are pooled."""
-    path = Path(path)
-    scores: dict[str, CategoryScore] = {}
-    for number, row in read_jsonl(path, "eval"):
-        category = row.get("category")
-        if not isinstance(category, str) or not category:
-            raise DataFileError(f"{path}:{number}: no 'category'")
-        passed, score = row.get("pass"), row.get("score")
-        if passed is not None and not isinstance(passed, bool):
-            raise DataFileError(f"{path}:{number}: 'pass' must be true, false or null")
-        if score is not None and (isinstance(score, bool) or not isinstance(score, int | float)):
-            raise DataFileError(f"{path}:{number}: 'score' must be a number or null")
-        if passed is None and score is None:
-            continue
-        scores.setdefault(category, CategoryScore(category)).add(passed, score)
-    if not scores:
-        raise DataFileError(f"{path}: no scored lines (need 'category' and 'pass' or 'score'); "
-                            "run eval with checks or a rubric")
-    return dict(sorted(scores.items()))
 
 
 def weak_categories(scores: dict[str, CategoryScore], *, metric: Metric = "auto", threshold: float | None = None,
@@ -122,19 +68,6 @@ def weak_categories(scores: dict[str, CategoryScore], *, metric: Metric = "auto"
         return metric, ranked[:bottom]
     limit = DEFAULT_THRESHOLD if threshold is None else threshold
     return metric, [s for s in ranked if (s.value(metric) or 0.0) < limit]
-
-
-# --- the dataset ------------------------------------------------------------------------------------
-
-
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # --- generation on a derived spec ----------------------------------------------------------------
@@ -243,7 +176,7 @@ async def topup_async(spec: Spec, eval_path: str | Path, dataset: str | Path, *,
     if not weak:
         report.train_path = current
         return report
-    digest = _sha256(eval_path)
+    digest = file_sha256(eval_path)
     reused = [r["round"] for r in rounds if r.get("eval", {}).get("sha256") == digest]
     if reused:
         report.warnings.append(f"{eval_path} already drove round {reused[-1]}; evaluate the new train split first")

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from promptbake.curate.checks import AnswerList
-from promptbake.workflows.evaluate.testset import setting_label
+from promptbake.output.eval_results import setting_label
 
 
 @dataclass

@@ -102,6 +102,3 @@ def parse_sweeps(sweeps: Sequence[str] | Mapping[str, Sequence[int | float]]) ->
             raise InputError(f"--sweep {err['loc'][0]}={err['input']}: {err['msg']}") from None
     return grid
 
-
-def setting_label(settings: dict[str, Any]) -> str:
-    return " ".join(f"{k}={v}" for k, v in settings.items()) or "default"
