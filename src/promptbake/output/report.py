@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import statistics
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -635,12 +635,16 @@ def _write(text: str, out: Path) -> Path:
 
 
 def write_report(directory: str | Path, out: str | Path | None = None, *, store: str | Path | None = None,
-                 spec: Spec | str | Path | None = None, sample: int = SAMPLE) -> Path:
-    """``DIR/report.html`` (or ``out``) for the dataset built in ``directory``."""
+                 spec: Spec | str | Path | None = None, sample: int = SAMPLE, sections: Sequence[Markup] = ()) -> Path:
+    """``DIR/report.html`` (or ``out``) for the dataset built in ``directory``; ``sections`` are
+    HTML sections made elsewhere (people's ratings), added after the report's own."""
     data = load_dataset(directory, store, spec)
-    return _write(render(dataset_context(data, sample)), Path(out) if out else Path(directory) / REPORT)
+    context = {**dataset_context(data, sample), "sections": list(sections)}
+    return _write(render(context), Path(out) if out else Path(directory) / REPORT)
 
 
-def write_eval_report(path: str | Path, out: str | Path | None = None, *, sample: int = SAMPLE) -> Path:
-    """``EVAL.html`` (or ``out``) for an eval results file."""
-    return _write(render(eval_context(path, sample)), Path(out) if out else Path(path).with_suffix(".html"))
+def write_eval_report(path: str | Path, out: str | Path | None = None, *, sample: int = SAMPLE,
+                      sections: Sequence[Markup] = ()) -> Path:
+    """``EVAL.html`` (or ``out``) for an eval results file, with ``sections`` as for a dataset."""
+    context = {**eval_context(path, sample), "sections": list(sections)}
+    return _write(render(context), Path(out) if out else Path(path).with_suffix(".html"))
