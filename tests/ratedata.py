@@ -18,6 +18,7 @@ def write_dataset(directory: Path, n: int, answer=lambda i: f"Teacher reply {i}:
     """A built dataset folder with ``n`` test examples (ids ex000, ex001, ...)."""
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "manifest.json").write_text(json.dumps({"spec": "rating_test", "train": 0, "test": n}))
+    (directory / "train.jsonl").write_text("")
     with (directory / "test.jsonl").open("w") as test, (directory / "metadata.jsonl").open("w") as meta:
         for i in range(n):
             messages = [*prompt(i), {"role": "assistant", "content": answer(i)}]

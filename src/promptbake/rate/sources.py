@@ -53,7 +53,7 @@ class Item:
 def parse_source(text: str) -> tuple[str, str]:
     """``NAME=PATH`` or ``PATH`` (named by itself) → (name, path)."""
     name, sep, path = text.partition("=")
-    if sep and name and path and not Path(text).exists() and "/" not in name:
+    if sep and name and path and not Path(text).exists():
         return name, path
     return text, text
 
