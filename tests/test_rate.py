@@ -42,7 +42,7 @@ def test_eval_rows_carry_the_prompt_each_answer_replied_to(tmp_path):
         sent = [b["messages"] for b in srv.bodies]
     rows = [json.loads(line) for line in Path("eval.jsonl").read_text().splitlines()]
     assert [row["prompt"] for row in rows] == sent
-    source = load_source(f"m=eval.jsonl")
+    source = load_source("m=eval.jsonl")
     assert source.kind == "eval" and source.prompts["ex001"] == sent[1] and source.answers["ex001"].text == "Fine."
 
 
@@ -60,7 +60,7 @@ def test_prompts_come_from_a_dataset_when_an_old_eval_file_has_none(tmp_path):
 def test_sources_that_cannot_be_rated_are_refused_in_one_line(tmp_path):
     data = write_dataset(tmp_path / "data", 3)
     (tmp_path / "student").mkdir()
-    with pytest.raises(InputError, match="not a built dataset .*needs `promptbake train`"):
+    with pytest.raises(InputError, match=r"not a built dataset .*needs `promptbake train`"):
         load_source(str(tmp_path / "student"))
     sweep = tmp_path / "sweep.jsonl"
     sweep.write_text(write_eval(tmp_path / "a.jsonl", 2).read_text() * 2)

@@ -178,20 +178,20 @@ def test_two_raters_on_overlapping_items_give_the_agreement_computed_by_hand(tmp
 
     # Cohen's kappa by hand: observed agreement against chance from each rater's own label shares
     a, b = [labels["alice"][i] for i in range(n)], [labels["bob"][i] for i in range(n)]
-    observed = sum(x == y for x, y in zip(a, b)) / n
+    observed = sum(x == y for x, y in zip(a, b, strict=True)) / n
     chance = sum(a.count(c) * b.count(c) for c in "TS=0") / n**2
     kappa = (observed - chance) / (1 - chance)
     # Krippendorff's alpha (nominal) by hand: the coincidence matrix of the 2n pairable values
     values = a + b
     total = len(values)
-    disagree_observed = sum(x != y for x, y in zip(a, b)) * 2 / total
+    disagree_observed = sum(x != y for x, y in zip(a, b, strict=True)) * 2 / total
     disagree_expected = sum(values.count(c) * (total - values.count(c)) for c in "TS=0") / (total * (total - 1))
     alpha = 1 - disagree_observed / disagree_expected
 
     got = results(store)["agreement"]
     assert got["units"] == n and got["raters"] == ["alice", "bob"]
     assert abs(got["kappa"] - kappa) < 1e-9 and abs(got["alpha"] - alpha) < 1e-9
-    assert (got["pairs"], got["agreed"]) == (n, sum(x == y for x, y in zip(a, b)))
+    assert (got["pairs"], got["agreed"]) == (n, sum(x == y for x, y in zip(a, b, strict=True)))
     assert 0 < kappa < 1  # the labels above agree partly: neither trivial case
 
 
