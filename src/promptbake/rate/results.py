@@ -98,11 +98,7 @@ class RateResults:
 
     def section(self) -> Markup:
         """The results as one HTML section (autoescaped), for the report page."""
-        from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+        from promptbake.rate.html import environment
 
-        env = Environment(loader=PackageLoader("promptbake.rate", "templates"),
-                          autoescape=select_autoescape(["html", "j2"]), undefined=StrictUndefined,
-                          trim_blocks=True, lstrip_blocks=True)
-        env.filters["num"] = _num
-        env.globals["interval"] = _interval
-        return Markup(env.get_template("results.html.j2").render(s=self.summary, store=str(self.store)))
+        template = environment(num=_num).get_template("results.html.j2")
+        return Markup(template.render(s=self.summary, store=str(self.store)))

@@ -39,11 +39,9 @@ def _text(content: Any) -> str:
 
 
 def page_html(token: str | None, nonce: str) -> str:
-    from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+    from promptbake.rate.html import environment
 
-    env = Environment(loader=PackageLoader("promptbake.rate", "templates"),
-                      autoescape=select_autoescape(["html", "j2"]), undefined=StrictUndefined)
-    return env.get_template("page.html.j2").render(token=token or "", nonce=nonce)
+    return environment().get_template("page.html.j2").render(token=token or "", nonce=nonce)
 
 
 class RatingApp:
