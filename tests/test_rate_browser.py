@@ -19,6 +19,7 @@ from ratedata import write_dataset, write_eval
 from test_report_browser import chromium
 
 from promptbake.cli.main import cli
+from promptbake.rate.store import RatingStore
 
 ROOT = Path(__file__).parent.parent
 HOSTILE = '<script>window.pwned = 1</script><img src="x" onerror="window.pwned = 2"><b>bold?</b>'
@@ -51,7 +52,7 @@ def results(store: Path) -> dict:
 class Rater:
     """One rater's page: what it shows, and keys pressed on it, waiting for the next item each time."""
 
-    def __init__(self, browser: object, url: str, name: str, start: int = 1) -> None:
+    def __init__(self, browser: object, url: str, name: str, start: int = 1, ask: bool = False) -> None:
         self.page = browser.new_page(viewport={"width": 1280, "height": 800})  # type: ignore[attr-defined]
         self.problems: list[str] = []
         self.bodies: list[str] = []
@@ -59,7 +60,12 @@ class Rater:
         self.page.on("pageerror", lambda e: self.problems.append(f"page error: {e}"))
         self.page.on("console", lambda m: m.type == "error" and self.problems.append(m.text))
         self.page.on("response", lambda r: self.responses.append(r))  # read in press(), not in a callback
-        self.page.goto(f"{url}?rater={name}", wait_until="load")
+        if ask:  # no ?rater=: the page asks for the name once
+            self.page.goto(url, wait_until="load")
+            self.page.fill("#rater-name", name)
+            self.page.keyboard.press("Enter")
+        else:
+            self.page.goto(f"{url}?rater={name}", wait_until="load")
         self.wait_for(start)
 
     def wait_for(self, position: int) -> None:
@@ -117,6 +123,11 @@ def test_a_rater_rates_20_items_by_keyboard_resumes_after_a_kill_and_no_source_l
                         assert rater.page.eval_on_selector(f"#{side}", "e => e.children.length") == 0
                         assert "&lt;script&gt;window.pwned" in rater.page.inner_html(f"#{side}")
                         expected["hostile shown"] += 1
+                if n == 3:  # a comment: keys typed into it rate nothing; Esc leaves the box
+                    rater.page.click("#comment")
+                    rater.page.keyboard.type("1 4 s u: both fine")
+                    rater.page.keyboard.press("Escape")
+                    assert rater.position == 3
                 verdict = verdicts[key]
                 if verdict in ("left", "right"):
                     expected[source_on(shown[verdict])] += 1
@@ -132,6 +143,8 @@ def test_a_rater_rates_20_items_by_keyboard_resumes_after_a_kill_and_no_source_l
         for secret in (TEACHER, STUDENT, TEACHER_DIR, STUDENT_FILE, "ratings.db"):
             assert secret not in everything, secret
 
+        with RatingStore(store) as opened:
+            assert [r.comment for r in opened.ratings()][2] == "1 4 s u: both fine"
         got = results(store)
         assert got["sources"] == [TEACHER, STUDENT] and got["ratings"] == 20 and got["skipped"] == 1
         (pair,) = got["pairs"]
@@ -162,7 +175,7 @@ def test_two_raters_on_overlapping_items_give_the_agreement_computed_by_hand(tmp
     with chromium() as browser, rate_server(f"teacher={data}", f"student={student}", "--out", str(store),
                                             "--raters-per-item", "2", "--repeat-share", "0") as url:
         for name, says in (("alice", alice), ("bob", bob)):
-            rater = Rater(browser, url, name)
+            rater = Rater(browser, url, name, ask=name == "bob")
             labels[name] = {}
             for position in range(1, n + 1):
                 shown = rater.shown()
