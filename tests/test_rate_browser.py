@@ -65,7 +65,7 @@ class Rater:
             self.page.fill("#rater-name", name)
             self.page.keyboard.press("Enter")
         else:
-            self.page.goto(f"{url}?rater={name}", wait_until="load")
+            self.page.goto(f"{url}{'&' if '?' in url else '?'}rater={name}", wait_until="load")
         self.wait_for(start)
 
     def wait_for(self, position: int) -> None:
@@ -206,6 +206,23 @@ def test_two_raters_on_overlapping_items_give_the_agreement_computed_by_hand(tmp
     assert abs(got["kappa"] - kappa) < 1e-9 and abs(got["alpha"] - alpha) < 1e-9
     assert (got["pairs"], got["agreed"]) == (n, sum(x == y for x, y in zip(a, b, strict=True)))
     assert 0 < kappa < 1  # the labels above agree partly: neither trivial case
+
+
+def test_with_host_the_url_carries_a_token_the_page_sends_back(tmp_path):
+    data = write_dataset(tmp_path / "data", 3)
+    student = write_eval(tmp_path / "s.jsonl", 3)
+    with chromium() as browser, rate_server(str(data), str(student), "--out", str(tmp_path / "r.db"),
+                                            "--host", "127.0.0.1") as url:
+        base, _, token = url.partition("?token=")
+        assert len(token) >= 20
+        rater = Rater(browser, url, "al")
+        rater.press("1", 2)  # the POST carried the token
+        rater.press("u", 1)
+        assert rater.problems == []
+        stranger = browser.new_page()  # type: ignore[attr-defined]
+        response = stranger.goto(f"{base}?rater=al")
+        assert response.status == 403 and "token" in stranger.content()
+    assert results(tmp_path / "r.db")["ratings"] == 0  # rated, then undone
 
 
 def echoes(answer: str, customer: str) -> bool:
