@@ -101,4 +101,7 @@ class RateResults:
         from promptbake.rate.html import environment
 
         template = environment(num=_num).get_template("results.html.j2")
-        return Markup(template.render(s=self.summary, store=str(self.store)))
+        s = self.summary
+        return Markup(template.render(
+            s=s, store=str(self.store), pairs=[("", p) for p in s["pairs"]],
+            category_rows=[(name, p) for name, group in s["categories"].items() for p in group]))

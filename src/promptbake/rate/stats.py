@@ -64,12 +64,14 @@ class Pair:
     high: float | None
 
 
-def pairs(ratings: Sequence[Rating]) -> list[Pair]:
+def pairs(ratings: Sequence[Rating], sources: Sequence[str] = ()) -> list[Pair]:
+    """One row per pair of sources, in the order of ``sources`` (as given to ``rate``)."""
     counts: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
     for r in first_showings(ratings):
         counts[r.a, r.b][outcome(r) or ""] += 1
+    place = {name: i for i, name in enumerate(sources)}
     out = []
-    for (a, b), c in counts.items():
+    for (a, b), c in sorted(counts.items(), key=lambda kv: (place.get(kv[0][0], 0), place.get(kv[0][1], 0))):
         decisive = c["a"] + c["b"]
         interval = wilson(c["a"], decisive)
         out.append(Pair(a, b, sum(c.values()), c["a"], c["b"], c["tie"], c["both_bad"],
@@ -77,11 +79,11 @@ def pairs(ratings: Sequence[Rating]) -> list[Pair]:
     return out
 
 
-def by_category(ratings: Sequence[Rating]) -> dict[str, list[Pair]]:
+def by_category(ratings: Sequence[Rating], sources: Sequence[str] = ()) -> dict[str, list[Pair]]:
     groups: dict[str, list[Rating]] = defaultdict(list)
     for r in ratings:
         groups[r.category].append(r)
-    return {name: pairs(group) for name, group in sorted(groups.items())}
+    return {name: pairs(group, sources) for name, group in sorted(groups.items())}
 
 
 def position_bias(ratings: Sequence[Rating]) -> dict[str, Any]:
@@ -267,10 +269,10 @@ def summarise(ratings: Sequence[Rating], sources: Sequence[str], rounds: int = R
         "skipped": sum(1 for r in ratings if r.verdict == "skip"),
         "repeats": sum(1 for r in ratings if r.repeat_of is not None),
         "raters": sorted({r.rater for r in ratings}),
-        "pairs": [asdict(p) for p in pairs(ratings)],
+        "pairs": [asdict(p) for p in pairs(ratings, sources)],
         "bradley_terry": bradley_terry(ratings, sources, rounds),
         "position": position_bias(ratings),
-        "categories": {name: [asdict(p) for p in group] for name, group in by_category(ratings).items()},
+        "categories": {name: [asdict(p) for p in group] for name, group in by_category(ratings, sources).items()},
         "agreement": agreement(ratings),
         "consistency": consistency(ratings),
         "judge": judge_agreement(ratings),
