@@ -105,8 +105,8 @@ def position_bias(ratings: Sequence[Rating]) -> dict[str, Any]:
 def _fit(wins: Any, iterations: int = 200) -> Any:
     """Maximum-likelihood strengths (natural log scale, mean 0) for a stack of win matrices,
     ``wins[r, i, j]`` being i's wins over j in resample r: Newton's method on all resamples at
-    once (the bootstrap's 1,000 fits take well under a second). A negligible L2 term (FastChat's
-    logistic regression uses C = 1e6) keeps a source that never won finite."""
+    once, as array operations, rather than an optimiser call per resample. A negligible L2 term
+    (FastChat's logistic regression uses C = 1e6) keeps a source that never won finite."""
     import numpy as np
 
     rounds, k, _ = wins.shape
