@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from promptbake.output.export import ExportResult
     from promptbake.output.validate import ValidationReport
     from promptbake.plan.estimate import Estimate
+    from promptbake.rate import RateResults
     from promptbake.specification.models import Spec
     from promptbake.store.batches import BatchFile
     from promptbake.store.train_jobs import TrainJob
@@ -347,21 +348,57 @@ def export(directory: PathLike, formats: str | Iterable[str], out: PathLike, *, 
 
 
 def report(source: PathLike, out: PathLike | None = None, *, kind: Literal["dataset", "eval"] | None = None,
-           store: PathLike | None = None, spec: SpecSource | None = None, sample: int | None = None) -> Path:
+           store: PathLike | None = None, spec: SpecSource | None = None, sample: int | None = None,
+           ratings: PathLike | None = None) -> Path:
     """Write one self-contained HTML page about a built dataset directory (counts, plots, kept and
     dropped examples; default ``DIR/report.html``) or an eval results file (pass rates, sweeps;
     default: the file with an ``.html`` suffix); returns its path. ``kind`` says which ``source``
     is when its type is not enough (default: a file is eval results). ``store`` (default
     ``DIR/promptbake.db`` when it exists) adds timings, failures and dropped texts; ``spec`` the
     requested counts when there is no store. ``sample`` caps the examples of each kind listed
-    (default 1,000)."""
+    (default 1,000). ``ratings`` (a ``rate`` store) adds the people's ratings as a section."""
     from promptbake.output.report import SAMPLE, write_eval_report, write_report
 
     sample = SAMPLE if sample is None else sample
+    sections = [rate_results(ratings).section()] if ratings is not None else []
     if kind == "eval" or (kind is None and Path(source).is_file()):
-        return write_eval_report(source, out, sample=sample)
+        return write_eval_report(source, out, sample=sample, sections=sections)
     return write_report(source, out, store=store, spec=load_spec(spec) if spec is not None else None,
-                        sample=sample)
+                        sample=sample, sections=sections)
+
+
+async def rate_async(sources: Sequence[PathLike], out: PathLike, *, port: int = 8770, host: str | None = None,
+                     raters_per_item: int | None = None, repeat_share: float | None = None, seed: int | None = None,
+                     on_ready: Callable[[str], None] | None = None) -> None:
+    """Serve the blind side-by-side rating page for ``sources`` (eval files, built datasets; two or
+    more, ``NAME=PATH`` to name one) until cancelled, storing each rating in ``out`` (a SQLite file,
+    or a directory holding ``ratings.db``) as it is given. Started again, it resumes every rater
+    where they were (``sources`` may then be empty). Each unit (an example and a pair of sources) is
+    given to ``raters_per_item`` raters (default 1), and a ``repeat_share`` of a rater's units
+    (default 0.1) comes back to them, sides swapped. It listens on 127.0.0.1, or on ``host``, which
+    then needs a random token in the URL; ``on_ready`` receives the URL to open."""
+    from promptbake.rate.assign import open_study
+    from promptbake.rate.server import serve
+
+    store = open_study(out, [str(s) for s in sources], raters_per_item=raters_per_item, repeat_share=repeat_share,
+                       seed=seed)
+    with store:
+        await serve(store, host=host, port=port, on_ready=on_ready)
+
+
+rate = synchronous(rate_async)
+
+
+def rate_results(ratings: PathLike, *, rounds: int | None = None) -> RateResults:
+    """The statistics of a ratings store: win rate of each pair with Wilson 95% intervals,
+    Bradley–Terry strengths with ``rounds`` (default 1,000) bootstrap rounds when there are more
+    than two sources, position bias, per-category results, inter-rater agreement, self-consistency
+    and, where the eval files carried judge scores, judge–human agreement. ``.format()`` is the
+    text ``promptbake rate --results`` prints, ``.to_json()`` its ``--json``, ``.section()`` the
+    report's HTML section."""
+    from promptbake.rate import RateResults
+
+    return RateResults.load(ratings, rounds)
 
 
 async def batch_status_async(store: PathLike, *, refresh: bool = True,

@@ -21,9 +21,11 @@ from promptbake.cli.main import cli
               help="The spec, for requested counts when there is no store.")
 @click.option("--sample", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Most examples of each kind (kept, dropped) listed in the page.")
+@click.option("--ratings", type=click.Path(exists=True),
+              help="A `promptbake rate` store: adds the people's ratings as a section.")
 def report(source: str, output: str | None, is_eval: bool, store_path: str | None, spec_path: str | None,
-           sample: int) -> None:
+           sample: int, ratings: str | None) -> None:
     """Write an HTML report of a built dataset DIR or an eval results file: counts, plots, examples."""
     written = api.report(source, output, kind="eval" if is_eval else None, store=store_path, spec=spec_path,
-                         sample=sample)
+                         sample=sample, ratings=ratings)
     click.echo(f"report: {written}", err=True)

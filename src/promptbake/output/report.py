@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import statistics
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -641,14 +641,16 @@ def _write(page: Callable[[], str], out: Path, source: Path) -> Path:
 
 
 def write_report(directory: str | Path, out: str | Path | None = None, *, store: str | Path | None = None,
-                 spec: Spec | str | Path | None = None, sample: int = SAMPLE) -> Path:
-    """``DIR/report.html`` (or ``out``) for the dataset built in ``directory``."""
+                 spec: Spec | str | Path | None = None, sample: int = SAMPLE, sections: Sequence[Markup] = ()) -> Path:
+    """``DIR/report.html`` (or ``out``) for the dataset built in ``directory``; ``sections`` are
+    HTML sections made elsewhere (people's ratings), added after the report's own."""
     data = load_dataset(directory, store, spec)
-    return _write(lambda: render(dataset_context(data, sample)), Path(out) if out else Path(directory) / REPORT,
-                  Path(directory))
+    return _write(lambda: render({**dataset_context(data, sample), "sections": list(sections)}),
+                  Path(out) if out else Path(directory) / REPORT, Path(directory))
 
 
-def write_eval_report(path: str | Path, out: str | Path | None = None, *, sample: int = SAMPLE) -> Path:
-    """``EVAL.html`` (or ``out``) for an eval results file."""
-    return _write(lambda: render(eval_context(path, sample)), Path(out) if out else Path(path).with_suffix(".html"),
-                  Path(path))
+def write_eval_report(path: str | Path, out: str | Path | None = None, *, sample: int = SAMPLE,
+                      sections: Sequence[Markup] = ()) -> Path:
+    """``EVAL.html`` (or ``out``) for an eval results file, with ``sections`` as for a dataset."""
+    return _write(lambda: render({**eval_context(path, sample), "sections": list(sections)}),
+                  Path(out) if out else Path(path).with_suffix(".html"), Path(path))

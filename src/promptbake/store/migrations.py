@@ -17,12 +17,16 @@ def migration(fn: Callable[[sqlite3.Connection], None]) -> Callable[[sqlite3.Con
     return fn
 
 
-def migrate(db: sqlite3.Connection) -> list[str]:
-    """Apply pending migrations in order; returns the names applied now."""
+Migrations = list[tuple[str, Callable[[sqlite3.Connection], None]]]
+
+
+def migrate(db: sqlite3.Connection, migrations: Migrations | None = None) -> list[str]:
+    """Apply pending migrations in order (the store's, or another database's list, such as the
+    ratings store's); returns the names applied now."""
     db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at REAL)")
     done = {row[0] for row in db.execute("SELECT name FROM _migrations")}
     applied = []
-    for name, fn in MIGRATIONS:
+    for name, fn in MIGRATIONS if migrations is None else migrations:
         if name in done:
             continue
         # the connection autocommits, so BEGIN explicitly: a migration and its record land together

@@ -102,7 +102,8 @@ def score_row(item: TestItem, settings: dict[str, Any], answer: dict[str, str] |
     there was nothing to score (no checks or rubric, or the call or the judge failed)."""
     text = answer["text"] if answer is not None else None
     row: dict[str, Any] = {
-        "id": item.id, "category": item.category, "settings": settings, "output": text,
+        # the prompt rides along so that the file alone shows what each output replied to (`promptbake rate`)
+        "id": item.id, "category": item.category, "prompt": item.prompt, "settings": settings, "output": text,
         "finish_reason": answer.get("finish_reason") if answer is not None else None,
         "error": error, "length": len(text) if text is not None else None,
         "json": _is_json(text) if text is not None else None,
