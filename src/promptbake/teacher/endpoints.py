@@ -13,7 +13,9 @@ rather than with 429s. An endpoint that keeps failing (connection errors, 5xx, t
 ``STREAK`` in a row) is taken out for a backoff that doubles up to ``BACKOFF_CAP``, then probed
 with one request; its failed attempts go back to the pool, which retries them like any failed
 attempt, and the fleet admits the retries elsewhere. Nothing is lost, and every attempt is in the
-store.
+store. When every endpoint has failed ``DOWN_PROBES`` probes in a row (about 7 s of backoff), no
+retry has anywhere left to go: the fleet raises :class:`FleetDown`, naming each endpoint and its
+last error, as one unreachable server stops a single-endpoint run.
 
 Cache keys: every endpoint's answer is stored under the request's planned model. Replicas of one
 model plan with that model's name, so they share cache keys with each other and with a run on a
@@ -32,6 +34,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from promptbake.errors import TeacherError
 from promptbake.specification.models import TeacherConfig
 from promptbake.teacher.client import AttemptError, ChatClient, ChatResult, Endpoint, RateInfo, RateLimited
 from promptbake.teacher.config import model_name, remote_endpoint
@@ -39,6 +42,7 @@ from promptbake.teacher.limiter import Clock, Limiter, Permit
 
 STREAK = 3  # consecutive failures that take an endpoint out
 BACKOFF_START, BACKOFF_CAP = 1.0, 60.0  # seconds out of rotation, doubling while probes fail
+DOWN_PROBES = 3  # failed probes in a row on every endpoint (1 + 2 + 4 s out) and the fleet gives up
 # Latency: an endpoint whose recent latency (EWMA over ~20 answers, smooth enough that 50-500 ms
 # of ordinary spread never doubles it) exceeds LATENCY_RISE x its lowest is overloaded: its
 # concurrency is halved, as on a 429. LATENCY_SAMPLES answers first, to learn the floor.
@@ -80,6 +84,10 @@ class EndpointStats:
                 f"{timing}, errors: {errors}{out}")
 
 
+class FleetDown(TeacherError):
+    """Every endpoint keeps failing its probes: no attempt has anywhere left to go."""
+
+
 class _Member:
     """One endpoint of the fleet: its client, its limiter, its health."""
 
@@ -94,6 +102,8 @@ class _Member:
         self.out_since = float("-inf")  # when it was last taken out
         self.probing = False  # back from a time-out: one request at a time until one succeeds
         self.backoff = BACKOFF_START
+        self.outs = 0  # times taken out since its last answer: 1 + the probes that failed
+        self.last_error = ""
         self.recent: float | None = None  # EWMA of latency, seconds
         self.floor = float("inf")  # lowest EWMA seen
 
@@ -158,6 +168,7 @@ class Fleet:
     async def acquire(self, tokens: int) -> Permit:
         async with self._lock:
             while True:
+                self._check_alive()
                 now = self.clock()
                 waits = [(m.wait(tokens, now), m.load(), i) for i, m in enumerate(self.members)]
                 wait, _, at = min(waits)
@@ -171,6 +182,12 @@ class Fleet:
             permit = await member.limiter.acquire(tokens)
         permit.client = self._clients[id(member)]
         return permit
+
+    def _check_alive(self) -> None:
+        """Raise :class:`FleetDown` once every endpoint has failed ``DOWN_PROBES`` probes in a row."""
+        if all(m.outs > DOWN_PROBES for m in self.members):
+            each = "; ".join(f"{m.endpoint.where()}: {m.last_error[:200]}" for m in self.members)
+            raise FleetDown(f"every endpoint is down ({DOWN_PROBES} probes in a row failed on each): {each}")
 
     def _member(self, permit: Permit) -> _Member:
         assert isinstance(permit.client, _MemberClient)
@@ -206,6 +223,7 @@ class Fleet:
         stats.completion_tokens += result.completion_tokens
         stats.latency_s.append(now - start)
         member.streak = 0
+        member.outs = 0
         if member.probing and member.out_until <= now:
             member.probing, member.backoff = False, BACKOFF_START
         member.limiter.succeeded()
@@ -225,6 +243,7 @@ class Fleet:
         unhealthy = exc.kind in ("connection", "timeout") or (exc.status or 0) >= 500
         if not unhealthy or isinstance(exc, RateLimited) or start < member.out_since:
             return  # an attempt sent before the last take-out says nothing new about the endpoint
+        member.last_error = str(exc)
         member.streak += 1
         if member.probing or member.streak >= STREAK:
             member.out_since = self.clock()
@@ -232,7 +251,9 @@ class Fleet:
             member.backoff = min(member.backoff * 2, BACKOFF_CAP)
             member.probing = True
             member.streak = 0
+            member.outs += 1
             member.stats.taken_out += 1
+            self._changed.set()  # the head waiter looks again: this may have been the last one up
 
     def summary(self) -> dict[str, EndpointStats]:
         """Per endpoint (``base_url model``), what it did."""
