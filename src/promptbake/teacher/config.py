@@ -65,7 +65,9 @@ def merge(config: TeacherConfig, teacher: Teacher | None) -> TeacherConfig:
         return config
     given = {f.name: getattr(teacher, f.name) for f in fields(teacher)
              if f.name != "endpoints" and getattr(teacher, f.name) is not None}
-    data = config.model_dump()
+    # only what the spec set: the result's ``model_fields_set`` then still tells a field the user
+    # named (``api_key_env``, see remote_endpoint) from a default
+    data = config.model_dump(exclude_unset=True)
     data.update(given)
     if teacher.prices is not None:
         data["prices"] = {**config.prices, **teacher.prices}  # one model's price, not the whole table
@@ -108,15 +110,22 @@ def endpoint_identity(config: TeacherConfig) -> str:
     return base_url(config)
 
 
-def remote_endpoint(config: TeacherConfig) -> Endpoint:
+def remote_endpoint(config: TeacherConfig, *, key_named: bool | None = None) -> Endpoint:
+    """The remote server and its key. ``key_named``: the user named the key variable (default:
+    whether ``config`` sets ``api_key_env`` rather than defaulting to ``OPENAI_API_KEY``)."""
     url = base_url(config)
+    check_base_url(url)
+    named = "api_key_env" in config.model_fields_set if key_named is None else key_named
     api_key = os.environ.get(config.api_key_env) or None
+    if api_key is None and named:
+        # sent without it, a server that ignores keys answers and nothing says the key was missing
+        raise InputError(f"api_key_env names {config.api_key_env}, which is not set (or empty): export it, "
+                         f"or remove api_key_env to send no key to {url}")
     if api_key is None and url == OPENAI_BASE_URL:
         raise InputError(
             f"no API key: set {config.api_key_env}, point --base-url at an OpenAI-compatible "
             "server, or use --teacher local"
         )
-    check_base_url(url)
     return Endpoint(base_url=url.rstrip("/"), model=model_name(config), api_key=api_key)
 
 

@@ -283,7 +283,9 @@ async def connect(endpoint: Endpoint, config: TeacherConfig) -> AsyncIterator[tu
             })
             concurrency = spec.concurrency or config.concurrency
             # the local servers we started get no API key (the remote check would send one)
-            where = remote_endpoint(own) if config.kind == "remote" else Endpoint(spec.base_url, own.model or "")
+            named = spec.api_key_env is not None or "api_key_env" in config.model_fields_set
+            where = (remote_endpoint(own, key_named=named) if config.kind == "remote"
+                     else Endpoint(spec.base_url, own.model or ""))
             client = await stack.enter_async_context(
                 ChatClient(where, concurrency=concurrency, timeout=config.timeout))
             limiter = Limiter(rpm=spec.rpm or config.rpm, tpm=spec.tpm or config.tpm, concurrency=concurrency)
