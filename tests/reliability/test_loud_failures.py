@@ -12,7 +12,7 @@ from collections import Counter
 
 import pytest
 from fakeserver import FakeServer, Fault, Raw, body_hash
-from relkit import one_line_error, promptbake, pure_answer, statuses, text_spec
+from relkit import cli_env, one_line_error, promptbake, pure_answer, statuses, text_spec
 
 FAST = ("-q", "--max-attempts", "2", "--concurrency", "2")
 
@@ -134,6 +134,24 @@ def test_a_base_url_without_a_scheme_is_refused_before_any_request(tmp_path):
     line = one_line_error(done.stderr)
     assert done.returncode == 2
     assert bare in line and f"http://{bare}" in line, line
+
+
+def test_credentials_in_the_base_url_are_refused_without_echoing_them(tmp_path):
+    """``http://user:pass@host/v1`` used to end in aiohttp's traceback (with a key set) or in
+    messages that printed the password; now one line, exit 2, before any request, password hidden."""
+    with FakeServer().running() as srv:
+        secret = srv.base_url.replace("http://", "http://alice:pw-0f9e8d7c@")
+        env = cli_env(OPENAI_API_KEY="sk-test-key-1234567890")
+        single = promptbake("run", spec(tmp_path), "--out", "out", "--base-url", secret, *FAST, cwd=tmp_path,
+                            env=env)
+        fleet = promptbake("run", spec(tmp_path), "--out", "out", "--base-url", srv.base_url, "--base-url", secret,
+                           *FAST, cwd=tmp_path, env=env)
+        assert srv.count == 0
+    for done in (single, fleet):
+        line = one_line_error(done.stderr)
+        assert done.returncode == 2, done.stderr
+        assert "carries credentials" in line and "http://***@127.0.0.1:" in line, line
+        assert "pw-0f9e8d7c" not in done.stderr + done.stdout
 
 
 def test_a_proxy_error_page_on_every_request_stops_after_the_first_identical_failures(tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import urllib.parse
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, fields
@@ -23,6 +24,7 @@ from promptbake.teacher.client import Endpoint
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 LOCAL_MODEL = "smollm2"
+_USERINFO = re.compile(r"^((?:[A-Za-z][A-Za-z0-9+.-]*:)?//)?[^/@?#]*@")  # user:password@ before the host
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -131,7 +133,16 @@ def remote_endpoint(config: TeacherConfig, *, key_named: bool | None = None) -> 
 
 def check_base_url(base_url: str) -> None:
     """Refuse a URL no request can go to before anything is sent: ``localhost:8000/v1`` parses as
-    scheme ``localhost``, and aiohttp's error for it names neither the flag nor the fix."""
+    scheme ``localhost``, and aiohttp's error for it names neither the flag nor the fix.
+
+    Credentials in it (``http://user:pass@host/v1``) are refused too, never echoed: base URLs are
+    printed in messages and summaries and name endpoints in the store, so a password there would
+    leak, and aiohttp refuses to send them beside the key's ``Authorization`` header anyway."""
+    shown = _USERINFO.sub(lambda m: f"{m[1] or ''}***@", base_url)
+    if shown != base_url:
+        raise InputError(f"--base-url / teacher.base_url {shown!r} carries credentials; base URLs are printed "
+                         "and stored, so they must not: put the key in the variable --api-key-env names "
+                         "(sent as a Bearer token)")
     parts = urllib.parse.urlsplit(base_url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         hint = f"; did you mean http://{base_url}?" if "://" not in base_url else ""
@@ -145,6 +156,8 @@ def open_teacher(config: TeacherConfig) -> Iterator[tuple[Endpoint, TeacherConfi
     if config.kind == "remote" and config.endpoints:
         from promptbake.teacher.endpoints import fleet_model
 
+        for spec in config.endpoints:  # every one before anything is stored or sent
+            check_base_url(spec.base_url)
         # requests are planned under the fleet's model; the pool sends them to its endpoints
         url = config.endpoints[0].base_url
         yield Endpoint(base_url=url.rstrip("/"), model=fleet_model(config)), config
