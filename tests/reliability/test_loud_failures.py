@@ -126,6 +126,23 @@ def test_an_unreachable_server_stops_the_run_after_the_retries(tmp_path):
     assert f"cannot reach the teacher at http://127.0.0.1:{port}/v1 (model gpt-4o-mini) after 2 attempts" in line
 
 
+def test_a_fleet_whose_every_endpoint_is_down_stops_naming_each(tmp_path):
+    """Nobody listens at either address: the run ends (exit 1) after a few failed probes each, with
+    one line naming both endpoints and their error, instead of probing on for ever with 0 failed."""
+    down = []
+    for _ in range(2):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            down.append(f"http://127.0.0.1:{s.getsockname()[1]}/v1")
+    done = promptbake("generate", spec(tmp_path), "--store", "s.db", "-q", "--base-url", down[0],
+                      "--base-url", down[1], cwd=tmp_path, timeout=90)
+    line = one_line_error(done.stderr)
+    assert done.returncode == 1
+    assert "every endpoint is down" in line
+    for url in down:
+        assert f"the teacher at {url} (model gpt-4o-mini): cannot connect" in line, line
+
+
 def test_a_base_url_without_a_scheme_is_refused_before_any_request(tmp_path):
     with FakeServer().running() as srv:
         bare = srv.base_url.removeprefix("http://")
