@@ -58,6 +58,7 @@ GGML_CPU = "libggml-cpu.so.0"  # the soname libggml.so loads the CPU backend by
 CPUINFO = Path("/proc/cpuinfo")
 _CPU_LINES = ("flags", "features", "model name", "cpu part", "cpu implementer")  # x86 and ARM spellings
 _VERSION = re.compile(r"^Version:\s*(\S+)\s*$", re.M)
+_STOPS = {signal.SIGINT, signal.SIGTERM}  # what interrupts a build (the CLI turns SIGTERM into Ctrl-C)
 
 Echo = Callable[[str], None]
 
@@ -235,15 +236,24 @@ def _compile(cmake: str, tree: Path, prefix: Path, work: Path, jobs: int, target
 def _run_group(argv: list[str], out: IO[bytes]) -> int:
     """Run one build command as the leader of its own process group. Interrupted, it kills the
     whole group (the compilers cmake started too) and waits for the leader, so nothing writes into
-    the build tree while it is being removed, and nothing compiles on after we are gone."""
-    process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    the build tree while it is being removed, and nothing compiles on after we are gone.
+
+    Ctrl-C and SIGTERM are held back while the child starts: one arriving inside ``Popen`` would
+    interrupt it after the fork, before we know the pid to kill. The child gets the mask back."""
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)
     try:
-        return process.wait()
-    except BaseException:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-        raise
+        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                   preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_SETMASK, held))
+        try:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)  # one that came meanwhile is raised here
+            return process.wait()
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            raise
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 def server_env(binary: Path) -> dict[str, str]:
