@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,24 @@ split:
   test: 0.25
   seed: 1
 """
+
+
+def sigint_default() -> None:
+    """``preexec_fn`` for a child a test stops with SIGINT. A shell without job control (a
+    background ``&``, CI) starts its children with SIGINT ignored, and every process inherits that;
+    Python then installs no Ctrl-C handler, and the child would never see the test's Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def ctrl_c_raises() -> Iterator[None]:
+    """SIGINT raises KeyboardInterrupt in this process for the block, even if it was started with
+    SIGINT ignored (see :func:`sigint_default`)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def write_spec(directory: Path, text: str = MINIMAL_SPEC, name: str = "spec.yaml") -> Path:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 from fakeserver import FakeServer
-from helpers import MINIMAL_SPEC, list_then_reply_responder, write_spec
+from helpers import MINIMAL_SPEC, ctrl_c_raises, list_then_reply_responder, write_spec
 
 import promptbake
 from promptbake.errors import InputError, SpecError
@@ -153,7 +153,7 @@ def test_interrupt_in_a_running_loop_cancels_the_work_and_waits_for_it(tmp_path)
 
     loop = asyncio.new_event_loop()  # like a kernel's loop: SIGINT raises KeyboardInterrupt in the cell
     try:
-        with pytest.raises(KeyboardInterrupt):
+        with ctrl_c_raises(), pytest.raises(KeyboardInterrupt):
             loop.run_until_complete(cell())
     finally:
         loop.close()

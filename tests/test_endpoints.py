@@ -278,3 +278,25 @@ def test_failures_of_attempts_sent_before_a_take_out_do_not_extend_it():
     ok, taken_out, backoff = asyncio.run(scenario())
     assert ok == 100
     assert taken_out == 1 and backoff == 2.0  # 16 refused at once are one failure of the endpoint
+
+
+def test_an_endpoint_whose_key_variable_is_unset_is_refused_before_any_request(tmp_path, monkeypatch):
+    monkeypatch.delenv("PB_TEST_UNSET_KEY", raising=False)
+    monkeypatch.setenv("PB_TEST_SET_KEY", "sk-test-0123456789")
+    with FakeServer().running() as a, FakeServer().running() as b:
+        spec = grid_spec(10).replace(
+            "teacher: {model: m1, concurrency: 4, max_attempts: 8}",
+            f"teacher:\n  model: m1\n  endpoints:\n    - {{base_url: {a.base_url}, api_key_env: PB_TEST_SET_KEY}}\n"
+            f"    - {{base_url: {b.base_url}, api_key_env: PB_TEST_UNSET_KEY}}",
+        )
+        write_spec(tmp_path, spec)
+        fleet = CliRunner().invoke(cli, ["generate", "spec.yaml", "--store", "s.db", "-q"])
+        write_spec(tmp_path, grid_spec(10))
+        single = CliRunner().invoke(cli, ["generate", "spec.yaml", "--store", "s.db", "-q", "--base-url", a.base_url,
+                                          "--api-key-env", "PB_TEST_UNSET_KEY"])
+        sent = a.count + b.count
+    for result in (fleet, single):
+        assert result.exit_code == 2, result.output
+        assert "api_key_env names PB_TEST_UNSET_KEY, which is not set" in result.output, result.output
+        assert "Traceback" not in result.output
+    assert sent == 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from helpers import sigint_default
 
 from promptbake.cli.main import cli
 from promptbake.errors import TeacherError
@@ -101,6 +103,131 @@ def test_without_llama_cpp_python_the_install_extra_is_named(monkeypatch):
     with pytest.raises(TeacherError, match=r"pip install 'promptbake\[local\]'"):
         engine.installed_llama()
     assert engine.find_llama_server() is None  # then the local teacher cannot run at all, and says so
+
+
+# --- building with a stand-in cmake (nothing is compiled) ----------------------------------------
+
+STUB_CMAKE = """#!/bin/sh
+# records its pid; with STUB_HANG set, also a child's, then waits as a long compile would
+echo "$$" >> "$STUB_LOG"
+[ -n "$STUB_HANG" ] || exit 1
+sleep 300 &
+echo "$!" >> "$STUB_LOG"
+wait
+"""
+SRC = Path(__file__).resolve().parent.parent / "src"
+
+
+def stub_cmake(tmp_path: Path) -> dict[str, str]:
+    """An environment whose ``cmake`` is the stand-in above, with its own cache and temp folder."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "cmake").write_text(STUB_CMAKE)
+    (bin_dir / "cmake").chmod(0o755)
+    (tmp_path / "tmp").mkdir()
+    return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "STUB_LOG": str(tmp_path / "cmake.log"),
+            "TMPDIR": str(tmp_path / "tmp"), "XDG_CACHE_HOME": str(tmp_path / "cache"), "PYTHONPATH": str(SRC)}
+
+
+def unpacked_sdist(tmp_path: Path, version: str) -> Path:
+    """A folder shaped like llama-cpp-python ``version``'s unpacked sdist (no real sources)."""
+    root = tmp_path / f"llama_cpp_python-{version}"
+    (root / "vendor" / "llama.cpp" / "tools" / "server").mkdir(parents=True)
+    (root / "PKG-INFO").write_text(f"Metadata-Version: 2.1\nName: llama_cpp_python\nVersion: {version}\n")
+    return root
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state not in ("Z", "X")  # a zombie has stopped running; nobody may be left to reap it
+
+
+@pytest.fixture
+def installed_version() -> str:
+    """The installed llama-cpp-python's version (the build needs its libraries' CMake config)."""
+    try:
+        return engine.installed_llama()[0]
+    except TeacherError:
+        pytest.skip("needs llama-cpp-python installed")
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_build_stops_cmake_and_its_children_and_removes_its_tree(tmp_path, stop, installed_version):
+    env = {**stub_cmake(tmp_path), "STUB_HANG": "1"}
+    source = unpacked_sdist(tmp_path, installed_version)
+    build = subprocess.Popen([sys.executable, "-m", "promptbake", "teacher", "build", "--source", str(source)],
+                             cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True, preexec_fn=sigint_default)
+    pids: list[int] = []
+    try:
+        deadline = time.monotonic() + 60
+        while len(pids) < 2 and time.monotonic() < deadline and build.poll() is None:
+            time.sleep(0.05)
+            log = tmp_path / "cmake.log"
+            pids = [int(p) for p in log.read_text().split()] if log.is_file() else []
+        assert len(pids) == 2, build.stderr.read() if build.poll() is not None and build.stderr else pids
+        assert list((tmp_path / "tmp").iterdir())  # the build tree exists while cmake runs
+        build.send_signal(stop)
+        _, err = build.communicate(timeout=30)
+        assert build.returncode == 130, err
+        assert "Interrupted: the build was stopped" in err and "Traceback" not in err, err
+        deadline = time.monotonic() + 10  # SIGKILL is sent; the kernel ends them as they are scheduled
+        while [pid for pid in pids if _alive(pid)] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not [pid for pid in pids if _alive(pid)]  # cmake and what it started
+        assert list((tmp_path / "tmp").iterdir()) == []
+        assert not [p for p in (tmp_path / "cache").rglob(engine.BINARY) if p.is_file()]  # nothing installed
+    finally:
+        if build.poll() is None:
+            build.kill()
+            build.wait()
+        for pid in pids:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("packed", [True, False])
+def test_a_source_of_another_llama_cpp_python_version_is_refused_in_one_line(tmp_path, packed, installed_version):
+    env = stub_cmake(tmp_path)
+    source: Path = unpacked_sdist(tmp_path, "0.0.1")
+    if packed:
+        with tarfile.open(tmp_path / "llama_cpp_python-0.0.1.tar.gz", "w:gz") as sdist:
+            sdist.add(source, arcname=source.name)
+        source = tmp_path / "llama_cpp_python-0.0.1.tar.gz"
+    done = subprocess.run([sys.executable, "-m", "promptbake", "teacher", "build", "--source", str(source)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1, done.stderr
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert f"{source} holds llama-cpp-python 0.0.1, but {installed_version} is installed" in lines[0], lines[0]
+    assert not (tmp_path / "cmake.log").exists()  # refused before anything was compiled
+
+
+def test_the_build_is_cached_per_cpu(tmp_path, monkeypatch, installed_version):
+    """ggml is compiled for the CPU it is built on: a cache shared with another CPU (a home folder
+    on NFS, a copied container) must not find that build."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    cpuinfo = tmp_path / "cpuinfo"
+    monkeypatch.setattr(engine, "CPUINFO", cpuinfo)
+
+    def home_on(flags: str) -> Path:
+        cpuinfo.write_text(f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: {flags}\n\n"
+                           f"processor\t: 1\nflags\t\t: {flags} other\n")
+        return engine.home()
+
+    assert home_on("fpu sse2 avx2") == home_on("avx2 fpu sse2")  # the same CPU, however listed
+    assert home_on("fpu sse2 avx2") != home_on("fpu sse2 avx2 avx512f")
+
+
+def test_help_texts_do_not_say_the_local_server_batches():
+    """The local teacher runs llama-server with one slot (--parallel 1): it answers one request at a time."""
+    shown = CliRunner().invoke(cli, ["teacher", "build", "--help"]).output
+    readme = (SRC.parent / "README.md").read_text()
+    for text in (shown, readme, engine.__doc__ or ""):
+        assert "batches requests" not in text and "continuous batching" not in text
+    assert "one request at a time" in " ".join(shown.split())
 
 
 # --- the real model on llama-server (slow) -------------------------------------------------------

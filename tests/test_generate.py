@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from fakeserver import FakeServer, Fault
-from helpers import MINIMAL_SPEC, list_then_reply_responder, write_spec
+from helpers import MINIMAL_SPEC, list_then_reply_responder, sigint_default, write_spec
 
 from promptbake.cli.main import cli
 
@@ -336,7 +336,8 @@ def test_ctrl_c_says_how_to_resume_and_keeps_answers(tmp_path):
         cmd = [sys.executable, "-m", "promptbake", "generate", str(spec), "--store", "s.db", "--base-url",
                srv.base_url, "-q", "--concurrency", "4"]
         env = {**os.environ, "PYTHONPATH": str(TESTS.parent / "src")}
-        proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=sigint_default)
         deadline = time.monotonic() + 30
         while statuses(tmp_path / "s.db").get("ok", 0) < STEP0 + 4 and time.monotonic() < deadline:
             time.sleep(0.1)

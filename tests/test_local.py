@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from helpers import sigint_default
 
 from promptbake.errors import TeacherError
 from promptbake.teacher import local
@@ -404,7 +405,7 @@ def test_real_server_is_gone_after_an_exception_in_the_block():
 def test_teacher_serve_runs_until_ctrl_c():
     _require_local_teacher()
     serve = subprocess.Popen([sys.executable, "-m", "promptbake", "teacher", "serve"],
-                             stderr=subprocess.PIPE, text=True)
+                             stderr=subprocess.PIPE, text=True, preexec_fn=sigint_default)
     try:
         assert serve.stderr is not None
         banner = serve.stderr.readline()

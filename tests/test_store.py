@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+from helpers import write_spec
 
 from promptbake.store import migrations
 from promptbake.store.db import Store
@@ -56,3 +61,23 @@ def test_a_store_from_before_append_only_answers_keeps_every_answer_in_use(tmp_p
     with Store(path) as store:
         assert [r.outputs for r in store.succeeded("s", 0)] == [["hi"]]
         assert store.db.execute("SELECT response_id FROM requests").fetchone() == (1,)
+
+
+def test_a_store_from_a_newer_promptbake_is_refused_untouched(tmp_path):
+    """A store that holds a migration this version does not know was written by a newer
+    promptbake: commands that open it (to write, or to read) refuse in one line, exit 2, and leave
+    it as it was."""
+    with Store(tmp_path / "s.db") as store:
+        store.db.execute("INSERT INTO _migrations VALUES ('m999_from_the_future', 0)")
+    before = (tmp_path / "s.db").read_bytes()
+    write_spec(tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent / "src")}
+    for args in (["generate", "spec.yaml", "--store", "s.db", "--base-url", "http://127.0.0.1:9/v1"],
+                 ["build", "s.db", "--out", "out"]):
+        done = subprocess.run([sys.executable, "-m", "promptbake", *args], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=60)
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 2, done.stderr
+        assert len(lines) == 1 and lines[0].startswith("Error: ") and "Traceback" not in done.stderr, done.stderr
+        assert "s.db was written by a newer promptbake" in lines[0] and "m999_from_the_future" in lines[0]
+        assert (tmp_path / "s.db").read_bytes() == before

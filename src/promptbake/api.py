@@ -463,9 +463,10 @@ def local_teacher(host: str = "127.0.0.1", port: int | None = None) -> LocalTeac
 def build_local_teacher(source: PathLike | None = None, *, force: bool = False,
                         echo: Callable[[str], None] | None = None) -> Path:
     """Build llama.cpp's ``llama-server`` for the local teacher, once (about 2 minutes; a no-op
-    when it is built): it batches requests, so the local teacher answers about twice as fast as on
-    llama-cpp-python's own server. ``source`` is llama-cpp-python's sdist for machines without
-    PyPI; ``echo`` receives progress lines. Returns the binary's path."""
+    when it is built for this llama-cpp-python and CPU): the local teacher then runs one per core,
+    each answering one request at a time, faster than on llama-cpp-python's own server.
+    ``source`` is the installed llama-cpp-python's sdist, for machines without PyPI (another
+    version is refused); ``echo`` receives progress lines. Returns the binary's path."""
     from promptbake.teacher.engine import build_llama_server
 
     return build_llama_server(source, force=force, echo=echo)

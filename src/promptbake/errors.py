@@ -58,6 +58,13 @@ class StoreError(PromptbakeError):
     """The SQLite store cannot be opened, is locked by another run, or cannot be written."""
 
 
+class StoreTooNew(StoreError):
+    """The store was written by a newer promptbake (it holds migrations this one does not know):
+    refused untouched, since this version would write rows the newer schema does not expect."""
+
+    exit_code = 2
+
+
 class IndexUnavailable(PromptbakeError):
     """The shared dedupe index (``dedupe.storage``) cannot be reached or answered with an error."""
 

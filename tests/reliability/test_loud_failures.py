@@ -8,10 +8,11 @@ from __future__ import annotations
 import json
 import socket
 import sqlite3
+from collections import Counter
 
 import pytest
-from fakeserver import FakeServer, Fault, Raw
-from relkit import one_line_error, promptbake, pure_answer, statuses, text_spec
+from fakeserver import FakeServer, Fault, Raw, body_hash
+from relkit import cli_env, one_line_error, promptbake, pure_answer, statuses, text_spec
 
 FAST = ("-q", "--max-attempts", "2", "--concurrency", "2")
 
@@ -46,7 +47,7 @@ UNREADABLE = {
 }
 
 
-@pytest.mark.parametrize("shape", sorted(UNREADABLE))
+@pytest.mark.parametrize("shape", sorted(set(UNREADABLE) - {"error_in_200"}))
 def test_an_answer_no_client_can_read_stops_the_run_at_once(tmp_path, shape):
     with FakeServer(responder=lambda body: UNREADABLE[shape]).running() as srv:
         done = promptbake("generate", spec(tmp_path), "--store", "s.db", "--base-url", srv.base_url, *FAST,
@@ -57,6 +58,37 @@ def test_an_answer_no_client_can_read_stops_the_run_at_once(tmp_path, shape):
     assert srv.base_url in line and "gpt-4o-mini" in line, line
     assert sent <= 2, sent  # --concurrency 2: the two first requests, nothing after
     assert statuses(tmp_path / "s.db") == {"pending": 18}  # nothing marked failed: a re-run sends them
+
+
+def test_a_200_carrying_an_error_on_every_attempt_stops_after_two_requests_repeat_it(tmp_path):
+    with FakeServer(responder=lambda body: UNREADABLE["error_in_200"]).running() as srv:
+        done = promptbake("generate", spec(tmp_path), "--store", "s.db", "--base-url", srv.base_url, *FAST,
+                          "--max-attempts", "6", cwd=tmp_path)
+        sent = srv.count
+    line = one_line_error(done.stderr)
+    assert done.returncode == 1, done.stderr
+    assert srv.base_url in line and "gpt-4o-mini" in line and "upstream model is overloaded" in line, line
+    assert "twice in a row" in line, line
+    # --concurrency 2: each request tried twice (not 6 times), and a third one at most begun
+    assert sent <= 6, sent
+    assert sum(statuses(tmp_path / "s.db").values()) == 18
+
+
+def test_a_200_carrying_an_error_on_each_first_attempt_is_retried_not_the_end_of_the_run(tmp_path):
+    """A proxy passes on an upstream hiccup as a 200 with an error body, on the first attempt of
+    every request; every retry is answered. The breaker looks at requests, not at first attempts."""
+    tries: Counter[str] = Counter()
+
+    def respond(body: dict) -> Raw | str:
+        tries[body_hash(body)] += 1
+        return UNREADABLE["error_in_200"] if tries[body_hash(body)] == 1 else pure_answer(body)
+
+    with FakeServer(responder=respond).running() as srv:
+        done = promptbake("run", spec(tmp_path, 4, 4, 1), "--out", "out", "--base-url", srv.base_url, *FAST,
+                          "--concurrency", "8", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert set(tries.values()) == {2}, tries  # each request: the error, then its answer
+    assert statuses(tmp_path / "out" / "promptbake.db") == {"ok": 16}
 
 
 def test_a_400_on_every_request_stops_after_the_second(tmp_path):
@@ -94,6 +126,23 @@ def test_an_unreachable_server_stops_the_run_after_the_retries(tmp_path):
     assert f"cannot reach the teacher at http://127.0.0.1:{port}/v1 (model gpt-4o-mini) after 2 attempts" in line
 
 
+def test_a_fleet_whose_every_endpoint_is_down_stops_naming_each(tmp_path):
+    """Nobody listens at either address: the run ends (exit 1) after a few failed probes each, with
+    one line naming both endpoints and their error, instead of probing on for ever with 0 failed."""
+    down = []
+    for _ in range(2):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            down.append(f"http://127.0.0.1:{s.getsockname()[1]}/v1")
+    done = promptbake("generate", spec(tmp_path), "--store", "s.db", "-q", "--base-url", down[0],
+                      "--base-url", down[1], cwd=tmp_path, timeout=90)
+    line = one_line_error(done.stderr)
+    assert done.returncode == 1
+    assert "every endpoint is down" in line
+    for url in down:
+        assert f"the teacher at {url} (model gpt-4o-mini): cannot connect" in line, line
+
+
 def test_a_base_url_without_a_scheme_is_refused_before_any_request(tmp_path):
     with FakeServer().running() as srv:
         bare = srv.base_url.removeprefix("http://")
@@ -102,6 +151,24 @@ def test_a_base_url_without_a_scheme_is_refused_before_any_request(tmp_path):
     line = one_line_error(done.stderr)
     assert done.returncode == 2
     assert bare in line and f"http://{bare}" in line, line
+
+
+def test_credentials_in_the_base_url_are_refused_without_echoing_them(tmp_path):
+    """``http://user:pass@host/v1`` used to end in aiohttp's traceback (with a key set) or in
+    messages that printed the password; now one line, exit 2, before any request, password hidden."""
+    with FakeServer().running() as srv:
+        secret = srv.base_url.replace("http://", "http://alice:pw-0f9e8d7c@")
+        env = cli_env(OPENAI_API_KEY="sk-test-key-1234567890")
+        single = promptbake("run", spec(tmp_path), "--out", "out", "--base-url", secret, *FAST, cwd=tmp_path,
+                            env=env)
+        fleet = promptbake("run", spec(tmp_path), "--out", "out", "--base-url", srv.base_url, "--base-url", secret,
+                           *FAST, cwd=tmp_path, env=env)
+        assert srv.count == 0
+    for done in (single, fleet):
+        line = one_line_error(done.stderr)
+        assert done.returncode == 2, done.stderr
+        assert "carries credentials" in line and "http://***@127.0.0.1:" in line, line
+        assert "pw-0f9e8d7c" not in done.stderr + done.stdout
 
 
 def test_a_proxy_error_page_on_every_request_stops_after_the_first_identical_failures(tmp_path):

@@ -124,6 +124,38 @@ def test_a_30_mb_body_is_refused_with_a_reason(tmp_path):
     assert "larger than 16 MiB" in error
 
 
+def test_a_30_mb_body_once_is_asked_again_and_the_run_is_whole(tmp_path):
+    huge = Raw.completion([Raw.choice("x" * 30 * 2**20)])
+    sent: list[str] = []
+
+    def respond(body: dict) -> Raw | str:
+        sent.append(prompt(body))
+        return huge if sent.count(prompt(body)) == 1 and "x1 and y2" in prompt(body) else f"fine: {prompt(body)}"
+
+    done = generate(tmp_path, respond)
+    assert done.returncode == 0, done.stderr
+    assert len(contents(tmp_path / "s.db")) == 6
+    assert sent.count("Say something about x1 and y2.") == 2
+
+
+def test_a_request_refused_for_size_on_every_attempt_is_topped_up(tmp_path):
+    """Both attempts of round 0 get a 30 MB body; the top-up round asks again (another seed) and
+    the cell fills: a body too large is about one answer, not about the request."""
+    huge = Raw.completion([Raw.choice("x" * 30 * 2**20)])
+    sent: list[str] = []
+
+    def respond(body: dict) -> Raw | str:
+        sent.append(prompt(body))
+        return huge if sent.count(prompt(body)) <= 2 and "x1 and y2" in prompt(body) else f"fine: {body['seed']}"
+
+    (tmp_path / "spec.yaml").write_text(text_spec(2, 3, 1, test=0.5), encoding="utf-8")
+    with FakeServer(responder=respond).running() as srv:
+        done = promptbake("run", "spec.yaml", "--out", "out", "--base-url", srv.base_url, *FAST, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert sent.count("Say something about x1 and y2.") == 3  # two in round 0, one in the top-up
+    assert len(contents(tmp_path / "out" / "promptbake.db")) == 6
+
+
 def test_fewer_choices_than_n_keeps_what_came(tmp_path):
     spec = text_spec(2, 2, 3).replace("    seed: 7\n", "    seed: 7\n    n: 3\n") + "max_rounds: 0\n"
 

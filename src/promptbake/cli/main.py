@@ -360,6 +360,17 @@ def build(source: str, out_dir: str, store_path: str | None, spec_name: str | No
         click.get_current_context().exit(failed.exit_code)
 
 
+def _sigterm_interrupts() -> None:
+    """SIGTERM raises KeyboardInterrupt from here on, so a process stopped by a supervisor cleans
+    up (stops its children, removes its temporary files) as on Ctrl-C, instead of vanishing."""
+    import signal
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 @cli.group()
 def teacher() -> None:
     """The embedded local teacher: SmolLM2-135M-Instruct on llama.cpp (needs promptbake[local])."""
@@ -371,14 +382,10 @@ def teacher() -> None:
 def serve(host: str, port: int | None) -> None:
     """Serve the local teacher in the foreground for other tools, until Ctrl-C."""
     import json
-    import signal
 
     from promptbake.errors import TeacherError
 
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt  # SIGTERM stops the server as cleanly as Ctrl-C does
-
-    signal.signal(signal.SIGTERM, interrupt)
+    _sigterm_interrupts()  # SIGTERM stops the server as cleanly as Ctrl-C does
     local = api.local_teacher(host, port)
     try:
         with local as server:
@@ -397,15 +404,23 @@ def serve(host: str, port: int | None) -> None:
 
 @teacher.command("build")
 @click.option("--source", type=click.Path(exists=True), default=None,
-              help="llama-cpp-python's sdist (.tar.gz) or its unpacked folder, for a machine without PyPI.")
+              help="llama-cpp-python's sdist (.tar.gz) or its unpacked folder, of the installed version, "
+                   "for a machine without PyPI.")
 @click.option("--force", is_flag=True, help="Build again even if it is built.")
 def build_teacher(source: str | None, force: bool) -> None:
     """Build llama.cpp's llama-server for the local teacher, once (about 2 minutes).
 
     It is compiled against the llama.cpp libraries llama-cpp-python installed, from that version's
-    sources (pip downloads its sdist). The local teacher then batches requests and answers about
-    twice as fast; without it, it runs on llama-cpp-python's own server."""
-    path = api.build_local_teacher(source, force=force, echo=lambda line: click.echo(line, err=True))
+    sources (pip downloads its sdist), for this CPU. The local teacher then runs one llama-server
+    per core, each answering one request at a time, faster than llama-cpp-python's own server,
+    which it runs on otherwise. Ctrl-C or SIGTERM stops the compilers and removes the build tree."""
+    _sigterm_interrupts()
+    try:
+        path = api.build_local_teacher(source, force=force, echo=lambda line: click.echo(line, err=True))
+    except KeyboardInterrupt:
+        click.echo("Interrupted: the build was stopped and its temporary files removed; nothing was installed.",
+                   err=True)
+        raise SystemExit(130) from None
     click.echo(str(path))
 
 

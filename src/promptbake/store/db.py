@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from promptbake.errors import StoreError
-from promptbake.store.migrations import migrate
+from promptbake import __version__
+from promptbake.errors import StoreError, StoreTooNew
+from promptbake.store.migrations import migrate, unknown
 
 PAGE = 2000
 
@@ -229,6 +230,7 @@ class Store:
             self._take_lock()
         try:
             self.db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+            self._refuse_newer()  # before the first write, so a refused store stays byte for byte
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute("PRAGMA foreign_keys=OFF")
@@ -236,6 +238,17 @@ class Store:
         except sqlite3.DatabaseError as exc:
             self._release_lock()
             raise StoreError(f"{self.path}: cannot open the store: {exc}") from exc
+        except StoreTooNew:
+            self.db.close()
+            self._release_lock()
+            raise
+
+    def _refuse_newer(self) -> None:
+        newer = unknown(self.db)
+        if newer:
+            raise StoreTooNew(f"{self.path} was written by a newer promptbake (migration {', '.join(newer)} is "
+                              f"unknown to promptbake {__version__}); upgrade promptbake to use it. It was not "
+                              "changed.")
 
     def _take_lock(self) -> None:
         lock_path = self.path.with_name(self.path.name + ".lock")

@@ -17,6 +17,15 @@ def migration(fn: Callable[[sqlite3.Connection], None]) -> Callable[[sqlite3.Con
     return fn
 
 
+def unknown(db: sqlite3.Connection) -> list[str]:
+    """Migrations the store has applied that this version does not know: a newer promptbake
+    wrote it. Reads only, so a store it refuses is left as it was."""
+    if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_migrations'").fetchone() is None:
+        return []
+    known = {name for name, _ in MIGRATIONS}
+    return [name for (name,) in db.execute("SELECT name FROM _migrations ORDER BY applied_at") if name not in known]
+
+
 Migrations = list[tuple[str, Callable[[sqlite3.Connection], None]]]
 
 

@@ -11,10 +11,12 @@ in a repr, an exception message or anything the server echoes back to us: the wh
 scrubbed of the key, and of any long-enough prefix or suffix of it, before anything reads it.
 
 Servers misbehave in ways the SDK hides: bodies are read through a size cap (a gzip bomb or a
-30 MB answer is refused, never held whole in memory), lone UTF-16 surrogates become U+FFFD (SQLite
-cannot store them), junk ``usage`` values count as missing, and a body no client could read (SSE
-that was not asked for, an HTML page, JSON without ``choices``) is a fatal error naming the server
-and model, since every other request would get the same.
+30 MB answer is refused, never held whole in memory, and asked again), lone UTF-16 surrogates become
+U+FFFD (SQLite cannot store them), junk ``usage`` values count as missing, and a body no client
+could read (SSE that was not asked for, an HTML page, JSON without ``choices``) is a fatal error
+naming the server and model, since every other request would get the same. A 200 carrying an error
+is retried: proxies send one for a passing upstream failure, and only its repetition on the same
+request says more.
 """
 
 from __future__ import annotations
@@ -120,17 +122,20 @@ class AttemptError(Exception):
 
     def __init__(self, kind: str, message: str, *, status: int | None = None,
                  retry_after: float | None = None, rate: RateInfo | None = None,
-                 says_invalid: bool = False) -> None:
+                 final_if_repeated: str | None = None) -> None:
         super().__init__(message)
         self.kind = kind
         self.status = status
         self.retry_after = retry_after
         self.rate = rate
-        self.says_invalid = says_invalid  # a 5xx whose text blames the request: see Pool
+        # why the same error twice in a row on one request ends it (a 5xx blaming the request, a
+        # 200 carrying an error): what it means, for the message; None: retried like any other
+        self.final_if_repeated = final_if_repeated
 
 
 class RetryableError(AttemptError):
-    """408/409/5xx, timeouts, dropped connections, unparseable bodies: trying again may work."""
+    """408/409/5xx, timeouts, dropped connections, unparseable or oversized bodies, a 200 carrying
+    an error: trying again may work."""
 
     retryable = True
 
@@ -140,15 +145,15 @@ class RateLimited(RetryableError):
 
 
 class RequestFailed(AttemptError, errors.TeacherError):
-    """400/422/other 4xx, an oversized answer: the request itself is wrong; sending it again would
-    fail the same way. Its kind is ``http_<status>``, which the pool, seeing it on two requests,
-    takes for a wrong setup; errors about one request only (a prompt too long for the context, an
-    answer too large) are named otherwise (``context_length_exceeded``, ``too_large``)."""
+    """400/422/other 4xx: the request itself is wrong; sending it again would fail the same way.
+    Its kind is ``http_<status>``, which the pool, seeing it on two requests, takes for a wrong
+    setup; errors about one request only (a prompt too long for the context) are named by their
+    code (``context_length_exceeded``)."""
 
 
 class ServerMismatch(AttemptError, errors.TeacherError):
     """404 (no such model or path) or an answer no client could read (SSE, HTML, no ``choices``,
-    a 200 carrying an error, tool calls instead of text): every request would get the same."""
+    tool calls instead of text): every request would get the same."""
 
     fatal = True
 
@@ -341,7 +346,8 @@ class ChatClient:
                 over = bool(inflate.unconsumed_tail)  # output stopped at the cap with input left
             body += chunk
             if over or len(body) > self.max_body:
-                raise RequestFailed("too_large", f"the answer is larger than {self.max_body // 2**20} MiB "
+                # the same request asked again (or with another seed) usually gets a normal answer
+                raise RetryableError("too_large", f"the answer is larger than {self.max_body // 2**20} MiB "
                                     "(after decompression); refused", status=response.status)
         return bytes(body)
 
@@ -370,9 +376,9 @@ class ChatClient:
             return RateLimited("rate_limited", message, status=status,
                                retry_after=parse_retry_after(headers), rate=rate)
         if status in RETRYABLE_STATUSES or status >= 500:
+            invalid = "the server says the request is invalid" if _SAYS_INVALID.search(text) else None
             return RetryableError(f"http_{status}", message, status=status,
-                                  retry_after=parse_retry_after(headers), rate=rate,
-                                  says_invalid=bool(_SAYS_INVALID.search(text)))
+                                  retry_after=parse_retry_after(headers), rate=rate, final_if_repeated=invalid)
         if status in (401, 403):
             return Unauthorized("auth", f"the teacher at {self.endpoint.base_url} refused the "
                                 f"credentials ({message}); check the API key variable",
@@ -394,8 +400,9 @@ def read_result(decoded: Any, body: dict[str, Any], rate: RateInfo | None, where
         message = clean_text(f"HTTP 200 carrying an error: {text}")
         if status is not None and (status in RETRYABLE_STATUSES or status >= 500):
             raise RetryableError(f"http_{status}", message, status=200, rate=rate)
-        raise ServerMismatch("error_body", f"{where} answered 200 with an error: {clean_text(text)}",
-                             status=200, rate=rate)
+        # often a passing upstream failure behind a proxy: retried; the same twice ends the request
+        raise RetryableError("error_body", message, status=200, rate=rate,
+                             final_if_repeated="the server answers this request with an error")
     choices = decoded.get("choices") if isinstance(decoded, dict) else None
     if not isinstance(choices, list) or not choices or not all(isinstance(c, dict) for c in choices):
         shape = "no choices" if choices in (None, []) else "unreadable choices"

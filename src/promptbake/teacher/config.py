@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import urllib.parse
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, fields
@@ -23,6 +24,7 @@ from promptbake.specification.models import EndpointConfig, Prices, TeacherConfi
 from promptbake.teacher.client import Endpoint
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
+_USERINFO = re.compile(r"^((?:[A-Za-z][A-Za-z0-9+.-]*:)?//)?[^/@?#]*@")  # user:password@ before the host
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -66,7 +68,9 @@ def merge(config: TeacherConfig, teacher: Teacher | None) -> TeacherConfig:
         return config
     given = {f.name: getattr(teacher, f.name) for f in fields(teacher)
              if f.name != "endpoints" and getattr(teacher, f.name) is not None}
-    data = config.model_dump()
+    # only what the spec set: the result's ``model_fields_set`` then still tells a field the user
+    # named (``api_key_env``, see remote_endpoint) from a default
+    data = config.model_dump(exclude_unset=True)
     data.update(given)
     if teacher.prices is not None:
         data["prices"] = {**config.prices, **teacher.prices}  # one model's price, not the whole table
@@ -115,9 +119,17 @@ def endpoint_identity(config: TeacherConfig) -> str:
     return base_url(config)
 
 
-def remote_endpoint(config: TeacherConfig) -> Endpoint:
+def remote_endpoint(config: TeacherConfig, *, key_named: bool | None = None) -> Endpoint:
+    """The remote server and its key. ``key_named``: the user named the key variable (default:
+    whether ``config`` sets ``api_key_env`` rather than defaulting to ``OPENAI_API_KEY``)."""
     url = base_url(config)
+    check_base_url(url)
+    named = "api_key_env" in config.model_fields_set if key_named is None else key_named
     api_key = os.environ.get(config.api_key_env) or None
+    if api_key is None and named:
+        # sent without it, a server that ignores keys answers and nothing says the key was missing
+        raise InputError(f"api_key_env names {config.api_key_env}, which is not set (or empty): export it, "
+                         f"or remove api_key_env to send no key to {url}")
     if api_key is None and url == OPENAI_BASE_URL:
         raise InputError(
             f"no API key: set {config.api_key_env}, point --base-url at an OpenAI-compatible "
@@ -129,7 +141,16 @@ def remote_endpoint(config: TeacherConfig) -> Endpoint:
 
 def check_base_url(base_url: str) -> None:
     """Refuse a URL no request can go to before anything is sent: ``localhost:8000/v1`` parses as
-    scheme ``localhost``, and aiohttp's error for it names neither the flag nor the fix."""
+    scheme ``localhost``, and aiohttp's error for it names neither the flag nor the fix.
+
+    Credentials in it (``http://user:pass@host/v1``) are refused too, never echoed: base URLs are
+    printed in messages and summaries and name endpoints in the store, so a password there would
+    leak, and aiohttp refuses to send them beside the key's ``Authorization`` header anyway."""
+    shown = _USERINFO.sub(lambda m: f"{m[1] or ''}***@", base_url)
+    if shown != base_url:
+        raise InputError(f"--base-url / teacher.base_url {shown!r} carries credentials; base URLs are printed "
+                         "and stored, so they must not: put the key in the variable --api-key-env names "
+                         "(sent as a Bearer token)")
     parts = urllib.parse.urlsplit(base_url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         hint = f"; did you mean http://{base_url}?" if "://" not in base_url else ""
@@ -141,6 +162,8 @@ def open_teacher(config: TeacherConfig) -> Iterator[tuple[Endpoint, TeacherConfi
     """The endpoint to talk to, and the config with limits fitting it. A local teacher's server
     lives exactly as long as this block (stopped on errors and Ctrl-C too)."""
     if config.kind == "remote" and config.endpoints:
+        for spec in config.endpoints:  # every one before anything is stored or sent
+            check_base_url(spec.base_url)
         # each request names its model when planned; the fleet sends it to an endpoint serving it
         url = config.endpoints[0].base_url
         yield Endpoint(base_url=url.rstrip("/"), model=label(config)), config

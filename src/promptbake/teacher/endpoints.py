@@ -13,7 +13,9 @@ rather than with 429s. An endpoint that keeps failing (connection errors, 5xx, t
 ``STREAK`` in a row) is taken out for a backoff that doubles up to ``BACKOFF_CAP``, then probed
 with one request; its failed attempts go back to the pool, which retries them like any failed
 attempt, and the fleet admits the retries elsewhere. Nothing is lost, and every attempt is in the
-store.
+store. When every endpoint has failed ``DOWN_PROBES`` probes in a row (about 7 s of backoff), no
+retry has anywhere left to go: the fleet raises :class:`FleetDown`, naming each endpoint and its
+last error, as one unreachable server stops a single-endpoint run.
 
 Routing: a request names its model when it is planned (:mod:`promptbake.plan.routing`) and is
 admitted only to the endpoints that serve that model: those naming it, and those naming none
@@ -42,6 +44,7 @@ from promptbake.teacher.limiter import Clock, Limiter, Permit
 
 STREAK = 3  # consecutive failures that take an endpoint out
 BACKOFF_START, BACKOFF_CAP = 1.0, 60.0  # seconds out of rotation, doubling while probes fail
+DOWN_PROBES = 3  # failed probes in a row on every endpoint (1 + 2 + 4 s out) and the fleet gives up
 # Latency: an endpoint whose recent latency (EWMA over ~20 answers, smooth enough that 50-500 ms
 # of ordinary spread never doubles it) exceeds LATENCY_RISE x its lowest is overloaded: its
 # concurrency is halved, as on a 429. LATENCY_SAMPLES answers first, to learn the floor.
@@ -83,6 +86,10 @@ class EndpointStats:
                 f"{timing}, errors: {errors}{out}")
 
 
+class FleetDown(TeacherError):
+    """Every endpoint keeps failing its probes: no attempt has anywhere left to go."""
+
+
 class _Member:
     """One endpoint of the fleet: its client, its limiter, its health."""
 
@@ -99,6 +106,8 @@ class _Member:
         self.out_since = float("-inf")  # when it was last taken out
         self.probing = False  # back from a time-out: one request at a time until one succeeds
         self.backoff = BACKOFF_START
+        self.outs = 0  # times taken out since its last answer: 1 + the probes that failed
+        self.last_error = ""
         self.recent: float | None = None  # EWMA of latency, seconds
         self.floor = float("inf")  # lowest EWMA seen
 
@@ -168,6 +177,7 @@ class Fleet:
                                + ", ".join(f"{m.endpoint.base_url} ({m.model})" for m in self.members))
         async with self._lock:
             while True:
+                self._check_alive(serving)
                 now = self.clock()
                 waits = [(self.members[i].wait(tokens, now), self.members[i].load(), i) for i in serving]
                 wait, _, at = min(waits)
@@ -181,6 +191,14 @@ class Fleet:
             permit = await member.limiter.acquire(tokens)
         permit.client = self._clients[id(member)]
         return permit
+
+    def _check_alive(self, serving: list[int]) -> None:
+        """Raise :class:`FleetDown` once every endpoint serving the request (its model's) has failed
+        ``DOWN_PROBES`` probes in a row: the others cannot take it."""
+        members = [self.members[i] for i in serving]
+        if all(m.outs > DOWN_PROBES for m in members):
+            each = "; ".join(f"{m.endpoint.where()}: {m.last_error[:200]}" for m in members)
+            raise FleetDown(f"every endpoint is down ({DOWN_PROBES} probes in a row failed on each): {each}")
 
     def _member(self, permit: Permit) -> _Member:
         assert isinstance(permit.client, _MemberClient)
@@ -216,6 +234,7 @@ class Fleet:
         stats.completion_tokens += result.completion_tokens
         stats.latency_s.append(now - start)
         member.streak = 0
+        member.outs = 0
         if member.probing and member.out_until <= now:
             member.probing, member.backoff = False, BACKOFF_START
         member.limiter.succeeded()
@@ -235,6 +254,7 @@ class Fleet:
         unhealthy = exc.kind in ("connection", "timeout") or (exc.status or 0) >= 500
         if not unhealthy or isinstance(exc, RateLimited) or start < member.out_since:
             return  # an attempt sent before the last take-out says nothing new about the endpoint
+        member.last_error = str(exc)
         member.streak += 1
         if member.probing or member.streak >= STREAK:
             member.out_since = self.clock()
@@ -242,7 +262,9 @@ class Fleet:
             member.backoff = min(member.backoff * 2, BACKOFF_CAP)
             member.probing = True
             member.streak = 0
+            member.outs += 1
             member.stats.taken_out += 1
+            self._changed.set()  # the head waiter looks again: this may have been the last one up
 
     def summary(self) -> dict[str, EndpointStats]:
         """Per endpoint (``base_url model``), what it did."""
@@ -267,7 +289,9 @@ async def connect(endpoint: Endpoint, config: TeacherConfig) -> AsyncIterator[tu
             })
             concurrency = spec.concurrency or config.concurrency
             # the local servers we started get no API key (the remote check would send one)
-            where = remote_endpoint(own) if config.kind == "remote" else Endpoint(spec.base_url, own.model or "")
+            named = spec.api_key_env is not None or "api_key_env" in config.model_fields_set
+            where = (remote_endpoint(own, key_named=named) if config.kind == "remote"
+                     else Endpoint(spec.base_url, own.model or ""))
             client = await stack.enter_async_context(
                 ChatClient(where, concurrency=concurrency, timeout=config.timeout))
             limiter = Limiter(rpm=spec.rpm or config.rpm, tpm=spec.tpm or config.tpm, concurrency=concurrency)

@@ -1,15 +1,21 @@
 """llama.cpp's own ``llama-server`` for the local teacher: found, or built once.
 
-Why not only llama-cpp-python's server: it answers one request at a time (a global lock), so a
-second core or a second request in flight buys nothing. ``llama-server`` decodes the requests of
-all its slots in one batch (continuous batching), which is what makes a small model fast on a CPU.
+Why not only llama-cpp-python's server: llama.cpp's own server, run the same way (one process per
+core, each with one slot, answering one request at a time: see ``local.llama_server_command``),
+does the quick job in 45-51 s against 60-62 s (README, ``bench/local_engine.py``).
 
 Why build it here: no PyPI wheel ships a Linux ``llama-server``, and building llama.cpp again takes
 about 8 minutes on 2 cores. llama-cpp-python has already installed the libraries the server needs
 (libllama, libggml, libllama-common, libmtmd) with their headers and CMake config, so only the
 server's own sources are compiled (about 80 s), from the llama.cpp tree in the sdist of the very
-llama-cpp-python version that is installed: the headers must match the libraries. The binary lives
-in the user's cache, keyed by that version and that environment (it links to its libraries).
+llama-cpp-python version that is installed: the headers must match the libraries, so a ``--source``
+of another version is refused. The binary lives in the user's cache, keyed by that version, that
+environment (it links to its libraries) and the CPU (ggml is compiled for the CPU it is built on,
+``GGML_NATIVE``: a cache shared with another machine must not hand it instructions it lacks).
+
+A build runs its cmake steps in their own process group; when it is interrupted (Ctrl-C, or
+SIGTERM, which the CLI turns into the same), the whole group (cmake, make, the compilers) is killed
+and waited for before the temporary tree is removed.
 
 Beside it goes a ggml CPU backend of our own, built from the same tree without llamafile's sgemm
 (``GGML_LLAMAFILE=OFF``): with sgemm, a matrix product over one token and over several round
@@ -27,13 +33,17 @@ import fcntl
 import hashlib
 import importlib.metadata
 import os
+import platform
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import IO
 
 from promptbake.errors import TeacherError
 
@@ -45,6 +55,10 @@ BUILD_COMMAND = "promptbake teacher build"
 _CMAKE_GLUE = Path(__file__).with_name("llama_server.cmake")
 _CONFIG = "lib/cmake/llama/llama-config.cmake"
 GGML_CPU = "libggml-cpu.so.0"  # the soname libggml.so loads the CPU backend by
+CPUINFO = Path("/proc/cpuinfo")
+_CPU_LINES = ("flags", "features", "model name", "cpu part", "cpu implementer")  # x86 and ARM spellings
+_VERSION = re.compile(r"^Version:\s*(\S+)\s*$", re.M)
+_STOPS = {signal.SIGINT, signal.SIGTERM}  # what interrupts a build (the CLI turns SIGTERM into Ctrl-C)
 
 Echo = Callable[[str], None]
 
@@ -67,11 +81,26 @@ def installed_llama() -> tuple[str, Path]:
 
 
 def home() -> Path:
-    """Where our build of llama-server lives: per llama-cpp-python version and environment."""
+    """Where our build of llama-server lives: per llama-cpp-python version, environment and CPU."""
     version, prefix = installed_llama()
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    digest = hashlib.sha256(str(prefix.resolve()).encode()).hexdigest()[:12]
+    digest = hashlib.sha256(f"{prefix.resolve()}\n{cpu_identity()}".encode()).hexdigest()[:12]
     return cache / "promptbake" / BINARY / f"{version}-{digest}"
+
+
+def cpu_identity() -> str:
+    """What a native build depends on: the first CPU's instruction-set flags and model, from
+    ``/proc/cpuinfo`` (elsewhere, what the platform module says)."""
+    try:
+        text = CPUINFO.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return f"{platform.machine()} {platform.processor()}"
+    picked = []
+    for line in text.split("\n\n", 1)[0].splitlines():  # the first processor's block
+        name, _, value = line.partition(":")
+        if name.strip().lower() in _CPU_LINES:
+            picked.append(f"{name.strip().lower()}: {' '.join(sorted(value.split()))}")
+    return f"{platform.machine()} " + "; ".join(sorted(picked))
 
 
 def find_llama_server() -> Path | None:
@@ -109,7 +138,7 @@ def build_llama_server(source: Path | str | None = None, *, force: bool = False,
         if cmake is None:
             raise TeacherError("building llama-server needs cmake: pip install cmake (or apt-get install cmake)")
         with tempfile.TemporaryDirectory(prefix="promptbake-llama-server-") as work:
-            tree = _llama_tree(Path(source) if source else _download(version, Path(work), say), Path(work))
+            tree = _llama_tree(Path(source) if source else _download(version, Path(work), say), Path(work), version)
             say(f"compiling {BINARY} against llama-cpp-python {version} in {prefix}, and ggml's CPU backend "
                 "without llamafile (about 2 minutes on 2 cores)")
             built = _compile(cmake, tree, prefix, Path(work), jobs or os.cpu_count() or 1, target)
@@ -137,24 +166,44 @@ def _download(version: str, work: Path, say: Echo) -> Path:
     return found[0]
 
 
-def _llama_tree(source: Path, work: Path) -> Path:
-    """The llama.cpp tree inside an sdist (extracting only what the build reads) or a folder."""
+def _llama_tree(source: Path, work: Path, version: str) -> Path:
+    """The llama.cpp tree inside an sdist (extracting only what the build reads) or its unpacked
+    folder, once its ``PKG-INFO`` says it is llama-cpp-python ``version``: the installed one."""
     if source.is_dir():
-        for tree in (source / "vendor" / "llama.cpp", source):
-            if (tree / "tools" / "server").is_dir():
-                return tree
-        raise TeacherError(f"{source}: no llama.cpp tree (vendor/llama.cpp/tools/server) in this folder")
+        tree = source / "vendor" / "llama.cpp"
+        if not (tree / "tools" / "server").is_dir():
+            raise TeacherError(f"{source}: no llama.cpp tree (vendor/llama.cpp/tools/server) in this folder")
+        info = source / "PKG-INFO"
+        _same_version(source, info.read_text(errors="replace") if info.is_file() else None, version)
+        return tree
     try:
         with tarfile.open(source) as sdist:
             members = [m for m in sdist.getmembers() if _needed(m.name)]
             if not members:
                 raise TeacherError(f"{source}: no vendor/llama.cpp in this archive (is it llama-cpp-python's sdist?)")
+            top = next((m for m in sdist.getmembers() if m.name.count("/") == 1 and m.name.endswith("/PKG-INFO")),
+                       None)
+            handle = sdist.extractfile(top) if top is not None else None
+            _same_version(source, handle.read().decode(errors="replace") if handle is not None else None, version)
             sdist.extractall(work / "src", members=members, filter="data")
     except tarfile.TarError:
         raise TeacherError(f"{source}: not a .tar.gz sdist or a folder") from None
     except OSError as exc:
         raise TeacherError(f"{source}: cannot read the sdist: {exc.strerror or exc}") from None
     return next((work / "src").glob("*/vendor/llama.cpp"))
+
+
+def _same_version(source: Path, pkg_info: str | None, version: str) -> None:
+    """Refuse sources of another llama-cpp-python than the installed one: its headers would not
+    match the libraries the server links to."""
+    found = _VERSION.search(pkg_info or "")
+    if found is None:
+        raise TeacherError(f"{source}: no PKG-INFO naming its llama-cpp-python version; pass the "
+                           f"llama_cpp_python-{version}.tar.gz sdist or its unpacked folder")
+    if found[1] != version:
+        raise TeacherError(f"{source} holds llama-cpp-python {found[1]}, but {version} is installed: "
+                           "llama-server must be built from the installed version's sources; pass "
+                           f"llama_cpp_python-{version}.tar.gz")
 
 
 def _needed(name: str) -> bool:
@@ -178,10 +227,33 @@ def _compile(cmake: str, tree: Path, prefix: Path, work: Path, jobs: int, target
              [cmake, "--build", str(ggml), "--target", "ggml-cpu", "-j", str(jobs)]]
     with open(log, "wb") as out:
         for argv in steps:
-            if subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT).returncode != 0:
+            if _run_group(argv, out) != 0:
                 tail = log.read_bytes()[-2000:].decode("utf-8", "replace").strip().splitlines()[-3:]
                 raise TeacherError(f"building {BINARY} failed (log: {log}): {' | '.join(tail)}")
     return build / BINARY, ggml / "bin" / GGML_CPU
+
+
+def _run_group(argv: list[str], out: IO[bytes]) -> int:
+    """Run one build command as the leader of its own process group. Interrupted, it kills the
+    whole group (the compilers cmake started too) and waits for the leader, so nothing writes into
+    the build tree while it is being removed, and nothing compiles on after we are gone.
+
+    Ctrl-C and SIGTERM are held back while the child starts: one arriving inside ``Popen`` would
+    interrupt it after the fork, before we know the pid to kill. The child gets the mask back."""
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)
+    try:
+        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                   preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_SETMASK, held))
+        try:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)  # one that came meanwhile is raised here
+            return process.wait()
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            raise
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 def server_env(binary: Path) -> dict[str, str]:

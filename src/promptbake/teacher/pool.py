@@ -6,10 +6,11 @@ pulled lazily, one per idle worker, so a million-request run holds at most ``con
 memory. Every attempt, paid or not, is reported in the outcome so the store can account for it.
 
 A run that gets nothing done stops instead of paying on: when the first requests of a pool all
-fail for one reason (``fail_fast`` of them, or two for a 4xx that is not about one request), or a
-server stays unreachable through every attempt, the pool raises a ``TeacherError`` naming the
-server, the model and the reason. Retries must change something: a rejected answer is re-asked
-with another seed, and the same rejected bytes twice in a row end the job.
+fail for one reason after their retries (``fail_fast`` of them, or two for an error that repeated
+on its request or a 4xx that is not about one request), or a server stays unreachable through
+every attempt, the pool raises a ``TeacherError`` naming the server, the model and the reason.
+Retries must change something: a rejected answer is re-asked with another seed, and the same
+rejected bytes twice in a row end the job.
 """
 
 from __future__ import annotations
@@ -199,11 +200,17 @@ class Pool:
 
     def _judge(self, outcome: Outcome) -> None:
         """After a failure (already stored): stop the run when nothing has worked and the same
-        reason keeps coming, else say so once when a reason reaches ``fail_fast``."""
+        reason keeps coming, else say so once when a reason reaches ``fail_fast``.
+
+        Only finished requests count, each after its own retries: a failed first attempt that a
+        retry made good never trips the breaker, however many requests share it. A request ended
+        by the same answer twice (a 4xx about the setup, a 5xx or a 200 carrying an error that
+        repeats) counts at once, since the next request would likely repeat it too."""
         reason = outcome.reason
         self.failures.add(reason)
         seen = self._mine.add(reason)
-        setup = outcome.final and (outcome.kind or "").startswith("http_")  # a 4xx about the setup
+        kind = outcome.kind or ""
+        setup = outcome.final and (kind.startswith("http_") or kind == "error_body")
         model = str(outcome.job.body.get("model", ""))
         if self.stats.done == 0 and (seen >= self.fail_fast or (setup and seen >= 2)):
             self._stopping = True
@@ -258,11 +265,12 @@ class Pool:
             if not exc.retryable:
                 return 0.0, Outcome(run.job, False, None, None, run.attempts, str(exc), kind=exc.kind, final=True)
             previous = run.attempts[-2] if len(run.attempts) > 1 else None
-            if exc.says_invalid and previous is not None and previous.error == str(exc):
-                # a 5xx that blames the request, twice in the same words: a validation error
+            if exc.final_if_repeated and previous is not None and previous.error == str(exc):
+                # the same request, the same words twice (a 5xx that blames the request, a 200
+                # carrying an error): sending it again would get them a third time
                 return 0.0, Outcome(run.job, False, None, None, run.attempts,
-                                    f"{exc} (twice in a row: the server says the request is invalid, "
-                                    "so it is not retried)", kind=exc.kind, final=True)
+                                    f"{exc} (twice in a row: {exc.final_if_repeated}, so it is not retried)",
+                                    kind=exc.kind, final=True)
             told = exc.retry_after if exc.retry_after is not None else wait_hint(exc.rate)
             long_wait = told is not None and told > self.max_retry_after
             if long_wait:
