@@ -6,6 +6,7 @@ else is run verbatim from a copy of the repository's generators, samples and tem
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shlex
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from fakeprovider import FakeProvider
 from fakeserver import FakeServer
 from helpers import ROOT, readme_responder
 from test_readme import readme_commands
@@ -50,12 +52,19 @@ def test_readme_commands_run_in_order_against_the_stand_in(monkeypatch, tmp_path
         shutil.copytree(ROOT / folder, tmp_path / folder)
     commands = readme_commands()
     assert len(commands) > 15
-    with FakeServer(responder=readme_responder()).running() as server:
-        monkeypatch.setenv("OPENAI_API_KEY", "sk-readme-test")
+    with contextlib.ExitStack() as stack:
+        server = stack.enter_context(FakeServer(responder=readme_responder()).running())
+        # `train --provider P` (the hosted section) goes to a stand-in of P's files and jobs API
+        providers = {kind: stack.enter_context(FakeProvider(kind).running())
+                     for kind in ("openai", "together", "fireworks")}
+        for name in ("OPENAI", "TOGETHER", "FIREWORKS"):
+            monkeypatch.setenv(f"{name}_API_KEY", "sk-readme-test")
         monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
         exported = tmp_path
         for line in commands:
             args = pointed_at(line, server.base_url)
+            if args[0] == "train" and "--provider" in args:
+                args += ["--base-url", providers[args[args.index("--provider") + 1]].base_url, "--poll", "0.05"]
             if args[:2] == ["teacher", "serve"]:
                 continue  # serves in the foreground until Ctrl-C (test_local.py runs it)
             if args[:2] == ["batch", "export"]:
