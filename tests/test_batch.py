@@ -468,7 +468,7 @@ def test_batch_files_spread_over_every_endpoint_each_with_its_key(tmp_path, monk
         assert status.output.count(a.base_url) == status.output.count(b.base_url) == 2
         monkeypatch.delenv("KEY_B")
         result = invoke("generate", str(spec), "--store", "t.db", "--batch")
-        assert result.exit_code == 2 and "KEY_B is not set" in result.output, result.output
+        assert result.exit_code == 2 and "api_key_env names KEY_B, which is not set" in result.output, result.output
         assert len(a.uploads) == len(b.uploads) == 2  # refused before anything went out
     assert statuses(tmp_path / "s.db") == {"ok": STEP0 + STEP1}
 
