@@ -12,8 +12,8 @@ from click.testing import CliRunner
 from fakeserver import FakeServer
 from helpers import MINIMAL_SPEC, list_then_reply_responder, write_spec
 
-from promptbake.curate.filters import FilterSet, echo_score
 from promptbake.cli.main import cli
+from promptbake.curate.filters import FilterSet, echo_score
 
 GATED = MINIMAL_SPEC.replace("  count: 2", "  count: 5") + """
 filters: [no_echo, no_refusal, no_empty, {max_chars: 200}]

@@ -10,8 +10,8 @@ from click.testing import CliRunner
 from fakeserver import FakeServer
 from helpers import ROOT, json_format_responder
 
-from promptbake.curate.checks import AnswerList
 from promptbake.cli.main import cli
+from promptbake.curate.checks import AnswerList
 
 SPEC = str(ROOT / "generators" / "json_format.yaml")
 MISTAKES = {"science": "wrong_first", "history": "broken", "math": "int_values"}

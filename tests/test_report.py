@@ -17,8 +17,8 @@ from click.testing import CliRunner
 from reportdata import build_dataset, write_sweep
 
 import promptbake
-from promptbake.curate.sizes import nested_subsets, priority_order
 from promptbake.cli.main import cli
+from promptbake.curate.sizes import nested_subsets, priority_order
 from promptbake.output.report import write_report
 from promptbake.records import Example
 

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
         run_async,
         topup,
         topup_async,
+        train_local,
         validate,
     )
     from promptbake.errors import PromptbakeError
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
     from promptbake.specification.models import Spec
     from promptbake.teacher.batch import BatchOptions
     from promptbake.teacher.config import Teacher
+    from promptbake.train.record import TrainResult
 
 __all__ = [
     "BatchOptions",
@@ -59,6 +61,7 @@ __all__ = [
     "PromptbakeError",
     "Spec",
     "Teacher",
+    "TrainResult",
     "__version__",
     "batch_status",
     "batch_status_async",
@@ -85,6 +88,7 @@ __all__ = [
     "run_async",
     "topup",
     "topup_async",
+    "train_local",
     "validate",
 ]
 # where each name that is not a function of promptbake.api lives
@@ -96,6 +100,7 @@ _HOMES = {
     "PromptbakeError": "promptbake.errors",
     "Spec": "promptbake.specification.models",
     "Teacher": "promptbake.teacher.config",
+    "TrainResult": "promptbake.train.record",
 }
 
 

@@ -66,6 +66,11 @@ class OutputError(PromptbakeError):
     """An output file or directory cannot be written (read-only, disk full)."""
 
 
+class TrainError(PromptbakeError):
+    """Training could not run or finish (a student it cannot load or convert, a trainer failure);
+    what a killed or failed run had checkpointed is kept, so the same command resumes."""
+
+
 class ValidationFailed(InputError):
     """A fine-tuning file has format errors: bad input like any other (exit 2), with the report
     naming every rejected line."""
