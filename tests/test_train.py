@@ -150,6 +150,17 @@ def test_the_same_command_again_trains_nothing(trained, student):
     assert "already trained" in again.format()
 
 
+def test_other_settings_retrain_into_the_same_folder_and_leave_nothing_stale(student, tmp_path):
+    data = write_dataset(tmp_path / "data")
+    out = tmp_path / "model"
+    first = promptbake.train_local(data, out, student=student, max_steps=1, validation=0, lora=True, **FAST)
+    assert first.gguf is not None and (out / "adapter").is_dir()
+    second = promptbake.train_local(data, out, student=student, max_steps=2, validation=0, gguf=None, **FAST)
+    assert second.trained and any("replacing the model" in note for note in second.notes)
+    assert not (out / "model.gguf").exists() and not (out / "adapter").exists()  # not the first run's
+    assert json.loads((out / "train.json").read_text())["global_step"] == 2
+
+
 def test_same_seed_same_data_same_weights(student, tmp_path):
     data = write_dataset(tmp_path / "data")
     options = {"student": student, "max_steps": 3, "validation": 0, "gguf": None, "learning_rate": 1e-2, **FAST}
