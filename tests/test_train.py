@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -246,6 +247,7 @@ def test_the_local_engine_serves_the_student_and_eval_keys_answers_by_its_hash(t
     assert answer["choices"][0]["message"]["content"] is not None and answer["usage"]["completion_tokens"] > 0
 
     test = write_dataset(tmp_path / "eval", test_readable=True) / "test.jsonl"
+    out = Path(shutil.copytree(out, tmp_path / "student"))  # retrained below: the other tests keep theirs
     student = promptbake.Teacher(local_model=str(out))
     first = promptbake.evaluate(test, tmp_path / "e.jsonl", teacher=student, progress=False)
     assert first.usage.sent == 1 and first.rows[0]["error"] is None
@@ -289,6 +291,13 @@ def test_a_spec_can_name_a_trained_student_as_its_teacher(trained):
     assert student.spec_hash() != plain.spec_hash()
     assert model_name(student.teacher) == model_name(merge(plain.teacher, promptbake.Teacher(local_model=str(out))))
     assert model_name(student.teacher) == result.record["gguf"]["served_as"]
+
+
+def test_a_student_with_a_remote_teacher_is_refused(trained):
+    _, out, _ = trained
+    result = CliRunner().invoke(cli, ["eval", "--teacher", "remote", "--student", str(out), "--data", "t.jsonl",
+                                      "--out", "e.jsonl"])
+    assert result.exit_code == 2 and "served by the local engine; drop --teacher remote" in result.output
 
 
 def test_kill_9_then_the_same_command_resumes_from_the_last_checkpoint(student, tmp_path):
