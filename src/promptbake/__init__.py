@@ -49,6 +49,7 @@ if TYPE_CHECKING:
         train_cancel_async,
         train_hosted,
         train_hosted_async,
+        train_local,
         train_status,
         train_status_async,
         validate,
@@ -59,6 +60,7 @@ if TYPE_CHECKING:
     from promptbake.specification.models import Spec
     from promptbake.teacher.batch import BatchOptions
     from promptbake.teacher.config import Teacher
+    from promptbake.train.record import TrainResult
 
 __all__ = [
     "BatchOptions",
@@ -68,6 +70,7 @@ __all__ = [
     "PromptbakeError",
     "Spec",
     "Teacher",
+    "TrainResult",
     "__version__",
     "batch_status",
     "batch_status_async",
@@ -101,6 +104,7 @@ __all__ = [
     "train_cancel_async",
     "train_hosted",
     "train_hosted_async",
+    "train_local",
     "train_status",
     "train_status_async",
     "validate",
@@ -114,6 +118,7 @@ _HOMES = {
     "PromptbakeError": "promptbake.errors",
     "Spec": "promptbake.specification.models",
     "Teacher": "promptbake.teacher.config",
+    "TrainResult": "promptbake.train.record",
 }
 
 

@@ -29,7 +29,9 @@ if TYPE_CHECKING:
     from promptbake.teacher.config import Teacher
     from promptbake.teacher.generate import GenerateOptions
     from promptbake.teacher.local import LocalTeacher
-    from promptbake.train.hosted import TrainResult
+    from promptbake.train.gguf import GgufType
+    from promptbake.train.hosted import HostedTrainResult
+    from promptbake.train.record import TrainResult
     from promptbake.workflows.evaluate import EvalReport
     from promptbake.workflows.offline import ExportReport, ImportReport
     from promptbake.workflows.pipeline import RunReport
@@ -450,14 +452,16 @@ def import_batch(store: PathLike, files: PathLike | Iterable[PathLike]) -> Impor
     return import_batch_output(store, [files] if isinstance(files, str | os.PathLike) else files)
 
 
-def local_teacher(host: str = "127.0.0.1", port: int | None = None) -> LocalTeacher:
+def local_teacher(host: str = "127.0.0.1", port: int | None = None, *,
+                  model: PathLike | None = None) -> LocalTeacher:
     """The embedded teacher (SmolLM2-135M on llama.cpp, needs ``promptbake[local]``) for other
     tools: ``with local_teacher() as server:`` serves an OpenAI-compatible API at
-    ``server.base_url`` until the block ends. ``run(..., teacher=Teacher(kind="local"))`` starts
-    and stops one by itself."""
+    ``server.base_url`` until the block ends. ``model`` serves a student ``train`` wrote (its
+    folder) or any GGUF file instead, under a name carrying the file's hash (``server.model``).
+    ``run(..., teacher=Teacher(kind="local"))`` starts and stops one by itself."""
     from promptbake.teacher.local import LocalTeacher
 
-    return LocalTeacher(host=host, port=port)
+    return LocalTeacher(host=host, port=port, model=model)
 
 
 def build_local_teacher(source: PathLike | None = None, *, force: bool = False,
@@ -490,7 +494,7 @@ async def train_hosted_async(
     poll: float = 60.0,
     new_job: bool = False,
     echo: Callable[[str], None] | None = None,
-) -> TrainResult:
+) -> HostedTrainResult:
     """Fine-tune ``model`` at ``provider`` on the built dataset ``directory`` (its latest
     ``train.vN``): check the file against the provider's published rules (``ValidationFailed``,
     naming the rule and line, before anything is uploaded), price it (billed tokens x ``epochs``
@@ -535,3 +539,46 @@ async def train_cancel_async(directory: PathLike) -> list[TrainJob]:
 
 
 train_cancel = synchronous(train_cancel_async)
+
+
+def train_local(
+    dataset: PathLike,
+    out: PathLike,
+    *,
+    method: Literal["sft", "dpo"] = "sft",
+    student: PathLike | None = None,
+    lora: bool = False,
+    lora_r: int = 16,
+    max_length: int = 512,
+    epochs: float = 3.0,
+    max_steps: int | None = None,
+    learning_rate: float | None = None,
+    batch_size: int = 4,
+    seed: int = 0,
+    validation: float | int = 0.1,
+    save_steps: int = 10,
+    beta: float = 0.1,
+    gguf: GgufType | None = "q8_0",
+    restart: bool = False,
+    progress: bool = True,
+    echo: Callable[[str], None] | None = None,
+) -> TrainResult:
+    """Fine-tune a student on this machine (needs ``promptbake[train]``) on the built dataset
+    ``dataset`` (its latest training file; never ``test.jsonl``) into the model folder ``out``:
+    safetensors, tokenizer and chat template, ``model.gguf`` for the local engine (``gguf=None``:
+    none) and ``train.json``. ``student`` is a Hugging Face model folder (default: the embedded
+    SmolLM2-135M-Instruct); ``method`` ``sft`` trains on the assistant turns, ``dpo`` on
+    preference pairs; ``lora`` trains a LoRA adapter of rank ``lora_r`` and merges it.
+    ``validation`` (a fraction or a count of the training file, stratified by category) gives the
+    validation loss. The same call resumes from the last checkpoint after a crash or ``kill -9``,
+    and trains nothing when ``out`` already holds this exact run (``restart`` trains anew). The
+    model then answers through ``Teacher(local_model=out)`` and ``local_teacher(model=out)``.
+
+    (Not ``promptbake.train``: that name is the package holding the training code.)"""
+    from promptbake.train.local import TrainOptions, train
+
+    options = TrainOptions(method=method, student=None if student is None else str(student), lora=lora,
+                           lora_r=lora_r, max_length=max_length, epochs=epochs, max_steps=max_steps,
+                           learning_rate=learning_rate, batch_size=batch_size, seed=seed, validation=validation,
+                           save_steps=save_steps, beta=beta, gguf=gguf)
+    return train(dataset, out, options, restart=restart, progress=progress, echo=echo)

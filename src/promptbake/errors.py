@@ -74,8 +74,10 @@ class OutputError(PromptbakeError):
 
 
 class TrainingError(PromptbakeError):
-    """A hosted fine-tuning provider refused a call, or the job it ran failed: the message carries
-    the provider's own words (with the key scrubbed), and the store keeps the ids already returned."""
+    """Training could not run or finish: a hosted provider refused a call or its job failed (the
+    message carries the provider's own words, the key scrubbed out, and the store keeps the ids
+    already returned), or local training could not load, convert or train the student (what a
+    killed or failed run had checkpointed is kept, so the same command resumes)."""
 
 
 class ValidationFailed(InputError):

@@ -83,6 +83,9 @@ def teacher_options(fn: F) -> F:
                           "pauses only its own request, this many seconds (default 60)."),
         click.option("--threads", type=int, default=None,
                      help="Local teacher: llama.cpp threads (default one per core; more than the cores slows it)."),
+        click.option("--student", "local_model", type=click.Path(exists=True), default=None,
+                     help="A model folder `promptbake train` wrote (or a GGUF file): the local engine serves it "
+                          "instead of SmolLM2 (implies --teacher local)."),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -92,7 +95,7 @@ def teacher_options(fn: F) -> F:
         from promptbake import Teacher
 
         keys = ["base_url", "model", "api_key_env", "rpm", "tpm", "concurrency", "max_attempts", "timeout",
-                "max_retry_after", "threads"]
+                "max_retry_after", "threads", "local_model"]
         urls = kwargs.pop("base_url")
         kwargs["base_url"] = urls[0] if len(urls) == 1 else None
         kind = kwargs.pop("teacher_kind")
@@ -379,14 +382,16 @@ def teacher() -> None:
 @teacher.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=int, default=None, help="Port to listen on (default: a free one).")
-def serve(host: str, port: int | None) -> None:
+@click.option("--model", type=click.Path(exists=True), default=None,
+              help="A model folder `promptbake train` wrote, or a GGUF file (default: the embedded SmolLM2).")
+def serve(host: str, port: int | None, model: str | None) -> None:
     """Serve the local teacher in the foreground for other tools, until Ctrl-C."""
     import json
 
     from promptbake.errors import TeacherError
 
     _sigterm_interrupts()  # SIGTERM stops the server as cleanly as Ctrl-C does
-    local = api.local_teacher(host, port)
+    local = api.local_teacher(host, port, model=model)
     try:
         with local as server:
             body = json.dumps({"model": server.model, "messages": [{"role": "user", "content": "Hello"}]})

@@ -14,7 +14,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    PrivateAttr,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from promptbake.curate.checks import AnswerList, Checks
 from promptbake.curate.filters import FilterSet
@@ -66,6 +75,17 @@ class TeacherConfig(Strict):
     prices: dict[str, Prices] = Field(default_factory=dict)
     endpoints: list[EndpointConfig] = Field(default_factory=list)  # several servers instead of base_url
     threads: int | None = Field(default=None, ge=1)  # local teacher: llama.cpp threads (default: one per core)
+    # local teacher: a GGUF file or a `promptbake train` model folder instead of the embedded SmolLM2
+    local_model: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _drop_unset_local_model(self, handler: SerializerFunctionWrapHandler,
+                                info: SerializationInfo) -> dict[str, Any]:
+        # unset, it is left out, so that the hash of every spec written before it existed stays the same
+        data: dict[str, Any] = handler(self)
+        if data.get("local_model") is None:
+            data.pop("local_model", None)
+        return data
 
     @model_validator(mode="before")
     @classmethod

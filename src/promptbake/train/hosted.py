@@ -115,7 +115,7 @@ class TrainPlan:
 
 
 @dataclass
-class TrainResult:
+class HostedTrainResult:
     """What ``train_hosted`` did: the plan, the recorded job (None on a dry run) and how it got it."""
 
     plan: TrainPlan
@@ -300,7 +300,7 @@ def write_train_json(directory: Path, job: TrainJob) -> Path:
 class _Launch:
     """One ``train`` call's work at the provider, on the recorded attempt ``job``."""
 
-    def __init__(self, api: Provider, ledger: TrainLedger, result: TrainResult, say: Echo) -> None:
+    def __init__(self, api: Provider, ledger: TrainLedger, result: HostedTrainResult, say: Echo) -> None:
         self.api, self.ledger, self.result, self.say = api, ledger, result, say
         self.plan = result.plan
         assert result.job is not None
@@ -388,7 +388,7 @@ class TrainOptions:
 
 
 async def train_hosted_async(directory: str | Path, connection: Connection, model: str,
-                             options: TrainOptions | None = None, echo: Echo | None = None) -> TrainResult:
+                             options: TrainOptions | None = None, echo: Echo | None = None) -> HostedTrainResult:
     """Check, price, upload, launch and (with ``options.wait``) follow a fine-tuning job; see the
     module. ``echo`` receives progress lines."""
     o = options or TrainOptions()
@@ -398,7 +398,7 @@ async def train_hosted_async(directory: str | Path, connection: Connection, mode
     for warning in plan.warnings:
         say(f"warning: {warning}")
     say(f"{plan.train_path}: no format errors for {connection.provider}; {plan.estimate.format()}")
-    result = TrainResult(plan)
+    result = HostedTrainResult(plan)
     if o.dry_run:
         check_budget(plan.estimate, o.max_cost)
         return result
