@@ -543,6 +543,7 @@ async def study_async(
     batch_size: int = 4,
     max_steps: int | None = None,
     max_length: int = 512,
+    save_steps: int = 10,
     lora: bool = False,
     lora_r: int = 16,
     keep_weights: bool = False,
@@ -570,7 +571,8 @@ async def study_async(
 
     options = _study_options(sizes, seeds, sweep, targets, student, trained, {
         "epochs": epochs, "learning_rate": learning_rate, "batch_size": batch_size, "max_steps": max_steps,
-        "max_length": max_length, "lora": lora, "lora_r": lora_r, "keep_weights": keep_weights})
+        "max_length": max_length, "save_steps": save_steps, "lora": lora, "lora_r": lora_r,
+        "keep_weights": keep_weights})
     return await run_study(load_spec(spec), out, dataset=dataset, options=options, teacher=teacher, judge=judge,
                            generate=_options(max_cost, no_cache, progress), progress=progress, echo=echo)
 
@@ -593,6 +595,7 @@ def study_plan(
     batch_size: int = 4,
     max_steps: int | None = None,
     max_length: int = 512,
+    save_steps: int = 10,
     lora: bool = False,
     lora_r: int = 16,
     teacher: Teacher | None = None,
@@ -604,5 +607,5 @@ def study_plan(
 
     options = _study_options(sizes, seeds, sweep, None, student, trained, {
         "epochs": epochs, "learning_rate": learning_rate, "batch_size": batch_size, "max_steps": max_steps,
-        "max_length": max_length, "lora": lora, "lora_r": lora_r})
+        "max_length": max_length, "save_steps": save_steps, "lora": lora, "lora_r": lora_r})
     return plan_study(load_spec(spec), out, dataset=dataset, options=options, teacher=teacher)

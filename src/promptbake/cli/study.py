@@ -52,6 +52,8 @@ def _sizes(ctx: click.Context, param: click.Parameter, value: str) -> list[int]:
 @click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Stop each training after N steps.")
 @click.option("--max-length", type=click.IntRange(min=16), default=512, show_default=True,
               help="Longest training sequence in tokens.")
+@click.option("--save-steps", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Checkpoint every N steps: a killed study resumes its training from there.")
 @click.option("--lora", is_flag=True, help="Train LoRA adapters (merged) instead of every weight.")
 @click.option("--lora-r", type=click.IntRange(min=1), default=16, show_default=True, help="LoRA rank.")
 @click.option("--keep-weights", is_flag=True,
@@ -64,14 +66,15 @@ def _sizes(ctx: click.Context, param: click.Parameter, value: str) -> list[int]:
 def study(spec_path: str, sizes: list[int], seeds: int, out_dir: str | None, dataset: str | None,
           sweeps: tuple[str, ...], targets: tuple[str, ...], student: str | None, trained: tuple[str, ...],
           epochs: float, learning_rate: float | None, batch_size: int, max_steps: int | None, max_length: int,
-          lora: bool, lora_r: int, keep_weights: bool, judge_model: str | None, dry_run: bool, no_cache: bool,
-          max_cost: float | None, quiet: bool, teacher: Teacher) -> None:
+          save_steps: int, lora: bool, lora_r: int, keep_weights: bool, judge_model: str | None, dry_run: bool,
+          no_cache: bool, max_cost: float | None, quiet: bool, teacher: Teacher) -> None:
     """How much data does the student need? Train a student per size and seed on nested subsets of
     SPEC's dataset, score each on its test split, and draw the learning curves (re-run to resume)."""
     from promptbake import Teacher
 
     training: dict[str, Any] = {"epochs": epochs, "learning_rate": learning_rate, "batch_size": batch_size,
-                                "max_steps": max_steps, "max_length": max_length, "lora": lora, "lora_r": lora_r}
+                                "max_steps": max_steps, "max_length": max_length, "save_steps": save_steps,
+                                "lora": lora, "lora_r": lora_r}
     if dry_run:
         plan = api.study_plan(spec_path, out_dir, sizes=sizes, seeds=seeds, dataset=dataset, sweep=sweeps,
                               student=student, trained=trained, teacher=teacher, **training)

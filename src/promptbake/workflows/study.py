@@ -27,13 +27,14 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import statistics
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from promptbake.curate.checks import AnswerList
 from promptbake.curate.sizes import priority_order
@@ -57,6 +58,9 @@ from promptbake.workflows.evaluate.testset import TestItem, load_test, parse_swe
 from promptbake.workflows.pipeline import default_store
 from promptbake.workflows.sync import run_sync
 
+if TYPE_CHECKING:
+    from promptbake.train.local import TrainOptions
+
 Echo = Callable[[str], None]
 STUDENTS, SUBSETS, EVALS = "students", "subsets", "evals"
 EVAL_STORE = "eval.db"
@@ -73,10 +77,11 @@ TRAIN_TOKENS_PER_S = 60.0
 
 @dataclass(frozen=True, kw_only=True)
 class StudyOptions:
-    """What to measure. ``train`` holds the training settings (its ``seed`` is replaced by each
-    of ``range(seeds)``); ``trained`` maps (size, seed) to a model trained elsewhere (a hosted
-    fine-tune's id, answered through the teacher's server), ``(0, 0)`` being the base model. A size
-    with a model trained elsewhere is studied at the seeds given for it only."""
+    """What to measure: the sizes and seeds, the eval's sweep and targets, and how each student
+    trains (the fields of ``train``; every seed in ``range(seeds)`` trains its own). ``trained``
+    maps (size, seed) to a model trained elsewhere (a hosted fine-tune's id, answered through the
+    teacher's server), ``(0, 0)`` being the base model; a size with such a model is studied at
+    the seeds given for it only."""
 
     sizes: tuple[int, ...]
     seeds: int = 1
@@ -107,7 +112,7 @@ class StudyOptions:
             if not 0 <= seed < self.seeds:
                 raise InputError(f"--trained {size}/{seed}={model}: seeds run from 0 to {self.seeds - 1}")
 
-    def train_options(self, seed: int) -> Any:
+    def train_options(self, seed: int) -> TrainOptions:
         from promptbake.train.local import TrainOptions
 
         return TrainOptions(student=self.student, lora=self.lora, lora_r=self.lora_r, max_length=self.max_length,
@@ -188,8 +193,11 @@ async def ensure_dataset(spec: Spec, directory: Path, sizes: Sequence[int], teac
     if state == "foreign":
         return [f"{directory}: built without a store here; its files are used as they are"]
     if state == "current":
+        from promptbake.output.targets import target_for_teacher
+
+        config = merge(spec.teacher, teacher)
         with Store(default_store(directory), lock=False) as store:
-            build(spec, store, directory, sizes=wanted, validate=False)
+            build(spec, store, directory, sizes=wanted, target=target_for_teacher(config.kind, config.base_url))
         return [f"{directory}: the dataset is current (rebuilt from its store with the subsets)"]
     echo(f"building the dataset in {directory} (the teacher answers what the store does not hold)")
     report = await run_async(spec, directory, None, teacher, options, sizes=wanted, command="study")
@@ -231,10 +239,16 @@ class Versions:
 
 
 def subsets(versions: Versions, sizes: Sequence[int]) -> tuple[dict[int, list[Example]], list[str]]:
-    """``{N: the first N examples of the nested order, in the latest file's order}`` for each
-    size from 1 to the latest training file's length, and a warning for each larger one."""
+    """``{N: the first N examples of the nested order}`` for each size from 1 to the latest
+    training file's length, and a warning for each larger one. Each subset lists its examples in
+    the order of the first file that has them (``train.jsonl``'s, as ``train.N.jsonl`` does, then
+    each top-up's new ones in its file's order), so a top-up leaves the earlier subsets byte for
+    byte as they were, and their students trained."""
     order = versions.order()
-    position = {e.id: i for i, e in enumerate(versions.latest)}
+    position: dict[str, int] = {}
+    for examples in versions.examples:
+        for example in examples:
+            position.setdefault(example.id, len(position))
     chosen: dict[int, list[Example]] = {}
     warnings = []
     for n in sorted(set(sizes)):
@@ -271,10 +285,8 @@ class Model:
     seed: int | None
     label: str  # the folder / eval file name
     config: TeacherConfig | None = None  # None: the teacher row, whose answers are the test split's
-    folder: Path | None = None  # a local student's model folder
     train: dict[str, Any] | None = None  # what training did (train.json's figures)
     name: str = ""  # the model name its answers are stored under
-    done: bool = False  # trained (or no training needed) when the plan was made
 
 
 def student_key(subset_hash: str, student: str | None, settings: Mapping[str, Any]) -> str:
@@ -306,6 +318,8 @@ def untrained_gguf(root: Path, student: str | None, echo: Echo) -> Path:
     if not target.is_file():
         check_student(resolved, gguf=True)
         ensure_dir(folder)
+        for stale in folder.glob(".model.gguf.*"):  # a write a kill cut short
+            stale.unlink()
         echo(f"writing the untrained student's GGUF: {target}")
         partial = folder / f".model.gguf.{os.getpid()}"
         write_gguf(resolved.path, partial, "q8_0", name=f"promptbake untrained {Path(resolved.name).name}")
@@ -317,8 +331,13 @@ def untrained_gguf(root: Path, student: str | None, echo: Echo) -> Path:
 def train_student(subset: Path, folder: Path, options: StudyOptions, seed: int, progress: bool,
                   echo: Echo) -> dict[str, Any]:
     """Train (or find trained, or resume) one student; its figures for the study line."""
-    from promptbake.train.local import train
+    from promptbake.train.local import CHECKPOINTS, RUN, train
+    from promptbake.train.record import RECORD
 
+    if folder.is_dir() and not (folder / RECORD).is_file() and not (folder / CHECKPOINTS / RUN).is_file():
+        # killed before training recorded anything to resume from (the checkpoint folder made, its
+        # run.json not yet written): the study's own folder, holding nothing, is started afresh
+        shutil.rmtree(folder)
     result = train(subset, folder, options.train_options(seed), progress=progress, echo=echo)
     if not options.keep_weights:  # the GGUF is what the study evaluates; 0.5 GB of float32 each is not kept
         for name in ("model.safetensors", "adapter"):
@@ -355,12 +374,14 @@ def _lines(model: Model, rows: list[dict[str, Any]], spec: Spec, dataset: Path,
             if "judge" in (row.get("scores") or {}):
                 verdicts[key].append(row["scores"]["judge"])
     order = sorted(groups, key=lambda k: (list(sent).index(k[1]), k[0] == curves.ALL, k[0]))
+    listed = any("metrics" in row for row in rows)
     lines = []
     for category, label in order:
         group, usage = groups[(category, label)], spent[(category, label)]
         data = group.as_dict()
         metrics = {"pass": data["pass_rate"], "score": data["mean_score"]}
-        metrics |= {name: data[f"metric_{name}"] for name in AnswerList.METRICS if f"metric_{name}" in data}
+        if listed:  # all five, None where none applies (``values`` when no answer had the keys)
+            metrics |= {name: data.get(f"metric_{name}") for name in AnswerList.METRICS}
         if verdicts.get((category, label)):
             metrics["judge"] = statistics.fmean(verdicts[(category, label)])
         lines.append({
@@ -524,7 +545,8 @@ class Study:
         # the reference rows and size 0 first: they frame the curve, and cost no training
         teacher_answers = {item.id: item.reference for item in items if item.reference is not None}
         if teacher_answers:
-            await score(Model("teacher", None, None, "teacher", name="teacher"), items, teacher_answers)
+            models = read_manifest(self.dataset).get("teacher", {}).get("models") or ["teacher"]
+            await score(Model("teacher", None, None, "teacher", name=", ".join(models)), items, teacher_answers)
         base = self._base_model()
         if 0 in options.sizes:
             await score(replace(base, kind="student", size=0), items)
@@ -533,7 +555,7 @@ class Study:
             self.report.notes.append("no prompted row: the teacher's prompts are not in a store beside the dataset")
         else:
             prompted = [replace(item, prompt=prompts[item.id]) for item in items]
-            await score(replace(base, kind="prompted", label=f"prompted-{base.label}"), prompted)
+            await score(replace(base, kind="prompted", size=None, label=f"prompted-{base.label}"), prompted)
         for size, examples in chosen.items():
             for seed in options.seeds_of(size):
                 model = self._student(size, seed, examples)
@@ -552,12 +574,12 @@ class Study:
         hosted = self.options.trained.get((0, 0))
         if hosted is not None:
             config = hosted_config(self.spec, self.teacher, hosted)
-            return Model("student", 0, None, f"size-0-{_slug(hosted)}", config, name=hosted, done=True)
+            return Model("student", 0, None, f"size-0-{_slug(hosted)}", config, name=hosted)
         folder = untrained_gguf(self.out, self.options.student, self.echo)
         config = local_config(folder, self.teacher)
         from promptbake.teacher.config import model_name
 
-        return Model("student", 0, None, folder.name, config, folder, name=model_name(config), done=True)
+        return Model("student", 0, None, folder.name, config, name=model_name(config))
 
     def _student(self, size: int, seed: int, examples: list[Example]) -> Model:
         hosted = self.options.trained.get((size, seed))
@@ -573,7 +595,7 @@ class Study:
         config = local_config(folder, self.teacher)
         from promptbake.teacher.config import model_name
 
-        return Model("student", size, seed, folder.name, config, folder, figures, model_name(config))
+        return Model("student", size, seed, folder.name, config, figures, model_name(config))
 
     def _record(self, sizes: list[int]) -> dict[str, Any]:
         o = self.options
@@ -695,9 +717,13 @@ def plan_study(spec: Spec, out: str | Path | None = None, *, dataset: str | Path
         found = estimate(spec, model_name(config), config.kind)
         plan.requests += sum(s.requests for s in found.steps)
         plan.cost += found.cost if config.kind == "remote" else 0.0
-        plan.generate_s = sum(s.requests for s in found.steps) * answer_s / (servers if config.kind == "local" else 8)
-        plan.lines.append(f"dataset: {state} in {directory}: the teacher ({found.model}) answers "
-                          f"{sum(s.requests for s in found.steps):,} requests first, ~{_duration(plan.generate_s)}")
+        asked = sum(s.requests for s in found.steps)
+        if config.kind == "local":
+            plan.generate_s = asked * answer_s / servers
+        when = f"~{_duration(plan.generate_s)}" if config.kind == "local" else \
+            f"≤ ${found.cost:.4f}, at the pace the server's limits allow"
+        plan.lines.append(f"dataset: {state} in {directory}: the teacher ({found.model}) answers {asked:,} "
+                          f"requests first, {when}")
         per_example = sum(s.prompt_tokens + s.completion_tokens for s in found.steps) / max(1, found.examples_wanted)
         chosen = {n: [] for n in options.sizes if n > 0}
         n_test = int(spec.split.test) if isinstance(spec.split.test, int) else math.ceil(
@@ -718,6 +744,7 @@ def plan_study(spec: Spec, out: str | Path | None = None, *, dataset: str | Path
                   + (" (answered)" if prompted_done else ""))
     pending_answers += 0 if prompted_done else answers_per_model
     hosted_cost = 0.0
+    remote_answers = 0  # answered by a provider: no time on this machine
     prices = PriceTable(config.prices)
     for size in sorted(n for n in options.sizes if n > 0):
         examples = chosen.get(size)
@@ -732,6 +759,7 @@ def plan_study(spec: Spec, out: str | Path | None = None, *, dataset: str | Path
                 models.append(f"size {size} seed {seed}: {hosted}, trained elsewhere; {answers_per_model} answers, "
                               f"≤ ${cost:.4f}" + ("" if prices.known(hosted) else " (no price known)"))
                 pending_answers += answers_per_model
+                remote_answers += answers_per_model
                 continue
             settings_used = options.train_options(seed)
             if examples:
@@ -755,7 +783,7 @@ def plan_study(spec: Spec, out: str | Path | None = None, *, dataset: str | Path
                           + (", answered" if answered else f", then {answers_per_model} answers"))
     judged = 2 if Scoring.build(spec).criteria else 1
     plan.requests += pending_answers * judged
-    plan.answer_s = pending_answers * judged * answer_s / servers
+    plan.answer_s = (pending_answers - remote_answers) * judged * answer_s / servers
     plan.cost += hosted_cost
     plan.lines += models
     plan.lines.append(f"answers: {pending_answers * judged:,} requests to send ({n_test} test prompts × {settings} "
