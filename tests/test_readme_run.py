@@ -1,8 +1,10 @@
 """Every README example runs as written: each ``promptbake`` command in the README's code blocks,
 in order, against the loopback stand-in. The embedded-teacher command (``--teacher local``) and
-the real-server ones (``--base-url http://localhost:...``) are pointed at the stand-in; everything
+the real-server ones (``--base-url http://localhost:...``) and those of a trained student
+(``--student DIR``, served for real in test_train.py) are pointed at the stand-in; everything
 else is run verbatim from a copy of the repository's generators, samples and templates (only
-``teacher serve``, which serves until Ctrl-C, is left out)."""
+``teacher serve``, which serves until Ctrl-C, is left out, and ``train`` trains a tiny student for
+one step instead of SmolLM2 for minutes)."""
 
 from __future__ import annotations
 
@@ -17,14 +19,27 @@ from click.testing import CliRunner
 from fakeserver import FakeServer
 from helpers import ROOT, readme_responder
 from test_readme import readme_commands
+from tinymodel import build_tiny_student
 
 from promptbake.cli.main import cli
 
 
 def pointed_at(line: str, url: str) -> list[str]:
     line = line.replace("--teacher local", "--teacher remote --model smollm2-stand-in")
+    if not line.startswith("promptbake train "):  # a trained student answers on the stand-in too
+        line = re.sub(r"--student \S+", "--teacher remote --model student-stand-in", line)
     line = re.sub(r"--base-url http://localhost:\d+/v1", f"--base-url {url}", line)
     return shlex.split(line)[1:]
+
+
+def tiny_training(args: list[str], root: Path) -> list[str]:
+    """`promptbake train` as written, but on the tiny student for one step (test_train.py trains
+    for real): the model folder it writes is then served by the local engine for `eval --student`."""
+    student = root / "tiny-student"
+    if not student.exists():
+        pytest.importorskip("trl")
+        build_tiny_student(student)
+    return [*args, "--student", str(student), "--max-steps", "1"]
 
 
 def run_batch_like_vllm(inputs: Path, output: Path) -> None:
@@ -62,6 +77,8 @@ def test_readme_commands_run_in_order_against_the_stand_in(monkeypatch, tmp_path
                 exported = tmp_path / args[args.index("--out") + 1]
             if args[:2] == ["batch", "import"]:
                 run_batch_like_vllm(exported, tmp_path / args[3])  # the README's vLLM step
+            if args[:1] == ["train"]:
+                args = tiny_training(args, tmp_path)
             result = CliRunner().invoke(cli, args)
             if result.exit_code != 0:
                 pytest.fail(f"{line}\nexit {result.exit_code}:\n{result.output[-3000:]}", pytrace=False)

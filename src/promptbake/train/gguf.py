@@ -68,15 +68,16 @@ def check_convertible(config: dict[str, Any], tokenizer_json: dict[str, Any] | N
         raise TrainError(f"{where}: rope scaling {rope.get('rope_type')!r} is not supported by promptbake's GGUF "
                          f"writer: {CONVERTER_HINT}")
     model = (tokenizer_json or {}).get("model") or {}
-    if model.get("type") != "BPE" or not _byte_level(tokenizer_json or {}):
+    if model.get("type") != "BPE" or _byte_level(tokenizer_json or {}) is None:
         raise TrainError(f"{where}: the GGUF writer needs a byte-level BPE tokenizer (tokenizer.json), as SmolLM2 "
                          f"and Llama 3 have: {CONVERTER_HINT}")
 
 
-def _byte_level(tokenizer_json: dict[str, Any]) -> bool:
+def _byte_level(tokenizer_json: dict[str, Any]) -> dict[str, Any] | None:
+    """The tokenizer's ByteLevel pre-tokenizer (its settings), if it has one."""
     pre = tokenizer_json.get("pre_tokenizer") or {}
     parts = pre.get("pretokenizers") or [pre]
-    return any(p.get("type") == "ByteLevel" for p in parts if isinstance(p, dict))
+    return next((p for p in parts if isinstance(p, dict) and p.get("type") == "ByteLevel"), None)
 
 
 def pre_tokenizer(tokenizer: Any, tokenizer_json: dict[str, Any]) -> str:
@@ -229,6 +230,7 @@ def _add_vocab(writer: Any, tokenizer: Any, tokenizer_json: dict[str, Any], mode
             tokens.append(token)
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre(pre_tokenizer(tokenizer, tokenizer_json))
+    writer.add_add_space_prefix(bool((_byte_level(tokenizer_json) or {}).get("add_prefix_space")))
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     special = gguf.SpecialVocab(model_dir, load_merges=True, n_vocab=vocab_size)

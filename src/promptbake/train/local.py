@@ -43,6 +43,7 @@ from promptbake.train.student import Student, check_student, load_student, resol
 Echo = Callable[[str], None]
 CHECKPOINTS = "checkpoints"
 RUN = "run.json"  # beside the checkpoints: the key and settings of the run they belong to
+ADAPTER = "adapter"  # the LoRA adapter alone, as PEFT loads it
 # Defaults per (method, LoRA): SFT at 1e-4 taught SmolLM2-135M a JSON answer format from 25 examples
 # (shared/FACTS.md); a LoRA adapter moves fewer weights and takes a larger step (PEFT's examples use
 # 2e-4); DPO starts from a trained model and moves it little (TRL's DPOConfig default is 1e-6).
@@ -98,7 +99,7 @@ class TrainOptions:
 
 
 def train(dataset: str | Path, out: str | Path, options: TrainOptions, *, restart: bool = False,
-                progress: bool = True, echo: Echo | None = None) -> TrainResult:
+          progress: bool = True, echo: Echo | None = None) -> TrainResult:
     """Train ``options.student`` on the dataset directory ``dataset`` into the model folder
     ``out``; see the module docstring for resuming and for what is written."""
     say = echo or (lambda _: None)
@@ -146,16 +147,20 @@ def _claim(out: Path, key: str, settings: dict[str, Any], previous: dict[str, An
     running = _read_run(checkpoints / RUN)
     if restart:
         shutil.rmtree(checkpoints, ignore_errors=True)
-        return notes
-    if running is not None and running.get("run_key") != key:
+    elif running is not None and running.get("run_key") != key:
         raise InputError(f"{out} holds an unfinished training run with other data or settings "
                          f"({_differences(running, settings)}); pass --restart to discard "
                          "its checkpoints, or choose another --out")
-    if running is None and out.is_dir() and any(out.iterdir()):
+    elif running is None and out.is_dir() and any(out.iterdir()):
         if previous is None:
             raise InputError(f"{out}: not empty and not a model folder promptbake trained; choose another --out")
         notes.append(f"{out}: replacing the model trained on {previous.get('dataset', {}).get('file')} "
                      "(the data or the settings changed)")
+    if running is None or restart:
+        # what the model being replaced left that this run might not write: never mix the two
+        for name in (RECORD, STUDENT_GGUF):
+            (out / name).unlink(missing_ok=True)
+        shutil.rmtree(out / ADAPTER, ignore_errors=True)
     return notes
 
 
@@ -201,6 +206,7 @@ class Trained:
     resumed_from: int | None
     tokens: int  # tokens this process trained on (padding excluded)
     train_seconds: float
+    cpu_seconds: float
     truncation: dict[str, Any]
     device: str
 
@@ -273,10 +279,10 @@ def _fit_quietly(data: TrainData, student: Student, options: TrainOptions, setti
         bar.close()
     final = trainer.model
     if options.lora:
-        final.save_pretrained(checkpoints.parent / "adapter")  # the adapter alone, as PEFT loads it
+        final.save_pretrained(checkpoints.parent / ADAPTER)
         final = final.merge_and_unload()
     return Trained(final, tokenizer, list(trainer.state.log_history), trainer.state.global_step, resumed_from,
-                   clock.tokens, clock.seconds, {"train": truncation.to_dict(),
+                   clock.tokens, clock.seconds, clock.cpu_seconds, {"train": truncation.to_dict(),
                                                  "validation": held_truncation.to_dict()},
                    "cuda" if cuda else "cpu")
 
@@ -302,19 +308,21 @@ def _trainer(options: TrainOptions, model: Any, tokenizer: Any, common: dict[str
 
 
 class _Clock:
-    """Tokens and seconds of training in this process (a resumed run counts only its own part)."""
+    """Tokens, seconds and CPU seconds of training in this process (a resumed run counts only its
+    own part). CPU time is the figure that holds on a machine shared with other jobs."""
 
     def __init__(self) -> None:
         self.start_tokens = 0
         self.tokens = 0
-        self.started = 0.0
-        self.seconds = 0.0
+        self.started = self.cpu_started = 0.0
+        self.seconds = self.cpu_seconds = 0.0
 
     def begin(self, tokens: int) -> None:
-        self.start_tokens, self.started = tokens, time.monotonic()
+        self.start_tokens, self.started, self.cpu_started = tokens, time.monotonic(), time.process_time()
 
     def end(self, tokens: int) -> None:
         self.tokens, self.seconds = tokens - self.start_tokens, time.monotonic() - self.started
+        self.cpu_seconds = time.process_time() - self.cpu_started
 
 
 class TrainProgress(Progress):
@@ -365,11 +373,17 @@ def _callback(bar: TrainProgress, clock: _Clock) -> Any:
 
         def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None,
                    **kwargs: Any) -> None:
-            if logs and "loss" in logs:
+            if logs and "loss" in logs:  # logged after the step ended: show it now
                 self.loss = float(logs["loss"])
+                bar.step(state.global_step, self.loss, state.num_input_tokens_seen - clock.start_tokens)
 
-        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
             bar.step(state.global_step, self.loss, state.num_input_tokens_seen - clock.start_tokens)
+            if state.global_step >= state.max_steps:
+                # the trainer checkpoints the last step too, but the model itself is saved next and the
+                # checkpoints deleted: for SmolLM2 that is 1.6 GB not written (about 50 s on this disk)
+                control.should_save = False
+            return control
 
         def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             clock.end(state.num_input_tokens_seen)
@@ -399,7 +413,8 @@ def _record(data: TrainData, student: Student, settings: dict[str, Any], key: st
         "steps": steps,
         "validation_loss": evals,
         "performance": {"tokens": trained.tokens, "train_s": round(trained.train_seconds, 2),
-                        "tokens_per_s": round(speed, 1), "wall_s": round(wall, 2), "peak_rss_mb": peak_rss_mb()},
+                        "tokens_per_s": round(speed, 1), "cpu_s": round(trained.cpu_seconds, 2),
+                        "wall_s": round(wall, 2), "peak_rss_mb": peak_rss_mb()},
         "device": trained.device,
         "threads": _threads(),
         "versions": library_versions(),
