@@ -206,6 +206,7 @@ def test_the_study_writes_a_line_per_model_setting_and_category_with_the_referen
     assert len(prompted) == 8
     assert "this run: 2 students trained, 0 found trained" in output
     assert "target keys ≥ 0.5 first reached at:" in output
+    assert "best setting by keys: prompted temperature=" in output and "8 examples/0 temperature=" in output
     assert not list((study / "students").glob("*/model.safetensors"))  # only the GGUFs are kept
     assert len(list((study / "students").glob("*/model.gguf"))) == 3
 

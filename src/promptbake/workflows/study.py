@@ -348,7 +348,8 @@ def train_student(subset: Path, folder: Path, options: StudyOptions, seed: int, 
     perf = record.get("performance") or {}
     steps = record.get("steps") or []
     return {"examples": (record.get("examples") or {}).get("train"), "steps": record.get("global_step"),
-            "tokens": perf.get("tokens"), "seconds": perf.get("train_s"), "wall_s": perf.get("wall_s"),
+            "tokens": perf.get("tokens"), "seconds": perf.get("train_s"), "cpu_s": perf.get("cpu_s"),
+            "wall_s": perf.get("wall_s"),
             "loss": steps[-1]["loss"] if steps else None, "trained_now": result.trained}
 
 
@@ -476,6 +477,11 @@ class StudyReport:
                 got = ", ".join(f"{c} {reached(p, value) if reached(p, value) is not None else 'not reached'}"
                                 for c, p in per.items())
                 lines.append(f"target {metric} ≥ {value:g} first reached at: {got}")
+            if len({line["setting"] for line in self.lines if line["kind"] != "teacher"}) > 1:
+                best = curves.best_settings([x for x in self.lines if x["kind"] != "teacher"], rank)
+                lines.append(f"best setting by {rank}: " + ", ".join(
+                    f"{kind if kind != 'student' else f'{size} examples' + ('' if seed is None else f'/{seed}')} "
+                    f"{setting}" for (kind, size, seed), setting in best.items()))
             step = gains(curve_set(self.lines, rank, rank))
             if step:
                 lines.append(f"{rank} gained between the last two sizes: " + ", ".join(
