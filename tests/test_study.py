@@ -394,3 +394,34 @@ def test_the_format_study_spec_bakes_the_format_in(tmp_path):
     assert [m.role for m in spec.example.messages] == ["user", "assistant"]  # no system message in training
     estimate = promptbake.estimate(spec)
     assert estimate.cells == 240
+
+
+def test_curves_take_each_student_at_its_best_setting_with_the_seeds_spread(tmp_path):
+    rows = []
+    for seed, (cold, warm) in enumerate([(0.2, 0.6), (0.4, 0.5), (0.3, 0.9)]):
+        for setting, value in (("temperature=0", cold), ("temperature=1", warm)):
+            rows.append({"kind": "student", "size": 20, "seed": seed, "setting": setting, "category": "all",
+                         "metrics": {"keys": value, "items": 0.25}})
+    rows.append({"kind": "student", "size": 0, "seed": None, "setting": "temperature=0", "category": "all",
+                 "metrics": {"keys": 0.0, "items": 0.0}})
+    rows.append({"kind": "teacher", "size": None, "seed": None, "setting": "default", "category": "all",
+                 "metrics": {"keys": 1.0, "items": 0.3}})
+    path = tmp_path / "study.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    lines = curves.read_study(path)
+    assert curves.is_study_file(path) and not curves.is_study_file(ROOT / "samples" / "eval_sample.jsonl")
+    assert curves.metric_names(lines) == ["keys", "items"]
+    best = curves.best_settings(lines, "keys")
+    assert [best[("student", 20, s)] for s in range(3)] == ["temperature=1", "temperature=1", "temperature=1"]
+    point = curves.curves(lines, "keys")["all"][-1]
+    assert (point.size, point.seeds, point.low, point.high) == (20, 3, 0.5, 0.9)
+    assert point.mean == pytest.approx(2 / 3)
+    assert curves.reached(curves.curves(lines, "keys")["all"], 0.6) == 20
+    assert curves.reached(curves.curves(lines, "keys")["all"], 0.95) is None
+    gain = curves.gains(curves.curves(lines, "keys"))["all"]
+    assert (gain.start, gain.end) == (0, 20) and gain.per_100 == pytest.approx(100 * (2 / 3) / 20)
+    assert curves.references(lines, "keys") == {"teacher": {"all": 1.0}}
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"kind": "student", "size": -1, "category": "all", "metrics": {}}\n')
+    with pytest.raises(promptbake.PromptbakeError, match=re.escape("bad.jsonl:1: a student line needs 'size'")):
+        curves.read_study(bad)

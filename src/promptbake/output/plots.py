@@ -185,6 +185,7 @@ def learning_curves(name: str, panels: Mapping[str, Mapping[str, Curve]],
         positive = [s for s in sizes if s > 0]
         if positive and max(positive) / min(positive) > 20:
             ax.set_xscale("symlog", linthresh=min(positive))
+            ax.set_xlim(min(sizes) - 0.25 * min(positive), max(sizes) * 1.15)  # no empty negative decade
         if sizes:
             ax.set_xticks(sizes, [f"{s:g}" for s in sizes], fontsize=8)
         if values and all(0 <= v <= 1 for v in values):

@@ -25,7 +25,7 @@ def _model(line: dict[str, Any]) -> str:
     if line["kind"] != "student":
         return str(line["kind"])
     seed = "" if line.get("seed") is None else f", seed {line['seed']}"
-    return f"{line['size']} examples{seed}"
+    return f"{line['size']} example{'s' if line['size'] != 1 else ''}{seed}"
 
 
 def _answers(directory: Path, sample: int) -> tuple[list[Row], str]:
@@ -78,7 +78,7 @@ def study_context(path: str | Path, *, targets: dict[str, float] | None = None,
         if any(kind in refs[m] for m in names):
             summary.append([kind, *(refs[m].get(kind, {}).get(curves.ALL) for m in names)])
     for size in sizes:
-        row: list[Any] = [f"student, {size} examples"]
+        row: list[Any] = [f"student, {size} example{'s' if size != 1 else ''}"]
         for m in names:
             point = next((p for p in drawn[m].get(curves.ALL, []) if p.size == size), None)
             row.append(None if point is None else point.mean if point.low == point.high

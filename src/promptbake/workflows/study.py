@@ -468,7 +468,8 @@ class StudyReport:
                     point = next((p for p in drawn[m] if p.size == size), None)
                     cells.append(_pct(point.mean if point else None)
                                  + ("" if point is None or point.low == point.high else "±"))
-                lines.append(f"{f'student, {size} examples':<22}" + "".join(f" {c:>7}" for c in cells))
+                name = f"student, {size} example" + ("s" if size != 1 else "")
+                lines.append(f"{name:<22}" + "".join(f" {c:>7}" for c in cells))
             for metric, value in self.targets.items():
                 if metric not in names:
                     lines.append(f"target {metric}={value:g}: the study did not measure {metric}")
