@@ -67,12 +67,12 @@ EVAL_STORE = "eval.db"
 RECORD = "study.json"
 REPORT = "study.html"
 SAMPLING = ("temperature", "top_p", "max_tokens")  # what the eval sends as the spec's last step did
-# Dry-run time estimates when this study has no measurement of its own yet (2 cores, loaded):
-# SmolLM2-135M answers ~1.6 s per request per llama.cpp server (the quick sample: 61 attempts in
-# 48 s on two), and trains ~60 tokens/s in SFT on the CPU (shared/FACTS.md: steps of 4 × ~250
-# tokens took 10-30 s).
-ANSWER_S = 1.6
-TRAIN_TOKENS_PER_S = 60.0
+# Dry-run time estimates when this study has no measurement of its own yet: the embedded study
+# (generators/format_study.yaml) on 2 cores shared with other jobs (load 6-11), where SmolLM2-135M
+# answered in 5.7 s per request per llama.cpp server (up to 100 tokens) and trained its 25-example
+# student at 10.8 tokens/s (4.9 to 46 as the load changed; README "The embedded study").
+ANSWER_S = 5.7
+TRAIN_TOKENS_PER_S = 10.8
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -482,7 +482,8 @@ class StudyReport:
                 best = curves.best_settings([x for x in self.lines if x["kind"] != "teacher"], rank)
                 lines.append(f"best setting by {rank}: " + ", ".join(
                     f"{kind if kind != 'student' else f'{size} examples' + ('' if seed is None else f'/{seed}')} "
-                    f"{setting}" for (kind, size, seed), setting in best.items()))
+                    f"{setting}" for (kind, size, seed), setting in sorted(
+                        best.items(), key=lambda kv: (kv[0][0] != "prompted", kv[0][1] or 0, kv[0][2] or 0))))
             step = gains(curve_set(self.lines, rank, rank))
             if step:
                 lines.append(f"{rank} gained between the last two sizes: " + ", ".join(
