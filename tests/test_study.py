@@ -425,3 +425,20 @@ def test_curves_take_each_student_at_its_best_setting_with_the_seeds_spread(tmp_
     bad.write_text('{"kind": "student", "size": -1, "category": "all", "metrics": {}}\n')
     with pytest.raises(promptbake.PromptbakeError, match=re.escape("bad.jsonl:1: a student line needs 'size'")):
         curves.read_study(bad)
+
+
+def test_a_student_killed_before_its_first_checkpoint_is_trained_afresh(root, tmp_path):
+    """``kill -9`` between ``train`` making the checkpoint folder and writing the run's key leaves
+    a folder ``train`` refuses as not its own; the study, whose folder it is, starts it again."""
+    from tinymodel import write_dataset
+
+    from promptbake.workflows.study import StudyOptions, train_student
+
+    data = write_dataset(tmp_path / "data")
+    folder = tmp_path / "students" / "size-8-seed-0-0123456789"
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "checkpoints" / ".run.json.12345.tmp").write_text('{"run_')
+    options = StudyOptions(sizes=(8,), student=str(root.parent / "tiny"), max_steps=1, batch_size=2)
+    figures = train_student(data, folder, options, 0, False, lambda _: None)
+    assert figures["steps"] == 1 and figures["trained_now"] and (folder / "model.gguf").is_file()
+    assert not (folder / "model.safetensors").exists()  # only the GGUF is kept
