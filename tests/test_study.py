@@ -442,3 +442,27 @@ def test_a_student_killed_before_its_first_checkpoint_is_trained_afresh(root, tm
     figures = train_student(data, folder, options, 0, False, lambda _: None)
     assert figures["steps"] == 1 and figures["trained_now"] and (folder / "model.gguf").is_file()
     assert not (folder / "model.safetensors").exists()  # only the GGUF is kept
+
+
+def test_models_trained_elsewhere_are_answered_through_the_teachers_server(tmp_path):
+    """A hosted study: the base model and a fine-tune named with --trained answer through the
+    teacher's server (the stand-in), nothing is trained here, and the dry run prices them."""
+    (tmp_path / "spec.yaml").write_text(textwrap.dedent(SPEC), encoding="utf-8")
+    tuned = "ft:gpt-4o-mini-2024-07-18:acme:fmt:abc123"
+    args = ["study", "spec.yaml", "--sizes", "0,4", "--out", "s", "--dataset", "d", "--trained",
+            "0=gpt-4o-mini", "--trained", f"4={tuned}", "-q"]
+    with FakeServer(responder=respond).running() as server:
+        plan = CliRunner().invoke(cli, [*args, "--dry-run", "--base-url", server.base_url])
+        assert plan.exit_code == 0, plan.output
+        assert f"size 4 seed 0: {tuned}, trained elsewhere; 4 answers, ≤ $0.0" in plan.output
+        assert "total: 0 students to train" in plan.output
+        result = invoke(args, server.base_url)
+        models = Counter(body["model"] for body in server.bodies)
+    lines = curves.read_study(tmp_path / "s" / "study.jsonl")
+    students = {line["size"]: line for line in lines if line["kind"] == "student" and line["category"] == "all"}
+    assert students[4]["model"] == tuned and students[4]["train"] is None
+    assert students[4]["metrics"]["keys"] == 1.0  # the stand-in answers right, whoever is asked
+    assert students[4]["cost"] > 0 and students[0]["model"] == "gpt-4o-mini"
+    assert not (tmp_path / "s" / "students").exists()  # nothing trained or converted here
+    assert "this run: 0 students trained, 0 found trained" in result.output
+    assert models[tuned] == 4 and models["gpt-4o-mini"] >= 40 + 4 + 4  # the dataset, size 0, prompted
