@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -246,6 +247,7 @@ def test_the_local_engine_serves_the_student_and_eval_keys_answers_by_its_hash(t
     assert answer["choices"][0]["message"]["content"] is not None and answer["usage"]["completion_tokens"] > 0
 
     test = write_dataset(tmp_path / "eval", test_readable=True) / "test.jsonl"
+    out = Path(shutil.copytree(out, tmp_path / "student"))  # retrained below: the other tests keep theirs
     student = promptbake.Teacher(local_model=str(out))
     first = promptbake.evaluate(test, tmp_path / "e.jsonl", teacher=student, progress=False)
     assert first.usage.sent == 1 and first.rows[0]["error"] is None
@@ -254,6 +256,48 @@ def test_the_local_engine_serves_the_student_and_eval_keys_answers_by_its_hash(t
     write_gguf(out, out / "model.gguf", "f16")  # retrained (here: rewritten): a new hash, asked afresh
     fresh = promptbake.evaluate(test, tmp_path / "e.jsonl", teacher=student, progress=False)
     assert fresh.usage.sent == 1
+
+
+def test_teacher_serve_model_serves_the_student_until_ctrl_c(trained):
+    pytest.importorskip("llama_cpp")
+    _, out, result = trained
+    serve = subprocess.Popen([sys.executable, "-m", "promptbake", "teacher", "serve", "--model", str(out)],
+                             stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(SRC)})
+    try:
+        assert serve.stderr is not None
+        banner = serve.stderr.readline()
+        name = result.record["gguf"]["served_as"]
+        assert f"(model {name!r}" in banner, banner
+        base_url = banner.split(" at ", 1)[1].split()[0]
+        assert _chat(base_url, name)["usage"]["completion_tokens"] > 0
+        serve.send_signal(signal.SIGINT)
+        assert serve.wait(timeout=60) == 0
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+
+
+def test_a_spec_can_name_a_trained_student_as_its_teacher(trained):
+    from promptbake.teacher.config import merge, model_name
+
+    _, out, result = trained
+    spec = {"name": "s", "teacher": {"kind": "local"}, "grid": {"axes": {"a": ["x"]}},
+            "steps": [{"name": "r", "messages": [{"role": "user", "content": "{{ a }}"}]}],
+            "example": {"messages": [{"role": "user", "content": "{{ a }}"},
+                                     {"role": "assistant", "content": "{{ r }}"}]}}
+    plain = promptbake.load_spec(spec)
+    student = promptbake.load_spec({**spec, "teacher": {"kind": "local", "local_model": str(out)}})
+    assert "local_model" not in plain.teacher.model_dump()  # unset, it leaves every older spec's hash as it was
+    assert student.spec_hash() != plain.spec_hash()
+    assert model_name(student.teacher) == model_name(merge(plain.teacher, promptbake.Teacher(local_model=str(out))))
+    assert model_name(student.teacher) == result.record["gguf"]["served_as"]
+
+
+def test_a_student_with_a_remote_teacher_is_refused(trained):
+    _, out, _ = trained
+    result = CliRunner().invoke(cli, ["eval", "--teacher", "remote", "--student", str(out), "--data", "t.jsonl",
+                                      "--out", "e.jsonl"])
+    assert result.exit_code == 2 and "served by the local engine; drop --teacher remote" in result.output
 
 
 def test_kill_9_then_the_same_command_resumes_from_the_last_checkpoint(student, tmp_path):

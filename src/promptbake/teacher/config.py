@@ -77,6 +77,9 @@ def merge(config: TeacherConfig, teacher: Teacher | None) -> TeacherConfig:
         data["endpoints"] = [{"base_url": url} for url in teacher.endpoints]
     if teacher.local_model is not None and teacher.kind is None:
         data["kind"] = "local"  # a model file to serve means the local teacher
+    if teacher.local_model is not None and teacher.kind == "remote":
+        raise InputError(f"--student {teacher.local_model}: a trained student is served by the local engine; "
+                         "drop --teacher remote")
     if (teacher.kind == "local" or teacher.local_model is not None) and teacher.model is None:
         data["model"] = None  # the spec's remote model name means nothing to the local server
     try:
