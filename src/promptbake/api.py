@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from promptbake.workflows.evaluate import EvalReport
     from promptbake.workflows.offline import ExportReport, ImportReport
     from promptbake.workflows.pipeline import RunReport
+    from promptbake.workflows.study import StudyOptions, StudyPlan, StudyReport
 
 PathLike: TypeAlias = "str | Path"
 SpecSource: TypeAlias = "Spec | Mapping[str, Any] | str | Path"  # a file, a dict or a Spec
@@ -298,13 +299,15 @@ evaluate = synchronous(evaluate_async)
 
 async def topup_async(
     spec: SpecSource,
-    eval_file: PathLike,
-    dataset: PathLike,
+    eval_file: PathLike | None = None,
+    dataset: PathLike | None = None,
     *,
+    study: PathLike | None = None,
     per_category: int = 10,
     threshold: float | None = None,
     bottom: int | None = None,
-    metric: Literal["auto", "pass", "score"] = "auto",
+    rising: float | None = None,
+    metric: str = "auto",
     teacher: Teacher | None = None,
     store: PathLike | None = None,
     max_cost: float | None = None,
@@ -314,13 +317,40 @@ async def topup_async(
     """Generate ``per_category`` more examples for the categories an ``eval_file`` (ours, or any
     JSONL with ``category`` and ``pass`` or ``score``) shows weak: below ``threshold`` (default
     0.8) or the worst ``bottom``. They go into the next train version of ``dataset``
-    (``train.v2.jsonl``...), deduplicated against train and test; ``test.jsonl`` never changes."""
+    (``train.v2.jsonl``...), deduplicated against train and test; ``test.jsonl`` never changes.
+
+    With ``study`` (a ``study.jsonl``) instead of an eval file, the weak categories are those whose
+    learning curve ends lowest (below ``threshold``, or the ``bottom`` lowest) or still rose by
+    ``rising`` (default 0.05) between its last two sizes, by ``metric`` (any metric the study
+    measured; ``auto``: the pass rate); ``dataset`` defaults to the study's. Running the study
+    again then adds the new training version's size."""
     from promptbake.output.dataset import Dataset
     from promptbake.workflows.topup import topup_async as run_topup
 
+    options = _options(max_cost, no_cache, progress)
+    if (eval_file is None) == (study is None):
+        from promptbake.errors import InputError
+
+        raise InputError("give an eval file (--eval) or a study (--study), one of them")
+    if study is not None:
+        from promptbake.workflows.study import topup_from_study_async
+
+        report = await topup_from_study_async(load_spec(spec), study, dataset,
+                                              metric=None if metric == "auto" else metric, threshold=threshold,
+                                              rising=rising, bottom=bottom, per_category=per_category,
+                                              store_path=store, teacher=teacher, options=options)
+        return Dataset.load(report.train_path.parent, report=report, store=Path(store) if store is not None else None)
+    if dataset is None or eval_file is None:
+        from promptbake.errors import InputError
+
+        raise InputError("--dataset: the built dataset to top up is needed with --eval")
+    if rising is not None:
+        from promptbake.errors import InputError
+
+        raise InputError("--rising reads a learning curve: it needs --study, not --eval")
     report = await run_topup(load_spec(spec), eval_file, dataset, per_category=per_category, threshold=threshold,
-                             bottom=bottom, metric=metric, store_path=store, teacher=teacher,
-                             options=_options(max_cost, no_cache, progress))
+                             bottom=bottom, metric=metric, store_path=store, teacher=teacher,  # type: ignore[arg-type]
+                             options=options)
     return Dataset.load(dataset, report=report, store=Path(store) if store is not None else None)
 
 
@@ -349,19 +379,26 @@ def export(directory: PathLike, formats: str | Iterable[str], out: PathLike, *, 
     return ExportResult(files, train_file(Path(directory), train_version))
 
 
-def report(source: PathLike, out: PathLike | None = None, *, kind: Literal["dataset", "eval"] | None = None,
+def report(source: PathLike, out: PathLike | None = None, *, kind: Literal["dataset", "eval", "study"] | None = None,
            store: PathLike | None = None, spec: SpecSource | None = None, sample: int | None = None,
            ratings: PathLike | None = None) -> Path:
     """Write one self-contained HTML page about a built dataset directory (counts, plots, kept and
-    dropped examples; default ``DIR/report.html``) or an eval results file (pass rates, sweeps;
-    default: the file with an ``.html`` suffix); returns its path. ``kind`` says which ``source``
-    is when its type is not enough (default: a file is eval results). ``store`` (default
+    dropped examples; default ``DIR/report.html``), an eval results file (pass rates, sweeps;
+    default: the file with an ``.html`` suffix) or a study's ``study.jsonl`` (learning curves);
+    returns its path. ``kind`` says which ``source`` is when its type is not enough (default: a
+    study file is recognised by its lines, another file is eval results). ``store`` (default
     ``DIR/promptbake.db`` when it exists) adds timings, failures and dropped texts; ``spec`` the
     requested counts when there is no store. ``sample`` caps the examples of each kind listed
-    (default 1,000). ``ratings`` (a ``rate`` store) adds the people's ratings as a section."""
+    (default 1,000). ``ratings`` (a ``rate`` store) adds the people's ratings as a section to a
+    dataset's or an eval's page."""
+    from promptbake.output.curves import is_study_file
     from promptbake.output.report import SAMPLE, write_eval_report, write_report
 
     sample = SAMPLE if sample is None else sample
+    if kind == "study" or (kind is None and Path(source).is_file() and is_study_file(source)):
+        from promptbake.output.study_report import write_study_report
+
+        return write_study_report(source, out, sample=sample)
     sections = [rate_results(ratings).section()] if ratings is not None else []
     if kind == "eval" or (kind is None and Path(source).is_file()):
         return write_eval_report(source, out, sample=sample, sections=sections)
@@ -582,3 +619,99 @@ def train_local(
                            learning_rate=learning_rate, batch_size=batch_size, seed=seed, validation=validation,
                            save_steps=save_steps, beta=beta, gguf=gguf)
     return train(dataset, out, options, restart=restart, progress=progress, echo=echo)
+
+
+def _study_options(sizes: Sequence[int], seeds: int, sweep: Sequence[str] | Mapping[str, Sequence[int | float]],
+                   targets: Sequence[str] | Mapping[str, float] | None, student: PathLike | None,
+                   trained: Mapping[Any, str] | Sequence[str] | None, training: Mapping[str, Any]) -> StudyOptions:
+    from promptbake.output.curves import parse_targets
+    from promptbake.workflows.study import StudyOptions, parse_trained
+
+    return StudyOptions(sizes=tuple(sizes), seeds=seeds, sweep=sweep,
+                        targets=parse_targets(dict(targets) if isinstance(targets, Mapping) else list(targets or [])),
+                        student=None if student is None else str(student), trained=parse_trained(trained),
+                        **training)
+
+
+async def study_async(
+    spec: SpecSource,
+    out: PathLike | None = None,
+    *,
+    sizes: Sequence[int],
+    seeds: int = 1,
+    dataset: PathLike | None = None,
+    sweep: Sequence[str] | Mapping[str, Sequence[int | float]] = (),
+    targets: Sequence[str] | Mapping[str, float] | None = None,
+    student: PathLike | None = None,
+    trained: Mapping[Any, str] | Sequence[str] | None = None,
+    epochs: float = 3.0,
+    learning_rate: float | None = None,
+    batch_size: int = 4,
+    max_steps: int | None = None,
+    max_length: int = 512,
+    save_steps: int = 10,
+    lora: bool = False,
+    lora_r: int = 16,
+    keep_weights: bool = False,
+    teacher: Teacher | None = None,
+    judge: Teacher | None = None,
+    max_cost: float | None = None,
+    no_cache: bool = False,
+    progress: bool = True,
+    echo: Callable[[str], None] | None = None,
+) -> StudyReport:
+    """How much data does the student need? Build (or reuse) the spec's dataset (``dataset``,
+    default ``out/<spec name>`` as ``run`` builds it), train one student per size in ``sizes`` and
+    seed in ``range(seeds)`` on nested, stratified subsets of its training split (size 0: the
+    untrained student; needs ``promptbake[train,local]``), score each on the same test split with
+    the spec's ``eval`` block (``sweep``: under each sampling setting), and add the teacher's own
+    answers and the untrained student given the teacher's full prompt as reference rows.
+
+    Writes ``out`` (default ``out/<spec name>-study``): ``study.jsonl`` (one line per model ×
+    setting × category), ``study.html``, the students (``students/``, their GGUFs) and their
+    answers (``evals/``, ``eval.db``). ``targets`` (``["keys=0.8"]`` or ``{"keys": 0.8}``) asks
+    at which size each category reaches a value. ``trained`` names models trained elsewhere
+    (``{25: "ft:..."}``, ``{(25, 1): ...}`` or ``["25=ft:...", "25/1=ft:..."]``, size 0 the base
+    model), answered through ``teacher``'s server. Calling again resumes and repeats nothing."""
+    from promptbake.workflows.study import study_async as run_study
+
+    options = _study_options(sizes, seeds, sweep, targets, student, trained, {
+        "epochs": epochs, "learning_rate": learning_rate, "batch_size": batch_size, "max_steps": max_steps,
+        "max_length": max_length, "save_steps": save_steps, "lora": lora, "lora_r": lora_r,
+        "keep_weights": keep_weights})
+    return await run_study(load_spec(spec), out, dataset=dataset, options=options, teacher=teacher, judge=judge,
+                           generate=_options(max_cost, no_cache, progress), progress=progress, echo=echo)
+
+
+study = synchronous(study_async)
+
+
+def study_plan(
+    spec: SpecSource,
+    out: PathLike | None = None,
+    *,
+    sizes: Sequence[int],
+    seeds: int = 1,
+    dataset: PathLike | None = None,
+    sweep: Sequence[str] | Mapping[str, Sequence[int | float]] = (),
+    student: PathLike | None = None,
+    trained: Mapping[Any, str] | Sequence[str] | None = None,
+    epochs: float = 3.0,
+    learning_rate: float | None = None,
+    batch_size: int = 4,
+    max_steps: int | None = None,
+    max_length: int = 512,
+    save_steps: int = 10,
+    lora: bool = False,
+    lora_r: int = 16,
+    teacher: Teacher | None = None,
+) -> StudyPlan:
+    """What ``study`` with the same arguments would do, before anything runs (``--dry-run``):
+    the dataset to build, the students to train, the requests to send, and the time this machine
+    would take (from the study's own earlier runs when it has any) or the hosted eval's cost."""
+    from promptbake.workflows.study import plan_study
+
+    options = _study_options(sizes, seeds, sweep, None, student, trained, {
+        "epochs": epochs, "learning_rate": learning_rate, "batch_size": batch_size, "max_steps": max_steps,
+        "max_length": max_length, "save_steps": save_steps, "lora": lora, "lora_r": lora_r})
+    return plan_study(load_spec(spec), out, dataset=dataset, options=options, teacher=teacher)

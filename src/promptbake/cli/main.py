@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -61,8 +61,10 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.obj["debug"] = debug or ctx.obj.get("debug", False)
 
 
-def teacher_options(fn: F) -> F:
-    """The teacher flags shared by every command that calls a model: same flag, same meaning."""
+def teacher_options(fn: F, *, serve_student: bool = True) -> F:
+    """The teacher flags shared by every command that calls a model: same flag, same meaning.
+    ``serve_student=False`` leaves out ``--student`` for a command where it names the model to
+    train (``study``)."""
     options = [
         click.option("--teacher", "teacher_kind", type=click.Choice(["remote", "local"]), default=None,
                      help="remote: an OpenAI-compatible server; local: the embedded SmolLM2 on llama.cpp."),
@@ -83,10 +85,11 @@ def teacher_options(fn: F) -> F:
                           "pauses only its own request, this many seconds (default 60)."),
         click.option("--threads", type=int, default=None,
                      help="Local teacher: llama.cpp threads (default one per core; more than the cores slows it)."),
-        click.option("--student", "local_model", type=click.Path(exists=True), default=None,
-                     help="A model folder `promptbake train` wrote (or a GGUF file): the local engine serves it "
-                          "instead of SmolLM2 (implies --teacher local)."),
     ]
+    if serve_student:
+        options.append(click.option("--student", "local_model", type=click.Path(exists=True), default=None,
+                                    help="A model folder `promptbake train` wrote (or a GGUF file): the local "
+                                         "engine serves it instead of SmolLM2 (implies --teacher local)."))
     for option in reversed(options):
         fn = option(fn)
 
@@ -99,7 +102,7 @@ def teacher_options(fn: F) -> F:
         urls = kwargs.pop("base_url")
         kwargs["base_url"] = urls[0] if len(urls) == 1 else None
         kind = kwargs.pop("teacher_kind")
-        kwargs["teacher"] = Teacher(kind=kind, **{k: kwargs.pop(k) for k in keys},
+        kwargs["teacher"] = Teacher(kind=kind, **{k: kwargs.pop(k, None) for k in keys},
                                     endpoints=tuple(urls) if len(urls) > 1 else ())
         return fn(*args, **kwargs)
 
@@ -122,7 +125,7 @@ def expand(spec_path: str, output: str | None, dry_run: bool, model: str | None)
     click.echo(f"wrote {count} requests to {output}", err=True)
 
 
-def _generate_options(fn: F) -> F:
+def generate_options(fn: F) -> F:
     fn = click.option("--no-cache", is_flag=True, help="Re-send requests even if an identical one is stored.")(fn)
     fn = click.option("--max-cost", type=float, default=None, help="Stop cleanly before spending more USD.")(fn)
     fn = click.option("-q", "--quiet", is_flag=True, help="No progress bar.")(fn)
@@ -222,7 +225,7 @@ def _check_shortfall(report: Any, allow: bool, where: str) -> None:
 @click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
 @click.option("--store", "store_path", default="promptbake.db", show_default=True, type=click.Path(dir_okay=False),
               help="SQLite store: the cache and the resume point.")
-@_generate_options
+@generate_options
 @batch_options
 @_shortfall_option
 @teacher_options
@@ -324,7 +327,7 @@ def _print_build(report: Any) -> None:
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output directory.")
 @click.option("--store", "store_path", default=None, type=click.Path(dir_okay=False),
               help="SQLite store (default: OUT/promptbake.db).")
-@_generate_options
+@generate_options
 @_build_options
 @_report_options
 @batch_options
@@ -454,7 +457,7 @@ def build_teacher(source: str | None, force: bool) -> None:
 @click.option("--model-version", default=None,
               help="Version of the model under test (say, after retraining it under the same name): stored "
                    "answers are reused only for the same version (default: the same base URL).")
-@_generate_options
+@generate_options
 @teacher_options
 def eval_command(data: str, out: str, spec_path: str | None, metadata: str | None, store_path: str | None,
                  sweeps: tuple[str, ...], check_json: bool | None, check_schema: str | None, check_regex: str | None,
@@ -475,27 +478,38 @@ def eval_command(data: str, out: str, spec_path: str | None, metadata: str | Non
 
 @cli.command()
 @click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
-@click.option("--eval", "eval_path", required=True, type=click.Path(dir_okay=False),
+@click.option("--eval", "eval_path", default=None, type=click.Path(dir_okay=False),
               help="Eval results: JSONL with 'category' and 'pass' or 'score' per line.")
-@click.option("--dataset", required=True, type=click.Path(file_okay=False), help="The built dataset DIR.")
+@click.option("--study", "study_path", default=None, type=click.Path(dir_okay=False),
+              help="Instead of --eval: a study.jsonl; tops up the categories whose learning curve ends lowest or "
+                   "still rises steeply.")
+@click.option("--dataset", default=None, type=click.Path(file_okay=False),
+              help="The built dataset DIR (with --study, default: the one the study measured).")
 @click.option("--threshold", type=float, default=None,
-              help="Weak: pass rate (or mean score) below this (default 0.8).")
+              help="Weak: pass rate (or mean score, or the study's metric at its largest size) below this "
+                   "(default 0.8).")
 @click.option("--bottom", type=click.IntRange(min=1), default=None, help="Weak: the worst K categories instead.")
-@click.option("--metric", type=click.Choice(["auto", "pass", "score"]), default="auto", show_default=True,
-              help="Rank categories by pass rate or mean score (auto: pass rate when the file has it).")
+@click.option("--rising", type=float, default=None,
+              help="With --study: also weak, a category whose metric rose this much or more between the last two "
+                   "sizes (default 0.05).")
+@click.option("--metric", default="auto", show_default=True,
+              help="Rank categories by: pass or score for an eval file (auto: pass rate when it has it); any metric "
+                   "the study measured (keys, items, ...) for a study.")
 @click.option("--per-category", type=click.IntRange(min=1), default=10, show_default=True,
               help="New examples to add to each weak category.")
 @click.option("--store", "store_path", default=None, type=click.Path(dir_okay=False),
               help="SQLite store (default: DIR/promptbake.db).")
-@_generate_options
+@generate_options
 @teacher_options
-def topup(spec_path: str, eval_path: str, dataset: str, threshold: float | None, bottom: int | None,
-          metric: Literal["auto", "pass", "score"], per_category: int, store_path: str | None, no_cache: bool,
-          max_cost: float | None, quiet: bool, teacher: Teacher) -> None:
+def topup(spec_path: str, eval_path: str | None, study_path: str | None, dataset: str | None,
+          threshold: float | None, bottom: int | None, rising: float | None, metric: str, per_category: int,
+          store_path: str | None, no_cache: bool, max_cost: float | None, quiet: bool, teacher: Teacher) -> None:
     """Generate more examples for SPEC's weakest categories into DIR/train.vN.jsonl (test unchanged)."""
-    result = api.topup(spec_path, eval_path, dataset, per_category=per_category, threshold=threshold, bottom=bottom,
-                       metric=metric, teacher=teacher, store=store_path, max_cost=max_cost, no_cache=no_cache,
-                       progress=not quiet)
+    if (eval_path is None) == (study_path is None):
+        raise click.UsageError("give --eval FILE or --study study.jsonl")
+    result = api.topup(spec_path, eval_path, dataset, study=study_path, per_category=per_category,
+                       threshold=threshold, bottom=bottom, rising=rising, metric=metric, teacher=teacher,
+                       store=store_path, max_cost=max_cost, no_cache=no_cache, progress=not quiet)
     click.echo(result.report.format(), err=True)
     for run in result.report.runs:
         _print_failures(run.generate.failures)
@@ -532,7 +546,7 @@ def topup(spec_path: str, eval_path: str, dataset: str, threshold: float | None,
               help="Fine-tuned ÷ base per-token price (default: OpenAI's for the model, else 2).")
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
               help="Fine-tuning epochs for the cost estimate (default: OpenAI's rule).")
-@_generate_options
+@generate_options
 @_build_options
 @_shortfall_option
 @teacher_options

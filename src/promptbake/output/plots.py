@@ -171,3 +171,55 @@ def lines(name: str, panels: Mapping[str, Mapping[str, Sequence[tuple[float, flo
         ax.set_ylabel(ylabel)
         ax.legend(fontsize=7, loc="best")
     return _svg(fig, name)
+
+
+Curve = Sequence[tuple[float, float, float, float]]  # (size, mean, lowest, highest) per measured size
+
+
+def learning_curves(name: str, panels: Mapping[str, Mapping[str, Curve]],
+                    references: Mapping[str, Mapping[str, float]], targets: Mapping[str, float],
+                    xlabel: str = "training examples") -> Markup:
+    """One panel per metric (two to a row), one line per category (``all`` thick) through the
+    measured sizes with the seeds' spread as a band, the reference models as horizontal lines and
+    the targets as thin red ones; one legend for all panels. The x axis turns symmetric-log when the
+    sizes span more than 20×, so the small sizes, where most changes, stay readable."""
+    columns = 2 if len(panels) > 1 else 1
+    rows = -(-len(panels) // columns)
+    fig = Figure(figsize=(_WIDTH, 2.6 * rows + 0.9), layout="constrained")
+    fig.patch.set_alpha(0)
+    styles = {"teacher": ("--", "#555"), "prompted": (":", "#b07aa1")}
+    legend: dict[str, Any] = {}
+    for p, (metric, series) in enumerate(panels.items()):
+        ax = fig.add_subplot(rows, columns, p + 1)
+        sizes = sorted({point[0] for points in series.values() for point in points})
+        values = [v for points in series.values() for point in points for v in point[1:]]
+        values += list((references.get(metric) or {}).values())
+        for k, (label, points) in enumerate(series.items()):
+            if not points:
+                continue
+            xs, means, lows, highs = zip(*points, strict=True)
+            color = "#222" if label == "all" else PALETTE[k % len(PALETTE)]
+            (line,) = ax.plot(xs, means, marker="o", markersize=3.5, color=color,
+                              linewidth=2.4 if label == "all" else 1.1)
+            legend.setdefault(_short(label), line)
+            if any(lo != hi for lo, hi in zip(lows, highs, strict=True)):
+                ax.fill_between(xs, lows, highs, color=color, alpha=0.15, linewidth=0)
+        for kind, value in (references.get(metric) or {}).items():
+            style, color = styles.get(kind, ("-.", "#999"))
+            legend.setdefault(f"{kind} (all)", ax.axhline(value, linestyle=style, color=color, linewidth=1.2))
+        if metric in targets:
+            legend.setdefault("target", ax.axhline(targets[metric], color="#e15759", linewidth=0.8, alpha=0.7))
+        positive = [s for s in sizes if s > 0]
+        if positive and max(positive) / min(positive) > 20:
+            ax.set_xscale("symlog", linthresh=min(positive))
+            ax.set_xlim(min(sizes) - 0.25 * min(positive), max(sizes) * 1.15)  # no empty negative decade
+        if sizes:
+            ax.set_xticks(sizes, [f"{s:g}" for s in sizes], fontsize=8)
+        if values and all(0 <= v <= 1 for v in values):
+            ax.set_ylim(-0.04, 1.04)
+        ax.tick_params(axis="y", labelsize=8)
+        ax.set_title(metric, fontsize=10)
+        ax.set_xlabel(xlabel, fontsize=8)
+    fig.legend(list(legend.values()), list(legend), loc="outside lower center", ncols=min(len(legend), 5),
+               fontsize=8, frameon=False)
+    return _svg(fig, name)

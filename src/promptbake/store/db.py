@@ -562,6 +562,26 @@ class Store:
                 json.loads(row[10]),
             )
 
+    def answer_usage(self, ids: Iterable[str]) -> dict[str, dict[str, float]]:
+        """Per request id with a stored answer: the prompt and completion tokens and the cost of
+        that answer, and ``seconds``, the latency of the request's attempts. Read back from the
+        store, so a re-run that sends nothing reports what the answers cost when they were paid."""
+        wanted = list(dict.fromkeys(ids))
+        usage: dict[str, dict[str, float]] = {}
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start:start + 500]
+            rows = self.db.execute(
+                "SELECT r.id, p.prompt_tokens, p.completion_tokens, p.cost, "
+                "(SELECT COALESCE(SUM(a.latency_ms), 0) FROM attempts a WHERE a.request_id = r.id) "
+                "FROM requests r JOIN responses p ON p.id = r.response_id "
+                f"WHERE r.id IN ({', '.join('?' * len(chunk))})",
+                chunk,
+            )
+            for request_id, prompt, completion, cost, latency in rows:
+                usage[request_id] = {"prompt_tokens": prompt or 0, "completion_tokens": completion or 0,
+                                     "cost": cost or 0.0, "seconds": (latency or 0.0) / 1000}
+        return usage
+
     def outputs_by_parent(self, spec_name: str, step_index: int) -> Iterator[tuple[str, int, list[Any]]]:
         """Done requests of a step as (parent request, item index, outputs): how a judge's verdict
         finds the answer it judged."""
