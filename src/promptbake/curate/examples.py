@@ -6,10 +6,13 @@ examples in the same order: that is what makes builds byte-identical.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterator
 from typing import Any
 
+from promptbake.curate.gates import cheap_failures
 from promptbake.ids import stable_hash
+from promptbake.plan.conversation import Dialogues, length_key
 from promptbake.plan.planner import MessageRenderer
 from promptbake.records import Example
 from promptbake.specification.models import Spec
@@ -29,8 +32,14 @@ class ExampleRenderer:
         )
         if self.rejected:
             templates.get(self.rejected)
+        talk = spec.conversation
+        self.flow = Dialogues(talk, len(spec.steps) - 1) if talk is not None else None
+        self.filters = spec.filters.compile()
 
     def examples(self, store: Store, round_: int | None = None) -> Iterator[Example]:
+        if self.flow is not None:
+            yield from self._dialogues(self.flow, store, round_)
+            return
         last = len(self.spec.steps) - 1
         name = self.spec.steps[last].name
         for request in store.succeeded(self.spec.name, last, round_):
@@ -53,8 +62,39 @@ class ExampleRenderer:
                                 "lineage": lineage},
                 )
 
+    def _dialogues(self, flow: Dialogues, store: Store, round_: int | None) -> Iterator[Example]:
+        """One example per dialogue that ended, at whichever turn it ended (every turn's answers,
+        in lineage order: a dialogue's turns share its first turn's ord as a prefix)."""
+        turns = range(flow.first, flow.first + len(flow.turns))
+        requests = heapq.merge(*(store.succeeded(self.spec.name, k, round_) for k in turns), key=lambda r: r.ord)
+        ended_at = "\x00"
+        for request in requests:
+            if request.ord.startswith(ended_at + "."):
+                continue  # turns stored after an end that a changed spec moved earlier
+            for j, output in enumerate(request.outputs or []):
+                row, ended = flow.settle(request.step_index, request.vars, output, self._failing)
+                if ended is None:
+                    continue
+                ended_at = request.ord
+                yield Example(
+                    id=stable_hash(request.id, j),
+                    category=request.category,
+                    cell=_cell_values(self.spec, row),
+                    messages=self.messages.render(row),
+                    tools=self.spec.example.tools,
+                    provenance={"request": request.id, "cell_key": request.cell_key, "round": str(request.round),
+                                "lineage": flow.lineage(request.step_index, request.ord),
+                                "turns": str(flow.exchanges(row)), "ended": ended},
+                )
+
+    def _failing(self, row: dict[str, Any]) -> bool:
+        """Whether a dialogue still going already fails a cheap gate (see ``Dialogues.settle``)."""
+        return bool(cheap_failures(self.spec, self.filters, self.messages.render(row))[1])
+
 
 def _cell_values(spec: Spec, variables: dict[str, Any]) -> dict[str, Any]:
     step_names = {s.name for s in spec.steps}
+    if spec.conversation is not None:
+        step_names.add(length_key(spec.conversation.name))  # a dialogue's drawn length
     return {k: v for k, v in variables.items() if k not in step_names}
 

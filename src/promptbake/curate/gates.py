@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from promptbake.curate.checks import last_assistant
+from promptbake.curate.filters import Filters
 from promptbake.ids import stable_hash
 from promptbake.plan.judge import verdict_score
 from promptbake.records import Example
@@ -43,6 +44,37 @@ class GateDrop:
         return line
 
 
+def cheap_failures(spec: Spec, filters: Filters, messages: list[dict[str, Any]],
+                   exchanges: int | None = None) -> tuple[str, list[str]]:
+    """The first cheap gate an example fails, and why (``("", [])``: it passes): ``example.checks``
+    on its answer, then the filters. A conversation is checked turn by turn (each agent turn, each
+    customer turn against the agent turn before it) and, once ended (``exchanges`` given), for
+    its length. The planner asks the same before paying a judge or a dialogue's next turn."""
+    checks = spec.example.checks
+    step = spec.conversation
+    talk = step.conversation if step is not None else None
+    if talk is None:
+        failed = checks.failures(last_assistant(messages)) if checks is not None else []
+        if failed:
+            return "checks", failed
+        failed = filters.failures(messages)
+        return ("filters", failed) if failed else ("", [])
+    failed = []
+    if exchanges is not None and exchanges < talk.turns.min:
+        plural = "s" if exchanges != 1 else ""
+        failed.append(f"turns: {exchanges} exchange{plural}, fewer than turns.min {talk.turns.min}")
+    if checks is not None:
+        turn = 0
+        for message in messages:
+            turn += message.get("role") == "user"
+            if message.get("role") == "assistant" and isinstance(message.get("content"), str):
+                failed += [f"turn {turn}: {reason}" for reason in checks.failures(message["content"])]
+    if failed:
+        return "checks", failed
+    failed = filters.turn_failures(messages)
+    return ("filters", failed) if failed else ("", [])
+
+
 class Gates:
     def __init__(self, spec: Spec, store: Store) -> None:
         self.spec = spec
@@ -62,15 +94,12 @@ class Gates:
     def passing(self, examples: Iterable[Example]) -> Iterator[Example]:
         """The examples that pass every gate, with their judge scores attached; drops are counted
         per category and gate and kept for ``dropped.jsonl``."""
-        checks = self.spec.example.checks
         for example in examples:
-            failed = checks.failures(last_assistant(example.messages)) if checks is not None else []
+            turns = example.provenance.get("turns")
+            gate, failed = cheap_failures(self.spec, self.filters, example.messages,
+                                          int(turns) if turns is not None else None)
             if failed:
-                self._drop(example, "checks", failed)
-                continue
-            failed = self.filters.failures(example.messages)
-            if failed:
-                self._drop(example, "filters", failed)
+                self._drop(example, gate, failed)
                 continue
             if self._judged(example):
                 yield example
