@@ -15,6 +15,7 @@ from typing import Any
 from promptbake.curate.checks import last_assistant
 from promptbake.curate.filters import Filters
 from promptbake.ids import stable_hash
+from promptbake.plan.conversation import planned_steps
 from promptbake.plan.judge import verdict_score
 from promptbake.records import Example
 from promptbake.specification.models import Spec
@@ -48,7 +49,7 @@ def cheap_failures(spec: Spec, filters: Filters, messages: list[dict[str, Any]],
                    exchanges: int | None = None) -> tuple[str, list[str]]:
     """The first cheap gate an example fails, and why (``("", [])``: it passes): ``example.checks``
     on its answer, then the filters. A conversation is checked turn by turn (each agent turn, each
-    customer turn against the agent turn before it) and, once ended (``exchanges`` given), for
+    customer turn against the agent turn before it), then, once ended (``exchanges`` given), for
     its length. The planner asks the same before paying a judge or a dialogue's next turn."""
     checks = spec.example.checks
     step = spec.conversation
@@ -60,9 +61,6 @@ def cheap_failures(spec: Spec, filters: Filters, messages: list[dict[str, Any]],
         failed = filters.failures(messages)
         return ("filters", failed) if failed else ("", [])
     failed = []
-    if exchanges is not None and exchanges < talk.turns.min:
-        plural = "s" if exchanges != 1 else ""
-        failed.append(f"turns: {exchanges} exchange{plural}, fewer than turns.min {talk.turns.min}")
     if checks is not None:
         turn = 0
         for message in messages:
@@ -72,14 +70,20 @@ def cheap_failures(spec: Spec, filters: Filters, messages: list[dict[str, Any]],
     if failed:
         return "checks", failed
     failed = filters.turn_failures(messages)
-    return ("filters", failed) if failed else ("", [])
+    if failed:
+        return "filters", failed
+    # last: a dialogue a gate ended early is short too, and the gate is the reason to tell
+    if exchanges is not None and exchanges < talk.turns.min:
+        plural = "s" if exchanges != 1 else ""
+        return "checks", [f"turns: {exchanges} exchange{plural}, fewer than turns.min {talk.turns.min}"]
+    return "", []
 
 
 class Gates:
     def __init__(self, spec: Spec, store: Store) -> None:
         self.spec = spec
         self.filters = spec.filters.compile()
-        first = len(spec.steps)
+        first = len(planned_steps(spec)) - len(spec.judge)  # the first judge's step (after a dialogue's turns)
         # per judge: example id -> its stored verdict (the judge step's row for that answer)
         self.verdicts: list[dict[str, Any]] = [
             {

@@ -217,9 +217,14 @@ def _by_side(result: Estimate, flow: Dialogues) -> None:
     at = result.steps.index(turns[0])
     result.steps[at : at + len(turns)] = list(sides.values())
     bounds = flow.talk.turns
+    checks = " and per stop check" if any(t.side == "stop" for t in flow.turns) else ""
+    total = sum(e.requests for e in turns)
+    if bounds.min == bounds.max:
+        result.notes.append(f"conversation {flow.name}: {bounds.max} exchanges per dialogue, one request per turn: "
+                            f"{total:,} requests")
+        return
     result.notes.append(
-        f"conversation {flow.name}: {bounds.min}–{bounds.max} exchanges per dialogue, one request per turn"
-        f"{' and per stop check' if any(t.side == 'stop' for t in flow.turns) else ''}: "
-        f"{shortest:,} requests if every dialogue ends at {bounds.min}, {sum(e.requests for e in turns):,} at "
-        f"{bounds.max} (priced above: the most it can cost; later turns carry the dialogue so far)"
+        f"conversation {flow.name}: {bounds.min}–{bounds.max} exchanges per dialogue, one request per turn{checks}: "
+        f"{shortest:,} requests if every dialogue ends at {bounds.min}, {total:,} at {bounds.max} (priced above: "
+        "the most it can cost; later turns carry the dialogue so far)"
     )
