@@ -201,6 +201,21 @@ def test_a_customer_who_leaves_ends_the_dialogue_and_a_too_short_one_is_regenera
     assert sent == ok == paid  # ... and every request is a turn of some dialogue: turns + regenerations
 
 
+def test_a_late_turn_failing_entirely_ends_those_dialogues_not_the_run(tmp_path):
+    """Every agent turn of exchange 4 is cut off (a reason retrying cannot fix): the few dialogues
+    drawn that long stay unfinished and the count loop fills their cells with others."""
+    from fakeserver import Raw
+
+    cut = Raw.completion([{"index": 0, "message": {"role": "assistant", "content": "Listen, you"},
+                           "finish_reason": "length"}], usage={"prompt_tokens": 9, "completion_tokens": 60})
+    spec = write_spec(tmp_path, TALK)
+    with FakeServer(responder=talker(agent=lambda exchange, h, _: cut if exchange == 4 else None)).running() as srv:
+        result = run("run", str(spec), "--out", "out", "--base-url", srv.base_url, "-q")
+    assert result.exit_code == 0, result.output
+    rows = built(tmp_path / "out")
+    assert len(rows) == 18 and {exchanges(r["messages"]) for r in rows} == {2, 3}
+
+
 def test_an_agent_turn_with_the_phrase_is_kept_without_it(tmp_path):
     spec = write_spec(tmp_path, STOPPED.replace('stop: {phrase: "[END]"}', 'stop: {phrase: "[END]", side: assistant}'))
     agent = talker(agent=lambda exchange, h, _: "We are closed. Bye. [END]" if exchange == 2 else None)
@@ -278,6 +293,11 @@ output:
     assert [t["from"] for t in sharegpt[0]["conversations"]] == ["gpt", "human", "gpt", "human", "gpt"]
     assert not (out / "alpaca" / "train.jsonl").read_text()
     assert "alpaca is single-turn" in result.output and "export it as messages or sharegpt" in result.output
+    datasets = pytest.importorskip("datasets")
+    assert run("export", str(out), "--format", "hf", "--out", str(tmp_path / "hf")).exit_code == 0
+    hf = datasets.load_from_disk(str(tmp_path / "hf" / "hf" / "dataset"))
+    assert len(hf["train"]) + len(hf["test"]) == 18
+    assert [m["role"] for m in hf["train"][0]["messages"]] == ["assistant", "user", "assistant", "user", "assistant"]
 
 
 def test_the_filters_check_every_turn_and_a_failing_dialogue_is_not_continued(tmp_path):

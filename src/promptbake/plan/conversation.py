@@ -147,6 +147,11 @@ class Dialogues:
         i = k - self.first
         return self.turns[i] if 0 <= i < len(self.turns) else None
 
+    def first_of_side(self, k: int) -> bool:
+        """Whether turn ``k`` is the first its side (or the stop judge) is asked."""
+        side = self.turns[k - self.first].side
+        return next(i for i, t in enumerate(self.turns) if t.side == side) == k - self.first
+
     def field(self, k: int) -> str:
         """The spec field turn ``k``'s templates come from (``user``, ``assistant``, ``stop.judge``)."""
         side = self.turns[k - self.first].side

@@ -176,13 +176,21 @@ class Generation:
                 # stored, and let the shortfall say the rest (see pipeline._top_up)
                 return
             self._check_budget()
-            if round_ == 0 and report.failed and not self.store.step_ok(self.spec.name, k, round_):
+            if (round_ == 0 and report.failed and not self.store.step_ok(self.spec.name, k, round_)
+                    and self._telling(k)):
                 n, reason = self.report.failures.most_common(1)[0]
                 raise TeacherError(
                     f"step {step.name!r} failed entirely: none of its {report.failed} requests to "
                     f"{self.endpoint.where(step.model)} succeeded ({self.report.failures.total - failed_before} "
                     f"failed; most common, {n} ×: {reason}); the store keeps every error"
                 )
+
+    def _telling(self, k: int) -> bool:
+        """Whether step k failing entirely says the teacher cannot do it: not for a dialogue's
+        later turn, asked of the few dialogues that got that far after its side answered before
+        (those dialogues end short and the count loop starts others)."""
+        flow = self.planner.flow
+        return flow is None or flow.turn(k) is None or flow.first_of_side(k)
 
     def _check_budget(self) -> None:
         if self.report.stopped_for_budget:
