@@ -17,7 +17,7 @@ from promptbake.plan.planner import MessageRenderer
 from promptbake.records import Example
 from promptbake.specification.models import Spec
 from promptbake.specification.templates import Templates
-from promptbake.store.db import Store
+from promptbake.store.db import Store, StoredRequest
 
 
 class ExampleRenderer:
@@ -46,21 +46,24 @@ class ExampleRenderer:
             # the row the last step answered: its repeats and n > 1 choices share it (split.group)
             lineage = request.ord.rsplit(".", 1)[0] if last else request.ord
             for j, output in enumerate(request.outputs or []):
-                variables = {**request.vars, name: output}
-                yield Example(
-                    id=stable_hash(request.id, j),
-                    category=request.category,
-                    cell=_cell_values(self.spec, variables),
-                    messages=self.messages.render(variables),
-                    tools=self.spec.example.tools,
-                    rejected=(
-                        {"role": "assistant", "content": self.templates.render(self.rejected, variables)}
-                        if self.rejected
-                        else None
-                    ),
-                    provenance={"request": request.id, "cell_key": request.cell_key, "round": str(request.round),
-                                "lineage": lineage},
-                )
+                yield self._example(request, j, {**request.vars, name: output}, lineage=lineage)
+
+    def _example(self, request: StoredRequest, j: int, variables: dict[str, Any], **provenance: str) -> Example:
+        """The example output ``j`` of ``request`` renders to, its row's ``variables`` given."""
+        return Example(
+            id=stable_hash(request.id, j),
+            category=request.category,
+            cell=_cell_values(self.spec, variables),
+            messages=self.messages.render(variables),
+            tools=self.spec.example.tools,
+            rejected=(
+                {"role": "assistant", "content": self.templates.render(self.rejected, variables)}
+                if self.rejected
+                else None
+            ),
+            provenance={"request": request.id, "cell_key": request.cell_key, "round": str(request.round),
+                        **provenance},
+        )
 
     def _dialogues(self, flow: Dialogues, store: Store, round_: int | None) -> Iterator[Example]:
         """One example per dialogue that ended, at whichever turn it ended (every turn's answers,
@@ -76,16 +79,8 @@ class ExampleRenderer:
                 if ended is None:
                     continue
                 ended_at = request.ord
-                yield Example(
-                    id=stable_hash(request.id, j),
-                    category=request.category,
-                    cell=_cell_values(self.spec, row),
-                    messages=self.messages.render(row),
-                    tools=self.spec.example.tools,
-                    provenance={"request": request.id, "cell_key": request.cell_key, "round": str(request.round),
-                                "lineage": flow.lineage(request.step_index, request.ord),
-                                "turns": str(flow.exchanges(row)), "ended": ended},
-                )
+                yield self._example(request, j, row, lineage=flow.lineage(request.step_index, request.ord),
+                                    turns=str(flow.exchanges(row)), ended=ended)
 
     def _failing(self, row: dict[str, Any]) -> bool:
         """Whether a dialogue still going already fails a cheap gate (see ``Dialogues.settle``)."""
