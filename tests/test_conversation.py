@@ -4,6 +4,7 @@ its own (cached, resumed, paid once), inside the exact-count loop."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import re
 from collections import Counter
@@ -102,7 +103,7 @@ def alternates(messages: list[dict], first: str = "user") -> bool:
     roles = [m["role"] for m in messages]
     other = {"user": "assistant", "assistant": "user"}
     return roles[0] == first and roles[-1] == "assistant" and all(
-        b == other[a] for a, b in zip(roles, roles[1:], strict=False))
+        b == other[a] for a, b in itertools.pairwise(roles))
 
 
 def turns_paid(spec_path: Path, store_path: Path) -> int:
@@ -473,3 +474,17 @@ def test_the_thousand_dialogue_spec_against_the_loopback_stand_in(tmp_path):
     assert all(alternates(r["messages"]) for r in rows)
     paid, ok = turns_paid(spec, tmp_path / "out" / "promptbake.db")
     assert sent == ok == paid
+
+
+def test_each_side_is_sent_with_its_own_model_and_sampling(tmp_path):
+    text = TALK.replace("      user:\n        seed: 5\n", "      user:\n        seed: 5\n        model: sim-model\n"
+                        "        temperature: 1.2\n").replace("    max_tokens: 60\n", "    max_tokens: 60\n"
+                                                              "    temperature: 0.3\n")
+    spec = write_spec(tmp_path, text)
+    with FakeServer(responder=talker()).running() as srv:
+        result = run("run", str(spec), "--out", "out", "--base-url", srv.base_url, "-q")
+        bodies = list(srv.bodies)
+    assert result.exit_code == 0, result.output
+    sides = {("agent" if "rude" in b["messages"][0]["content"] else "customer", b["model"], b["temperature"],
+              b["max_tokens"]) for b in bodies}
+    assert sides == {("customer", "sim-model", 1.2, 60), ("agent", "gpt-4o-mini", 0.3, 60)}

@@ -20,15 +20,15 @@ def conversation_view(kept: Sequence[tuple[dict[str, Any], dict[str, Any]]]) -> 
         return None
     turns = Counter(int(meta["provenance"]["turns"]) for meta, _ in dialogues)
     ended = Counter(str(meta["provenance"].get("ended", "?")) for meta, _ in dialogues)
-    low, high = min(turns), max(turns)
-    plot = plots.histograms("turns", {"dialogues": [int(m["provenance"]["turns"]) for m, _ in dialogues]},
-                            "exchanges per dialogue (a customer turn and the agent's reply)",
-                            bins=[n - 0.5 for n in range(low, high + 2)])
+    lengths = range(min(turns), max(turns) + 1)  # every length between, the missing ones at 0
+    plot = plots.grouped_bars("turns", [f"{n} exchange{'s' if n != 1 else ''}" for n in lengths],
+                              {"dialogues": [turns[n] for n in lengths]}, "kept dialogues")
     shown = []
     for meta, row in dialogues[:SHOWN]:
-        cell = " · ".join(str(v) for v in (meta.get("cell") or {}).values())
+        category = meta.get("category", "")
+        cell = " · ".join(str(v) for v in (meta.get("cell") or {}).values() if str(v) != category)
         messages = [(str(m.get("role")), str(m.get("content")), m.get("weight")) for m in row.get("messages", [])]
-        shown.append({"category": meta.get("category", ""), "cell": cell, "split": meta.get("split", ""),
+        shown.append({"category": category, "cell": cell, "split": meta.get("split", ""),
                       "turns": meta["provenance"]["turns"], "messages": messages})
     return {
         "n": len(dialogues),

@@ -101,16 +101,13 @@ def layout(step: Step) -> list[Turn]:
 
 
 def _side_step(step: Step, side: Side, name: str) -> TurnStep:
-    """A side as a step: the conversation step's sampling parameters, overridden by the side's."""
-    params = {**step.model_dump(include=SAMPLING, exclude_none=True), **side.model_dump(include=SAMPLING,
-                                                                                          exclude_none=True)}
-    if side.model is not None or side.models is not None:
-        params.pop("model", None)
-        models = side.models
-    else:
-        models = step.models
+    """A side as a step: the conversation step's sampling parameters, overridden by the side's (a
+    side naming its own model or models sets the step's aside)."""
+    own_model = side.model is not None or side.models is not None
+    defaults = step.model_dump(include=SAMPLING - ({"model"} if own_model else set()), exclude_none=True)
+    params = {**defaults, **side.model_dump(include=SAMPLING, exclude_none=True)}
     return TurnStep(name=name, messages=side.messages, parse=side.parse, schema=side.json_schema,
-                    models=models, **params)
+                    models=side.models if own_model else step.models, **params)
 
 
 def _stop_step(judge: StopJudge, name: str) -> TurnStep:
