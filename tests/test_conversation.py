@@ -488,3 +488,18 @@ def test_each_side_is_sent_with_its_own_model_and_sampling(tmp_path):
     sides = {("agent" if "rude" in b["messages"][0]["content"] else "customer", b["model"], b["temperature"],
               b["max_tokens"]) for b in bodies}
     assert sides == {("customer", "sim-model", 1.2, 60), ("agent", "gpt-4o-mini", 0.3, 60)}
+
+
+def test_a_conversation_spec_built_in_python_round_trips_through_the_store(tmp_path):
+    """``build STORE`` re-reads the spec the store saved: a spec made in code is saved as YAML
+    with every default written out, and must validate again."""
+    import yaml
+
+    from promptbake.specification.models import spec_from_dict
+    from promptbake.workflows.pipeline import spec_from_store, spec_text
+
+    spec = spec_from_dict(yaml.safe_load(TALK))
+    with Store(tmp_path / "s.db") as store:
+        store.save_spec(spec.name, spec.spec_hash(), "", spec_text(spec))
+    again = spec_from_store(tmp_path / "s.db")
+    assert again.steps[0].conversation == spec.steps[0].conversation and again.dedupe.fields == ["opening"]

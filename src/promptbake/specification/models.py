@@ -263,10 +263,13 @@ class Step(SamplingParams):
         if self.conversation is None and not self.messages:
             raise ValueError("a step needs 'messages' (or a 'conversation')")
         if self.conversation is not None:
-            given = sorted(self.model_fields_set & {"messages", "parse", "schema", "json_schema", "repeat", "min_items",
-                                                    "n"})
-            if given:
-                raise ValueError(f"a conversation step takes no {given[0]!r}: each side has its own")
+            # compared with the defaults, not with what was given: a dumped spec writes them out
+            given = {"messages": self.messages != [], "parse": self.parse != "text",
+                     "schema": self.json_schema is not None, "repeat": self.repeat is not None,
+                     "min_items": self.min_items != 1, "n": (self.n or 1) != 1}
+            if any(given.values()):
+                name = next(k for k, v in given.items() if v)
+                raise ValueError(f"a conversation step takes no {name!r}: each side has its own")
         return self
 
     def all_messages(self) -> list[MessageTemplate]:
