@@ -216,6 +216,27 @@ class Filters:
                 reasons.append(reason if role == "assistant" else f"{reason} (user)")
         return reasons
 
+    def turn_failures(self, messages: list[dict[str, Any]]) -> list[str]:
+        """Why a conversation fails the filters, turn by turn: each agent turn against the customer
+        turn before it (``no_echo``: it repeats the customer), each customer turn (``role: user``)
+        against the agent turn before it (the customer parroting the agent)."""
+        if not self.checks:
+            return []
+        reasons = []
+        turn, before = 0, {"user": "", "assistant": ""}
+        for message in messages:
+            role, content = message.get("role"), message.get("content")
+            if role not in ("user", "assistant") or not isinstance(content, str):
+                continue
+            turn += role == "user"
+            other = before["assistant" if role == "user" else "user"]
+            for check, checked in self.checks:
+                reason = check(other, content) if checked == role else None
+                if reason is not None:
+                    reasons.append(f"turn {turn}: {reason}" + (" (user)" if role == "user" else ""))
+            before[role] = content
+        return reasons
+
 
 def _entry(entry: str | dict[str, Any]) -> tuple[str, Any, str]:
     """(filter name, its value, the role it checks) of one ``filters:`` item."""

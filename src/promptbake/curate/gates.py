@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from promptbake.curate.checks import last_assistant
+from promptbake.curate.filters import Filters
 from promptbake.ids import stable_hash
+from promptbake.plan.conversation import planned_steps
 from promptbake.plan.judge import verdict_score
 from promptbake.records import Example
 from promptbake.specification.models import Spec
@@ -43,11 +45,45 @@ class GateDrop:
         return line
 
 
+def cheap_failures(spec: Spec, filters: Filters, messages: list[dict[str, Any]],
+                   exchanges: int | None = None) -> tuple[str, list[str]]:
+    """The first cheap gate an example fails, and why (``("", [])``: it passes): ``example.checks``
+    on its answer, then the filters. A conversation is checked turn by turn (each agent turn, each
+    customer turn against the agent turn before it), then, once ended (``exchanges`` given), for
+    its length. The planner asks the same before paying a judge or a dialogue's next turn."""
+    checks = spec.example.checks
+    step = spec.conversation
+    talk = step.conversation if step is not None else None
+    if talk is None:
+        failed = checks.failures(last_assistant(messages)) if checks is not None else []
+        if failed:
+            return "checks", failed
+        failed = filters.failures(messages)
+        return ("filters", failed) if failed else ("", [])
+    failed = []
+    if checks is not None:
+        turn = 0
+        for message in messages:
+            turn += message.get("role") == "user"
+            if message.get("role") == "assistant" and isinstance(message.get("content"), str):
+                failed += [f"turn {turn}: {reason}" for reason in checks.failures(message["content"])]
+    if failed:
+        return "checks", failed
+    failed = filters.turn_failures(messages)
+    if failed:
+        return "filters", failed
+    # last: a dialogue a gate ended early is short too, and the gate is the reason to tell
+    if exchanges is not None and exchanges < talk.turns.min:
+        plural = "s" if exchanges != 1 else ""
+        return "checks", [f"turns: {exchanges} exchange{plural}, fewer than turns.min {talk.turns.min}"]
+    return "", []
+
+
 class Gates:
     def __init__(self, spec: Spec, store: Store) -> None:
         self.spec = spec
         self.filters = spec.filters.compile()
-        first = len(spec.steps)
+        first = len(planned_steps(spec)) - len(spec.judge)  # the first judge's step (after a dialogue's turns)
         # per judge: example id -> its stored verdict (the judge step's row for that answer)
         self.verdicts: list[dict[str, Any]] = [
             {
@@ -62,15 +98,12 @@ class Gates:
     def passing(self, examples: Iterable[Example]) -> Iterator[Example]:
         """The examples that pass every gate, with their judge scores attached; drops are counted
         per category and gate and kept for ``dropped.jsonl``."""
-        checks = self.spec.example.checks
         for example in examples:
-            failed = checks.failures(last_assistant(example.messages)) if checks is not None else []
+            turns = example.provenance.get("turns")
+            gate, failed = cheap_failures(self.spec, self.filters, example.messages,
+                                          int(turns) if turns is not None else None)
             if failed:
-                self._drop(example, "checks", failed)
-                continue
-            failed = self.filters.failures(example.messages)
-            if failed:
-                self._drop(example, "filters", failed)
+                self._drop(example, gate, failed)
                 continue
             if self._judged(example):
                 yield example

@@ -27,6 +27,7 @@ from markupsafe import Markup
 from promptbake.curate.checks import last_assistant
 from promptbake.errors import DataFileError, OutputError, PromptbakeError
 from promptbake.output.dataset import Dataset
+from promptbake.output.dialogues import conversation_view
 from promptbake.output.jsonl import read_jsonl
 from promptbake.output.visible import visible
 from promptbake.plan.expand import Expander
@@ -512,6 +513,7 @@ def dataset_context(data: ReportData, sample: int = SAMPLE) -> dict[str, Any]:
         "diversity": diversity, "diversity_plot": diversity_plot, "common_openings": common_openings,
         "opening_words": OPENING_WORDS,
         "size_columns": size_columns, "size_rows": size_rows, "size_plot": size_plot,
+        "conversations": conversation_view(data.kept),
         "rows": rows, "sample_note": sample_note,
         "row_categories": sorted({r.category for r in rows}),
         "statuses": ["train", "test", "dropped"],

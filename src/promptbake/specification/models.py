@@ -11,14 +11,16 @@ import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    Discriminator,
     Field,
     PrivateAttr,
     SerializationInfo,
     SerializerFunctionWrapHandler,
+    Tag,
     ValidationError,
     field_validator,
     model_serializer,
@@ -156,11 +158,117 @@ class SamplingParams(Strict):
         return params
 
 
+class TurnBounds(Strict):
+    """How many exchanges (a customer turn and the agent's reply) a dialogue has: ``{min, max}``, or
+    one number for both."""
+
+    min: int = Field(default=1, ge=1)
+    max: int = Field(ge=1, le=50)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_number(cls, data: Any) -> Any:
+        if isinstance(data, int) and not isinstance(data, bool):
+            return {"min": data, "max": data}
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> TurnBounds:
+        if self.min > self.max:
+            raise ValueError(f"turns.min ({self.min}) is above turns.max ({self.max})")
+        return self
+
+
+class Side(SamplingParams):
+    """One voice of a conversation: the customer simulator (``user``) or the agent (``assistant``),
+    each with its own messages (persona, few-shot turns), model and sampling. The dialogue so far
+    follows its messages, the other side's turns as user messages and its own as assistant ones."""
+
+    messages: list[MessageTemplate] = Field(min_length=1)
+    parse: Literal["text", "json"] = "text"
+    json_schema: dict[str, Any] | None = Field(default=None, alias="schema")
+    say: str | None = None  # parse: json: the field holding what this side says
+    models: list[str] | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> Side:
+        check_models(self.model, self.models)
+        if (self.n or 1) != 1:
+            raise ValueError("a conversation side takes one answer per turn (n: 1)")
+        if self.json_schema is not None and self.parse != "json":
+            raise ValueError("'schema' needs parse: json")
+        if (self.parse == "json") != (self.say is not None):
+            raise ValueError("parse: json needs 'say' (the field holding the turn's text), and 'say' needs parse: json")
+        return self
+
+
+class StopJudge(Strict):
+    """A model reading the dialogue after each agent turn (from ``turns.min`` on) and saying
+    whether it is over: a request per check, cached and resumed like a turn."""
+
+    criteria: str | None = None
+    template: str | None = None  # a prompt file instead, with {{ transcript }} and every variable
+    model: str | None = None
+    models: list[str] | None = Field(default=None, min_length=1)
+    temperature: float | None = Field(default=0.0, ge=0, le=2)
+    max_tokens: int = Field(default=200, ge=16)
+
+    @model_validator(mode="after")
+    def _check(self) -> StopJudge:
+        if (self.criteria is None) == (self.template is None):
+            raise ValueError("a stop judge needs exactly one of 'criteria' or 'template'")
+        check_models(self.model, self.models)
+        return self
+
+
+class StopRule(Strict):
+    """What ends a dialogue before ``turns.max``: a ``phrase`` in a turn, a true ``field`` of a
+    structured turn, or a ``judge``. ``side``: whose turns the phrase or field is read from (the
+    customer's by default: a customer turn that ends the dialogue is not kept, an agent turn is)."""
+
+    phrase: str | None = Field(default=None, min_length=1)
+    done_field: str | None = Field(default=None, alias="field")
+    judge: StopJudge | None = None
+    side: Literal["user", "assistant"] = "user"
+
+    @model_validator(mode="after")
+    def _check(self) -> StopRule:
+        if sum(x is not None for x in (self.phrase, self.done_field, self.judge)) != 1:
+            raise ValueError("a stop rule is exactly one of 'phrase', 'field' or 'judge'")
+        return self
+
+
+class Conversation(Strict):
+    """Dialogues between a customer simulator and an agent, turn by turn: each turn is one request,
+    planned from the dialogue so far, so a killed run resumes at the next turn."""
+
+    turns: TurnBounds
+    user: Side
+    assistant: Side
+    stop: StopRule | None = None  # None: each dialogue's length is drawn evenly from the bounds
+    opener: Literal["user", "assistant"] = "user"
+
+    @model_validator(mode="after")
+    def _check(self) -> Conversation:
+        rule = self.stop
+        if rule is not None and rule.done_field is not None:
+            side = self.user if rule.side == "user" else self.assistant
+            if side.parse != "json":
+                raise ValueError(f"stop.field needs the {rule.side} side to answer in JSON (parse: json, say: ...)")
+            properties = (side.json_schema or {}).get("properties")
+            if isinstance(properties, dict) and rule.done_field not in properties:
+                raise ValueError(f"stop.field {rule.done_field!r} is not a property of the {rule.side} side's schema")
+        return self
+
+
 class Step(SamplingParams):
-    """One teacher call per row. Its parsed output becomes the template variable ``name``."""
+    """One teacher call per row. Its parsed output becomes the template variable ``name``. A step
+    with a ``conversation`` instead of ``messages`` is a whole dialogue (its sampling parameters
+    are the defaults of both sides); it must be the last step."""
 
     name: str
-    messages: list[MessageTemplate] = Field(min_length=1)
+    messages: list[MessageTemplate] = Field(default_factory=list)
+    conversation: Conversation | None = None
     parse: Literal["text", "json", "list"] = "text"
     json_schema: dict[str, Any] | None = Field(default=None, alias="schema")
     repeat: int | None = Field(default=None, ge=1)
@@ -174,7 +282,22 @@ class Step(SamplingParams):
             raise ValueError(f"step name {self.name!r} must be an identifier (letters, digits, _)")
         if self.json_schema is not None and self.parse == "text":
             raise ValueError("'schema' needs parse: json or parse: list")
+        if self.conversation is None and not self.messages:
+            raise ValueError("a step needs 'messages' (or a 'conversation')")
+        if self.conversation is not None:
+            # compared with the defaults, not with what was given: a dumped spec writes them out
+            given = {"messages": self.messages != [], "parse": self.parse != "text",
+                     "schema": self.json_schema is not None, "repeat": self.repeat is not None,
+                     "min_items": self.min_items != 1, "n": (self.n or 1) != 1}
+            if any(given.values()):
+                name = next(k for k, v in given.items() if v)
+                raise ValueError(f"a conversation step takes no {name!r}: each side has its own")
         return self
+
+    def all_messages(self) -> list[MessageTemplate]:
+        """Every message template of the step, both sides' for a conversation."""
+        talk = self.conversation
+        return self.messages if talk is None else [*talk.user.messages, *talk.assistant.messages]
 
 
 class Grid(Strict):
@@ -210,11 +333,35 @@ class Grid(Strict):
         return self
 
 
+class ConversationSlot(Strict):
+    """``- conversation: NAME`` in ``example.messages``: the dialogue's turns, in place. ``weight``
+    (an expression, or 0/1) marks each agent turn trained on or not; it sees the turn's ``turn``
+    (1-based exchange), ``turns`` (the dialogue's exchanges), ``content``, ``data`` (a structured
+    turn) and every variable of the row."""
+
+    conversation: str
+    weight: str | Literal[0, 1] | None = None
+
+
+def _slot_or_message(value: Any) -> str:
+    if isinstance(value, dict):
+        return "ConversationSlot" if "conversation" in value else "MessageTemplate"
+    return "ConversationSlot" if isinstance(value, ConversationSlot) else "MessageTemplate"
+
+
+ExampleMessage = Annotated[
+    Annotated[MessageTemplate, Tag("MessageTemplate")] | Annotated[ConversationSlot, Tag("ConversationSlot")],
+    Discriminator(_slot_or_message),
+]
+_UNION_TAGS = ("MessageTemplate", "ConversationSlot")  # in error locations, they name no YAML key
+
+
 class ExampleSpec(Strict):
     """The training example written for each final row: the baked messages. ``checks`` drop
-    examples whose last assistant answer fails them (counted per category in the manifest)."""
+    examples whose last assistant answer (each agent turn, for a conversation) fails them (counted
+    per category in the manifest)."""
 
-    messages: list[MessageTemplate] = Field(min_length=1)
+    messages: list[ExampleMessage] = Field(min_length=1)
     checks: Checks | None = None
     tools: list[dict[str, Any]] | None = None
     rejected: str | None = None  # template of a rejected assistant answer, for preference pairs
@@ -232,6 +379,7 @@ class Judge(Strict):
     models: list[str] | None = Field(default=None, min_length=1)  # a mix, each verdict one of them
     min_score: int = Field(default=4, ge=1, le=5)
     fields: list[Literal["system", "user", "assistant"]] | None = None  # default: the whole example
+    turns: Literal["all", "last"] = "all"  # a conversation: the whole dialogue, or its last exchange
     temperature: float | None = Field(default=0.0, ge=0, le=2)
     max_tokens: int = Field(default=300, ge=16)
     expected_pass_rate: float = Field(default=0.8, gt=0, le=1)  # for the dry run's estimate only
@@ -291,6 +439,7 @@ class DedupeStorage(Strict):
 
 class DedupeConfig(Strict):
     enabled: bool = True
+    # roles whose text is compared, or "opening" (the first user turn; a conversation's default)
     fields: list[str] = Field(default_factory=lambda: ["user", "assistant"])
     near: bool = True
     threshold: float = Field(default=0.85, gt=0, le=1)
@@ -335,6 +484,16 @@ class Spec(Strict):
 
     _path: Path | None = PrivateAttr(default=None)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _conversation_example(cls, data: Any) -> Any:
+        # a conversation's training example is, unless said otherwise, the whole dialogue
+        if isinstance(data, dict) and "example" not in data and isinstance(data.get("steps"), list):
+            names = [s.get("name") for s in data["steps"] if isinstance(s, dict) and "conversation" in s]
+            if names:
+                return {**data, "example": {"messages": [{"conversation": names[-1]}]}}
+        return data
+
     @field_validator("judge", mode="before")
     @classmethod
     def _one_or_many(cls, value: Any) -> Any:
@@ -352,7 +511,27 @@ class Spec(Strict):
         clash = set(names) & set(self.grid.axes)
         if clash:
             raise ValueError(f"step {sorted(clash)[0]!r} has the same name as an axis")
+        self._check_conversation()
         return self
+
+    def _check_conversation(self) -> None:
+        """A conversation is the last step, and the example holds it (``- conversation: NAME``)."""
+        talks = [i for i, s in enumerate(self.steps) if s.conversation is not None]
+        if talks and talks[0] != len(self.steps) - 1:
+            raise ValueError(f"the conversation step {self.steps[talks[0]].name!r} must be the last step")
+        slots = [m for m in self.example.messages if isinstance(m, ConversationSlot)]
+        for slot in slots:
+            if not talks or slot.conversation != self.steps[talks[0]].name:
+                raise ValueError(f"example.messages: {slot.conversation!r} is not a conversation step")
+        if talks and not slots:
+            raise ValueError(f"example.messages must hold the dialogue: add '- conversation: {self.steps[-1].name}'")
+        if talks and "fields" not in self.dedupe.model_fields_set:
+            self.dedupe.fields = ["opening"]  # dialogues are told apart by the customer's opening turn
+
+    @property
+    def conversation(self) -> Step | None:
+        """The conversation step, when the spec has one (always the last step)."""
+        return self.steps[-1] if self.steps[-1].conversation is not None else None
 
     @property
     def path(self) -> Path | None:
@@ -385,7 +564,8 @@ class Spec(Strict):
         from promptbake.specification.templates import Templates
 
         files: dict[str, bytes] = {}
-        messages = [m for step in self.steps for m in step.messages] + list(self.example.messages)
+        messages = [m for step in self.steps for m in step.all_messages()]
+        messages += [m for m in self.example.messages if isinstance(m, MessageTemplate)]
         templates = Templates.for_spec_dir(self.base_dir)
         loader = templates.env.loader
         assert loader is not None
@@ -416,6 +596,8 @@ def _node_line(root: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None
     node = root
     line = node.start_mark.line + 1 if node is not None else None
     for key in loc:
+        if key in _UNION_TAGS:
+            continue
         if isinstance(node, yaml.MappingNode):
             match = next((v for k, v in node.value if k.value == str(key)), None)
             if match is None:
@@ -436,7 +618,8 @@ def _format_loc(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("str", "list[union[str,int,float,bool]]", "function-before[_shorthand(), TeacherConfig]"):
+        elif part in ("str", "list[union[str,int,float,bool]]", "function-before[_shorthand(), TeacherConfig]",
+                      *_UNION_TAGS):
             continue
         else:
             out += f".{part}" if out else str(part)

@@ -7,13 +7,14 @@ task commits finished requests as they come, so a kill loses at most what was in
 
 from __future__ import annotations
 
+import heapq
 import itertools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from promptbake.errors import BudgetExceeded, TeacherError
+from promptbake.plan.conversation import planned_steps
 from promptbake.plan.expand import Expander
-from promptbake.plan.judge import judge_steps
 from promptbake.plan.planner import DEFAULT_RESERVE, Planner, row_key
 from promptbake.plan.routing import check_routes
 from promptbake.specification.models import Spec, Step, TeacherConfig
@@ -88,15 +89,17 @@ def check_run(spec: Spec, config: TeacherConfig, max_cost: float | None) -> list
     be counted as free: every model a step may be answered by needs one). Returns notes for the
     summary: steps without ``max_tokens`` are sent with ``DEFAULT_RESERVE`` under a budget (see
     :func:`bounded`)."""
-    steps = [*spec.steps, *judge_steps(spec)]  # a judge's verdicts are paid like answers
+    steps = planned_steps(spec)  # a judge's verdicts are paid like answers, a dialogue's turns too
     models = check_routes(steps, config)
     if max_cost is None:
         return []
     PriceTable(config.prices).require((m for step in models for m in step), max_cost)
+    # a conversation's turns are one side's steps: say it once per side
+    uncapped = dict.fromkeys(step.name.rsplit(".", 1)[0] for step in steps if not capped(step.body_params()))
     return [
-        f"step {step.name} sets no max_tokens: under --max-cost its answers are sent with max_tokens "
+        f"step {name} sets no max_tokens: under --max-cost its answers are sent with max_tokens "
         f"{DEFAULT_RESERVE}, the worst case reserved for each (set max_tokens in the spec to choose)"
-        for step in steps if not capped(step.body_params())
+        for name in uncapped
     ]
 
 
@@ -136,8 +139,10 @@ class Generation:
                 earlier.setdefault(row.cell_key, {})[row_key(row.vars)] = f"{row.parent_id}:{row.item_index}"
         drops: list[FanoutDrop] = []
         parent = self.planner.parent_index(k)
-        requests = self.planner.next_step(k, self.store.succeeded(self.spec.name, parent, round_), wants,
-                                          earlier=earlier, drops=drops)
+        # in lineage order: a conversation's judges read every turn a dialogue may end at
+        parents = heapq.merge(*(self.store.succeeded(self.spec.name, p, round_) for p in self.planner.parent_steps(k)),
+                              key=lambda r: r.ord)
+        requests = self.planner.next_step(k, parents, wants, earlier=earlier, drops=drops)
         return self.store.replan(self.spec.name, k, round_, self._hopeful(requests, round_), drops, parent)
 
     def _hopeful(self, requests: Iterable[PlannedRequest], round_: int) -> Iterable[PlannedRequest]:
@@ -171,13 +176,21 @@ class Generation:
                 # stored, and let the shortfall say the rest (see pipeline._top_up)
                 return
             self._check_budget()
-            if round_ == 0 and report.failed and not self.store.step_ok(self.spec.name, k, round_):
+            if (round_ == 0 and report.failed and not self.store.step_ok(self.spec.name, k, round_)
+                    and self._telling(k)):
                 n, reason = self.report.failures.most_common(1)[0]
                 raise TeacherError(
                     f"step {step.name!r} failed entirely: none of its {report.failed} requests to "
                     f"{self.endpoint.where(step.model)} succeeded ({self.report.failures.total - failed_before} "
                     f"failed; most common, {n} ×: {reason}); the store keeps every error"
                 )
+
+    def _telling(self, k: int) -> bool:
+        """Whether step k failing entirely says the teacher cannot do it: not for a dialogue's
+        later turn, asked of the few dialogues that got that far after its side answered before
+        (those dialogues end short and the count loop starts others)."""
+        flow = self.planner.flow
+        return flow is None or flow.turn(k) is None or flow.first_of_side(k)
 
     def _check_budget(self) -> None:
         if self.report.stopped_for_budget:

@@ -135,7 +135,8 @@ async def distill_async(
     manifest = report.build.manifest
 
     long_tokens = round(sum(system_tokens(r, model) for r in rendered) / len(rendered))
-    baked = next((m for m in spec.example.messages if m.role in ("system", "developer")), None)
+    baked = next((m for m in spec.example.messages
+                  if isinstance(m, MessageTemplate) and m.role in ("system", "developer")), None)
     baked_tokens = system_tokens(baked.content or "", model) if baked is not None else 0
     summary: dict[str, Any] = {
         "prompt": name,
