@@ -133,10 +133,13 @@ def build(
     ensure_dir(out)
     expander = Expander(spec)
     renderer = ExampleRenderer(spec, expander.templates)
-    # items a fan-out repeated were dropped before the next step paid for them: exact duplicates too
-    early = [Dropped(f"{d.request_id}:{d.item_index}", d.category, "exact", d.duplicate_of, 1.0)
-             for d in store.fanout_drops(spec.name)]
+    # items a fan-out repeated were dropped before the next step paid for them: exact duplicates too;
+    # and so were those whose user line a filter drops: filtered too
+    fanout = store.fanout_drops(spec.name)
+    early = [Dropped(f"{d.request_id}:{d.item_index}", d.category, "exact", d.duplicate_of or "", 1.0)
+             for d in fanout if d.reason is None]
     gates = Gates(spec, store)
+    gates.drop_early((f"{d.request_id}:{d.item_index}", d.category, d.reason) for d in fanout if d.reason is not None)
     deduped = dedupe(gates.passing(renderer.examples(store)), spec.dedupe, existing)
     accepted, surplus, warnings = _keep_counts(spec, expander, deduped.kept)
     split_config = spec.split if seed is None else spec.split.model_copy(update={"seed": seed})

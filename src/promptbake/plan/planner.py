@@ -15,6 +15,7 @@ from typing import Any
 
 from promptbake.curate.checks import last_assistant
 from promptbake.curate.dedupe import normalise
+from promptbake.curate.filters import Filters, last_user
 from promptbake.errors import TemplateError
 from promptbake.ids import stable_hash
 from promptbake.plan.expand import Cell
@@ -74,8 +75,9 @@ def _normalised(value: Any) -> Any:
 
 
 def single_output(step: Step) -> bool:
-    """True when each request of the step yields exactly one row for the next step."""
-    return step.parse != "list" and (step.n or 1) == 1 and (step.repeat or 1) == 1
+    """True when each request of the step yields exactly one row for the next step (a best-of-n
+    step's n choices make one example)."""
+    return step.parse != "list" and ((step.n or 1) == 1 or step.pick == "best") and (step.repeat or 1) == 1
 
 
 class Planner:
@@ -91,19 +93,37 @@ class Planner:
         ]
         self.example = MessageRenderer(templates, spec.example.messages, f"{spec.where()}:example")
         self.filters = spec.filters.compile()
+        self.user_filters = Filters([c for c in self.filters.checks if c.role == "user"])
 
     def parent_index(self, k: int) -> int:
         """The step whose answers step k is planned from: the one before it, except that every
         judge judges the last real step's answers (judges do not wait for one another)."""
         return min(k, self.real) - 1
 
-    def gate(self, variables: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
+    def gate(self, variables: dict[str, Any], category: str) -> tuple[list[dict[str, Any]], list[str]]:
         """The example a row renders to, and why it fails ``example.checks`` and the filters (empty:
         it passes). Run before any judge, so only examples that can still be kept are judged."""
         messages = self.example.render(variables)
         checks = self.spec.example.checks
         reasons = checks.failures(last_assistant(messages)) if checks is not None else []
-        return messages, reasons + self.filters.failures(messages)
+        return messages, reasons + self.filters.failures(messages, category)
+
+    def user_gate(self, k: int, variables: dict[str, Any], category: str) -> list[str]:
+        """Why a row's user line fails the filters that check it (``role: user``), known before
+        step k is paid for when the example's user line does not depend on step k or later: then
+        no answer could make the example pass. Empty when it passes or cannot be known yet."""
+        if not self.user_filters.checks or k >= self.real:
+            return []
+        later = [s.name for s in self.steps[k:self.real]]
+        lines = []
+        for placeholder in ("", "\x00later"):  # the same line under both: it depends on no later answer
+            try:
+                lines.append(last_user(self.example.render({**variables, **dict.fromkeys(later, placeholder)})))
+            except TemplateError:
+                return []  # it needs a later answer's fields
+        if lines[0] != lines[1]:
+            return []
+        return self.user_filters.failures([{"role": "user", "content": lines[0]}], category)
 
     def _response_format(self, step: Step) -> dict[str, Any] | None:
         if step.response_format is not None or step.json_schema is None:
@@ -215,8 +235,9 @@ class Planner:
         wants, so a list answer with surplus items does not buy surplus answers. A row that
         exactly repeats (text normalised as exact dedupe does) an earlier row of its cell, in this
         round or in ``earlier`` ones (cell key → row key → the kept item), is not planned at all:
-        it would be paid for and then dropped as a duplicate. It goes to ``drops`` instead, and
-        the cell, short of a row, is refilled by the next top-up round."""
+        it would be paid for and then dropped as a duplicate. Nor is a row whose user line fails
+        the filters that check it (:meth:`user_gate`). Each goes to ``drops`` instead, and the
+        cell, short of a row, is refilled by the next top-up round."""
         step, previous = self.steps[k], self.steps[self.parent_index(k)]
         capped = all(single_output(s) for s in self.steps[k:])
         judge = self.spec.judge[k - self.real] if k >= self.real else None
@@ -234,10 +255,15 @@ class Planner:
                     if drops is not None:
                         drops.append(FanoutDrop(parent.id, j, parent.category, seen[key]))
                     continue
+                failed = self.user_gate(k, variables, parent.category)
+                if failed:
+                    if drops is not None:
+                        drops.append(FanoutDrop(parent.id, j, parent.category, None, "; ".join(failed)))
+                    continue  # its user line fails a filter: no answer of step k could keep it
                 seen[key] = f"{parent.id}:{j}"
                 render_only = None
                 if judge is not None:
-                    messages, failed = self.gate(variables)
+                    messages, failed = self.gate(variables, parent.category)
                     if failed:
                         continue  # dropped by a cheap gate: never pay a judge for it
                     render_only = {"example": example_text(messages, judge.fields), "criteria": judge.criteria}

@@ -124,6 +124,9 @@ class Step(SamplingParams):
     json_schema: dict[str, Any] | None = Field(default=None, alias="schema")
     repeat: int | None = Field(default=None, ge=1)
     min_items: int = Field(default=1, ge=1)
+    # with n > 1 on the last step: every choice becomes an example ("all"), or only the one the
+    # quality gates rate best ("best": best-of-n, n candidates for one request and one payment)
+    pick: Literal["all", "best"] = "all"
 
     @model_validator(mode="after")
     def _check(self) -> Step:
@@ -131,6 +134,10 @@ class Step(SamplingParams):
             raise ValueError(f"step name {self.name!r} must be an identifier (letters, digits, _)")
         if self.json_schema is not None and self.parse == "text":
             raise ValueError("'schema' needs parse: json or parse: list")
+        if self.pick == "best" and (self.n or 1) < 2:
+            raise ValueError("pick: best needs n >= 2 (the candidates to pick from)")
+        if self.pick == "best" and self.parse == "list":
+            raise ValueError("pick: best picks one of n answers; parse: list would fan each one out")
         return self
 
 
@@ -307,6 +314,9 @@ class Spec(Strict):
         clash = set(names) & set(self.grid.axes)
         if clash:
             raise ValueError(f"step {sorted(clash)[0]!r} has the same name as an axis")
+        early = [s.name for s in self.steps[:-1] if s.pick == "best"]
+        if early:
+            raise ValueError(f"step {early[0]!r}: pick: best is for the last step, whose choices become the examples")
         return self
 
     @property

@@ -70,12 +70,14 @@ class PlannedRow(NamedTuple):
 
 @dataclass(frozen=True)
 class FanoutDrop:
-    """An item of a step's answer left out of the next step: it repeats an earlier item of its cell."""
+    """An item of a step's answer left out of the next step: it repeats an earlier item of its cell,
+    or (``reason``) its user line already fails a filter, so no later answer could make it pass."""
 
     request_id: str
     item_index: int
     category: str
-    duplicate_of: str  # "<request id>:<item index>" of the item kept
+    duplicate_of: str | None  # "<request id>:<item index>" of the item kept
+    reason: str | None = None  # the filters' reasons; None for a repeat
 
 
 @dataclass
@@ -416,9 +418,9 @@ class Store:
                         (spec_name, parent, round_),
                     )
                     self.db.executemany(
-                        "INSERT OR REPLACE INTO fanout_drops VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        ((spec_name, parent, round_, d.request_id, d.item_index, d.category, d.duplicate_of)
-                         for d in drops),
+                        "INSERT OR REPLACE INTO fanout_drops VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        ((spec_name, parent, round_, d.request_id, d.item_index, d.category, d.duplicate_of,
+                          d.reason) for d in drops),
                     )
         except sqlite3.OperationalError as exc:
             raise StoreError(f"{self.path}: write failed: {exc}") from exc
@@ -445,9 +447,10 @@ class Store:
             yield PlannedRow(cell_key, json.loads(variables), parent_id, item_index)
 
     def fanout_drops(self, spec_name: str) -> list[FanoutDrop]:
-        """Items of the current plan dropped before the next step as repeats, in lineage order."""
+        """Items of the current plan dropped before the next step (repeats, and user lines that fail
+        a filter), in lineage order."""
         rows = self.db.execute(
-            "SELECT d.request_id, d.item_index, d.category, d.duplicate_of FROM fanout_drops d "
+            "SELECT d.request_id, d.item_index, d.category, d.duplicate_of, d.reason FROM fanout_drops d "
             "JOIN requests r ON r.id = d.request_id "
             "WHERE d.spec_name = ? AND r.current = 1 AND r.status = 'ok' ORDER BY r.ord, d.item_index",
             (spec_name,),

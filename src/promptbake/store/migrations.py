@@ -166,3 +166,10 @@ def m008_fanout_drops(db: sqlite3.Connection) -> None:
         "CREATE TABLE fanout_drops (spec_name TEXT, step_index INTEGER, round INTEGER, request_id TEXT, "
         "item_index INTEGER, category TEXT, duplicate_of TEXT, PRIMARY KEY (spec_name, request_id, item_index))"
     )
+
+
+@migration
+def m009_fanout_drop_reason(db: sqlite3.Connection) -> None:
+    # items of a fan-out whose user line fails a filter (``role: user``) are dropped before the next
+    # step pays for them too: the reason says which filter (NULL: an exact repeat, as before)
+    db.execute("ALTER TABLE fanout_drops ADD COLUMN reason TEXT")

@@ -131,19 +131,30 @@ def parse_output(text: str, mode: str, schema: dict[str, Any] | None = None, min
     return items
 
 
+CUT_OFF = "answer was cut off (finish_reason: length)"
+
+
 def parse_choices(
     contents: list[str],
     finish_reasons: list[str],
     mode: str,
     schema: dict[str, Any] | None = None,
     min_items: int = 1,
+    *,
+    candidates: bool = False,
 ) -> list[Any]:
-    """All outputs of a response (choices in order); a cut-off choice rejects the whole answer."""
+    """All outputs of a response (choices in order); a cut-off choice rejects the whole answer.
+    ``candidates`` (a best-of-n step): the choices are alternatives, so a cut-off one is left out
+    and only an answer whose choices are all cut off is rejected."""
     outputs: list[Any] = []
+    cut = 0
     for content, reason in zip(contents, finish_reasons, strict=False):
         if reason == "length":
-            raise ResponseRejected("answer was cut off (finish_reason: length)")
+            if not candidates:
+                raise ResponseRejected(CUT_OFF)
+            cut += 1
+            continue
         outputs.extend(parse_output(content or "", mode, schema, min_items))
     if not outputs:
-        raise ResponseRejected("no choices in the answer")
+        raise ResponseRejected(CUT_OFF if cut else "no choices in the answer")
     return outputs
