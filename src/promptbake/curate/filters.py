@@ -18,6 +18,7 @@ from pydantic import RootModel, model_validator
 from promptbake.curate.checks import last_assistant
 from promptbake.curate.phrases import polite_phrase, staff_phrase
 from promptbake.curate.sentiment import SentimentRange, parse_range, sentiment
+from promptbake.curate.topic import shared_stems
 
 # Refusal and apology boilerplate of chat-tuned models: an answer carrying one did not do the task.
 REFUSALS = re.compile(
@@ -136,6 +137,22 @@ def _customer_voice(prompt: str, answer: str) -> str | None:
     return f"customer_voice: {phrase!r} is the staff's line" if phrase else None
 
 
+def _on_topic(least: int) -> Check:
+    def check(prompt: str, answer: str) -> str | None:
+        shared = len(shared_stems(prompt, answer))
+        return f"on_topic: {shared} content words shared with the user's line, < {least}" if shared < least else None
+
+    return check
+
+
+def _at_least_one(value: Any) -> int:
+    if value is True:
+        return 1
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError("on_topic takes true or the number of content words (>= 1) the answer shares with the prompt")
+    return value
+
+
 def _sentiment(bounds: SentimentRange) -> Check:
     return lambda prompt, answer: bounds.failure(sentiment(answer))
 
@@ -189,6 +206,7 @@ BUILTINS: dict[str, tuple[Callable[[Any], Any], Callable[[Any], Check]]] = {
     "no_politeness": (lambda v: v, lambda _: _no_politeness),
     "customer_voice": (lambda v: v, lambda _: _customer_voice),
     "sentiment": (parse_range, _sentiment),
+    "on_topic": (_at_least_one, _on_topic),
 }
 # filters that make sense on one side only check it unless told otherwise: a customer's voice is
 # the user's line

@@ -29,7 +29,8 @@ POLITE = re.compile(
 
 # Words of the staff's side of the counter: a customer who says them reads like the shop assistant.
 STAFF_VOICE = re.compile(
-    rf"(?i)\b(?:how (?:can|may) i (?:help|assist)|can i help you|what can i (?:do|get) for you|may i help"
+    rf"(?i)\b(?:how (?:can|may) i (?:help|assist)|can i help (?:you|with)|what can i (?:do|get) for you|may i help"
+    rf"|i can help (?:you|with)|i{_A}?ll help you|let me help"
     rf"|you{_A}?re (?:very )?welcome|you are welcome|welcome to (?:the|our|my)\b"
     rf"|thank you for (?:your patience|waiting|shopping|choosing|coming|visiting|your (?:order|business))"
     rf"|thanks for (?:your patience|waiting|shopping|choosing|coming|visiting)"

@@ -14,7 +14,7 @@ import math
 from functools import cache
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class SentimentRange(BaseModel):
@@ -69,4 +69,10 @@ def parse_range(value: Any) -> SentimentRange:
     """The filter's value, checked when the spec is loaded (a typo is a spec error)."""
     if not isinstance(value, dict):
         raise ValueError("sentiment takes a mapping such as {max: -0.3} or {min: 0.2, max: 0.9}")
-    return SentimentRange.model_validate(value)
+    try:
+        return SentimentRange.model_validate(value)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"])
+        raise ValueError(f"sentiment{'.' + where if where else ''}: {error['msg'].removeprefix('Value error, ')}"
+                         ) from None

@@ -43,6 +43,7 @@ class Estimate:
     steps: list[StepEstimate] = field(default_factory=list)
     price_known: bool = True
     notes: list[str] = field(default_factory=list)
+    unknown_price: str = ""  # how to say the model has no price, with the closest known name
 
     @property
     def cost(self) -> float:
@@ -65,7 +66,8 @@ class Estimate:
             )
         total_prompt = sum(s.prompt_tokens for s in self.steps)
         total_completion = sum(s.completion_tokens for s in self.steps)
-        price = f"≤ ${self.cost:.4f}" if self.price_known else "unknown (no price for this model; set teacher.prices)"
+        price = f"≤ ${self.cost:.4f}" if self.price_known else (
+            f"unknown ({self.unknown_price or 'no price for this model'}; set teacher.prices)")
         lines.append(
             f"total: {sum(s.requests for s in self.steps)} requests, ~{total_prompt:,} prompt tokens, "
             f"≤ {total_completion:,} completion tokens, estimated cost {price}"
@@ -87,7 +89,8 @@ def estimate(spec: Spec, model: str, teacher_kind: str = "remote", prices: Price
     # per example wanted (the first cells of a weighted grid may want more than the average)
     cell_scale = total_cells / max(len(cells), 1)
     example_scale = wanted / max(sum(c.count for c in cells), 1)
-    result = Estimate(cells=total_cells, examples_wanted=wanted, model=model, price_known=prices.known(model))
+    result = Estimate(cells=total_cells, examples_wanted=wanted, model=model, price_known=prices.known(model),
+                      unknown_price="" if prices.known(model) else prices.unknown(model))
     note = encoding_note(model) if teacher_kind != "local" else None  # a local model is no OpenAI tokenizer
     if note:
         result.notes.append(note)

@@ -6,15 +6,17 @@ name the line it comes from, then validated by the models below (unknown keys ar
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import re
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from promptbake.curate.checks import AnswerList, Checks
 from promptbake.curate.filters import FilterSet
@@ -376,13 +378,18 @@ class Spec(Strict):
         return path if path.is_absolute() else self.base_dir / path
 
 
-def _node_line(root: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
-    """Follow a pydantic error location through the YAML node tree to a 1-based line number."""
+def _node_line(root: yaml.Node | None, loc: tuple[int | str, ...], *, at_key: bool = False) -> int | None:
+    """Follow a pydantic error location through the YAML node tree to a 1-based line number.
+    ``at_key``: the line of the last key itself (an unknown key), not of its value, which for a
+    mapping (``dedup:`` and its keys below) starts on the next line."""
     node = root
     line = node.start_mark.line + 1 if node is not None else None
-    for key in loc:
+    for i, key in enumerate(loc):
         if isinstance(node, yaml.MappingNode):
             match = next((v for k, v in node.value if k.value == str(key)), None)
+            if at_key and i == len(loc) - 1:
+                key_node = next((k for k, _ in node.value if k.value == str(key)), None)
+                return key_node.start_mark.line + 1 if key_node is not None else line
             if match is None:
                 # an unknown key: point at the key itself
                 key_node = next((k for k, _ in node.value if k.value == str(key)), None)
@@ -461,8 +468,9 @@ def parse_spec(text: str, where: str, path: Path | None = None) -> Spec:
     try:
         spec = Spec.model_validate(data)
     except ValidationError as exc:
-        loc = tuple(exc.errors()[0]["loc"])
-        raise SpecError(f"{where}:{_node_line(root, loc)}: {_problem(exc)}") from exc
+        error = exc.errors()[0]
+        line = _node_line(root, tuple(error["loc"]), at_key=error["type"] == "extra_forbidden")
+        raise SpecError(f"{where}:{line}: {_problem(exc)}") from exc
     spec._path = path
     return spec
 
@@ -473,8 +481,36 @@ def _problem(exc: ValidationError) -> str:
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         msg = "unknown key"
+        near = difflib.get_close_matches(str(err["loc"][-1]), _keys_at(tuple(err["loc"])), n=1, cutoff=0.6)
+        if near:
+            msg += f" (did you mean {near[0]}?)"
     more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
     return f"{_format_loc(tuple(err['loc']))}: {msg}{more}"
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model an annotation holds (``list[Step]``, ``TeacherConfig | None``, ...)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _keys_at(loc: tuple[int | str, ...]) -> list[str]:
+    """The keys allowed where an unknown key was found: what "did you mean" chooses from."""
+    model: type[BaseModel] = Spec
+    for part in loc[:-1]:
+        if isinstance(part, int) or "[" in part:  # a list index, or a validator's name in the location
+            continue
+        field = next((f for name, f in model.model_fields.items() if part in (name, f.alias)), None)
+        inner = _model_in(field.annotation) if field is not None else None
+        if inner is None:
+            return []
+        model = inner
+    return [f.alias or name for name, f in model.model_fields.items()]
 
 
 def spec_from_dict(data: Mapping[str, Any]) -> Spec:

@@ -91,8 +91,7 @@ def checker(step: Step) -> Callable[[ChatResult], Any]:
     """The step's parse rules as a job's check: a rejected answer raises ResponseRejected."""
 
     def check(result: ChatResult) -> Any:
-        return parse_choices(result.contents, result.finish_reasons, step.parse, step.json_schema, step.min_items,
-                             candidates=step.pick == "best")
+        return parse_choices(result.contents, result.finish_reasons, step.parse, step.json_schema, step.min_items)
 
     return check
 

@@ -140,17 +140,18 @@ def parse_choices(
     mode: str,
     schema: dict[str, Any] | None = None,
     min_items: int = 1,
-    *,
-    candidates: bool = False,
 ) -> list[Any]:
-    """All outputs of a response (choices in order); a cut-off choice rejects the whole answer.
-    ``candidates`` (a best-of-n step): the choices are alternatives, so a cut-off one is left out
-    and only an answer whose choices are all cut off is rejected."""
+    """All outputs of a response (choices in order). A cut-off answer is rejected; of several
+    choices (``n`` > 1: independent samples, alternatives to each other) a cut-off one is left out
+    instead, and only an answer whose choices are all cut off is rejected, so one long choice does
+    not make the other n - 1 be paid for again. A short ``max_tokens`` thus keeps only the choices
+    that finish within it: concise ones."""
     outputs: list[Any] = []
+    several = len(contents) > 1
     cut = 0
     for content, reason in zip(contents, finish_reasons, strict=False):
         if reason == "length":
-            if not candidates:
+            if not several:
                 raise ResponseRejected(CUT_OFF)
             cut += 1
             continue
