@@ -206,8 +206,8 @@ def reported_teacher():
         user = body["messages"][-1]["content"]
         if user.startswith("Give"):
             mood, place = re.search(r"a (\w+) customer says at the (\w+)", user).groups()
-            return json.dumps([f"My {place} order is wrong, {mood} as I am.", f"My {place} order is wrong, {mood} as I am.",
-                               "How can I help you today?", f"Where is the {place} manager? I am {mood}."])
+            line = f"My {place} order is wrong, {mood} as I am."
+            return json.dumps([line, line, "How can I help you today?", f"Where is the {place} manager? I am {mood}."])
         tries[user] = tries.get(user, 0) + 1
         if "calm" in user and tries[user] == 1:
             return "one two three four five six seven eight nine ten eleven twelve thirteen fourteen"

@@ -15,13 +15,15 @@ import unicodedata
 
 STEM = 5
 # common words that say nothing about the topic (and the chat filler both sides use)
-_STOP = frozenset("""
-about after again also always another anything back been before being could didn does doing done
-down each even every from give going gonna good have here into just know like little look make many
-maybe more most much must need never only other over please really right same should some something
-sure take than that thats their them then there these they thing things think this those time today
-tomorrow very want wants well were what when where which while will with would your youre yours
-""".split())
+_STOP = frozenset([
+    "about", "after", "again", "also", "always", "another", "anything", "back", "been", "before", "being", "could",
+    "didn", "does", "doing", "done", "down", "each", "even", "every", "from", "give", "going", "gonna", "good",
+    "have", "here", "into", "just", "know", "like", "little", "look", "make", "many", "maybe", "more", "most",
+    "much", "must", "need", "never", "only", "other", "over", "please", "really", "right", "same", "should",
+    "some", "something", "sure", "take", "than", "that", "thats", "their", "them", "then", "there", "these",
+    "they", "thing", "things", "think", "this", "those", "time", "today", "tomorrow", "very", "want", "wants",
+    "well", "were", "what", "when", "where", "which", "while", "will", "with", "would", "your", "youre", "yours"
+])
 
 
 def content_stems(text: str) -> set[str]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+
 from promptbake.curate.quality import HEURISTICS
 
 
