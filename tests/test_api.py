@@ -14,10 +14,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from click.testing import CliRunner
 from fakeserver import FakeServer
 from helpers import MINIMAL_SPEC, list_then_reply_responder, write_spec
 
 import promptbake
+from promptbake.cli.main import cli
 from promptbake.errors import InputError, SpecError
 from promptbake.workflows.sync import run_sync
 
@@ -122,10 +124,31 @@ def test_teacher_lays_its_fields_over_the_specs(tmp_path):
     assert (local.kind, local.model) == ("local", None)  # a remote model name means nothing locally
 
 
-def test_teacher_fields_are_checked_as_input(tmp_path):
+def test_teacher_fields_are_checked_as_input_and_named_as_python_spells_them(tmp_path):
     spec = write_spec(tmp_path)
-    with pytest.raises(InputError, match=r"--rpm 0: Input should be greater than 0"):
+    with pytest.raises(InputError, match=r"^rpm=0: Input should be greater than 0") as raised:
         promptbake.generate(spec, "s.db", teacher=promptbake.Teacher(base_url="http://127.0.0.1:9/v1", rpm=0))
+    assert "--" not in str(raised.value)  # a notebook user typed no flag
+    with pytest.raises(InputError) as raised:
+        promptbake.run(spec, max_cost=float("nan"), teacher=promptbake.Teacher(base_url="http://127.0.0.1:9/v1"))
+    assert str(raised.value).startswith("max_cost=nan: must be a finite amount")
+    # the command line keeps its flags
+    result = CliRunner().invoke(cli, ["generate", str(spec), "--store", "s.db", "--rpm", "0",
+                                      "--base-url", "http://127.0.0.1:9/v1"])
+    assert result.exit_code == 2 and "Error: --rpm 0.0: Input should be greater than 0" in result.output
+
+
+def test_a_401_without_the_key_variable_names_the_variable(tmp_path, monkeypatch):
+    spec = write_spec(tmp_path)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with FakeServer(fault_rates={"401": 1.0}).running() as srv:
+        result = CliRunner().invoke(cli, ["run", str(spec), "--out", "out", "--base-url", srv.base_url, "-q"])
+        assert result.exit_code == 1, result.output
+        assert "OPENAI_API_KEY is not set" in result.output
+        monkeypatch.setenv("MY_KEY", "sk-wrong-0123456789")
+        result = CliRunner().invoke(cli, ["run", str(spec), "--out", "out2", "--base-url", srv.base_url, "-q",
+                                          "--api-key-env", "MY_KEY"])
+    assert result.exit_code == 1 and "check the key in MY_KEY" in result.output
 
 
 def test_interrupt_in_a_running_loop_cancels_the_work_and_waits_for_it(tmp_path):

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 import click
 
 from promptbake import __version__, api
-from promptbake.errors import PromptbakeError
+from promptbake.errors import PromptbakeError, cli_spelling
 
 if TYPE_CHECKING:
     from promptbake import Teacher
@@ -33,6 +33,10 @@ class _Group(click.Group):
         return super().parse_args(ctx, args)
 
     def invoke(self, ctx: click.Context) -> Any:
+        with cli_spelling():  # errors name options as the flags the user typed
+            return self._invoke(ctx)
+
+    def _invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except PromptbakeError as exc:

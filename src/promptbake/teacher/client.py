@@ -55,6 +55,7 @@ class Endpoint:
     model: str
     api_key: str | None = field(default=None, repr=False)
     headers: dict[str, str] = field(default_factory=dict, repr=False)  # may hold an Azure api-key
+    api_key_env: str | None = None  # the variable the key came from: a 401 names it
 
     @classmethod
     def from_env(cls, model: str, base_url: str | None = None,
@@ -63,6 +64,7 @@ class Endpoint:
             base_url=base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL,
             model=model,
             api_key=os.environ.get(api_key_env) or None,
+            api_key_env=api_key_env,
         )
 
     @property
@@ -361,6 +363,15 @@ class ChatClient:
     def _result(self, decoded: Any, body: dict[str, Any], rate: RateInfo | None, model: str) -> ChatResult:
         return read_result(decoded, body, rate, self.endpoint.where(model))
 
+    def _key_hint(self) -> str:
+        """What to check after a 401: the key variable by name, and whether it is set at all."""
+        name = self.endpoint.api_key_env
+        if name is None:
+            return "check the API key variable (--api-key-env)"
+        if self.endpoint.api_key is None:
+            return f"{name} is not set (export {name}=..., or name another variable with --api-key-env)"
+        return f"check the key in {name}"
+
     def _http_error(self, status: int, raw: bytes, headers: Any, rate: RateInfo | None, model: str) -> AttemptError:
         text, code = _error_details(raw)
         message = f"HTTP {status}: {text}"
@@ -375,8 +386,7 @@ class ChatClient:
                                   says_invalid=bool(_SAYS_INVALID.search(text)))
         if status in (401, 403):
             return Unauthorized("auth", f"the teacher at {self.endpoint.base_url} refused the "
-                                f"credentials ({message}); check the API key variable",
-                                status=status, rate=rate)
+                                f"credentials ({message}); {self._key_hint()}", status=status, rate=rate)
         if status == 404:
             return ServerMismatch("not_found", f"{self.endpoint.where(model)} answered {message}; "
                                   "check --model and --base-url", status=status, rate=rate)

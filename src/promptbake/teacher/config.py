@@ -117,7 +117,8 @@ def remote_endpoint(config: TeacherConfig) -> Endpoint:
             "server, or use --teacher local"
         )
     check_base_url(url)
-    return Endpoint(base_url=url.rstrip("/"), model=model_name(config), api_key=api_key)
+    return Endpoint(base_url=url.rstrip("/"), model=model_name(config), api_key=api_key,
+                    api_key_env=config.api_key_env)
 
 
 def check_base_url(base_url: str) -> None:
