@@ -36,10 +36,10 @@ def cli_spelling() -> Iterator[None]:
 
 
 def python_spelling(text: str) -> str:
-    """``--max-cost 2: ...`` → ``max_cost=2: ...``, ``pass --base-url`` → ``pass Teacher(base_url=...)``."""
+    """``--max-cost 2: ...`` → ``max_cost=2: ...``, ``pass --allow-shortfall`` → ``pass allow_shortfall``."""
     def keyword(match: re.Match[str]) -> str:
         name = _KEYWORDS.get(match.group(1), match.group(1).replace("-", "_"))
-        return name if name.endswith(")") else name + "="
+        return name + "=" if match.group(2) and not name.endswith(")") else name
 
     return _FLAG.sub(keyword, text)
 

@@ -43,6 +43,8 @@ class BuildReport:
     writes: list[WriteReport] = field(default_factory=list)
     validation: Any = None
     manifest: dict[str, Any] = field(default_factory=dict)
+    short: dict[str, int] = field(default_factory=dict)  # cell key → examples it lacks: what the run did not get
+    repeated: set[str] = field(default_factory=set)  # short cells that lost an example as a repeat of ``existing``
 
     def format(self) -> str:
         wide = max([8, *map(len, self.categories)])  # whole names: categories often differ only at the end
@@ -62,7 +64,8 @@ class BuildReport:
         return "\n".join(lines)
 
 
-def _keep_counts(spec: Spec, expander: Expander, kept: list[Example]) -> tuple[list[Example], Counter[str], list[str]]:
+def _keep_counts(spec: Spec, expander: Expander, kept: list[Example]
+                 ) -> tuple[list[Example], Counter[str], list[str], dict[str, int]]:
     """Each cell keeps its first ``count`` distinct examples; say which cells fall short."""
     wanted = {c.key: (c.count, c.category) for c in expander.cells()}
     taken: Counter[str] = Counter()
@@ -83,7 +86,15 @@ def _keep_counts(spec: Spec, expander: Expander, kept: list[Example]) -> tuple[l
             by_category[wanted[key][1]] += missing
         detail = ", ".join(f"{cat}: {n}" for cat, n in sorted(by_category.items()))
         warnings.append(f"{len(short)} cells are short of their count by {sum(short.values())} examples ({detail})")
-    return accepted, surplus, warnings
+    return accepted, surplus, warnings, short
+
+
+def _noting_cells(examples: Iterable[Example], cells: dict[str, str] | None) -> Iterable[Example]:
+    """``examples`` unchanged, each one's cell noted in ``cells`` (when given) on the way."""
+    for example in examples:
+        if cells is not None:
+            cells[example.id] = example.provenance.get("cell_key", "")
+        yield example
 
 
 def _history(out: Path) -> list[dict[str, Any]]:
@@ -140,8 +151,13 @@ def build(
              for d in fanout if d.reason is None]
     gates = Gates(spec, store)
     gates.drop_early((f"{d.request_id}:{d.item_index}", d.category, d.reason) for d in fanout if d.reason is not None)
-    deduped = dedupe(gates.passing(renderer.examples(store)), spec.dedupe, existing)
-    accepted, surplus, warnings = _keep_counts(spec, expander, deduped.kept)
+    existing = list(existing)
+    cells: dict[str, str] = {}  # example id → cell, to find the cells an ``existing`` repeat left short
+    deduped = dedupe(_noting_cells(gates.passing(renderer.examples(store)), cells if existing else None),
+                     spec.dedupe, existing)
+    accepted, surplus, warnings, short = _keep_counts(spec, expander, deduped.kept)
+    repeats = {e.id for e in existing}
+    repeated = {cells[d.id] for d in deduped.dropped if d.duplicate_of in repeats and d.id in cells}
     split_config = spec.split if seed is None else spec.split.model_copy(update={"seed": seed})
     balanced = balance(accepted, spec.balance, split_config.seed)
     warnings.extend(balanced.warnings)
@@ -194,7 +210,8 @@ def build(
     topups = read_manifest(out).get("topups")
     if topups:  # train.v2.jsonl, ... stay in DIR: their record stays with them
         manifest["topups"] = topups
-    report = BuildReport(out, len(train), len(test), categories, warnings, writes, manifest=manifest)
+    report = BuildReport(out, len(train), len(test), categories, warnings, writes, manifest=manifest, short=short,
+                         repeated=repeated & set(short))
     if validate:
         from promptbake.output.targets import target_for_teacher
         from promptbake.output.validate import validate_file
