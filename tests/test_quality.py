@@ -272,3 +272,30 @@ def test_report_plots_never_cut_a_category_label():
 def test_quick_spec_loads_with_its_gates():
     spec = load_spec(Path(__file__).parent.parent / "generators" / "rude_agent_quick.yaml")
     assert spec.steps[-1].pick == "best" and (spec.steps[-1].n or 1) > 1
+
+
+def test_a_round_whose_lines_a_filter_all_drops_does_not_end_the_rounds(tmp_path):
+    """Early gate drops are the gates' chance, not a dead end: a top-up round that got only staff
+    lines goes on to the next round, which fills the cell (it stopped, short, before)."""
+    spec = write_spec(tmp_path, BEST_OF.replace("  count: 3", "  count: 2").replace("max_rounds: 2", "max_rounds: 4"))
+    asked: dict[str, int] = {}
+    teacher = best_of_teacher()
+
+    def respond(body: dict):
+        user = body["messages"][-1]["content"]
+        if user.startswith("Give"):
+            place = re.search(r"at the (\w+)", user).group(1)
+            asked[place] = asked.get(place, 0) + 1
+            staff = ["How can I help you today?", "You're welcome, come again!", "How may I help you?"]
+            if asked[place] == 1:
+                return json.dumps([f"My {place} locker is broken.", *staff])
+            if asked[place] == 2:
+                return json.dumps(staff)
+            return json.dumps([f"Where is the {place} manager?", *staff])
+        return teacher(body)
+
+    with FakeServer(responder=respond).running() as srv:
+        result = CliRunner().invoke(cli, ["run", str(spec), "--out", "out", "--base-url", srv.base_url, "-q"])
+    assert result.exit_code == 0, result.output
+    assert asked == {"shop": 3, "gym": 3}
+    assert len((tmp_path / "out" / "train.jsonl").read_text().splitlines()) == 4

@@ -46,7 +46,9 @@ class BuildReport:
     short: dict[str, int] = field(default_factory=dict)  # cell key → examples it lacks: what the run did not get
     repeated: set[str] = field(default_factory=set)  # short cells that lost an example as a repeat of ``existing``
 
-    def format(self) -> str:
+    def format(self, table: bool = True) -> str:
+        """The per-category table (unless ``table`` is false: ``-q``), then the one-line totals,
+        refused writes and warnings."""
         wide = max([8, *map(len, self.categories)])  # whole names: categories often differ only at the end
         lines = [
             f"{'category':<{wide}} {'rows':>6} {'checks':>6} {'filter':>6} {'judge':>6} {'exact':>6} {'near':>6} "
@@ -58,6 +60,8 @@ class BuildReport:
                 f"{c['exact_dupes']:>6} {c['near_dupes']:>6} {c['surplus']:>7} {c['kept']:>6} {c['train']:>6} "
                 f"{c['test']:>5}"
             )
+        if not table:
+            lines = []
         lines.append(f"train: {self.train}, test: {self.test} → {self.out_dir}")
         lines.extend(w.summary() for w in self.writes if w.refused)
         lines.extend(f"warning: {w}" for w in self.warnings)

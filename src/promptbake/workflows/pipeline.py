@@ -72,7 +72,10 @@ def shortfall(spec: Spec, expander: Expander, store: Store, existing: Iterable[E
         key = example.provenance["cell_key"]
         have[key] = have.get(key, 0) + 1
     missing = {c.key: c.count - have.get(c.key, 0) for c in expander.cells() if have.get(c.key, 0) < c.count}
-    return missing, len(passed) / max(len(passed) + len(gates.dropped), 1)
+    # items whose user line a filter dropped before the next step are turned down by the gates too
+    early = sum(1 for d in store.fanout_drops(spec.name) if d.reason is not None)
+    dropped = len(gates.dropped) + early
+    return missing, len(passed) / max(len(passed) + dropped, 1)
 
 
 def ask_for(missing: dict[str, int], pass_rate: float) -> dict[str, int]:
