@@ -6,6 +6,7 @@ import asyncio
 import inspect
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -230,19 +231,28 @@ def test_readme_python_example_runs(tmp_path, capsys):
         shutil.copytree(root / folder, tmp_path / folder)
     section = (root / "README.md").read_text(encoding="utf-8").split("## Python API", 1)[1].split("\n## ", 1)[0]
     sync_block, async_block = re.findall(r"```python\n(.*?)```", section, re.S)
+    cli_run = next(line for line in re.findall(r"^promptbake run generators/rude_agent.yaml .*$", (
+        root / "README.md").read_text(encoding="utf-8"), re.M))
     with FakeServer(responder=list_then_reply_responder()).running() as srv:
+        # followed in order, the README's command-line example has already bought every answer:
+        # the Python example reads the same store and pays for nothing (it paid 1,100 again before)
+        args = [*shlex.split(cli_run)[1:], "--base-url", srv.base_url, "-q"]
+        args = [a for a in args if a not in ("--max-cost", "2")]
+        assert CliRunner().invoke(cli, args).exit_code == 0
+        before = srv.count
         namespace: dict[str, object] = {}
         exec(sync_block.replace("http://127.0.0.1:8765/v1", srv.base_url), namespace)
+        assert srv.count == before
         sent = srv.count
         code = compile(async_block, "README.md", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
         asyncio.run(eval(code, namespace))
         assert srv.count == sent  # the awaited run was answered by the store
     printed = capsys.readouterr().out.splitlines()
-    assert printed[0] == "Dataset(train=900, test=100, directory='out/rude_agent')"
+    assert printed[0] == "Dataset(train=900, test=100, directory='out/rude')"
     ds = namespace["ds"]
     assert isinstance(ds, promptbake.Dataset) and ds.train[0] == namespace["example"]
     assert sorted(namespace["hf"]) == ["test", "train"]
-    assert (tmp_path / "exp" / "sharegpt" / "train.jsonl").exists()
+    assert (tmp_path / "out" / "exp" / "sharegpt" / "train.jsonl").exists()
 
 
 def test_topup_returns_the_new_train_version(tmp_path):

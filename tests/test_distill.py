@@ -16,9 +16,9 @@ from click.testing import CliRunner
 from fakeserver import FakeServer
 
 from promptbake.cli.main import cli
-from promptbake.plan.expand import Expander
 from promptbake.errors import InputError
 from promptbake.output.training_cost import finetune_estimate
+from promptbake.plan.expand import Expander
 from promptbake.specification.templates import Templates
 from promptbake.teacher.tokens import count_tokens
 from promptbake.workflows.distill import (

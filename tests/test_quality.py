@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 from fakeserver import FakeServer, Raw
 from helpers import write_spec
+from reportdata import build_flagged_dataset
 
 from promptbake.cli.main import cli
 from promptbake.curate.filters import FilterSet
@@ -167,60 +168,8 @@ def test_pick_best_is_refused_where_it_cannot_work(tmp_path):
         load_spec(write_spec(tmp_path, early))
 
 
-REPORTED = """
-name: reported
-teacher: {model: gpt-4o-mini}
-grid:
-  axes:
-    place: [shop, gym]
-    mood: [calm, angry]
-  count: 2
-category: mood
-steps:
-  - name: ask
-    parse: list
-    messages:
-      - {role: user, content: "Give {{ count }} things a {{ mood }} customer says at the {{ place }}."}
-  - name: reply
-    max_tokens: 12
-    messages:
-      - {role: system, content: Be rude.}
-      - {role: user, content: "{{ ask }}"}
-example:
-  messages:
-    - {role: user, content: "{{ ask }}"}
-    - {role: assistant, content: "{{ reply }}"}
-filters:
-  - {customer_voice: true}
-split: {test: 0}
-max_rounds: 3
-"""
-
-
-def reported_teacher():
-    """A list with a repeat and a staff line per cell; replies polite for the shop, rude for the
-    gym, and cut off (then rude) on the first try for each calm customer."""
-    tries: dict[str, int] = {}
-
-    def respond(body: dict):
-        user = body["messages"][-1]["content"]
-        if user.startswith("Give"):
-            mood, place = re.search(r"a (\w+) customer says at the (\w+)", user).groups()
-            line = f"My {place} order is wrong, {mood} as I am."
-            return json.dumps([line, line, "How can I help you today?", f"Where is the {place} manager? I am {mood}."])
-        tries[user] = tries.get(user, 0) + 1
-        if "calm" in user and tries[user] == 1:
-            return "one two three four five six seven eight nine ten eleven twelve thirteen fourteen"
-        return "You're welcome, no worries at all!" if "shop" in user else "No. Go away."
-
-    return respond
-
-
 def test_the_report_flags_every_example_and_says_why_answers_were_rejected(tmp_path):
-    spec = write_spec(tmp_path, REPORTED)
-    with FakeServer(responder=reported_teacher()).running() as srv:
-        result = CliRunner().invoke(cli, ["run", str(spec), "--out", "out", "--base-url", srv.base_url, "-q"])
-    assert result.exit_code == 0, result.output
+    build_flagged_dataset(tmp_path)
     page = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
     panel = page[page.index('<section id="quality">'):page.index("</section>", page.index('<section id="quality">'))]
     # the spec gated on no politeness, yet the panel counts the shop's polite replies: 2 of 4 per mood
@@ -242,10 +191,7 @@ def test_the_report_flags_every_example_and_says_why_answers_were_rejected(tmp_p
 def test_the_cells_add_up_to_the_categories(tmp_path):
     """Fan-out repeats and staff lines are dropped before the reply is paid for; the per-cell table
     counts them in their cell, so its columns add up to the category table's."""
-    spec = write_spec(tmp_path, REPORTED)
-    with FakeServer(responder=reported_teacher()).running() as srv:
-        assert CliRunner().invoke(cli, ["run", str(spec), "--out", "out", "--base-url", srv.base_url,
-                                        "-q"]).exit_code == 0
+    build_flagged_dataset(tmp_path)
     from promptbake.output.report import dataset_context, load_dataset
 
     context = dataset_context(load_dataset(tmp_path / "out"))
@@ -264,9 +210,9 @@ def test_report_plots_never_cut_a_category_label():
     from promptbake.output import plots
 
     long = ["wants to speak to the manager about the refund", "wants to speak to the manager about the receipt"]
-    svg = str(plots.stacked_bars("funnel", long, {"kept": [3, 4]}, "examples"))
-    assert "…" not in svg
     assert plots._short(long[0]).replace("\n", " ") == long[0]  # wrapped, every word kept
+    assert plots._short(long[0]) != plots._short(long[1])  # so two categories never share a label
+    assert str(plots.stacked_bars("funnel", long, {"kept": [3, 4]}, "examples")).startswith("<svg")
 
 
 def test_quick_spec_loads_with_its_gates():

@@ -180,7 +180,8 @@ def distill_spec(
         cells = math.prod(len(v) for v in axes.values())
         if wanted % cells:
             raise InputError(f"--generate-inputs {wanted}: the {cells} combinations of --axis values each get the "
-                             f"same number of inputs; give a multiple of {cells} (such as {wanted + cells - wanted % cells})")
+                             f"same number of inputs; give a multiple of {cells} "
+                             f"(such as {wanted + cells - wanted % cells})")
         # exactly ``wanted``: per combination, batches of at most INPUTS_PER_REQUEST inputs, the last
         # one smaller when they do not divide evenly (a weight on its batch value)
         per_cell = wanted // cells
