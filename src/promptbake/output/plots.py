@@ -85,7 +85,7 @@ def histograms(name: str, series: Mapping[str, Sequence[float]], xlabel: str,
 
 def boxes(name: str, groups: dict[str, list[float]], xlabel: str) -> Markup:
     """One horizontal box per group (category), the group's size in its label."""
-    fig = _figure(height=max(2.0, 0.4 * len(groups) * (1 + 0.5 * (_lines(groups) - 1)) + 1.0))
+    fig = _figure(height=max(2.0, 0.4 * len(groups) * (1 + 0.5 * (_lines(list(groups)) - 1)) + 1.0))
     ax = fig.add_subplot()
     names = list(groups)
     ax.boxplot([groups[n] for n in names], orientation="horizontal", widths=0.6,

@@ -273,10 +273,10 @@ def _classify(data: Dataset) -> Classified:
         if id_ in rendered:
             continue
         rows.append(Row("dropped", str(d.get("category", "")), "", "", "", _drop_reason(d)))
-        key = data.store.fanout_cells.get(str(id_))
-        if key is not None:
-            fates[key]["generated"] += 1
-            fates[key][str(d.get("reason"))] += 1
+        cell = data.store.fanout_cells.get(str(id_))
+        if cell is not None:
+            fates[cell]["generated"] += 1
+            fates[cell][str(d.get("reason"))] += 1
     return Classified(rows, fates)
 
 

@@ -468,9 +468,9 @@ def parse_spec(text: str, where: str, path: Path | None = None) -> Spec:
     try:
         spec = Spec.model_validate(data)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        line = _node_line(root, tuple(error["loc"]), at_key=error["type"] == "extra_forbidden")
-        raise SpecError(f"{where}:{line}: {_problem(exc)}") from exc
+        first = exc.errors()[0]
+        at = _node_line(root, tuple(first["loc"]), at_key=first["type"] == "extra_forbidden")
+        raise SpecError(f"{where}:{at}: {_problem(exc)}") from exc
     spec._path = path
     return spec
 
