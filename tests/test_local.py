@@ -150,10 +150,9 @@ def test_llama_server_command():
     options = {a: b for a, b in itertools.pairwise(argv) if a.startswith("--") and not b.startswith("--")}
     assert (options["--model"], options["--alias"]) == ("/m/model.gguf", "smollm2")
     assert (options["--host"], options["--port"]) == ("127.0.0.1", "8123")
-    # slots for a best-of-n request's choices, sharing one KV cache of --ctx-size tokens (the pool
-    # still sends one request at a time: a batched answer would depend on its neighbours)
-    assert (options["--parallel"], options["--ctx-size"]) == (str(local.MAX_CHOICES), "1024")
-    assert "--kv-unified" in argv
+    # one request at a time: a batched answer would depend on its neighbours (llama.cpp rounds a batch
+    # differently from a single token), and so would n choices decoded side by side
+    assert (options["--parallel"], options["--ctx-size"]) == ("1", "1024")
     assert (options["--threads"], options["--threads-batch"]) == ("3", "3")
     assert options["--flash-attn"] == "off"
 
@@ -182,7 +181,7 @@ def test_yields_a_ready_server_and_stops_it(standin, tmp_path):
         assert server.concurrency == local.RECOMMENDED_CONCURRENCY == 1
         assert server.pid == _pid(state)
         assert _models(server.base_url)["data"][0]["id"] == "smollm2"  # answering already
-        assert server.endpoint == Endpoint(base_url=server.base_url, model="smollm2")
+        assert server.endpoint == Endpoint(base_url=server.base_url, model="smollm2", one_choice=True)
     assert _gone(server.pid)
     with pytest.raises(urllib.error.URLError):
         _models(server.base_url)
@@ -422,19 +421,3 @@ def test_teacher_serve_runs_until_ctrl_c():
         if serve.poll() is None:
             serve.kill()
             serve.wait()
-
-
-@pytest.mark.local_model
-def test_real_llama_server_answers_n_choices_for_best_of_n(llama_server):
-    """Best-of-n on the embedded teacher: one request, n different choices, the same ones each time
-    (a single-slot llama-server refuses n > 1 with a 400)."""
-    _require_local_teacher()
-    body = {"model": "smollm2", "n": 4, "temperature": 0.8, "seed": 3, "max_tokens": 16,
-            "messages": [{"role": "user", "content": "Say something rude to a customer."}]}
-    with local_server(engine="llama-server") as server:
-        status, first = _post(server, body)
-        assert status == 200, first
-        _, again = _post(server, body)
-    choices = [c["message"]["content"] for c in first["choices"]]
-    assert len(choices) == 4 and len(set(choices)) > 1
-    assert [c["message"]["content"] for c in again["choices"]] == choices

@@ -56,6 +56,8 @@ class Endpoint:
     api_key: str | None = field(default=None, repr=False)
     headers: dict[str, str] = field(default_factory=dict, repr=False)  # may hold an Azure api-key
     api_key_env: str | None = None  # the variable the key came from: a 401 names it
+    # a server that gives one choice per request (the local teacher): n choices are n requests
+    one_choice: bool = False
 
     @classmethod
     def from_env(cls, model: str, base_url: str | None = None,
@@ -305,6 +307,39 @@ class ChatClient:
         """Send one chat completion. Raises an :class:`AttemptError` subclass on any failure."""
         if self._session is None:
             raise RuntimeError("ChatClient must be used as 'async with ChatClient(...)'")
+        n = body.get("n")
+        if self.endpoint.one_choice and isinstance(n, int) and n > 1:
+            return await self._choice_by_choice(body, n)
+        return await self._chat(body)
+
+    async def _choice_by_choice(self, body: dict[str, Any], n: int) -> ChatResult:
+        """``n`` choices from a server that gives one per request: ``n`` requests, each with the
+        next seed (the seed, or none when the body has none), merged into one answer. Why not the
+        server's own ``n``: llama-server decodes a request's choices side by side in its slots,
+        and their bytes then depend on what its cache held before, so a fresh run would not
+        repeat; one choice per request repeats byte for byte (README, quick start)."""
+        seed = body.get("seed")
+        results = []
+        for i in range(n):
+            one = {**body, "n": 1}
+            if isinstance(seed, int) and not isinstance(seed, bool):
+                one["seed"] = seed + i
+            results.append(await self._chat(one))
+        first = results[0]
+        choices = [{**choice, "index": i} for i, r in enumerate(results) for choice in r.response.get("choices", [])]
+        return ChatResult(
+            contents=[c for r in results for c in r.contents],
+            finish_reasons=[f for r in results for f in r.finish_reasons],
+            prompt_tokens=sum(r.prompt_tokens for r in results),
+            completion_tokens=sum(r.completion_tokens for r in results),
+            model=first.model,
+            response={**first.response, "choices": choices},
+            rate=results[-1].rate,
+            usage_known=all(r.usage_known for r in results),
+        )
+
+    async def _chat(self, body: dict[str, Any]) -> ChatResult:
+        assert self._session is not None
         data = json.dumps(body, ensure_ascii=False).encode()
         model = str(body.get("model") or self.endpoint.model)
         try:

@@ -148,7 +148,7 @@ def open_teacher(config: TeacherConfig) -> Iterator[tuple[Endpoint, TeacherConfi
 
     with local_servers(config.threads) as servers:
         model = model_name(config)
-        first = Endpoint(base_url=servers[0].base_url, model=model, api_key=None)
+        first = Endpoint(base_url=servers[0].base_url, model=model, api_key=None, one_choice=True)
         # llama.cpp answers one request at a time per server: more in flight only queues
         if len(servers) == 1:
             yield first, config.model_copy(update={"concurrency": min(config.concurrency, servers[0].concurrency)})

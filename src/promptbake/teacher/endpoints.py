@@ -262,7 +262,8 @@ async def connect(endpoint: Endpoint, config: TeacherConfig) -> AsyncIterator[tu
             })
             concurrency = spec.concurrency or config.concurrency
             # the local servers we started get no API key (the remote check would send one)
-            where = remote_endpoint(own) if config.kind == "remote" else Endpoint(spec.base_url, own.model or "")
+            where = remote_endpoint(own) if config.kind == "remote" else Endpoint(spec.base_url, own.model or "",
+                                                                                 one_choice=True)
             client = await stack.enter_async_context(
                 ChatClient(where, concurrency=concurrency, timeout=config.timeout))
             limiter = Limiter(rpm=spec.rpm or config.rpm, tpm=spec.tpm or config.tpm, concurrency=concurrency)

@@ -58,9 +58,6 @@ DEFAULT_N_CTX = 4096
 # flight only waits in its queue. Measured: 8 requests took as long or longer with 2 in flight.
 RECOMMENDED_CONCURRENCY = 1
 Engine = Literal["llama-server", "llama-cpp-python"]
-# The most choices (``n``) one request may ask llama-server for: its slots. Measured on 2 cores: 4
-# choices of a 40-token reply took 3.9 s against 1.9 s for one.
-MAX_CHOICES = 8
 # Modules behind llama-cpp-python's [server] extra: checked up front so a missing one is one clear
 # error instead of an ImportError traceback in the server's log.
 _SERVER_MODULES = ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context", "pydantic_settings")
@@ -104,10 +101,10 @@ def llama_server_command(binary: Path | str, model: Path | str, host: str, port:
 
     Why one request at a time, when llama-server can decode several requests in one batch: on 2
     cores batching bought no shorter job than a process per core (51-55 s against 43-47 s for the
-    quick job). It still has :data:`MAX_CHOICES` slots sharing one KV cache of ``n_ctx`` tokens
-    (``--kv-unified``): a request's ``n`` choices (best-of-n) are decoded side by side in them, and
-    it answers ``n`` up to that instead of refusing ``n > 1``; a request for one choice uses one
-    slot and is answered as with a single slot, byte for byte. Its
+    quick job). With one slot it refuses ``n`` > 1, so its endpoint asks for one choice per request
+    (``Endpoint.one_choice``): with several slots it would decode a request's choices side by side,
+    and measured on the quick job their bytes then changed from one fresh run to the next (19 of
+    38 answers), as the unified KV cache's layout followed what had come before. Its
     prompt cache stays on: the steps' shared system prompts and few-shot turns are then evaluated
     once, which halves the job. Flash attention is off: on the CPU it was slower here (70 s against
     56 s for 46 requests), and its kernel for a batch of queries rounds differently from its kernel
@@ -120,8 +117,7 @@ def llama_server_command(binary: Path | str, model: Path | str, host: str, port:
         "--host", host,
         "--port", str(port),
         "--ctx-size", str(n_ctx),
-        "--parallel", str(MAX_CHOICES),
-        "--kv-unified",
+        "--parallel", "1",
         "--flash-attn", "off",
         "--threads", str(n_threads),
         "--threads-batch", str(n_threads),
@@ -163,7 +159,7 @@ class LocalServer:
 
     @property
     def endpoint(self) -> Endpoint:
-        return Endpoint(base_url=self.base_url, model=self.model)
+        return Endpoint(base_url=self.base_url, model=self.model, one_choice=True)
 
 
 Command = Callable[[str, int], Sequence[str]]
