@@ -51,34 +51,8 @@ def write_sweep(path: Path) -> Path:
     return path
 
 
-REPORTED = """
-name: reported
-teacher: {model: gpt-4o-mini}
-grid:
-  axes:
-    place: [shop, gym]
-    mood: [calm, angry]
-  count: 2
-category: mood
-steps:
-  - name: ask
-    parse: list
-    messages:
-      - {role: user, content: "Give {{ count }} things a {{ mood }} customer says at the {{ place }}."}
-  - name: reply
-    max_tokens: 12
-    messages:
-      - {role: system, content: Be rude.}
-      - {role: user, content: "{{ ask }}"}
-example:
-  messages:
-    - {role: user, content: "{{ ask }}"}
-    - {role: assistant, content: "{{ reply }}"}
-filters:
-  - {customer_voice: true}
-split: {test: 0}
-max_rounds: 3
-"""
+REPORTED = MINIMAL_SPEC.replace("  - name: answer\n", "  - name: answer\n    max_tokens: 12\n").replace(
+    "split:\n  test: 0.25\n  seed: 1\n", "split: {test: 0}\n") + "filters:\n  - {customer_voice: true}\nmax_rounds: 3\n"
 
 
 def reported_teacher():

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from fakeserver import FakeServer, Raw
-from helpers import write_spec
+from helpers import MINIMAL_SPEC, write_spec
 from reportdata import build_flagged_dataset
 
 from promptbake.cli.main import cli
@@ -79,34 +79,13 @@ def test_flags_are_the_heuristics_a_reader_would_hold_against_an_example():
     assert flags(chat("I want a refund", "No. You broke it, you keep it.")) == []
 
 
-BEST_OF = """
-name: best_of
-teacher: {model: gpt-4o-mini}
-grid:
-  axes:
-    place: [shop, gym]
-  count: 3
-steps:
-  - name: ask
-    parse: list
-    messages:
-      - {role: user, content: "Give {{ count }} things a customer says at the {{ place }}."}
-  - name: reply
-    n: 4
-    pick: best
-    max_tokens: 20
-    messages:
-      - {role: system, content: Be rude.}
-      - {role: user, content: "{{ ask }}"}
-example:
-  messages:
-    - {role: user, content: "{{ ask }}"}
-    - {role: assistant, content: "{{ reply }}"}
-filters:
+BEST_OF = MINIMAL_SPEC.replace("    mood: [calm, angry]\n", "").replace("category: mood\n", "").replace(
+    "  count: 2", "  count: 3").replace("a {{ mood }} customer", "a customer").replace(
+    "  - name: answer\n", "  - name: answer\n    n: 4\n    pick: best\n    max_tokens: 20\n").replace(
+    "split:\n  test: 0.25\n  seed: 1\n", "split: {test: 0}\n") + """filters:
   - no_politeness
   - customer_voice
   - {sentiment: {max: 0.3}}
-split: {test: 0}
 max_rounds: 2
 """
 
