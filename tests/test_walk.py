@@ -22,9 +22,10 @@ def test_quiet_prints_the_summary_lines_not_the_tables(tmp_path):
         loud = CliRunner().invoke(cli, ["run", str(spec), "--out", "a", "--base-url", srv.base_url])
         quiet = CliRunner().invoke(cli, ["run", str(spec), "--out", "b", "--base-url", srv.base_url, "-q"])
     assert loud.exit_code == quiet.exit_code == 0, quiet.output
-    assert "category " in loud.output and "round 0 ask:" in loud.output
-    assert "category " not in quiet.output and "round 0 " not in quiet.output  # no per-category or per-step table
-    assert "train: 6, test: 2 → b" in quiet.output and "store: " in quiet.output
+    table = "category   rows checks filter"
+    assert table in loud.output
+    assert table not in quiet.output and "calm " not in quiet.output  # no per-category table
+    assert "train: 6, test: 2 → b" in quiet.output and "store: " in quiet.output and "round 0 ask:" in quiet.output
 
 
 def test_the_readme_says_where_teacher_build_puts_its_binary(monkeypatch):

@@ -127,7 +127,7 @@ def _generate_options(fn: F) -> F:
     fn = click.option("--no-cache", is_flag=True, help="Re-send requests even if an identical one is stored.")(fn)
     fn = click.option("--max-cost", type=float, default=None, help="Stop cleanly before spending more USD.")(fn)
     fn = click.option("-q", "--quiet", is_flag=True,
-                      help="No progress bar, and only the summary lines: no per-step or per-category table.")(fn)
+                      help="No progress bar, and no per-category table: the summary lines only.")(fn)
     return fn
 
 
@@ -175,8 +175,8 @@ def _print_failures(failures: Any) -> None:
         click.echo(failures.format(), err=True)
 
 
-def _print_generate(report: Any, quiet: bool = False) -> None:
-    for step in [] if quiet else report.generate.steps:
+def _print_generate(report: Any) -> None:
+    for step in report.generate.steps:
         if step.planned or step.sent or step.cached:
             click.echo(
                 f"round {step.round} {step.step}: {step.planned} planned, {step.cached} from cache, "
@@ -185,7 +185,7 @@ def _print_generate(report: Any, quiet: bool = False) -> None:
                 + (f"; {step.stored} already stored by an earlier run" if step.stored else ""),
                 err=True,
             )
-    for r in [] if quiet else report.rounds:
+    for r in report.rounds:
         if r.short_cells:
             click.echo(f"round {r.round}: {r.short_cells} cells short by {r.missing} examples", err=True)
     if report.stalled:
@@ -233,7 +233,7 @@ def generate(spec_path: str, store_path: str, no_cache: bool, max_cost: float | 
     """Run SPEC's steps against the teacher into the store (re-run to resume)."""
     report = api.generate(spec_path, store_path, teacher=teacher, max_cost=max_cost, no_cache=no_cache,
                           progress=not quiet, batch=batch)
-    _print_generate(report, quiet)
+    _print_generate(report)
     _check_shortfall(report, allow_shortfall, f"the store {store_path} holds what was answered")
 
 
@@ -328,7 +328,7 @@ def run(spec_path: str, out_dir: str, store_path: str | None, no_cache: bool, ma
     """expand → generate → build: SPEC in, train/test JSONL out (re-run to resume)."""
     dataset = api.run(spec_path, out_dir, teacher=teacher, store=store_path, max_cost=max_cost, no_cache=no_cache,
                       progress=not quiet, formats=formats, seed=seed, sizes=sizes, batch=batch)
-    _print_generate(dataset.report, quiet)
+    _print_generate(dataset.report)
     _print_build(dataset.report.build, quiet)
     _write_report(out_dir, dataset.store, spec_path, no_report)
     _check_shortfall(dataset.report, allow_shortfall, f"{out_dir} holds what was possible")
@@ -523,7 +523,7 @@ def distill(prompt_path: str, inputs_path: str | None, generate_inputs: int | No
         progress=not quiet, formats=formats, seed=seed,
     )
     result = dataset.report
-    _print_generate(result.run, quiet)
+    _print_generate(result.run)
     _print_build(result.run.build, quiet)
     click.echo(result.format(), err=True)
     _check_shortfall(result.run, allow_shortfall, f"{out_dir} holds what was possible")
