@@ -42,7 +42,8 @@ STAFF_VOICE = re.compile(
     rf"|(?:have|enjoy) a (?:nice|great|good|lovely|wonderful) (?:day|evening|night)"
     rf"|i{_A}?m just a (?:shop|store) assistant|as a (?:shop|store|sales) assistant"
     rf"|we (?:can{_A}?t|cannot|don{_A}?t) (?:offer|accept|give|do) refunds"
-    rf"|(?:speak|talk) (?:to|with) my (?:manager|boss|supervisor)|(?:glad|happy|here) to be of service|of service to you"
+    rf"|(?:speak|talk) (?:to|with) my (?:manager|boss|supervisor)"
+    rf"|(?:glad|happy|here) to be of service|of service to you"
     rf"|i(?:{_A}ll| will) (?:give|send|get) you (?:a |the |your )?(?:refund|discount|receipt|return label|replacement)"
     rf"|i(?:{_A}ll| will) send (?:you )?the return label)"
 )
