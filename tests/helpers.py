@@ -241,11 +241,23 @@ def readme_responder():
     import json
     import re
 
-    grid, formatting = list_then_reply_responder(), json_format_responder()
+    from fakeserver import Raw
 
-    def respond(body: dict) -> str:
+    grid, formatting = list_then_reply_responder(), json_format_responder()
+    # the quick spec's customer: n lines in the customer's voice, on the cell's situation
+    situations = {"want a return or a refund": "I want my money back for item {k}, it broke.",
+                  "arrive near closing time": "Are you closing already? I need {k} more minutes.",
+                  "want to speak to the manager": "I want to speak to the manager about order {k}."}
+
+    def respond(body: dict) -> str | Raw:
         if "evaluator" in (body["messages"][0].get("content") or ""):
             return json.dumps({"reasoning": "Rude and short, as asked.", "score": 4})
+        if (body["messages"][0].get("content") or "").startswith("You are a customer."):
+            asked = body["messages"][-1]["content"]
+            line = next(text for situation, text in situations.items() if situation in asked)
+            digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+            return Raw.completion([Raw.choice(line.format(k=f"{digest[:6]}-{i}"), index=i)
+                                   for i in range(int(body.get("n") or 1))])
         answer = formatting(body)
         if answer is not None:
             return answer

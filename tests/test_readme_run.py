@@ -9,6 +9,7 @@ one step instead of SmolLM2 for minutes)."""
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import json
 import re
 import shlex
@@ -91,3 +92,11 @@ def test_readme_commands_run_in_order_against_the_stand_in(monkeypatch, tmp_path
             result = CliRunner().invoke(cli, args)
             if result.exit_code != 0:
                 pytest.fail(f"{line}\nexit {result.exit_code}:\n{result.output[-3000:]}", pytrace=False)
+    # followed in a clone, the README leaves nothing git would call untracked: what its commands
+    # write goes under out/ (or another ignored path)
+    ignored = [line.strip().strip("/") for line in (ROOT / ".gitignore").read_text().splitlines()
+               if line.strip() and not line.startswith("#")]
+    left = sorted(p.name + ("/" if p.is_dir() else "") for p in tmp_path.iterdir()
+                  if p.name not in ("generators", "samples", "templates")
+                  and not any(fnmatch.fnmatch(p.name, pattern) for pattern in ignored))
+    assert left == [], f"README commands leave untracked files in the repository root: {left}"

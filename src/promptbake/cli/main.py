@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from promptbake import __version__, api
-from promptbake.errors import PromptbakeError
+from promptbake.errors import PromptbakeError, cli_spelling
 
 if TYPE_CHECKING:
     from promptbake import Teacher
@@ -33,6 +33,10 @@ class _Group(click.Group):
         return super().parse_args(ctx, args)
 
     def invoke(self, ctx: click.Context) -> Any:
+        with cli_spelling():  # errors name options as the flags the user typed
+            return self._invoke(ctx)
+
+    def _invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except PromptbakeError as exc:
@@ -128,7 +132,8 @@ def expand(spec_path: str, output: str | None, dry_run: bool, model: str | None)
 def generate_options(fn: F) -> F:
     fn = click.option("--no-cache", is_flag=True, help="Re-send requests even if an identical one is stored.")(fn)
     fn = click.option("--max-cost", type=float, default=None, help="Stop cleanly before spending more USD.")(fn)
-    fn = click.option("-q", "--quiet", is_flag=True, help="No progress bar.")(fn)
+    fn = click.option("-q", "--quiet", is_flag=True,
+                      help="No progress bar, and no per-category table: the summary lines only.")(fn)
     return fn
 
 
@@ -316,8 +321,8 @@ def _write_report(out_dir: str, store_path: Any, spec: Any, no_report: bool) -> 
     return None
 
 
-def _print_build(report: Any) -> None:
-    click.echo(report.format(), err=True)
+def _print_build(report: Any, quiet: bool = False) -> None:
+    click.echo(report.format(table=not quiet), err=True)
     if report.validation is not None and not report.validation.ok:
         click.echo(report.validation.format(), err=True)
 
@@ -340,7 +345,7 @@ def run(spec_path: str, out_dir: str, store_path: str | None, no_cache: bool, ma
     dataset = api.run(spec_path, out_dir, teacher=teacher, store=store_path, max_cost=max_cost, no_cache=no_cache,
                       progress=not quiet, formats=formats, seed=seed, sizes=sizes, batch=batch)
     _print_generate(dataset.report)
-    _print_build(dataset.report.build)
+    _print_build(dataset.report.build, quiet)
     failed = _write_report(out_dir, dataset.store, spec_path, no_report)
     _check_shortfall(dataset.report, allow_shortfall, f"{out_dir} holds what was possible")
     if failed:
@@ -567,6 +572,6 @@ def distill(prompt_path: str, inputs_path: str | None, generate_inputs: int | No
     )
     result = dataset.report
     _print_generate(result.run)
-    _print_build(result.run.build)
+    _print_build(result.run.build, quiet)
     click.echo(result.format(), err=True)
     _check_shortfall(result.run, allow_shortfall, f"{out_dir} holds what was possible")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import io
+import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ParamSpec
 
@@ -42,8 +43,15 @@ def _literal(draw: Callable[P, Markup]) -> Callable[P, Markup]:
 
 
 def _short(label: str, width: int = 28) -> str:
+    """A label wrapped onto lines of ``width`` characters, never cut: categories often differ only
+    at the end ("wants a refund" / "wants a refund in cash"), so a cut label would merge them."""
     label = visible(label)
-    return label if len(label) <= width else label[: width - 1] + "…"
+    return "\n".join(textwrap.wrap(label, width, break_long_words=True, break_on_hyphens=False)) or label
+
+
+def _lines(labels: Sequence[str], width: int = 28) -> int:
+    """How many lines the tallest wrapped label takes: rows of the plot grow with it."""
+    return max([_short(label, width).count("\n") + 1 for label in labels] or [1])
 
 
 def _svg(fig: Figure, name: str) -> Markup:
@@ -67,7 +75,7 @@ def heatmap(name: str, rows: Sequence[str], cols: Sequence[str], values: list[li
     import numpy as np
 
     data = np.ma.masked_invalid(np.array([[np.nan if v is None else v for v in row] for row in values], dtype=float))
-    fig = _figure(height=max(2.2, 0.45 * len(rows) + 1.2))
+    fig = _figure(height=max(2.2, 0.45 * len(rows) * (1 + 0.5 * (_lines(rows) - 1)) + 0.15 * _lines(cols, 18) + 1.2))
     ax = fig.add_subplot()
     image = ax.imshow(data, cmap="YlGnBu", aspect="auto", vmin=0, vmax=vmax)
     for i, row in enumerate(labels):
@@ -101,7 +109,7 @@ def histograms(name: str, series: Mapping[str, Sequence[float]], xlabel: str,
 @_literal
 def boxes(name: str, groups: dict[str, list[float]], xlabel: str) -> Markup:
     """One horizontal box per group (category), the group's size in its label."""
-    fig = _figure(height=max(2.0, 0.4 * len(groups) + 1.0))
+    fig = _figure(height=max(2.0, 0.4 * len(groups) * (1 + 0.5 * (_lines(list(groups)) - 1)) + 1.0))
     ax = fig.add_subplot()
     names = list(groups)
     ax.boxplot([groups[n] for n in names], orientation="horizontal", widths=0.6,
@@ -116,7 +124,7 @@ def boxes(name: str, groups: dict[str, list[float]], xlabel: str) -> Markup:
 def stacked_bars(name: str, bars: Sequence[str], stacks: dict[str, list[float]], xlabel: str,
                  colors: dict[str, str] | None = None) -> Markup:
     """Horizontal bars (categories, subset sizes) split into stacks (kept, dropped by…)."""
-    fig = _figure(height=max(2.0, 0.4 * len(bars) + 1.2))
+    fig = _figure(height=max(2.0, 0.4 * len(bars) * (1 + 0.5 * (_lines(bars) - 1)) + 1.2))
     ax = fig.add_subplot()
     left = [0.0] * len(bars)
     labels = [_short(b) for b in bars]
@@ -140,7 +148,7 @@ def _legend_below(fig: Figure, entries: int) -> None:
 def grouped_bars(name: str, groups: Sequence[str], series: Mapping[str, Sequence[Any]], xlabel: str,
                  xlim: tuple[float, float] | None = None) -> Markup:
     """Horizontal bars, one per series within each group (distinct-n per category, say)."""
-    fig = _figure(height=max(2.0, 0.22 * len(groups) * max(1, len(series)) + 1.2))
+    fig = _figure(height=max(2.0, 0.22 * len(groups) * max(1, len(series), _lines(groups)) + 1.2))
     ax = fig.add_subplot()
     height = 0.8 / max(1, len(series))
     for k, (label, values) in enumerate(series.items()):

@@ -46,6 +46,7 @@ class Estimate:
     price_known: bool = True
     unpriced: list[str] = field(default_factory=list)  # the models without a known price
     notes: list[str] = field(default_factory=list)
+    unknown_price: str = ""  # how to say the model has no price, with the closest known name
 
     @property
     def cost(self) -> float:
@@ -69,7 +70,7 @@ class Estimate:
         total_prompt = sum(s.prompt_tokens for s in self.steps)
         total_completion = sum(s.completion_tokens for s in self.steps)
         price = f"≤ ${self.cost:.4f}" if self.price_known else (
-            f"unknown (no price for {', '.join(self.unpriced) or 'this model'}; set teacher.prices)")
+            f"unknown ({self.unknown_price or 'no price for this model'}; set teacher.prices)")
         lines.append(
             f"total: {sum(s.requests for s in self.steps)} requests, ~{total_prompt:,} prompt tokens, "
             f"≤ {total_completion:,} completion tokens, estimated cost {price}"
@@ -101,7 +102,8 @@ def estimate(spec: Spec, model: str | None = None, teacher_kind: str | None = No
     example_scale = wanted / max(sum(c.count for c in cells), 1)
     unpriced = [m for m in asked if not prices.known(m)]
     result = Estimate(cells=total_cells, examples_wanted=wanted, model=label(teacher) or ", ".join(asked),
-                      price_known=not unpriced, unpriced=unpriced)
+                      price_known=not unpriced, unpriced=unpriced,
+                      unknown_price="; ".join(prices.unknown(m) for m in unpriced))
     if teacher.kind != "local":  # a local model is no OpenAI tokenizer
         result.notes.extend(note for note in map(encoding_note, asked) if note)
 

@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
+from promptbake.curate.filters import Filters, last_user
 from promptbake.curate.gates import cheap_failures
 from promptbake.curate.normalise import normalise
 from promptbake.errors import TemplateError
@@ -85,8 +86,9 @@ def _normalised(value: Any) -> Any:
 
 
 def single_output(step: Step) -> bool:
-    """True when each request of the step yields exactly one row for the next step."""
-    return step.parse != "list" and (step.n or 1) == 1 and (step.repeat or 1) == 1
+    """True when each request of the step yields exactly one row for the next step (a best-of-n
+    step's n choices make one example)."""
+    return step.parse != "list" and ((step.n or 1) == 1 or step.pick == "best") and (step.repeat or 1) == 1
 
 
 class Planner:
@@ -111,6 +113,7 @@ class Planner:
         ]
         self.example = MessageRenderer(templates, spec.example.messages, f"{spec.where()}:example")
         self.filters = spec.filters.compile()
+        self.user_filters = Filters([c for c in self.filters.checks if c.role == "user"])
 
     def _where(self, k: int) -> str:
         """How errors name step ``k``'s templates: the spec field they come from."""
@@ -131,24 +134,43 @@ class Planner:
             return list(range(self.flow.first, self.real))
         return [self.parent_index(k)]
 
-    def gate(self, variables: dict[str, Any], *, ended: bool = True) -> tuple[list[dict[str, Any]], list[str]]:
+    def gate(self, variables: dict[str, Any], category: str | None = None, *,
+             ended: bool = True) -> tuple[list[dict[str, Any]], list[str]]:
         """The example a row renders to, and why it fails ``example.checks`` and the filters (empty:
         it passes). Run before any judge, so only examples that can still be kept are judged; for
         a dialogue still going (not ``ended``), before its next turn, which would be paid in vain."""
         messages = self.example.render(variables)
         turns = self.flow.exchanges(variables) if self.flow is not None and ended else None
-        return messages, cheap_failures(self.spec, self.filters, messages, turns)[1]
+        return messages, cheap_failures(self.spec, self.filters, messages, turns, category)[1]
 
     def advance(self, parent: StoredRequest, j: int, output: Any) -> tuple[dict[str, Any], str | None]:
         """The row ``parent``'s output ``j`` makes, and, for a dialogue, why it ends there (None:
         it goes on, or the row is no dialogue's)."""
         k = parent.step_index
         if self.flow is not None and self.flow.turn(k) is not None:
-            return self.flow.settle(k, parent.vars, output, lambda row: bool(self.gate(row, ended=False)[1]))
+            return self.flow.settle(k, parent.vars, output,
+                                    lambda row: bool(self.gate(row, parent.category, ended=False)[1]))
         variables = {**parent.vars, self.steps[k].name: output}
         if self.flow is not None and k == self.flow.first - 1:  # the row a dialogue starts from
             variables = self.flow.start(variables, parent.id, j)
         return variables, None
+
+    def user_gate(self, k: int, variables: dict[str, Any], category: str) -> list[str]:
+        """Why a row's user line fails the filters that check it (``role: user``), known before
+        step k is paid for when the example's user line does not depend on step k or later: then
+        no answer could make the example pass. Empty when it passes or cannot be known yet."""
+        if not self.user_filters.checks or k >= self.real:
+            return []
+        later = [s.name for s in self.steps[k:self.real]]
+        lines = []
+        for placeholder in ("", "\x00later"):  # the same line under both: it depends on no later answer
+            try:
+                lines.append(last_user(self.example.render({**variables, **dict.fromkeys(later, placeholder)})))
+            except TemplateError:
+                return []  # it needs a later answer's fields
+        if lines[0] != lines[1]:
+            return []
+        return self.user_filters.failures([{"role": "user", "content": lines[0]}], category)
 
     def _response_format(self, step: Step) -> dict[str, Any] | None:
         if step.response_format is not None or step.json_schema is None:
@@ -271,8 +293,9 @@ class Planner:
         wants, so a list answer with surplus items does not buy surplus answers. A row that
         exactly repeats (text normalised as exact dedupe does) an earlier row of its cell, in this
         round or in ``earlier`` ones (cell key → row key → the kept item), is not planned at all:
-        it would be paid for and then dropped as a duplicate. It goes to ``drops`` instead, and
-        the cell, short of a row, is refilled by the next top-up round. A dialogue's next turn is
+        it would be paid for and then dropped as a duplicate. Nor is a row whose user line fails
+        the filters that check it (:meth:`user_gate`). Each goes to ``drops`` instead, and the
+        cell, short of a row, is refilled by the next top-up round. A dialogue's next turn is
         planned only while it goes on; a conversation's judges only judge the dialogues that ended."""
         step = self.steps[k]
         capped = all(single_output(s) for s in self.steps[k:])
@@ -293,10 +316,15 @@ class Planner:
                     if drops is not None:
                         drops.append(FanoutDrop(parent.id, j, parent.category, seen[key]))
                     continue
+                failed = self.user_gate(k, variables, parent.category)
+                if failed:
+                    if drops is not None:
+                        drops.append(FanoutDrop(parent.id, j, parent.category, None, "; ".join(failed)))
+                    continue  # its user line fails a filter: no answer of step k could keep it
                 seen[key] = f"{parent.id}:{j}"
                 render_only = None
                 if judge is not None:
-                    messages, failed = self.gate(variables)
+                    messages, failed = self.gate(variables, parent.category)
                     if failed:
                         continue  # dropped by a cheap gate: never pay a judge for it
                     render_only = {"example": example_text(messages, judge.fields, judge.turns),

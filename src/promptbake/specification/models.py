@@ -6,15 +6,18 @@ name the line it comes from, then validated by the models below (unknown keys ar
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import re
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    BaseModel,
     Discriminator,
     Field,
     PrivateAttr,
@@ -274,6 +277,9 @@ class Step(SamplingParams):
     repeat: int | None = Field(default=None, ge=1)
     min_items: int = Field(default=1, ge=1)
     models: list[str] | None = Field(default=None, min_length=1)  # a mix, each request one of them
+    # with n > 1 on the last step: every choice becomes an example ("all"), or only the one the
+    # quality gates rate best ("best": best-of-n, n candidates for one request and one payment)
+    pick: Literal["all", "best"] = "all"
 
     @model_validator(mode="after")
     def _check(self) -> Step:
@@ -292,6 +298,10 @@ class Step(SamplingParams):
             if any(given.values()):
                 name = next(k for k, v in given.items() if v)
                 raise ValueError(f"a conversation step takes no {name!r}: each side has its own")
+        if self.pick == "best" and (self.n or 1) < 2:
+            raise ValueError("pick: best needs n >= 2 (the candidates to pick from)")
+        if self.pick == "best" and self.parse == "list":
+            raise ValueError("pick: best picks one of n answers; parse: list would fan each one out")
         return self
 
     def all_messages(self) -> list[MessageTemplate]:
@@ -512,6 +522,9 @@ class Spec(Strict):
         if clash:
             raise ValueError(f"step {sorted(clash)[0]!r} has the same name as an axis")
         self._check_conversation()
+        early = [s.name for s in self.steps[:-1] if s.pick == "best"]
+        if early:
+            raise ValueError(f"step {early[0]!r}: pick: best is for the last step, whose choices become the examples")
         return self
 
     def _check_conversation(self) -> None:
@@ -591,15 +604,20 @@ class Spec(Strict):
         return path if path.is_absolute() else self.base_dir / path
 
 
-def _node_line(root: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
-    """Follow a pydantic error location through the YAML node tree to a 1-based line number."""
+def _node_line(root: yaml.Node | None, loc: tuple[int | str, ...], *, at_key: bool = False) -> int | None:
+    """Follow a pydantic error location through the YAML node tree to a 1-based line number.
+    ``at_key``: the line of the last key itself (an unknown key), not of its value, which for a
+    mapping (``dedup:`` and its keys below) starts on the next line."""
     node = root
     line = node.start_mark.line + 1 if node is not None else None
-    for key in loc:
+    for i, key in enumerate(loc):
         if key in _UNION_TAGS:
             continue
         if isinstance(node, yaml.MappingNode):
             match = next((v for k, v in node.value if k.value == str(key)), None)
+            if at_key and i == len(loc) - 1:
+                key_node = next((k for k, _ in node.value if k.value == str(key)), None)
+                return key_node.start_mark.line + 1 if key_node is not None else line
             if match is None:
                 # an unknown key: point at the key itself
                 key_node = next((k for k, _ in node.value if k.value == str(key)), None)
@@ -679,8 +697,9 @@ def parse_spec(text: str, where: str, path: Path | None = None) -> Spec:
     try:
         spec = Spec.model_validate(data)
     except ValidationError as exc:
-        loc = tuple(exc.errors()[0]["loc"])
-        raise SpecError(f"{where}:{_node_line(root, loc)}: {_problem(exc)}") from exc
+        first = exc.errors()[0]
+        at = _node_line(root, tuple(first["loc"]), at_key=first["type"] == "extra_forbidden")
+        raise SpecError(f"{where}:{at}: {_problem(exc)}") from exc
     spec._path = path
     return spec
 
@@ -691,8 +710,36 @@ def _problem(exc: ValidationError) -> str:
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         msg = "unknown key"
+        near = difflib.get_close_matches(str(err["loc"][-1]), _keys_at(tuple(err["loc"])), n=1, cutoff=0.6)
+        if near:
+            msg += f" (did you mean {near[0]}?)"
     more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
     return f"{_format_loc(tuple(err['loc']))}: {msg}{more}"
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model an annotation holds (``list[Step]``, ``TeacherConfig | None``, ...)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _keys_at(loc: tuple[int | str, ...]) -> list[str]:
+    """The keys allowed where an unknown key was found: what "did you mean" chooses from."""
+    model: type[BaseModel] = Spec
+    for part in loc[:-1]:
+        if isinstance(part, int) or "[" in part:  # a list index, or a validator's name in the location
+            continue
+        field = next((f for name, f in model.model_fields.items() if part in (name, f.alias)), None)
+        inner = _model_in(field.annotation) if field is not None else None
+        if inner is None:
+            return []
+        model = inner
+    return [f.alias or name for name, f in model.model_fields.items()]
 
 
 def spec_from_dict(data: Mapping[str, Any]) -> Spec:

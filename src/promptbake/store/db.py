@@ -71,12 +71,15 @@ class PlannedRow(NamedTuple):
 
 @dataclass(frozen=True)
 class FanoutDrop:
-    """An item of a step's answer left out of the next step: it repeats an earlier item of its cell."""
+    """An item of a step's answer left out of the next step: it repeats an earlier item of its cell,
+    or (``reason``) its user line already fails a filter, so no later answer could make it pass."""
 
     request_id: str
     item_index: int
     category: str
-    duplicate_of: str  # "<request id>:<item index>" of the item kept
+    duplicate_of: str | None  # "<request id>:<item index>" of the item kept
+    reason: str | None = None  # the filters' reasons; None for a repeat
+    cell_key: str = ""  # the cell of the answer it came from
 
 
 @dataclass
@@ -353,6 +356,39 @@ class Store:
         )
         return dict(rows.fetchall())
 
+    def rejection_reasons(self, spec_name: str, limit: int = 10) -> list[tuple[str, int]]:
+        """Why answers were rejected (and re-asked), commonest first: what "rejected 18" was."""
+        rows = self.db.execute(
+            "SELECT a.error, COUNT(*) FROM attempts a JOIN requests r ON r.id = a.request_id "
+            "WHERE r.spec_name = ? AND a.error_kind = 'rejected' GROUP BY a.error ORDER BY 2 DESC, 1 LIMIT ?",
+            (spec_name, limit),
+        )
+        return [(str(error or ""), count) for error, count in rows]
+
+    def cut_off(self, spec_name: str, reason: str) -> dict[str, tuple[int, int]]:
+        """Per category: answers (choices) cut off at max tokens, of all answers received. A cut-off
+        answer is rejected with ``reason`` and asked again; of several choices a cut-off one is left
+        out of a kept answer: both count."""
+        counts: dict[str, list[int]] = {}
+        for category, cut, total in self.db.execute(
+            "SELECT r.category, SUM(a.error = ?), COUNT(*) FROM attempts a JOIN requests r ON r.id = a.request_id "
+            "WHERE r.spec_name = ? AND a.error_kind = 'rejected' GROUP BY r.category",
+            (reason, spec_name),
+        ):
+            counts.setdefault(category, [0, 0])
+            counts[category][0] += int(cut or 0)
+            counts[category][1] += int(total)
+        for category, reasons in self.db.execute(
+            "SELECT r.category, p.finish_reasons FROM requests r JOIN responses p ON p.id = r.response_id "
+            "WHERE r.spec_name = ? AND r.current = 1 AND r.status = 'ok'",
+            (spec_name,),
+        ):
+            listed = json.loads(reasons or "null") or [None]
+            counts.setdefault(category, [0, 0])
+            counts[category][0] += sum(1 for f in listed if f == "length")
+            counts[category][1] += len(listed)
+        return {category: (cut, total) for category, (cut, total) in counts.items()}
+
     def save_spec(self, spec_name: str, spec_hash: str, path: str, text: str) -> None:
         self._write(
             "INSERT OR REPLACE INTO specs VALUES (?, ?, ?, ?, ?)", [(spec_name, spec_hash, path, text, time.time())]
@@ -429,9 +465,9 @@ class Store:
                         (spec_name, parent, round_),
                     )
                     self.db.executemany(
-                        "INSERT OR REPLACE INTO fanout_drops VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        ((spec_name, parent, round_, d.request_id, d.item_index, d.category, d.duplicate_of)
-                         for d in drops),
+                        "INSERT OR REPLACE INTO fanout_drops VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        ((spec_name, parent, round_, d.request_id, d.item_index, d.category, d.duplicate_of,
+                          d.reason) for d in drops),
                     )
         except sqlite3.OperationalError as exc:
             raise StoreError(f"{self.path}: write failed: {exc}") from exc
@@ -458,9 +494,10 @@ class Store:
             yield PlannedRow(cell_key, json.loads(variables), parent_id, item_index)
 
     def fanout_drops(self, spec_name: str) -> list[FanoutDrop]:
-        """Items of the current plan dropped before the next step as repeats, in lineage order."""
+        """Items of the current plan dropped before the next step (repeats, and user lines that fail
+        a filter), in lineage order."""
         rows = self.db.execute(
-            "SELECT d.request_id, d.item_index, d.category, d.duplicate_of FROM fanout_drops d "
+            "SELECT d.request_id, d.item_index, d.category, d.duplicate_of, d.reason, r.cell_key FROM fanout_drops d "
             "JOIN requests r ON r.id = d.request_id "
             "WHERE d.spec_name = ? AND r.current = 1 AND r.status = 'ok' ORDER BY r.ord, d.item_index",
             (spec_name,),

@@ -143,7 +143,7 @@ def remote_endpoint(config: TeacherConfig, *, key_named: bool | None = None) -> 
             "server, or use --teacher local"
         )
     check_base_url(url)
-    return Endpoint(base_url=url.rstrip("/"), model=label(config), api_key=api_key)
+    return Endpoint(base_url=url.rstrip("/"), model=label(config), api_key=api_key, api_key_env=config.api_key_env)
 
 
 def check_base_url(base_url: str) -> None:
@@ -182,7 +182,7 @@ def open_teacher(config: TeacherConfig) -> Iterator[tuple[Endpoint, TeacherConfi
 
     with local_servers(config.threads, model=config.local_model) as servers:
         model = model_name(config)
-        first = Endpoint(base_url=servers[0].base_url, model=model, api_key=None)
+        first = Endpoint(base_url=servers[0].base_url, model=model, api_key=None, one_choice=True)
         # llama.cpp answers one request at a time per server: more in flight only queues
         if len(servers) == 1:
             yield first, config.model_copy(update={"concurrency": min(config.concurrency, servers[0].concurrency)})

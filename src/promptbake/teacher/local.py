@@ -144,8 +144,12 @@ def llama_server_command(binary: Path | str, model: Path | str, host: str, port:
                          n_ctx: int = DEFAULT_N_CTX, n_threads: int = 1, alias: str = MODEL_ALIAS) -> list[str]:
     """llama.cpp's ``llama-server`` serving ``model`` as ``alias``, one request at a time.
 
-    Why one slot, when llama-server can decode several requests in one batch: on 2 cores batching
-    bought no shorter job than a process per core (51-55 s against 43-47 s for the quick job). Its
+    Why one request at a time, when llama-server can decode several requests in one batch: on 2
+    cores batching bought no shorter job than a process per core (51-55 s against 43-47 s for the
+    quick job). With one slot it refuses ``n`` > 1, so its endpoint asks for one choice per request
+    (``Endpoint.one_choice``): with several slots it would decode a request's choices side by side,
+    and measured on the quick job their bytes then changed from one fresh run to the next (19 of
+    38 answers), as the unified KV cache's layout followed what had come before. Its
     prompt cache stays on: the steps' shared system prompts and few-shot turns are then evaluated
     once, which halves the job. Flash attention is off: on the CPU it was slower here (70 s against
     56 s for 46 requests), and its kernel for a batch of queries rounds differently from its kernel
@@ -200,7 +204,7 @@ class LocalServer:
 
     @property
     def endpoint(self) -> Endpoint:
-        return Endpoint(base_url=self.base_url, model=self.model)
+        return Endpoint(base_url=self.base_url, model=self.model, one_choice=True)
 
 
 Command = Callable[[str, int], Sequence[str]]

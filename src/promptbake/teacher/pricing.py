@@ -1,14 +1,18 @@
 """What a teacher call costs, so spend can be shown live and capped with ``--max-cost``.
 
 Prices are USD per million tokens (standard tier, no batch or cache discount) as published by
-OpenAI; a spec overrides or extends them with ``teacher.prices``. Dated snapshots match their
-family by the longest prefix (``gpt-4o-mini-2024-07-18`` → ``gpt-4o-mini``). A fine-tuned model
+OpenAI; a spec overrides or extends them with ``teacher.prices``. Only known names are priced: a
+dated snapshot is listed with its family (``gpt-4o-mini-2024-07-18`` → ``gpt-4o-mini``), never
+matched by prefix, because a typo such as ``gpt-4o-mni`` would then be priced as ``gpt-4o``
+(17× the model meant) and pass ``--max-cost``; an unknown name is refused with the closest known
+one (``did you mean gpt-4o-mini?``). A fine-tuned model
 (``ft:gpt-4o-mini:acme:rude:abc123``) costs more per token than its base: it is priced at the
 base price times the family's fine-tuned factor, and is unknown when the family has none.
 """
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Iterable, Mapping
 
@@ -31,6 +35,18 @@ DEFAULT_PRICES: dict[str, Prices] = {
     "smollm2": Prices(input=0.0, output=0.0),
 }
 
+# Dated snapshots of the families above, as OpenAI names them: priced as their family. Listed, not
+# matched by prefix, so that only a real name is priced.
+SNAPSHOTS = {
+    "gpt-5-2025-08-07": "gpt-5", "gpt-5-mini-2025-08-07": "gpt-5-mini", "gpt-5-nano-2025-08-07": "gpt-5-nano",
+    "gpt-4.1-2025-04-14": "gpt-4.1", "gpt-4.1-mini-2025-04-14": "gpt-4.1-mini",
+    "gpt-4.1-nano-2025-04-14": "gpt-4.1-nano",
+    "gpt-4o-2024-05-13": "gpt-4o", "gpt-4o-2024-08-06": "gpt-4o", "gpt-4o-2024-11-20": "gpt-4o",
+    "gpt-4o-mini-2024-07-18": "gpt-4o-mini",
+    "o3-2025-04-16": "o3", "o4-mini-2025-04-16": "o4-mini",
+    "gpt-3.5-turbo-0125": "gpt-3.5-turbo", "gpt-3.5-turbo-1106": "gpt-3.5-turbo",
+}
+
 # Fine-tuned inference price ÷ base price, input and output alike (OpenAI pricing page, 2026-11:
 # fine-tuned gpt-4o-mini $0.30/$1.20 vs $0.15/$0.60 base; gpt-4o $3.75/$15 vs $2.50/$10).
 FT_PRICE_FACTORS = {"gpt-4o-mini": 2.0, "gpt-4.1-mini": 2.0, "gpt-4.1-nano": 2.0, "gpt-4o": 1.5, "gpt-4.1": 1.5}
@@ -43,9 +59,18 @@ def base_model(model: str) -> str:
 
 
 def _family(table: Mapping[str, Prices | float], name: str) -> str | None:
-    """The longest key naming ``name`` or its family (``-`` snapshot or ``:`` tag suffix)."""
-    matches = [k for k in table if name == k or name.startswith((k + "-", k + ":"))]
-    return max(matches, key=len) if matches else None
+    """The key of ``table`` that prices ``name``: the name itself, or its snapshot's family."""
+    if name in table:
+        return name
+    family = SNAPSHOTS.get(name)
+    return family if family in table else None
+
+
+def closest_model(model: str, known: Iterable[str]) -> str | None:
+    """The known model name nearest to ``model`` (a typo's fix), or None when none is close."""
+    names = sorted({*known, *SNAPSHOTS})
+    match = difflib.get_close_matches(base_model(model), names, n=1, cutoff=0.75)
+    return match[0] if match else None
 
 
 def ft_price_factor(model: str) -> float:
@@ -98,6 +123,11 @@ class PriceTable:
     def known(self, model: str) -> bool:
         return self.lookup(model) is not None
 
+    def unknown(self, model: str) -> str:
+        """How to say ``model`` has no price: "unknown model 'gpt-4o-mni' (did you mean gpt-4o-mini?)"."""
+        near = closest_model(model, self.prices)
+        return f"unknown model {model!r}" + (f" (did you mean {near}?)" if near else "")
+
     def require(self, models: Iterable[str], max_cost: float | None) -> None:
         """Under ``--max-cost`` every model must have a price: an unknown one would be counted
         as free and the bound would not hold. Raises InputError naming the model."""
@@ -107,7 +137,8 @@ class PriceTable:
         for model in sorted(set(models)):
             if not self.known(model):
                 raise InputError(
-                    f"--max-cost: no price is known for model {model!r}, so its spend cannot be bounded; "
+                    f"--max-cost: no price is known for model {model!r}, so its spend cannot be bounded "
+                    f"({self.unknown(model)}); "
                     f"add it to the spec's teacher.prices (USD per 1M tokens: {{input: ..., output: ...}})"
                 )
 
