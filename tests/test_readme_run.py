@@ -2,18 +2,24 @@
 in order, against the loopback stand-in. The embedded-teacher command (``--teacher local``) and
 the real-server ones (``--base-url http://localhost:...``) and those of a trained student
 (``--student DIR``, served for real in test_train.py) are pointed at the stand-in; everything
-else is run verbatim from a copy of the repository's generators, samples and templates (only
-``teacher serve``, which serves until Ctrl-C, is left out, and ``train`` trains a tiny student for
-one step instead of SmolLM2 for minutes)."""
+else is run verbatim from a copy of the repository's generators, samples and templates. ``rate``
+serves its page until Ctrl-C: it runs in its own process, on a free port, until the page answers,
+and is then stopped with SIGINT (``teacher serve``, which test_local.py runs, is left out, and
+``train`` trains a tiny student for one step instead of SmolLM2 for minutes)."""
 
 from __future__ import annotations
 
 import contextlib
 import fnmatch
 import json
+import os
 import re
 import shlex
 import shutil
+import signal
+import subprocess
+import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -38,7 +44,7 @@ def pointed_at(line: str, url: str) -> list[str]:
 def tiny_training(args: list[str], root: Path) -> list[str]:
     """`promptbake train` as written, but on the tiny student for one step (test_train.py trains
     for real): the model folder it writes is then served by the local engine for `eval --student`."""
-    student = root / "tiny-student"
+    student = root / "out" / "tiny-student"  # out/ is ignored: the check for untracked files skips it
     if not student.exists():
         pytest.importorskip("trl")
         build_tiny_student(student)
@@ -63,6 +69,25 @@ def run_batch_like_vllm(inputs: Path, output: Path) -> None:
                                       "error": None}) + "\n")
 
 
+def serve_rating_page(args: list[str]) -> None:
+    """``promptbake rate A B --out R``, as a user runs it: the page must open, Ctrl-C must stop it
+    with exit 0, and the ratings store must be there for ``rate --results``."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    command = [sys.executable, "-m", "promptbake", *args, "--port", "0"]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as server:
+        try:
+            url = (server.stdout.readline() if server.stdout else "").strip()
+            assert url.startswith("http://127.0.0.1:"), server.stderr.read() if server.stderr else url
+            with urllib.request.urlopen(url, timeout=30) as page:
+                assert page.status == 200
+            server.send_signal(signal.SIGINT)
+            assert server.wait(timeout=60) == 0
+        finally:
+            if server.poll() is None:
+                server.kill()
+    assert Path(args[args.index("--out") + 1]).exists()
+
+
 def test_readme_commands_run_in_order_against_the_stand_in(monkeypatch, tmp_path):
     for folder in ("generators", "samples", "templates"):
         shutil.copytree(ROOT / folder, tmp_path / folder)
@@ -83,11 +108,14 @@ def test_readme_commands_run_in_order_against_the_stand_in(monkeypatch, tmp_path
                 args += ["--base-url", providers[args[args.index("--provider") + 1]].base_url, "--poll", "0.05"]
             if args[:2] == ["teacher", "serve"]:
                 continue  # serves in the foreground until Ctrl-C (test_local.py runs it)
+            if args[0] == "rate" and "--results" not in args:
+                serve_rating_page(args)
+                continue
             if args[:2] == ["batch", "export"]:
                 exported = tmp_path / args[args.index("--out") + 1]
             if args[:2] == ["batch", "import"]:
                 run_batch_like_vllm(exported, tmp_path / args[3])  # the README's vLLM step
-            if args[:1] == ["train"]:
+            if args[:1] == ["train"] and "--out" in args:
                 args = tiny_training(args, tmp_path)
             result = CliRunner().invoke(cli, args)
             if result.exit_code != 0:
