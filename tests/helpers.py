@@ -252,6 +252,11 @@ def readme_responder():
     def respond(body: dict) -> str | Raw:
         if "evaluator" in (body["messages"][0].get("content") or ""):
             return json.dumps({"reasoning": "Rude and short, as asked.", "score": 4})
+        if (body["messages"][0].get("content") or "").startswith("You are an angry customer."):
+            # a dialogue's customer turn (rude_agent_dialogues): first person, one per dialogue and turn
+            digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+            return Raw.completion([Raw.choice(f"I want my problem {digest[:6]}-{i} fixed right now, not later.",
+                                              index=i) for i in range(int(body.get("n") or 1))])
         if (body["messages"][0].get("content") or "").startswith("You are a customer."):
             asked = body["messages"][-1]["content"]
             line = next(text for situation, text in situations.items() if situation in asked)

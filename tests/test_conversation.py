@@ -503,7 +503,7 @@ def test_a_conversation_spec_built_in_python_round_trips_through_the_store(tmp_p
     import yaml
 
     from promptbake.specification.models import spec_from_dict
-    from promptbake.workflows.pipeline import spec_from_store, spec_text
+    from promptbake.store.saved_specs import spec_from_store, spec_text
 
     spec = spec_from_dict(yaml.safe_load(TALK))
     with Store(tmp_path / "s.db") as store:
