@@ -167,14 +167,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def question_bank() -> dict[str, tuple[str, str]]:
-    """Question text → (subject, right option) from the formatting task's bank."""
+    """Question text → (subject, right option) from the formatting task's banks."""
     import json
 
     bank = {}
-    for line in (ROOT / "samples" / "json_format" / "question_sets.jsonl").read_text(encoding="utf-8").splitlines():
-        row = json.loads(line)
-        for q in row["questions"]:
-            bank[q["question"]] = (row["subject"], q["answer"])
+    for task in ("json_format", "format_study"):  # the formatting task's bank, and the embedded study's
+        for line in (ROOT / "samples" / task / "question_sets.jsonl").read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            for q in row["questions"]:
+                bank[q["question"]] = (row["subject"], q["answer"])
     return bank
 
 

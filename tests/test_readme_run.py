@@ -42,13 +42,24 @@ def pointed_at(line: str, url: str) -> list[str]:
 
 
 def tiny_training(args: list[str], root: Path) -> list[str]:
-    """`promptbake train` as written, but on the tiny student for one step (test_train.py trains
-    for real): the model folder it writes is then served by the local engine for `eval --student`."""
+    """`promptbake train` or `study` as written, but on the tiny student for one step
+    (test_train.py and test_study.py train for real): the model folders it writes are then served
+    by the local engine for `eval --student` and the study's scores."""
     student = root / "out" / "tiny-student"  # out/ is ignored: the check for untracked files skips it
     if not student.exists():
         pytest.importorskip("trl")
         build_tiny_student(student)
     return [*args, "--student", str(student), "--max-steps", "1"]
+
+
+def study_on_the_stand_in(args: list[str], url: str, root: Path) -> list[str]:
+    """`promptbake study` as written: its spec's local teacher is the stand-in (as `--teacher local`
+    is), and its students are tiny; a dry run and a study of hosted models train nothing."""
+    if "--teacher" not in args:
+        args = [*args, "--teacher", "remote", "--model", "smollm2-stand-in", "--base-url", url]
+    if "--dry-run" in args or "--trained" in args:
+        return args
+    return tiny_training(args, root)
 
 
 def run_batch_like_vllm(inputs: Path, output: Path) -> None:
@@ -117,6 +128,8 @@ def test_readme_commands_run_in_order_against_the_stand_in(monkeypatch, tmp_path
                 run_batch_like_vllm(exported, tmp_path / args[3])  # the README's vLLM step
             if args[:1] == ["train"] and "--out" in args:
                 args = tiny_training(args, tmp_path)
+            if args[:1] == ["study"]:
+                args = study_on_the_stand_in(args, server.base_url, tmp_path)
             result = CliRunner().invoke(cli, args)
             if result.exit_code != 0:
                 pytest.fail(f"{line}\nexit {result.exit_code}:\n{result.output[-3000:]}", pytrace=False)
