@@ -63,3 +63,15 @@ def test_the_store_rates_the_committed_answers_every_item_as_the_readme_says(tmp
     stated = re.search(r"`--seed (\d+) --repeat-share 1`", SECTION)
     assert stated and int(stated.group(1)) == settings["seed"] and settings["repeat_share"] == 1
     assert f"{len(items)} test items" in SECTION
+
+
+def test_the_quick_start_table_shows_the_rated_students_answers():
+    """The quick start's eval table and pass count are of the student that was rated: a retrained
+    student (new answers) needs both sections redone."""
+    quick = README.split("**Then train the student on it**", 1)[1].split("`--teacher local` starts", 1)[0]
+    rows = [line.split(" | ") for line in quick.splitlines() if line.startswith("| I")]
+    student = [json.loads(line) for line in (RATED / "student.jsonl").open()]
+    assert [r[0].lstrip("| ") for r in rows] == [s["prompt"][-1]["content"] for s in student]
+    for row, answer in zip(rows, student, strict=True):
+        assert row[2].split(" (")[0].rstrip(" |…").rstrip(" …") in answer["output"]
+    assert f"The student passes **{sum(s['pass'] for s in student)} of {len(student)}**" in quick
