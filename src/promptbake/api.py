@@ -415,12 +415,15 @@ async def rate_async(sources: Sequence[PathLike], out: PathLike, *, port: int = 
     where they were (``sources`` may then be empty). Each unit (an example and a pair of sources) is
     given to ``raters_per_item`` raters (default 1), and a ``repeat_share`` of a rater's units
     (default 0.1) comes back to them, sides swapped. It listens on 127.0.0.1, or on ``host``, which
-    then needs a random token in the URL; ``on_ready`` receives the URL to open."""
+    then needs a random token in the URL; ``on_ready`` receives the URL to open. A source that is
+    a model folder ``train_local`` wrote is answered first on the test split of the built dataset
+    among the sources, through ``evaluate`` (its answers land beside ``out``)."""
     from promptbake.rate.assign import open_study
     from promptbake.rate.server import serve
+    from promptbake.rate.students import answer_students
 
-    store = open_study(out, [str(s) for s in sources], raters_per_item=raters_per_item, repeat_share=repeat_share,
-                       seed=seed)
+    given = await answer_students([str(s) for s in sources], out)
+    store = open_study(out, given, raters_per_item=raters_per_item, repeat_share=repeat_share, seed=seed)
     with store:
         await serve(store, host=host, port=port, on_ready=on_ready)
 
