@@ -19,56 +19,24 @@ import pytest
 from click.testing import CliRunner
 from fakeprovider import FakeJob, FakeProvider
 from fakeserver import FakeServer
+from helpers import STUDY_SPEC, study_respond
 
 from promptbake.cli.main import cli
 from promptbake.output import curves
 
 BASE = "gpt-4o-mini-2024-07-18"
 KEY = "sk-study-hosted-7d2e91"
-# Four subjects × six questions; four go to the test split, twenty to training (OpenAI takes a
-# training file of at least ten examples: sizes 10 and 20).
-SPEC = """
-name: hosted_study
-teacher: {model: gpt-4o-mini}
-grid:
-  axes:
-    subject: [blue, gold, green, red]
-    n: [1, 2, 3, 4, 5, 6]
-category: subject
-steps:
-  - name: answer
-    parse: json
-    schema: {type: array, items: {type: object, required: [question, answer]}}
-    temperature: 0
-    max_tokens: 12
-    messages:
-      - {role: system, content: "Reply with JSON only: [{\\"question\\": 1, \\"answer\\": \\"N\\"}]."}
-      - {role: user, content: "Question {{ n }} about {{ subject }}?"}
-example:
-  messages:
-    - {role: user, content: "Question {{ n }} about {{ subject }}?"}
-    - {role: assistant, content: "{{ answer }}"}
-eval:
-  answers: {keys: [question, answer], values: ["1", "2", "3", "4", "5", "6"], field: answer}
-split: {test: 4, seed: 1}
-dedupe: {fields: [user], near: false}
-"""
-
-
-def respond(body: dict) -> str | None:
-    asked = re.match(r"Question (\d+) about (\w+)\?", body["messages"][-1]["content"])
-    return json.dumps([{"question": 1, "answer": asked.group(1)}]) if asked else None
-
-
+# test_study.py's tiny task: four colours × five questions, four of them the test split, sixteen to
+# train on (OpenAI takes a training file of at least ten examples: sizes 10 and 16)
 @pytest.fixture(autouse=True)
 def _spec_and_keys(tmp_path, monkeypatch):
-    (tmp_path / "spec.yaml").write_text(textwrap.dedent(SPEC), encoding="utf-8")
+    (tmp_path / "spec.yaml").write_text(textwrap.dedent(STUDY_SPEC), encoding="utf-8")
     for name in ("OPENAI", "TOGETHER", "FIREWORKS"):
         monkeypatch.setenv(f"{name}_API_KEY", KEY)
         monkeypatch.delenv(f"{name}_BASE_URL", raising=False)
 
 
-def study(server: FakeServer, provider: FakeProvider, *extra: str, sizes: str = "0,10,20",
+def study(server: FakeServer, provider: FakeProvider, *extra: str, sizes: str = "0,10,16",
           model: str = BASE) -> Any:
     args = ["study", "spec.yaml", "--sizes", sizes, "--out", "s", "--dataset", "d", "--provider", provider.kind,
             "--model", model, "--provider-base-url", provider.base_url, "--base-url", server.base_url,
@@ -92,21 +60,21 @@ def asked(server: FakeServer) -> Counter[str]:
 
 
 def test_one_job_per_size_the_fine_tunes_answer_and_a_rerun_repeats_nothing(tmp_path):
-    with FakeServer(responder=respond).running() as server, FakeProvider("openai").running() as provider:
+    with FakeServer(responder=study_respond).running() as server, FakeProvider("openai").running() as provider:
         result = study(server, provider)
         assert result.exit_code == 0, result.output
         jobs = sorted(provider.jobs.values(), key=lambda j: j.suffix or "")
-        assert [j.suffix for j in jobs] == ["n10-s0", "n20-s0"] and len(provider.uploads) == 2
+        assert [j.suffix for j in jobs] == ["n10-s0", "n16-s0"] and len(provider.uploads) == 2
         assert all(j.model == BASE for j in jobs)
-        tuned = {10: provider.model_id(jobs[0]), 20: provider.model_id(jobs[1])}
+        tuned = {10: provider.model_id(jobs[0]), 16: provider.model_id(jobs[1])}
         # each job trained on its size's nested subset: the bytes of the study's subset file
-        for size, job in zip((10, 20), jobs, strict=True):
+        for size, job in zip((10, 16), jobs, strict=True):
             sent = provider.contents[job.training_file].decode().splitlines()
             subset = (tmp_path / "s" / "subsets" / f"size-{size}" / "train.jsonl").read_text().splitlines()
             assert [json.loads(line) for line in sent] == [json.loads(line) for line in subset]
             assert len(sent) == size
         models = asked(server)
-        assert models[tuned[10]] == models[tuned[20]] == 4  # the four test prompts each
+        assert models[tuned[10]] == models[tuned[16]] == 4  # the four test prompts each
         assert models[BASE] == 4 + 4  # size 0 and the prompted row: the base model
         seen = (len(server.bodies), len(provider.uploads), len(provider.jobs), [j.polls for j in jobs])
 
@@ -114,11 +82,11 @@ def test_one_job_per_size_the_fine_tunes_answer_and_a_rerun_repeats_nothing(tmp_
         assert again.exit_code == 0, again.output
         assert (len(server.bodies), len(provider.uploads), len(provider.jobs), [j.polls for j in jobs]) == seen
     lines = students(tmp_path)
-    for size in (10, 20):
+    for size, job in zip((10, 16), jobs, strict=True):
         line = lines[("student", size, 0)]
         assert line["model"] == tuned[size] and line["metrics"]["keys"] == 1.0
         assert line["train"]["provider"] == "openai" and line["train"]["base_model"] == BASE
-        assert line["train"]["job_id"] == jobs[(size // 10) - 1].id and line["train"]["examples"] == size
+        assert line["train"]["job_id"] == job.id and line["train"]["examples"] == size
         assert line["train"]["estimated_cost"] > 0 and line["train"]["trained_tokens"] == 1234
     assert lines[("student", 0, None)]["model"] == BASE and lines[("prompted", None, None)]["model"] == BASE
     assert "this run: 2 students trained, 0 found trained (at openai: 2 files uploaded, 2 jobs launched)" \
@@ -131,7 +99,7 @@ def test_one_job_per_size_the_fine_tunes_answer_and_a_rerun_repeats_nothing(tmp_
 
 
 def test_each_seed_is_a_job_of_its_own_on_one_upload(tmp_path):
-    with FakeServer(responder=respond).running() as server, FakeProvider("together").running() as provider:
+    with FakeServer(responder=study_respond).running() as server, FakeProvider("together").running() as provider:
         result = study(server, provider, "--seeds", "2", "--price", "0.5", sizes="0,6",
                        model="meta-llama/Llama-3.2-1B-Instruct")
         assert result.exit_code == 0, result.output
@@ -144,7 +112,7 @@ def test_each_seed_is_a_job_of_its_own_on_one_upload(tmp_path):
 
 
 def test_the_dry_run_prices_the_training_and_the_answers_and_uploads_nothing(tmp_path):
-    with FakeServer(responder=respond).running() as server, FakeProvider("openai").running() as provider:
+    with FakeServer(responder=study_respond).running() as server, FakeProvider("openai").running() as provider:
         build(server)
         before = len(server.bodies)
         result = study(server, provider, "--dry-run")
@@ -153,25 +121,26 @@ def test_the_dry_run_prices_the_training_and_the_answers_and_uploads_nothing(tmp
         assert len(server.bodies) == before
     out = result.output
     # the price is train --provider --dry-run's: billed tokens × epochs × OpenAI's list price
-    for size in (10, 20):
+    for size in (10, 16):
         assert re.search(rf"size {size} seed 0: fine-tune {BASE} at openai: {size} examples: "
                          r"[\d,]+ tokens per epoch x \d+ epochs = [\d,]+ billed tokens; estimated cost \$\d+\.\d\d "
                          rf"at \$[\d.]+ per 1M tokens \(openai's list price for {BASE}\); then 4 answers, ≤ \$",
                          out), out
     assert f"size 0: {BASE}, 4 answers" in out
     assert re.search(r"hosted training: 2 jobs to launch, [\d,]+ billed tokens, estimated \$\d+\.\d\d", out), out
-    assert "total: 2 students to train, 16 requests to send" in out  # size 0, prompted, 10, 20: 4 answers each
+    # size 0, prompted, 10 and 16: 4 answers each, all at the teacher's server: no time on this machine
+    assert "total: 2 students to train, 16 requests to send, ~0 s on this machine" in out
     assert not (tmp_path / "s").exists()  # nothing written
 
 
 def test_max_cost_refuses_before_anything_is_uploaded_or_asked(tmp_path):
-    with FakeServer(responder=respond).running() as server, FakeProvider("openai").running() as provider:
+    with FakeServer(responder=study_respond).running() as server, FakeProvider("openai").running() as provider:
         build(server)
         before = len(server.bodies)
         over = study(server, provider, "--max-cost", "0.000001")
         plan = study(server, provider, "--max-cost", "0.000001", "--dry-run")
         assert provider.upload_attempts == 0 and provider.jobs == {} and len(server.bodies) == before
-    with FakeServer(responder=respond).running() as server, FakeProvider("together").running() as provider:
+    with FakeServer(responder=study_respond).running() as server, FakeProvider("together").running() as provider:
         unknown = study(server, provider, "--max-cost", "5", model="meta-llama/Llama-3.2-1B-Instruct")
         assert provider.upload_attempts == 0 and provider.jobs == {}
     assert over.exit_code == 1 and "Traceback" not in over.output
@@ -182,35 +151,35 @@ def test_max_cost_refuses_before_anything_is_uploaded_or_asked(tmp_path):
     assert unknown.exit_code == 1 and "Error: --max-cost 5.0: the training price is unknown" in unknown.output
 
 
-class FailingAt20(FakeProvider):
-    """The job of size 20 fails; the others succeed."""
+class FailingAt16(FakeProvider):
+    """The job of size 16 fails; the others succeed."""
 
     def _new_job(self, body: dict[str, Any], model: str, training_file: str, validation_file: str | None,
                  epochs: int | None, suffix: str | None, job_id: str | None = None) -> FakeJob:
         job = super()._new_job(body, model, training_file, validation_file, epochs, suffix, job_id)
-        if suffix == "n20-s0":
+        if suffix == "n16-s0":
             job.states = ["queued", "running", "failed"]
         return job
 
 
 def test_a_failed_job_is_one_line_and_exit_1_and_the_other_sizes_are_kept(tmp_path):
-    with FakeServer(responder=respond).running() as server, FailingAt20("openai").running() as provider:
+    with FakeServer(responder=study_respond).running() as server, FailingAt16("openai").running() as provider:
         result = study(server, provider)
         again = study(server, provider)
         assert len(provider.jobs) == 2 and len(provider.uploads) == 2  # the re-run launched nothing
         plan = study(server, provider, "--dry-run")
         retried = study(server, provider, "--new-job")
-        assert len(provider.jobs) == 3 and len(provider.uploads) == 2  # size 20 again, on its upload
+        assert len(provider.jobs) == 3 and len(provider.uploads) == 2  # size 16 again, on its upload
     assert plan.exit_code == 0 and "total: 0 students to train, 0 requests to send" in plan.output
-    assert re.search(r"size 20 seed 0: openai job ftjob-\d+ failed: The job failed: loss diverged at step 12; not "
+    assert re.search(r"size 16 seed 0: openai job ftjob-\d+ failed: The job failed: loss diverged at step 12; not "
                      r"studied \(--new-job launches another\)", plan.output), plan.output
     assert retried.exit_code == 1 and "(at openai: 0 files uploaded, 1 job launched)" in retried.output
     for run in (result, again):
         assert run.exit_code == 1 and "Traceback" not in run.output
         assert run.output.count("loss diverged at step 12") == 1, run.output
-        assert re.search(r"size 20 seed 0: not studied: openai job ftjob-\d+ failed: The job failed: loss diverged",
+        assert re.search(r"size 16 seed 0: not studied: openai job ftjob-\d+ failed: The job failed: loss diverged",
                          run.output), run.output
-        assert run.output.rstrip().splitlines()[-1].startswith("Error: size 20 seed 0: not studied")
+        assert run.output.rstrip().splitlines()[-1].startswith("Error: size 16 seed 0: not studied")
     lines = students(tmp_path)
     assert {key for key in lines if key[0] == "student"} == {("student", 0, None), ("student", 10, 0)}
     assert lines[("student", 10, 0)]["model"].startswith(f"ft:{BASE}:")

@@ -675,6 +675,8 @@ class Study:
             plans[(size, seed)] = plan = hosted.plan(folder, size, seed)
             self.echo(f"student: {size} examples, seed {seed}, at {hosted.connection.provider}: "
                       f"{plan.estimate.format()}")
+        for warning in dict.fromkeys(w for plan in plans.values() for w in plan.warnings):  # once, not per student
+            self.echo(f"warning: {warning}")
         return JobSet(plans, hosted.train_options(self.generate.max_cost), self.echo)
 
     def _elsewhere(self, size: int, seed: int | None, model: str, train: dict[str, Any] | None = None) -> Model:
@@ -889,6 +891,7 @@ def _plan(spec: Spec, out: str | Path | None, dataset: str | Path | None, option
     models.append(f"prompted: the untrained student given the teacher's prompts, {answers_per_model} answers"
                   + (" (answered)" if prompted_done else ""))
     pending_answers += 0 if prompted_done else answers_per_model
+    remote_answers += 0 if prompted_done or options.base is None else answers_per_model
     hosted_cost = 0.0
     prices = PriceTable(config.prices)
     hosted_keys = options.hosted_keys(list(chosen))
@@ -912,8 +915,8 @@ def _plan(spec: Spec, out: str | Path | None, dataset: str | Path | None, option
                 if launches(job, options.hosted.new_job):
                     plan.training.append(job_plan.estimate)
                     work = f"fine-tune {where}: {job_plan.estimate.format(note=False)}; then"
-                    if job_plan.estimate.token_note and job_plan.estimate.token_note not in notes:
-                        notes.append(job_plan.estimate.token_note)
+                    notes += [n for n in (*(f"warning: {w}" for w in job_plan.warnings), job_plan.estimate.token_note)
+                              if n and n not in notes]
                 elif job is not None and job.status != "succeeded" and job.finished:
                     models.append(f"size {size} seed {seed}: {job.provider} job {job.job_id} {job.status}: "
                                   f"{job.error or 'no reason given'}; not studied (--new-job launches another)")
