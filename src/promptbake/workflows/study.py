@@ -721,7 +721,8 @@ class Study:
         return {"spec": self.spec.name, "spec_hash": self.spec.spec_hash(), "dataset": str(self.dataset),
                 "sizes": sizes, "seeds": o.seeds, "sweep": parse_sweeps(o.sweep), "targets": dict(o.targets),
                 "training": o.train_options(0).settings() | {"seed": list(range(o.seeds))},
-                "student": o.student or "SmolLM2-135M-Instruct (embedded)",
+                "student": (f"{o.hosted.model} at {o.hosted.connection.provider}" if o.hosted is not None else
+                            o.student or "SmolLM2-135M-Instruct (embedded)"),
                 "trained_elsewhere": {f"{size}/{seed}": model for (size, seed), model in o.trained.items()},
                 "hosted": None if o.hosted is None else {
                     "provider": o.hosted.connection.provider, "base_url": o.hosted.connection.base_url,
