@@ -467,7 +467,7 @@ async def run_plan(plan: TrainPlan, o: TrainOptions, say: Echo) -> HostedTrainRe
 class JobSet:
     """Several jobs at one provider, one per plan (``study --provider``: a student per size and
     seed), under one budget: every file is checked and the total priced before anything is
-    uploaded (:func:`check`), all are launched before any is waited for (:meth:`launch`), then each
+    uploaded (:meth:`check`), all are launched before any is waited for (:meth:`launch`), then each
     is followed until it ends (:meth:`follow`). A job that fails is kept as its error and the
     others go on; one recorded as succeeded costs no call to the provider."""
 

@@ -674,9 +674,11 @@ class Study:
             folder, _ = write_subset(self.out, size, chosen[size])
             plans[(size, seed)] = plan = hosted.plan(folder, size, seed)
             self.echo(f"student: {size} examples, seed {seed}, at {hosted.connection.provider}: "
-                      f"{plan.estimate.format()}")
-        for warning in dict.fromkeys(w for plan in plans.values() for w in plan.warnings):  # once, not per student
-            self.echo(f"warning: {warning}")
+                      f"{plan.estimate.format(note=False)}")
+        for note in dict.fromkeys([*(f"warning: {w}" for plan in plans.values() for w in plan.warnings),
+                                   *(plan.estimate.token_note for plan in plans.values())]):  # once, not per student
+            if note:
+                self.echo(note)
         return JobSet(plans, hosted.train_options(self.generate.max_cost), self.echo)
 
     def _elsewhere(self, size: int, seed: int | None, model: str, train: dict[str, Any] | None = None) -> Model:
