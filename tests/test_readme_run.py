@@ -1,7 +1,8 @@
 """Every README example runs as written: each ``promptbake`` command in the README's code blocks,
 in order, against the loopback stand-in. The embedded-teacher command (``--teacher local``) and
 the real-server ones (``--base-url http://localhost:...``) and those of a trained student
-(``--student DIR``, served for real in test_train.py) are pointed at the stand-in; everything
+(``--student DIR``, served for real in test_train.py) are pointed at the stand-in, and those that
+train at a ``--provider`` (``train``, ``study``) at a stand-in of that provider's API; everything
 else is run verbatim from a copy of the repository's generators, samples and templates. ``rate``
 serves its page until Ctrl-C: it runs in its own process, on a free port, until the page answers,
 and is then stopped with SIGINT (``teacher serve``, which test_local.py runs, is left out, and
@@ -115,8 +116,9 @@ def test_readme_commands_run_in_order_against_the_stand_in(monkeypatch, tmp_path
         exported = tmp_path
         for line in commands:
             args = pointed_at(line, server.base_url)
-            if args[0] == "train" and "--provider" in args:
-                args += ["--base-url", providers[args[args.index("--provider") + 1]].base_url, "--poll", "0.05"]
+            if args[0] in ("train", "study") and "--provider" in args:  # study's --base-url is the teacher's
+                url_flag = "--base-url" if args[0] == "train" else "--provider-base-url"
+                args += [url_flag, providers[args[args.index("--provider") + 1]].base_url, "--poll", "0.05"]
             if args[:2] == ["teacher", "serve"]:
                 continue  # serves in the foreground until Ctrl-C (test_local.py runs it)
             if args[0] == "rate" and "--results" not in args:

@@ -9,7 +9,6 @@ README's, measured by hand; here its spec and question bank are checked."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -24,6 +23,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from fakeserver import FakeServer
+from helpers import STUDY_SPEC
+from helpers import study_respond as respond
 from tinymodel import build_tiny_student
 
 pytest.importorskip("trl")
@@ -40,59 +41,9 @@ from promptbake.workflows.study import Versions, subsets
 ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "src"
 SUBJECTS = ("blue", "gold", "green", "red")
-# Four colours × five questions; the teacher writes each question (a new one for a new seed, so a
-# top-up finds new examples) and answers it in a JSON list; the example keeps neither the system
-# message nor the instruction.
-SPEC = """
-name: tiny_study
-teacher: {model: gpt-4o-mini}
-grid:
-  axes:
-    subject: [blue, gold, green, red]
-    n: [1, 2, 3, 4, 5]
-category: subject
-steps:
-  - name: question
-    max_tokens: 8
-    messages:
-      - {role: user, content: "Write question {{ n }} about {{ subject }}."}
-  - name: answer
-    parse: json
-    schema: {type: array, items: {type: object, required: [question, answer]}}
-    temperature: 0
-    max_tokens: 12
-    messages:
-      - {role: system, content: "Reply with JSON only: [{\\"question\\": 1, \\"answer\\": \\"N\\"}]."}
-      - {role: user, content: "{{ question }}"}
-example:
-  messages:
-    - {role: user, content: "{{ question }}"}
-    - {role: assistant, content: "{{ answer }}"}
-eval:
-  answers: {keys: [question, answer], values: ["1", "2", "3", "4", "5"], field: answer}
-split: {test: 4, seed: 1}
-dedupe: {fields: [user], near: false}
-"""
+SPEC = STUDY_SPEC
 SIZES = "0,4,8"
 TRAIN = ["--max-steps", "2", "--batch-size", "2", "--save-steps", "1"]
-
-
-ASKED: Counter[str] = Counter()
-
-
-def respond(body: dict) -> str | None:
-    """Questions named by a hash of the request and of how often it was asked before (a top-up asks
-    a cell again with the same prompt: a real teacher sampling at temperature 1 writes another
-    question, and so does this one), answered right."""
-    user = body["messages"][-1]["content"]
-    asked = re.match(r"Write question (\d+) about (\w+)\.", user)
-    if asked:
-        key = json.dumps(body, sort_keys=True)
-        digest = hashlib.sha256(f"{key}{ASKED[key]}".encode()).hexdigest()
-        ASKED[key] += 1
-        return f"Q{int(digest[:6], 16) % 9000 + 1000} {asked.group(2)}?"
-    question = re.match(r"Q(\d+) (\w+)\?", user)
-    return json.dumps([{"question": 1, "answer": str(int(question.group(1)) % 5 + 1)}]) if question else None
 
 
 def argv(root: Path, *extra: str) -> list[str]:

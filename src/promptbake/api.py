@@ -626,14 +626,33 @@ def train_local(
 
 def _study_options(sizes: Sequence[int], seeds: int, sweep: Sequence[str] | Mapping[str, Sequence[int | float]],
                    targets: Sequence[str] | Mapping[str, float] | None, student: PathLike | None,
-                   trained: Mapping[Any, str] | Sequence[str] | None, training: Mapping[str, Any]) -> StudyOptions:
+                   trained: Mapping[Any, str] | Sequence[str] | None, training: Mapping[str, Any],
+                   hosted: Mapping[str, Any]) -> StudyOptions:
+    """The study's options; ``hosted`` holds ``provider`` and its keywords (``model``, the
+    provider's ``provider_base_url``, ``provider_api_key_env``, ``account``, ``price``,
+    ``new_job``, ``poll``), ``training`` the rest, ``epochs`` whole numbers with a provider."""
     from promptbake.output.curves import parse_targets
-    from promptbake.workflows.study import StudyOptions, parse_trained
+    from promptbake.workflows.study import HostedStudents, StudyOptions, parse_trained
 
+    epochs = training.get("epochs")
+    students = None
+    if hosted.get("provider") is not None:
+        from promptbake.errors import InputError
+        from promptbake.train.providers import Connection
+
+        if not hosted.get("model"):
+            raise InputError("--provider needs --model BASE, the base model to fine-tune (size 0 answers as it)")
+        if epochs is not None and not float(epochs).is_integer():
+            raise InputError(f"--epochs {epochs}: a hosted job trains whole epochs")
+        connection = Connection.resolve(hosted["provider"], hosted.get("provider_base_url"),
+                                        hosted.get("provider_api_key_env"), hosted.get("account"))
+        students = HostedStudents(connection=connection, model=str(hosted["model"]),
+                                  epochs=None if epochs is None else int(epochs), price=hosted.get("price"),
+                                  new_job=bool(hosted.get("new_job")), poll=float(hosted.get("poll") or 60.0))
     return StudyOptions(sizes=tuple(sizes), seeds=seeds, sweep=sweep,
                         targets=parse_targets(dict(targets) if isinstance(targets, Mapping) else list(targets or [])),
                         student=None if student is None else str(student), trained=parse_trained(trained),
-                        **training)
+                        hosted=students, **{**training, "epochs": 3.0 if epochs is None else float(epochs)})
 
 
 async def study_async(
@@ -647,7 +666,15 @@ async def study_async(
     targets: Sequence[str] | Mapping[str, float] | None = None,
     student: PathLike | None = None,
     trained: Mapping[Any, str] | Sequence[str] | None = None,
-    epochs: float = 3.0,
+    provider: Literal["openai", "together", "fireworks"] | None = None,
+    model: str | None = None,
+    provider_base_url: str | None = None,
+    provider_api_key_env: str | None = None,
+    account: str | None = None,
+    price: float | None = None,
+    new_job: bool = False,
+    poll: float = 60.0,
+    epochs: float | None = None,
     learning_rate: float | None = None,
     batch_size: int = 4,
     max_steps: int | None = None,
@@ -675,13 +702,26 @@ async def study_async(
     answers (``evals/``, ``eval.db``). ``targets`` (``["keys=0.8"]`` or ``{"keys": 0.8}``) asks
     at which size each category reaches a value. ``trained`` names models trained elsewhere
     (``{25: "ft:..."}``, ``{(25, 1): ...}`` or ``["25=ft:...", "25/1=ft:..."]``, size 0 the base
-    model), answered through ``teacher``'s server. Calling again resumes and repeats nothing."""
+    model), answered through ``teacher``'s server.
+
+    ``provider`` (``openai``, ``together``, ``fireworks``) fine-tunes ``model`` there instead, one
+    job per size and seed on its subset, through :func:`train_hosted`'s code (``epochs``: the
+    provider's rule when None; ``price`` USD per 1M training tokens; ``provider_base_url``,
+    ``provider_api_key_env`` and ``account`` as ``train_hosted``'s ``base_url``, ``api_key_env``
+    and ``account``), launched together and followed (``poll``) until each ends; each fine-tune and
+    ``model`` (size 0) then answer through ``teacher``'s server. ``max_cost`` also refuses, before
+    anything is uploaded, jobs estimated above it together or at an unknown price. A failed job is
+    in ``report.failed`` and the other students are studied; ``new_job`` launches it again.
+    Calling again resumes and repeats nothing (no upload, no job, no request already answered)."""
     from promptbake.workflows.study import study_async as run_study
 
     options = _study_options(sizes, seeds, sweep, targets, student, trained, {
         "epochs": epochs, "learning_rate": learning_rate, "batch_size": batch_size, "max_steps": max_steps,
         "max_length": max_length, "save_steps": save_steps, "lora": lora, "lora_r": lora_r,
-        "keep_weights": keep_weights})
+        "keep_weights": keep_weights}, {
+        "provider": provider, "model": model, "provider_base_url": provider_base_url,
+        "provider_api_key_env": provider_api_key_env, "account": account, "price": price, "new_job": new_job,
+        "poll": poll})
     return await run_study(load_spec(spec), out, dataset=dataset, options=options, teacher=teacher, judge=judge,
                            generate=_options(max_cost, no_cache, progress), progress=progress, echo=echo)
 
@@ -699,7 +739,14 @@ def study_plan(
     sweep: Sequence[str] | Mapping[str, Sequence[int | float]] = (),
     student: PathLike | None = None,
     trained: Mapping[Any, str] | Sequence[str] | None = None,
-    epochs: float = 3.0,
+    provider: Literal["openai", "together", "fireworks"] | None = None,
+    model: str | None = None,
+    provider_base_url: str | None = None,
+    provider_api_key_env: str | None = None,
+    account: str | None = None,
+    price: float | None = None,
+    new_job: bool = False,
+    epochs: float | None = None,
     learning_rate: float | None = None,
     batch_size: int = 4,
     max_steps: int | None = None,
@@ -708,13 +755,18 @@ def study_plan(
     lora: bool = False,
     lora_r: int = 16,
     teacher: Teacher | None = None,
+    max_cost: float | None = None,
 ) -> StudyPlan:
     """What ``study`` with the same arguments would do, before anything runs (``--dry-run``):
     the dataset to build, the students to train, the requests to send, and the time this machine
-    would take (from the study's own earlier runs when it has any) or the hosted eval's cost."""
+    would take (from the study's own earlier runs when it has any) or the hosted eval's cost; with
+    ``provider``, each job's check and training price as :func:`train_hosted` with ``dry_run``
+    gives them, nothing uploaded, and in ``plan.refused`` what ``max_cost`` would refuse."""
     from promptbake.workflows.study import plan_study
 
     options = _study_options(sizes, seeds, sweep, None, student, trained, {
         "epochs": epochs, "learning_rate": learning_rate, "batch_size": batch_size, "max_steps": max_steps,
-        "max_length": max_length, "save_steps": save_steps, "lora": lora, "lora_r": lora_r})
-    return plan_study(load_spec(spec), out, dataset=dataset, options=options, teacher=teacher)
+        "max_length": max_length, "save_steps": save_steps, "lora": lora, "lora_r": lora_r}, {
+        "provider": provider, "model": model, "provider_base_url": provider_base_url,
+        "provider_api_key_env": provider_api_key_env, "account": account, "price": price, "new_job": new_job})
+    return plan_study(load_spec(spec), out, dataset=dataset, options=options, teacher=teacher, max_cost=max_cost)

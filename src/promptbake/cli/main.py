@@ -129,6 +129,18 @@ def expand(spec_path: str, output: str | None, dry_run: bool, model: str | None)
     click.echo(f"wrote {count} requests to {output}", err=True)
 
 
+def refuse_given(names: tuple[str, ...], where: str) -> None:
+    """Refuse, naming them, the options given on the command line that mean nothing ``where``
+    (training on this machine, or at a provider)."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    given = [f"--{name.replace('_', '-').replace('gguf-type', 'gguf')}" for name in names
+             if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE]
+    if given:
+        raise click.UsageError(f"{', '.join(given)}: not an option for training {where}")
+
+
 def generate_options(fn: F) -> F:
     fn = click.option("--no-cache", is_flag=True, help="Re-send requests even if an identical one is stored.")(fn)
     fn = click.option("--max-cost", type=float, default=None, help="Stop cleanly before spending more USD.")(fn)

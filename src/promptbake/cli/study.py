@@ -8,10 +8,15 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from promptbake import api
-from promptbake.cli.main import cli, generate_options, teacher_options
+from promptbake.cli.main import cli, generate_options, refuse_given, teacher_options
 
 if TYPE_CHECKING:
     from promptbake import Teacher
+
+# the options that mean one place to train only: given for the other, they are refused by name
+LOCAL_ONLY = ("student", "learning_rate", "batch_size", "max_steps", "max_length", "save_steps", "lora", "lora_r",
+              "keep_weights")
+HOSTED_ONLY = ("provider_base_url", "provider_api_key_env", "account", "price", "new_job", "poll")
 
 
 def _sizes(ctx: click.Context, param: click.Parameter, value: str) -> list[int]:
@@ -44,8 +49,24 @@ def _sizes(ctx: click.Context, param: click.Parameter, value: str) -> list[int]:
 @click.option("--trained", multiple=True, metavar="SIZE[/SEED]=MODEL",
               help="A model trained elsewhere (a hosted fine-tune) for that size, answered through the teacher's "
                    "server (--base-url, --api-key-env); 0=MODEL is the base model. Repeatable.")
-@click.option("--epochs", type=click.FloatRange(min=0, min_open=True), default=3.0, show_default=True,
-              help="Passes over each student's examples.")
+@click.option("--provider", type=click.Choice(["openai", "together", "fireworks"]), default=None,
+              help="Fine-tune each student at this hosted provider (as `train --provider`): --model is then the "
+                   "base model, size 0, and the fine-tunes answer through the teacher's server (--base-url).")
+@click.option("--provider-base-url", default=None,
+              help="With --provider: its fine-tuning API (default: $OPENAI_BASE_URL / $TOGETHER_BASE_URL / "
+                   "$FIREWORKS_BASE_URL, else the public API).")
+@click.option("--provider-api-key-env", default=None,
+              help="With --provider: the variable holding its key (default <PROVIDER>_API_KEY).")
+@click.option("--account", default=None, help="With --provider fireworks: the account id (default "
+                                                "$FIREWORKS_ACCOUNT_ID).")
+@click.option("--price", type=click.FloatRange(min=0), default=None,
+              help="With --provider: training price in USD per 1M tokens, over the built-in table (OpenAI's only).")
+@click.option("--new-job", is_flag=True, help="With --provider: launch again the jobs that failed or were cancelled.")
+@click.option("--poll", type=click.FloatRange(min=0.05), default=60.0, show_default=True,
+              help="With --provider: longest wait in seconds between two status checks of a job.")
+@click.option("--epochs", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Passes over each student's examples (default 3; with --provider whole ones, default the "
+                   "provider's: OpenAI's rule for the example count, 1 on Together and Fireworks).")
 @click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Default: train's (1e-4, or 2e-4 with --lora).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True, help="Examples per step.")
@@ -65,24 +86,38 @@ def _sizes(ctx: click.Context, param: click.Parameter, value: str) -> list[int]:
 @functools.partial(teacher_options, serve_student=False)
 def study(spec_path: str, sizes: list[int], seeds: int, out_dir: str | None, dataset: str | None,
           sweeps: tuple[str, ...], targets: tuple[str, ...], student: str | None, trained: tuple[str, ...],
-          epochs: float, learning_rate: float | None, batch_size: int, max_steps: int | None, max_length: int,
-          save_steps: int, lora: bool, lora_r: int, keep_weights: bool, judge_model: str | None, dry_run: bool,
-          no_cache: bool, max_cost: float | None, quiet: bool, teacher: Teacher) -> None:
+          provider: str | None, epochs: float | None, judge_model: str | None, dry_run: bool, no_cache: bool,
+          max_cost: float | None, quiet: bool, teacher: Teacher, **options: Any) -> None:
     """How much data does the student need? Train a student per size and seed on nested subsets of
-    SPEC's dataset, score each on its test split, and draw the learning curves (re-run to resume)."""
-    from promptbake import Teacher
+    SPEC's dataset (here, or at a hosted provider with --provider P --model BASE), score each on its
+    test split, and draw the learning curves (re-run to resume)."""
+    import dataclasses
 
-    training: dict[str, Any] = {"epochs": epochs, "learning_rate": learning_rate, "batch_size": batch_size,
-                                "max_steps": max_steps, "max_length": max_length, "save_steps": save_steps,
-                                "lora": lora, "lora_r": lora_r}
+    from promptbake import Teacher
+    from promptbake.errors import TrainingError
+
+    refuse_given(LOCAL_ONLY if provider is not None else HOSTED_ONLY,
+                 "with --provider" if provider is not None else "on this machine (they need --provider)")
+    hosted: dict[str, Any] = {}
+    if provider is not None:  # --model is the base model, not the teacher's: the teacher stays the spec's
+        hosted = {"provider": provider, "model": teacher.model, **{k: options[k] for k in HOSTED_ONLY}}
+        teacher = dataclasses.replace(teacher, model=None)
+    local = {k: options[k] for k in LOCAL_ONLY if k not in ("student", "keep_weights")}
+    training: dict[str, Any] = {"epochs": epochs, **local}
     if dry_run:
         plan = api.study_plan(spec_path, out_dir, sizes=sizes, seeds=seeds, dataset=dataset, sweep=sweeps,
-                              student=student, trained=trained, teacher=teacher, **training)
+                              student=student, trained=trained, teacher=teacher, max_cost=max_cost, **training,
+                              **{k: v for k, v in hosted.items() if k != "poll"})
         click.echo(plan.format())
+        if plan.refused is not None:
+            raise plan.refused
         return
     result = api.study(spec_path, out_dir, sizes=sizes, seeds=seeds, dataset=dataset, sweep=sweeps, targets=targets,
-                       student=student, trained=trained, keep_weights=keep_weights, teacher=teacher,
+                       student=student, trained=trained, keep_weights=options["keep_weights"], teacher=teacher,
                        judge=Teacher(model=judge_model), max_cost=max_cost, no_cache=no_cache, progress=not quiet,
-                       echo=lambda line: click.echo(line, err=True), **training)
+                       echo=lambda line: click.echo(line, err=True), **training, **hosted)
     click.echo(result.format(), err=True)
     click.echo(str(result.out / "study.jsonl"))
+    if result.failed:
+        raise TrainingError(f"{', '.join(result.failed)}: not studied, the training failed (said above); "
+                            f"{result.out / 'study.jsonl'} holds the other students")

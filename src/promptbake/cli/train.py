@@ -12,10 +12,9 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import click
-from click.core import ParameterSource
 
 from promptbake import api
-from promptbake.cli.main import cli
+from promptbake.cli.main import cli, refuse_given
 
 if TYPE_CHECKING:
     from promptbake.store.train_jobs import TrainJob
@@ -125,7 +124,7 @@ def start(directory: str, out_dir: str | None, provider: str | None, quiet: bool
     if (out_dir is None) == (provider is None):
         raise click.UsageError("give --out MODEL_DIR (train on this machine) or --provider P --model BASE "
                                "(hosted), one of the two")
-    _refuse_foreign(HOSTED_ONLY if out_dir is not None else LOCAL_ONLY,
+    refuse_given(HOSTED_ONLY if out_dir is not None else LOCAL_ONLY,
                     "on this machine" if out_dir is not None else "with --provider")
     echo = None if quiet else (lambda line: click.echo(line, err=True))
     if provider is not None:
@@ -133,14 +132,6 @@ def start(directory: str, out_dir: str | None, provider: str | None, quiet: bool
         return
     assert out_dir is not None
     _local(directory, out_dir, quiet, options)
-
-
-def _refuse_foreign(names: tuple[str, ...], where: str) -> None:
-    ctx = click.get_current_context()
-    given = [f"--{name.replace('_', '-').replace('gguf-type', 'gguf')}" for name in names
-             if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE]
-    if given:
-        raise click.UsageError(f"{', '.join(given)}: not an option for training {where}")
 
 
 def _hosted(directory: str, provider: str, quiet: bool, echo: Any, options: dict[str, Any]) -> None:

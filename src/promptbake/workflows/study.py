@@ -29,6 +29,7 @@ import math
 import os
 import shutil
 import statistics
+import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
@@ -38,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from promptbake.curate.checks import AnswerList
 from promptbake.curate.sizes import priority_order
-from promptbake.errors import InputError
+from promptbake.errors import BudgetExceeded, InputError
 from promptbake.ids import stable_hash
 from promptbake.output import curves
 from promptbake.output.atomic import ensure_dir, write_jsonl_atomic, write_text_atomic
@@ -52,6 +53,17 @@ from promptbake.store.db import Store
 from promptbake.teacher.config import Teacher, merge
 from promptbake.teacher.generate import GenerateOptions
 from promptbake.teacher.tokens import count_messages
+from promptbake.train.hosted import (
+    JobSet,
+    TrainEstimate,
+    TrainPlan,
+    check_budget,
+    launches,
+    plan_training,
+    recorded_job,
+)
+from promptbake.train.hosted import TrainOptions as HostedTrainOptions
+from promptbake.train.providers import Connection
 from promptbake.workflows.evaluate.runner import EvalOptions, Usage, evaluate_async
 from promptbake.workflows.evaluate.scoring import Scoring, judge_config
 from promptbake.workflows.evaluate.summary import Group
@@ -60,6 +72,7 @@ from promptbake.workflows.pipeline import default_store
 from promptbake.workflows.sync import run_sync
 
 if TYPE_CHECKING:
+    from promptbake.store.train_jobs import TrainJob
     from promptbake.train.local import TrainOptions
 
 Echo = Callable[[str], None]
@@ -74,6 +87,43 @@ SAMPLING = ("temperature", "top_p", "max_tokens")  # what the eval sends as the 
 # student at 10.8 tokens/s (4.9 to 46 as the load changed; README "The embedded study").
 ANSWER_S = 5.7
 TRAIN_TOKENS_PER_S = 10.8
+
+
+@dataclass(frozen=True, kw_only=True)
+class HostedStudents:
+    """``study --provider``: each student is fine-tuned at a hosted provider through the code of
+    ``train --provider`` (its file checks, its price, its record of jobs in the subset folder's
+    store, re-attaching on a re-run) and then answers through the teacher's server like a model
+    given with ``trained``; ``model``, the base model, is size 0. Each seed is a job of its own,
+    told apart by its suffix (``n25-s1``), which also names the fine-tune."""
+
+    connection: Connection
+    model: str
+    epochs: int | None = None  # None: the provider's rule (OpenAI's for the example count, else 1)
+    price: float | None = None  # USD per 1M training tokens, over the table's
+    new_job: bool = False  # launch again after a failed or cancelled job
+    poll: float = 60.0  # longest pause between two status checks
+
+    @staticmethod
+    def suffix(size: int, seed: int) -> str:
+        return f"n{size}-s{seed}"
+
+    def plan(self, folder: Path, size: int, seed: int) -> TrainPlan:
+        """The checked and priced job of one student: raises before anything is uploaded when
+        the provider would refuse its file."""
+        return plan_training(folder, self.connection, self.model, epochs=self.epochs, price=self.price,
+                             suffix=self.suffix(size, seed))
+
+    def train_options(self, max_cost: float | None) -> HostedTrainOptions:
+        return HostedTrainOptions(epochs=self.epochs, price=self.price, max_cost=max_cost, new_job=self.new_job,
+                                  poll=self.poll)
+
+    def answer_name(self, job: TrainJob | None) -> str:
+        """The name a student's answers are priced under before it exists: OpenAI names its
+        fine-tunes ``ft:BASE:...``, which the price table bills at the fine-tuned rate."""
+        if job is not None and job.fine_tuned_model:
+            return job.fine_tuned_model
+        return f"ft:{self.model}" if self.connection.provider == "openai" else self.model
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -99,6 +149,7 @@ class StudyOptions:
     student: str | None = None  # a Hugging Face model folder; None: the embedded SmolLM2-135M-Instruct
     trained: Mapping[tuple[int, int], str] = field(default_factory=dict)
     keep_weights: bool = False  # keep each student's safetensors (the GGUF is what is evaluated)
+    hosted: HostedStudents | None = None  # train at a hosted provider instead of on this machine
 
     def check(self) -> None:
         if not self.sizes:
@@ -112,6 +163,24 @@ class StudyOptions:
                 raise InputError(f"--trained {size}={model}: size {size} is not among --sizes")
             if not 0 <= seed < self.seeds:
                 raise InputError(f"--trained {size}/{seed}={model}: seeds run from 0 to {self.seeds - 1}")
+        if self.hosted is not None:
+            if self.student is not None:
+                raise InputError(f"--student {self.student}: a model trained on this machine; with --provider the "
+                                 f"students are fine-tunes of --model {self.hosted.model}")
+            if (0, 0) in self.trained:
+                raise InputError(f"--trained 0={self.trained[(0, 0)]}: with --provider, size 0 is the base model "
+                                 f"--model {self.hosted.model}")
+
+    @property
+    def base(self) -> str | None:
+        """Size 0 when it is a model answered through the teacher's server (hosted)."""
+        return self.trained.get((0, 0)) or (self.hosted.model if self.hosted is not None else None)
+
+    def hosted_keys(self, sizes: Sequence[int]) -> list[tuple[int, int]]:
+        """The (size, seed) students to fine-tune at the provider: every one not trained elsewhere."""
+        if self.hosted is None:
+            return []
+        return [(n, seed) for n in sorted(sizes) if n > 0 for seed in self.seeds_of(n) if (n, seed) not in self.trained]
 
     def train_options(self, seed: int) -> TrainOptions:
         from promptbake.train.local import TrainOptions
@@ -442,6 +511,8 @@ class StudyReport:
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
     report: Path | None = None
+    hosted: str | None = None  # what this run did at the provider (study --provider)
+    failed: dict[str, str] = field(default_factory=dict)  # student → why it was not studied
 
     @property
     def sent(self) -> int:
@@ -489,8 +560,10 @@ class StudyReport:
             if step:
                 lines.append(f"{rank} gained between the last two sizes: " + ", ".join(
                     f"{c} {g.gain:+.2f} ({g.start}→{g.end})" for c, g in step.items()))
+        lines += [f"{student}: not studied: {why}" for student, why in self.failed.items()]
         u = self.usage
-        lines.append(f"this run: {len(self.trained)} students trained, {len(self.reused)} found trained; "
+        lines.append(f"this run: {len(self.trained)} students trained, {len(self.reused)} found trained"
+                     + (f" ({self.hosted})" if self.hosted else "") + "; "
                      f"{u.planned} answers, {u.planned - u.sent} from the store, {u.sent} sent ({u.failed} failed), "
                      f"${u.cost:.4f}; {self.seconds:.0f} s")
         lines.append(f"study: {self.out / curves.STUDY_FILE}" + (f"; report: {self.report}" if self.report else ""))
@@ -537,6 +610,10 @@ class Study:
         eval_options = EvalOptions(self.out / EVAL_STORE, max_cost=self.generate.max_cost, progress=self.progress)
         ensure_dir(self.out)
         lines: list[dict[str, Any]] = []
+        jobs = self._hosted_jobs(chosen)
+        if jobs is not None:  # all checked and priced before any upload; they train while the references answer
+            jobs.check()
+            await jobs.launch()
 
         async def score(model: Model, test: list[TestItem], given: Mapping[str, str] | None = None) -> None:
             config = model.config or TeacherConfig(model="teacher")
@@ -565,9 +642,17 @@ class Study:
         else:
             prompted = [replace(item, prompt=prompts[item.id]) for item in items]
             await score(replace(base, kind="prompted", size=None, label=f"prompted-{base.label}"), prompted)
+        if jobs is not None:
+            await jobs.follow()
+            provider = options.hosted.connection.provider if options.hosted else ""
+            self.report.hosted = (f"at {provider}: {jobs.uploaded} file{'s' if jobs.uploaded != 1 else ''} uploaded, "
+                                  f"{jobs.created} job{'s' if jobs.created != 1 else ''} launched")
         for size, examples in chosen.items():
             for seed in options.seeds_of(size):
-                model = self._student(size, seed, examples)
+                if jobs is not None and (size, seed) in jobs.errors:
+                    self.report.failed[f"size {size} seed {seed}"] = str(jobs.errors[(size, seed)])
+                    continue
+                model = self._student(size, seed, examples, jobs)
                 await score(model, items)
         write_jsonl_atomic(self.out / curves.STUDY_FILE, lines)
         self.report.lines = lines
@@ -579,22 +664,49 @@ class Study:
                                                 targets=self.report.targets)
         return self.report
 
+    def _hosted_jobs(self, chosen: Mapping[int, list[Example]]) -> JobSet | None:
+        """The students to fine-tune at the provider, each checked and priced on its subset."""
+        hosted = self.options.hosted
+        if hosted is None:
+            return None
+        plans = {}
+        for size, seed in self.options.hosted_keys(list(chosen)):
+            folder, _ = write_subset(self.out, size, chosen[size])
+            plans[(size, seed)] = plan = hosted.plan(folder, size, seed)
+            self.echo(f"student: {size} examples, seed {seed}, at {hosted.connection.provider}: "
+                      f"{plan.estimate.format(note=False)}")
+        for note in dict.fromkeys([*(f"warning: {w}" for plan in plans.values() for w in plan.warnings),
+                                   *(plan.estimate.token_note for plan in plans.values())]):  # once, not per student
+            if note:
+                self.echo(note)
+        return JobSet(plans, hosted.train_options(self.generate.max_cost), self.echo)
+
+    def _elsewhere(self, size: int, seed: int | None, model: str, train: dict[str, Any] | None = None) -> Model:
+        """A model trained elsewhere, answered through the teacher's server."""
+        label = f"size-{size}-{_slug(model)}" if seed is None else f"size-{size}-seed-{seed}-{_slug(model)}"
+        return Model("student", size, seed, label, hosted_config(self.spec, self.teacher, model), train, name=model)
+
     def _base_model(self) -> Model:
-        hosted = self.options.trained.get((0, 0))
+        hosted = self.options.base
         if hosted is not None:
-            config = hosted_config(self.spec, self.teacher, hosted)
-            return Model("student", 0, None, f"size-0-{_slug(hosted)}", config, name=hosted)
+            return self._elsewhere(0, None, hosted)
         folder = untrained_gguf(self.out, self.options.student, self.echo)
         config = local_config(folder, self.teacher)
         from promptbake.teacher.config import model_name
 
         return Model("student", 0, None, folder.name, config, name=model_name(config))
 
-    def _student(self, size: int, seed: int, examples: list[Example]) -> Model:
+    def _student(self, size: int, seed: int, examples: list[Example], jobs: JobSet | None) -> Model:
         hosted = self.options.trained.get((size, seed))
         if hosted is not None:
-            config = hosted_config(self.spec, self.teacher, hosted)
-            return Model("student", size, seed, f"size-{size}-seed-{seed}-{_slug(hosted)}", config, name=hosted)
+            return self._elsewhere(size, seed, hosted)
+        job = jobs.jobs.get((size, seed)) if jobs is not None else None
+        if job is not None and jobs is not None:
+            self.echo(f"student: {size} examples, seed {seed} → {job.fine_tuned_model} ({job.provider} job "
+                      f"{job.job_id})")
+            model = self._elsewhere(size, seed, str(job.fine_tuned_model), hosted_figures(job, len(examples)))
+            (self.report.reused if (size, seed) in jobs.found else self.report.trained).append(model.label)
+            return model
         subset, digest = write_subset(self.out, size, examples)
         settings = self.options.train_options(seed).settings()
         folder = self.out / STUDENTS / f"size-{size}-seed-{seed}-{student_key(digest, self.options.student, settings)}"
@@ -611,11 +723,23 @@ class Study:
         return {"spec": self.spec.name, "spec_hash": self.spec.spec_hash(), "dataset": str(self.dataset),
                 "sizes": sizes, "seeds": o.seeds, "sweep": parse_sweeps(o.sweep), "targets": dict(o.targets),
                 "training": o.train_options(0).settings() | {"seed": list(range(o.seeds))},
-                "student": o.student or "SmolLM2-135M-Instruct (embedded)",
+                "student": (f"{o.hosted.model} at {o.hosted.connection.provider}" if o.hosted is not None else
+                            o.student or "SmolLM2-135M-Instruct (embedded)"),
                 "trained_elsewhere": {f"{size}/{seed}": model for (size, seed), model in o.trained.items()},
+                "hosted": None if o.hosted is None else {
+                    "provider": o.hosted.connection.provider, "base_url": o.hosted.connection.base_url,
+                    "account": o.hosted.connection.account, "model": o.hosted.model, "epochs": o.hosted.epochs,
+                    "price": o.hosted.price},
                 "last_run": {"seconds": round(self.report.seconds, 1),
                              "trained": self.report.trained, "reused": self.report.reused,
                              "answers": self.report.usage.planned, "sent": self.report.usage.sent}}
+
+
+def hosted_figures(job: TrainJob, examples: int) -> dict[str, Any]:
+    """What a hosted student's study lines say about its training (``train`` of a local one's)."""
+    return {"examples": examples, "provider": job.provider, "base_model": job.base_model, "job_id": job.job_id,
+            "epochs": job.settings.get("epochs"), "trained_tokens": job.trained_tokens,
+            "estimated_cost": (job.estimate or {}).get("cost")}
 
 
 def _slug(text: str) -> str:
@@ -659,12 +783,20 @@ class StudyPlan:
     to_train: int = 0
     cost: float = 0.0
     basis: str = ""
+    training: list[TrainEstimate] = field(default_factory=list)  # the hosted jobs to launch
+    refused: BudgetExceeded | None = None  # what --max-cost would refuse, before anything is uploaded
 
     def format(self) -> str:
         total = self.generate_s + self.train_s + self.answer_s
         tail = [f"total: {self.to_train} students to train, {self.requests} requests to send, "
                 f"~{_duration(total)} on this machine" + (f", ≤ ${self.cost:.4f} hosted" if self.cost else ""),
                 f"time estimates: {self.basis}"]
+        if self.training:
+            known = [e.cost for e in self.training if e.cost is not None]
+            price = (f"estimated ${sum(known):,.2f}" if len(known) == len(self.training) else
+                     "estimated cost unknown (give --price USD_PER_1M)")
+            tail.insert(1, f"hosted training: {len(self.training)} jobs to launch, "
+                           f"{sum(e.billed_tokens for e in self.training):,} billed tokens, {price}")
         return "\n".join([f"study of {self.spec} → {self.out} (dataset {self.dataset})", *self.lines, *tail])
 
 
@@ -689,8 +821,16 @@ def _measured(out: Path) -> tuple[float | None, float | None]:
 
 
 def plan_study(spec: Spec, out: str | Path | None = None, *, dataset: str | Path | None = None,
-               options: StudyOptions, teacher: Teacher | None = None) -> StudyPlan:
-    """The dry run: reads what exists (dataset, students, answers) and writes nothing."""
+               options: StudyOptions, teacher: Teacher | None = None, max_cost: float | None = None) -> StudyPlan:
+    """The dry run: reads what exists (dataset, students, answers) and writes nothing. Hosted
+    students are checked and priced as ``train --provider --dry-run`` does, on their subsets
+    written to a temporary folder; ``plan.refused`` is what ``max_cost`` would refuse."""
+    with tempfile.TemporaryDirectory(prefix="promptbake-study-plan-") as scratch:
+        return _plan(spec, out, dataset, options, teacher, max_cost, Path(scratch))
+
+
+def _plan(spec: Spec, out: str | Path | None, dataset: str | Path | None, options: StudyOptions,
+          teacher: Teacher | None, max_cost: float | None, scratch: Path) -> StudyPlan:
     from promptbake.plan.estimate import estimate
     from promptbake.teacher.config import model_name
     from promptbake.teacher.local import core_count
@@ -744,31 +884,59 @@ def plan_study(spec: Spec, out: str | Path | None = None, *, dataset: str | Path
     pending_answers = 0
     evaluated = {p.stem for p in (out / EVALS).glob("*.jsonl")}
     base_done = any(name.startswith("size-0-") for name in evaluated)
+    remote_answers = 0  # answered by a provider: no time on this machine
     if 0 in options.sizes:
-        models.append(f"size 0: the untrained student, {answers_per_model} answers"
-                      + (" (answered)" if base_done else ""))
+        models.append(f"size 0: {'the untrained student' if options.base is None else options.base}, "
+                      f"{answers_per_model} answers" + (" (answered)" if base_done else ""))
         pending_answers += 0 if base_done else answers_per_model
+        remote_answers += 0 if base_done or options.base is None else answers_per_model
     prompted_done = any(name.startswith("prompted-") for name in evaluated)
     models.append(f"prompted: the untrained student given the teacher's prompts, {answers_per_model} answers"
                   + (" (answered)" if prompted_done else ""))
     pending_answers += 0 if prompted_done else answers_per_model
+    remote_answers += 0 if prompted_done or options.base is None else answers_per_model
     hosted_cost = 0.0
-    remote_answers = 0  # answered by a provider: no time on this machine
     prices = PriceTable(config.prices)
+    hosted_keys = options.hosted_keys(list(chosen))
+    notes: list[str] = []  # said once, under the models
     for size in sorted(n for n in options.sizes if n > 0):
         examples = chosen.get(size)
         if examples is None and state in ("current", "foreign"):
             continue
         for seed in options.seeds_of(size):
             hosted = options.trained.get((size, seed))
+            work = f"{hosted}, trained elsewhere;"
+            if (size, seed) in hosted_keys and options.hosted is not None:
+                where = f"{options.hosted.model} at {options.hosted.connection.provider}"
+                if not examples:
+                    models.append(f"size {size} seed {seed}: fine-tune {where}, priced once the dataset is built")
+                    continue
+                subset, _ = write_subset(scratch, size, examples)
+                job_plan = options.hosted.plan(subset, size, seed)
+                job = recorded_job(out / SUBSETS / subset.name, job_plan.key)
+                hosted = options.hosted.answer_name(job)
+                if launches(job, options.hosted.new_job):
+                    plan.training.append(job_plan.estimate)
+                    work = f"fine-tune {where}: {job_plan.estimate.format(note=False)}; then"
+                    notes += [n for n in (*(f"warning: {w}" for w in job_plan.warnings), job_plan.estimate.token_note)
+                              if n and n not in notes]
+                elif job is not None and job.status != "succeeded" and job.finished:
+                    models.append(f"size {size} seed {seed}: {job.provider} job {job.job_id} {job.status}: "
+                                  f"{job.error or 'no reason given'}; not studied (--new-job launches another)")
+                    continue
+                else:
+                    assert job is not None
+                    work = f"{hosted}, {job.provider} job {job.job_id} {job.status};"
             if hosted is not None:
-                cost = prices.cost(hosted, prompt_tokens * settings, n_test * settings * int(sampling.get(
-                    "max_tokens") or 512))
+                answered = f"size-{size}-seed-{seed}-{_slug(hosted)}" in evaluated
+                cost = 0.0 if answered else prices.cost(hosted, prompt_tokens * settings, n_test * settings * int(
+                    sampling.get("max_tokens") or 512))
                 hosted_cost += cost
-                models.append(f"size {size} seed {seed}: {hosted}, trained elsewhere; {answers_per_model} answers, "
-                              f"≤ ${cost:.4f}" + ("" if prices.known(hosted) else " (no price known)"))
-                pending_answers += answers_per_model
-                remote_answers += answers_per_model
+                models.append(f"size {size} seed {seed}: {work}" + (" answered" if answered else (
+                    f" {answers_per_model} answers, ≤ ${cost:.4f}" + ("" if prices.known(hosted) else
+                                                                       f" (no price known for {hosted})"))))
+                pending_answers += 0 if answered else answers_per_model
+                remote_answers += 0 if answered else answers_per_model
                 continue
             settings_used = options.train_options(seed)
             if examples:
@@ -794,7 +962,12 @@ def plan_study(spec: Spec, out: str | Path | None = None, *, dataset: str | Path
     plan.requests += pending_answers * judged
     plan.answer_s = (pending_answers - remote_answers) * judged * answer_s / servers
     plan.cost += hosted_cost
-    plan.lines += models
+    plan.to_train += len(plan.training)
+    try:
+        check_budget(plan.training, max_cost)
+    except BudgetExceeded as refusal:
+        plan.refused = refusal
+    plan.lines += models + notes
     plan.lines.append(f"answers: {pending_answers * judged:,} requests to send ({n_test} test prompts × {settings} "
                       f"setting{'s' if settings > 1 else ''} per model{', each judged' if judged > 1 else ''}), "
                       f"~{_duration(plan.answer_s)}")
