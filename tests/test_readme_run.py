@@ -58,7 +58,7 @@ def study_on_the_stand_in(args: list[str], url: str, root: Path) -> list[str]:
     is), and its students are tiny; a dry run and a study of hosted models train nothing."""
     if "--teacher" not in args:
         args = [*args, "--teacher", "remote", "--model", "smollm2-stand-in", "--base-url", url]
-    if "--dry-run" in args or "--trained" in args:
+    if "--dry-run" in args or "--trained" in args or "--provider" in args:  # trained elsewhere, or nothing
         return args
     return tiny_training(args, root)
 
