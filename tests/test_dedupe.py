@@ -12,7 +12,8 @@ import pytest
 from datasketch import MinHash
 from helpers import same_output_under_hash_seeds
 
-from promptbake.curate.dedupe import Deduper, _Signer, dedupe, normalise
+from promptbake.curate.dedupe import Deduper, _Signer, dedupe
+from promptbake.curate.normalise import normalise
 from promptbake.errors import SpecError
 from promptbake.records import Example
 from promptbake.specification.models import DedupeConfig

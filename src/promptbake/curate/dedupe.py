@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import unicodedata
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ from typing import Literal, Protocol
 import numpy as np
 from datasketch import LeanMinHash, MinHash, MinHashLSH
 
+from promptbake.curate.normalise import normalise
 from promptbake.errors import IndexUnavailable, InputError, SpecError
 from promptbake.records import Example
 from promptbake.specification.models import DedupeConfig, DedupeStorage
@@ -57,28 +57,6 @@ _LSH_WEIGHTS = (0.1, 0.9)  # (false positive, false negative)
 # enough that the examples held meanwhile stay a few MiB.
 _CHUNK_MIN, _CHUNK_MAX = 1024, 16384
 _BLOCK_BITS = 16  # signatures are stored in blocks of 65,536 rows, so growing never copies them
-
-
-class _Punctuation(dict[int, int | None]):
-    r"""``str.translate`` table deleting Unicode punctuation (categories P*), filled lazily since
-    building it for all code points up front costs more than most runs.
-
-    Only punctuation: deleting symbols would make "great 👍" and "great 👎" equal, and a regex
-    like ``[^\w\s]`` would also delete combining marks (Indic vowel signs), merging distinct words.
-    """
-
-    def __missing__(self, codepoint: int) -> int | None:
-        value = None if unicodedata.category(chr(codepoint)).startswith("P") else codepoint
-        self[codepoint] = value
-        return value
-
-
-_PUNCTUATION = _Punctuation()
-
-
-def normalise(text: str) -> str:
-    """The text exact dedupe compares: NFKC, casefolded, punctuation removed, single spaces."""
-    return " ".join(unicodedata.normalize("NFKC", text).casefold().translate(_PUNCTUATION).split())
 
 
 @dataclass(frozen=True, slots=True)

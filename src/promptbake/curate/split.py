@@ -28,7 +28,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from promptbake.curate.dedupe import normalise
+from promptbake.curate.normalise import normalise
 from promptbake.records import Example
 from promptbake.specification.models import SplitConfig
 

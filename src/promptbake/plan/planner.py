@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from promptbake.curate.checks import last_assistant
-from promptbake.curate.dedupe import normalise
+from promptbake.curate.normalise import normalise
 from promptbake.errors import TemplateError
 from promptbake.ids import stable_hash
 from promptbake.plan.expand import Cell
