@@ -308,6 +308,8 @@ class Templates:
         )
         self.env.filters["tojson"] = _tojson
         self._compiled: dict[str, jinja2.Template] = {}
+        self._fixed: set[str] = set()  # templates with no Jinja syntax: the same text for any row
+        self._rendered: dict[str, str] = {}  # ... and that text, once rendered
 
     @classmethod
     def for_spec_dir(cls, base_dir: Path) -> Templates:
@@ -335,10 +337,22 @@ class Templates:
             where = ", ".join(str(p) for p in self.search_path)
             raise TemplateError(f"{name}: template file not found (searched {where})") from exc
         self._compiled[name] = compiled
+        source = self._loader.get_source(self.env, name)[0]
+        if not any(mark in source for mark in ("{{", "{%", "{#")):
+            self._fixed.add(name)
         return compiled
 
     def render(self, name: str, variables: dict[str, Any], limits: Limits | None = None) -> str:
+        text = self._rendered.get(name) if limits is None else None
+        if text is not None:  # a system prompt rendered for each of a million rows costs one render
+            return text
         template = self.get(name)
+        if name in self._fixed and limits is None:
+            self._rendered[name] = text = self._render(template, name, variables, None)
+            return text
+        return self._render(template, name, variables, limits)
+
+    def _render(self, template: jinja2.Template, name: str, variables: dict[str, Any], limits: Limits | None) -> str:
         token = _METER.set(_Meter(limits or DEFAULT_LIMITS))
         try:
             return template.render(variables)  # joined by the environment's bounded concat

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import hashlib
-import json
 import math
 import os
 import sqlite3
@@ -22,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from promptbake import fastjson
 from promptbake.errors import StoreError
 from promptbake.store.migrations import migrate
 
@@ -108,7 +108,7 @@ class ResultRow:
 
 
 def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return fastjson.dumps_text(value)
 
 
 # what binding or encoding a row's values can raise (UnicodeEncodeError is a ValueError)
@@ -442,7 +442,7 @@ class Store:
             (spec_name, step_index, below_round),
         )
         for cell_key, variables, parent_id, item_index in rows:
-            yield PlannedRow(cell_key, json.loads(variables), parent_id, item_index)
+            yield PlannedRow(cell_key, fastjson.loads(variables), parent_id, item_index)
 
     def fanout_drops(self, spec_name: str) -> list[FanoutDrop]:
         """Items of the current plan dropped before the next step as repeats, in lineage order."""
@@ -456,7 +456,7 @@ class Store:
 
     def _unpack(self, text: str) -> dict[str, Any]:
         """A stored body with its blobs put back (a few distinct prompts: cached by hash)."""
-        body: dict[str, Any] = json.loads(text)
+        body: dict[str, Any] = fastjson.loads(text)
         if '"$blob"' not in text:
             return body
         for message in body["messages"]:
@@ -521,7 +521,8 @@ class Store:
         )
         for row in self._page(sql, (spec_name, step_index)):
             yield StoredRequest(
-                row[0], row[1], row[2], row[3], row[4], row[5], json.loads(row[6]), self._unpack(row[7]), row[8], row[9]
+                row[0], row[1], row[2], row[3], row[4], row[5], fastjson.loads(row[6]), self._unpack(row[7]), row[8],
+                row[9],
             )
 
     def succeeded(self, spec_name: str, step_index: int, round_: int | None = None) -> Iterator[StoredRequest]:
@@ -542,11 +543,11 @@ class Store:
                 row[3],
                 row[4],
                 row[5],
-                json.loads(row[6]),
+                fastjson.loads(row[6]),
                 self._unpack(row[7]),
                 row[8],
                 row[9],
-                json.loads(row[10]),
+                fastjson.loads(row[10]),
             )
 
     def outputs_by_parent(self, spec_name: str, step_index: int) -> Iterator[tuple[str, int, list[Any]]]:
@@ -557,7 +558,7 @@ class Store:
             "WHERE r.spec_name = ? AND r.step_index = ? AND r.current = 1 AND r.status = 'ok'"
         )
         for parent_id, item_index, outputs in self.db.execute(sql, (spec_name, step_index)):
-            yield parent_id, item_index, json.loads(outputs)
+            yield parent_id, item_index, fastjson.loads(outputs)
 
     def count_pending(self, spec_name: str, step_index: int, round_: int | None = None, *,
                       distinct: bool = True) -> int:
@@ -635,13 +636,20 @@ class Store:
                         for a in r.attempts
                     ],
                 )
-                answer: dict[str, int] = {}  # request id -> the answer added for it (append-only)
-                for r in results:
-                    if r.ok:
-                        cur = self.db.execute(
-                            "INSERT INTO responses (cache_key, model, contents, outputs, finish_reasons, "
-                            "prompt_tokens, completion_tokens, cost, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                # request id -> the answer added for it (append-only); the ids are the ones SQLite
+                # would give (max + 1 onwards: this process holds the store's lock), so the answers
+                # go in one executemany instead of one statement each
+                answer: dict[str, int] = {}
+                ok = [r for r in results if r.ok]
+                if ok:
+                    last = int(self.db.execute("SELECT COALESCE(MAX(id), 0) FROM responses").fetchone()[0])
+                    answer = {r.request_id: last + i for i, r in enumerate(ok, start=1)}
+                    self.db.executemany(
+                        "INSERT INTO responses (id, cache_key, model, contents, outputs, finish_reasons, "
+                        "prompt_tokens, completion_tokens, cost, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        [
                             (
+                                last + i,
                                 r.cache_key,
                                 r.model,
                                 _dumps(r.contents),
@@ -651,9 +659,10 @@ class Store:
                                 sum(a.completion_tokens for a in r.attempts),
                                 sum(a.cost for a in r.attempts),
                                 now,
-                            ),
-                        )
-                        answer[r.request_id] = int(cur.lastrowid or 0)
+                            )
+                            for i, r in enumerate(ok, start=1)
+                        ],
+                    )
                 self.db.executemany(
                     "UPDATE requests SET status = ?, attempts = attempts + ?, error = ?, updated_at = ?, "
                     "response_id = COALESCE(?, response_id) WHERE id = ?",

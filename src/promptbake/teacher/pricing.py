@@ -62,10 +62,16 @@ BATCH_DISCOUNT = 0.5
 class PriceTable:
     def __init__(self, overrides: Mapping[str, Prices] | None = None) -> None:
         self.prices = {**DEFAULT_PRICES, **(overrides or {})}
+        self._found: dict[str, Prices | None] = {}  # every answer is priced: look each model up once
 
     def lookup(self, model: str) -> Prices | None:
         """The model's price: its own entry (``teacher.prices`` may name a fine-tune), else for
         a fine-tune its base price × the family's fine-tuned factor; None when unknown."""
+        if model not in self._found:
+            self._found[model] = self._lookup(model)
+        return self._found[model]
+
+    def _lookup(self, model: str) -> Prices | None:
         key = _family(self.prices, model)
         if key is not None:
             return self.prices[key]

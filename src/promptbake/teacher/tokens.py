@@ -35,6 +35,7 @@ def _cache_dir() -> Path:
     return Path(tempfile.gettempdir()) / "data-gym-cache"
 
 
+@functools.lru_cache(maxsize=64)
 def _encoding_name(model: str | None) -> str:
     if not model:
         return "cl100k_base"
@@ -77,6 +78,13 @@ def count_tokens(text: str, model: str | None = None) -> int:
     return len(encoding_for(model).encode(text, disallowed_special=()))
 
 
+@functools.lru_cache(maxsize=256)
+def _count(model: str | None, text: str) -> int:
+    """Tokens of one text: the same system prompt and role names come with every request of a
+    step, so they are counted once."""
+    return len(encoding_for(model).encode(text, disallowed_special=()))
+
+
 def count_messages(messages: list[dict[str, Any]], model: str | None = None) -> int:
     """Prompt tokens of a chat request, the way the cookbook counts them."""
     enc = encoding_for(model)
@@ -85,7 +93,7 @@ def count_messages(messages: list[dict[str, Any]], model: str | None = None) -> 
         total += TOKENS_PER_MESSAGE
         for key, value in message.items():
             if isinstance(value, str) and key in ("content", "role", "name"):
-                total += len(enc.encode(value, disallowed_special=()))
+                total += _count(model, value)
             elif key == "content" and isinstance(value, list):
                 total += sum(
                     len(enc.encode(part.get("text", ""), disallowed_special=()))
