@@ -75,6 +75,12 @@ def _cell_count(spec: Spec, values: dict[str, Any]) -> int:
     return max(0, math.floor(spec.grid.count * weight + 0.5))
 
 
+# A grid of at most this many cells is expanded once and kept: generate walks it to save the cells,
+# then to plan them, then to count what is short (each walk hashes every cell and renders its
+# category). A bigger one is expanded again each time rather than held in memory.
+KEEP_CELLS = 20_000
+
+
 class Expander:
     """Turns a spec into cells; shared by expand, generate, build and the dry run."""
 
@@ -83,6 +89,7 @@ class Expander:
         self.templates = templates or Templates.for_spec_dir(spec.base_dir)
         self.axes = load_axes(spec)
         self.table = load_table(spec.resolve(spec.grid.table)) if spec.grid.table else [{}]
+        self._kept: list[Cell] | None = None
 
     def category(self, values: dict[str, Any]) -> str:
         if self.spec.category is None:
@@ -90,6 +97,12 @@ class Expander:
         return self.templates.expression(f"{self.spec.where()}:category", self.spec.category, values)
 
     def cells(self) -> Iterator[Cell]:
+        """Every cell, in grid order (see ``KEEP_CELLS``)."""
+        if self._kept is None and self.totals()[0] <= KEEP_CELLS:
+            self._kept = list(self._expand())
+        return iter(self._kept) if self._kept is not None else self._expand()
+
+    def _expand(self) -> Iterator[Cell]:
         names = list(self.axes)
         index = 0
         for row in self.table:
