@@ -14,7 +14,13 @@ from pathlib import Path
 import pytest
 
 from promptbake import fastjson
-from promptbake.ids import canonical_json, stable_hash
+from promptbake.ids import stable_hash
+
+
+def canonical_json(value) -> bytes:
+    """What stable_hash hashes: orjson's bytes where they are json's."""
+    fast = fastjson.sorted_dumps(value)
+    return fast.encode() if fast is not None else reference(value)
 
 
 def reference(value) -> bytes:

@@ -11,12 +11,23 @@ decoding falls back to ``json`` for what orjson rejects (``NaN`` literals, escap
 surrogates) and for any text with a run of 19 digits (an integer that may not fit; a long number
 inside a string merely takes the slow path). Either way the result is the value ``json`` would
 give. Floats may be spelled differently (``1e-05`` or ``0.00001``): the same
-number, which is why stable ids (:mod:`promptbake.ids`) keep to ``json``.
+number.
+
+Stable ids (:mod:`promptbake.ids`) hash the exact bytes ``json.dumps(parts, sort_keys=True,
+ensure_ascii=False, separators=(",", ":"), default=str)`` gives, as they always did: a store
+written by an earlier version must find its answers. :func:`sorted_dumps` writes those bytes with
+orjson where they are the same: orjson spells floats below 1e-4 or from 1e16 up otherwise
+(``0.00001`` for ``1e-05``), writes NaN and infinities as ``null``, refuses what it refuses, and
+encodes an ``Enum`` by its value where ``json`` stringifies it. So orjson's bytes are used only
+when they hold no number in exponent form or below 1e-4 and, if there is a ``null`` in them, read
+back as the very value given (a NaN does not); otherwise the caller has ``json`` write them. (No ``Enum`` comes
+from a spec or a data file.) tests/test_fastjson.py checks the two agree on values of every kind.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import orjson
@@ -61,3 +72,34 @@ def loads(data: bytes | bytearray | str) -> Any:
 
 def _slow(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+_SORTED = orjson.OPT_SORT_KEYS | _PASSTHROUGH
+_E = re.compile(rb"[eE][-+0-9]")  # where an exponent may start (a literal first byte: a fast scan)
+_NUMBER = frozenset(b"0123456789.-")
+
+
+def sorted_dumps(value: Any) -> str | None:
+    """``json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"),
+    default=str)`` written by orjson, or None where that might differ (see the module's docstring)."""
+    try:
+        blob = orjson.dumps(value, default=str, option=_SORTED)
+    except TypeError:  # orjson.JSONEncodeError is one
+        blob = None
+    if (
+        blob is not None
+        and b"0.0000" not in blob
+        and not any(_exponent(blob, m.start()) for m in _E.finditer(blob))
+        and (b"null" not in blob or orjson.loads(blob) == value)
+    ):
+        return blob.decode()
+    return None
+
+
+def _exponent(blob: bytes, at: int) -> bool:
+    """Whether the ``e`` at ``at`` ends the digits of a number: they follow ``[``, ``,`` or ``:``
+    (a hex id such as ``"3e4f"`` follows a quote). Text like ``"a,1e5"`` is a harmless false alarm."""
+    start = at
+    while start > 0 and blob[start - 1] in _NUMBER:
+        start -= 1
+    return start < at and start > 0 and blob[start - 1] in b"[,:"

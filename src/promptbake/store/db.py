@@ -221,14 +221,14 @@ class Store:
     a second process gets a clear StoreError instead of interleaving with the first. The lock is
     an ``flock``, so the kernel drops it when the holder dies (even by ``kill -9``)."""
 
-    def __init__(self, path: str | Path, *, lock: bool = True, any_thread: bool = False) -> None:
+    def __init__(self, path: str | Path, *, lock: bool = True) -> None:
         self.path = Path(path)
         self._lock_fd: int | None = None
         self._blob_cache: dict[str, str] = {}
         if lock:
             self._take_lock()
         try:
-            self.db = sqlite3.connect(self.path, isolation_level=None, timeout=30, check_same_thread=not any_thread)
+            self.db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute("PRAGMA foreign_keys=OFF")
@@ -267,10 +267,10 @@ class Store:
         self._release_lock()
 
     def writer(self) -> Store:
-        """A second connection to this store for a writer thread (see ``teacher/online.py``): the
-        lock stays with this one, held for the whole process. Two connections write in turn,
-        each write transaction taking the write lock when it begins (``BEGIN IMMEDIATE``)."""
-        return Store(self.path, lock=False, any_thread=True)
+        """A second connection to this store, for a writer thread to open, use and close (see
+        ``teacher/online.py``): the lock stays with this one, held for the whole process. The two
+        write in turn, each write transaction taking the write lock as it begins (``BEGIN IMMEDIATE``)."""
+        return Store(self.path, lock=False)
 
     def __enter__(self) -> Store:
         return self

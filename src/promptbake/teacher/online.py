@@ -87,11 +87,14 @@ class _Writer:
     """
 
     def __init__(self, store: Store, backlog: int) -> None:
+        self.store = store
         self.backlog = backlog
         self.queue: asyncio.Queue[ResultRow | None] = asyncio.Queue()
         self.committing = 0
         self.room = asyncio.Event()  # set after each commit
-        self.task = asyncio.create_task(self._run(store))
+        self.thread = ThreadPoolExecutor(1, thread_name_prefix="promptbake-writer")
+        self.connection: Store | None = None  # opened, used and closed on the thread
+        self.task = asyncio.create_task(self._run())
 
     def check(self) -> None:
         """Raise what stopped the writer, if it stopped."""
@@ -112,34 +115,44 @@ class _Writer:
         self.queue.put_nowait(None)
         await self.task
 
-    async def _run(self, store: Store) -> None:
+    def _record(self, rows: list[ResultRow]) -> None:  # on the thread
+        if self.connection is None:
+            self.connection = self.store.writer()
+        self.connection.record(rows)
+
+    def _close(self) -> None:  # on the thread
+        if self.connection is not None:
+            self.connection.close()
+
+    async def _run(self) -> None:
         try:
-            await self._commits(store)
+            await self._commits()
         finally:
             self.room.set()  # a writer that stopped must not leave a sink waiting for room
+            self.thread.submit(self._close).result()
+            self.thread.shutdown()
 
-    async def _commits(self, store: Store) -> None:
+    async def _commits(self) -> None:
         loop = asyncio.get_running_loop()
-        with store.writer() as connection, ThreadPoolExecutor(1, thread_name_prefix="promptbake-writer") as thread:
-            while True:
-                batch: list[ResultRow | None] = []
-                try:
-                    batch = [await self.queue.get(), *_drain(self.queue)]
-                    rows = [r for r in batch if r is not None]
-                    if rows:
-                        self.committing = len(rows)
-                        await loop.run_in_executor(thread, connection.record, rows)
-                        self.committing = 0
-                        self.room.set()
-                except asyncio.CancelledError:
-                    # Ctrl-C: what already finished is paid for, so it is committed before we go
-                    # (after the commit in progress, if any: the thread takes one at a time)
-                    rest = [r for r in _drain(self.queue) if r is not None]
-                    if rest:
-                        thread.submit(connection.record, rest).result()
-                    raise
-                if None in batch:
-                    return
+        while True:
+            batch: list[ResultRow | None] = []
+            try:
+                batch = [await self.queue.get(), *_drain(self.queue)]
+                rows = [r for r in batch if r is not None]
+                if rows:
+                    self.committing = len(rows)
+                    await loop.run_in_executor(self.thread, self._record, rows)
+                    self.committing = 0
+                    self.room.set()
+            except asyncio.CancelledError:
+                # Ctrl-C: what already finished is paid for, so it is committed before we go
+                # (after the commit in progress, if any: the thread takes one at a time)
+                rest = [r for r in _drain(self.queue) if r is not None]
+                if rest:
+                    self.thread.submit(self._record, rest).result()
+                raise
+            if None in batch:
+                return
 
 
 def _drain(queue: asyncio.Queue[ResultRow | None]) -> list[ResultRow | None]:
