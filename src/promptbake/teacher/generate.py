@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from promptbake.errors import BudgetExceeded, TeacherError
 from promptbake.plan.expand import Expander
@@ -18,7 +19,6 @@ from promptbake.plan.planner import DEFAULT_RESERVE, Planner, row_key
 from promptbake.plan.routing import check_routes
 from promptbake.specification.models import Spec, Step, TeacherConfig
 from promptbake.store.db import FanoutDrop, PlannedRequest, Store
-from promptbake.teacher.batch import BatchOptions, BatchTotals, Scope, send_step_batches
 from promptbake.teacher.client import Endpoint
 from promptbake.teacher.endpoints import EndpointStats
 from promptbake.teacher.jobs import Outcome, StepJob, capped, checker, step_job, unseeded
@@ -27,6 +27,9 @@ from promptbake.teacher.online import say, send_to_store
 from promptbake.teacher.pool import FailingFast, FailureLog, Notice
 from promptbake.teacher.pricing import PriceTable
 from promptbake.teacher.progress import Progress
+
+if TYPE_CHECKING:
+    from promptbake.teacher.batch import BatchOptions, BatchTotals
 
 # A grid of more cells than this is not planned whole before the first request: step 0 of round 0
 # is planned STREAM_CHUNK cells at a time while the pool sends what is planned (10^8 cells would
@@ -233,6 +236,8 @@ class Generation:
         progress = Progress(self.options.progress, total, f"{step.name} (round {round_})")
         budget = None if self.options.max_cost is None else self.options.max_cost - self.report.spent
         if self.options.batch is not None:
+            from promptbake.teacher.batch import BatchTotals, Scope, send_step_batches  # only for --batch
+
             if self.report.batch is None:
                 self.report.batch = BatchTotals()
             stats = await send_step_batches(
