@@ -129,3 +129,12 @@ def test_loads_agrees_with_json_on_random_texts():
         text = json.dumps([random_value(rng)], ensure_ascii=rng.random() < 0.5)
         assert same(fastjson.loads(text), json.loads(text)), text
         assert same(fastjson.loads(text.encode()), json.loads(text)), text
+
+
+def test_ids_of_ordinary_requests_take_the_fast_path():
+    """The point of it all: the parts of a typical request id are written by orjson."""
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say 3 things, e.g. 1e5."}],
+            "temperature": 1.0, "max_tokens": 64}
+    for parts in ((body, "text", None, 1, [{"x": "y"}, 0, 0]), ("spec", "step", "fdbc6793229f3e4c", None, 0, [0])):
+        assert fastjson.sorted_dumps(parts) is not None
+        assert fastjson.sorted_dumps(parts).encode() == reference(parts)

@@ -75,7 +75,7 @@ def _slow(value: Any) -> str:
 
 
 _SORTED = orjson.OPT_SORT_KEYS | _PASSTHROUGH
-_E = re.compile(rb"[eE][-+0-9]")  # where an exponent may start (a literal first byte: a fast scan)
+_E = re.compile(rb"e[-+0-9]")  # where an exponent may start (orjson writes a lowercase e)
 _NUMBER = frozenset(b"0123456789.-")
 
 
@@ -86,14 +86,16 @@ def sorted_dumps(value: Any) -> str | None:
         blob = orjson.dumps(value, default=str, option=_SORTED)
     except TypeError:  # orjson.JSONEncodeError is one
         blob = None
-    if (
-        blob is not None
-        and b"0.0000" not in blob
-        and not any(_exponent(blob, m.start()) for m in _E.finditer(blob))
-        and (b"null" not in blob or orjson.loads(blob) == value)
-    ):
-        return blob.decode()
-    return None
+    if blob is None or b"0.0000" in blob:
+        return None
+    at = _E.search(blob)
+    while at is not None:  # (search, not finditer: finditer scans several times slower)
+        if _exponent(blob, at.start()):
+            return None
+        at = _E.search(blob, at.end())
+    if b"null" in blob and orjson.loads(blob) != (list(value) if isinstance(value, tuple) else value):
+        return None
+    return blob.decode()
 
 
 def _exponent(blob: bytes, at: int) -> bool:
