@@ -44,6 +44,7 @@ class Estimate:
     steps: list[StepEstimate] = field(default_factory=list)
     price_known: bool = True
     unpriced: list[str] = field(default_factory=list)  # the models without a known price
+    prices: list[str] = field(default_factory=list)  # per model asked: its price exact, or guessed and how
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -75,6 +76,7 @@ class Estimate:
         )
         if self.price_known:
             lines.append(f"with --batch (Batch API prices): ≤ ${self.batch_cost:.4f}")
+        lines.extend(f"price: {p}" for p in self.prices)
         lines.extend(f"note: {n}" for n in self.notes)
         return "\n".join(lines)
 
@@ -101,6 +103,10 @@ def estimate(spec: Spec, model: str | None = None, teacher_kind: str | None = No
     unpriced = [m for m in asked if not prices.known(m)]
     result = Estimate(cells=total_cells, examples_wanted=wanted, model=label(teacher) or ", ".join(asked),
                       price_known=not unpriced, unpriced=unpriced)
+    for model in asked:
+        match = prices.match(model)
+        if match is not None:
+            result.prices.append(match.describe(model))
     if teacher.kind != "local":  # a local model is no OpenAI tokenizer
         result.notes.extend(note for note in map(encoding_note, asked) if note)
 

@@ -95,8 +95,10 @@ def check_run(spec: Spec, config: TeacherConfig, max_cost: float | None) -> list
     models = check_routes(steps, config)
     if max_cost is None:
         return []
-    PriceTable(config.prices).require((m for step in models for m in step), max_cost)
-    return [
+    prices = PriceTable(config.prices)
+    prices.require((m for step in models for m in step), max_cost)
+    guessed = [f"--max-cost: the price of {guess}" for guess in prices.guesses(m for step in models for m in step)]
+    return guessed + [
         f"step {step.name} sets no max_tokens: under --max-cost its answers are sent with max_tokens "
         f"{DEFAULT_RESERVE}, the worst case reserved for each (set max_tokens in the spec to choose)"
         for step in steps if not capped(step.body_params())

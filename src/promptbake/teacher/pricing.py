@@ -1,16 +1,25 @@
 """What a teacher call costs, so spend can be shown live and capped with ``--max-cost``.
 
 Prices are USD per million tokens (standard tier, no batch or cache discount) as published by
-OpenAI; a spec overrides or extends them with ``teacher.prices``. Dated snapshots match their
-family by the longest prefix (``gpt-4o-mini-2024-07-18`` → ``gpt-4o-mini``). A fine-tuned model
-(``ft:gpt-4o-mini:acme:rude:abc123``) costs more per token than its base: it is priced at the
-base price times the family's fine-tuned factor, and is unknown when the family has none.
+OpenAI; a spec overrides or extends them with ``teacher.prices``. A model is priced by its exact
+name: the families and every dated snapshot or variant OpenAI prices on its own are in the table
+(``gpt-4o-2024-05-13`` costs twice what ``gpt-4o`` costs; ``gpt-5-pro`` twelve times ``gpt-5``).
+Only a name the table does not hold is priced as its family, the longest entry it starts with
+(``gpt-4o-2099-01-01`` → ``gpt-4o``): a guess, which :meth:`PriceTable.match` marks as one and
+the dry run and ``--max-cost`` name. A fine-tuned model (``ft:gpt-4o-mini:acme:rude:abc123``)
+costs more per token than its base: it is priced at the base price times the family's fine-tuned
+factor, and is unknown when the family has none.
+
+Why not the ``genai-prices`` package, which is maintained: it has no Batch API prices and no
+fine-tuned prices (``ft:...`` names are unknown to it), and it takes about a second to import,
+more than a whole dry run. The snapshot entries below agree with its table (2026-12).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 from promptbake.errors import InputError
 from promptbake.specification.models import Prices
@@ -29,6 +38,34 @@ DEFAULT_PRICES: dict[str, Prices] = {
     "gpt-3.5-turbo": Prices(input=0.50, output=1.50),
     # the embedded local teacher costs nothing per token
     "smollm2": Prices(input=0.0, output=0.0),
+}
+
+# Dated snapshots and variants priced on their own (OpenAI's pricing page): a name here is never
+# priced as its family, which for some of them would undercount several times over.
+SNAPSHOT_PRICES: dict[str, Prices] = {
+    "gpt-4o-2024-05-13": Prices(input=5.00, output=15.00),
+    "gpt-4o-2024-08-06": Prices(input=2.50, output=10.00),
+    "gpt-4o-2024-11-20": Prices(input=2.50, output=10.00),
+    "gpt-4o-mini-2024-07-18": Prices(input=0.15, output=0.60),
+    "gpt-4.1-2025-04-14": Prices(input=2.00, output=8.00),
+    "gpt-4.1-mini-2025-04-14": Prices(input=0.40, output=1.60),
+    "gpt-4.1-nano-2025-04-14": Prices(input=0.10, output=0.40),
+    "gpt-5-2025-08-07": Prices(input=1.25, output=10.00),
+    "gpt-5-mini-2025-08-07": Prices(input=0.25, output=2.00),
+    "gpt-5-nano-2025-08-07": Prices(input=0.05, output=0.40),
+    "gpt-5-pro": Prices(input=15.00, output=120.00),
+    "gpt-5-pro-2025-10-06": Prices(input=15.00, output=120.00),
+    "o3-2025-04-16": Prices(input=2.00, output=8.00),
+    "o3-mini": Prices(input=1.10, output=4.40),
+    "o3-mini-2025-01-31": Prices(input=1.10, output=4.40),
+    "o3-pro": Prices(input=20.00, output=80.00),
+    "o3-pro-2025-06-10": Prices(input=20.00, output=80.00),
+    "o4-mini-2025-04-16": Prices(input=1.10, output=4.40),
+    "gpt-3.5-turbo-0125": Prices(input=0.50, output=1.50),
+    "gpt-3.5-turbo-1106": Prices(input=1.00, output=2.00),
+    "gpt-3.5-turbo-0613": Prices(input=1.50, output=2.00),
+    "gpt-3.5-turbo-16k": Prices(input=3.00, output=4.00),
+    "gpt-3.5-turbo-16k-0613": Prices(input=3.00, output=4.00),
 }
 
 # Fine-tuned inference price ÷ base price, input and output alike (OpenAI pricing page, 2026-11:
@@ -59,30 +96,67 @@ def ft_price_factor(model: str) -> float:
 BATCH_DISCOUNT = 0.5
 
 
+@dataclass(frozen=True)
+class PriceMatch:
+    """A model's price and where it comes from: ``exact`` (the table names the model, or a
+    fine-tune's base, with the documented fine-tuned factor) or a guess from ``basis``, the
+    family entry its name starts with."""
+
+    price: Prices
+    exact: bool
+    basis: str
+
+    def describe(self, model: str) -> str:
+        """``gpt-4o-mini: exact`` or why it is a guess, for the dry run and --max-cost."""
+        if self.exact:
+            return f"{model}: exact" if self.basis == model else f"{model}: exact ({self.basis})"
+        return (f"{model}: guessed from its family, {self.basis} (not in the price table; set "
+                f"teacher.prices.{model} to be sure)")
+
+
 class PriceTable:
     def __init__(self, overrides: Mapping[str, Prices] | None = None) -> None:
-        self.prices = {**DEFAULT_PRICES, **(overrides or {})}
-        self._found: dict[str, Prices | None] = {}  # every answer is priced: look each model up once
+        self.overrides = dict(overrides or {})
+        self.prices = {**DEFAULT_PRICES, **SNAPSHOT_PRICES, **self.overrides}
+        self._found: dict[str, PriceMatch | None] = {}  # every answer is priced: look each model up once
 
     def lookup(self, model: str) -> Prices | None:
-        """The model's price: its own entry (``teacher.prices`` may name a fine-tune), else for
-        a fine-tune its base price × the family's fine-tuned factor; None when unknown."""
+        """The model's price (see :meth:`match`); None when unknown."""
+        match = self.match(model)
+        return match.price if match is not None else None
+
+    def match(self, model: str) -> PriceMatch | None:
+        """The model's own entry (``teacher.prices`` may name a fine-tune); a family the spec
+        prices covers its snapshots, as a guess; for a fine-tune, its base's price × the family's
+        fine-tuned factor; else its family's price, as a guess. None when unknown."""
         if model not in self._found:
-            self._found[model] = self._lookup(model)
+            self._found[model] = self._match(model)
         return self._found[model]
 
-    def _lookup(self, model: str) -> Prices | None:
-        key = _family(self.prices, model)
+    def _match(self, model: str) -> PriceMatch | None:
+        if model in self.overrides:
+            return PriceMatch(self.overrides[model], True, model)
+        key = _family(self.overrides, model)  # a family priced in the spec covers its snapshots
         if key is not None:
-            return self.prices[key]
-        if not model.startswith("ft:"):
-            return None
-        base = base_model(model)
-        base_key, factor_key = _family(self.prices, base), _family(FT_PRICE_FACTORS, base)
-        if base_key is None or factor_key is None:
-            return None
-        price, factor = self.prices[base_key], FT_PRICE_FACTORS[factor_key]
-        return Prices(input=price.input * factor, output=price.output * factor)
+            return PriceMatch(self.overrides[key], False, f"{key}'s price in teacher.prices")
+        if model in self.prices:
+            return PriceMatch(self.prices[model], True, model)
+        if model.startswith("ft:"):
+            base = base_model(model)
+            found, factor_key = self.match(base), _family(FT_PRICE_FACTORS, base)
+            if found is None or factor_key is None:
+                return None
+            factor = FT_PRICE_FACTORS[factor_key]
+            price = Prices(input=found.price.input * factor, output=found.price.output * factor)
+            how = f"{factor:g} × {base}'s price, fine-tuned"
+            return PriceMatch(price, found.exact, how if found.exact else f"{how}; {found.basis}")
+        key = _family(self.prices, model)
+        return PriceMatch(self.prices[key], False, f"{key}'s price") if key is not None else None
+
+    def guesses(self, models: Iterable[str]) -> list[str]:
+        """What to say about the models whose price is a family guess (see :meth:`match`)."""
+        found = ((m, self.match(m)) for m in sorted(set(models)))
+        return [match.describe(m) for m, match in found if match is not None and not match.exact]
 
     def cost(self, model: str, prompt_tokens: int, completion_tokens: int) -> float:
         """USD for one call; 0.0 when the model has no known price (``known`` tells which)."""
