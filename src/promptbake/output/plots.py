@@ -41,7 +41,13 @@ def _figure(rows: int = 1, height: float = 3.0) -> Figure:
 
 def heatmap(name: str, rows: Sequence[str], cols: Sequence[str], values: list[list[float | None]],
             labels: list[list[str]], row_axis: str, col_axis: str, scale: str, vmax: float | None = None) -> Markup:
-    """A grid of cells: colour by ``values`` (None: no such cell) from 0 to ``vmax``, text from ``labels``."""
+    """A grid of cells: colour by ``values`` (None: no such cell) from 0 to ``vmax``, text from ``labels``.
+    At most ``HEATMAP_MAX`` rows and columns are drawn (the first ones), and the axis label says so:
+    a table of 2,000 inputs would otherwise take a minute and 1.5 GiB to draw, all of it unreadable."""
+    row_axis, rows, values, labels = _first(row_axis, rows, values, labels)
+    if len(cols) > HEATMAP_MAX:
+        col_axis = f"{col_axis} (the first {HEATMAP_MAX} of {len(cols):,})"
+        cols, values, labels = cols[:HEATMAP_MAX], [r[:HEATMAP_MAX] for r in values], [r[:HEATMAP_MAX] for r in labels]
     import numpy as np
 
     data = np.ma.masked_invalid(np.array([[np.nan if v is None else v for v in row] for row in values], dtype=float))
@@ -60,6 +66,17 @@ def heatmap(name: str, rows: Sequence[str], cols: Sequence[str], values: list[li
     ax.set_ylabel(row_axis)
     fig.colorbar(image, ax=ax, label=scale, shrink=0.8)
     return _svg(fig, name)
+
+
+HEATMAP_MAX = 40  # rows or columns a heat map shows
+
+
+def _first(axis: str, rows: Sequence[str], values: list[list[float | None]],
+           labels: list[list[str]]) -> tuple[str, Sequence[str], list[list[float | None]], list[list[str]]]:
+    if len(rows) <= HEATMAP_MAX:
+        return axis, rows, values, labels
+    return (f"{axis} (the first {HEATMAP_MAX} of {len(rows):,})", rows[:HEATMAP_MAX], values[:HEATMAP_MAX],
+            labels[:HEATMAP_MAX])
 
 
 def histograms(name: str, series: Mapping[str, Sequence[float]], xlabel: str,
