@@ -33,6 +33,17 @@ def _svg(fig: Figure, name: str) -> Markup:
     return Markup(text[text.index("<svg"):])  # inline: no XML declaration or DOCTYPE inside HTML
 
 
+HEATMAP_MAX = 40  # rows or columns a heat map shows
+
+
+def _first(axis: str, rows: Sequence[str], values: list[list[float | None]],
+           labels: list[list[str]]) -> tuple[str, Sequence[str], list[list[float | None]], list[list[str]]]:
+    if len(rows) <= HEATMAP_MAX:
+        return axis, rows, values, labels
+    return (f"{axis} (the first {HEATMAP_MAX} of {len(rows):,})", rows[:HEATMAP_MAX], values[:HEATMAP_MAX],
+            labels[:HEATMAP_MAX])
+
+
 def _figure(rows: int = 1, height: float = 3.0) -> Figure:
     fig = Figure(figsize=(_WIDTH, height * rows), layout="constrained")
     fig.patch.set_alpha(0)
@@ -66,17 +77,6 @@ def heatmap(name: str, rows: Sequence[str], cols: Sequence[str], values: list[li
     ax.set_ylabel(row_axis)
     fig.colorbar(image, ax=ax, label=scale, shrink=0.8)
     return _svg(fig, name)
-
-
-HEATMAP_MAX = 40  # rows or columns a heat map shows
-
-
-def _first(axis: str, rows: Sequence[str], values: list[list[float | None]],
-           labels: list[list[str]]) -> tuple[str, Sequence[str], list[list[float | None]], list[list[str]]]:
-    if len(rows) <= HEATMAP_MAX:
-        return axis, rows, values, labels
-    return (f"{axis} (the first {HEATMAP_MAX} of {len(rows):,})", rows[:HEATMAP_MAX], values[:HEATMAP_MAX],
-            labels[:HEATMAP_MAX])
 
 
 def histograms(name: str, series: Mapping[str, Sequence[float]], xlabel: str,
