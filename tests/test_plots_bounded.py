@@ -21,3 +21,15 @@ def test_a_heat_map_of_many_rows_and_columns_is_no_bigger_than_its_first_ones():
 
 def test_a_small_heat_map_is_drawn_whole():
     assert len(grid(10, 3)) < len(grid(20, 3))
+
+
+def test_charts_of_thousands_of_categories_show_their_first_ones():
+    """A grid whose every cell is its own category: per-category charts stay the size of 40 bars."""
+    def charts(n: int) -> list[int]:
+        names = [f"category {i}" for i in range(n)]
+        return [len(plots.boxes("b", {c: [1.0, 2.0, 3.0] for c in names}, "length")),
+                len(plots.stacked_bars("s", names, {"kept": [1.0] * n, "dropped": [2.0] * n}, "examples")),
+                len(plots.grouped_bars("g", names, {"distinct-1": [0.5] * n}, "share"))]
+
+    for big, small in zip(charts(400), charts(plots.HEATMAP_MAX), strict=True):
+        assert big < 1.3 * small

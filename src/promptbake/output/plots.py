@@ -33,7 +33,7 @@ def _svg(fig: Figure, name: str) -> Markup:
     return Markup(text[text.index("<svg"):])  # inline: no XML declaration or DOCTYPE inside HTML
 
 
-HEATMAP_MAX = 40  # rows or columns a heat map shows
+HEATMAP_MAX = 40  # rows or columns a heat map shows, bars or boxes a chart shows: more is unreadable and slow
 
 
 def _first(axis: str, rows: Sequence[str], values: list[list[float | None]],
@@ -94,6 +94,9 @@ def histograms(name: str, series: Mapping[str, Sequence[float]], xlabel: str,
 
 def boxes(name: str, groups: dict[str, list[float]], xlabel: str) -> Markup:
     """One horizontal box per group (category), the group's size in its label."""
+    if len(groups) > HEATMAP_MAX:
+        xlabel = f"{xlabel}; the first {HEATMAP_MAX} of {len(groups):,} groups"
+        groups = dict(list(groups.items())[:HEATMAP_MAX])
     fig = _figure(height=max(2.0, 0.4 * len(groups) + 1.0))
     ax = fig.add_subplot()
     names = list(groups)
@@ -108,6 +111,9 @@ def boxes(name: str, groups: dict[str, list[float]], xlabel: str) -> Markup:
 def stacked_bars(name: str, bars: Sequence[str], stacks: dict[str, list[float]], xlabel: str,
                  colors: dict[str, str] | None = None) -> Markup:
     """Horizontal bars (categories, subset sizes) split into stacks (kept, dropped by…)."""
+    if len(bars) > HEATMAP_MAX:
+        xlabel = f"{xlabel}; the first {HEATMAP_MAX} of {len(bars):,}"
+        bars, stacks = bars[:HEATMAP_MAX], {k: v[:HEATMAP_MAX] for k, v in stacks.items()}
     fig = _figure(height=max(2.0, 0.4 * len(bars) + 1.2))
     ax = fig.add_subplot()
     left = [0.0] * len(bars)
@@ -131,6 +137,9 @@ def _legend_below(fig: Figure, entries: int) -> None:
 def grouped_bars(name: str, groups: Sequence[str], series: Mapping[str, Sequence[Any]], xlabel: str,
                  xlim: tuple[float, float] | None = None) -> Markup:
     """Horizontal bars, one per series within each group (distinct-n per category, say)."""
+    if len(groups) > HEATMAP_MAX:
+        xlabel = f"{xlabel}; the first {HEATMAP_MAX} of {len(groups):,} groups"
+        groups, series = groups[:HEATMAP_MAX], {k: v[:HEATMAP_MAX] for k, v in series.items()}
     fig = _figure(height=max(2.0, 0.22 * len(groups) * max(1, len(series)) + 1.2))
     ax = fig.add_subplot()
     height = 0.8 / max(1, len(series))
