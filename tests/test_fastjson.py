@@ -138,3 +138,11 @@ def test_ids_of_ordinary_requests_take_the_fast_path():
     for parts in ((body, "text", None, 1, [{"x": "y"}, 0, 0]), ("spec", "step", "fdbc6793229f3e4c", None, 0, [0])):
         assert fastjson.sorted_dumps(parts) is not None
         assert fastjson.sorted_dumps(parts).encode() == reference(parts)
+
+
+@pytest.mark.parametrize("parts", [
+    (None, {"x": float("nan")}), (None, None, [float("inf")]), ("null", None, {"a": None, "b": float("-inf")}),
+    (None, "NaN", 1e-5), (None, [None, None], "x"),
+])
+def test_a_nan_beside_top_level_nones_is_still_caught(parts):
+    assert canonical_json(parts) == reference(parts)

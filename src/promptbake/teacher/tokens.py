@@ -119,8 +119,9 @@ def count_tokens(text: str, model: str | None = None) -> int:
 @functools.lru_cache(maxsize=256)
 def _count(model: str | None, text: str) -> int:
     """Tokens of one text: the same system prompt and role names come with every request of a
-    step, so they are counted once."""
-    return len(encoding_for(model).encode(text, disallowed_special=()))
+    step, so they are counted once. (``encode_ordinary`` is ``encode(text, disallowed_special=())``
+    without the checks.)"""
+    return len(encoding_for(model).encode_ordinary(text))
 
 
 def count_messages(messages: list[dict[str, Any]], model: str | None = None) -> int:
