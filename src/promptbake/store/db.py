@@ -26,6 +26,10 @@ from promptbake.errors import StoreError
 from promptbake.store.migrations import migrate
 
 PAGE = 2000
+# A request is pending, failed or ok. A step's not-done requests are asked for as "status IN
+# ('pending', 'failed')", not "status != 'ok'": the inequality stops SQLite's index at the status
+# column, so every such read walked the whole step, done requests too (a million-request step,
+# planned a slice at a time, was read whole for every slice). Looked up by cache key, either will do.
 
 
 @dataclass
@@ -489,7 +493,7 @@ class Store:
         return self._write(
             "UPDATE requests SET status = 'ok', error = NULL, updated_at = ?, "
             "response_id = (SELECT MAX(p.id) FROM responses p WHERE p.cache_key = requests.cache_key) "
-            "WHERE spec_name = ? AND step_index = ? AND status != 'ok' AND current = 1 "
+            "WHERE spec_name = ? AND step_index = ? AND status IN ('pending', 'failed') AND current = 1 "
             "AND cache_key IN (SELECT cache_key FROM responses)",
             [(time.time(), spec_name, step_index)],
         )
@@ -529,7 +533,7 @@ class Store:
         distinct request: identical ones wait for the first one's answer (``record`` shares it)."""
         sql = (
             f"SELECT {self._COLUMNS} FROM requests r WHERE r.spec_name = ? AND r.step_index = ? "
-            f"AND r.current = 1 AND r.status != 'ok' {self._LEADER}"
+            f"AND r.current = 1 AND r.status IN ('pending', 'failed') {self._LEADER}"
         )
         for row in self._page(sql, (spec_name, step_index)):
             yield StoredRequest(
@@ -577,7 +581,7 @@ class Store:
         """Requests of a step (of one round, when given) with no stored success: those ``pending``
         yields (``distinct``), or all of them, identical ones included."""
         sql = ("SELECT COUNT(*) FROM requests r "
-               "WHERE r.spec_name = ? AND r.step_index = ? AND r.current = 1 AND r.status != 'ok'")
+               "WHERE r.spec_name = ? AND r.step_index = ? AND r.current = 1 AND r.status IN ('pending', 'failed')")
         params: tuple[Any, ...] = (spec_name, step_index)
         if round_ is not None:
             sql += " AND r.round = ?"

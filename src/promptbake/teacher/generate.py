@@ -198,10 +198,11 @@ class Generation:
         check = checker(step)
         cells = self.expander.cells()
         while chunk := list(itertools.islice(cells, STREAM_CHUNK)):
-            self.store.save_cells(self.spec.name, chunk)
             planned = list(self.planner.first_step(chunk, 0))
-            report.planned += self.store.extend_plan(planned)
-            report.cached += self.store.serve_from_cache(self.spec.name, 0)
+            with self.store.transaction():  # one commit a slice: the writer thread waits for it once
+                self.store.save_cells(self.spec.name, chunk)
+                report.planned += self.store.extend_plan(planned)
+                report.cached += self.store.serve_from_cache(self.spec.name, 0)
             ords = {r.ord for r in planned}
             # the not-done requests of the step are this slice's, plus the few in flight or failed
             for request in self.store.pending(self.spec.name, 0):
