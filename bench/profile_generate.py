@@ -1,14 +1,18 @@
 """Where ``promptbake generate`` spends its time per request, beyond the HTTP round trip.
 
 Runs ``promptbake generate`` (store on, whole process) against the loopback stand-in twice: once
-plain, timing its phases from the store's own timestamps, and once under cProfile, whose time is
-grouped by what the code does (start-up imports, planning, the store, JSON, the HTTP client, the
-event loop, the pool). A builtin or a generic stdlib function (``sqlite3.execute``, ``json.dumps``,
-``hashlib``) is charged to whoever called it, so ``sqlite3`` time called from the store counts as
-the store's. Not a test; the figures feed the README's per-request cost breakdown.
+plain, timing its phases from the store's own timestamps and taking its CPU time, and once under a
+profiler whose samples are grouped by what the code does (start-up imports, planning, the store,
+the writer thread, our HTTP client, aiohttp, the event loop, the pool). With ``py-spy`` on the
+PATH (``pip install py-spy``) the second run is sampled, every thread, at almost no cost to the
+run, and each group's share of the samples is turned into CPU µs per request. Without it, cProfile
+(which slows the run about 2×); there a builtin or a generic stdlib function (``sqlite3.execute``,
+``json.dumps``) is charged to whoever called it. Not a test; the figures feed the README's
+per-request cost breakdown.
 
     python bench/profile_generate.py                    # 10,000 requests
-    python bench/profile_generate.py --requests 100000 --top 30
+    python bench/profile_generate.py --requests 100000
+    python bench/profile_generate.py --profiler cprofile --top 30
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from __future__ import annotations
 import argparse
 import json
 import pstats
+import resource
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -97,20 +103,61 @@ def breakdown(stats: pstats.Stats) -> dict[str, float]:
     return dict(totals)
 
 
+# py-spy: a sample goes to the first group any frame of its stack names (the writer thread first)
+SAMPLED = [
+    ("start-up: imports", ("_find_and_load",)),
+    ("writer thread: answers into SQLite", ("promptbake-writer", "_Writer._record", "record (promptbake/store/db.py")),
+]
+# ... else to the group of the frame nearest the leaf that one of these names
+NEAREST = [
+    ("planning: render, hash, count tokens", ("promptbake/plan/", "specification/templates", "teacher/tokens.py",
+                                             "tiktoken/", "promptbake/ids.py", "fastjson.py:sorted")),
+    ("store: plan in, read back", ("promptbake/store/db.py",)),
+    ("HTTP: our client, aiohttp, JSON", ("promptbake/teacher/client.py", "aiohttp/", "yarl/", "multidict/",
+                                         "promptbake/fastjson.py")),
+    ("pool, limiter, jobs, sink", ("promptbake/teacher/pool.py", "promptbake/teacher/jobs.py",
+                                   "promptbake/teacher/limiter.py", "promptbake/teacher/online.py",
+                                   "promptbake/teacher/pricing.py", "promptbake/teacher/progress.py",
+                                   "promptbake/teacher/parse.py", "teacher/generate.py")),
+    ("event loop", ("asyncio/", "uvloop", "sync.py")),
+    ("spec, CLI, workflow", ("promptbake/",)),
+]
+
+
+def sampled(raw: Path) -> dict[str, int]:
+    """Samples per group from ``py-spy record -f raw`` output (one ``stack count`` a line)."""
+    groups: dict[str, int] = defaultdict(int)
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = stack.split(";")
+        name = next((what for what, marks in SAMPLED if any(m in f for f in frames for m in marks)), None)
+        for frame in reversed(frames):
+            if name is not None:
+                break
+            name = next((what for what, marks in NEAREST if any(m in frame for m in marks)), None)
+        groups[name or "other"] += int(count)
+    return dict(groups)
+
+
 def write_job(folder: Path, n: int) -> None:
     (folder / "spec.yaml").write_text(GENERATE_SPEC)
     with (folder / "inputs.jsonl").open("w") as fh:
         fh.writelines(json.dumps({"input": f"item {i}"}) + "\n" for i in range(n))
 
 
-def generate(folder: Path, url: str, concurrency: int, profile: Path | None = None) -> float:
+def generate(folder: Path, url: str, concurrency: int, profile: Path | None = None, spy: bool = False) -> float:
     for stale in folder.glob("s.db*"):
         stale.unlink()
-    prefix = ["-m", "cProfile", "-o", str(profile)] if profile else []
+    argv = [sys.executable, "-m", "promptbake", "generate", "spec.yaml", "--store", "s.db", "--base-url", url,
+            "--concurrency", str(concurrency), "-q"]
+    if profile is not None and spy:
+        # --gil: a sample of the thread holding the GIL, so that a thread waiting for it is not counted
+        # (SQLite's own work, done without the GIL, is then left out: see the README)
+        argv = ["py-spy", "record", "-o", str(profile), "-f", "raw", "-r", "250", "--gil", "--", *argv]
+    elif profile is not None:
+        argv[1:1] = ["-m", "cProfile", "-o", str(profile)]
     start = time.time()
-    subprocess.run([sys.executable, *prefix, "-m", "promptbake", "generate", "spec.yaml", "--store", "s.db",
-                    "--base-url", url, "--concurrency", str(concurrency), "-q"],
-                   cwd=folder, check=True, capture_output=True)
+    subprocess.run(argv, cwd=folder, check=True, capture_output=True)
     return start
 
 
@@ -129,20 +176,34 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=10_000)
     parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--top", type=int, default=0, help="also print the N costliest functions")
+    parser.add_argument("--top", type=int, default=0, help="cProfile: also print the N costliest functions")
+    parser.add_argument("--profiler", choices=["py-spy", "cprofile"],
+                        default="py-spy" if shutil.which("py-spy") else "cprofile")
     args = parser.parse_args()
     n = args.requests
     with tempfile.TemporaryDirectory() as tmp, fake_server() as url:
         folder = Path(tmp)
         write_job(folder, n)
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = generate(folder, url, args.concurrency)
         end = time.time()
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
         print(f"promptbake generate, {n:,} requests, whole process: {end - start:.2f} s = "
-              f"{n / (end - start):,.0f} req/s")
+              f"{n / (end - start):,.0f} req/s; {cpu:.2f} s of CPU = {cpu / n * 1e6:.0f} µs/request")
         for what, seconds in phases(folder, start, end):
             print(f"  {what:48} {seconds:7.2f} s  {seconds / n * 1e6:7.1f} µs/request")
-        profile = folder / "generate.prof"
-        generate(folder, url, args.concurrency, profile)
+        spy = args.profiler == "py-spy"
+        profile = folder / ("generate.txt" if spy else "generate.prof")
+        generate(folder, url, args.concurrency, profile, spy)
+        if spy:
+            groups = sampled(profile)
+            total = sum(groups.values())
+            print(f"\nsampled by py-spy, the thread holding the GIL ({total:,} samples), as shares of the plain "
+                  "run's CPU:")
+            for what, count in sorted(groups.items(), key=lambda kv: -kv[1]):
+                print(f"  {what:48} {count / total:6.1%}  {cpu * count / total / n * 1e6:7.1f} µs/request")
+            return
         stats = pstats.Stats(str(profile))
         total = stats.total_tt  # type: ignore[attr-defined]
         print(f"\nunder cProfile ({total:.2f} s of CPU in the profiled process; cProfile slows it "
