@@ -18,6 +18,7 @@ requests, each in its own process, interleaved ``--repeat`` times; medians of th
 and of the CPU-time ratio (what each process spent: the steadier figure on a shared machine).
 
     python bench/throughput.py --only e --sizes 10000,100000 --repeat 3
+    python bench/throughput.py --only e --against /tmp/before/src   # and the code before a change
 """
 
 from __future__ import annotations
@@ -234,8 +235,8 @@ def whole_process(argv: list[str], cwd: Path | None = None, env: dict[str, str] 
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
-def against_bare(url: str, sizes: list[int], repeat: int, concurrency: int) -> None:
-    """(e): see the module's docstring."""
+def against_bare(url: str, sizes: list[int], repeat: int, concurrency: int, other: str | None = None) -> None:
+    """(e): see the module's docstring. ``other``: another checkout's ``src``, run the same way."""
     import statistics
     import tempfile
 
@@ -246,11 +247,14 @@ def against_bare(url: str, sizes: list[int], repeat: int, concurrency: int) -> N
             (folder / "spec.yaml").write_text(GENERATE_SPEC)
             with (folder / "inputs.jsonl").open("w") as fh:
                 fh.writelines(json.dumps({"input": f"item {i}"}) + "\n" for i in range(n))
-            runs: dict[str, list[tuple[float, float]]] = {"bare": [], "uvloop": [], "asyncio": []}
+            variants = [("uvloop", {}), ("asyncio", {"PROMPTBAKE_NO_UVLOOP": "1"})]
+            if other is not None:
+                variants.append((f"code in {other}", {"PYTHONPATH": other}))
+            runs: dict[str, list[tuple[float, float]]] = {"bare": [], **{name: [] for name, _ in variants}}
             for _ in range(repeat):
                 bare = BARE.format(here=here, url=url, n=n, concurrency=concurrency)
                 runs["bare"].append(whole_process([sys.executable, "-c", bare]))
-                for loop, env in (("uvloop", {}), ("asyncio", {"PROMPTBAKE_NO_UVLOOP": "1"})):
+                for loop, env in variants:
                     for stale in folder.glob("s.db*"):
                         stale.unlink()
                     runs[loop].append(whole_process(
@@ -258,11 +262,14 @@ def against_bare(url: str, sizes: list[int], repeat: int, concurrency: int) -> N
                          "--base-url", url, "--concurrency", str(concurrency)], folder, env))
         bare_wall = statistics.median(w for w, _ in runs["bare"])
         print(f"(e) {n:,} requests, whole process, medians of {repeat}: bare aiohttp loop {n / bare_wall:,.0f} req/s")
-        for loop in ("uvloop", "asyncio"):
+        for loop in runs:
+            if loop == "bare":
+                continue
             wall = statistics.median(b[0] / p[0] for b, p in zip(runs["bare"], runs[loop], strict=True))
             cpu = statistics.median(b[1] / p[1] for b, p in zip(runs["bare"], runs[loop], strict=True))
             rate = n / statistics.median(w for w, _ in runs[loop])
-            print(f"    promptbake generate, store on, {loop + ' loop':14} {rate:8,.0f} req/s   "
+            shown = f"{loop} loop" if loop in ("uvloop", "asyncio") else loop
+            print(f"    promptbake generate, store on, {shown:14} {rate:8,.0f} req/s   "
                   f"{wall:.2f}× the bare loop (wall), {cpu:.2f}× (CPU)", flush=True)
 
 
@@ -280,6 +287,7 @@ async def main() -> None:
                         help="(d): do not tell the client the limit; it must read the headers")
     parser.add_argument("--sizes", default="10000,100000", help="for (e)")
     parser.add_argument("--repeat", type=int, default=3, help="for (e)")
+    parser.add_argument("--against", default=None, help="for (e): another checkout's src to run the same way")
     parser.add_argument("--only", default="a,b,c,d", help="parts to run; e is separate: --only e")
     args = parser.parse_args()
     parts = set(args.only.split(","))
@@ -311,7 +319,8 @@ async def main() -> None:
                       f"({overall / baseline:.2f}×), peak RSS {peak:,.0f} MB")
     if "e" in parts:
         with fake_server() as url:
-            await asyncio.to_thread(against_bare, url, [int(x) for x in args.sizes.split(",")], args.repeat, c)
+            await asyncio.to_thread(against_bare, url, [int(x) for x in args.sizes.split(",")], args.repeat, c,
+                                    args.against)
     if "d" in parts:
         await rate_limit_efficiency(args.rpm, args.duration, args.warmup, c, args.burst_s,
                                     args.learn_limit)
