@@ -73,6 +73,15 @@ def _first(axis: str, rows: Sequence[str], values: list[list[float | None]],
             labels[:HEATMAP_MAX])
 
 
+def _shown(xlabel: str, n: int, what: str = "") -> tuple[str, int]:
+    """How many of ``n`` bars or boxes a chart draws (its first ``HEATMAP_MAX``), and its axis
+    label, which says so when that is not all: a grid whose every cell is its own category would
+    otherwise draw thousands of unreadable rows, for minutes."""
+    if n <= HEATMAP_MAX:
+        return xlabel, n
+    return f"{xlabel}; the first {HEATMAP_MAX} of {n:,}{what}", HEATMAP_MAX
+
+
 def _figure(rows: int = 1, height: float = 3.0) -> Figure:
     fig = Figure(figsize=(_WIDTH, height * rows), layout="constrained")
     fig.patch.set_alpha(0)
@@ -126,9 +135,8 @@ def histograms(name: str, series: Mapping[str, Sequence[float]], xlabel: str,
 @_literal
 def boxes(name: str, groups: dict[str, list[float]], xlabel: str) -> Markup:
     """One horizontal box per group (category), the group's size in its label."""
-    if len(groups) > HEATMAP_MAX:
-        xlabel = f"{xlabel}; the first {HEATMAP_MAX} of {len(groups):,} groups"
-        groups = dict(list(groups.items())[:HEATMAP_MAX])
+    xlabel, shown = _shown(xlabel, len(groups), " groups")
+    groups = dict(list(groups.items())[:shown])
     fig = _figure(height=max(2.0, 0.4 * len(groups) * (1 + 0.5 * (_lines(list(groups)) - 1)) + 1.0))
     ax = fig.add_subplot()
     names = list(groups)
@@ -144,9 +152,8 @@ def boxes(name: str, groups: dict[str, list[float]], xlabel: str) -> Markup:
 def stacked_bars(name: str, bars: Sequence[str], stacks: dict[str, list[float]], xlabel: str,
                  colors: dict[str, str] | None = None) -> Markup:
     """Horizontal bars (categories, subset sizes) split into stacks (kept, dropped by…)."""
-    if len(bars) > HEATMAP_MAX:
-        xlabel = f"{xlabel}; the first {HEATMAP_MAX} of {len(bars):,}"
-        bars, stacks = bars[:HEATMAP_MAX], {k: v[:HEATMAP_MAX] for k, v in stacks.items()}
+    xlabel, shown = _shown(xlabel, len(bars))
+    bars, stacks = bars[:shown], {k: v[:shown] for k, v in stacks.items()}
     fig = _figure(height=max(2.0, 0.4 * len(bars) * (1 + 0.5 * (_lines(bars) - 1)) + 1.2))
     ax = fig.add_subplot()
     left = [0.0] * len(bars)
@@ -171,9 +178,8 @@ def _legend_below(fig: Figure, entries: int) -> None:
 def grouped_bars(name: str, groups: Sequence[str], series: Mapping[str, Sequence[Any]], xlabel: str,
                  xlim: tuple[float, float] | None = None) -> Markup:
     """Horizontal bars, one per series within each group (distinct-n per category, say)."""
-    if len(groups) > HEATMAP_MAX:
-        xlabel = f"{xlabel}; the first {HEATMAP_MAX} of {len(groups):,} groups"
-        groups, series = groups[:HEATMAP_MAX], {k: v[:HEATMAP_MAX] for k, v in series.items()}
+    xlabel, shown = _shown(xlabel, len(groups), " groups")
+    groups, series = groups[:shown], {k: v[:shown] for k, v in series.items()}
     fig = _figure(height=max(2.0, 0.22 * len(groups) * max(1, len(series), _lines(groups)) + 1.2))
     ax = fig.add_subplot()
     height = 0.8 / max(1, len(series))
