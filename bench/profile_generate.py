@@ -1,6 +1,7 @@
 """Where ``promptbake generate`` spends its time per request, beyond the HTTP round trip.
 
-Runs ``promptbake generate`` (store on, whole process) against the loopback stand-in twice: once
+Runs a bare aiohttp loop over the same requests (the baseline: the HTTP round trip alone), then
+``promptbake generate`` (store on, whole process) against the loopback stand-in twice: once
 plain, timing its phases from the store's own timestamps and taking its CPU time, and once under a
 profiler whose samples are grouped by what the code does (start-up imports, planning, the store,
 the writer thread, our HTTP client, aiohttp, the event loop, the pool). With ``py-spy`` on the
@@ -32,7 +33,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from throughput import GENERATE_SPEC, fake_server  # noqa: E402
+from throughput import BARE, GENERATE_SPEC, fake_server, whole_process  # noqa: E402
 
 # (what, how a profiled function's file or name shows it), first match wins
 BUCKETS = [
@@ -189,8 +190,14 @@ def main() -> None:
         end = time.time()
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        # the baseline: a bare aiohttp loop over as many requests, its own process too
+        bare_wall, bare_cpu = whole_process([sys.executable, "-c", BARE.format(
+            here=str(HERE), url=url, n=n, concurrency=args.concurrency)])
+        print(f"bare aiohttp loop, {n:,} requests, whole process: {bare_wall:.2f} s = {n / bare_wall:,.0f} req/s; "
+              f"{bare_cpu:.2f} s of CPU = {bare_cpu / n * 1e6:.0f} µs/request")
         print(f"promptbake generate, {n:,} requests, whole process: {end - start:.2f} s = "
-              f"{n / (end - start):,.0f} req/s; {cpu:.2f} s of CPU = {cpu / n * 1e6:.0f} µs/request")
+              f"{n / (end - start):,.0f} req/s; {cpu:.2f} s of CPU = {cpu / n * 1e6:.0f} µs/request "
+              f"({bare_wall / (end - start):.2f}× the bare loop's rate; {cpu / bare_cpu:.2f}× its CPU per request)")
         for what, seconds in phases(folder, start, end):
             print(f"  {what:48} {seconds:7.2f} s  {seconds / n * 1e6:7.1f} µs/request")
         spy = args.profiler == "py-spy"

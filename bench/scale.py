@@ -27,28 +27,15 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from throughput import fake_server  # noqa: E402
+from throughput import GENERATE_SPEC, fake_server  # noqa: E402
 
 WORDS = ["amber", "basil", "cedar", "delta", "ember", "fjord", "gravel", "harbor", "iris", "juniper", "kelp",
          "lantern", "meadow", "nickel", "orchid", "pepper", "quartz", "raven", "saffron", "thistle", "umber",
          "violet", "willow", "xenon", "yarrow", "zephyr"]
 
-RUN_SPEC = """
-name: scale
-teacher: {model: gpt-4o-mini}
-grid: {table: inputs.jsonl, count: 1}
-category: "{{ topic }}"
-steps:
-  - name: answer
-    max_tokens: 64
-    messages:
-      - {role: system, content: You answer in one short sentence.}
-      - {role: user, content: "Tell me about {{ input }}."}
-example:
-  messages:
-    - {role: user, content: "Tell me about {{ input }}."}
-    - {role: assistant, content: "{{ answer }}"}
-"""
+# throughput.py's job, each input in its topic's category: the report draws per-category panels
+RUN_SPEC = GENERATE_SPEC.replace("name: bench", "name: scale").replace(
+    "count: 1}\n", 'count: 1}\ncategory: "{{ topic }}"\n', 1)
 
 GRID_SPEC = """
 name: grid
