@@ -28,7 +28,7 @@ from promptbake.output.atomic import ensure_dir, write_jsonl_atomic, write_text_
 from promptbake.output.export import read_manifest, write_format
 from promptbake.output.formats import WriteReport, write_split
 from promptbake.output.jsonl import read_jsonl
-from promptbake.plan.expand import Expander
+from promptbake.plan.expand import KEEP_CELLS, Expander
 from promptbake.records import Example
 from promptbake.specification.models import Spec
 from promptbake.store.db import Store
@@ -74,26 +74,42 @@ class BuildReport:
 
 def _keep_counts(spec: Spec, expander: Expander, kept: list[Example]
                  ) -> tuple[list[Example], Counter[str], list[str], dict[str, int]]:
-    """Each cell keeps its first ``count`` distinct examples; say which cells fall short."""
-    wanted = {c.key: (c.count, c.category) for c in expander.cells()}
+    """Each cell keeps its first ``count`` distinct examples; say which cells fall short.
+
+    A grid small enough to keep in memory (``KEEP_CELLS``) is walked whole. A bigger one (10^7
+    cells: minutes and gigabytes to walk) looks up only the cells its examples belong to, and
+    counts the cells and examples still missing from the grid's totals; the shortfall by category
+    then lists the cells that have examples, and says how many have none yet."""
+    cells, wanted_total = expander.totals()
+    whole = cells <= KEEP_CELLS
+    wanted = {c.key: (c.count, c.category) for c in expander.cells()} if whole else {}
     taken: Counter[str] = Counter()
     surplus: Counter[str] = Counter()
     accepted = []
     for example in kept:
         key = example.provenance.get("cell_key", "")
+        if key not in wanted and not whole:
+            cell = expander.cell_of(example.cell)
+            wanted[key] = (cell.count, cell.category) if cell is not None and cell.key == key else (0, "")
         if taken[key] < wanted.get(key, (0, ""))[0]:
             taken[key] += 1
             accepted.append(example)
         else:
             surplus[example.category] += 1
     short = {key: count - taken[key] for key, (count, _) in wanted.items() if taken[key] < count}
+    untouched = 0 if whole else cells - sum(1 for count, _ in wanted.values() if count)
     warnings = []
-    if short:
+    if short or untouched:
         by_category: Counter[str] = Counter()
         for key, missing in short.items():
             by_category[wanted[key][1]] += missing
         detail = ", ".join(f"{cat}: {n}" for cat, n in sorted(by_category.items()))
-        warnings.append(f"{len(short)} cells are short of their count by {sum(short.values())} examples ({detail})")
+        if untouched:
+            detail = f"{detail}; and {untouched} cells with no example yet" if detail else \
+                f"{untouched} cells with no example yet"
+        missing_total = sum(short.values()) if whole else wanted_total - sum(taken.values())
+        warnings.append(f"{len(short) + untouched} cells are short of their count by {missing_total} examples "
+                        f"({detail})")
     return accepted, surplus, warnings, short
 
 

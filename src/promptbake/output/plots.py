@@ -62,6 +62,26 @@ def _svg(fig: Figure, name: str) -> Markup:
     return Markup(text[text.index("<svg"):])  # inline: no XML declaration or DOCTYPE inside HTML
 
 
+HEATMAP_MAX = 40  # rows or columns a heat map shows, bars or boxes a chart shows: more is unreadable and slow
+
+
+def _first(axis: str, rows: Sequence[str], values: list[list[float | None]],
+           labels: list[list[str]]) -> tuple[str, Sequence[str], list[list[float | None]], list[list[str]]]:
+    if len(rows) <= HEATMAP_MAX:
+        return axis, rows, values, labels
+    return (f"{axis} (the first {HEATMAP_MAX} of {len(rows):,})", rows[:HEATMAP_MAX], values[:HEATMAP_MAX],
+            labels[:HEATMAP_MAX])
+
+
+def _shown(xlabel: str, n: int, what: str = "") -> tuple[str, int]:
+    """How many of ``n`` bars or boxes a chart draws (its first ``HEATMAP_MAX``), and its axis
+    label, which says so when that is not all: a grid whose every cell is its own category would
+    otherwise draw thousands of unreadable rows, for minutes."""
+    if n <= HEATMAP_MAX:
+        return xlabel, n
+    return f"{xlabel}; the first {HEATMAP_MAX} of {n:,}{what}", HEATMAP_MAX
+
+
 def _figure(rows: int = 1, height: float = 3.0) -> Figure:
     fig = Figure(figsize=(_WIDTH, height * rows), layout="constrained")
     fig.patch.set_alpha(0)
@@ -71,7 +91,13 @@ def _figure(rows: int = 1, height: float = 3.0) -> Figure:
 @_literal
 def heatmap(name: str, rows: Sequence[str], cols: Sequence[str], values: list[list[float | None]],
             labels: list[list[str]], row_axis: str, col_axis: str, scale: str, vmax: float | None = None) -> Markup:
-    """A grid of cells: colour by ``values`` (None: no such cell) from 0 to ``vmax``, text from ``labels``."""
+    """A grid of cells: colour by ``values`` (None: no such cell) from 0 to ``vmax``, text from ``labels``.
+    At most ``HEATMAP_MAX`` rows and columns are drawn (the first ones), and the axis label says so:
+    a table of 2,000 inputs would otherwise take a minute and 1.5 GiB to draw, all of it unreadable."""
+    row_axis, rows, values, labels = _first(row_axis, rows, values, labels)
+    if len(cols) > HEATMAP_MAX:
+        col_axis = f"{col_axis} (the first {HEATMAP_MAX} of {len(cols):,})"
+        cols, values, labels = cols[:HEATMAP_MAX], [r[:HEATMAP_MAX] for r in values], [r[:HEATMAP_MAX] for r in labels]
     import numpy as np
 
     data = np.ma.masked_invalid(np.array([[np.nan if v is None else v for v in row] for row in values], dtype=float))
@@ -109,6 +135,8 @@ def histograms(name: str, series: Mapping[str, Sequence[float]], xlabel: str,
 @_literal
 def boxes(name: str, groups: dict[str, list[float]], xlabel: str) -> Markup:
     """One horizontal box per group (category), the group's size in its label."""
+    xlabel, shown = _shown(xlabel, len(groups), " groups")
+    groups = dict(list(groups.items())[:shown])
     fig = _figure(height=max(2.0, 0.4 * len(groups) * (1 + 0.5 * (_lines(list(groups)) - 1)) + 1.0))
     ax = fig.add_subplot()
     names = list(groups)
@@ -124,6 +152,8 @@ def boxes(name: str, groups: dict[str, list[float]], xlabel: str) -> Markup:
 def stacked_bars(name: str, bars: Sequence[str], stacks: dict[str, list[float]], xlabel: str,
                  colors: dict[str, str] | None = None) -> Markup:
     """Horizontal bars (categories, subset sizes) split into stacks (kept, dropped by…)."""
+    xlabel, shown = _shown(xlabel, len(bars))
+    bars, stacks = bars[:shown], {k: v[:shown] for k, v in stacks.items()}
     fig = _figure(height=max(2.0, 0.4 * len(bars) * (1 + 0.5 * (_lines(bars) - 1)) + 1.2))
     ax = fig.add_subplot()
     left = [0.0] * len(bars)
@@ -148,6 +178,8 @@ def _legend_below(fig: Figure, entries: int) -> None:
 def grouped_bars(name: str, groups: Sequence[str], series: Mapping[str, Sequence[Any]], xlabel: str,
                  xlim: tuple[float, float] | None = None) -> Markup:
     """Horizontal bars, one per series within each group (distinct-n per category, say)."""
+    xlabel, shown = _shown(xlabel, len(groups), " groups")
+    groups, series = groups[:shown], {k: v[:shown] for k, v in series.items()}
     fig = _figure(height=max(2.0, 0.22 * len(groups) * max(1, len(series), _lines(groups)) + 1.2))
     ax = fig.add_subplot()
     height = 0.8 / max(1, len(series))

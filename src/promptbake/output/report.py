@@ -146,8 +146,16 @@ def load_dataset(directory: str | Path, store_path: str | Path | None = None, sp
         spec = spec_from_store(store, manifest.get("spec"))
     data.spec = spec
     if spec is not None:
+        from promptbake.plan.expand import KEEP_CELLS
+
         expander = Expander(spec)
-        data.requested = {c.key: c for c in expander.cells()}
+        data.requested = {}
+        for cell in expander.cells():  # a grid of millions: its first cells (and every cell with examples)
+            if len(data.requested) == KEEP_CELLS:
+                data.notes.append(f"the grid has {expander.totals()[0]:,} cells: the cell table lists the first "
+                                  f"{KEEP_CELLS:,} and those with examples")
+                break
+            data.requested[cell.key] = cell
         if store.exists():
             data.store = _store_facts(store, spec, expander)
     if data.store is None:

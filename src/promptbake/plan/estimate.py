@@ -45,6 +45,7 @@ class Estimate:
     steps: list[StepEstimate] = field(default_factory=list)
     price_known: bool = True
     unpriced: list[str] = field(default_factory=list)  # the models without a known price
+    prices: list[str] = field(default_factory=list)  # per priced model asked: its price and the entry it comes from
     notes: list[str] = field(default_factory=list)
     unknown_price: str = ""  # how to say the model has no price, with the closest known name
 
@@ -77,6 +78,7 @@ class Estimate:
         )
         if self.price_known:
             lines.append(f"with --batch (Batch API prices): ≤ ${self.batch_cost:.4f}")
+        lines.extend(f"price: {p}" for p in self.prices)
         lines.extend(f"note: {n}" for n in self.notes)
         return "\n".join(lines)
 
@@ -104,6 +106,7 @@ def estimate(spec: Spec, model: str | None = None, teacher_kind: str | None = No
     result = Estimate(cells=total_cells, examples_wanted=wanted, model=label(teacher) or ", ".join(asked),
                       price_known=not unpriced, unpriced=unpriced,
                       unknown_price="; ".join(prices.unknown(m) for m in unpriced))
+    result.prices = [prices.describe(m) for m in asked if m not in unpriced]
     if teacher.kind != "local":  # a local model is no OpenAI tokenizer
         result.notes.extend(note for note in map(encoding_note, asked) if note)
 

@@ -113,6 +113,8 @@ class Planner:
         ]
         self.example = MessageRenderer(templates, spec.example.messages, f"{spec.where()}:example")
         self.filters = spec.filters.compile()
+        # what every request of a step sends besides its model and messages, worked out once
+        self.params = [{**step.body_params(), **self._response_format(step)} for step in self.steps]
         self.user_filters = Filters([c for c in self.filters.checks if c.role == "user"])
 
     def _where(self, k: int) -> str:
@@ -172,18 +174,20 @@ class Planner:
             return []
         return self.user_filters.failures([{"role": "user", "content": lines[0]}], category)
 
-    def _response_format(self, step: Step) -> dict[str, Any] | None:
+    def _response_format(self, step: Step) -> dict[str, Any]:
+        """``{"response_format": ...}`` as the step's requests carry it, or nothing."""
         if step.response_format is not None or step.json_schema is None:
-            return step.response_format
+            return {} if step.response_format is None else {"response_format": step.response_format}
         mode = self.spec.teacher.structured_output
         if mode == "auto":
             mode = "json_object" if self.teacher_kind == "local" else "json_schema"
         if mode == "json_object":
             # llama.cpp's server constrains decoding by grammar with this form (FACTS.md)
-            return {"type": "json_object", "schema": step.json_schema}
+            return {"response_format": {"type": "json_object", "schema": step.json_schema}}
         if mode == "json_schema":
-            return {"type": "json_schema", "json_schema": {"name": step.name, "schema": step.json_schema}}
-        return None
+            return {"response_format": {"type": "json_schema",
+                                        "json_schema": {"name": step.name, "schema": step.json_schema}}}
+        return {}
 
     def request(
         self,
@@ -207,7 +211,7 @@ class Planner:
         messages = self.renderers[k].render({**variables, **(render_only or {})})
         if self.flow is not None and turn is not None:
             messages += self.flow.history(variables, turn.side)
-        body: dict[str, Any] = {"model": model, "messages": messages, **step.body_params()}
+        body: dict[str, Any] = {"model": model, "messages": messages, **self.params[k]}
         # a top-up of a built dataset is its own spec, planned from round 0: its top-up round
         # joins the seed so that no request repeats the bytes of the dataset's first run
         again = [self.topup_round] if self.topup_round else []
@@ -218,9 +222,6 @@ class Planner:
             # a top-up round must not send round 0's bytes again: a deterministic teacher would
             # answer with the same duplicates (round 0 keeps no seed, so its cache keys stay)
             body["seed"] = int(stable_hash(replicate, round_, *again, length=6), 16) % 1_000_000
-        response_format = self._response_format(step)
-        if response_format is not None:
-            body["response_format"] = response_format
         cache_key = stable_hash(body, step.parse, step.json_schema, step.min_items, replicate, length=32)
         reserve = (step.max_tokens or DEFAULT_RESERVE) * (step.n or 1)
         return PlannedRequest(

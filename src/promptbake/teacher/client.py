@@ -33,7 +33,7 @@ from typing import Any
 
 import aiohttp
 
-from promptbake import errors
+from promptbake import errors, fastjson
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 RETRYABLE_STATUSES = frozenset({408, 409, 429})
@@ -345,7 +345,7 @@ class ChatClient:
 
     async def _chat(self, body: dict[str, Any]) -> ChatResult:
         assert self._session is not None
-        data = json.dumps(body, ensure_ascii=False).encode()
+        data = fastjson.dumps(body)
         model = str(body.get("model") or self.endpoint.model)
         try:
             async with self._session.post(self.endpoint.chat_url, data=data) as response:
@@ -364,7 +364,7 @@ class ChatClient:
             raise self._http_error(status, raw, headers, rate, model)
         self._check_shape(raw, headers, rate, model)
         try:
-            decoded = json.loads(raw)
+            decoded = fastjson.loads(raw)
         except ValueError:
             snippet = raw[:120].decode("utf-8", "replace")
             raise RetryableError("bad_body", clean_text(f"unparseable answer: {snippet!r}"),
@@ -374,6 +374,9 @@ class ChatClient:
     async def _read(self, response: aiohttp.ClientResponse) -> bytes:
         """The body, decompressed, at most ``max_body`` bytes: anything larger is refused whole."""
         encoding = response.headers.get("Content-Encoding", "").strip().lower()
+        if not encoding and response.content_length is not None and response.content_length <= self.max_body:
+            # the common case in one read: aiohttp's parser stops at Content-Length, so it is the cap
+            return await response.read()
         inflate = zlib.decompressobj(47) if encoding in ("gzip", "x-gzip", "deflate") else None  # 47: gzip or zlib
         body = bytearray()
         async for chunk in response.content.iter_chunked(65536):

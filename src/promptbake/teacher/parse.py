@@ -12,8 +12,6 @@ import json
 import re
 from typing import Any
 
-import jsonschema
-
 from promptbake.errors import ResponseRejected
 
 _FENCE = re.compile(r"^\s*```[a-zA-Z]*\s*\n(.*?)\n?```\s*$", re.S)
@@ -50,6 +48,8 @@ def _load_json(text: str) -> Any:
 def _check_schema(value: Any, schema: dict[str, Any] | None) -> None:
     if schema is None:
         return
+    import jsonschema  # here: most steps have no schema, and jsonschema is slow to import
+
     try:
         jsonschema.validate(value, schema)
     except jsonschema.ValidationError as exc:
