@@ -12,6 +12,13 @@ that it does not share a core's event loop with the client being measured.
 (c) promptbake's Pool end to end, then ``promptbake generate`` with its SQLite store as a user runs
 it — all at 0 ms server latency; (d) rate-limit efficiency: the
 server enforces --rpm with 50-500 ms latency, we report achieved RPM / limit and the 429s.
+(e) the whole process against the bare loop, per job size (``--sizes``): ``promptbake generate``
+(start-up, planning, sending, the store, exit) and a bare aiohttp loop over the same number of
+requests, each in its own process, interleaved ``--repeat`` times; medians of the wall-clock ratio
+and of the CPU-time ratio (what each process spent: the steadier figure on a shared machine).
+
+    python bench/throughput.py --only e --sizes 10000,100000 --repeat 3
+    python bench/throughput.py --only e --against /tmp/before/src   # and the code before a change
 """
 
 from __future__ import annotations
@@ -211,6 +218,61 @@ def promptbake_generate(base_url: str, n: int, concurrency: int) -> tuple[float,
     return count / (last - first), n / elapsed, peak_mb
 
 
+BARE = ("import asyncio, sys; sys.path.insert(0, {here!r}); from throughput import bare_aiohttp; "
+        "asyncio.run(bare_aiohttp({url!r}, {n}, {concurrency}))")
+
+
+def whole_process(argv: list[str], cwd: Path | None = None, env: dict[str, str] | None = None) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of one child process."""
+    import os
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    subprocess.run(argv, cwd=cwd, check=True, capture_output=True, env={**os.environ, **(env or {})})
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def against_bare(url: str, sizes: list[int], repeat: int, concurrency: int, other: str | None = None) -> None:
+    """(e): see the module's docstring. ``other``: another checkout's ``src``, run the same way."""
+    import statistics
+    import tempfile
+
+    here = str(Path(__file__).resolve().parent)
+    for n in sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            (folder / "spec.yaml").write_text(GENERATE_SPEC)
+            with (folder / "inputs.jsonl").open("w") as fh:
+                fh.writelines(json.dumps({"input": f"item {i}"}) + "\n" for i in range(n))
+            variants = [("uvloop", {}), ("asyncio", {"PROMPTBAKE_NO_UVLOOP": "1"})]
+            if other is not None:
+                variants.append((f"code in {other}", {"PYTHONPATH": other}))
+            runs: dict[str, list[tuple[float, float]]] = {"bare": [], **{name: [] for name, _ in variants}}
+            for _ in range(repeat):
+                bare = BARE.format(here=here, url=url, n=n, concurrency=concurrency)
+                runs["bare"].append(whole_process([sys.executable, "-c", bare]))
+                for loop, env in variants:
+                    for stale in folder.glob("s.db*"):
+                        stale.unlink()
+                    runs[loop].append(whole_process(
+                        [sys.executable, "-m", "promptbake", "generate", "spec.yaml", "--store", "s.db", "-q",
+                         "--base-url", url, "--concurrency", str(concurrency)], folder, env))
+        bare_wall = statistics.median(w for w, _ in runs["bare"])
+        print(f"(e) {n:,} requests, whole process, medians of {repeat}: bare aiohttp loop {n / bare_wall:,.0f} req/s")
+        for loop in runs:
+            if loop == "bare":
+                continue
+            wall = statistics.median(b[0] / p[0] for b, p in zip(runs["bare"], runs[loop], strict=True))
+            cpu = statistics.median(b[1] / p[1] for b, p in zip(runs["bare"], runs[loop], strict=True))
+            rate = n / statistics.median(w for w, _ in runs[loop])
+            shown = f"{loop} loop" if loop in ("uvloop", "asyncio") else loop
+            print(f"    promptbake generate, store on, {shown:14} {rate:8,.0f} req/s   "
+                  f"{wall:.2f}× the bare loop (wall), {cpu:.2f}× (CPU)", flush=True)
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=20_000, help="for (a) and (c)")
@@ -223,7 +285,10 @@ async def main() -> None:
                         help="(d): seconds of the limit the server's bucket holds")
     parser.add_argument("--learn-limit", action="store_true",
                         help="(d): do not tell the client the limit; it must read the headers")
-    parser.add_argument("--only", default="a,b,c,d")
+    parser.add_argument("--sizes", default="10000,100000", help="for (e)")
+    parser.add_argument("--repeat", type=int, default=3, help="for (e)")
+    parser.add_argument("--against", default=None, help="for (e): another checkout's src to run the same way")
+    parser.add_argument("--only", default="a,b,c,d", help="parts to run; e is separate: --only e")
     args = parser.parse_args()
     parts = set(args.only.split(","))
     c = args.concurrency
@@ -252,6 +317,10 @@ async def main() -> None:
                       f"({sustained / baseline:.2f}×)")
                 print(f"{'    same, incl. start-up and planning':46} {overall:8,.0f} req/s  "
                       f"({overall / baseline:.2f}×), peak RSS {peak:,.0f} MB")
+    if "e" in parts:
+        with fake_server() as url:
+            await asyncio.to_thread(against_bare, url, [int(x) for x in args.sizes.split(",")], args.repeat, c,
+                                    args.against)
     if "d" in parts:
         await rate_limit_efficiency(args.rpm, args.duration, args.warmup, c, args.burst_s,
                                     args.learn_limit)

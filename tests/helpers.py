@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
+import re
 import signal
 import textwrap
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -167,14 +171,16 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def question_bank() -> dict[str, tuple[str, str]]:
-    """Question text → (subject, right option) from the formatting task's bank."""
+    """Question text → (subject, right option) from the formatting task's banks: the JSON format
+    task's and the embedded study's (generators/format_study.yaml)."""
     import json
 
     bank = {}
-    for line in (ROOT / "samples" / "json_format" / "question_sets.jsonl").read_text(encoding="utf-8").splitlines():
-        row = json.loads(line)
-        for q in row["questions"]:
-            bank[q["question"]] = (row["subject"], q["answer"])
+    for task in ("json_format", "format_study"):
+        for line in (ROOT / "samples" / task / "question_sets.jsonl").read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            for q in row["questions"]:
+                bank[q["question"]] = (row["subject"], q["answer"])
     return bank
 
 
@@ -241,11 +247,28 @@ def readme_responder():
     import json
     import re
 
-    grid, formatting = list_then_reply_responder(), json_format_responder()
+    from fakeserver import Raw
 
-    def respond(body: dict) -> str:
+    grid, formatting = list_then_reply_responder(), json_format_responder()
+    # the quick spec's customer: n lines in the customer's voice, on the cell's situation
+    situations = {"want a return or a refund": "I want my money back for item {k}, it broke.",
+                  "arrive near closing time": "Are you closing already? I need {k} more minutes.",
+                  "want to speak to the manager": "I want to speak to the manager about order {k}."}
+
+    def respond(body: dict) -> str | Raw:
         if "evaluator" in (body["messages"][0].get("content") or ""):
             return json.dumps({"reasoning": "Rude and short, as asked.", "score": 4})
+        if (body["messages"][0].get("content") or "").startswith("You are an angry customer."):
+            # a dialogue's customer turn (rude_agent_dialogues): first person, one per dialogue and turn
+            digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+            return Raw.completion([Raw.choice(f"I want my problem {digest[:6]}-{i} fixed right now, not later.",
+                                              index=i) for i in range(int(body.get("n") or 1))])
+        if (body["messages"][0].get("content") or "").startswith("You are a customer."):
+            asked = body["messages"][-1]["content"]
+            line = next(text for situation, text in situations.items() if situation in asked)
+            digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+            return Raw.completion([Raw.choice(line.format(k=f"{digest[:6]}-{i}"), index=i)
+                                   for i in range(int(body.get("n") or 1))])
         answer = formatting(body)
         if answer is not None:
             return answer
@@ -290,3 +313,57 @@ def pure_grid_responder(fail: Callable[[dict], Any] | None = None):
         return f"Ugh. Fine. ({user[:60]}) Ticket {digest.hex()[:10]}. Next!"
 
     return respond
+
+
+# --- the study's tiny task (test_study.py, test_study_hosted.py) ---------------------------------
+
+# Four colours × five questions; the teacher writes each question (a new one for a new seed, so a
+# top-up finds new examples) and answers it in a JSON list; the example keeps neither the system
+# message nor the instruction.
+STUDY_SPEC = """
+name: tiny_study
+teacher: {model: gpt-4o-mini}
+grid:
+  axes:
+    subject: [blue, gold, green, red]
+    n: [1, 2, 3, 4, 5]
+category: subject
+steps:
+  - name: question
+    max_tokens: 8
+    messages:
+      - {role: user, content: "Write question {{ n }} about {{ subject }}."}
+  - name: answer
+    parse: json
+    schema: {type: array, items: {type: object, required: [question, answer]}}
+    temperature: 0
+    max_tokens: 12
+    messages:
+      - {role: system, content: "Reply with JSON only: [{\\"question\\": 1, \\"answer\\": \\"N\\"}]."}
+      - {role: user, content: "{{ question }}"}
+example:
+  messages:
+    - {role: user, content: "{{ question }}"}
+    - {role: assistant, content: "{{ answer }}"}
+eval:
+  answers: {keys: [question, answer], values: ["1", "2", "3", "4", "5"], field: answer}
+split: {test: 4, seed: 1}
+dedupe: {fields: [user], near: false}
+"""
+
+ASKED: Counter[str] = Counter()
+
+
+def study_respond(body: dict) -> str | None:
+    """Questions named by a hash of the request and of how often it was asked before (a top-up asks
+    a cell again with the same prompt: a real teacher sampling at temperature 1 writes another
+    question, and so does this one), answered right."""
+    user = body["messages"][-1]["content"]
+    asked = re.match(r"Write question (\d+) about (\w+)\.", user)
+    if asked:
+        key = json.dumps(body, sort_keys=True)
+        digest = hashlib.sha256(f"{key}{ASKED[key]}".encode()).hexdigest()
+        ASKED[key] += 1
+        return f"Q{int(digest[:6], 16) % 9000 + 1000} {asked.group(2)}?"
+    question = re.match(r"Q(\d+) (\w+)\?", user)
+    return json.dumps([{"question": 1, "answer": str(int(question.group(1)) % 5 + 1)}]) if question else None

@@ -5,6 +5,7 @@ and nested train subsets."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -48,3 +49,37 @@ def write_sweep(path: Path) -> Path:
                                  else "too polite"})
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
+
+
+REPORTED = MINIMAL_SPEC.replace("  - name: answer\n", "  - name: answer\n    max_tokens: 12\n").replace(
+    "split:\n  test: 0.25\n  seed: 1\n", "split: {test: 0}\n") + "filters:\n  - {customer_voice: true}\nmax_rounds: 3\n"
+
+
+def reported_teacher():
+    """A list with a repeat and a staff line per cell; replies polite for the shop, rude for the
+    gym, and cut off (then rude) on the first try for each calm customer."""
+    tries: dict[str, int] = {}
+
+    def respond(body: dict):
+        user = body["messages"][-1]["content"]
+        if user.startswith("Give"):
+            mood, place = re.search(r"a (\w+) customer says at the (\w+)", user).groups()
+            line = f"My {place} order is wrong, {mood} as I am."
+            return json.dumps([line, line, "How can I help you today?", f"Where is the {place} manager? I am {mood}."])
+        tries[user] = tries.get(user, 0) + 1
+        if "calm" in user and tries[user] == 1:
+            return "one two three four five six seven eight nine ten eleven twelve thirteen fourteen"
+        return "You're welcome, no worries at all!" if "shop" in user else "No. Go away."
+
+    return respond
+
+
+def build_flagged_dataset(tmp_path: Path) -> Path:
+    """Run :data:`REPORTED` into ``tmp_path/out`` (the spec gates on none of what the quality
+    panel flags): half the replies polite, the calm customers' first answers cut off."""
+    spec = write_spec(tmp_path, REPORTED)
+    with FakeServer(responder=reported_teacher()).running() as srv:
+        result = CliRunner().invoke(cli, ["run", str(spec), "--out", str(tmp_path / "out"), "--base-url",
+                                          srv.base_url, "-q"])
+    assert result.exit_code == 0, result.output
+    return tmp_path / "out"

@@ -6,6 +6,7 @@ import asyncio
 import inspect
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -14,10 +15,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from click.testing import CliRunner
 from fakeserver import FakeServer
 from helpers import MINIMAL_SPEC, ctrl_c_raises, list_then_reply_responder, write_spec
 
 import promptbake
+from promptbake.cli.main import cli
 from promptbake.errors import InputError, SpecError
 from promptbake.workflows.sync import run_sync
 
@@ -122,10 +125,31 @@ def test_teacher_lays_its_fields_over_the_specs(tmp_path):
     assert (local.kind, local.model) == ("local", None)  # a remote model name means nothing locally
 
 
-def test_teacher_fields_are_checked_as_input(tmp_path):
+def test_teacher_fields_are_checked_as_input_and_named_as_python_spells_them(tmp_path):
     spec = write_spec(tmp_path)
-    with pytest.raises(InputError, match=r"--rpm 0: Input should be greater than 0"):
+    with pytest.raises(InputError, match=r"^rpm=0: Input should be greater than 0") as raised:
         promptbake.generate(spec, "s.db", teacher=promptbake.Teacher(base_url="http://127.0.0.1:9/v1", rpm=0))
+    assert "--" not in str(raised.value)  # a notebook user typed no flag
+    with pytest.raises(InputError) as raised:
+        promptbake.run(spec, max_cost=float("nan"), teacher=promptbake.Teacher(base_url="http://127.0.0.1:9/v1"))
+    assert str(raised.value).startswith("max_cost=nan: must be a finite amount")
+    # the command line keeps its flags
+    result = CliRunner().invoke(cli, ["generate", str(spec), "--store", "s.db", "--rpm", "0",
+                                      "--base-url", "http://127.0.0.1:9/v1"])
+    assert result.exit_code == 2 and "Error: --rpm 0.0: Input should be greater than 0" in result.output
+
+
+def test_a_401_without_the_key_variable_names_the_variable(tmp_path, monkeypatch):
+    spec = write_spec(tmp_path)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with FakeServer(fault_rates={"401": 1.0}).running() as srv:
+        result = CliRunner().invoke(cli, ["run", str(spec), "--out", "out", "--base-url", srv.base_url, "-q"])
+        assert result.exit_code == 1, result.output
+        assert "OPENAI_API_KEY is not set" in result.output
+        monkeypatch.setenv("MY_KEY", "sk-wrong-0123456789")
+        result = CliRunner().invoke(cli, ["run", str(spec), "--out", "out2", "--base-url", srv.base_url, "-q",
+                                          "--api-key-env", "MY_KEY"])
+    assert result.exit_code == 1 and "check the key in MY_KEY" in result.output
 
 
 def test_interrupt_in_a_running_loop_cancels_the_work_and_waits_for_it(tmp_path):
@@ -166,8 +190,8 @@ def test_import_is_fast_and_lazy():
         "t = time.perf_counter()\n"
         "import promptbake\n"
         "took = time.perf_counter() - t\n"
-        "heavy = [m for m in ('pydantic', 'aiohttp', 'yaml', 'jinja2', 'tiktoken', 'click', 'datasketch', 'datasets')"
-        " if m in sys.modules]\n"
+        "heavy = [m for m in ('pydantic', 'aiohttp', 'yaml', 'jinja2', 'tiktoken', 'click', 'datasketch', 'datasets',"
+        " 'torch', 'transformers', 'trl', 'peft', 'gguf') if m in sys.modules]\n"
         "print(json.dumps([took, heavy]))\n"
     )
     env = {**os.environ, "PYTHONPATH": str(SRC)}
@@ -207,19 +231,28 @@ def test_readme_python_example_runs(tmp_path, capsys):
         shutil.copytree(root / folder, tmp_path / folder)
     section = (root / "README.md").read_text(encoding="utf-8").split("## Python API", 1)[1].split("\n## ", 1)[0]
     sync_block, async_block = re.findall(r"```python\n(.*?)```", section, re.S)
+    cli_run = next(line for line in re.findall(r"^promptbake run generators/rude_agent.yaml .*$", (
+        root / "README.md").read_text(encoding="utf-8"), re.M))
     with FakeServer(responder=list_then_reply_responder()).running() as srv:
+        # followed in order, the README's command-line example has already bought every answer:
+        # the Python example reads the same store and pays for nothing (it paid 1,100 again before)
+        args = [*shlex.split(cli_run)[1:], "--base-url", srv.base_url, "-q"]
+        args = [a for a in args if a not in ("--max-cost", "2")]
+        assert CliRunner().invoke(cli, args).exit_code == 0
+        before = srv.count
         namespace: dict[str, object] = {}
         exec(sync_block.replace("http://127.0.0.1:8765/v1", srv.base_url), namespace)
+        assert srv.count == before
         sent = srv.count
         code = compile(async_block, "README.md", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
         asyncio.run(eval(code, namespace))
         assert srv.count == sent  # the awaited run was answered by the store
     printed = capsys.readouterr().out.splitlines()
-    assert printed[0] == "Dataset(train=900, test=100, directory='out/rude_agent')"
+    assert printed[0] == "Dataset(train=900, test=100, directory='out/rude')"
     ds = namespace["ds"]
     assert isinstance(ds, promptbake.Dataset) and ds.train[0] == namespace["example"]
     assert sorted(namespace["hf"]) == ["test", "train"]
-    assert (tmp_path / "exp" / "sharegpt" / "train.jsonl").exists()
+    assert (tmp_path / "out" / "exp" / "sharegpt" / "train.jsonl").exists()
 
 
 def test_topup_returns_the_new_train_version(tmp_path):

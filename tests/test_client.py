@@ -38,6 +38,21 @@ def chat(server: FakeServer, body: dict[str, Any] = BODY, *, timeout: float = 5.
     return asyncio.run(go())
 
 
+def test_a_one_choice_server_gets_n_requests_with_the_next_seeds():
+    """The local teacher answers one choice per request: n choices are n requests, seed after seed,
+    merged into one answer (its own n > 1 gave bytes that changed from one fresh run to the next)."""
+    with FakeServer(responder=lambda body: f"choice at seed {body['seed']}").running() as server:
+        async def go() -> ChatResult:
+            async with ChatClient(Endpoint(server.base_url, "fake-model", one_choice=True)) as client:
+                return await client.chat({**BODY, "n": 3, "seed": 5})
+
+        result = asyncio.run(go())
+    assert [b["n"] for b in server.bodies] == [1, 1, 1] and [b["seed"] for b in server.bodies] == [5, 6, 7]
+    assert result.contents == ["choice at seed 5", "choice at seed 6", "choice at seed 7"]
+    assert result.finish_reasons == ["stop"] * 3 and result.completion_tokens == 4 * 3
+    assert [c["index"] for c in result.response["choices"]] == [0, 1, 2]
+
+
 def failure(fault: Fault, expected: type[Exception], *, timeout: float = 5.0) -> Any:
     """The exception one request raises when the server answers with ``fault``."""
     with FakeServer(script=[fault]).running() as server, pytest.raises(expected) as caught:

@@ -18,6 +18,7 @@ from fakeserver import FakeServer
 from promptbake.cli.main import cli
 from promptbake.errors import InputError
 from promptbake.output.training_cost import finetune_estimate
+from promptbake.plan.expand import Expander
 from promptbake.specification.templates import Templates
 from promptbake.teacher.tokens import count_tokens
 from promptbake.workflows.distill import (
@@ -160,7 +161,7 @@ def test_check_flags_map_to_checks(tmp_path):
     assert checks.failures('{"a": 1}') == []
     assert checks.failures('{"b": 1}') == ["schema: 'a' is a required property"]
     assert any(f.startswith("max_length") for f in checks.failures('{"a": "' + "x" * 60 + '"}'))
-    with pytest.raises(InputError, match="--check-regex: invalid regex"):
+    with pytest.raises(InputError, match="check_regex: invalid regex"):
         answer_checks(regex="(")
     schema.write_text("{not json")
     with pytest.raises(InputError, match=r"s\.json: the JSON schema is not valid JSON"):
@@ -278,15 +279,38 @@ def test_generated_inputs_fan_out_and_skip_the_prompts_examples(tmp_path):
                                    "--axis", "tone=calm,angry"))
         assert result.exit_code == 0, result.output
         lists = [b for b in srv.bodies if b["messages"][0]["role"] == "user"]
-        assert len(lists) == 2 and srv.count == 2 + 6  # one list per tone, then one answer per input
+        # one list per tone, then one answer per input; the first input copies a prompt example, so
+        # a top-up round asks its tone for another list and answers one more input
+        assert len(lists) == 3 and srv.count == 3 + 7
         assert "support tickets to a cloud host" in lists[0]["messages"][0]["content"]
     data = rows(tmp_path / "out/train.jsonl") + rows(tmp_path / "out/test.jsonl")
     meta = rows(tmp_path / "out/metadata.jsonl")
-    assert len(data) == 5  # the first generated input copies a prompt example: dropped
+    assert len(data) == 6  # what was asked for: the copy was dropped and replaced
     assert {m["category"] for m in meta} == {"calm", "angry"}
     assert all(row["messages"][0]["content"].startswith("Ticket ") for row in data)
     d = json.loads((tmp_path / "out/manifest.json").read_text())["distill"]
     assert d["leaked_inputs_dropped"] == 1
+
+
+def test_distill_short_of_its_count_exits_3(tmp_path):
+    """The first input copies a prompt example, and every later list holds nothing else: the
+    copy is dropped, the top-up round adds nothing, and distill says it is short with exit 3 (it
+    exited 0 with 5 examples of the 6 asked for)."""
+    copy_samples(tmp_path)
+    teacher = triage_teacher()
+    lists = itertools.count()
+
+    def stubborn(body: dict) -> str:
+        answer = teacher(body)
+        if body["messages"][0]["role"] != "system" and next(lists):
+            answer = json.dumps([EXAMPLE_INPUT] * len(json.loads(answer)))
+        return answer
+
+    with FakeServer(responder=stubborn).running() as srv:
+        result = invoke(*base_args(srv, "--generate-inputs", "6", "--describe", "support tickets"))
+    assert result.exit_code == 3, result.output
+    assert "1 cells are short of their count by 1 examples" in result.output
+    assert len(rows(tmp_path / "out/train.jsonl") + rows(tmp_path / "out/test.jsonl")) == 5
 
 
 def test_prices_unknown_for_the_model_say_so(tmp_path):
@@ -371,7 +395,7 @@ def test_inputs_and_generate_inputs_are_exclusive(tmp_path):
     copy_samples(tmp_path)
     with pytest.raises(InputError, match="not both"):
         distill_spec("samples/triage_prompt.md", "samples/triage_inputs.jsonl", generate_inputs=3)
-    with pytest.raises(InputError, match="needs --describe"):
+    with pytest.raises(InputError, match="needs describe="):
         distill_spec("samples/triage_prompt.md", generate_inputs=3)
     result = invoke("distill", "--prompt", "samples/triage_prompt.md", "--generate-inputs", "3", "--describe", "x",
                     "--axis", "tone", "--out", "out")
@@ -382,9 +406,19 @@ def test_many_generated_inputs_are_asked_for_in_batches(tmp_path):
     copy_samples(tmp_path)
     spec = distill_spec("samples/triage_prompt.md", generate_inputs=50, describe="tickets",
                         axes={"tone": ["calm", "angry"]})
-    # 50 inputs over 2 tones: 2 batches of 13 per tone, so no request asks for more than 20
+    # 50 inputs over 2 tones: 2 batches per tone, of 13 and 12, so no request asks for more than 20
     assert spec.grid.axes == {"description": ["tickets"], "tone": ["calm", "angry"], "batch": [1, 2]}
     assert spec.grid.count == 13 and spec.max_rounds == 3
+    assert sorted(c.count for c in Expander(spec).cells()) == [12, 12, 13, 13]
+    # exactly what was asked for: 500 is 500 (it was 520), not rounded up per batch
+    for wanted, tones in ((500, ["calm", "angry"]), (500, ["calm"]), (37, ["a", "b", "c", "d"][:1]), (999, ["x"])):
+        big = distill_spec("samples/triage_prompt.md", generate_inputs=wanted, describe="tickets",
+                           axes={"tone": tones})
+        counts = [c.count for c in Expander(big).cells()]
+        assert sum(counts) == wanted and max(counts) <= 20, (wanted, counts)
+    with pytest.raises(InputError, match=r"generate_inputs=501: the 2 combinations .* multiple of 2 \(such as 502\)"):
+        distill_spec("samples/triage_prompt.md", generate_inputs=501, describe="tickets",
+                     axes={"tone": ["calm", "angry"]})
     content = spec.steps[0].messages[0].content
     assert "{{ batch }}" in content and "- tone: {{ tone }}" in content
     small = distill_spec("samples/triage_prompt.md", generate_inputs=6, describe="tickets")

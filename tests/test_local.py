@@ -152,7 +152,7 @@ def test_llama_server_command():
     assert (options["--model"], options["--alias"]) == ("/m/model.gguf", "smollm2")
     assert (options["--host"], options["--port"]) == ("127.0.0.1", "8123")
     # one request at a time: a batched answer would depend on its neighbours (llama.cpp rounds a batch
-    # differently from a single token)
+    # differently from a single token), and so would n choices decoded side by side
     assert (options["--parallel"], options["--ctx-size"]) == ("1", "1024")
     assert (options["--threads"], options["--threads-batch"]) == ("3", "3")
     assert options["--flash-attn"] == "off"
@@ -182,7 +182,7 @@ def test_yields_a_ready_server_and_stops_it(standin, tmp_path):
         assert server.concurrency == local.RECOMMENDED_CONCURRENCY == 1
         assert server.pid == _pid(state)
         assert _models(server.base_url)["data"][0]["id"] == "smollm2"  # answering already
-        assert server.endpoint == Endpoint(base_url=server.base_url, model="smollm2")
+        assert server.endpoint == Endpoint(base_url=server.base_url, model="smollm2", one_choice=True)
     assert _gone(server.pid)
     with pytest.raises(urllib.error.URLError):
         _models(server.base_url)

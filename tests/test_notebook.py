@@ -22,13 +22,14 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_quickstart_notebook(tmp_path, monkeypatch):
     for folder in ("generators", "templates"):
         shutil.copytree(ROOT / folder, tmp_path / folder)
+    (tmp_path / "examples").mkdir()  # opened where it lives: the kernel starts in examples/
     notebook = nbformat.read(ROOT / "examples" / "quickstart.ipynb", as_version=4)
     # the kernel is a child process: it must import this checkout's promptbake
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")])))
     with FakeServer(responder=list_then_reply_responder()).running() as srv:
         monkeypatch.setenv("TEACHER_URL", srv.base_url)
         NotebookClient(notebook, timeout=600, kernel_name="python3",
-                       resources={"metadata": {"path": str(tmp_path)}}).execute()
+                       resources={"metadata": {"path": str(tmp_path / "examples")}}).execute()
         sent = srv.count
     code = [cell for cell in notebook.cells if cell.cell_type == "code"]
     for cell in code:
@@ -51,4 +52,8 @@ def test_quickstart_notebook(tmp_path, monkeypatch):
     assert len((out / "train.jsonl").read_text().splitlines()) == 900
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["usage"]["requests"] + 12 == sent  # tiny sent 12; the awaited re-run sent nothing
-    assert (tmp_path / "exports" / "messages" / "train.jsonl").exists()
+    assert (tmp_path / "out" / "exports" / "messages" / "train.jsonl").exists()  # under out/, nothing loose
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["examples", "generators", "out", "templates"]
+    assert not any((tmp_path / "examples").iterdir())
+    first = notebook.cells[0].source
+    assert "TEACHER_URL" in first and "OPENAI_API_KEY" in first

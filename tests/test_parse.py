@@ -73,3 +73,10 @@ def test_cut_off_answer_rejected_and_choices_concatenate():
     assert parse_choices(["a", "b"], ["stop", "stop"], "text") == ["a", "b"]
     with pytest.raises(ResponseRejected, match="empty"):
         parse_choices(["  "], ["stop"], "text")
+
+
+def test_a_cut_off_choice_of_several_is_left_out_and_all_cut_off_is_rejected():
+    # n choices are alternatives: one that ran into max_tokens does not make the others be paid again
+    assert parse_choices(["a", "long and cut", "b"], ["stop", "length", "stop"], "text") == ["a", "b"]
+    with pytest.raises(ResponseRejected, match="finish_reason: length"):
+        parse_choices(["cut", "cut too"], ["length", "length"], "text")

@@ -1,24 +1,30 @@
 """The committed quick sample (the README's main job on the embedded teacher) is data worth training
-on: rude, not polite; no echo of the customer; every utterance something a customer says."""
+on: rude, not polite by any phrase a reader calls polite; no echo of the customer; every customer
+line something a customer says, never the staff's words; and the README states the share a person
+reading it found usable, from the verdicts committed beside it."""
 
 from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from pathlib import Path
 
 from promptbake.curate.filters import ECHO_THRESHOLD, echo_score
+from promptbake.curate.phrases import POLITE, STAFF_VOICE
 from promptbake.specification.models import load_spec
 
 ROOT = Path(__file__).parent.parent
 SAMPLE = ROOT / "samples" / "quick"
-POLITE = re.compile(r"(?i)\b(sorry|apolog\w*|inconvenience|happy to|glad to|my pleasure|thank you|assist you)\b")
-FIRST_PERSON = re.compile(r"(?i)\b(I|I'm|I've|I'd|my|me)\b")
+FIRST_PERSON = re.compile(r"(?i)\b(I|I'm|I've|I'd|I'll|my|me)\b")
+
+
+def rows() -> list[dict]:
+    return [json.loads(line) for name in ("train", "test") for line in (SAMPLE / f"{name}.jsonl").open()]
 
 
 def examples() -> list[tuple[str, str]]:
-    rows = [json.loads(line) for name in ("train", "test") for line in (SAMPLE / f"{name}.jsonl").open()]
-    return [(r["messages"][0]["content"], r["messages"][-1]["content"]) for r in rows]
+    return [(r["messages"][0]["content"], r["messages"][-1]["content"]) for r in rows()]
 
 
 def test_the_sample_has_the_specs_count():
@@ -30,10 +36,33 @@ def test_no_reply_echoes_the_customer():
     assert all(echo_score(user, reply) < ECHO_THRESHOLD for user, reply in examples())
 
 
-def test_at_most_a_tenth_of_replies_are_polite_boilerplate():
+def test_no_reply_carries_a_phrase_a_reader_calls_polite():
+    # the wide list: sorry, you're welcome, no worries, how can I help, thank(s), please, of course, ...
+    assert POLITE.search("No worries at all. You're welcome. How can I help you?")
     polite = [reply for _, reply in examples() if POLITE.search(reply)]
-    assert len(polite) <= len(examples()) // 10, polite
+    assert polite == []
 
 
-def test_every_utterance_is_a_customer_speaking_in_the_first_person():
+def test_every_customer_line_is_a_customer_not_the_staff():
     assert all(FIRST_PERSON.search(user) for user, _ in examples())
+    staff = [user for user, _ in examples() if STAFF_VOICE.search(user) or re.search(r"(?i)\bsorry\b", user)]
+    assert staff == []
+
+
+def test_the_readme_states_the_share_a_reader_found_usable():
+    """samples/quick/readers_verdicts.jsonl holds a person's verdict on every example of the sample
+    (by example id: a regenerated sample without a new reading fails here), and the README's table
+    states its counts."""
+    meta = [json.loads(line) for line in (SAMPLE / "metadata.jsonl").open()]
+    verdicts = [json.loads(line) for line in (SAMPLE / "readers_verdicts.jsonl").open()]
+    assert [v["id"] for v in verdicts] == [m["id"] for m in meta]
+    by_id = {m["id"]: r for m, r in zip(meta, rows(), strict=True)}
+    for v in verdicts:  # the verdict is on the example as committed
+        assert v["customer"] == by_id[v["id"]]["messages"][0]["content"]
+        assert v["agent"] == by_id[v["id"]]["messages"][-1]["content"]
+        assert v["verdict"] in ("usable", "weak", "unusable") and v["why"]
+    counts = Counter(v["verdict"] for v in verdicts)
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    stated = re.search(r"\*\*(\d+) of (\d+) usable\*\*, (\d+) weak, (\d+) unusable", readme)
+    assert stated, "the README states the reader's counts"
+    assert tuple(map(int, stated.groups())) == (counts["usable"], len(verdicts), counts["weak"], counts["unusable"])

@@ -60,7 +60,7 @@ def test_prompts_come_from_a_dataset_when_an_old_eval_file_has_none(tmp_path):
 def test_sources_that_cannot_be_rated_are_refused_in_one_line(tmp_path):
     data = write_dataset(tmp_path / "data", 3)
     (tmp_path / "student").mkdir()
-    with pytest.raises(InputError, match=r"not a built dataset .*needs `promptbake train`"):
+    with pytest.raises(InputError, match=r"neither a built dataset .*nor a student `promptbake train` wrote"):
         load_source(str(tmp_path / "student"))
     sweep = tmp_path / "sweep.jsonl"
     sweep.write_text(write_eval(tmp_path / "a.jsonl", 2).read_text() * 2)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -225,32 +226,44 @@ def test_with_host_the_url_carries_a_token_the_page_sends_back(tmp_path):
     assert results(tmp_path / "r.db")["ratings"] == 0  # rated, then undone
 
 
-def echoes(answer: str, customer: str) -> bool:
-    return customer[:30] in answer
+KEYS = {"left": "1", "right": "2", "tie": "3", "both_bad": "4", "skip": "s"}
 
 
-def test_the_readme_sample(tmp_path):
-    """The README's picture of the page and its results table: the committed quick sample's test
-    answers (the teacher's) against the loopback stand-in's, rated by a scripted rater whose rule is
-    the quick spec's echo filter: an answer that repeats the customer's words loses, tie when both or
-    neither do. PROMPTBAKE_UPDATE_SAMPLES=1 rewrites samples/rate/page.png."""
-    sample = ROOT / "samples" / "rate"
-    store = tmp_path / "ratings.db"
+def test_the_readme_ratings_replay_on_the_page(tmp_path):
+    """The README's picture of the page and its ratings: the committed store
+    (samples/quick_ratings/ratings.db, the quick sample's teacher against the trained student) is
+    what the page records when its rater presses the same keys. Started from the committed sources
+    with the store's seed, the page shows the same items in the same order on the same sides, and the
+    replayed store gives the same results. PROMPTBAKE_UPDATE_SAMPLES=1 rewrites
+    samples/quick_ratings/page.png (the page as the rater first saw it)."""
+    rated = ROOT / "samples" / "quick_ratings"
+    shutil.copy(rated / "ratings.db", tmp_path / "copy.db")  # opening a store may write beside it
+    with RatingStore(tmp_path / "copy.db") as committed:
+        seed = committed.settings()["seed"]
+        given = [(committed.shown(r.shown), r) for r in committed.ratings()]
+        answers = {(s.item, name): committed.answer(s.item, name) for s, _ in given for name in (s.left, s.right)}
+        prompts = {s.item: committed.prompt(s.item) for s, _ in given}
+    rater_name = given[0][1].rater
+    store = tmp_path / "replay.db"
     with chromium() as browser, rate_server(f"teacher={ROOT / 'samples' / 'quick'}",
-                                            f"stand-in={sample / 'standin_eval.jsonl'}", "--out", str(store),
-                                            "--seed", "1", "--repeat-share", "0") as url:
-        rater = Rater(browser, url, "scripted")
+                                            f"student={rated / 'student.jsonl'}", "--out", str(store),
+                                            "--seed", str(seed), "--repeat-share", "1") as url:
+        rater = Rater(browser, url, rater_name)
         rater.page.set_viewport_size({"width": 1100, "height": 500})
-        shot = sample / "page.png" if os.environ.get("PROMPTBAKE_UPDATE_SAMPLES") else tmp_path / "page.png"
+        shot = rated / "page.png" if os.environ.get("PROMPTBAKE_UPDATE_SAMPLES") else tmp_path / "page.png"
         rater.page.screenshot(path=str(shot))
-        for position in range(1, 6):
-            shown = rater.shown()
-            customer = rater.page.eval_on_selector("#prompt .message:last-child", "e => e.lastChild.textContent")
-            left, right = (echoes(shown[side], customer) for side in ("left", "right"))
-            rater.press("3" if left == right else "2" if left else "1", position + 1)
+        for position, (shown, rating) in enumerate(given, start=1):
+            assert shown is not None
+            now = rater.shown()
+            assert (now["left"], now["right"]) == (answers[shown.item, shown.left], answers[shown.item, shown.right])
+            assert prompts[shown.item][-1]["content"] in now["prompt"]
+            rater.page.fill("#comment", rating.comment)
+            rater.page.evaluate("document.activeElement.blur()")
+            rater.press(KEYS[rating.verdict], position + 1)
         assert rater.problems == [] and rater.page.is_visible("#done")
     assert shot.stat().st_size > 20_000
-    out = CliRunner().invoke(cli, ["rate", "--results", str(store)])
-    assert out.exit_code == 0, out.output
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    assert f"```\n{out.output}```" in readme, out.output
+    replayed, original = results(store), results(tmp_path / "copy.db")
+    assert {**replayed, "store": ""} == {**original, "store": ""}
+    with RatingStore(store) as again:
+        assert [(r.item, r.left, r.verdict, r.comment) for r in again.ratings()] == \
+            [(r.item, r.left, r.verdict, r.comment) for _, r in given]

@@ -44,11 +44,13 @@ def test_quick_start_is_two_commands_and_ci_runs_the_test_one():
 def test_readme_command_uses_real_commands_and_flags(line):
     words = shlex.split(line)[1:]
     command: click.Command = cli
-    while isinstance(command, click.Group) and words and words[0] in command.commands:
-        command = command.commands[words.pop(0)]
-    default = getattr(command, "default_command", None)  # `promptbake train DIR` is `train start DIR`
-    if isinstance(command, click.Group) and default:
-        command = command.commands[default]
+    while isinstance(command, click.Group) and words:
+        if words[0] in command.commands:
+            command = command.commands[words.pop(0)]
+        elif getattr(command, "default_command", None):  # `promptbake train DIR` is `promptbake train start DIR`
+            command = command.commands[command.default_command]
+        else:
+            break
     assert not isinstance(command, click.Group), f"{line}: no such command"
     known = {opt for param in command.params for opt in param.opts + param.secondary_opts}
     for word in words:

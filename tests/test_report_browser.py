@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 from fakeserver import FakeServer
 from helpers import list_then_reply_responder
-from reportdata import build_dataset, write_sweep
+from reportdata import build_dataset, build_flagged_dataset, write_sweep
 
 from promptbake.cli.main import cli
 from promptbake.output.report import write_eval_report
@@ -141,6 +141,30 @@ def test_the_rude_agent_run_in_chromium(tmp_path):
         view.page.fill("#search", "exact duplicate of")
         assert len(view.visible_rows()) == duplicates
         view.page.screenshot(path=str(tmp_path / "rude.png"))
+        assert view.problems == []
+
+
+def test_the_quality_panel_links_to_the_rows_it_counts(tmp_path):
+    """The panel counts the shop's polite replies though the spec never gated on politeness; a
+    click on a count shows exactly those rows, and every plot label is whole."""
+    out = build_flagged_dataset(tmp_path)
+    with chromium() as browser:
+        view = Page(browser, out / "report.html")
+        view.check_loaded()
+        assert view.page.is_visible("#quality")
+        link = view.page.locator('#quality-table a.flag-link[data-flag="polite"][data-category="angry"]')
+        assert link.inner_text() == "2"
+        link.click()
+        rows = view.visible_rows()
+        assert len(rows) == 2 and view.page.inner_text("#shown") == "2"
+        assert all(r["status"] in ("train", "test") and "angry" in r["text"] and "flagged: polite" in r["text"]
+                   for r in rows)
+        assert view.page.input_value("#flag-filter") == "polite"
+        # the cut-off answers of the calm customers, with the reason the rejected ones were re-asked
+        calm = view.page.locator("#quality-table tr", has_text="calm").inner_text()
+        assert "4 of 10 answers" in calm
+        assert "answer was cut off (finish_reason: length)" in view.page.inner_text("#quality")
+        view.page.screenshot(path=str(tmp_path / "quality.png"), full_page=True)
         assert view.problems == []
 
 

@@ -111,3 +111,20 @@ def test_spec_hash_covers_the_template_axis_and_table_files(tmp_path):
         hashes.append(load_spec(path).spec_hash())
     assert len(set(hashes)) == 4, hashes
     assert load_spec(path).spec_hash() == hashes[-1]  # and it is still a pure function of the files
+
+
+def test_an_unknown_key_is_named_at_its_own_line_with_the_key_meant(tmp_path):
+    """``temprature`` and ``dedup`` get "did you mean"; a misspelt section is reported at its own
+    line, not at the first line of its value."""
+    text = ("name: x\ngrid:\n  axes:\n    a: [1, 2]\nsteps:\n  - name: s\n    temprature: 0.5\n    messages:\n"
+            "      - {role: user, content: hi}\nexample:\n  messages:\n    - {role: user, content: hi}\n")
+    path = tmp_path / "s.yaml"
+    path.write_text(text)
+    with pytest.raises(SpecError, match=r"s\.yaml:7: steps\[0\]\.temprature: unknown key \(did you mean temperature"):
+        load_spec(path)
+    path.write_text(text.replace("temprature", "temperature") + "dedup:\n  fields: [user]\n")
+    with pytest.raises(SpecError, match=r"s\.yaml:13: dedup: unknown key \(did you mean dedupe\?\)"):
+        load_spec(path)
+    path.write_text(text.replace("temprature", "temperature") + "colour: blue\n")
+    with pytest.raises(SpecError, match=r"s\.yaml:13: colour: unknown key$"):
+        load_spec(path)

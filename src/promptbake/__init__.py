@@ -43,12 +43,16 @@ if TYPE_CHECKING:
         report,
         run,
         run_async,
+        study,
+        study_async,
+        study_plan,
         topup,
         topup_async,
         train_cancel,
         train_cancel_async,
         train_hosted,
         train_hosted_async,
+        train_local,
         train_status,
         train_status_async,
         validate,
@@ -59,6 +63,7 @@ if TYPE_CHECKING:
     from promptbake.specification.models import Spec
     from promptbake.teacher.batch import BatchOptions
     from promptbake.teacher.config import Teacher
+    from promptbake.train.record import TrainResult
 
 __all__ = [
     "BatchOptions",
@@ -68,6 +73,7 @@ __all__ = [
     "PromptbakeError",
     "Spec",
     "Teacher",
+    "TrainResult",
     "__version__",
     "batch_status",
     "batch_status_async",
@@ -95,12 +101,16 @@ __all__ = [
     "report",
     "run",
     "run_async",
+    "study",
+    "study_async",
+    "study_plan",
     "topup",
     "topup_async",
     "train_cancel",
     "train_cancel_async",
     "train_hosted",
     "train_hosted_async",
+    "train_local",
     "train_status",
     "train_status_async",
     "validate",
@@ -114,6 +124,7 @@ _HOMES = {
     "PromptbakeError": "promptbake.errors",
     "Spec": "promptbake.specification.models",
     "Teacher": "promptbake.teacher.config",
+    "TrainResult": "promptbake.train.record",
 }
 
 

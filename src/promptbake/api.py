@@ -29,10 +29,13 @@ if TYPE_CHECKING:
     from promptbake.teacher.config import Teacher
     from promptbake.teacher.generate import GenerateOptions
     from promptbake.teacher.local import LocalTeacher
-    from promptbake.train.hosted import TrainResult
+    from promptbake.train.gguf import GgufType
+    from promptbake.train.hosted import HostedTrainResult
+    from promptbake.train.record import TrainResult
     from promptbake.workflows.evaluate import EvalReport
     from promptbake.workflows.offline import ExportReport, ImportReport
     from promptbake.workflows.pipeline import RunReport
+    from promptbake.workflows.study import StudyOptions, StudyPlan, StudyReport
 
 PathLike: TypeAlias = "str | Path"
 SpecSource: TypeAlias = "Spec | Mapping[str, Any] | str | Path"  # a file, a dict or a Spec
@@ -296,13 +299,15 @@ evaluate = synchronous(evaluate_async)
 
 async def topup_async(
     spec: SpecSource,
-    eval_file: PathLike,
-    dataset: PathLike,
+    eval_file: PathLike | None = None,
+    dataset: PathLike | None = None,
     *,
+    study: PathLike | None = None,
     per_category: int = 10,
     threshold: float | None = None,
     bottom: int | None = None,
-    metric: Literal["auto", "pass", "score"] = "auto",
+    rising: float | None = None,
+    metric: str = "auto",
     teacher: Teacher | None = None,
     store: PathLike | None = None,
     max_cost: float | None = None,
@@ -312,13 +317,40 @@ async def topup_async(
     """Generate ``per_category`` more examples for the categories an ``eval_file`` (ours, or any
     JSONL with ``category`` and ``pass`` or ``score``) shows weak: below ``threshold`` (default
     0.8) or the worst ``bottom``. They go into the next train version of ``dataset``
-    (``train.v2.jsonl``...), deduplicated against train and test; ``test.jsonl`` never changes."""
+    (``train.v2.jsonl``...), deduplicated against train and test; ``test.jsonl`` never changes.
+
+    With ``study`` (a ``study.jsonl``) instead of an eval file, the weak categories are those whose
+    learning curve ends lowest (below ``threshold``, or the ``bottom`` lowest) or still rose by
+    ``rising`` (default 0.05) between its last two sizes, by ``metric`` (any metric the study
+    measured; ``auto``: the pass rate); ``dataset`` defaults to the study's. Running the study
+    again then adds the new training version's size."""
     from promptbake.output.dataset import Dataset
     from promptbake.workflows.topup import topup_async as run_topup
 
+    options = _options(max_cost, no_cache, progress)
+    if (eval_file is None) == (study is None):
+        from promptbake.errors import InputError
+
+        raise InputError("give an eval file (--eval) or a study (--study), one of them")
+    if study is not None:
+        from promptbake.workflows.study import topup_from_study_async
+
+        report = await topup_from_study_async(load_spec(spec), study, dataset,
+                                              metric=None if metric == "auto" else metric, threshold=threshold,
+                                              rising=rising, bottom=bottom, per_category=per_category,
+                                              store_path=store, teacher=teacher, options=options)
+        return Dataset.load(report.train_path.parent, report=report, store=Path(store) if store is not None else None)
+    if dataset is None or eval_file is None:
+        from promptbake.errors import InputError
+
+        raise InputError("--dataset: the built dataset to top up is needed with --eval")
+    if rising is not None:
+        from promptbake.errors import InputError
+
+        raise InputError("--rising reads a learning curve: it needs --study, not --eval")
     report = await run_topup(load_spec(spec), eval_file, dataset, per_category=per_category, threshold=threshold,
-                             bottom=bottom, metric=metric, store_path=store, teacher=teacher,
-                             options=_options(max_cost, no_cache, progress))
+                             bottom=bottom, metric=metric, store_path=store, teacher=teacher,  # type: ignore[arg-type]
+                             options=options)
     return Dataset.load(dataset, report=report, store=Path(store) if store is not None else None)
 
 
@@ -347,19 +379,26 @@ def export(directory: PathLike, formats: str | Iterable[str], out: PathLike, *, 
     return ExportResult(files, train_file(Path(directory), train_version))
 
 
-def report(source: PathLike, out: PathLike | None = None, *, kind: Literal["dataset", "eval"] | None = None,
+def report(source: PathLike, out: PathLike | None = None, *, kind: Literal["dataset", "eval", "study"] | None = None,
            store: PathLike | None = None, spec: SpecSource | None = None, sample: int | None = None,
            ratings: PathLike | None = None) -> Path:
     """Write one self-contained HTML page about a built dataset directory (counts, plots, kept and
-    dropped examples; default ``DIR/report.html``) or an eval results file (pass rates, sweeps;
-    default: the file with an ``.html`` suffix); returns its path. ``kind`` says which ``source``
-    is when its type is not enough (default: a file is eval results). ``store`` (default
+    dropped examples; default ``DIR/report.html``), an eval results file (pass rates, sweeps;
+    default: the file with an ``.html`` suffix) or a study's ``study.jsonl`` (learning curves);
+    returns its path. ``kind`` says which ``source`` is when its type is not enough (default: a
+    study file is recognised by its lines, another file is eval results). ``store`` (default
     ``DIR/promptbake.db`` when it exists) adds timings, failures and dropped texts; ``spec`` the
     requested counts when there is no store. ``sample`` caps the examples of each kind listed
-    (default 1,000). ``ratings`` (a ``rate`` store) adds the people's ratings as a section."""
+    (default 1,000). ``ratings`` (a ``rate`` store) adds the people's ratings as a section to a
+    dataset's or an eval's page."""
+    from promptbake.output.curves import is_study_file
     from promptbake.output.report import SAMPLE, write_eval_report, write_report
 
     sample = SAMPLE if sample is None else sample
+    if kind == "study" or (kind is None and Path(source).is_file() and is_study_file(source)):
+        from promptbake.output.study_report import write_study_report
+
+        return write_study_report(source, out, sample=sample)
     sections = [rate_results(ratings).section()] if ratings is not None else []
     if kind == "eval" or (kind is None and Path(source).is_file()):
         return write_eval_report(source, out, sample=sample, sections=sections)
@@ -376,12 +415,15 @@ async def rate_async(sources: Sequence[PathLike], out: PathLike, *, port: int = 
     where they were (``sources`` may then be empty). Each unit (an example and a pair of sources) is
     given to ``raters_per_item`` raters (default 1), and a ``repeat_share`` of a rater's units
     (default 0.1) comes back to them, sides swapped. It listens on 127.0.0.1, or on ``host``, which
-    then needs a random token in the URL; ``on_ready`` receives the URL to open."""
+    then needs a random token in the URL; ``on_ready`` receives the URL to open. A source that is
+    a model folder ``train_local`` wrote is answered first on the test split of the built dataset
+    among the sources, through ``evaluate`` (its answers land beside ``out``)."""
     from promptbake.rate.assign import open_study
     from promptbake.rate.server import serve
+    from promptbake.rate.students import answer_students
 
-    store = open_study(out, [str(s) for s in sources], raters_per_item=raters_per_item, repeat_share=repeat_share,
-                       seed=seed)
+    given = await answer_students([str(s) for s in sources], out)
+    store = open_study(out, given, raters_per_item=raters_per_item, repeat_share=repeat_share, seed=seed)
     with store:
         await serve(store, host=host, port=port, on_ready=on_ready)
 
@@ -450,14 +492,16 @@ def import_batch(store: PathLike, files: PathLike | Iterable[PathLike]) -> Impor
     return import_batch_output(store, [files] if isinstance(files, str | os.PathLike) else files)
 
 
-def local_teacher(host: str = "127.0.0.1", port: int | None = None) -> LocalTeacher:
+def local_teacher(host: str = "127.0.0.1", port: int | None = None, *,
+                  model: PathLike | None = None) -> LocalTeacher:
     """The embedded teacher (SmolLM2-135M on llama.cpp, needs ``promptbake[local]``) for other
     tools: ``with local_teacher() as server:`` serves an OpenAI-compatible API at
-    ``server.base_url`` until the block ends. ``run(..., teacher=Teacher(kind="local"))`` starts
-    and stops one by itself."""
+    ``server.base_url`` until the block ends. ``model`` serves a student ``train`` wrote (its
+    folder) or any GGUF file instead, under a name carrying the file's hash (``server.model``).
+    ``run(..., teacher=Teacher(kind="local"))`` starts and stops one by itself."""
     from promptbake.teacher.local import LocalTeacher
 
-    return LocalTeacher(host=host, port=port)
+    return LocalTeacher(host=host, port=port, model=model)
 
 
 def build_local_teacher(source: PathLike | None = None, *, force: bool = False,
@@ -490,7 +534,7 @@ async def train_hosted_async(
     poll: float = 60.0,
     new_job: bool = False,
     echo: Callable[[str], None] | None = None,
-) -> TrainResult:
+) -> HostedTrainResult:
     """Fine-tune ``model`` at ``provider`` on the built dataset ``directory`` (its latest
     ``train.vN``): check the file against the provider's published rules (``ValidationFailed``,
     naming the rule and line, before anything is uploaded), price it (billed tokens x ``epochs``
@@ -535,3 +579,194 @@ async def train_cancel_async(directory: PathLike) -> list[TrainJob]:
 
 
 train_cancel = synchronous(train_cancel_async)
+
+
+def train_local(
+    dataset: PathLike,
+    out: PathLike,
+    *,
+    method: Literal["sft", "dpo"] = "sft",
+    student: PathLike | None = None,
+    lora: bool = False,
+    lora_r: int = 16,
+    max_length: int = 512,
+    epochs: float = 3.0,
+    max_steps: int | None = None,
+    learning_rate: float | None = None,
+    batch_size: int = 4,
+    seed: int = 0,
+    validation: float | int = 0.1,
+    save_steps: int = 10,
+    beta: float = 0.1,
+    gguf: GgufType | None = "q8_0",
+    restart: bool = False,
+    progress: bool = True,
+    echo: Callable[[str], None] | None = None,
+) -> TrainResult:
+    """Fine-tune a student on this machine (needs ``promptbake[train]``) on the built dataset
+    ``dataset`` (its latest training file; never ``test.jsonl``) into the model folder ``out``:
+    safetensors, tokenizer and chat template, ``model.gguf`` for the local engine (``gguf=None``:
+    none) and ``train.json``. ``student`` is a Hugging Face model folder (default: the embedded
+    SmolLM2-135M-Instruct); ``method`` ``sft`` trains on the assistant turns, ``dpo`` on
+    preference pairs; ``lora`` trains a LoRA adapter of rank ``lora_r`` and merges it.
+    ``validation`` (a fraction or a count of the training file, stratified by category) gives the
+    validation loss. The same call resumes from the last checkpoint after a crash or ``kill -9``,
+    and trains nothing when ``out`` already holds this exact run (``restart`` trains anew). The
+    model then answers through ``Teacher(local_model=out)`` and ``local_teacher(model=out)``.
+
+    (Not ``promptbake.train``: that name is the package holding the training code.)"""
+    from promptbake.train.local import TrainOptions, train
+
+    options = TrainOptions(method=method, student=None if student is None else str(student), lora=lora,
+                           lora_r=lora_r, max_length=max_length, epochs=epochs, max_steps=max_steps,
+                           learning_rate=learning_rate, batch_size=batch_size, seed=seed, validation=validation,
+                           save_steps=save_steps, beta=beta, gguf=gguf)
+    return train(dataset, out, options, restart=restart, progress=progress, echo=echo)
+
+
+def _study_options(sizes: Sequence[int], seeds: int, sweep: Sequence[str] | Mapping[str, Sequence[int | float]],
+                   targets: Sequence[str] | Mapping[str, float] | None, student: PathLike | None,
+                   trained: Mapping[Any, str] | Sequence[str] | None, training: Mapping[str, Any],
+                   hosted: Mapping[str, Any]) -> StudyOptions:
+    """The study's options; ``hosted`` holds ``provider`` and its keywords (``model``, the
+    provider's ``provider_base_url``, ``provider_api_key_env``, ``account``, ``price``,
+    ``new_job``, ``poll``), ``training`` the rest, ``epochs`` whole numbers with a provider."""
+    from promptbake.output.curves import parse_targets
+    from promptbake.workflows.study import HostedStudents, StudyOptions, parse_trained
+
+    epochs = training.get("epochs")
+    students = None
+    if hosted.get("provider") is not None:
+        from promptbake.errors import InputError
+        from promptbake.train.providers import Connection
+
+        if not hosted.get("model"):
+            raise InputError("--provider needs --model BASE, the base model to fine-tune (size 0 answers as it)")
+        if epochs is not None and not float(epochs).is_integer():
+            raise InputError(f"--epochs {epochs}: a hosted job trains whole epochs")
+        connection = Connection.resolve(hosted["provider"], hosted.get("provider_base_url"),
+                                        hosted.get("provider_api_key_env"), hosted.get("account"))
+        students = HostedStudents(connection=connection, model=str(hosted["model"]),
+                                  epochs=None if epochs is None else int(epochs), price=hosted.get("price"),
+                                  new_job=bool(hosted.get("new_job")), poll=float(hosted.get("poll") or 60.0))
+    return StudyOptions(sizes=tuple(sizes), seeds=seeds, sweep=sweep,
+                        targets=parse_targets(dict(targets) if isinstance(targets, Mapping) else list(targets or [])),
+                        student=None if student is None else str(student), trained=parse_trained(trained),
+                        hosted=students, **{**training, "epochs": 3.0 if epochs is None else float(epochs)})
+
+
+async def study_async(
+    spec: SpecSource,
+    out: PathLike | None = None,
+    *,
+    sizes: Sequence[int],
+    seeds: int = 1,
+    dataset: PathLike | None = None,
+    sweep: Sequence[str] | Mapping[str, Sequence[int | float]] = (),
+    targets: Sequence[str] | Mapping[str, float] | None = None,
+    student: PathLike | None = None,
+    trained: Mapping[Any, str] | Sequence[str] | None = None,
+    provider: Literal["openai", "together", "fireworks"] | None = None,
+    model: str | None = None,
+    provider_base_url: str | None = None,
+    provider_api_key_env: str | None = None,
+    account: str | None = None,
+    price: float | None = None,
+    new_job: bool = False,
+    poll: float = 60.0,
+    epochs: float | None = None,
+    learning_rate: float | None = None,
+    batch_size: int = 4,
+    max_steps: int | None = None,
+    max_length: int = 512,
+    save_steps: int = 10,
+    lora: bool = False,
+    lora_r: int = 16,
+    keep_weights: bool = False,
+    teacher: Teacher | None = None,
+    judge: Teacher | None = None,
+    max_cost: float | None = None,
+    no_cache: bool = False,
+    progress: bool = True,
+    echo: Callable[[str], None] | None = None,
+) -> StudyReport:
+    """How much data does the student need? Build (or reuse) the spec's dataset (``dataset``,
+    default ``out/<spec name>`` as ``run`` builds it), train one student per size in ``sizes`` and
+    seed in ``range(seeds)`` on nested, stratified subsets of its training split (size 0: the
+    untrained student; needs ``promptbake[train,local]``), score each on the same test split with
+    the spec's ``eval`` block (``sweep``: under each sampling setting), and add the teacher's own
+    answers and the untrained student given the teacher's full prompt as reference rows.
+
+    Writes ``out`` (default ``out/<spec name>-study``): ``study.jsonl`` (one line per model ×
+    setting × category), ``study.html``, the students (``students/``, their GGUFs) and their
+    answers (``evals/``, ``eval.db``). ``targets`` (``["keys=0.8"]`` or ``{"keys": 0.8}``) asks
+    at which size each category reaches a value. ``trained`` names models trained elsewhere
+    (``{25: "ft:..."}``, ``{(25, 1): ...}`` or ``["25=ft:...", "25/1=ft:..."]``, size 0 the base
+    model), answered through ``teacher``'s server.
+
+    ``provider`` (``openai``, ``together``, ``fireworks``) fine-tunes ``model`` there instead, one
+    job per size and seed on its subset, through :func:`train_hosted`'s code (``epochs``: the
+    provider's rule when None; ``price`` USD per 1M training tokens; ``provider_base_url``,
+    ``provider_api_key_env`` and ``account`` as ``train_hosted``'s ``base_url``, ``api_key_env``
+    and ``account``), launched together and followed (``poll``) until each ends; each fine-tune and
+    ``model`` (size 0) then answer through ``teacher``'s server. ``max_cost`` also refuses, before
+    anything is uploaded, jobs estimated above it together or at an unknown price. A failed job is
+    in ``report.failed`` and the other students are studied; ``new_job`` launches it again.
+    Calling again resumes and repeats nothing (no upload, no job, no request already answered)."""
+    from promptbake.workflows.study import study_async as run_study
+
+    options = _study_options(sizes, seeds, sweep, targets, student, trained, {
+        "epochs": epochs, "learning_rate": learning_rate, "batch_size": batch_size, "max_steps": max_steps,
+        "max_length": max_length, "save_steps": save_steps, "lora": lora, "lora_r": lora_r,
+        "keep_weights": keep_weights}, {
+        "provider": provider, "model": model, "provider_base_url": provider_base_url,
+        "provider_api_key_env": provider_api_key_env, "account": account, "price": price, "new_job": new_job,
+        "poll": poll})
+    return await run_study(load_spec(spec), out, dataset=dataset, options=options, teacher=teacher, judge=judge,
+                           generate=_options(max_cost, no_cache, progress), progress=progress, echo=echo)
+
+
+study = synchronous(study_async)
+
+
+def study_plan(
+    spec: SpecSource,
+    out: PathLike | None = None,
+    *,
+    sizes: Sequence[int],
+    seeds: int = 1,
+    dataset: PathLike | None = None,
+    sweep: Sequence[str] | Mapping[str, Sequence[int | float]] = (),
+    student: PathLike | None = None,
+    trained: Mapping[Any, str] | Sequence[str] | None = None,
+    provider: Literal["openai", "together", "fireworks"] | None = None,
+    model: str | None = None,
+    provider_base_url: str | None = None,
+    provider_api_key_env: str | None = None,
+    account: str | None = None,
+    price: float | None = None,
+    new_job: bool = False,
+    epochs: float | None = None,
+    learning_rate: float | None = None,
+    batch_size: int = 4,
+    max_steps: int | None = None,
+    max_length: int = 512,
+    save_steps: int = 10,
+    lora: bool = False,
+    lora_r: int = 16,
+    teacher: Teacher | None = None,
+    max_cost: float | None = None,
+) -> StudyPlan:
+    """What ``study`` with the same arguments would do, before anything runs (``--dry-run``):
+    the dataset to build, the students to train, the requests to send, and the time this machine
+    would take (from the study's own earlier runs when it has any) or the hosted eval's cost; with
+    ``provider``, each job's check and training price as :func:`train_hosted` with ``dry_run``
+    gives them, nothing uploaded, and in ``plan.refused`` what ``max_cost`` would refuse."""
+    from promptbake.workflows.study import plan_study
+
+    options = _study_options(sizes, seeds, sweep, None, student, trained, {
+        "epochs": epochs, "learning_rate": learning_rate, "batch_size": batch_size, "max_steps": max_steps,
+        "max_length": max_length, "save_steps": save_steps, "lora": lora, "lora_r": lora_r}, {
+        "provider": provider, "model": model, "provider_base_url": provider_base_url,
+        "provider_api_key_env": provider_api_key_env, "account": account, "price": price, "new_job": new_job})
+    return plan_study(load_spec(spec), out, dataset=dataset, options=options, teacher=teacher, max_cost=max_cost)

@@ -2,9 +2,46 @@
 
 Library code raises these; only ``cli.py`` turns them into one-line messages and exit codes, so the
 library stays usable (and testable) without Click.
+
+Messages name an option the way the command line spells it (``--max-cost 2``), since a flag and a
+keyword argument of the Python API always mean the same thing. Read from Python, an error spells
+it as the keyword argument instead (``max_cost=2``): a notebook user never typed a flag. The CLI
+reads its errors inside :func:`cli_spelling`.
 """
 
 from __future__ import annotations
+
+import contextlib
+import contextvars
+import re
+from collections.abc import Iterator
+
+_CLI = contextvars.ContextVar("promptbake_cli_spelling", default=False)
+# a flag, and the space before its value (a number, a quoted or capitalised word, or a word ending
+# the message's subject: "--sweep temp: ..."), which the keyword spelling drops: max_cost=2
+_FLAG = re.compile(r"(?<![\w-])--([a-z][a-z0-9]*(?:-[a-z0-9]+)*)( (?=[^a-z\s]|[^\s:]+:|(?:nan|inf)\b))?")
+# flags whose keyword argument has another name (the rest: --max-cost → max_cost)
+_KEYWORDS = {"teacher": "Teacher(kind=...)", "base-url": "Teacher(base_url=...)", "model": "model",
+             "api-key-env": "Teacher(api_key_env=...)"}
+
+
+@contextlib.contextmanager
+def cli_spelling() -> Iterator[None]:
+    """Within this block, errors name options as flags (``--max-cost``): the CLI's edge."""
+    token = _CLI.set(True)
+    try:
+        yield
+    finally:
+        _CLI.reset(token)
+
+
+def python_spelling(text: str) -> str:
+    """``--max-cost 2: ...`` → ``max_cost=2: ...``, ``pass --allow-shortfall`` → ``pass allow_shortfall``."""
+    def keyword(match: re.Match[str]) -> str:
+        name = _KEYWORDS.get(match.group(1), match.group(1).replace("-", "_"))
+        return name + "=" if match.group(2) and not name.endswith(")") else name
+
+    return _FLAG.sub(keyword, text)
 
 
 class PromptbakeError(Exception):
@@ -15,6 +52,10 @@ class PromptbakeError(Exception):
     """
 
     exit_code = 1
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        return text if _CLI.get() else python_spelling(text)
 
 
 class InputError(PromptbakeError):
@@ -74,8 +115,10 @@ class OutputError(PromptbakeError):
 
 
 class TrainingError(PromptbakeError):
-    """A hosted fine-tuning provider refused a call, or the job it ran failed: the message carries
-    the provider's own words (with the key scrubbed), and the store keeps the ids already returned."""
+    """Training could not run or finish: a hosted provider refused a call or its job failed (the
+    message carries the provider's own words, the key scrubbed out, and the store keeps the ids
+    already returned), or local training could not load, convert or train the student (what a
+    killed or failed run had checkpointed is kept, so the same command resumes)."""
 
 
 class ValidationFailed(InputError):

@@ -9,10 +9,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+from promptbake import fastjson
+
 
 def stable_hash(*parts: Any, length: int = 16) -> str:
     """Short content hash of JSON-able parts (sorted keys), the basis of every id we write."""
-    blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+    blob = fastjson.sorted_dumps(parts) or json.dumps(
+        parts, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
 
 

@@ -24,7 +24,11 @@ class Example(BaseModel):
     scores: dict[str, int] = Field(default_factory=dict)  # judge name -> its 1-5 score
 
     def text(self, role: str) -> str:
-        """All content of one role, joined: what dedupe compares."""
+        """All content of one role, joined: what dedupe compares. ``opening``: the first user
+        message alone (a conversation's opening customer turn)."""
+        if role == "opening":
+            return next((m["content"] for m in self.messages
+                         if m.get("role") == "user" and isinstance(m.get("content"), str)), "")
         return "\n".join(
             m["content"] for m in self.messages if m.get("role") == role and isinstance(m.get("content"), str)
         )

@@ -48,12 +48,11 @@ def repaid(server: FakeServer) -> int:
     return sum(n - 1 for n in server.paid_by_hash.values())
 
 
-@pytest.mark.parametrize("after_ok, hold", [(40, False), (150, True)])
-def test_kill_9_during_generate(tmp_path, reference, after_ok, hold):
-    """Killed while answers stream in (``hold=False``: some may be paid but not yet committed), or
-    while the server holds every request after the ``after_ok``-th (a kill point that a slow
-    machine cannot overshoot)."""
-    (tmp_path / "spec.yaml").write_text(SPEC, encoding="utf-8")
+def kill_mid_generate(tmp_path: Path, spec: str, after_ok: int, hold: bool) -> FakeServer:
+    """``run`` killed once ``after_ok`` answers are stored (``hold``: the server holds every request
+    after the ``after_ok``-th, a kill point that a slow machine cannot overshoot), then run again to
+    the end. Returns the server, which saw both runs."""
+    (tmp_path / "spec.yaml").write_text(spec, encoding="utf-8")
     db = tmp_path / "out" / "promptbake.db"
     gate = threading.Event()
     calls = itertools.count(1)
@@ -75,14 +74,66 @@ def test_kill_9_during_generate(tmp_path, reference, after_ok, hold):
         finally:
             gate.set()
         before = statuses(db).get("ok", 0)
-        assert after_ok <= before < PLANNED, before  # really killed mid-generate
+        assert after_ok <= before < sum(statuses(db).values()), before  # really killed mid-generate
         assert not (tmp_path / "out" / "train.jsonl").exists()
 
         done = promptbake(*run_args(srv.base_url), cwd=tmp_path)
         assert done.returncode == 0, done.stderr
-        assert repaid(srv) <= CONCURRENCY, repaid(srv)  # at most what was in flight at the kill
-        assert len(srv.paid_by_hash) == PLANNED
-    assert statuses(db) == {"ok": PLANNED}
+    assert repaid(srv) <= CONCURRENCY, repaid(srv)  # at most what was in flight at the kill
+    return srv
+
+
+@pytest.mark.parametrize("after_ok, hold", [(40, False), (150, True)])
+def test_kill_9_during_generate(tmp_path, reference, after_ok, hold):
+    """Killed while answers stream in (``hold=False``: some may be paid but not yet committed), or
+    while the server holds every request after the ``after_ok``-th."""
+    srv = kill_mid_generate(tmp_path, SPEC, after_ok, hold)
+    assert len(srv.paid_by_hash) == PLANNED
+    assert statuses(tmp_path / "out" / "promptbake.db") == {"ok": PLANNED}
+    assert_same_files(tmp_path / "out", reference)
+
+
+# 20 cells × 3 dialogues of 2-4 exchanges, each turn one request (see plan/conversation.py)
+DIALOGUES = """
+name: talks
+teacher:
+  model: gpt-4o-mini
+grid:
+  axes:
+    x: [x0, x1, x2, x3, x4]
+    y: [y0, y1, y2, y3]
+  count: 3
+category: x
+steps:
+  - name: talk
+    temperature: 1.0
+    max_tokens: 50
+    conversation:
+      turns: {min: 2, max: 4}
+      user:
+        seed: 3
+        messages:
+          - {role: system, content: "You are a customer at {{ x }} about {{ y }}."}
+          - {role: user, content: "Speak first."}
+      assistant:
+        seed: 9
+        messages:
+          - {role: system, content: "You are a rude agent."}
+dedupe:
+  near: false
+split:
+  test: 0.2
+  seed: 3
+"""
+
+
+def test_kill_9_mid_dialogue_resumes_at_the_next_turn(tmp_path, tmp_path_factory):
+    """Killed with every dialogue past its customer's first turn and two thirds past the agent's
+    reply: the re-run asks each dialogue's next turn, paying no turn twice beyond those in flight."""
+    reference = reference_run(tmp_path_factory.mktemp("dialogues"), DIALOGUES, run_args)
+    srv = kill_mid_generate(tmp_path, DIALOGUES, 100, True)
+    turns = statuses(tmp_path / "out" / "promptbake.db")
+    assert list(turns) == ["ok"] and len(srv.paid_by_hash) == turns["ok"]  # every turn asked, once
     assert_same_files(tmp_path / "out", reference)
 
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from promptbake import __version__, api
-from promptbake.errors import PromptbakeError
+from promptbake.errors import PromptbakeError, cli_spelling
 
 if TYPE_CHECKING:
     from promptbake import Teacher
@@ -33,6 +33,10 @@ class _Group(click.Group):
         return super().parse_args(ctx, args)
 
     def invoke(self, ctx: click.Context) -> Any:
+        with cli_spelling():  # errors name options as the flags the user typed
+            return self._invoke(ctx)
+
+    def _invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except PromptbakeError as exc:
@@ -61,8 +65,10 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.obj["debug"] = debug or ctx.obj.get("debug", False)
 
 
-def teacher_options(fn: F) -> F:
-    """The teacher flags shared by every command that calls a model: same flag, same meaning."""
+def teacher_options(fn: F, *, serve_student: bool = True) -> F:
+    """The teacher flags shared by every command that calls a model: same flag, same meaning.
+    ``serve_student=False`` leaves out ``--student`` for a command where it names the model to
+    train (``study``)."""
     options = [
         click.option("--teacher", "teacher_kind", type=click.Choice(["remote", "local"]), default=None,
                      help="remote: an OpenAI-compatible server; local: the embedded SmolLM2 on llama.cpp."),
@@ -84,6 +90,10 @@ def teacher_options(fn: F) -> F:
         click.option("--threads", type=int, default=None,
                      help="Local teacher: llama.cpp threads (default one per core; more than the cores slows it)."),
     ]
+    if serve_student:
+        options.append(click.option("--student", "local_model", type=click.Path(exists=True), default=None,
+                                    help="A model folder `promptbake train` wrote (or a GGUF file): the local "
+                                         "engine serves it instead of SmolLM2 (implies --teacher local)."))
     for option in reversed(options):
         fn = option(fn)
 
@@ -92,11 +102,11 @@ def teacher_options(fn: F) -> F:
         from promptbake import Teacher
 
         keys = ["base_url", "model", "api_key_env", "rpm", "tpm", "concurrency", "max_attempts", "timeout",
-                "max_retry_after", "threads"]
+                "max_retry_after", "threads", "local_model"]
         urls = kwargs.pop("base_url")
         kwargs["base_url"] = urls[0] if len(urls) == 1 else None
         kind = kwargs.pop("teacher_kind")
-        kwargs["teacher"] = Teacher(kind=kind, **{k: kwargs.pop(k) for k in keys},
+        kwargs["teacher"] = Teacher(kind=kind, **{k: kwargs.pop(k, None) for k in keys},
                                     endpoints=tuple(urls) if len(urls) > 1 else ())
         return fn(*args, **kwargs)
 
@@ -119,10 +129,23 @@ def expand(spec_path: str, output: str | None, dry_run: bool, model: str | None)
     click.echo(f"wrote {count} requests to {output}", err=True)
 
 
-def _generate_options(fn: F) -> F:
+def refuse_given(names: tuple[str, ...], where: str) -> None:
+    """Refuse, naming them, the options given on the command line that mean nothing ``where``
+    (training on this machine, or at a provider)."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    given = [f"--{name.replace('_', '-').replace('gguf-type', 'gguf')}" for name in names
+             if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE]
+    if given:
+        raise click.UsageError(f"{', '.join(given)}: not an option for training {where}")
+
+
+def generate_options(fn: F) -> F:
     fn = click.option("--no-cache", is_flag=True, help="Re-send requests even if an identical one is stored.")(fn)
     fn = click.option("--max-cost", type=float, default=None, help="Stop cleanly before spending more USD.")(fn)
-    fn = click.option("-q", "--quiet", is_flag=True, help="No progress bar.")(fn)
+    fn = click.option("-q", "--quiet", is_flag=True,
+                      help="No progress bar, and no per-category table: the summary lines only.")(fn)
     return fn
 
 
@@ -219,7 +242,7 @@ def _check_shortfall(report: Any, allow: bool, where: str) -> None:
 @click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
 @click.option("--store", "store_path", default="promptbake.db", show_default=True, type=click.Path(dir_okay=False),
               help="SQLite store: the cache and the resume point.")
-@_generate_options
+@generate_options
 @batch_options
 @_shortfall_option
 @teacher_options
@@ -310,8 +333,8 @@ def _write_report(out_dir: str, store_path: Any, spec: Any, no_report: bool) -> 
     return None
 
 
-def _print_build(report: Any) -> None:
-    click.echo(report.format(), err=True)
+def _print_build(report: Any, quiet: bool = False) -> None:
+    click.echo(report.format(table=not quiet), err=True)
     if report.validation is not None and not report.validation.ok:
         click.echo(report.validation.format(), err=True)
 
@@ -321,7 +344,7 @@ def _print_build(report: Any) -> None:
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output directory.")
 @click.option("--store", "store_path", default=None, type=click.Path(dir_okay=False),
               help="SQLite store (default: OUT/promptbake.db).")
-@_generate_options
+@generate_options
 @_build_options
 @_report_options
 @batch_options
@@ -334,7 +357,7 @@ def run(spec_path: str, out_dir: str, store_path: str | None, no_cache: bool, ma
     dataset = api.run(spec_path, out_dir, teacher=teacher, store=store_path, max_cost=max_cost, no_cache=no_cache,
                       progress=not quiet, formats=formats, seed=seed, sizes=sizes, batch=batch)
     _print_generate(dataset.report)
-    _print_build(dataset.report.build)
+    _print_build(dataset.report.build, quiet)
     failed = _write_report(out_dir, dataset.store, spec_path, no_report)
     _check_shortfall(dataset.report, allow_shortfall, f"{out_dir} holds what was possible")
     if failed:
@@ -379,14 +402,16 @@ def teacher() -> None:
 @teacher.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=int, default=None, help="Port to listen on (default: a free one).")
-def serve(host: str, port: int | None) -> None:
+@click.option("--model", type=click.Path(exists=True), default=None,
+              help="A model folder `promptbake train` wrote, or a GGUF file (default: the embedded SmolLM2).")
+def serve(host: str, port: int | None, model: str | None) -> None:
     """Serve the local teacher in the foreground for other tools, until Ctrl-C."""
     import json
 
     from promptbake.errors import TeacherError
 
     _sigterm_interrupts()  # SIGTERM stops the server as cleanly as Ctrl-C does
-    local = api.local_teacher(host, port)
+    local = api.local_teacher(host, port, model=model)
     try:
         with local as server:
             body = json.dumps({"model": server.model, "messages": [{"role": "user", "content": "Hello"}]})
@@ -449,7 +474,7 @@ def build_teacher(source: str | None, force: bool) -> None:
 @click.option("--model-version", default=None,
               help="Version of the model under test (say, after retraining it under the same name): stored "
                    "answers are reused only for the same version (default: the same base URL).")
-@_generate_options
+@generate_options
 @teacher_options
 def eval_command(data: str, out: str, spec_path: str | None, metadata: str | None, store_path: str | None,
                  sweeps: tuple[str, ...], check_json: bool | None, check_schema: str | None, check_regex: str | None,
@@ -470,27 +495,38 @@ def eval_command(data: str, out: str, spec_path: str | None, metadata: str | Non
 
 @cli.command()
 @click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
-@click.option("--eval", "eval_path", required=True, type=click.Path(dir_okay=False),
+@click.option("--eval", "eval_path", default=None, type=click.Path(dir_okay=False),
               help="Eval results: JSONL with 'category' and 'pass' or 'score' per line.")
-@click.option("--dataset", required=True, type=click.Path(file_okay=False), help="The built dataset DIR.")
+@click.option("--study", "study_path", default=None, type=click.Path(dir_okay=False),
+              help="Instead of --eval: a study.jsonl; tops up the categories whose learning curve ends lowest or "
+                   "still rises steeply.")
+@click.option("--dataset", default=None, type=click.Path(file_okay=False),
+              help="The built dataset DIR (with --study, default: the one the study measured).")
 @click.option("--threshold", type=float, default=None,
-              help="Weak: pass rate (or mean score) below this (default 0.8).")
+              help="Weak: pass rate (or mean score, or the study's metric at its largest size) below this "
+                   "(default 0.8).")
 @click.option("--bottom", type=click.IntRange(min=1), default=None, help="Weak: the worst K categories instead.")
-@click.option("--metric", type=click.Choice(["auto", "pass", "score"]), default="auto", show_default=True,
-              help="Rank categories by pass rate or mean score (auto: pass rate when the file has it).")
+@click.option("--rising", type=float, default=None,
+              help="With --study: also weak, a category whose metric rose this much or more between the last two "
+                   "sizes (default 0.05).")
+@click.option("--metric", default="auto", show_default=True,
+              help="Rank categories by: pass or score for an eval file (auto: pass rate when it has it); any metric "
+                   "the study measured (keys, items, ...) for a study.")
 @click.option("--per-category", type=click.IntRange(min=1), default=10, show_default=True,
               help="New examples to add to each weak category.")
 @click.option("--store", "store_path", default=None, type=click.Path(dir_okay=False),
               help="SQLite store (default: DIR/promptbake.db).")
-@_generate_options
+@generate_options
 @teacher_options
-def topup(spec_path: str, eval_path: str, dataset: str, threshold: float | None, bottom: int | None,
-          metric: Literal["auto", "pass", "score"], per_category: int, store_path: str | None, no_cache: bool,
-          max_cost: float | None, quiet: bool, teacher: Teacher) -> None:
+def topup(spec_path: str, eval_path: str | None, study_path: str | None, dataset: str | None,
+          threshold: float | None, bottom: int | None, rising: float | None, metric: str, per_category: int,
+          store_path: str | None, no_cache: bool, max_cost: float | None, quiet: bool, teacher: Teacher) -> None:
     """Generate more examples for SPEC's weakest categories into DIR/train.vN.jsonl (test unchanged)."""
-    result = api.topup(spec_path, eval_path, dataset, per_category=per_category, threshold=threshold, bottom=bottom,
-                       metric=metric, teacher=teacher, store=store_path, max_cost=max_cost, no_cache=no_cache,
-                       progress=not quiet)
+    if (eval_path is None) == (study_path is None):
+        raise click.UsageError("give --eval FILE or --study study.jsonl")
+    result = api.topup(spec_path, eval_path, dataset, study=study_path, per_category=per_category,
+                       threshold=threshold, bottom=bottom, rising=rising, metric=metric, teacher=teacher,
+                       store=store_path, max_cost=max_cost, no_cache=no_cache, progress=not quiet)
     click.echo(result.report.format(), err=True)
     for run in result.report.runs:
         _print_failures(run.generate.failures)
@@ -527,7 +563,7 @@ def topup(spec_path: str, eval_path: str, dataset: str, threshold: float | None,
               help="Fine-tuned ÷ base per-token price (default: OpenAI's for the model, else 2).")
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
               help="Fine-tuning epochs for the cost estimate (default: OpenAI's rule).")
-@_generate_options
+@generate_options
 @_build_options
 @_shortfall_option
 @teacher_options
@@ -548,6 +584,6 @@ def distill(prompt_path: str, inputs_path: str | None, generate_inputs: int | No
     )
     result = dataset.report
     _print_generate(result.run)
-    _print_build(result.run.build)
+    _print_build(result.run.build, quiet)
     click.echo(result.format(), err=True)
     _check_shortfall(result.run, allow_shortfall, f"{out_dir} holds what was possible")

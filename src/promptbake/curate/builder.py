@@ -28,7 +28,7 @@ from promptbake.output.atomic import ensure_dir, write_jsonl_atomic, write_text_
 from promptbake.output.export import read_manifest, write_format
 from promptbake.output.formats import WriteReport, write_split
 from promptbake.output.jsonl import read_jsonl
-from promptbake.plan.expand import Expander
+from promptbake.plan.expand import KEEP_CELLS, Expander
 from promptbake.records import Example
 from promptbake.specification.models import Spec
 from promptbake.store.db import Store
@@ -47,8 +47,12 @@ class BuildReport:
     writes: list[WriteReport] = field(default_factory=list)
     validation: Any = None
     manifest: dict[str, Any] = field(default_factory=dict)
+    short: dict[str, int] = field(default_factory=dict)  # cell key → examples it lacks: what the run did not get
+    repeated: set[str] = field(default_factory=set)  # short cells that lost an example as a repeat of ``existing``
 
-    def format(self) -> str:
+    def format(self, table: bool = True) -> str:
+        """The per-category table (unless ``table`` is false: ``-q``), then the one-line totals,
+        refused writes and warnings."""
         wide = max([8, *map(len, self.categories)])  # whole names: categories often differ only at the end
         lines = [
             f"{'category':<{wide}} {'rows':>6} {'checks':>6} {'filter':>6} {'judge':>6} {'exact':>6} {'near':>6} "
@@ -60,34 +64,61 @@ class BuildReport:
                 f"{c['exact_dupes']:>6} {c['near_dupes']:>6} {c['surplus']:>7} {c['kept']:>6} {c['train']:>6} "
                 f"{c['test']:>5}"
             )
+        if not table:
+            lines = []
         lines.append(f"train: {self.train}, test: {self.test} → {self.out_dir}")
         lines.extend(w.summary() for w in self.writes if w.refused)
         lines.extend(f"warning: {w}" for w in self.warnings)
         return "\n".join(lines)
 
 
-def _keep_counts(spec: Spec, expander: Expander, kept: list[Example]) -> tuple[list[Example], Counter[str], list[str]]:
-    """Each cell keeps its first ``count`` distinct examples; say which cells fall short."""
-    wanted = {c.key: (c.count, c.category) for c in expander.cells()}
+def _keep_counts(spec: Spec, expander: Expander, kept: list[Example]
+                 ) -> tuple[list[Example], Counter[str], list[str], dict[str, int]]:
+    """Each cell keeps its first ``count`` distinct examples; say which cells fall short.
+
+    A grid small enough to keep in memory (``KEEP_CELLS``) is walked whole. A bigger one (10^7
+    cells: minutes and gigabytes to walk) looks up only the cells its examples belong to, and
+    counts the cells and examples still missing from the grid's totals; the shortfall by category
+    then lists the cells that have examples, and says how many have none yet."""
+    cells, wanted_total = expander.totals()
+    whole = cells <= KEEP_CELLS
+    wanted = {c.key: (c.count, c.category) for c in expander.cells()} if whole else {}
     taken: Counter[str] = Counter()
     surplus: Counter[str] = Counter()
     accepted = []
     for example in kept:
         key = example.provenance.get("cell_key", "")
+        if key not in wanted and not whole:
+            cell = expander.cell_of(example.cell)
+            wanted[key] = (cell.count, cell.category) if cell is not None and cell.key == key else (0, "")
         if taken[key] < wanted.get(key, (0, ""))[0]:
             taken[key] += 1
             accepted.append(example)
         else:
             surplus[example.category] += 1
     short = {key: count - taken[key] for key, (count, _) in wanted.items() if taken[key] < count}
+    untouched = 0 if whole else cells - sum(1 for count, _ in wanted.values() if count)
     warnings = []
-    if short:
+    if short or untouched:
         by_category: Counter[str] = Counter()
         for key, missing in short.items():
             by_category[wanted[key][1]] += missing
         detail = ", ".join(f"{cat}: {n}" for cat, n in sorted(by_category.items()))
-        warnings.append(f"{len(short)} cells are short of their count by {sum(short.values())} examples ({detail})")
-    return accepted, surplus, warnings
+        if untouched:
+            detail = f"{detail}; and {untouched} cells with no example yet" if detail else \
+                f"{untouched} cells with no example yet"
+        missing_total = sum(short.values()) if whole else wanted_total - sum(taken.values())
+        warnings.append(f"{len(short) + untouched} cells are short of their count by {missing_total} examples "
+                        f"({detail})")
+    return accepted, surplus, warnings, short
+
+
+def _noting_cells(examples: Iterable[Example], cells: dict[str, str] | None) -> Iterable[Example]:
+    """``examples`` unchanged, each one's cell noted in ``cells`` (when given) on the way."""
+    for example in examples:
+        if cells is not None:
+            cells[example.id] = example.provenance.get("cell_key", "")
+        yield example
 
 
 def _history(out: Path) -> list[dict[str, Any]]:
@@ -196,12 +227,20 @@ def build(
     before = {name: file_sha256(out / name) for name in ("train.jsonl", "test.jsonl") if (out / name).exists()}
     expander = Expander(spec)
     renderer = ExampleRenderer(spec, expander.templates)
-    # items a fan-out repeated were dropped before the next step paid for them: exact duplicates too
-    early = [Dropped(f"{d.request_id}:{d.item_index}", d.category, "exact", d.duplicate_of, 1.0)
-             for d in store.fanout_drops(spec.name)]
+    # items a fan-out repeated were dropped before the next step paid for them: exact duplicates too;
+    # and so were those whose user line a filter drops: filtered too
+    fanout = store.fanout_drops(spec.name)
+    early = [Dropped(f"{d.request_id}:{d.item_index}", d.category, "exact", d.duplicate_of or "", 1.0)
+             for d in fanout if d.reason is None]
     gates = Gates(spec, store)
-    deduped = dedupe(gates.passing(renderer.examples(store)), spec.dedupe, existing)
-    accepted, surplus, warnings = _keep_counts(spec, expander, deduped.kept)
+    gates.drop_early((f"{d.request_id}:{d.item_index}", d.category, d.reason) for d in fanout if d.reason is not None)
+    existing = list(existing)
+    cells: dict[str, str] = {}  # example id → cell, to find the cells an ``existing`` repeat left short
+    deduped = dedupe(_noting_cells(gates.passing(renderer.examples(store)), cells if existing else None),
+                     spec.dedupe, existing)
+    accepted, surplus, warnings, short = _keep_counts(spec, expander, deduped.kept)
+    repeats = {e.id for e in existing}
+    repeated = {cells[d.id] for d in deduped.dropped if d.duplicate_of in repeats and d.id in cells}
     balanced = balance(accepted, spec.balance, split_config.seed)
     warnings.extend(balanced.warnings)
     history = out / SPLITS
@@ -251,7 +290,8 @@ def build(
         manifest["sizes"] = {str(n): dict(sorted(Counter(e.category for e in rows).items()))
                              for n, rows in subsets.items()}
     _reconcile_topups(out, previous, before, manifest["spec_hash"], manifest, warnings)
-    report = BuildReport(out, len(train), len(test), categories, warnings, writes, manifest=manifest)
+    report = BuildReport(out, len(train), len(test), categories, warnings, writes, manifest=manifest, short=short,
+                         repeated=repeated & set(short))
     if validate:
         from promptbake.output.targets import target_for_teacher
         from promptbake.output.validate import validate_file

@@ -11,7 +11,6 @@ import os
 from pathlib import Path
 from typing import Any, ClassVar
 
-import jsonschema
 from pydantic import Field, field_validator
 
 from promptbake.curate.patterns import check_pattern, compiled
@@ -38,6 +37,8 @@ class Checks(Strict):
     @classmethod
     def _valid_schema(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
         if value is not None:
+            import jsonschema  # here: most specs have no schema, and jsonschema is slow to import
+
             try:
                 jsonschema.Draft202012Validator.check_schema(value)
             except jsonschema.SchemaError as exc:
@@ -63,6 +64,8 @@ class Checks(Strict):
                 failed.append(f"json: {exc.msg}")
                 return failed
             if self.json_schema is not None:
+                import jsonschema
+
                 error = jsonschema.exceptions.best_match(
                     jsonschema.Draft202012Validator(self.json_schema).iter_errors(value)
                 )

@@ -42,7 +42,7 @@ from promptbake.errors import IndexUnavailable, InputError, SpecError
 from promptbake.records import Example
 from promptbake.specification.models import DedupeConfig, DedupeStorage
 
-ROLES = ("system", "developer", "user", "assistant", "tool")
+ROLES = ("system", "developer", "user", "assistant", "tool", "opening")  # opening: the first user turn
 Reason = Literal["exact", "near"]
 
 _SEED = 1  # fixed permutation seed: the same text must get the same signature in every run

@@ -11,13 +11,16 @@ import re
 import unicodedata
 from collections.abc import Callable
 from functools import cache
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import RootModel, model_validator
 
 from promptbake.curate.checks import last_assistant
 from promptbake.curate.normalise import plain_quotes
 from promptbake.curate.patterns import Pattern, check_pattern
+from promptbake.curate.phrases import polite_phrase, staff_phrase
+from promptbake.curate.sentiment import SentimentRange, parse_range, sentiment
+from promptbake.curate.topic import shared_stems
 
 # Refusal and apology boilerplate of chat-tuned models: an answer carrying one did not do the task.
 REFUSALS = re.compile(
@@ -126,6 +129,36 @@ def _not_regex(pattern: str) -> Check:
     return check
 
 
+def _no_politeness(prompt: str, answer: str) -> str | None:
+    phrase = polite_phrase(answer)
+    return f"no_politeness: {phrase!r}" if phrase else None
+
+
+def _customer_voice(prompt: str, answer: str) -> str | None:
+    phrase = staff_phrase(answer)
+    return f"customer_voice: {phrase!r} is the staff's line" if phrase else None
+
+
+def _on_topic(least: int) -> Check:
+    def check(prompt: str, answer: str) -> str | None:
+        shared = len(shared_stems(prompt, answer))
+        return f"on_topic: {shared} content words shared with the user's line, < {least}" if shared < least else None
+
+    return check
+
+
+def _at_least_one(value: Any) -> int:
+    if value is True:
+        return 1
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError("on_topic takes true or the number of content words (>= 1) the answer shares with the prompt")
+    return value
+
+
+def _sentiment(bounds: SentimentRange) -> Check:
+    return lambda prompt, answer: bounds.failure(sentiment(answer))
+
+
 def _threshold(value: Any) -> float:
     if value is True:
         return ECHO_THRESHOLD
@@ -171,64 +204,120 @@ BUILTINS: dict[str, tuple[Callable[[Any], Any], Callable[[Any], Check]]] = {
     "language": (_code, _language),
     "regex": (_pattern("regex"), _regex),
     "not_regex": (_pattern("not_regex"), _not_regex),
+    "no_politeness": (lambda v: v, lambda _: _no_politeness),
+    "customer_voice": (lambda v: v, lambda _: _customer_voice),
+    "sentiment": (parse_range, _sentiment),
+    "on_topic": (_at_least_one, _on_topic),
 }
+# filters that make sense on one side only check it unless told otherwise: a customer's voice is
+# the user's line
+DEFAULT_ROLES = {"customer_voice": "user"}
+
+
+class FilterEntry(NamedTuple):
+    """One ``filters:`` item with its defaults filled in."""
+
+    name: str
+    value: Any
+    role: str  # the message it checks: "assistant" (the answer) or "user" (the generated prompt)
+    category: str | None  # only examples of this category; None: every example
 
 
 class FilterSet(RootModel[list[str | dict[str, Any]]]):
     """The spec's ``filters:`` list, validated up front so a typo is a spec error, not a run-time one.
 
     A filter checks the last assistant answer, or with ``role: user`` the last user message (the
-    generated prompt): ``{regex: "\\bI\\b", role: user}``."""
+    generated prompt): ``{regex: "\\bI\\b", role: user}``. With ``category:`` it checks only the
+    examples of that category: ``{regex: "(?i)refund|return", role: user, category: wants a refund}``."""
 
     root: list[str | dict[str, Any]] = []
 
     @model_validator(mode="after")
     def _known(self) -> FilterSet:
-        for entry in self.root:
-            name, value, _ = _entry(entry)
-            BUILTINS[name][0](value)
+        for entry in self.entries():
+            BUILTINS[entry.name][0](entry.value)
         return self
+
+    def entries(self) -> list[FilterEntry]:
+        return [_entry(entry) for entry in self.root]
 
     def compile(self) -> Filters:
         checks = []
-        for entry in self.root:
-            name, value, role = _entry(entry)
+        for name, value, role, category in self.entries():
             parse, make = BUILTINS[name]
-            checks.append((make(parse(value)), role))
+            checks.append(CompiledFilter(make(parse(value)), role, category))
         return Filters(checks)
+
+
+class CompiledFilter(NamedTuple):
+    check: Check
+    role: str
+    category: str | None
 
 
 class Filters:
     """The compiled filters of one spec, built once per build or plan."""
 
-    def __init__(self, checks: list[tuple[Check, str]]) -> None:
+    def __init__(self, checks: list[CompiledFilter]) -> None:
         self.checks = checks
 
-    def failures(self, messages: list[dict[str, Any]]) -> list[str]:
-        """Why an example fails the filters (one reason per filter); empty when it passes."""
+    def failures(self, messages: list[dict[str, Any]], category: str | None = None) -> list[str]:
+        """Why an example of ``category`` fails the filters (one reason per filter); empty when it
+        passes."""
         if not self.checks:
             return []
         prompt, answer = last_user(messages), last_assistant(messages)
         reasons = []
-        for check, role in self.checks:
+        for check, role, only in self.checks:
+            if only is not None and only != category:
+                continue
             reason = check(prompt, answer) if role == "assistant" else check("", prompt)
             if reason is not None:
                 reasons.append(reason if role == "assistant" else f"{reason} (user)")
         return reasons
 
+    def turn_failures(self, messages: list[dict[str, Any]], category: str | None = None) -> list[str]:
+        """Why a conversation of ``category`` fails the filters, turn by turn: each agent turn
+        against the customer turn before it (``no_echo``: it repeats the customer), each customer
+        turn (``role: user``) against the agent turn before it (the customer parroting the agent)."""
+        if not self.checks:
+            return []
+        reasons = []
+        turn, before = 0, {"user": "", "assistant": ""}
+        for message in messages:
+            role, content = message.get("role"), message.get("content")
+            if role not in ("user", "assistant") or not isinstance(content, str):
+                continue
+            turn += role == "user"
+            other = before["assistant" if role == "user" else "user"]
+            for check, checked, only in self.checks:
+                if only is not None and only != category:
+                    continue
+                reason = check(other, content) if checked == role else None
+                if reason is not None:
+                    reasons.append(f"turn {turn}: {reason}" + (" (user)" if role == "user" else ""))
+            before[role] = content
+        return reasons
 
-def _entry(entry: str | dict[str, Any]) -> tuple[str, Any, str]:
-    """(filter name, its value, the role it checks) of one ``filters:`` item."""
+
+def _entry(entry: str | dict[str, Any]) -> FilterEntry:
+    """The filter name, its value, the role it checks and the category it is for, of one
+    ``filters:`` item."""
     if isinstance(entry, str):
-        name, value, role = entry, True, "assistant"
+        name, value, role, category = entry, True, DEFAULT_ROLES.get(entry, "assistant"), None
     else:
         rest = dict(entry)
-        role = rest.pop("role", "assistant")
+        role = rest.pop("role", None)
+        category = rest.pop("category", None)
         if len(rest) != 1:
-            raise ValueError("a filter is a name or a one-key mapping such as {max_chars: 300} (plus an optional role)")
+            raise ValueError("a filter is a name or a one-key mapping such as {max_chars: 300} (plus an optional "
+                             "role and category)")
+        name, value = next(iter(rest.items()))
+        role = role or DEFAULT_ROLES.get(name, "assistant")
         if role not in ("assistant", "user"):
             raise ValueError("a filter's role is 'assistant' (the default) or 'user'")
-        name, value = next(iter(rest.items()))
+        if category is not None and not isinstance(category, str):
+            raise ValueError("a filter's category is the name of one category")
     if name not in BUILTINS:
         raise ValueError(f"unknown filter {name!r} (known: {', '.join(BUILTINS)})")
-    return name, value, role
+    return FilterEntry(name, value, role, category)

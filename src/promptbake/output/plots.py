@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import io
+import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ParamSpec
 
@@ -42,8 +43,15 @@ def _literal(draw: Callable[P, Markup]) -> Callable[P, Markup]:
 
 
 def _short(label: str, width: int = 28) -> str:
+    """A label wrapped onto lines of ``width`` characters, never cut: categories often differ only
+    at the end ("wants a refund" / "wants a refund in cash"), so a cut label would merge them."""
     label = visible(label)
-    return label if len(label) <= width else label[: width - 1] + "…"
+    return "\n".join(textwrap.wrap(label, width, break_long_words=True, break_on_hyphens=False)) or label
+
+
+def _lines(labels: Sequence[str], width: int = 28) -> int:
+    """How many lines the tallest wrapped label takes: rows of the plot grow with it."""
+    return max([_short(label, width).count("\n") + 1 for label in labels] or [1])
 
 
 def _svg(fig: Figure, name: str) -> Markup:
@@ -52,6 +60,26 @@ def _svg(fig: Figure, name: str) -> Markup:
         fig.savefig(buffer, format="svg", metadata={"Date": None})  # constrained layout: no second draw
     text = buffer.getvalue()
     return Markup(text[text.index("<svg"):])  # inline: no XML declaration or DOCTYPE inside HTML
+
+
+HEATMAP_MAX = 40  # rows or columns a heat map shows, bars or boxes a chart shows: more is unreadable and slow
+
+
+def _first(axis: str, rows: Sequence[str], values: list[list[float | None]],
+           labels: list[list[str]]) -> tuple[str, Sequence[str], list[list[float | None]], list[list[str]]]:
+    if len(rows) <= HEATMAP_MAX:
+        return axis, rows, values, labels
+    return (f"{axis} (the first {HEATMAP_MAX} of {len(rows):,})", rows[:HEATMAP_MAX], values[:HEATMAP_MAX],
+            labels[:HEATMAP_MAX])
+
+
+def _shown(xlabel: str, n: int, what: str = "") -> tuple[str, int]:
+    """How many of ``n`` bars or boxes a chart draws (its first ``HEATMAP_MAX``), and its axis
+    label, which says so when that is not all: a grid whose every cell is its own category would
+    otherwise draw thousands of unreadable rows, for minutes."""
+    if n <= HEATMAP_MAX:
+        return xlabel, n
+    return f"{xlabel}; the first {HEATMAP_MAX} of {n:,}{what}", HEATMAP_MAX
 
 
 def _figure(rows: int = 1, height: float = 3.0) -> Figure:
@@ -63,11 +91,17 @@ def _figure(rows: int = 1, height: float = 3.0) -> Figure:
 @_literal
 def heatmap(name: str, rows: Sequence[str], cols: Sequence[str], values: list[list[float | None]],
             labels: list[list[str]], row_axis: str, col_axis: str, scale: str, vmax: float | None = None) -> Markup:
-    """A grid of cells: colour by ``values`` (None: no such cell) from 0 to ``vmax``, text from ``labels``."""
+    """A grid of cells: colour by ``values`` (None: no such cell) from 0 to ``vmax``, text from ``labels``.
+    At most ``HEATMAP_MAX`` rows and columns are drawn (the first ones), and the axis label says so:
+    a table of 2,000 inputs would otherwise take a minute and 1.5 GiB to draw, all of it unreadable."""
+    row_axis, rows, values, labels = _first(row_axis, rows, values, labels)
+    if len(cols) > HEATMAP_MAX:
+        col_axis = f"{col_axis} (the first {HEATMAP_MAX} of {len(cols):,})"
+        cols, values, labels = cols[:HEATMAP_MAX], [r[:HEATMAP_MAX] for r in values], [r[:HEATMAP_MAX] for r in labels]
     import numpy as np
 
     data = np.ma.masked_invalid(np.array([[np.nan if v is None else v for v in row] for row in values], dtype=float))
-    fig = _figure(height=max(2.2, 0.45 * len(rows) + 1.2))
+    fig = _figure(height=max(2.2, 0.45 * len(rows) * (1 + 0.5 * (_lines(rows) - 1)) + 0.15 * _lines(cols, 18) + 1.2))
     ax = fig.add_subplot()
     image = ax.imshow(data, cmap="YlGnBu", aspect="auto", vmin=0, vmax=vmax)
     for i, row in enumerate(labels):
@@ -101,7 +135,9 @@ def histograms(name: str, series: Mapping[str, Sequence[float]], xlabel: str,
 @_literal
 def boxes(name: str, groups: dict[str, list[float]], xlabel: str) -> Markup:
     """One horizontal box per group (category), the group's size in its label."""
-    fig = _figure(height=max(2.0, 0.4 * len(groups) + 1.0))
+    xlabel, shown = _shown(xlabel, len(groups), " groups")
+    groups = dict(list(groups.items())[:shown])
+    fig = _figure(height=max(2.0, 0.4 * len(groups) * (1 + 0.5 * (_lines(list(groups)) - 1)) + 1.0))
     ax = fig.add_subplot()
     names = list(groups)
     ax.boxplot([groups[n] for n in names], orientation="horizontal", widths=0.6,
@@ -116,7 +152,9 @@ def boxes(name: str, groups: dict[str, list[float]], xlabel: str) -> Markup:
 def stacked_bars(name: str, bars: Sequence[str], stacks: dict[str, list[float]], xlabel: str,
                  colors: dict[str, str] | None = None) -> Markup:
     """Horizontal bars (categories, subset sizes) split into stacks (kept, dropped by…)."""
-    fig = _figure(height=max(2.0, 0.4 * len(bars) + 1.2))
+    xlabel, shown = _shown(xlabel, len(bars))
+    bars, stacks = bars[:shown], {k: v[:shown] for k, v in stacks.items()}
+    fig = _figure(height=max(2.0, 0.4 * len(bars) * (1 + 0.5 * (_lines(bars) - 1)) + 1.2))
     ax = fig.add_subplot()
     left = [0.0] * len(bars)
     labels = [_short(b) for b in bars]
@@ -140,7 +178,9 @@ def _legend_below(fig: Figure, entries: int) -> None:
 def grouped_bars(name: str, groups: Sequence[str], series: Mapping[str, Sequence[Any]], xlabel: str,
                  xlim: tuple[float, float] | None = None) -> Markup:
     """Horizontal bars, one per series within each group (distinct-n per category, say)."""
-    fig = _figure(height=max(2.0, 0.22 * len(groups) * max(1, len(series)) + 1.2))
+    xlabel, shown = _shown(xlabel, len(groups), " groups")
+    groups, series = groups[:shown], {k: v[:shown] for k, v in series.items()}
+    fig = _figure(height=max(2.0, 0.22 * len(groups) * max(1, len(series), _lines(groups)) + 1.2))
     ax = fig.add_subplot()
     height = 0.8 / max(1, len(series))
     for k, (label, values) in enumerate(series.items()):
@@ -170,4 +210,56 @@ def lines(name: str, panels: Mapping[str, Mapping[str, Sequence[tuple[float, flo
         ax.set_xlabel(visible(xlabel))
         ax.set_ylabel(ylabel)
         ax.legend(fontsize=7, loc="best")
+    return _svg(fig, name)
+
+
+Curve = Sequence[tuple[float, float, float, float]]  # (size, mean, lowest, highest) per measured size
+
+
+def learning_curves(name: str, panels: Mapping[str, Mapping[str, Curve]],
+                    references: Mapping[str, Mapping[str, float]], targets: Mapping[str, float],
+                    xlabel: str = "training examples") -> Markup:
+    """One panel per metric (two to a row), one line per category (``all`` thick) through the
+    measured sizes with the seeds' spread as a band, the reference models as horizontal lines and
+    the targets as thin red ones; one legend for all panels. The x axis turns symmetric-log when the
+    sizes span more than 20×, so the small sizes, where most changes, stay readable."""
+    columns = 2 if len(panels) > 1 else 1
+    rows = -(-len(panels) // columns)
+    fig = Figure(figsize=(_WIDTH, 2.6 * rows + 0.9), layout="constrained")
+    fig.patch.set_alpha(0)
+    styles = {"teacher": ("--", "#555"), "prompted": (":", "#b07aa1")}
+    legend: dict[str, Any] = {}
+    for p, (metric, series) in enumerate(panels.items()):
+        ax = fig.add_subplot(rows, columns, p + 1)
+        sizes = sorted({point[0] for points in series.values() for point in points})
+        values = [v for points in series.values() for point in points for v in point[1:]]
+        values += list((references.get(metric) or {}).values())
+        for k, (label, points) in enumerate(series.items()):
+            if not points:
+                continue
+            xs, means, lows, highs = zip(*points, strict=True)
+            color = "#222" if label == "all" else PALETTE[k % len(PALETTE)]
+            (line,) = ax.plot(xs, means, marker="o", markersize=3.5, color=color,
+                              linewidth=2.4 if label == "all" else 1.1)
+            legend.setdefault(_short(label), line)
+            if any(lo != hi for lo, hi in zip(lows, highs, strict=True)):
+                ax.fill_between(xs, lows, highs, color=color, alpha=0.15, linewidth=0)
+        for kind, value in (references.get(metric) or {}).items():
+            style, color = styles.get(kind, ("-.", "#999"))
+            legend.setdefault(f"{kind} (all)", ax.axhline(value, linestyle=style, color=color, linewidth=1.2))
+        if metric in targets:
+            legend.setdefault("target", ax.axhline(targets[metric], color="#e15759", linewidth=0.8, alpha=0.7))
+        positive = [s for s in sizes if s > 0]
+        if positive and max(positive) / min(positive) > 20:
+            ax.set_xscale("symlog", linthresh=min(positive))
+            ax.set_xlim(min(sizes) - 0.25 * min(positive), max(sizes) * 1.15)  # no empty negative decade
+        if sizes:
+            ax.set_xticks(sizes, [f"{s:g}" for s in sizes], fontsize=8)
+        if values and all(0 <= v <= 1 for v in values):
+            ax.set_ylim(-0.04, 1.04)
+        ax.tick_params(axis="y", labelsize=8)
+        ax.set_title(metric, fontsize=10)
+        ax.set_xlabel(xlabel, fontsize=8)
+    fig.legend(list(legend.values()), list(legend), loc="outside lower center", ncols=min(len(legend), 5),
+               fontsize=8, frameon=False)
     return _svg(fig, name)

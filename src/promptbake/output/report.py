@@ -27,6 +27,7 @@ from markupsafe import Markup
 from promptbake.curate.checks import last_assistant
 from promptbake.errors import DataFileError, OutputError, PromptbakeError
 from promptbake.output.dataset import Dataset
+from promptbake.output.dialogues import conversation_view
 from promptbake.output.jsonl import read_jsonl
 from promptbake.output.visible import visible
 from promptbake.plan.expand import Expander
@@ -53,6 +54,7 @@ class Row:
     prompt: str
     answer: str
     reason: str = ""
+    flags: list[str] = field(default_factory=list)  # the built-in heuristics it trips (curate/quality.py)
 
 
 @dataclass
@@ -66,6 +68,9 @@ class StoreFacts:
     rounds: list[dict[str, Any]]
     examples: list[Example]
     spec_text: str | None  # as the run saved it: the spec file may have moved or changed since
+    cut_off: dict[str, tuple[int, int]] = field(default_factory=dict)  # category → (cut off, answers)
+    rejections: list[tuple[str, int]] = field(default_factory=list)  # why answers were rejected
+    fanout_cells: dict[str, str] = field(default_factory=dict)  # fan-out drop id → its cell key
 
 
 @dataclass
@@ -89,7 +94,9 @@ class ReportData:
 
 def _store_facts(store_path: Path, spec: Spec, expander: Expander) -> StoreFacts:
     from promptbake.curate.examples import ExampleRenderer
+    from promptbake.curate.gates import Gates
     from promptbake.store.db import Store
+    from promptbake.teacher.parse import CUT_OFF
 
     with Store(store_path, lock=False) as store:
         rounds = []
@@ -102,8 +109,12 @@ def _store_facts(store_path: Path, spec: Spec, expander: Expander) -> StoreFacts
             attempt_errors=store.attempt_errors(spec.name),
             failures=store.failures(spec.name),
             rounds=rounds,
-            examples=list(ExampleRenderer(spec, expander.templates).examples(store)),
+            # of a best-of-n step, the choice the build picked: the others were candidates, not examples
+            examples=list(Gates(spec, store).picked(ExampleRenderer(spec, expander.templates).examples(store))),
             spec_text=next((text for name, _, text in store.saved_specs() if name == spec.name), None),
+            cut_off=store.cut_off(spec.name, CUT_OFF),
+            rejections=store.rejection_reasons(spec.name),
+            fanout_cells={f"{d.request_id}:{d.item_index}": d.cell_key for d in store.fanout_drops(spec.name)},
         )
 
 
@@ -135,8 +146,16 @@ def load_dataset(directory: str | Path, store_path: str | Path | None = None, sp
         spec = spec_from_store(store, manifest.get("spec"))
     data.spec = spec
     if spec is not None:
+        from promptbake.plan.expand import KEEP_CELLS
+
         expander = Expander(spec)
-        data.requested = {c.key: c for c in expander.cells()}
+        data.requested = {}
+        for cell in expander.cells():  # a grid of millions: its first cells (and every cell with examples)
+            if len(data.requested) == KEEP_CELLS:
+                data.notes.append(f"the grid has {expander.totals()[0]:,} cells: the cell table lists the first "
+                                  f"{KEEP_CELLS:,} and those with examples")
+                break
+            data.requested[cell.key] = cell
         if store.exists():
             data.store = _store_facts(store, spec, expander)
     if data.store is None:
@@ -221,10 +240,12 @@ def _classify(data: ReportData) -> Classified:
     """Kept rows come from the files; dropped ones are re-rendered from the store when it is here
     (else listed from ``dropped.jsonl`` without text). Anything rendered that is neither kept nor
     listed there (a gate's drop or a duplicate) was cut by the cell's count or by balance."""
+    from promptbake.curate.quality import flags
+
     rows = []
     for split, example in data.kept:
         rows.append(Row(split, example.category, _label(example.cell), _prompt(example.messages),
-                        last_assistant(example.messages)))
+                        last_assistant(example.messages), flags=flags(example.messages)))
     fates: dict[str, Counter[str]] = defaultdict(Counter)
     listed = {row.get("id"): row for row in data.dropped}
     if data.store is None:
@@ -244,10 +265,18 @@ def _classify(data: ReportData) -> Classified:
         else:
             fate, reason = "count/balance", "not needed: its cell already had its count, or balance left it out"
         fates[key][fate] += 1
-        rows.append(Row("dropped", ex.category, _label(ex.cell), _prompt(ex.messages), answer, reason))
-    # fan-out repeats were dropped before the next step was paid for: no example to render
-    rows += [Row("dropped", str(d.get("category", "")), "", "", "", _drop_reason(d))
-             for id_, d in listed.items() if id_ not in rendered]
+        rows.append(Row("dropped", ex.category, _label(ex.cell), _prompt(ex.messages), answer, reason,
+                        flags(ex.messages)))
+    # fan-out items were dropped before the next step was paid for (repeats, or a user line a filter
+    # drops): no example to render, but each counts in its cell, as in its category
+    for id_, d in listed.items():
+        if id_ in rendered:
+            continue
+        rows.append(Row("dropped", str(d.get("category", "")), "", "", "", _drop_reason(d)))
+        cell = data.store.fanout_cells.get(str(id_))
+        if cell is not None:
+            fates[cell]["generated"] += 1
+            fates[cell][str(d.get("reason"))] += 1
     return Classified(rows, fates)
 
 
@@ -305,7 +334,7 @@ def _cells(data: ReportData, classified: Classified) -> CellView:
         key = example.provenance.get("cell_key") or _label(example.cell)
         cells.setdefault(key, example.cell)
         splits[key][split] += 1
-    fate_names = [f for f in ("checks", "exact", "near", "count/balance")
+    fate_names = [f for f in ("checks", "filters", "judge", "exact", "near", "count/balance")
                   if any(f in c for c in classified.fates.values())]
     fate_names += sorted({f for c in classified.fates.values() for f in c} - {"generated", *fate_names})
     view = CellView(["cell", "requested", "generated", *fate_names, "kept", "train", "test"], [],
@@ -486,6 +515,26 @@ def _funnel(header: list[str], rows: list[list[Any]]) -> Markup | None:
     return plots.stacked_bars("funnel", [r[0] for r in rows], stacks, "examples", STAGE_COLORS)
 
 
+def _quality(data: ReportData, classified: Classified) -> Any:
+    from promptbake.output.quality_panel import quality_panel
+
+    examples = [(r.status, r.category, r.flags) for r in classified.rows if r.prompt or r.answer]
+    return quality_panel(examples, data.store.cut_off if data.store else None,
+                         data.store.rejections if data.store else None)
+
+
+def _attempt_errors(data: ReportData) -> list[tuple[str, int]]:
+    """Failed attempts by kind, each rejection with its reasons: "rejected 18" says why."""
+    if data.store is None:
+        return []
+    rows: list[tuple[str, int]] = []
+    for kind, count in data.store.attempt_errors.items():
+        rows.append((kind, count))
+        if kind == "rejected":
+            rows += [(f"  rejected: {reason}", n) for reason, n in data.store.rejections]
+    return rows
+
+
 def dataset_context(data: ReportData, sample: int = SAMPLE) -> dict[str, Any]:
     classified = _classify(data)
     rows, sample_note = _sample(classified.rows, sample)
@@ -502,7 +551,9 @@ def dataset_context(data: ReportData, sample: int = SAMPLE) -> dict[str, Any]:
         "glance": _glance(data),
         "runs": _runs(data),
         "rounds": data.store.rounds if data.store else [],
-        "attempt_errors": data.store.attempt_errors if data.store else {},
+        "attempt_errors": _attempt_errors(data),
+        "quality": _quality(data, classified),
+        "flag_options": [(key, label) for key, label, _ in _heuristics()],
         "failed_requests": sorted(failed_requests.items(), key=lambda kv: -kv[1]),
         "spec_text": data.store.spec_text if data.store else _spec_text(data.spec),
         "category_columns": category_columns, "category_rows": category_rows,
@@ -512,10 +563,17 @@ def dataset_context(data: ReportData, sample: int = SAMPLE) -> dict[str, Any]:
         "diversity": diversity, "diversity_plot": diversity_plot, "common_openings": common_openings,
         "opening_words": OPENING_WORDS,
         "size_columns": size_columns, "size_rows": size_rows, "size_plot": size_plot,
+        "conversations": conversation_view(data.kept),
         "rows": rows, "sample_note": sample_note,
         "row_categories": sorted({r.category for r in rows}),
         "statuses": ["train", "test", "dropped"],
     }
+
+
+def _heuristics() -> tuple[tuple[str, str, str], ...]:
+    from promptbake.curate.quality import HEURISTICS
+
+    return HEURISTICS
 
 
 def _spec_text(spec: Spec | None) -> str | None:

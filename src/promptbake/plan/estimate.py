@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from promptbake.plan.conversation import Dialogues
 from promptbake.plan.expand import Cell, Expander
 from promptbake.plan.judge import example_text
 from promptbake.plan.planner import DEFAULT_RESERVE, Planner
@@ -44,7 +45,9 @@ class Estimate:
     steps: list[StepEstimate] = field(default_factory=list)
     price_known: bool = True
     unpriced: list[str] = field(default_factory=list)  # the models without a known price
+    prices: list[str] = field(default_factory=list)  # per priced model asked: its price and the entry it comes from
     notes: list[str] = field(default_factory=list)
+    unknown_price: str = ""  # how to say the model has no price, with the closest known name
 
     @property
     def cost(self) -> float:
@@ -68,13 +71,14 @@ class Estimate:
         total_prompt = sum(s.prompt_tokens for s in self.steps)
         total_completion = sum(s.completion_tokens for s in self.steps)
         price = f"≤ ${self.cost:.4f}" if self.price_known else (
-            f"unknown (no price for {', '.join(self.unpriced) or 'this model'}; set teacher.prices)")
+            f"unknown ({self.unknown_price or 'no price for this model'}; set teacher.prices)")
         lines.append(
             f"total: {sum(s.requests for s in self.steps)} requests, ~{total_prompt:,} prompt tokens, "
             f"≤ {total_completion:,} completion tokens, estimated cost {price}"
         )
         if self.price_known:
             lines.append(f"with --batch (Batch API prices): ≤ ${self.batch_cost:.4f}")
+        lines.extend(f"price: {p}" for p in self.prices)
         lines.extend(f"note: {n}" for n in self.notes)
         return "\n".join(lines)
 
@@ -100,7 +104,9 @@ def estimate(spec: Spec, model: str | None = None, teacher_kind: str | None = No
     example_scale = wanted / max(sum(c.count for c in cells), 1)
     unpriced = [m for m in asked if not prices.known(m)]
     result = Estimate(cells=total_cells, examples_wanted=wanted, model=label(teacher) or ", ".join(asked),
-                      price_known=not unpriced, unpriced=unpriced)
+                      price_known=not unpriced, unpriced=unpriced,
+                      unknown_price="; ".join(prices.unknown(m) for m in unpriced))
+    result.prices = [prices.describe(m) for m in asked if m not in unpriced]
     if teacher.kind != "local":  # a local model is no OpenAI tokenizer
         result.notes.extend(note for note in map(encoding_note, asked) if note)
 
@@ -158,7 +164,15 @@ def estimate(spec: Spec, model: str | None = None, teacher_kind: str | None = No
         if k >= planner.real:
             continue
         per_item = (step.max_tokens or DEFAULT_RESERVE) // (max(c.count for c in cells) if step.parse == "list" else 1)
-        placeholders[step.name] = placeholder(step, " ".join(["word"] * max(per_item // 2, 1)))
+        words = " ".join(["word"] * max(per_item // 2, 1))
+        flow = planner.flow
+        if flow is not None and flow.turn(k) is not None:  # a turn: the dialogue grows by a turn of that size
+            message = flow.said(k, words, placeholder(step, words))
+            placeholders[flow.name] = [*placeholders.get(flow.name, []), *([message] if message else [])]
+            continue
+        placeholders[step.name] = placeholder(step, words)
+    if planner.flow is not None:
+        _by_side(result, planner.flow)
     for judge in spec.judge:
         result.notes.append(
             f"judge {judge.name}: {judge.expected_pass_rate:.0%} of examples assumed to pass "
@@ -184,3 +198,38 @@ def _judge_requests(planner: Planner, k: int, cells: list[Cell], placeholders: d
                 )
             )
     return requests
+
+
+def _by_side(result: Estimate, flow: Dialogues) -> None:
+    """One line per side of the conversation instead of one per turn, and a note of what its
+    bounds mean: the lines price every dialogue at ``turns.max`` (the most it can cost)."""
+    turns = [e for e in result.steps if e.step.startswith(f"{flow.name}.")]
+    if not turns:
+        return
+    sides: dict[str, StepEstimate] = {}
+    shortest = 0
+    for estimate_, turn in zip(turns, flow.turns, strict=True):
+        name = f"{flow.name} ({'stop judge' if turn.side == 'stop' else turn.side})"
+        side = sides.setdefault(name, StepEstimate(step=name, requests=0, prompt_tokens=0, completion_tokens=0,
+                                                   cost=0.0))
+        side.requests += estimate_.requests
+        side.prompt_tokens += estimate_.prompt_tokens
+        side.completion_tokens += estimate_.completion_tokens
+        side.cost += estimate_.cost
+        side.batch_cost += estimate_.batch_cost
+        if turn.exchange <= flow.talk.turns.min:
+            shortest += estimate_.requests
+    at = result.steps.index(turns[0])
+    result.steps[at : at + len(turns)] = list(sides.values())
+    bounds = flow.talk.turns
+    checks = " and per stop check" if any(t.side == "stop" for t in flow.turns) else ""
+    total = sum(e.requests for e in turns)
+    if bounds.min == bounds.max:
+        result.notes.append(f"conversation {flow.name}: {bounds.max} exchanges per dialogue, one request per turn: "
+                            f"{total:,} requests")
+        return
+    result.notes.append(
+        f"conversation {flow.name}: {bounds.min}–{bounds.max} exchanges per dialogue, one request per turn{checks}: "
+        f"{shortest:,} requests if every dialogue ends at {bounds.min}, {total:,} at {bounds.max} (priced above: "
+        "the most it can cost; later turns carry the dialogue so far)"
+    )

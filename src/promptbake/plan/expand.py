@@ -61,6 +61,10 @@ def load_table(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _canonical(value: Any) -> str:
+    return stable_hash(value)  # short, and the same for equal values whatever their key order
+
+
 def _excluded(values: dict[str, Any], rules: list[dict[str, Any]]) -> bool:
     for rule in rules:
         if all(values.get(axis) in (wanted if isinstance(wanted, list) else [wanted]) for axis, wanted in rule.items()):
@@ -75,6 +79,12 @@ def _cell_count(spec: Spec, values: dict[str, Any]) -> int:
     return max(0, math.floor(spec.grid.count * weight + 0.5))
 
 
+# A grid of at most this many cells is expanded once and kept: generate walks it to save the cells,
+# then to plan them, then to count what is short (each walk hashes every cell and renders its
+# category). A bigger one is expanded again each time rather than held in memory.
+KEEP_CELLS = 20_000
+
+
 class Expander:
     """Turns a spec into cells; shared by expand, generate, build and the dry run."""
 
@@ -83,6 +93,8 @@ class Expander:
         self.templates = templates or Templates.for_spec_dir(spec.base_dir)
         self.axes = load_axes(spec)
         self.table = load_table(spec.resolve(spec.grid.table)) if spec.grid.table else [{}]
+        self._kept: list[Cell] | None = None
+        self._members: tuple[list[set[str]], set[str]] | None = None  # see cell_of
 
     def category(self, values: dict[str, Any]) -> str:
         if self.spec.category is None:
@@ -90,6 +102,12 @@ class Expander:
         return self.templates.expression(f"{self.spec.where()}:category", self.spec.category, values)
 
     def cells(self) -> Iterator[Cell]:
+        """Every cell, in grid order (see ``KEEP_CELLS``)."""
+        if self._kept is None and self.totals()[0] <= KEEP_CELLS:
+            self._kept = list(self._expand())
+        return iter(self._kept) if self._kept is not None else self._expand()
+
+    def _expand(self) -> Iterator[Cell]:
         names = list(self.axes)
         index = 0
         for row in self.table:
@@ -103,6 +121,27 @@ class Expander:
                 key = stable_hash(self.spec.name, values)
                 yield Cell(index, key, values, self.category(values), count)
                 index += 1
+
+    def cell_of(self, values: dict[str, Any]) -> Cell | None:
+        """The cell ``values`` make, or None when the grid (as the spec says now) has no such cell.
+        How a build finds the cells of its examples in a grid too big to expand (its ``index``
+        is not looked up: -1). The first call indexes the axes' values and the table's rows."""
+        if self._members is None:
+            axes = [{_canonical(v) for v in self.axes[n]} for n in self.axes]
+            self._members = axes, {_canonical(self._row(row)) for row in self.table}
+        axes, rows = self._members
+        if any(n not in values or _canonical(values[n]) not in known for n, known in zip(self.axes, axes, strict=True)):
+            return None
+        if _canonical(self._row(values)) not in rows or _excluded(values, self.spec.grid.exclude):
+            return None
+        count = _cell_count(self.spec, values)
+        if count == 0:
+            return None
+        return Cell(-1, stable_hash(self.spec.name, values), values, self.category(values), count)
+
+    def _row(self, values: dict[str, Any]) -> dict[str, Any]:
+        """The part of a cell's values that comes from its table row (the axes override the rest)."""
+        return {k: v for k, v in values.items() if k not in self.axes}
 
     def totals(self) -> tuple[int, int]:
         """(cells, examples wanted) from the axis sizes, without expanding the grid: a 10^8-cell

@@ -59,9 +59,13 @@ def _messages(judge: Judge) -> list[MessageTemplate]:
     return [MessageTemplate(role="system", content=SYSTEM), MessageTemplate(role="user", content=CRITERIA_PROMPT)]
 
 
-def example_text(messages: list[dict[str, Any]], fields: Sequence[str] | None) -> str:
+def example_text(messages: list[dict[str, Any]], fields: Sequence[str] | None, turns: str = "all") -> str:
     """What a judge sees of an example: its messages (only the roles in ``fields``, if given), one
-    labelled block per message."""
+    labelled block per message; with ``turns: last``, only a dialogue's last exchange (from its
+    last user message on)."""
+    if turns == "last":
+        start = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=0)
+        messages = messages[start:]
     shown = [m for m in messages if fields is None or m.get("role") in fields]
     return "\n\n".join(f"[{m.get('role')}]\n{m.get('content') or ''}" for m in shown)
 

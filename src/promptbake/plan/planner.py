@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from promptbake.curate.checks import last_assistant
+from promptbake.curate.filters import Filters, last_user
+from promptbake.curate.gates import cheap_failures
 from promptbake.curate.normalise import normalise
 from promptbake.errors import TemplateError
 from promptbake.ids import stable_hash
+from promptbake.plan.conversation import Dialogues, TurnsRenderer, planned_steps
 from promptbake.plan.expand import Cell
-from promptbake.plan.judge import example_text, judge_steps
+from promptbake.plan.judge import example_text
 from promptbake.plan.routing import check_routes, pick
-from promptbake.specification.models import MessageTemplate, Spec, Step, TeacherConfig
+from promptbake.specification.models import ConversationSlot, MessageTemplate, Spec, Step, TeacherConfig
 from promptbake.specification.templates import Templates
 from promptbake.store.db import FanoutDrop, PlannedRequest, StoredRequest
 from promptbake.teacher.tokens import count_messages
@@ -29,12 +31,17 @@ DEFAULT_RESERVE = 512  # completion tokens reserved for TPM when a step sets no 
 
 
 class MessageRenderer:
-    """Compiles a list of message templates once and renders them for many rows."""
+    """Compiles a list of message templates once and renders them for many rows (an example's
+    ``- conversation: NAME`` renders as the dialogue's turns)."""
 
-    def __init__(self, templates: Templates, messages: list[MessageTemplate], where: str) -> None:
+    def __init__(self, templates: Templates, messages: Sequence[MessageTemplate | ConversationSlot],
+                 where: str) -> None:
         self.templates = templates
-        self.parts: list[tuple[MessageTemplate, str]] = []
+        self.parts: list[tuple[MessageTemplate, str] | TurnsRenderer] = []
         for j, message in enumerate(messages):
+            if isinstance(message, ConversationSlot):
+                self.parts.append(TurnsRenderer(templates, message, f"{where}.messages[{j}]"))
+                continue
             if message.template is not None:
                 name = message.template
             else:
@@ -50,7 +57,11 @@ class MessageRenderer:
 
     def render(self, variables: dict[str, Any]) -> list[dict[str, Any]]:
         out = []
-        for message, name in self.parts:
+        for part in self.parts:
+            if isinstance(part, TurnsRenderer):
+                out += part.render(variables)
+                continue
+            message, name = part
             rendered: dict[str, Any] = {"role": message.role, "content": self.templates.render(name, variables)}
             if message.weight is not None:
                 rendered["weight"] = message.weight
@@ -75,8 +86,9 @@ def _normalised(value: Any) -> Any:
 
 
 def single_output(step: Step) -> bool:
-    """True when each request of the step yields exactly one row for the next step."""
-    return step.parse != "list" and (step.n or 1) == 1 and (step.repeat or 1) == 1
+    """True when each request of the step yields exactly one row for the next step (a best-of-n
+    step's n choices make one example)."""
+    return step.parse != "list" and ((step.n or 1) == 1 or step.pick == "best") and (step.repeat or 1) == 1
 
 
 class Planner:
@@ -89,41 +101,93 @@ class Planner:
         self.spec = spec
         self.teacher_kind = teacher.kind
         self.topup_round = topup_round
+        # a conversation step is planned as its turns (see plan/conversation.py)
+        talk = spec.conversation
+        self.flow = Dialogues(talk, len(spec.steps) - 1) if talk is not None else None
         # the spec's steps, then one step per judge: a verdict is planned and paid like an answer
-        self.steps = [*spec.steps, *judge_steps(spec)]
-        self.real = len(spec.steps)
+        self.steps = planned_steps(spec, self.flow)
+        self.real = len(self.steps) - len(spec.judge)
         self.models = check_routes(self.steps, teacher)  # per step: the model(s) its requests name
         self.renderers = [
-            MessageRenderer(templates, step.messages, _where(spec, i, self.real)) for i, step in enumerate(self.steps)
+            MessageRenderer(templates, step.messages, self._where(i)) for i, step in enumerate(self.steps)
         ]
         self.example = MessageRenderer(templates, spec.example.messages, f"{spec.where()}:example")
         self.filters = spec.filters.compile()
+        # what every request of a step sends besides its model and messages, worked out once
+        self.params = [{**step.body_params(), **self._response_format(step)} for step in self.steps]
+        self.user_filters = Filters([c for c in self.filters.checks if c.role == "user"])
+
+    def _where(self, k: int) -> str:
+        """How errors name step ``k``'s templates: the spec field they come from."""
+        spec = self.spec
+        if self.flow is not None and self.flow.turn(k) is not None:
+            return f"{spec.where()}:steps[{self.flow.first}].conversation.{self.flow.field(k)}"
+        return f"{spec.where()}:steps[{k}]" if k < self.real else f"{spec.where()}:judge[{k - self.real}]"
 
     def parent_index(self, k: int) -> int:
         """The step whose answers step k is planned from: the one before it, except that every
         judge judges the last real step's answers (judges do not wait for one another)."""
         return min(k, self.real) - 1
 
-    def gate(self, variables: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
-        """The example a row renders to, and why it fails ``example.checks`` and the filters (empty:
-        it passes). Run before any judge, so only examples that can still be kept are judged."""
-        messages = self.example.render(variables)
-        checks = self.spec.example.checks
-        reasons = checks.failures(last_assistant(messages)) if checks is not None else []
-        return messages, reasons + self.filters.failures(messages)
+    def parent_steps(self, k: int) -> list[int]:
+        """Every step whose answers step k is planned from: a conversation's judges judge the
+        dialogues that ended, at whichever turn each ended."""
+        if k >= self.real and self.flow is not None:
+            return list(range(self.flow.first, self.real))
+        return [self.parent_index(k)]
 
-    def _response_format(self, step: Step) -> dict[str, Any] | None:
+    def gate(self, variables: dict[str, Any], category: str | None = None, *,
+             ended: bool = True) -> tuple[list[dict[str, Any]], list[str]]:
+        """The example a row renders to, and why it fails ``example.checks`` and the filters (empty:
+        it passes). Run before any judge, so only examples that can still be kept are judged; for
+        a dialogue still going (not ``ended``), before its next turn, which would be paid in vain."""
+        messages = self.example.render(variables)
+        turns = self.flow.exchanges(variables) if self.flow is not None and ended else None
+        return messages, cheap_failures(self.spec, self.filters, messages, turns, category)[1]
+
+    def advance(self, parent: StoredRequest, j: int, output: Any) -> tuple[dict[str, Any], str | None]:
+        """The row ``parent``'s output ``j`` makes, and, for a dialogue, why it ends there (None:
+        it goes on, or the row is no dialogue's)."""
+        k = parent.step_index
+        if self.flow is not None and self.flow.turn(k) is not None:
+            return self.flow.settle(k, parent.vars, output,
+                                    lambda row: bool(self.gate(row, parent.category, ended=False)[1]))
+        variables = {**parent.vars, self.steps[k].name: output}
+        if self.flow is not None and k == self.flow.first - 1:  # the row a dialogue starts from
+            variables = self.flow.start(variables, parent.id, j)
+        return variables, None
+
+    def user_gate(self, k: int, variables: dict[str, Any], category: str) -> list[str]:
+        """Why a row's user line fails the filters that check it (``role: user``), known before
+        step k is paid for when the example's user line does not depend on step k or later: then
+        no answer could make the example pass. Empty when it passes or cannot be known yet."""
+        if not self.user_filters.checks or k >= self.real:
+            return []
+        later = [s.name for s in self.steps[k:self.real]]
+        lines = []
+        for placeholder in ("", "\x00later"):  # the same line under both: it depends on no later answer
+            try:
+                lines.append(last_user(self.example.render({**variables, **dict.fromkeys(later, placeholder)})))
+            except TemplateError:
+                return []  # it needs a later answer's fields
+        if lines[0] != lines[1]:
+            return []
+        return self.user_filters.failures([{"role": "user", "content": lines[0]}], category)
+
+    def _response_format(self, step: Step) -> dict[str, Any]:
+        """``{"response_format": ...}`` as the step's requests carry it, or nothing."""
         if step.response_format is not None or step.json_schema is None:
-            return step.response_format
+            return {} if step.response_format is None else {"response_format": step.response_format}
         mode = self.spec.teacher.structured_output
         if mode == "auto":
             mode = "json_object" if self.teacher_kind == "local" else "json_schema"
         if mode == "json_object":
             # llama.cpp's server constrains decoding by grammar with this form (FACTS.md)
-            return {"type": "json_object", "schema": step.json_schema}
+            return {"response_format": {"type": "json_object", "schema": step.json_schema}}
         if mode == "json_schema":
-            return {"type": "json_schema", "json_schema": {"name": step.name, "schema": step.json_schema}}
-        return None
+            return {"response_format": {"type": "json_schema",
+                                        "json_schema": {"name": step.name, "schema": step.json_schema}}}
+        return {}
 
     def request(
         self,
@@ -141,8 +205,13 @@ class Planner:
     ) -> PlannedRequest:
         step = self.steps[k]
         model = pick(self.models[k], self.spec.name, step.name, cell_key, parent_id, item_index, replicate)
+        turn = self.flow.turn(k) if self.flow is not None else None
+        if self.flow is not None and turn is not None:  # a turn sees where it is, then the dialogue so far
+            render_only = {**(render_only or {}), **self.flow.render_vars(k, variables)}
         messages = self.renderers[k].render({**variables, **(render_only or {})})
-        body: dict[str, Any] = {"model": model, "messages": messages, **step.body_params()}
+        if self.flow is not None and turn is not None:
+            messages += self.flow.history(variables, turn.side)
+        body: dict[str, Any] = {"model": model, "messages": messages, **self.params[k]}
         # a top-up of a built dataset is its own spec, planned from round 0: its top-up round
         # joins the seed so that no request repeats the bytes of the dataset's first run
         again = [self.topup_round] if self.topup_round else []
@@ -153,9 +222,6 @@ class Planner:
             # a top-up round must not send round 0's bytes again: a deterministic teacher would
             # answer with the same duplicates (round 0 keeps no seed, so its cache keys stay)
             body["seed"] = int(stable_hash(replicate, round_, *again, length=6), 16) % 1_000_000
-        response_format = self._response_format(step)
-        if response_format is not None:
-            body["response_format"] = response_format
         cache_key = stable_hash(body, step.parse, step.json_schema, step.min_items, replicate, length=32)
         reserve = (step.max_tokens or DEFAULT_RESERVE) * (step.n or 1)
         return PlannedRequest(
@@ -184,7 +250,7 @@ class Planner:
         ``min_items`` (a prompt must not ask for fewer items than the parse accepts). A top-up list
         asks for a full list, for more choice against duplicates; the next step takes only what
         the cell lacks."""
-        step = self.spec.steps[0]
+        step = self.steps[0]
         # a list request never asks for fewer items than the step accepts (min_items)
         floor = step.min_items if step.parse == "list" else 1
         for cell in cells:
@@ -197,9 +263,12 @@ class Planner:
             else:
                 times = step.repeat if round_ == 0 and step.repeat else math.ceil(want / (step.n or 1))
             for i in range(times):
+                variables = dict(cell.values)
+                if self.flow is not None and self.flow.first == 0:  # each request starts a dialogue
+                    variables = self.flow.start(variables, cell.values, round_, i)
                 yield self.request(
                     0,
-                    dict(cell.values),
+                    variables,
                     cell_key=cell.key,
                     category=cell.category,
                     round_=round_,
@@ -225,9 +294,11 @@ class Planner:
         wants, so a list answer with surplus items does not buy surplus answers. A row that
         exactly repeats (text normalised as exact dedupe does) an earlier row of its cell, in this
         round or in ``earlier`` ones (cell key → row key → the kept item), is not planned at all:
-        it would be paid for and then dropped as a duplicate. It goes to ``drops`` instead, and
-        the cell, short of a row, is refilled by the next top-up round."""
-        step, previous = self.steps[k], self.steps[self.parent_index(k)]
+        it would be paid for and then dropped as a duplicate. Nor is a row whose user line fails
+        the filters that check it (:meth:`user_gate`). Each goes to ``drops`` instead, and the
+        cell, short of a row, is refilled by the next top-up round. A dialogue's next turn is
+        planned only while it goes on; a conversation's judges only judge the dialogues that ended."""
+        step = self.steps[k]
         capped = all(single_output(s) for s in self.steps[k:])
         judge = self.spec.judge[k - self.real] if k >= self.real else None
         planned: Counter[str] = Counter()
@@ -238,19 +309,27 @@ class Planner:
             for j, output in enumerate(parent.outputs or []):
                 if capped and planned[parent.cell_key] >= wants.get(parent.cell_key, 0):
                     break
-                variables = {**parent.vars, previous.name: output}
+                variables, ended = self.advance(parent, j, output)
+                if self.flow is not None and (ended is None) != (judge is None):
+                    continue  # an ended dialogue has no next turn; one still going is not judged yet
                 key = row_key(variables)
                 if key in seen:
                     if drops is not None:
                         drops.append(FanoutDrop(parent.id, j, parent.category, seen[key]))
                     continue
+                failed = self.user_gate(k, variables, parent.category)
+                if failed:
+                    if drops is not None:
+                        drops.append(FanoutDrop(parent.id, j, parent.category, None, "; ".join(failed)))
+                    continue  # its user line fails a filter: no answer of step k could keep it
                 seen[key] = f"{parent.id}:{j}"
                 render_only = None
                 if judge is not None:
-                    messages, failed = self.gate(variables)
+                    messages, failed = self.gate(variables, parent.category)
                     if failed:
                         continue  # dropped by a cheap gate: never pay a judge for it
-                    render_only = {"example": example_text(messages, judge.fields), "criteria": judge.criteria}
+                    render_only = {"example": example_text(messages, judge.fields, judge.turns),
+                                   "criteria": judge.criteria}
                 for rep in range(step.repeat or 1):
                     if capped and planned[parent.cell_key] >= wants.get(parent.cell_key, 0):
                         break
@@ -267,7 +346,3 @@ class Planner:
                         replicate=[rep],
                         render_only=render_only,
                     )
-
-
-def _where(spec: Spec, k: int, real: int) -> str:
-    return f"{spec.where()}:steps[{k}]" if k < real else f"{spec.where()}:judge[{k - real}]"

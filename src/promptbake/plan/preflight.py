@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from promptbake.plan.conversation import Dialogues
 from promptbake.plan.expand import Expander
 from promptbake.plan.judge import judge_steps
 from promptbake.plan.planner import MessageRenderer
@@ -60,6 +61,9 @@ def check_templates(spec: Spec, expander: Expander) -> None:
         return
     variables: dict[str, Any] = dict(cell.values)
     for k, step in enumerate(spec.steps):
+        if step.conversation is not None:
+            variables = _check_turns(Dialogues(step, k), spec, expander, variables, cell.count)
+            continue
         renderer = MessageRenderer(expander.templates, step.messages, f"{spec.where()}:steps[{k}]")
         renderer.render({**variables, "count": cell.count} if k == 0 else variables)
         variables[step.name] = placeholder(step)
@@ -70,3 +74,20 @@ def check_templates(spec: Spec, expander: Expander) -> None:
     for i, (judge, step) in enumerate(zip(spec.judge, judge_steps(spec), strict=True)):
         renderer = MessageRenderer(expander.templates, step.messages, f"{spec.where()}:judge[{i}]")
         renderer.render({**variables, "example": "<example>", "criteria": judge.criteria})
+
+
+def _check_turns(flow: Dialogues, spec: Spec, expander: Expander, variables: dict[str, Any],
+                 count: int) -> dict[str, Any]:
+    """Render every turn of the longest dialogue, each with the dialogue it will see (an empty one
+    for the first: a template reading ``dialogue[-1]`` there fails here, not after payment).
+    Returns the row of a finished dialogue, for the example."""
+    row = flow.start(variables, "preflight")
+    for i, step in enumerate(flow.steps):
+        k = flow.first + i
+        renderer = MessageRenderer(expander.templates, step.messages,
+                                   f"{spec.where()}:steps[{flow.first}].conversation.{flow.field(k)}")
+        renderer.render({**row, **({"count": count} if k == 0 else {}), **flow.render_vars(k, row)})
+        message = flow.said(k, f"<{step.name}>", placeholder(step))
+        if message is not None:
+            row = {**row, flow.name: [*row[flow.name], message]}
+    return row

@@ -35,6 +35,11 @@ def teacher_models(config: TeacherConfig) -> tuple[str, ...]:
     named = served_models(config.endpoints)
     if len(named) == 1:  # several: an implicit mix, which TeacherConfig refuses
         return named
+    if config.kind == "local" and config.local_model is not None:
+        from promptbake.teacher.local import served_model
+
+        # the name a trained student is served under carries its GGUF's hash: a retrained one is asked anew
+        return (served_model(config.local_model).alias,)
     if config.kind == "local":
         return (LOCAL_MODEL,)
     raise InputError("no teacher model: set teacher.model in the spec or pass --model")

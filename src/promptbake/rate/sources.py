@@ -63,9 +63,9 @@ def load_source(text: str) -> Source:
     path = Path(where)
     if path.is_dir():
         if not (path / "manifest.json").exists():
-            raise InputError(f"{path}: not a built dataset (no manifest.json); a trained student is rated through its "
-                             "eval file: run `promptbake eval --model M --data DATA/test.jsonl --out A.jsonl` and rate "
-                             "A.jsonl (rating a student folder directly needs `promptbake train`)")
+            raise InputError(f"{path}: neither a built dataset (no manifest.json) nor a student `promptbake train` "
+                             "wrote (no model.gguf); a model served elsewhere is rated through its eval file: "
+                             "`promptbake eval --model M --data DATA/test.jsonl --out A.jsonl`, then rate A.jsonl")
         return _dataset(name, path / TEST_SPLIT)
     first = next(read_jsonl(path, "source"), None)
     if first is None:

@@ -6,15 +6,29 @@ name the line it comes from, then validated by the models below (unknown keys ar
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import re
+import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Discriminator,
+    Field,
+    PrivateAttr,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from promptbake.curate.checks import AnswerList, Checks
 from promptbake.curate.filters import FilterSet
@@ -66,6 +80,17 @@ class TeacherConfig(Strict):
     prices: dict[str, Prices] = Field(default_factory=dict)
     endpoints: list[EndpointConfig] = Field(default_factory=list)  # several servers instead of base_url
     threads: int | None = Field(default=None, ge=1)  # local teacher: llama.cpp threads (default: one per core)
+    # local teacher: a GGUF file or a `promptbake train` model folder instead of the embedded SmolLM2
+    local_model: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _drop_unset_local_model(self, handler: SerializerFunctionWrapHandler,
+                                info: SerializationInfo) -> dict[str, Any]:
+        # unset, it is left out, so that the hash of every spec written before it existed stays the same
+        data: dict[str, Any] = handler(self)
+        if data.get("local_model") is None:
+            data.pop("local_model", None)
+        return data
 
     @model_validator(mode="before")
     @classmethod
@@ -136,16 +161,125 @@ class SamplingParams(Strict):
         return params
 
 
+class TurnBounds(Strict):
+    """How many exchanges (a customer turn and the agent's reply) a dialogue has: ``{min, max}``, or
+    one number for both."""
+
+    min: int = Field(default=1, ge=1)
+    max: int = Field(ge=1, le=50)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_number(cls, data: Any) -> Any:
+        if isinstance(data, int) and not isinstance(data, bool):
+            return {"min": data, "max": data}
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> TurnBounds:
+        if self.min > self.max:
+            raise ValueError(f"turns.min ({self.min}) is above turns.max ({self.max})")
+        return self
+
+
+class Side(SamplingParams):
+    """One voice of a conversation: the customer simulator (``user``) or the agent (``assistant``),
+    each with its own messages (persona, few-shot turns), model and sampling. The dialogue so far
+    follows its messages, the other side's turns as user messages and its own as assistant ones."""
+
+    messages: list[MessageTemplate] = Field(min_length=1)
+    parse: Literal["text", "json"] = "text"
+    json_schema: dict[str, Any] | None = Field(default=None, alias="schema")
+    say: str | None = None  # parse: json: the field holding what this side says
+    models: list[str] | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> Side:
+        check_models(self.model, self.models)
+        if (self.n or 1) != 1:
+            raise ValueError("a conversation side takes one answer per turn (n: 1)")
+        if self.json_schema is not None and self.parse != "json":
+            raise ValueError("'schema' needs parse: json")
+        if (self.parse == "json") != (self.say is not None):
+            raise ValueError("parse: json needs 'say' (the field holding the turn's text), and 'say' needs parse: json")
+        return self
+
+
+class StopJudge(Strict):
+    """A model reading the dialogue after each agent turn (from ``turns.min`` on) and saying
+    whether it is over: a request per check, cached and resumed like a turn."""
+
+    criteria: str | None = None
+    template: str | None = None  # a prompt file instead, with {{ transcript }} and every variable
+    model: str | None = None
+    models: list[str] | None = Field(default=None, min_length=1)
+    temperature: float | None = Field(default=0.0, ge=0, le=2)
+    max_tokens: int = Field(default=200, ge=16)
+
+    @model_validator(mode="after")
+    def _check(self) -> StopJudge:
+        if (self.criteria is None) == (self.template is None):
+            raise ValueError("a stop judge needs exactly one of 'criteria' or 'template'")
+        check_models(self.model, self.models)
+        return self
+
+
+class StopRule(Strict):
+    """What ends a dialogue before ``turns.max``: a ``phrase`` in a turn, a true ``field`` of a
+    structured turn, or a ``judge``. ``side``: whose turns the phrase or field is read from (the
+    customer's by default: a customer turn that ends the dialogue is not kept, an agent turn is)."""
+
+    phrase: str | None = Field(default=None, min_length=1)
+    done_field: str | None = Field(default=None, alias="field")
+    judge: StopJudge | None = None
+    side: Literal["user", "assistant"] = "user"
+
+    @model_validator(mode="after")
+    def _check(self) -> StopRule:
+        if sum(x is not None for x in (self.phrase, self.done_field, self.judge)) != 1:
+            raise ValueError("a stop rule is exactly one of 'phrase', 'field' or 'judge'")
+        return self
+
+
+class Conversation(Strict):
+    """Dialogues between a customer simulator and an agent, turn by turn: each turn is one request,
+    planned from the dialogue so far, so a killed run resumes at the next turn."""
+
+    turns: TurnBounds
+    user: Side
+    assistant: Side
+    stop: StopRule | None = None  # None: each dialogue's length is drawn evenly from the bounds
+    opener: Literal["user", "assistant"] = "user"
+
+    @model_validator(mode="after")
+    def _check(self) -> Conversation:
+        rule = self.stop
+        if rule is not None and rule.done_field is not None:
+            side = self.user if rule.side == "user" else self.assistant
+            if side.parse != "json":
+                raise ValueError(f"stop.field needs the {rule.side} side to answer in JSON (parse: json, say: ...)")
+            properties = (side.json_schema or {}).get("properties")
+            if isinstance(properties, dict) and rule.done_field not in properties:
+                raise ValueError(f"stop.field {rule.done_field!r} is not a property of the {rule.side} side's schema")
+        return self
+
+
 class Step(SamplingParams):
-    """One teacher call per row. Its parsed output becomes the template variable ``name``."""
+    """One teacher call per row. Its parsed output becomes the template variable ``name``. A step
+    with a ``conversation`` instead of ``messages`` is a whole dialogue (its sampling parameters
+    are the defaults of both sides); it must be the last step."""
 
     name: str
-    messages: list[MessageTemplate] = Field(min_length=1)
+    messages: list[MessageTemplate] = Field(default_factory=list)
+    conversation: Conversation | None = None
     parse: Literal["text", "json", "list"] = "text"
     json_schema: dict[str, Any] | None = Field(default=None, alias="schema")
     repeat: int | None = Field(default=None, ge=1)
     min_items: int = Field(default=1, ge=1)
     models: list[str] | None = Field(default=None, min_length=1)  # a mix, each request one of them
+    # with n > 1 on the last step: every choice becomes an example ("all"), or only the one the
+    # quality gates rate best ("best": best-of-n, n candidates for one request and one payment)
+    pick: Literal["all", "best"] = "all"
 
     @model_validator(mode="after")
     def _check(self) -> Step:
@@ -154,7 +288,26 @@ class Step(SamplingParams):
             raise ValueError(f"step name {self.name!r} must be an identifier (letters, digits, _)")
         if self.json_schema is not None and self.parse == "text":
             raise ValueError("'schema' needs parse: json or parse: list")
+        if self.conversation is None and not self.messages:
+            raise ValueError("a step needs 'messages' (or a 'conversation')")
+        if self.conversation is not None:
+            # compared with the defaults, not with what was given: a dumped spec writes them out
+            given = {"messages": self.messages != [], "parse": self.parse != "text",
+                     "schema": self.json_schema is not None, "repeat": self.repeat is not None,
+                     "min_items": self.min_items != 1, "n": (self.n or 1) != 1}
+            if any(given.values()):
+                name = next(k for k, v in given.items() if v)
+                raise ValueError(f"a conversation step takes no {name!r}: each side has its own")
+        if self.pick == "best" and (self.n or 1) < 2:
+            raise ValueError("pick: best needs n >= 2 (the candidates to pick from)")
+        if self.pick == "best" and self.parse == "list":
+            raise ValueError("pick: best picks one of n answers; parse: list would fan each one out")
         return self
+
+    def all_messages(self) -> list[MessageTemplate]:
+        """Every message template of the step, both sides' for a conversation."""
+        talk = self.conversation
+        return self.messages if talk is None else [*talk.user.messages, *talk.assistant.messages]
 
 
 class Grid(Strict):
@@ -190,11 +343,35 @@ class Grid(Strict):
         return self
 
 
+class ConversationSlot(Strict):
+    """``- conversation: NAME`` in ``example.messages``: the dialogue's turns, in place. ``weight``
+    (an expression, or 0/1) marks each agent turn trained on or not; it sees the turn's ``turn``
+    (1-based exchange), ``turns`` (the dialogue's exchanges), ``content``, ``data`` (a structured
+    turn) and every variable of the row."""
+
+    conversation: str
+    weight: str | Literal[0, 1] | None = None
+
+
+def _slot_or_message(value: Any) -> str:
+    if isinstance(value, dict):
+        return "ConversationSlot" if "conversation" in value else "MessageTemplate"
+    return "ConversationSlot" if isinstance(value, ConversationSlot) else "MessageTemplate"
+
+
+ExampleMessage = Annotated[
+    Annotated[MessageTemplate, Tag("MessageTemplate")] | Annotated[ConversationSlot, Tag("ConversationSlot")],
+    Discriminator(_slot_or_message),
+]
+_UNION_TAGS = ("MessageTemplate", "ConversationSlot")  # in error locations, they name no YAML key
+
+
 class ExampleSpec(Strict):
     """The training example written for each final row: the baked messages. ``checks`` drop
-    examples whose last assistant answer fails them (counted per category in the manifest)."""
+    examples whose last assistant answer (each agent turn, for a conversation) fails them (counted
+    per category in the manifest)."""
 
-    messages: list[MessageTemplate] = Field(min_length=1)
+    messages: list[ExampleMessage] = Field(min_length=1)
     checks: Checks | None = None
     tools: list[dict[str, Any]] | None = None
     rejected: str | None = None  # template of a rejected assistant answer, for preference pairs
@@ -212,6 +389,7 @@ class Judge(Strict):
     models: list[str] | None = Field(default=None, min_length=1)  # a mix, each verdict one of them
     min_score: int = Field(default=4, ge=1, le=5)
     fields: list[Literal["system", "user", "assistant"]] | None = None  # default: the whole example
+    turns: Literal["all", "last"] = "all"  # a conversation: the whole dialogue, or its last exchange
     temperature: float | None = Field(default=0.0, ge=0, le=2)
     max_tokens: int = Field(default=300, ge=16)
     expected_pass_rate: float = Field(default=0.8, gt=0, le=1)  # for the dry run's estimate only
@@ -271,6 +449,7 @@ class DedupeStorage(Strict):
 
 class DedupeConfig(Strict):
     enabled: bool = True
+    # roles whose text is compared, or "opening" (the first user turn; a conversation's default)
     fields: list[str] = Field(default_factory=lambda: ["user", "assistant"])
     near: bool = True
     threshold: float = Field(default=0.85, gt=0, le=1)
@@ -315,6 +494,16 @@ class Spec(Strict):
 
     _path: Path | None = PrivateAttr(default=None)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _conversation_example(cls, data: Any) -> Any:
+        # a conversation's training example is, unless said otherwise, the whole dialogue
+        if isinstance(data, dict) and "example" not in data and isinstance(data.get("steps"), list):
+            names = [s.get("name") for s in data["steps"] if isinstance(s, dict) and "conversation" in s]
+            if names:
+                return {**data, "example": {"messages": [{"conversation": names[-1]}]}}
+        return data
+
     @field_validator("judge", mode="before")
     @classmethod
     def _one_or_many(cls, value: Any) -> Any:
@@ -332,7 +521,30 @@ class Spec(Strict):
         clash = set(names) & set(self.grid.axes)
         if clash:
             raise ValueError(f"step {sorted(clash)[0]!r} has the same name as an axis")
+        self._check_conversation()
+        early = [s.name for s in self.steps[:-1] if s.pick == "best"]
+        if early:
+            raise ValueError(f"step {early[0]!r}: pick: best is for the last step, whose choices become the examples")
         return self
+
+    def _check_conversation(self) -> None:
+        """A conversation is the last step, and the example holds it (``- conversation: NAME``)."""
+        talks = [i for i, s in enumerate(self.steps) if s.conversation is not None]
+        if talks and talks[0] != len(self.steps) - 1:
+            raise ValueError(f"the conversation step {self.steps[talks[0]].name!r} must be the last step")
+        slots = [m for m in self.example.messages if isinstance(m, ConversationSlot)]
+        for slot in slots:
+            if not talks or slot.conversation != self.steps[talks[0]].name:
+                raise ValueError(f"example.messages: {slot.conversation!r} is not a conversation step")
+        if talks and not slots:
+            raise ValueError(f"example.messages must hold the dialogue: add '- conversation: {self.steps[-1].name}'")
+        if talks and "fields" not in self.dedupe.model_fields_set:
+            self.dedupe.fields = ["opening"]  # dialogues are told apart by the customer's opening turn
+
+    @property
+    def conversation(self) -> Step | None:
+        """The conversation step, when the spec has one (always the last step)."""
+        return self.steps[-1] if self.steps[-1].conversation is not None else None
 
     @property
     def path(self) -> Path | None:
@@ -365,7 +577,8 @@ class Spec(Strict):
         from promptbake.specification.templates import Templates
 
         files: dict[str, bytes] = {}
-        messages = [m for step in self.steps for m in step.messages] + list(self.example.messages)
+        messages = [m for step in self.steps for m in step.all_messages()]
+        messages += [m for m in self.example.messages if isinstance(m, MessageTemplate)]
         templates = Templates.for_spec_dir(self.base_dir)
         loader = templates.env.loader
         assert loader is not None
@@ -391,13 +604,20 @@ class Spec(Strict):
         return path if path.is_absolute() else self.base_dir / path
 
 
-def _node_line(root: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
-    """Follow a pydantic error location through the YAML node tree to a 1-based line number."""
+def _node_line(root: yaml.Node | None, loc: tuple[int | str, ...], *, at_key: bool = False) -> int | None:
+    """Follow a pydantic error location through the YAML node tree to a 1-based line number.
+    ``at_key``: the line of the last key itself (an unknown key), not of its value, which for a
+    mapping (``dedup:`` and its keys below) starts on the next line."""
     node = root
     line = node.start_mark.line + 1 if node is not None else None
-    for key in loc:
+    for i, key in enumerate(loc):
+        if key in _UNION_TAGS:
+            continue
         if isinstance(node, yaml.MappingNode):
             match = next((v for k, v in node.value if k.value == str(key)), None)
+            if at_key and i == len(loc) - 1:
+                key_node = next((k for k, _ in node.value if k.value == str(key)), None)
+                return key_node.start_mark.line + 1 if key_node is not None else line
             if match is None:
                 # an unknown key: point at the key itself
                 key_node = next((k for k, _ in node.value if k.value == str(key)), None)
@@ -416,7 +636,8 @@ def _format_loc(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("str", "list[union[str,int,float,bool]]", "function-before[_shorthand(), TeacherConfig]"):
+        elif part in ("str", "list[union[str,int,float,bool]]", "function-before[_shorthand(), TeacherConfig]",
+                      *_UNION_TAGS):
             continue
         else:
             out += f".{part}" if out else str(part)
@@ -476,8 +697,9 @@ def parse_spec(text: str, where: str, path: Path | None = None) -> Spec:
     try:
         spec = Spec.model_validate(data)
     except ValidationError as exc:
-        loc = tuple(exc.errors()[0]["loc"])
-        raise SpecError(f"{where}:{_node_line(root, loc)}: {_problem(exc)}") from exc
+        first = exc.errors()[0]
+        at = _node_line(root, tuple(first["loc"]), at_key=first["type"] == "extra_forbidden")
+        raise SpecError(f"{where}:{at}: {_problem(exc)}") from exc
     spec._path = path
     return spec
 
@@ -488,8 +710,36 @@ def _problem(exc: ValidationError) -> str:
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         msg = "unknown key"
+        near = difflib.get_close_matches(str(err["loc"][-1]), _keys_at(tuple(err["loc"])), n=1, cutoff=0.6)
+        if near:
+            msg += f" (did you mean {near[0]}?)"
     more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
     return f"{_format_loc(tuple(err['loc']))}: {msg}{more}"
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model an annotation holds (``list[Step]``, ``TeacherConfig | None``, ...)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _keys_at(loc: tuple[int | str, ...]) -> list[str]:
+    """The keys allowed where an unknown key was found: what "did you mean" chooses from."""
+    model: type[BaseModel] = Spec
+    for part in loc[:-1]:
+        if isinstance(part, int) or "[" in part:  # a list index, or a validator's name in the location
+            continue
+        field = next((f for name, f in model.model_fields.items() if part in (name, f.alias)), None)
+        inner = _model_in(field.annotation) if field is not None else None
+        if inner is None:
+            return []
+        model = inner
+    return [f.alias or name for name, f in model.model_fields.items()]
 
 
 def spec_from_dict(data: Mapping[str, Any]) -> Spec:

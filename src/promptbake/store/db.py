@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import hashlib
-import json
 import math
 import os
 import sqlite3
@@ -22,11 +21,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from promptbake import __version__
+from promptbake import __version__, fastjson
 from promptbake.errors import StoreError, StoreTooNew
 from promptbake.store.migrations import migrate, unknown
 
 PAGE = 2000
+# A request is pending, failed or ok. A step's not-done requests are asked for as "status IN
+# ('pending', 'failed')", not "status != 'ok'": the inequality stops SQLite's index at the status
+# column, so every such read walked the whole step, done requests too (a million-request step,
+# planned a slice at a time, was read whole for every slice). Looked up by cache key, either will do.
 
 
 @dataclass
@@ -71,12 +74,15 @@ class PlannedRow(NamedTuple):
 
 @dataclass(frozen=True)
 class FanoutDrop:
-    """An item of a step's answer left out of the next step: it repeats an earlier item of its cell."""
+    """An item of a step's answer left out of the next step: it repeats an earlier item of its cell,
+    or (``reason``) its user line already fails a filter, so no later answer could make it pass."""
 
     request_id: str
     item_index: int
     category: str
-    duplicate_of: str  # "<request id>:<item index>" of the item kept
+    duplicate_of: str | None  # "<request id>:<item index>" of the item kept
+    reason: str | None = None  # the filters' reasons; None for a repeat
+    cell_key: str = ""  # the cell of the answer it came from
 
 
 @dataclass
@@ -109,7 +115,7 @@ class ResultRow:
 
 
 def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return fastjson.dumps_text(value)
 
 
 # what binding or encoding a row's values can raise (UnicodeEncodeError is a ValueError)
@@ -233,6 +239,10 @@ class Store:
             self._refuse_newer()  # before the first write, so a refused store stays byte for byte
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
+            # checkpoint every 64 MB of log rather than 4: a page the answers touch again and again
+            # (their indexes' keys are random) is copied into the database once per checkpoint, not
+            # once per 4 MB (a quarter of the writer's time at 100,000 answers)
+            self.db.execute("PRAGMA wal_autocheckpoint=16000")
             self.db.execute("PRAGMA foreign_keys=OFF")
             migrate(self.db)
         except sqlite3.DatabaseError as exc:
@@ -279,6 +289,12 @@ class Store:
         self.db.close()
         self._release_lock()
 
+    def writer(self) -> Store:
+        """A second connection to this store, for a writer thread to open, use and close (see
+        ``teacher/online.py``): the lock stays with this one, held for the whole process. The two
+        write in turn, each write transaction taking the write lock as it begins (``BEGIN IMMEDIATE``)."""
+        return Store(self.path, lock=False)
+
     def __enter__(self) -> Store:
         return self
 
@@ -294,7 +310,9 @@ class Store:
         if self.db.in_transaction:
             yield
             return
-        self.db.execute("BEGIN")
+        # IMMEDIATE: a second connection (a writer thread's) may have written since this one last
+        # read; a deferred BEGIN would then fail at its first write instead of waiting its turn
+        self.db.execute("BEGIN IMMEDIATE")
         try:
             yield
             self.db.execute("COMMIT")
@@ -352,6 +370,39 @@ class Store:
             (spec_name,),
         )
         return dict(rows.fetchall())
+
+    def rejection_reasons(self, spec_name: str, limit: int = 10) -> list[tuple[str, int]]:
+        """Why answers were rejected (and re-asked), commonest first: what "rejected 18" was."""
+        rows = self.db.execute(
+            "SELECT a.error, COUNT(*) FROM attempts a JOIN requests r ON r.id = a.request_id "
+            "WHERE r.spec_name = ? AND a.error_kind = 'rejected' GROUP BY a.error ORDER BY 2 DESC, 1 LIMIT ?",
+            (spec_name, limit),
+        )
+        return [(str(error or ""), count) for error, count in rows]
+
+    def cut_off(self, spec_name: str, reason: str) -> dict[str, tuple[int, int]]:
+        """Per category: answers (choices) cut off at max tokens, of all answers received. A cut-off
+        answer is rejected with ``reason`` and asked again; of several choices a cut-off one is left
+        out of a kept answer: both count."""
+        counts: dict[str, list[int]] = {}
+        for category, cut, total in self.db.execute(
+            "SELECT r.category, SUM(a.error = ?), COUNT(*) FROM attempts a JOIN requests r ON r.id = a.request_id "
+            "WHERE r.spec_name = ? AND a.error_kind = 'rejected' GROUP BY r.category",
+            (reason, spec_name),
+        ):
+            counts.setdefault(category, [0, 0])
+            counts[category][0] += int(cut or 0)
+            counts[category][1] += int(total)
+        for category, reasons in self.db.execute(
+            "SELECT r.category, p.finish_reasons FROM requests r JOIN responses p ON p.id = r.response_id "
+            "WHERE r.spec_name = ? AND r.current = 1 AND r.status = 'ok'",
+            (spec_name,),
+        ):
+            listed = fastjson.loads(reasons or "null") or [None]
+            counts.setdefault(category, [0, 0])
+            counts[category][0] += sum(1 for f in listed if f == "length")
+            counts[category][1] += len(listed)
+        return {category: (cut, total) for category, (cut, total) in counts.items()}
 
     def save_spec(self, spec_name: str, spec_hash: str, path: str, text: str) -> None:
         self._write(
@@ -429,9 +480,9 @@ class Store:
                         (spec_name, parent, round_),
                     )
                     self.db.executemany(
-                        "INSERT OR REPLACE INTO fanout_drops VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        ((spec_name, parent, round_, d.request_id, d.item_index, d.category, d.duplicate_of)
-                         for d in drops),
+                        "INSERT OR REPLACE INTO fanout_drops VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        ((spec_name, parent, round_, d.request_id, d.item_index, d.category, d.duplicate_of,
+                          d.reason) for d in drops),
                     )
         except sqlite3.OperationalError as exc:
             raise StoreError(f"{self.path}: write failed: {exc}") from exc
@@ -455,12 +506,13 @@ class Store:
             (spec_name, step_index, below_round),
         )
         for cell_key, variables, parent_id, item_index in rows:
-            yield PlannedRow(cell_key, json.loads(variables), parent_id, item_index)
+            yield PlannedRow(cell_key, fastjson.loads(variables), parent_id, item_index)
 
     def fanout_drops(self, spec_name: str) -> list[FanoutDrop]:
-        """Items of the current plan dropped before the next step as repeats, in lineage order."""
+        """Items of the current plan dropped before the next step (repeats, and user lines that fail
+        a filter), in lineage order."""
         rows = self.db.execute(
-            "SELECT d.request_id, d.item_index, d.category, d.duplicate_of FROM fanout_drops d "
+            "SELECT d.request_id, d.item_index, d.category, d.duplicate_of, d.reason, r.cell_key FROM fanout_drops d "
             "JOIN requests r ON r.id = d.request_id "
             "WHERE d.spec_name = ? AND r.current = 1 AND r.status = 'ok' ORDER BY r.ord, d.item_index",
             (spec_name,),
@@ -469,7 +521,7 @@ class Store:
 
     def _unpack(self, text: str) -> dict[str, Any]:
         """A stored body with its blobs put back (a few distinct prompts: cached by hash)."""
-        body: dict[str, Any] = json.loads(text)
+        body: dict[str, Any] = fastjson.loads(text)
         if '"$blob"' not in text:
             return body
         for message in body["messages"]:
@@ -490,7 +542,7 @@ class Store:
         return self._write(
             "UPDATE requests SET status = 'ok', error = NULL, updated_at = ?, "
             "response_id = (SELECT MAX(p.id) FROM responses p WHERE p.cache_key = requests.cache_key) "
-            "WHERE spec_name = ? AND step_index = ? AND status != 'ok' AND current = 1 "
+            "WHERE spec_name = ? AND step_index = ? AND status IN ('pending', 'failed') AND current = 1 "
             "AND cache_key IN (SELECT cache_key FROM responses)",
             [(time.time(), spec_name, step_index)],
         )
@@ -530,11 +582,12 @@ class Store:
         distinct request: identical ones wait for the first one's answer (``record`` shares it)."""
         sql = (
             f"SELECT {self._COLUMNS} FROM requests r WHERE r.spec_name = ? AND r.step_index = ? "
-            f"AND r.current = 1 AND r.status != 'ok' {self._LEADER}"
+            f"AND r.current = 1 AND r.status IN ('pending', 'failed') {self._LEADER}"
         )
         for row in self._page(sql, (spec_name, step_index)):
             yield StoredRequest(
-                row[0], row[1], row[2], row[3], row[4], row[5], json.loads(row[6]), self._unpack(row[7]), row[8], row[9]
+                row[0], row[1], row[2], row[3], row[4], row[5], fastjson.loads(row[6]), self._unpack(row[7]), row[8],
+                row[9],
             )
 
     def succeeded(self, spec_name: str, step_index: int, round_: int | None = None) -> Iterator[StoredRequest]:
@@ -555,12 +608,32 @@ class Store:
                 row[3],
                 row[4],
                 row[5],
-                json.loads(row[6]),
+                fastjson.loads(row[6]),
                 self._unpack(row[7]),
                 row[8],
                 row[9],
-                json.loads(row[10]),
+                fastjson.loads(row[10]),
             )
+
+    def answer_usage(self, ids: Iterable[str]) -> dict[str, dict[str, float]]:
+        """Per request id with a stored answer: the prompt and completion tokens and the cost of
+        that answer, and ``seconds``, the latency of the request's attempts. Read back from the
+        store, so a re-run that sends nothing reports what the answers cost when they were paid."""
+        wanted = list(dict.fromkeys(ids))
+        usage: dict[str, dict[str, float]] = {}
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start:start + 500]
+            rows = self.db.execute(
+                "SELECT r.id, p.prompt_tokens, p.completion_tokens, p.cost, "
+                "(SELECT COALESCE(SUM(a.latency_ms), 0) FROM attempts a WHERE a.request_id = r.id) "
+                "FROM requests r JOIN responses p ON p.id = r.response_id "
+                f"WHERE r.id IN ({', '.join('?' * len(chunk))})",
+                chunk,
+            )
+            for request_id, prompt, completion, cost, latency in rows:
+                usage[request_id] = {"prompt_tokens": prompt or 0, "completion_tokens": completion or 0,
+                                     "cost": cost or 0.0, "seconds": (latency or 0.0) / 1000}
+        return usage
 
     def outputs_by_parent(self, spec_name: str, step_index: int) -> Iterator[tuple[str, int, list[Any]]]:
         """Done requests of a step as (parent request, item index, outputs): how a judge's verdict
@@ -570,14 +643,14 @@ class Store:
             "WHERE r.spec_name = ? AND r.step_index = ? AND r.current = 1 AND r.status = 'ok'"
         )
         for parent_id, item_index, outputs in self.db.execute(sql, (spec_name, step_index)):
-            yield parent_id, item_index, json.loads(outputs)
+            yield parent_id, item_index, fastjson.loads(outputs)
 
     def count_pending(self, spec_name: str, step_index: int, round_: int | None = None, *,
                       distinct: bool = True) -> int:
         """Requests of a step (of one round, when given) with no stored success: those ``pending``
         yields (``distinct``), or all of them, identical ones included."""
         sql = ("SELECT COUNT(*) FROM requests r "
-               "WHERE r.spec_name = ? AND r.step_index = ? AND r.current = 1 AND r.status != 'ok'")
+               "WHERE r.spec_name = ? AND r.step_index = ? AND r.current = 1 AND r.status IN ('pending', 'failed')")
         params: tuple[Any, ...] = (spec_name, step_index)
         if round_ is not None:
             sql += " AND r.round = ?"
@@ -648,13 +721,20 @@ class Store:
                         for a in r.attempts
                     ],
                 )
-                answer: dict[str, int] = {}  # request id -> the answer added for it (append-only)
-                for r in results:
-                    if r.ok:
-                        cur = self.db.execute(
-                            "INSERT INTO responses (cache_key, model, contents, outputs, finish_reasons, "
-                            "prompt_tokens, completion_tokens, cost, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                # request id -> the answer added for it (append-only); the ids are the ones SQLite
+                # would give (max + 1 onwards: this process holds the store's lock), so the answers
+                # go in one executemany instead of one statement each
+                answer: dict[str, int] = {}
+                ok = [r for r in results if r.ok]
+                if ok:
+                    last = int(self.db.execute("SELECT COALESCE(MAX(id), 0) FROM responses").fetchone()[0])
+                    answer = {r.request_id: last + i for i, r in enumerate(ok, start=1)}
+                    self.db.executemany(
+                        "INSERT INTO responses (id, cache_key, model, contents, outputs, finish_reasons, "
+                        "prompt_tokens, completion_tokens, cost, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        [
                             (
+                                last + i,
                                 r.cache_key,
                                 r.model,
                                 _dumps(r.contents),
@@ -664,9 +744,10 @@ class Store:
                                 sum(a.completion_tokens for a in r.attempts),
                                 sum(a.cost for a in r.attempts),
                                 now,
-                            ),
-                        )
-                        answer[r.request_id] = int(cur.lastrowid or 0)
+                            )
+                            for i, r in enumerate(ok, start=1)
+                        ],
+                    )
                 self.db.executemany(
                     "UPDATE requests SET status = ?, attempts = attempts + ?, error = ?, updated_at = ?, "
                     "response_id = COALESCE(?, response_id) WHERE id = ?",

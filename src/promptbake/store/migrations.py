@@ -218,3 +218,10 @@ def m010_batch_tries(db: sqlite3.Connection) -> None:
         ALTER TABLE batch_items ADD COLUMN max_tokens INTEGER
         """,
     )
+
+
+@migration
+def m011_fanout_drop_reason(db: sqlite3.Connection) -> None:
+    # items of a fan-out whose user line fails a filter (``role: user``) are dropped before the next
+    # step pays for them too: the reason says which filter (NULL: an exact repeat, as before)
+    db.execute("ALTER TABLE fanout_drops ADD COLUMN reason TEXT")

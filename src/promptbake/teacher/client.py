@@ -33,7 +33,7 @@ from typing import Any
 
 import aiohttp
 
-from promptbake import errors
+from promptbake import errors, fastjson
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 RETRYABLE_STATUSES = frozenset({408, 409, 429})
@@ -57,6 +57,9 @@ class Endpoint:
     model: str
     api_key: str | None = field(default=None, repr=False)
     headers: dict[str, str] = field(default_factory=dict, repr=False)  # may hold an Azure api-key
+    api_key_env: str | None = None  # the variable the key came from: a 401 names it
+    # a server that gives one choice per request (the local teacher): n choices are n requests
+    one_choice: bool = False
 
     @classmethod
     def from_env(cls, model: str, base_url: str | None = None,
@@ -65,6 +68,7 @@ class Endpoint:
             base_url=base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL,
             model=model,
             api_key=os.environ.get(api_key_env) or None,
+            api_key_env=api_key_env,
         )
 
     @property
@@ -308,7 +312,40 @@ class ChatClient:
         """Send one chat completion. Raises an :class:`AttemptError` subclass on any failure."""
         if self._session is None:
             raise RuntimeError("ChatClient must be used as 'async with ChatClient(...)'")
-        data = json.dumps(body, ensure_ascii=False).encode()
+        n = body.get("n")
+        if self.endpoint.one_choice and isinstance(n, int) and n > 1:
+            return await self._choice_by_choice(body, n)
+        return await self._chat(body)
+
+    async def _choice_by_choice(self, body: dict[str, Any], n: int) -> ChatResult:
+        """``n`` choices from a server that gives one per request: ``n`` requests, each with the
+        next seed (the seed, or none when the body has none), merged into one answer. Why not the
+        server's own ``n``: llama-server decodes a request's choices side by side in its slots,
+        and their bytes then depend on what its cache held before, so a fresh run would not
+        repeat; one choice per request repeats byte for byte (README, quick start)."""
+        seed = body.get("seed")
+        results = []
+        for i in range(n):
+            one = {**body, "n": 1}
+            if isinstance(seed, int) and not isinstance(seed, bool):
+                one["seed"] = seed + i
+            results.append(await self._chat(one))
+        first = results[0]
+        choices = [{**choice, "index": i} for i, r in enumerate(results) for choice in r.response.get("choices", [])]
+        return ChatResult(
+            contents=[c for r in results for c in r.contents],
+            finish_reasons=[f for r in results for f in r.finish_reasons],
+            prompt_tokens=sum(r.prompt_tokens for r in results),
+            completion_tokens=sum(r.completion_tokens for r in results),
+            model=first.model,
+            response={**first.response, "choices": choices},
+            rate=results[-1].rate,
+            usage_known=all(r.usage_known for r in results),
+        )
+
+    async def _chat(self, body: dict[str, Any]) -> ChatResult:
+        assert self._session is not None
+        data = fastjson.dumps(body)
         model = str(body.get("model") or self.endpoint.model)
         try:
             async with self._session.post(self.endpoint.chat_url, data=data) as response:
@@ -327,7 +364,7 @@ class ChatClient:
             raise self._http_error(status, raw, headers, rate, model)
         self._check_shape(raw, headers, rate, model)
         try:
-            decoded = json.loads(raw)
+            decoded = fastjson.loads(raw)
         except ValueError:
             snippet = raw[:120].decode("utf-8", "replace")
             raise RetryableError("bad_body", clean_text(f"unparseable answer: {snippet!r}"),
@@ -337,6 +374,9 @@ class ChatClient:
     async def _read(self, response: aiohttp.ClientResponse) -> bytes:
         """The body, decompressed, at most ``max_body`` bytes: anything larger is refused whole."""
         encoding = response.headers.get("Content-Encoding", "").strip().lower()
+        if not encoding and response.content_length is not None and response.content_length <= self.max_body:
+            # the common case in one read: aiohttp's parser stops at Content-Length, so it is the cap
+            return await response.read()
         inflate = zlib.decompressobj(47) if encoding in ("gzip", "x-gzip", "deflate") else None  # 47: gzip or zlib
         body = bytearray()
         async for chunk in response.content.iter_chunked(65536):
@@ -367,6 +407,15 @@ class ChatClient:
     def _result(self, decoded: Any, body: dict[str, Any], rate: RateInfo | None, model: str) -> ChatResult:
         return read_result(decoded, body, rate, self.endpoint.where(model))
 
+    def _key_hint(self) -> str:
+        """What to check after a 401: the key variable by name, and whether it is set at all."""
+        name = self.endpoint.api_key_env
+        if name is None:
+            return "check the API key variable (--api-key-env)"
+        if self.endpoint.api_key is None:
+            return f"{name} is not set (export {name}=..., or name another variable with --api-key-env)"
+        return f"check the key in {name}"
+
     def _http_error(self, status: int, raw: bytes, headers: Any, rate: RateInfo | None, model: str) -> AttemptError:
         text, code = _error_details(raw)
         message = f"HTTP {status}: {text}"
@@ -381,8 +430,7 @@ class ChatClient:
                                   retry_after=parse_retry_after(headers), rate=rate, final_if_repeated=invalid)
         if status in (401, 403):
             return Unauthorized("auth", f"the teacher at {self.endpoint.base_url} refused the "
-                                f"credentials ({message}); check the API key variable",
-                                status=status, rate=rate)
+                                f"credentials ({message}); {self._key_hint()}", status=status, rate=rate)
         if status == 404:
             return ServerMismatch("not_found", f"{self.endpoint.where(model)} answered {message}; "
                                   "check --model and --base-url", status=status, rate=rate)

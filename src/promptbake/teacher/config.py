@@ -33,7 +33,8 @@ class Teacher:
     section and the CLI's teacher flags, where None keeps the spec's value.
 
     ``Teacher(base_url="http://localhost:8000/v1", model="Qwen/Qwen3-8B")`` is any
-    OpenAI-compatible server; ``Teacher(kind="local")`` the embedded SmolLM2 on llama.cpp. The API
+    OpenAI-compatible server; ``Teacher(kind="local")`` the embedded SmolLM2 on llama.cpp, and
+    ``Teacher(local_model="out/student")`` a model ``promptbake.train`` wrote, on llama.cpp too. The API
     key is read from the environment variable ``api_key_env`` (default ``OPENAI_API_KEY``), never
     passed as a value, so it cannot end up in a notebook, a store or a manifest.
     """
@@ -53,12 +54,13 @@ class Teacher:
     prices: Mapping[str, Prices | Mapping[str, float]] | None = None
     max_retry_after: float | None = None
     threads: int | None = None  # the local teacher's llama.cpp threads (default: one per core)
+    local_model: str | None = None  # the local teacher's GGUF or trained model folder (default: SmolLM2)
 
 
 # the flag that sets each TeacherConfig field, for error messages
 FLAGS = {"kind": "--teacher", "base_url": "--base-url", "model": "--model", "api_key_env": "--api-key-env",
          "rpm": "--rpm", "tpm": "--tpm", "concurrency": "--concurrency", "max_attempts": "--max-attempts",
-         "timeout": "--timeout", "threads": "--threads"}
+         "timeout": "--timeout", "threads": "--threads", "local_model": "--student"}
 
 
 def merge(config: TeacherConfig, teacher: Teacher | None) -> TeacherConfig:
@@ -82,7 +84,12 @@ def merge(config: TeacherConfig, teacher: Teacher | None) -> TeacherConfig:
         data["endpoints"] = []  # one URL on the command line replaces the spec's fleet
     if teacher.endpoints:
         data["endpoints"] = [{"base_url": url} for url in teacher.endpoints]
-    if teacher.kind == "local" and teacher.model is None:
+    if teacher.local_model is not None and teacher.kind is None:
+        data["kind"] = "local"  # a model file to serve means the local teacher
+    if teacher.local_model is not None and teacher.kind == "remote":
+        raise InputError(f"--student {teacher.local_model}: a trained student is served by the local engine; "
+                         "drop --teacher remote")
+    if (teacher.kind == "local" or teacher.local_model is not None) and teacher.model is None:
         data["model"] = data["models"] = None  # the spec's remote model names mean nothing to the local server
     try:
         return TeacherConfig.model_validate(data)
@@ -136,7 +143,7 @@ def remote_endpoint(config: TeacherConfig, *, key_named: bool | None = None) -> 
             "server, or use --teacher local"
         )
     check_base_url(url)
-    return Endpoint(base_url=url.rstrip("/"), model=label(config), api_key=api_key)
+    return Endpoint(base_url=url.rstrip("/"), model=label(config), api_key=api_key, api_key_env=config.api_key_env)
 
 
 def check_base_url(base_url: str) -> None:
@@ -173,9 +180,9 @@ def open_teacher(config: TeacherConfig) -> Iterator[tuple[Endpoint, TeacherConfi
         return
     from promptbake.teacher.local import local_servers
 
-    with local_servers(config.threads) as servers:
+    with local_servers(config.threads, model=config.local_model) as servers:
         model = model_name(config)
-        first = Endpoint(base_url=servers[0].base_url, model=model, api_key=None)
+        first = Endpoint(base_url=servers[0].base_url, model=model, api_key=None, one_choice=True)
         # llama.cpp answers one request at a time per server: more in flight only queues
         if len(servers) == 1:
             yield first, config.model_copy(update={"concurrency": min(config.concurrency, servers[0].concurrency)})

@@ -291,7 +291,7 @@ async def connect(endpoint: Endpoint, config: TeacherConfig) -> AsyncIterator[tu
             # the local servers we started get no API key (the remote check would send one)
             named = spec.api_key_env is not None or "api_key_env" in config.model_fields_set
             where = (remote_endpoint(own, key_named=named) if config.kind == "remote"
-                     else Endpoint(spec.base_url, own.model or ""))
+                     else Endpoint(spec.base_url, own.model or "", one_choice=True))
             client = await stack.enter_async_context(
                 ChatClient(where, concurrency=concurrency, timeout=config.timeout))
             limiter = Limiter(rpm=spec.rpm or config.rpm, tpm=spec.tpm or config.tpm, concurrency=concurrency)

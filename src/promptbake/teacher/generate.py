@@ -7,18 +7,19 @@ task commits finished requests as they come, so a kill loses at most what was in
 
 from __future__ import annotations
 
+import heapq
 import itertools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from promptbake.errors import BudgetExceeded, TeacherError
+from promptbake.plan.conversation import planned_steps
 from promptbake.plan.expand import Expander
-from promptbake.plan.judge import judge_steps
 from promptbake.plan.planner import DEFAULT_RESERVE, Planner, row_key
 from promptbake.plan.routing import check_routes
 from promptbake.specification.models import Spec, Step, TeacherConfig
 from promptbake.store.db import FanoutDrop, PlannedRequest, Store
-from promptbake.teacher.batch import BatchOptions, BatchTotals, Scope, send_step_batches
 from promptbake.teacher.client import Endpoint
 from promptbake.teacher.endpoints import EndpointStats
 from promptbake.teacher.jobs import Outcome, StepJob, capped, checker, step_job, unseeded
@@ -28,11 +29,18 @@ from promptbake.teacher.pool import FailingFast, FailureLog, Notice
 from promptbake.teacher.pricing import PriceTable
 from promptbake.teacher.progress import Progress
 
+if TYPE_CHECKING:
+    from promptbake.teacher.batch import BatchOptions, BatchTotals
+
 # A grid of more cells than this is not planned whole before the first request: step 0 of round 0
 # is planned STREAM_CHUNK cells at a time while the pool sends what is planned (10^8 cells would
 # otherwise take hours of planning, and as many rows, before anything is asked).
 STREAM_CELLS = 10_000
 STREAM_CHUNK = 1_000
+# A step of at most this many requests keeps them after planning: when every one of them is still
+# to be sent (nothing answered, cached or repeated), they are sent as planned instead of being
+# read back from the store (a tenth of generate's work per request at 10,000 requests).
+KEEP_PLANNED = 20_000
 
 
 @dataclass
@@ -88,15 +96,17 @@ def check_run(spec: Spec, config: TeacherConfig, max_cost: float | None) -> list
     be counted as free: every model a step may be answered by needs one). Returns notes for the
     summary: steps without ``max_tokens`` are sent with ``DEFAULT_RESERVE`` under a budget (see
     :func:`bounded`)."""
-    steps = [*spec.steps, *judge_steps(spec)]  # a judge's verdicts are paid like answers
+    steps = planned_steps(spec)  # a judge's verdicts are paid like answers, a dialogue's turns too
     models = check_routes(steps, config)
     if max_cost is None:
         return []
     PriceTable(config.prices).require((m for step in models for m in step), max_cost)
+    # a conversation's turns are one side's steps: say it once per side
+    uncapped = dict.fromkeys(step.name.rsplit(".", 1)[0] for step in steps if not capped(step.body_params()))
     return [
-        f"step {step.name} sets no max_tokens: under --max-cost its answers are sent with max_tokens "
+        f"step {name} sets no max_tokens: under --max-cost its answers are sent with max_tokens "
         f"{DEFAULT_RESERVE}, the worst case reserved for each (set max_tokens in the spec to choose)"
-        for step in steps if not capped(step.body_params())
+        for name in uncapped
     ]
 
 
@@ -122,12 +132,13 @@ class Generation:
         # --no-cache re-pays a whole step, which needs it planned whole first
         self.streams = not options.no_cache and expander.totals()[0] > STREAM_CELLS
         self._hopeless: set[str] = set()  # requests (seed aside) that failed for good this run
+        self._planned: dict[tuple[int, int], list[PlannedRequest] | None] = {}  # see KEEP_PLANNED
 
     def plan(self, round_: int, k: int) -> int:
         wants = None if round_ == 0 else self.store.wants(self.spec.name, round_)
         if k == 0:
-            return self.store.replan(self.spec.name, k, round_, self._hopeful(
-                self.planner.first_step(self.expander.cells(), round_, wants), round_))
+            return self.store.replan(self.spec.name, k, round_, self._kept(k, round_, self._hopeful(
+                self.planner.first_step(self.expander.cells(), round_, wants), round_)))
         if wants is None:
             wants = {c.key: c.count for c in self.expander.cells()}
         earlier: dict[str, dict[str, str]] = {}
@@ -136,9 +147,23 @@ class Generation:
                 earlier.setdefault(row.cell_key, {})[row_key(row.vars)] = f"{row.parent_id}:{row.item_index}"
         drops: list[FanoutDrop] = []
         parent = self.planner.parent_index(k)
-        requests = self.planner.next_step(k, self.store.succeeded(self.spec.name, parent, round_), wants,
-                                          earlier=earlier, drops=drops)
-        return self.store.replan(self.spec.name, k, round_, self._hopeful(requests, round_), drops, parent)
+        # in lineage order: a conversation's judges read every turn a dialogue may end at
+        parents = heapq.merge(*(self.store.succeeded(self.spec.name, p, round_) for p in self.planner.parent_steps(k)),
+                              key=lambda r: r.ord)
+        requests = self.planner.next_step(k, parents, wants, earlier=earlier, drops=drops)
+        return self.store.replan(self.spec.name, k, round_, self._kept(k, round_, self._hopeful(requests, round_)),
+                                 drops, parent)
+
+    def _kept(self, k: int, round_: int, requests: Iterable[PlannedRequest]) -> Iterator[PlannedRequest]:
+        """``requests``, kept as they go by while there are at most ``KEEP_PLANNED``."""
+        kept: list[PlannedRequest] | None = []
+        for request in requests:
+            if kept is not None:
+                kept.append(request)
+                if len(kept) > KEEP_PLANNED:
+                    kept = None
+            yield request
+        self._planned[(k, round_)] = kept
 
     def _hopeful(self, requests: Iterable[PlannedRequest], round_: int) -> Iterable[PlannedRequest]:
         """A top-up round varies the seed only: what failed for good this run would fail again."""
@@ -171,13 +196,21 @@ class Generation:
                 # stored, and let the shortfall say the rest (see pipeline._top_up)
                 return
             self._check_budget()
-            if round_ == 0 and report.failed and not self.store.step_ok(self.spec.name, k, round_):
+            if (round_ == 0 and report.failed and not self.store.step_ok(self.spec.name, k, round_)
+                    and self._telling(k)):
                 n, reason = self.report.failures.most_common(1)[0]
                 raise TeacherError(
                     f"step {step.name!r} failed entirely: none of its {report.failed} requests to "
                     f"{self.endpoint.where(step.model)} succeeded ({self.report.failures.total - failed_before} "
                     f"failed; most common, {n} ×: {reason}); the store keeps every error"
                 )
+
+    def _telling(self, k: int) -> bool:
+        """Whether step k failing entirely says the teacher cannot do it: not for a dialogue's
+        later turn, asked of the few dialogues that got that far after its side answered before
+        (those dialogues end short and the count loop starts others)."""
+        flow = self.planner.flow
+        return flow is None or flow.turn(k) is None or flow.first_of_side(k)
 
     def _check_budget(self) -> None:
         if self.report.stopped_for_budget:
@@ -193,10 +226,11 @@ class Generation:
         check = checker(step)
         cells = self.expander.cells()
         while chunk := list(itertools.islice(cells, STREAM_CHUNK)):
-            self.store.save_cells(self.spec.name, chunk)
             planned = list(self.planner.first_step(chunk, 0))
-            report.planned += self.store.extend_plan(planned)
-            report.cached += self.store.serve_from_cache(self.spec.name, 0)
+            with self.store.transaction():  # one commit a slice: the writer thread waits for it once
+                self.store.save_cells(self.spec.name, chunk)
+                report.planned += self.store.extend_plan(planned)
+                report.cached += self.store.serve_from_cache(self.spec.name, 0)
             ords = {r.ord for r in planned}
             # the not-done requests of the step are this slice's, plus the few in flight or failed
             for request in self.store.pending(self.spec.name, 0):
@@ -220,6 +254,12 @@ class Generation:
             return
         if total is not None:  # a streamed step (no total) is planned as it is sent
             report.shared = self.store.count_pending(self.spec.name, k, round_, distinct=False) - total
+        planned = self._planned.pop((k, round_), None)
+        online = self.options.batch is None
+        if jobs is None and online and planned is not None and total == report.planned == len(planned):
+            # every request just planned is still to be sent, none repeats another: as planned
+            check = checker(step)
+            jobs = (step_job(request, check) for request in planned)
 
         def count(outcome: Outcome) -> None:
             report.sent += 1
@@ -233,6 +273,8 @@ class Generation:
         progress = Progress(self.options.progress, total, f"{step.name} (round {round_})")
         budget = None if self.options.max_cost is None else self.options.max_cost - self.report.spent
         if self.options.batch is not None:
+            from promptbake.teacher.batch import BatchTotals, Scope, send_step_batches  # only for --batch
+
             if self.report.batch is None:
                 self.report.batch = BatchTotals()
             stats = await send_step_batches(

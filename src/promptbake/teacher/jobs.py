@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from promptbake.ids import stable_hash
 from promptbake.plan.planner import DEFAULT_RESERVE
-from promptbake.store.db import AttemptRow, ResultRow, StoredRequest
+from promptbake.store.db import AttemptRow, PlannedRequest, ResultRow, StoredRequest
 from promptbake.teacher.client import ChatResult
 from promptbake.teacher.parse import parse_choices
 
@@ -96,7 +96,7 @@ def checker(step: Step) -> Callable[[ChatResult], Any]:
     return check
 
 
-def step_job(request: StoredRequest, check: Callable[[ChatResult], Any]) -> StepJob:
+def step_job(request: StoredRequest | PlannedRequest, check: Callable[[ChatResult], Any]) -> StepJob:
     return StepJob(
         id=request.id,
         body=request.body,

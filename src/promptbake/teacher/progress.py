@@ -27,7 +27,7 @@ class Progress:
     """
 
     def __init__(self, enabled: bool, total: int | None, label: str, *, every: float | None = None,
-                 stream: TextIO | None = None) -> None:
+                 stream: TextIO | None = None, unit: str = "req") -> None:
         self.stream = stream or sys.stderr
         self.total = total
         self.label = label
@@ -43,7 +43,7 @@ class Progress:
         if self.stream.isatty() or _in_notebook():
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total, desc=label, unit="req", file=self.stream, dynamic_ncols=True)
+            self.bar = tqdm(total=total, desc=label, unit=unit, file=self.stream, dynamic_ncols=True)
             return
         every = every if every is not None else float(os.environ.get("PROMPTBAKE_PROGRESS_EVERY") or 5)
         self._stop = threading.Event()

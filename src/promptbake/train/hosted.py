@@ -27,8 +27,8 @@ import hashlib
 import json
 import re
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -82,7 +82,8 @@ class TrainEstimate:
                 "validation_tokens": self.validation_tokens, "billed_tokens": self.billed_tokens,
                 "usd_per_1m": self.usd_per_1m, "price_source": self.price_source, "cost": self.cost}
 
-    def format(self) -> str:
+    def format(self, note: bool = True) -> str:
+        """One line (and ``token_note`` on the next, unless ``note`` is False)."""
         extra = f" + {self.validation_tokens:,} validation" if self.validation_tokens else ""
         epochs = f"{self.epochs} epoch{'s' if self.epochs != 1 else ''}"
         head = (f"{self.examples:,} examples: {self.tokens_per_epoch:,} tokens per epoch x {epochs}"
@@ -91,8 +92,8 @@ class TrainEstimate:
             price = f"estimated cost unknown ({self.price_source}; give --price USD_PER_1M)"
         else:
             price = f"estimated cost ${self.cost:,.2f} at ${self.usd_per_1m:,.2f} per 1M tokens ({self.price_source})"
-        note = f"\n{self.token_note}" if self.token_note else ""
-        return f"{head}; {price}{note}"
+        tail = f"\n{self.token_note}" if self.token_note and note else ""
+        return f"{head}; {price}{tail}"
 
 
 @dataclass
@@ -115,7 +116,7 @@ class TrainPlan:
 
 
 @dataclass
-class TrainResult:
+class HostedTrainResult:
     """What ``train_hosted`` did: the plan, the recorded job (None on a dry run) and how it got it."""
 
     plan: TrainPlan
@@ -252,16 +253,21 @@ def plan_training(directory: str | Path, connection: Connection, model: str, *, 
     )
 
 
-def check_budget(estimate: TrainEstimate, max_cost: float | None) -> None:
-    """Refuse a job whose estimate is over ``max_cost``, or unknown while a limit is set."""
+def check_budget(estimates: TrainEstimate | Sequence[TrainEstimate], max_cost: float | None) -> None:
+    """Refuse a job (or several, launched together: their total) whose estimate is over
+    ``max_cost``, or unknown while a limit is set."""
     if max_cost is None:
         return
-    if estimate.cost is None:
-        raise BudgetExceeded(f"--max-cost {max_cost}: the training price is unknown ({estimate.price_source}); "
+    several = list(estimates) if isinstance(estimates, Sequence) else [estimates]
+    unknown = next((e for e in several if e.cost is None), None)
+    if unknown is not None:
+        raise BudgetExceeded(f"--max-cost {max_cost}: the training price is unknown ({unknown.price_source}); "
                              "give --price USD_PER_1M (the provider's price per 1M training tokens) to launch")
-    if estimate.cost > max_cost:
-        raise BudgetExceeded(f"--max-cost {max_cost}: the job is estimated at ${estimate.cost:,.2f} "
-                             f"({estimate.billed_tokens:,} billed tokens); nothing was uploaded")
+    cost = sum(e.cost or 0.0 for e in several)
+    if cost > max_cost:
+        what = "the job is" if len(several) == 1 else f"the {len(several)} jobs are"
+        raise BudgetExceeded(f"--max-cost {max_cost}: {what} estimated at ${cost:,.2f} "
+                             f"({sum(e.billed_tokens for e in several):,} billed tokens); nothing was uploaded")
 
 
 # --- launching and following -----------------------------------------------------------------
@@ -300,7 +306,7 @@ def write_train_json(directory: Path, job: TrainJob) -> Path:
 class _Launch:
     """One ``train`` call's work at the provider, on the recorded attempt ``job``."""
 
-    def __init__(self, api: Provider, ledger: TrainLedger, result: TrainResult, say: Echo) -> None:
+    def __init__(self, api: Provider, ledger: TrainLedger, result: HostedTrainResult, say: Echo) -> None:
         self.api, self.ledger, self.result, self.say = api, ledger, result, say
         self.plan = result.plan
         assert result.job is not None
@@ -387,21 +393,48 @@ class TrainOptions:
     new_job: bool = False  # launch again after a failed or cancelled job
 
 
+def announce(plan: TrainPlan, say: Echo) -> None:
+    """The plan's warnings, check and price, as ``train`` prints them before it uploads."""
+    for warning in plan.warnings:
+        say(f"warning: {warning}")
+    say(f"{plan.train_path}: no format errors for {plan.connection.provider}; {plan.estimate.format()}")
+
+
 async def train_hosted_async(directory: str | Path, connection: Connection, model: str,
-                             options: TrainOptions | None = None, echo: Echo | None = None) -> TrainResult:
+                             options: TrainOptions | None = None, echo: Echo | None = None) -> HostedTrainResult:
     """Check, price, upload, launch and (with ``options.wait``) follow a fine-tuning job; see the
     module. ``echo`` receives progress lines."""
     o = options or TrainOptions()
     say = echo or (lambda _: None)
     plan = plan_training(directory, connection, model, epochs=o.epochs, price=o.price, validation=o.validation,
                          suffix=o.suffix)
-    for warning in plan.warnings:
-        say(f"warning: {warning}")
-    say(f"{plan.train_path}: no format errors for {connection.provider}; {plan.estimate.format()}")
-    result = TrainResult(plan)
+    announce(plan, say)
     if o.dry_run:
         check_budget(plan.estimate, o.max_cost)
-        return result
+        return HostedTrainResult(plan)
+    return await run_plan(plan, o, say)
+
+
+def recorded_job(directory: Path, key: str) -> TrainJob | None:
+    """The newest attempt recorded in ``directory``'s store for a plan's ``key`` (None: none),
+    read without the store's lock."""
+    path = store_path(directory)
+    if not path.is_file():
+        return None
+    with Store(path, lock=False) as store:
+        return TrainLedger(store).latest(key)
+
+
+def launches(job: TrainJob | None, new_job: bool) -> bool:
+    """Whether training would launch (and pay for) a job, given the attempt recorded for its key:
+    none, one never launched, or (``new_job``) one that failed or was cancelled."""
+    return job is None or job.job_id is None or (new_job and job.status in ("failed", "cancelled"))
+
+
+async def run_plan(plan: TrainPlan, o: TrainOptions, say: Echo) -> HostedTrainResult:
+    """Upload, launch and (with ``o.wait``) follow the job of a checked and priced plan,
+    re-attaching to the attempt recorded for its key."""
+    result = HostedTrainResult(plan)
     with Store(store_path(plan.directory)) as store:
         ledger = TrainLedger(store)
         job = ledger.latest(plan.key)
@@ -409,7 +442,7 @@ async def train_hosted_async(directory: str | Path, connection: Connection, mode
             if not o.new_job:
                 raise _ended(job)
             job = None
-        if job is None or job.job_id is None:
+        if launches(job, o.new_job):
             check_budget(plan.estimate, o.max_cost)  # a job already launched is paid for: no limit to apply
         result.reattached = job is not None
         result.job = job or ledger.add(_new_attempt(plan))
@@ -428,6 +461,63 @@ async def train_hosted_async(directory: str | Path, connection: Connection, mode
         elif result.job.status in ("failed", "cancelled"):
             raise _ended(result.job)
     return result
+
+
+@dataclass
+class JobSet:
+    """Several jobs at one provider, one per plan (``study --provider``: a student per size and
+    seed), under one budget: every file is checked and the total priced before anything is
+    uploaded (:meth:`check`), all are launched before any is waited for (:meth:`launch`), then each
+    is followed until it ends (:meth:`follow`). A job that fails is kept as its error and the
+    others go on; one recorded as succeeded costs no call to the provider."""
+
+    plans: dict[Any, TrainPlan]
+    options: TrainOptions
+    say: Echo
+    jobs: dict[Any, TrainJob] = field(default_factory=dict)
+    errors: dict[Any, TrainingError] = field(default_factory=dict)
+    found: set[Any] = field(default_factory=set)  # recorded as succeeded before this run
+    uploaded: int = 0
+    created: int = 0
+
+    def recorded(self) -> dict[Any, TrainJob | None]:
+        return {k: recorded_job(plan.directory, plan.key) for k, plan in self.plans.items()}
+
+    def to_launch(self) -> list[Any]:
+        """The plans whose training would launch a job (and pay for it)."""
+        return [k for k, job in self.recorded().items() if launches(job, self.options.new_job)]
+
+    def check(self) -> None:
+        """Refuse the whole set, before any upload, when the jobs to launch are estimated above
+        ``max_cost`` together, or any at an unknown price while a limit is set."""
+        check_budget([self.plans[k].estimate for k in self.to_launch()], self.options.max_cost)
+
+    async def launch(self) -> None:
+        for k, job in self.recorded().items():
+            if job is not None and job.status == "succeeded":
+                self.jobs[k] = job
+                self.found.add(k)
+            elif job is not None and job.finished and not self.options.new_job:
+                self.errors[k] = _ended(job)
+            else:
+                await self._run(k, replace(self.options, wait=False, max_cost=None))  # checked as a whole
+
+    async def follow(self) -> None:
+        for k, job in list(self.jobs.items()):
+            if not job.finished:
+                await self._run(k, replace(self.options, wait=True, new_job=False, max_cost=None))
+
+    async def _run(self, k: Any, options: TrainOptions) -> None:
+        try:
+            result = await run_plan(self.plans[k], options, self.say)
+        except TrainingError as exc:
+            self.jobs.pop(k, None)
+            self.errors[k] = exc
+            return
+        assert result.job is not None
+        self.jobs[k] = result.job
+        self.uploaded += result.uploaded
+        self.created += result.created
 
 
 # --- status and cancel -----------------------------------------------------------------------

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from promptbake.errors import InputError
 from promptbake.output.atomic import atomic_writer
+from promptbake.plan.conversation import planned_steps
 from promptbake.plan.expand import Expander
-from promptbake.plan.judge import judge_steps
 from promptbake.plan.routing import label
 from promptbake.specification.models import Spec, Step
 from promptbake.store.batches import Holder, exhausted, holders
@@ -204,7 +204,7 @@ def _rows(line: LineResult, pending: list[Holder], specs: dict[str, tuple[list[S
     first = pending[0]
     if first.spec_name not in specs:  # the spec's steps, then one per judge, as they were planned
         spec = spec_from_store(store_path, first.spec_name)
-        specs[first.spec_name] = [*spec.steps, *judge_steps(spec)], PriceTable(spec.teacher.prices)
+        specs[first.spec_name] = planned_steps(spec), PriceTable(spec.teacher.prices)
     steps, prices = specs[first.spec_name]
     answer = line_outcome(item_job(first.item), line, first.attempts + 1, checker(steps[first.step_index]), prices)
     outcome = answer.outcome

@@ -54,22 +54,27 @@ class RunReport:
         return f"{failed} requests failed and {pending} are pending"
 
 
-def shortfall(spec: Spec, expander: Expander, store: Store) -> tuple[dict[str, int], float]:
-    """Per cell, how many accepted examples (parsed, through every quality gate, distinct) are
-    still missing; and the share of rendered examples the quality gates have let through so far."""
+def shortfall(spec: Spec, expander: Expander, store: Store, existing: Iterable[Example] = ()
+              ) -> tuple[dict[str, int], float]:
+    """Per cell, how many accepted examples (parsed, through every quality gate, distinct, and
+    distinct from ``existing``) are still missing; and the share of rendered examples the quality
+    gates have let through so far."""
     from promptbake.curate.dedupe import dedupe
     from promptbake.curate.examples import ExampleRenderer
     from promptbake.curate.gates import Gates
 
     gates = Gates(spec, store)
     passed = list(gates.passing(ExampleRenderer(spec, expander.templates).examples(store)))
-    kept = dedupe(passed, spec.dedupe).kept
+    kept = dedupe(passed, spec.dedupe, existing).kept
     have: dict[str, int] = {}
     for example in kept:
         key = example.provenance["cell_key"]
         have[key] = have.get(key, 0) + 1
     missing = {c.key: c.count - have.get(c.key, 0) for c in expander.cells() if have.get(c.key, 0) < c.count}
-    return missing, len(passed) / max(len(passed) + len(gates.dropped), 1)
+    # items whose user line a filter dropped before the next step are turned down by the gates too
+    early = sum(1 for d in store.fanout_drops(spec.name) if d.reason is not None)
+    dropped = len(gates.dropped) + early
+    return missing, len(passed) / max(len(passed) + dropped, 1)
 
 
 def ask_for(missing: dict[str, int], pass_rate: float) -> dict[str, int]:
@@ -88,9 +93,11 @@ async def generate_async(
     *,
     topup: bool = False,
     command: str = "generate",
+    existing: Iterable[Example] = (),
 ) -> RunReport:
     """Run every round the store already knows of (resuming), then, with ``topup``, more rounds
-    for cells that dedupe or parse failures left short, up to ``spec.max_rounds``.
+    for cells that dedupe or parse failures left short, up to ``spec.max_rounds``. ``existing``:
+    examples the data must not repeat (what repeats one is short, and asked for again).
 
     Raises ``TeacherError`` when the teacher cannot be used at all or a step of round 0 failed
     entirely; a run that merely fell short returns, with ``RunReport.shortfall()`` saying so."""
@@ -119,7 +126,7 @@ async def generate_async(
                 for round_ in known:
                     await generation.run_round(round_, link)
                 if topup:
-                    await _top_up(spec, expander, store, generation, report, known[-1], link)
+                    await _top_up(spec, expander, store, generation, report, known[-1], link, list(existing))
             status = "done"
         finally:
             report.totals = store.totals(spec.name)
@@ -131,11 +138,11 @@ generate = synchronous(generate_async)
 
 
 async def _top_up(spec: Spec, expander: Expander, store: Store, generation: Generation, report: RunReport,
-                  round_: int, link: Link) -> None:
+                  round_: int, link: Link, existing: list[Example]) -> None:
     """Ask again for the cells still short, one round at a time, while rounds help: a round in
     which no short cell gained an example, and not for want of passing the quality gates, ends
     the loop, and ``report.stalled`` says why."""
-    missing, pass_rate = shortfall(spec, expander, store)
+    missing, pass_rate = shortfall(spec, expander, store, existing)
     while missing and round_ < spec.max_rounds:
         report.rounds.append(RoundReport(round_, len(missing), sum(missing.values())))
         round_ += 1
@@ -143,7 +150,7 @@ async def _top_up(spec: Spec, expander: Expander, store: Store, generation: Gene
         first = len(generation.report.steps)
         await generation.run_round(round_, link)
         before, gate_rate = missing, pass_rate
-        missing, pass_rate = shortfall(spec, expander, store)
+        missing, pass_rate = shortfall(spec, expander, store, existing)
         gained = any(missing.get(key, 0) < short for key, short in before.items())
         # answers turned down by the quality gates are chance (the next round may pass), while
         # duplicates and failures would come back the same: only those end the rounds early
@@ -179,19 +186,29 @@ async def run_async(
     existing: Iterable[Example] = (),
     command: str = "run",
     sizes: Iterable[int] = (),
+    refill_existing: bool = True,
 ) -> RunReport:
     """expand → generate (with top-up rounds for exact counts) → build, in one call.
-    ``existing``: examples the built data must not repeat (see ``build.build``)."""
+    ``existing``: examples the built data must not repeat (see ``build.build``); with
+    ``refill_existing`` the top-up rounds ask again for what repeated one (a generated input
+    may come out different; an input from a file cannot). What the run got is what the build
+    kept: a cell short there is short, whatever the rounds counted (exit 3 at the CLI)."""
     from promptbake.curate.builder import build, split_seed
     from promptbake.output.targets import target_for_teacher
 
     split_seed(Path(out_dir), spec, seed)  # a split the directory cannot take is refused before paying
     store_path = store_path or default_store(out_dir)
-    report = await generate_async(spec, store_path, teacher, options, topup=True, command=command)
+    existing = list(existing)
+    report = await generate_async(spec, store_path, teacher, options, topup=True, command=command,
+                                  existing=existing if refill_existing else ())
     config = merge(spec.teacher, teacher)
     with Store(store_path) as store:
         report.build = build(spec, store, out_dir, formats=formats, seed=seed, existing=existing, sizes=sizes,
                              target=target_for_teacher(config.kind, config.base_url))
+    # a cell whose input (not a generated one) repeats an ``existing`` example cannot be refilled:
+    # its drop is reported by the caller (distill: "inputs dropped as copies"), not a shortfall
+    report.missing = {key: n for key, n in report.build.short.items()
+                      if refill_existing or key not in report.build.repeated}
     return report
 
 

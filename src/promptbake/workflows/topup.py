@@ -22,7 +22,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from promptbake.curate.dedupe import dedupe
 from promptbake.curate.examples import ExampleRenderer
@@ -135,6 +135,7 @@ class TopupReport:
     train: int
     warnings: list[str] = field(default_factory=list)
     runs: list[RunReport] = field(default_factory=list)
+    why: dict[str, str] = field(default_factory=dict)  # per weak category, what made it weak (a study)
 
     def format(self) -> str:
         if not self.weak:
@@ -147,8 +148,9 @@ class TopupReport:
             a = self.added.get(s.category, {})
             rate = "-" if s.pass_rate is None else f"{100 * s.pass_rate:.0f}%"
             score = "-" if s.mean_score is None else f"{s.mean_score:.2f}"
+            why = f"  {self.why[s.category]}" if s.category in self.why else ""
             lines.append(f"{s.category:<{wide}} {s.n:>5} {rate:>6} {score:>6} {a.get('wanted', 0):>6} "
-                         f"{a.get('generated', 0):>5} {a.get('duplicates', 0):>5} {a.get('added', 0):>5}")
+                         f"{a.get('generated', 0):>5} {a.get('duplicates', 0):>5} {a.get('added', 0):>5}{why}")
         added = sum(a["added"] for a in self.added.values())
         lines.append(f"train: {self.train} examples (+{added}) → {self.train_path}; test unchanged")
         lines.extend(f"warning: {w}" for w in self.warnings)
@@ -161,10 +163,28 @@ async def topup_async(spec: Spec, eval_path: str | Path, dataset: str | Path, *,
           options: GenerateOptions | None = None) -> TopupReport:
     """One top-up round on a built dataset DIR; returns what it added (nothing is written when no
     category is weak)."""
+    if metric not in ("auto", "pass", "score"):
+        raise InputError(f"--metric {metric}: an eval file ranks by auto, pass or score")
+    eval_path = Path(eval_path)
+    metric_used, weak = weak_categories(load_eval(eval_path), metric=metric, threshold=threshold, bottom=bottom)
+    source = {"path": str(eval_path), "sha256": file_sha256(eval_path), "metric": metric_used,
+              "threshold": None if bottom is not None else (DEFAULT_THRESHOLD if threshold is None else threshold),
+              "bottom": bottom}
+    return await topup_weak_async(spec, dataset, weak, metric_used, ("eval", source), per_category=per_category,
+                                  store_path=store_path, teacher=teacher, options=options)
+
+
+async def topup_weak_async(spec: Spec, dataset: str | Path, weak: list[CategoryScore], metric_used: str,
+                           source: tuple[str, dict[str, Any]], *, per_category: int = 10,
+                           store_path: str | Path | None = None, teacher: Teacher | None = None,
+                           options: GenerateOptions | None = None, why: dict[str, str] | None = None) -> TopupReport:
+    """One top-up round for the ``weak`` categories, which ``source`` (``("eval", record)`` or
+    ``("study", record)``, the record holding the file's ``path`` and ``sha256``) found; ``why``
+    says per category what made it weak, for the summary."""
     if per_category < 1:
         raise InputError("--per-category must be at least 1")
-    eval_path, directory = Path(eval_path), Path(dataset)
-    metric_used, weak = weak_categories(load_eval(eval_path), metric=metric, threshold=threshold, bottom=bottom)
+    directory = Path(dataset)
+    kind, record = source
     manifest = read_manifest(directory)
     rounds = manifest.get("topups", [])
     round_ = len(rounds) + 1
@@ -172,14 +192,14 @@ async def topup_async(spec: Spec, eval_path: str | Path, dataset: str | Path, *,
         round_ += 1
     current = directory / (rounds[-1]["train"] if rounds else "train.jsonl")
     target = directory / f"train.v{round_ + 1}.jsonl"
-    report = TopupReport(round_, target, metric_used, weak, {}, 0)
+    report = TopupReport(round_, target, metric_used, weak, {}, 0, why=dict(why or {}))
     if not weak:
         report.train_path = current
         return report
-    digest = file_sha256(eval_path)
-    reused = [r["round"] for r in rounds if r.get("eval", {}).get("sha256") == digest]
+    reused = [r["round"] for r in rounds if (r.get(kind) or {}).get("sha256") == record["sha256"]]
     if reused:
-        report.warnings.append(f"{eval_path} already drove round {reused[-1]}; evaluate the new train split first")
+        again = "evaluate the new train split first" if kind == "eval" else "run the study again first"
+        report.warnings.append(f"{record['path']} already drove round {reused[-1]}; {again}")
 
     expander = Expander(spec)
     cells = list(expander.cells())
@@ -247,10 +267,10 @@ async def topup_async(spec: Spec, eval_path: str | Path, dataset: str | Path, *,
         "from": current.name,
         "spec": spec.name,
         "spec_hash": spec.spec_hash(),
-        "eval": {"path": str(eval_path), "sha256": digest, "metric": metric_used,
-                 "threshold": None if bottom is not None else (DEFAULT_THRESHOLD if threshold is None else threshold),
-                 "bottom": bottom},
-        "categories": {s.category: {**s.as_dict(), **report.added.get(s.category, {"added": 0})} for s in weak},
+        kind: record,
+        "categories": {s.category: {**s.as_dict(), **report.added.get(s.category, {"added": 0}),
+                                    **({"why": report.why[s.category]} if s.category in report.why else {})}
+                       for s in weak},
         "train_examples": len(entries),
         "added": len(accepted),
         "seed": seed,

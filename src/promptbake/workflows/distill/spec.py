@@ -178,11 +178,22 @@ def distill_spec(
             if reserved in axes:
                 raise InputError(f"--axis {reserved}: the name is used by distillation itself")
         cells = math.prod(len(v) for v in axes.values())
-        batches = math.ceil(wanted / (cells * INPUTS_PER_REQUEST))
+        if wanted % cells:
+            raise InputError(f"--generate-inputs {wanted}: the {cells} combinations of --axis values each get the "
+                             f"same number of inputs; give a multiple of {cells} "
+                             f"(such as {wanted + cells - wanted % cells})")
+        # exactly ``wanted``: per combination, batches of at most INPUTS_PER_REQUEST inputs, the last
+        # one smaller when they do not divide evenly (a weight on its batch value)
+        per_cell = wanted // cells
+        batches = math.ceil(per_cell / INPUTS_PER_REQUEST)
+        size = math.ceil(per_cell / batches)
+        last = per_cell - (batches - 1) * size
+        if last != size:
+            grid["weights"] = {"batch": {str(batches): last / size}}
         traits = "".join(f"- {a}: {{{{ {a} }}}}\n" for a in axes)
         batch_axis = {"batch": list(range(1, batches + 1))} if batches > 1 else {}
         grid["axes"] = {"description": [describe], **axes, **batch_axis}
-        grid["count"] = math.ceil(wanted / (cells * batches))
+        grid["count"] = size
         batch_line = " (This is batch {{ batch }}: make it different from the other batches.)"
         content = INPUTS_PROMPT.replace(
             "{traits}", f"Every message must fit this situation:\n{traits}" if traits else ""

@@ -186,9 +186,16 @@ class EvalReport:
 
 async def evaluate_async(items: list[TestItem], model: TeacherConfig, options: EvalOptions, *,
                          scoring: Scoring | None = None, grid: list[dict[str, Any]] | None = None,
-                         judge: TeacherConfig | None = None, usage: Usage | None = None) -> list[dict[str, Any]]:
+                         judge: TeacherConfig | None = None, usage: Usage | None = None,
+                         sampling: Mapping[str, Any] | None = None, given: Mapping[str, str] | None = None,
+                         with_usage: bool = False) -> list[dict[str, Any]]:
     """Answer every (item, setting) with ``model``, judge the answers if there is a rubric, and
-    return one scored row each, in item then setting order; ``usage`` accumulates requests and spend."""
+    return one scored row each, in item then setting order; ``usage`` accumulates requests and spend.
+
+    ``sampling``: parameters every request carries under its setting (a study bounds answers by the
+    spec's ``max_tokens``). ``given``: answers already known, by item id (the teacher's own, from the
+    test split): nothing is asked of ``model``, the answers are scored (and judged) as they are.
+    ``with_usage``: each row gets ``usage``, the tokens, cost and seconds of its answer as stored."""
     scoring = scoring or Scoring()
     grid = grid or [{}]
     if scoring.criteria is not None and judge is None:
@@ -198,7 +205,8 @@ async def evaluate_async(items: list[TestItem], model: TeacherConfig, options: E
         scoring.reference_for(item)  # a reference template that cannot render fails before anything is paid
     name = model_name(model)
     if options.max_cost is not None:  # before anything is sent: an unpriced model cannot be bounded
-        PriceTable(model.prices).require([name], options.max_cost)
+        if given is None:
+            PriceTable(model.prices).require([name], options.max_cost)
         if judge is not None:
             PriceTable(judge.prices).require([model_name(judge)], options.max_cost)
     with Store(options.store_path) as store:
@@ -206,7 +214,7 @@ async def evaluate_async(items: list[TestItem], model: TeacherConfig, options: E
         planned = []
         for i, item in enumerate(items):
             for j, settings in enumerate(grid):
-                body: dict[str, Any] = {"model": name, "messages": item.prompt, **settings}
+                body: dict[str, Any] = {"model": name, "messages": item.prompt, **(sampling or {}), **settings}
                 if item.tools:
                     body["tools"] = item.tools
                 planned.append(calls.plan(item.id, f"{i:09d}.{j:04d}", item.category, body, "eval",
@@ -215,7 +223,12 @@ async def evaluate_async(items: list[TestItem], model: TeacherConfig, options: E
         judge_errors: dict[str, str] = {}
         judged: dict[str, str] = {}  # answer request id → judge request id
         async with Links() as links:  # the answers and the judge share a server's link
-            answers, errors = await calls.run(planned, answer_outputs, f"eval {name}", links)
+            if given is None:
+                answers, errors = await calls.run(planned, answer_outputs, f"eval {name}", links)
+            else:
+                answers = {r.id: [{"text": given[items[k // len(grid)].id], "finish_reason": "stop"}]
+                           for k, r in enumerate(planned) if items[k // len(grid)].id in given}
+                errors = {}
             if scoring.criteria is not None and judge is not None:
                 judge_name = model_name(judge)
                 judges = _Calls(store, judge, f"@judge/{judge_name}", options, usage)
@@ -234,6 +247,7 @@ async def evaluate_async(items: list[TestItem], model: TeacherConfig, options: E
                         judged[request.id] = jr.id
                         judge_planned.append(jr)
                 verdicts, judge_errors = await judges.run(judge_planned, parse_verdict, f"judge {judge_name}", links)
+        spent = store.answer_usage(r.id for r in planned) if with_usage and given is None else {}
     rows = []
     for k, request in enumerate(planned):
         item, settings = items[k // len(grid)], grid[k % len(grid)]
@@ -242,7 +256,10 @@ async def evaluate_async(items: list[TestItem], model: TeacherConfig, options: E
         error = None if answer is not None else errors.get(request.id, "no answer")
         jid = judged.get(request.id, "")
         verdict = verdicts[jid][0] if verdicts.get(jid) else None
-        rows.append(score_row(item, settings, answer, error, scoring, verdict, judge_errors.get(jid)))
+        row = score_row(item, settings, answer, error, scoring, verdict, judge_errors.get(jid))
+        if with_usage:
+            row["usage"] = spent.get(request.id)
+        rows.append(row)
     return rows
 
 
