@@ -31,7 +31,8 @@ STAFF_LINES = ["How can I help you?", "You're welcome.", "Thank you for your pat
                "Is there anything else I can do?", "I'll speak with my manager.", "Sorry for the inconvenience.",
                "We don't offer refunds.", "I'll give you a refund.", "Welcome to our store!", "Let me check.",
                "I'm just about to buy some of our produce.", "I'm going to refund it.",
-               "I'm offering a refund.", "I know I'm closing, but I'll take your order.", "I'm going to bring the manager."]
+               "I'm offering a refund.", "I know I'm closing, but I'll take your order.",
+               "I'm going to bring the manager."]
 CUSTOMER_LINES = ["I want to speak to the manager, right now.", "I want a refund for these boots, they fell apart.",
                   "Are you closing already? I only need five minutes.", "Get me your manager, this room is filthy."]
 
