@@ -32,7 +32,8 @@ STAFF_LINES = ["How can I help you?", "You're welcome.", "Thank you for your pat
                "We don't offer refunds.", "I'll give you a refund.", "Welcome to our store!", "Let me check.",
                "I'm just about to buy some of our produce.", "I'm going to refund it.",
                "I'm offering a refund.", "I know I'm closing, but I'll take your order.",
-               "I'm going to bring the manager."]
+               "I'm going to bring the manager.", "I want to refund your money.", "I just got a shipment delivered.",
+               "I'm just a few minutes away from closing."]
 CUSTOMER_LINES = ["I want to speak to the manager, right now.", "I want a refund for these boots, they fell apart.",
                   "Are you closing already? I only need five minutes.", "Get me your manager, this room is filthy."]
 

@@ -49,7 +49,8 @@ STAFF_VOICE = re.compile(
     rf"|i(?:{_A}ll| will) send (?:you )?the return label"
     rf"|i(?:{_A}ll| will|{_A}m going to) refund (?:it|this|that|you)\b|i{_A}m offering|i{_A}m closing\b"
     rf"|i(?:{_A}ll| will) take your order"
-    rf"|i(?:{_A}ll| will|{_A}m going to) (?:bring|get|call|fetch) (?:you )?the manager)"
+    rf"|i(?:{_A}ll| will|{_A}m going to) (?:bring|get|call|fetch) (?:you )?the manager"
+    rf"|refund your (?:money|purchase|order)|\bshipment\b|minutes (?:away )?from closing)"
 )
 
 # Apology words: what the quality panel's refusal / apology flag adds to chat-model refusals.
