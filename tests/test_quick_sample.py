@@ -95,6 +95,7 @@ def test_the_readme_states_the_share_a_reader_found_usable():
     stated = re.search(r"\*\*(\d+) of (\d+) usable\*\*, (\d+) weak, (\d+) unusable", readme)
     assert stated, "the README states the reader's counts"
     assert tuple(map(int, stated.groups())) == (counts["usable"], len(verdicts), counts["weak"], counts["unusable"])
-    staff = re.search(r"(\d+|none) with the customer sounding like staff", stated.string[stated.end():][:200])
+    after = readme[stated.end():][:200]
+    staff = re.search(r"(\d+|none)\s+with\s+the\s+customer\s+sounding\s+like\s+staff", after)
     assert staff, "the README states how many customer lines a reader found staff-like"
     assert (0 if staff.group(1) == "none" else int(staff.group(1))) == sum(v["staff_voice"] for v in verdicts)
