@@ -10,6 +10,8 @@ import re
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from promptbake.curate.filters import ECHO_THRESHOLD, echo_score
 from promptbake.curate.phrases import POLITE, STAFF_VOICE
 from promptbake.specification.models import load_spec
@@ -17,6 +19,23 @@ from promptbake.specification.models import load_spec
 ROOT = Path(__file__).parent.parent
 SAMPLE = ROOT / "samples" / "quick"
 FIRST_PERSON = re.compile(r"(?i)\b(I|I'm|I've|I'd|I'll|my|me)\b")
+# what the reader of issue 27 called polite in the earlier sample, and its kin: the wide list the
+# sample is held to must catch every one
+READER_POLITE = ["You're welcome", "you\u2019re very welcome", "How can I help you?", "How may I assist you today?",
+                 "No worries at all", "No problem", "Thank you for your patience", "Thanks!", "I'm sorry",
+                 "We apologize", "Happy to help", "Of course", "Certainly not", "Please wait", "Have a nice day",
+                 "Feel free to ask", "Let me know", "I hope you like it", "I understand", "Don't worry"]
+# the staff's side of the counter (a customer who says it reads like the shop assistant) and lines a
+# customer says, which the rule must let through
+STAFF_LINES = ["How can I help you?", "You're welcome.", "Thank you for your patience.", "I'm here to help.",
+               "Is there anything else I can do?", "I'll speak with my manager.", "Sorry for the inconvenience.",
+               "We don't offer refunds.", "I'll give you a refund.", "Welcome to our store!", "Let me check.",
+               "I'm just about to buy some of our produce.", "I'm going to refund it.",
+               "I'm offering a refund.", "I know I'm closing, but I'll take your order.",
+               "I'm going to bring the manager.", "I want to refund your money.", "I just got a shipment delivered.",
+               "I'm just a few minutes away from closing."]
+CUSTOMER_LINES = ["I want to speak to the manager, right now.", "I want a refund for these boots, they fell apart.",
+                  "Are you closing already? I only need five minutes.", "Get me your manager, this room is filthy."]
 
 
 def rows() -> list[dict]:
@@ -36,9 +55,17 @@ def test_no_reply_echoes_the_customer():
     assert all(echo_score(user, reply) < ECHO_THRESHOLD for user, reply in examples())
 
 
+@pytest.mark.parametrize("phrase", READER_POLITE)
+def test_the_polite_list_holds_what_a_reader_calls_polite(phrase):
+    assert POLITE.search(phrase)
+
+
+def test_the_customer_voice_rule_tells_the_staff_from_the_customer():
+    assert [line for line in STAFF_LINES if not STAFF_VOICE.search(line)] == []
+    assert [line for line in CUSTOMER_LINES if STAFF_VOICE.search(line)] == []
+
+
 def test_no_reply_carries_a_phrase_a_reader_calls_polite():
-    # the wide list: sorry, you're welcome, no worries, how can I help, thank(s), please, of course, ...
-    assert POLITE.search("No worries at all. You're welcome. How can I help you?")
     polite = [reply for _, reply in examples() if POLITE.search(reply)]
     assert polite == []
 
@@ -61,8 +88,14 @@ def test_the_readme_states_the_share_a_reader_found_usable():
         assert v["customer"] == by_id[v["id"]]["messages"][0]["content"]
         assert v["agent"] == by_id[v["id"]]["messages"][-1]["content"]
         assert v["verdict"] in ("usable", "weak", "unusable") and v["why"]
+        assert isinstance(v["staff_voice"], bool)  # the reader's call: does the customer sound like staff?
+        assert not (v["staff_voice"] and v["verdict"] == "usable")
     counts = Counter(v["verdict"] for v in verdicts)
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     stated = re.search(r"\*\*(\d+) of (\d+) usable\*\*, (\d+) weak, (\d+) unusable", readme)
     assert stated, "the README states the reader's counts"
     assert tuple(map(int, stated.groups())) == (counts["usable"], len(verdicts), counts["weak"], counts["unusable"])
+    after = readme[stated.end():][:200]
+    staff = re.search(r"(\d+|none)\s+with\s+the\s+customer\s+sounding\s+like\s+staff", after)
+    assert staff, "the README states how many customer lines a reader found staff-like"
+    assert (0 if staff.group(1) == "none" else int(staff.group(1))) == sum(v["staff_voice"] for v in verdicts)

@@ -38,14 +38,19 @@ STAFF_VOICE = re.compile(
     rf"|(?:i|we) apologi[sz]e|my apologies|apologies for|i{_A}?m here to help|here to assist"
     rf"|(?:happy|glad) to (?:help|assist)|is there anything else|anything else i can"
     rf"|i{_A}?ll (?:get back to you|take care of (?:it|that|this|you)|do my best|get (?:it|that) sorted|look into it)"
-    rf"|let me (?:check|see what|get that|look into)|our (?:store|shop|policy|customers|staff|team)"
+    rf"|let me (?:check|see what|get that|look into)"
+    rf"|our (?:store|shop|policy|customers|staff|team|produce|products?|goods|stock|prices|menu|service)\b"
     rf"|(?:have|enjoy) a (?:nice|great|good|lovely|wonderful) (?:day|evening|night)"
     rf"|i{_A}?m just a (?:shop|store) assistant|as a (?:shop|store|sales) assistant"
     rf"|we (?:can{_A}?t|cannot|don{_A}?t) (?:offer|accept|give|do) refunds"
     rf"|(?:speak|talk) (?:to|with) my (?:manager|boss|supervisor)"
     rf"|(?:glad|happy|here) to be of service|of service to you"
     rf"|i(?:{_A}ll| will) (?:give|send|get) you (?:a |the |your )?(?:refund|discount|receipt|return label|replacement)"
-    rf"|i(?:{_A}ll| will) send (?:you )?the return label)"
+    rf"|i(?:{_A}ll| will) send (?:you )?the return label"
+    rf"|i(?:{_A}ll| will|{_A}m going to) refund (?:it|this|that|you)\b|i{_A}m offering|i{_A}m closing\b"
+    rf"|i(?:{_A}ll| will) take your order"
+    rf"|i(?:{_A}ll| will|{_A}m going to) (?:bring|get|call|fetch) (?:you )?the manager"
+    rf"|refund your (?:money|purchase|order)|\bshipment\b|minutes (?:away )?from closing)"
 )
 
 # Apology words: what the quality panel's refusal / apology flag adds to chat-model refusals.
