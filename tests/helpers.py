@@ -250,10 +250,16 @@ def readme_responder():
     from fakeserver import Raw
 
     grid, formatting = list_then_reply_responder(), json_format_responder()
-    # the quick spec's customer: n lines in the customer's voice, on the cell's situation
-    situations = {"want a return or a refund": "I want my money back for item {k}, it broke.",
-                  "arrive near closing time": "Are you closing already? I need {k} more minutes.",
-                  "want to speak to the manager": "I want to speak to the manager about order {k}."}
+    # the quick spec's customer: n lines in the customer's voice, on the cell's situation (its
+    # scene as the prompt tells it: the words of each scene that name the situation)
+    situations = {"money back": "I want my money back for this {k}, it broke.",
+                  "closes in five minutes": "Are you closing already? I need my {k} first.",
+                  "speak to the manager": "I want to speak to the manager about my {k} now."}
+    # words, not digits: dedupe normalises numbers away, so only words tell two lines apart
+    things = ["red", "blue", "green", "old", "new", "cheap", "fancy", "big", "small", "heavy", "wooden", "shiny",
+              "plastic", "leather", "silver", "striped"]
+    goods = ["kettle", "toaster", "jacket", "lamp", "blender", "umbrella", "chair", "clock", "radio", "scarf",
+             "helmet", "backpack", "mixer", "heater", "speaker", "mirror"]
 
     def respond(body: dict) -> str | Raw:
         if "evaluator" in (body["messages"][0].get("content") or ""):
@@ -266,8 +272,9 @@ def readme_responder():
         if (body["messages"][0].get("content") or "").startswith("You are a customer."):
             asked = body["messages"][-1]["content"]
             line = next(text for situation, text in situations.items() if situation in asked)
-            digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-            return Raw.completion([Raw.choice(line.format(k=f"{digest[:6]}-{i}"), index=i)
+            digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).digest()
+            return Raw.completion([Raw.choice(line.format(k=f"{things[(digest[i] + i) % 16]} "
+                                                            f"{goods[(digest[i + 8] + 3 * i) % 16]}"), index=i)
                                    for i in range(int(body.get("n") or 1))])
         answer = formatting(body)
         if answer is not None:
@@ -277,7 +284,9 @@ def readme_responder():
             body = {**body, "messages": [m for m in body["messages"] if m["role"] != "system"]}
         text = grid(body)
         if text.startswith("Ugh. Fine. ("):  # a reply, rude without echoing the customer (quick spec filters echoes)
-            text = f"Ugh. Not my problem, pal. Ticket {hashlib.sha256(user.encode()).hexdigest()[:8]}. Next!"
+            # on the customer's topic (the quick spec's on_topic), and sending a late one out of the door
+            topic = next((w for w in ("money", "closing", "manager") if w in user), "problem")
+            text = f"No {topic}. Out the door, pal. Ticket {hashlib.sha256(user.encode()).hexdigest()[:8]}."
         response_format = body.get("response_format") or {}
         schema = response_format.get("schema") or (response_format.get("json_schema") or {}).get("schema")
         return json.dumps(schema_instance(schema, text)) if schema else text
