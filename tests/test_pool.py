@@ -319,3 +319,32 @@ def test_cancelled_run_hands_paid_attempts_to_the_sink_before_it_ends():
 
     with FakeServer(responder=responder).running() as server:
         asyncio.run(asyncio.wait_for(go(server), 60))
+
+
+def test_an_answer_is_committed_before_its_worker_sends_again():
+    """The writer's group commit: ``put`` returns once the answer is in the store, so a worker holds
+    at most one answer the store lacks, and a kill -9 re-pays at most ``concurrency`` answers (with
+    a queue in front of the writer, the queued ones were lost too)."""
+    import time
+
+    from promptbake.teacher import online
+
+    async def main() -> list[int]:
+        writer = online._Writer(store=None)
+        committed: list[int] = []
+
+        def record(rows: list[int]) -> None:  # on the writer's thread, slow as a busy disk
+            time.sleep(0.05)
+            committed.extend(rows)
+
+        writer._record = record
+
+        async def worker(i: int) -> None:
+            await writer.put(i)
+            assert i in committed, (i, committed)
+
+        await asyncio.gather(*(worker(i) for i in range(12)))
+        await writer.close()
+        return committed
+
+    assert sorted(asyncio.run(main())) == list(range(12))

@@ -43,7 +43,7 @@ async def send_to_store(
     if max_cost is not None:
         jobs = map(bounded, jobs)
     assert link.limiter is not None, "send through an open link"
-    writer = _Writer(store, backlog=link.limiter.concurrency.cap)
+    writer = _Writer(store)
 
     async def sink(outcome: Outcome) -> None:
         writer.check()  # the writer died (disk full): stop the pool, or it pays for answers nobody keeps
@@ -74,24 +74,26 @@ async def send_to_store(
         progress.close()
 
 
+Pending = tuple[ResultRow, "asyncio.Future[None]"]  # an answer, and what tells its worker it is committed
+
+
 class _Writer:
-    """The single writer: commits everything waiting each time it wakes.
+    """The single writer: commits everything waiting each time it wakes (a group commit).
 
     Under load, results pile up while a commit runs, so batches grow by themselves; when the
-    pool is idle each result is committed at once. A kill therefore loses only what was in
-    flight, never a backlog of finished answers. The commits run on a thread of their own, with
-    a connection of their own: SQLite does its work (and waits for the disk) without the GIL, so
-    the event loop keeps sending meanwhile instead of stalling for every commit. At most
-    ``backlog`` answers wait for it (queued or being committed): when the store stops (a full
-    disk), the run has paid for no more than those and what was in flight.
+    pool is idle each result is committed at once. A worker's ``put`` returns once its answer is
+    committed, and only then does that worker send again: each worker holds at most one answer
+    not yet in the store, sent or received, so a kill loses at most ``concurrency`` answers, the
+    ones in flight, never a backlog of finished ones. The commits run on a thread of their own,
+    with a connection of their own: SQLite does its work (and waits for the disk) without the GIL,
+    so the event loop keeps the other workers sending meanwhile instead of stalling for every
+    commit. When the store stops (a full disk), the run has paid for no more than what was in
+    flight.
     """
 
-    def __init__(self, store: Store, backlog: int) -> None:
+    def __init__(self, store: Store) -> None:
         self.store = store
-        self.backlog = backlog
-        self.queue: asyncio.Queue[ResultRow | None] = asyncio.Queue()
-        self.committing = 0
-        self.room = asyncio.Event()  # set after each commit
+        self.queue: asyncio.Queue[Pending | None] = asyncio.Queue()
         self.thread = ThreadPoolExecutor(1, thread_name_prefix="promptbake-writer")
         self.connection: Store | None = None  # opened, used and closed on the thread
         self.task = asyncio.create_task(self._run())
@@ -102,13 +104,12 @@ class _Writer:
             self.task.result()
 
     async def put(self, row: ResultRow) -> None:
-        try:
-            while self.queue.qsize() + self.committing >= self.backlog and not self.task.done():
-                self.room.clear()
-                await self.room.wait()
-        finally:
-            self.queue.put_nowait(row)  # even when cancelled while waiting: the answer is paid for
+        """Queue ``row`` and wait until it is committed; queued even when cancelled while waiting:
+        the answer is paid for, and the writer commits what is queued before it stops."""
         self.check()
+        committed = asyncio.get_running_loop().create_future()
+        self.queue.put_nowait((row, committed))
+        await asyncio.shield(committed)
 
     async def close(self) -> None:
         """Commit what is left and stop; raises what stopped the writer."""
@@ -127,35 +128,49 @@ class _Writer:
     async def _run(self) -> None:
         try:
             await self._commits()
+        except BaseException as exc:
+            # a writer that stopped must not leave a worker waiting for its commit
+            for item in _drain(self.queue):
+                if item is not None and not item[1].done():
+                    item[1].set_exception(exc if isinstance(exc, Exception) else asyncio.CancelledError())
+            raise
         finally:
-            self.room.set()  # a writer that stopped must not leave a sink waiting for room
             self.thread.submit(self._close).result()
             self.thread.shutdown()
 
     async def _commits(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            batch: list[ResultRow | None] = []
+            batch: list[Pending | None] = []
             try:
                 batch = [await self.queue.get(), *_drain(self.queue)]
-                rows = [r for r in batch if r is not None]
-                if rows:
-                    self.committing = len(rows)
-                    await loop.run_in_executor(self.thread, self._record, rows)
-                    self.committing = 0
-                    self.room.set()
+                items = [item for item in batch if item is not None]
+                if items:
+                    try:
+                        await loop.run_in_executor(self.thread, self._record, [row for row, _ in items])
+                    except Exception as exc:
+                        for _, committed in items:
+                            if not committed.done():
+                                committed.set_exception(exc)
+                        raise
+                    for _, committed in items:
+                        if not committed.done():
+                            committed.set_result(None)
             except asyncio.CancelledError:
-                # Ctrl-C: what already finished is paid for, so it is committed before we go
-                # (after the commit in progress, if any: the thread takes one at a time)
-                rest = [r for r in _drain(self.queue) if r is not None]
-                if rest:
-                    self.thread.submit(self._record, rest).result()
+                # Ctrl-C: what already finished is paid for, so it is committed before we go, after
+                # the commit in progress, if any (the thread takes one at a time, so once this one
+                # returns, that one is done too)
+                rest = [item for item in _drain(self.queue) if item is not None]
+                self.thread.submit(self._record, [row for row, _ in rest]).result()
+                for item in [*batch, *rest]:
+                    if item is not None and not item[1].done():
+                        item[1].set_result(None)
                 raise
             if None in batch:
                 return
 
 
-def _drain(queue: asyncio.Queue[ResultRow | None]) -> list[ResultRow | None]:
+def _drain(queue: asyncio.Queue[Pending | None]) -> list[Pending | None]:
     items = []
     while not queue.empty():
         items.append(queue.get_nowait())
