@@ -9,14 +9,16 @@ Ctrl-C does: the writer commits every answer already received before the call re
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import gc
 import os
 import threading
 from collections.abc import Callable, Coroutine, Iterator
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+
+if TYPE_CHECKING:  # asyncio itself is imported by the calls that run a loop: a dry run needs none
+    import asyncio
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -39,6 +41,8 @@ def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 def run_loop(coro: Coroutine[Any, Any, T]) -> T:
     """``asyncio.run`` on the fastest loop installed, collecting garbage less often (see below)."""
+    import asyncio
+
     with _fewer_collections(), asyncio.Runner(loop_factory=loop_factory()) as runner:
         return runner.run(coro)
 
@@ -61,6 +65,8 @@ def _fewer_collections() -> Iterator[None]:
 
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:
     """Run ``coro`` to completion and return its result, from any thread, loop running or not."""
+    import asyncio
+
     try:
         asyncio.get_running_loop()
     except RuntimeError:
@@ -106,6 +112,8 @@ class _Worker:
             self.done.set()
 
     async def _main(self) -> Any:
+        import asyncio
+
         with self.lock:
             if self.cancelled:
                 self.coro.close()
@@ -140,6 +148,8 @@ def threaded(fn: Callable[P, T]) -> Callable[P, Coroutine[Any, Any, T]]:
 
     @functools.wraps(fn)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        import asyncio
+
         return await asyncio.to_thread(fn, *args, **kwargs)
 
     wrapper.__name__ = f"{fn.__name__}_async"
