@@ -329,15 +329,15 @@ def test_an_answer_is_committed_before_its_worker_sends_again():
 
     from promptbake.teacher import online
 
-    async def main() -> list[int]:
-        writer = online._Writer(store=None)
-        committed: list[int] = []
+    committed: list[int] = []
 
-        def record(rows: list[int]) -> None:  # on the writer's thread, slow as a busy disk
+    class SlowStore:
+        def record(self, rows: list[int]) -> None:  # slow as a busy disk
             time.sleep(0.05)
             committed.extend(rows)
 
-        writer._record = record
+    async def main() -> list[int]:
+        writer = online._Writer(store=SlowStore())
 
         async def worker(i: int) -> None:
             await writer.put(i)

@@ -106,3 +106,22 @@ def reference_run(root: Path, spec: str, run_args: Callable[[str], list[str]]) -
     assert done.returncode == 0, done.stderr
     return root / "out"
 
+
+
+# Runs the command it is given and prints that child's peak RSS (KiB): a child forked from a big
+# process (pytest, late in the suite) carries that process's peak into its own ``ru_maxrss`` at
+# exec, so the measured process is forked from this small launcher instead.
+_PEAK_RSS = """
+import os, subprocess, sys
+child = subprocess.Popen(sys.argv[1:])
+_, status, usage = os.wait4(child.pid, 0)
+print(usage.ru_maxrss)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def peak_rss(argv: list[str], cwd: Path) -> tuple[subprocess.CompletedProcess[str], int]:
+    """Run ``argv`` (with ``cli_env()``); its result and its own peak RSS in KiB."""
+    done = subprocess.run([sys.executable, "-c", _PEAK_RSS, *argv], cwd=cwd, env=cli_env(), capture_output=True,
+                          text=True)
+    return done, int(done.stdout.split()[-1])

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from fakeserver import FakeServer
-from relkit import cli_env, one_line_error, promptbake
+from relkit import one_line_error, peak_rss, promptbake
 
 BAD = Path(__file__).resolve().parent.parent / "data" / "bad"
 DEAD_URL = "http://127.0.0.1:9/v1"  # nothing listens: a bad spec must fail before any request
@@ -108,26 +107,12 @@ def test_validate_names_every_provider_rejected_shape_with_its_line(corpus):
         assert lineno in errors[key], (key, errors)
 
 
-# Runs the command it is given and prints that child's peak RSS (KiB): a child forked from a big
-# process (pytest, late in the suite) carries that process's peak into its own ``ru_maxrss`` at
-# exec, so the measured process is forked from this small launcher instead.
-PEAK_RSS = """
-import os, subprocess, sys
-child = subprocess.Popen(sys.argv[1:])
-_, status, usage = os.wait4(child.pid, 0)
-print(usage.ru_maxrss)
-sys.exit(os.waitstatus_to_exitcode(status))
-"""
-
-
 @pytest.mark.parametrize("name", JINJA_BOMBS)
 def test_template_bombs_are_refused_in_bounded_memory(corpus, name):
     """The corpus's template bombs, one process each: its own peak RSS (``wait4``) stays small."""
-    done = subprocess.run([sys.executable, "-c", PEAK_RSS, sys.executable, "-m", "promptbake", "expand", name,
-                           "-o", "r.jsonl"], cwd=corpus, env=cli_env(), capture_output=True, text=True)
+    done, peak = peak_rss([sys.executable, "-m", "promptbake", "expand", name, "-o", "r.jsonl"], cwd=corpus)
     assert done.returncode == 2, done.stderr
     assert SPEC_CASES[name] in one_line_error(done.stderr)
-    peak = int(done.stdout.split()[-1])
     assert peak < 300 * 1024, peak  # KiB: a gigabyte string was never built
 
 

@@ -289,12 +289,6 @@ class Store:
         self.db.close()
         self._release_lock()
 
-    def writer(self) -> Store:
-        """A second connection to this store, for a writer thread to open, use and close (see
-        ``teacher/online.py``): the lock stays with this one, held for the whole process. The two
-        write in turn, each write transaction taking the write lock as it begins (``BEGIN IMMEDIATE``)."""
-        return Store(self.path, lock=False)
-
     def __enter__(self) -> Store:
         return self
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 
 from promptbake.store.db import ResultRow, Store
 from promptbake.teacher.endpoints import Fleet
@@ -80,22 +79,20 @@ Pending = tuple[ResultRow, "asyncio.Future[None]"]  # an answer, and what tells 
 class _Writer:
     """The single writer: commits everything waiting each time it wakes (a group commit).
 
-    Under load, results pile up while a commit runs, so batches grow by themselves; when the
-    pool is idle each result is committed at once. A worker's ``put`` returns once its answer is
-    committed, and only then does that worker send again: each worker holds at most one answer
-    not yet in the store, sent or received, so a kill loses at most ``concurrency`` answers, the
-    ones in flight, never a backlog of finished ones. The commits run on a thread of their own,
-    with a connection of their own: SQLite does its work (and waits for the disk) without the GIL,
-    so the event loop keeps the other workers sending meanwhile instead of stalling for every
-    commit. When the store stops (a full disk), the run has paid for no more than what was in
-    flight.
+    Under load, results pile up while the loop serves the workers, so batches grow by themselves;
+    when the pool is idle each result is committed at once. A worker's ``put`` returns once its
+    answer is committed, and only then does that worker send again: each worker holds at most one
+    answer not yet in the store, sent or received, so a kill loses at most ``concurrency``
+    answers, the ones in flight, never a backlog of finished ones. The commits run on the event
+    loop itself: handing each batch to a thread of its own cost more (the hand-over, the wake-ups,
+    the two threads taking turns at the GIL) than the commit it let overlap, about a tenth of
+    generate's CPU (README, Benchmarks). When the store stops (a full disk), the run has paid for
+    no more than what was in flight.
     """
 
     def __init__(self, store: Store) -> None:
         self.store = store
         self.queue: asyncio.Queue[Pending | None] = asyncio.Queue()
-        self.thread = ThreadPoolExecutor(1, thread_name_prefix="promptbake-writer")
-        self.connection: Store | None = None  # opened, used and closed on the thread
         self.task = asyncio.create_task(self._run())
 
     def check(self) -> None:
@@ -116,15 +113,6 @@ class _Writer:
         self.queue.put_nowait(None)
         await self.task
 
-    def _record(self, rows: list[ResultRow]) -> None:  # on the thread
-        if self.connection is None:
-            self.connection = self.store.writer()
-        self.connection.record(rows)
-
-    def _close(self) -> None:  # on the thread
-        if self.connection is not None:
-            self.connection.close()
-
     async def _run(self) -> None:
         try:
             await self._commits()
@@ -134,38 +122,32 @@ class _Writer:
                 if item is not None and not item[1].done():
                     item[1].set_exception(exc if isinstance(exc, Exception) else asyncio.CancelledError())
             raise
-        finally:
-            self.thread.submit(self._close).result()
-            self.thread.shutdown()
 
     async def _commits(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             batch: list[Pending | None] = []
             try:
                 batch = [await self.queue.get(), *_drain(self.queue)]
-                items = [item for item in batch if item is not None]
-                if items:
-                    try:
-                        await loop.run_in_executor(self.thread, self._record, [row for row, _ in items])
-                    except Exception as exc:
-                        for _, committed in items:
-                            if not committed.done():
-                                committed.set_exception(exc)
-                        raise
-                    for _, committed in items:
-                        if not committed.done():
-                            committed.set_result(None)
             except asyncio.CancelledError:
-                # Ctrl-C: what already finished is paid for, so it is committed before we go, after
-                # the commit in progress, if any (the thread takes one at a time, so once this one
-                # returns, that one is done too)
+                # Ctrl-C: what already finished is paid for, so it is committed before we go
                 rest = [item for item in _drain(self.queue) if item is not None]
-                self.thread.submit(self._record, [row for row, _ in rest]).result()
-                for item in [*batch, *rest]:
-                    if item is not None and not item[1].done():
+                self.store.record([row for row, _ in rest])
+                for item in rest:
+                    if not item[1].done():
                         item[1].set_result(None)
                 raise
+            items = [item for item in batch if item is not None]
+            if items:
+                try:
+                    self.store.record([row for row, _ in items])
+                except Exception as exc:
+                    for _, committed in items:
+                        if not committed.done():
+                            committed.set_exception(exc)
+                    raise
+                for _, committed in items:
+                    if not committed.done():
+                        committed.set_result(None)
             if None in batch:
                 return
 
