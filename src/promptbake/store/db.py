@@ -304,7 +304,7 @@ class Store:
         if self.db.in_transaction:
             yield
             return
-        # IMMEDIATE: a second connection (a writer thread's) may have written since this one last
+        # IMMEDIATE: another connection to the file may have written since this one last
         # read; a deferred BEGIN would then fail at its first write instead of waiting its turn
         self.db.execute("BEGIN IMMEDIATE")
         try:

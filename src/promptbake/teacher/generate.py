@@ -227,7 +227,7 @@ class Generation:
         cells = self.expander.cells()
         while chunk := list(itertools.islice(cells, STREAM_CHUNK)):
             planned = list(self.planner.first_step(chunk, 0))
-            with self.store.transaction():  # one commit a slice: the writer thread waits for it once
+            with self.store.transaction():  # one commit a slice
                 self.store.save_cells(self.spec.name, chunk)
                 report.planned += self.store.extend_plan(planned)
                 report.cached += self.store.serve_from_cache(self.spec.name, 0)
