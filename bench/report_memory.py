@@ -57,7 +57,7 @@ def report(src: Path, out: Path, page: Path) -> tuple[float, float, int]:
             "print(w, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, r.returncode); "
             "sys.stderr.write(r.stderr.decode()[-2000:])")
     env = {**os.environ, "PYTHONPATH": str(src)}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=out.parent)
     wall, peak, status = done.stdout.split()
     if int(status) != 0:
         raise SystemExit(f"report from {src} failed (exit {status}): {done.stderr.strip()[-500:]}")

@@ -464,8 +464,8 @@ def _cells(data: ReportData) -> CellView:
                           fates["generated"] if data.store else "", *(fates[f] for f in fate_names),
                           got["train"] + got["test"], got["train"], got["test"]])
     if tally.more:
-        view.note = (f"the table lists the first {len(view.rows):,} of "
-                     + (f"{tally.total:,} cells" if tally.total else "more cells"))
+        view.note = (f"the table lists the first {len(view.rows):,} of {tally.total:,} cells" if tally.total
+                     else f"the table lists the first {len(view.rows):,} cells (there are more)")
     if tally.grid.wide:
         view.note += ("; " if view.note else "") + (
             f"no heat map over {', '.join(tally.grid.wide)}: more than {HEAT_VALUES} values")
