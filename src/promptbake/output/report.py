@@ -34,6 +34,7 @@ from promptbake.output.visible import visible
 from promptbake.plan.expand import Expander
 from promptbake.records import Example
 from promptbake.specification.models import Spec
+from promptbake.specification.templates import Templates
 
 REPORT = "report.html"
 SAMPLE = 1000  # examples of each kind (kept, dropped) in the page's table, shared between the categories
@@ -118,7 +119,8 @@ class ReportData:
     dataset: Dataset
     manifest: dict[str, Any]  # the manifest's keys as written (older builds lack some)
     spec: Spec | None = None
-    expander: Expander | None = None
+    templates: Templates | None = None  # the spec's (for re-rendering the store's examples)
+    estimated: str = ""  # the cost estimated before the run, as the glance words it
     store: StoreFacts | None = None
     notes: list[str] = field(default_factory=list)
     cells: CellTally = field(default_factory=lambda: CellTally(CELL_ROWS))
@@ -158,9 +160,9 @@ def _store_examples(data: ReportData) -> Iterator[Example]:
     from promptbake.curate.gates import Gates
     from promptbake.store.db import Store
 
-    assert data.store is not None and data.spec is not None and data.expander is not None
+    assert data.store is not None and data.spec is not None and data.templates is not None
     with Store(data.store.path, lock=False) as store:
-        yield from Gates(data.spec, store).picked(ExampleRenderer(data.spec, data.expander.templates).examples(store))
+        yield from Gates(data.spec, store).picked(ExampleRenderer(data.spec, data.templates).examples(store))
 
 
 def load_dataset(directory: str | Path, store_path: str | Path | None = None, spec: Spec | str | Path | None = None
@@ -188,10 +190,12 @@ def load_dataset(directory: str | Path, store_path: str | Path | None = None, sp
         spec = spec_from_store(store, data.manifest.get("spec"))
     data.spec = spec
     if spec is not None:
-        data.expander = Expander(spec)
+        data.estimated = _estimated_cost(data)  # before the grid below: one inputs table at a time
+        expander = Expander(spec)  # not kept: its inputs table is as long as the dataset
+        data.templates = expander.templates
         tally = data.cells
-        tally.total = data.expander.totals()[0]
-        for cell in data.expander.cells():  # a grid of millions streams by: its first cells are listed
+        tally.total = expander.totals()[0]
+        for cell in expander.cells():  # a grid of millions streams by: its first cells are listed
             tally.by_category[cell.category] += cell.count
             tally.grid.add(cell.values, wanted=cell.count)
             if tally.track(cell.key, cell.values):
@@ -496,7 +500,7 @@ def _glance(data: ReportData) -> list[tuple[str, str]]:
                      + (f", {usage['pending']:,} pending" if usage.get("pending") else "")
                      + f"), {usage.get('attempts', 0):,} attempts"),
         ("tokens", f"{usage.get('prompt_tokens', 0):,} prompt + {usage.get('completion_tokens', 0):,} completion"),
-        ("cost", f"${usage.get('cost', 0):.4f} actual" + _estimated_cost(data)),
+        ("cost", f"${usage.get('cost', 0):.4f} actual" + data.estimated),
         ("dataset", f"{m.get('train', 0):,} train, {m.get('test', 0):,} test, seed {m.get('seed', '?')}"),
     ]
     if data.store and data.store.runs:
