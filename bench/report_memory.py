@@ -15,16 +15,14 @@ Prints figures; it is not a test.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import random
 import subprocess
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from scale import RUN_SPEC, WORDS  # noqa: E402
+from scale import write_run  # noqa: E402
 from throughput import fake_server  # noqa: E402
 
 
@@ -34,12 +32,7 @@ def built(n: int, folder: Path) -> Path:
     if (out / "manifest.json").exists():
         return out
     folder.mkdir(parents=True, exist_ok=True)
-    rng = random.Random(n)
-    (folder / "spec.yaml").write_text(RUN_SPEC)
-    with (folder / "inputs.jsonl").open("w") as fh:
-        for i in range(n):
-            words = " ".join(rng.choice(WORDS) for _ in range(6))
-            fh.write(json.dumps({"input": f"{words} number {i}", "topic": WORDS[i % 20]}) + "\n")
+    write_run(n, folder)
     with fake_server() as url:
         subprocess.run([sys.executable, "-m", "promptbake", "generate", "spec.yaml", "--store", "s.db", "-q",
                         "--base-url", url, "--concurrency", "64"], cwd=folder, check=True)
