@@ -247,15 +247,6 @@ def _drop_reason(row: dict[str, Any]) -> str:
     return reason
 
 
-def main_axes(cells: Iterable[dict[str, Any]]) -> list[str]:
-    """The grid's two main axes: the first two cell variables that take more than one value (and
-    no more than ``HEAT_VALUES``: wider ones make no heat map)."""
-    grid = AxisGrid(HEAT_VALUES)
-    for cell in cells:
-        grid.add(cell)
-    return grid.axes()
-
-
 def distinct_n(texts: Iterable[str], n: int) -> float | None:
     """Distinct n-grams over all n-grams (Li et al. 2016): 1.0 means nothing repeats."""
     seen: set[tuple[str, ...]] = set()
@@ -583,7 +574,7 @@ def _distributions(data: ReportData, classified: Classified) -> dict[str, Any]:
     if similar:
         out["similarity"] = plots.histograms("similarity", {"near-duplicate pairs": similar},
                                              "estimated Jaccard similarity of the dropped example to the one kept")
-    out["exact"], out["near"] = classified.exact, classified.similarity.seen[""]
+    out["exact"], out["near"], out["near_drawn"] = classified.exact, classified.similarity.seen[""], len(similar)
     return out
 
 
