@@ -846,9 +846,10 @@ def write_report(directory: str | Path, out: str | Path | None = None, *, store:
                  spec: Spec | str | Path | None = None, sample: int = SAMPLE, sections: Sequence[Markup] = ()) -> Path:
     """``DIR/report.html`` (or ``out``) for the dataset built in ``directory``; ``sections`` are
     HTML sections made elsewhere (people's ratings), added after the report's own."""
-    data = load_dataset(directory, store, spec)
-    return _write(lambda: render({**dataset_context(data, sample), "sections": list(sections)}),
-                  Path(out) if out else Path(directory) / REPORT, Path(directory))
+    def page() -> str:  # reading is drawing: a pass over the files, so a bug in it is the report's
+        return render({**dataset_context(load_dataset(directory, store, spec), sample), "sections": list(sections)})
+
+    return _write(page, Path(out) if out else Path(directory) / REPORT, Path(directory))
 
 
 def write_eval_report(path: str | Path, out: str | Path | None = None, *, sample: int = SAMPLE,
