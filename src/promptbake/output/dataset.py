@@ -9,7 +9,7 @@ exactly what a trainer will read, and a dataset built by the CLI loads the same 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from promptbake.errors import DataFileError
 from promptbake.output.export import train_file
 from promptbake.output.formats import WriteReport
-from promptbake.output.sidecar import read_split
+from promptbake.output.sidecar import iter_split, read_split
 from promptbake.records import Example
 
 
@@ -125,6 +125,13 @@ class Dataset:
         """The held-out examples (none when the split has no test part)."""
         path = self.directory / "test.jsonl"
         return read_split(path, "test").examples if path.exists() else []
+
+    def stream(self, split: str) -> Iterator[Example]:
+        """One split's examples read a line at a time and not kept (``train`` is ``train_file``): a
+        pass over a dataset too large to hold, as the report makes."""
+        path = self.directory / (self.train_file if split == "train" else f"{split}.jsonl")
+        if split == "train" or path.exists():
+            yield from (example for _, example, _ in iter_split(path, split))
 
     def splits(self) -> dict[str, list[Example]]:
         """``{"train": ..., "test": ...}``, the shape every writer takes."""

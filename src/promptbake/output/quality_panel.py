@@ -46,30 +46,54 @@ class Panel:
     rows: list[PanelRow] = field(default_factory=list)
     rejections: list[tuple[str, int]] = field(default_factory=list)
     store: bool = False  # the cut-off counts and rejection reasons need the store
+    sampled: str = ""  # how the flags were read on a sample of a large dataset (empty: every example)
 
 
-def quality_panel(examples: list[tuple[str, str, list[str]]], cut_off: dict[str, tuple[int, int]] | None,
+@dataclass
+class Flagged:
+    """How many examples of a group there are, and how many of those read carry each flag. A large
+    dataset's flags are read on a sample: ``seen`` is the group's size, ``read`` the sample's."""
+
+    seen: int = 0
+    read: int = 0
+    counts: Counter[str] = field(default_factory=Counter)
+
+    def add(self, flags: list[str]) -> None:
+        self.read += 1
+        self.counts.update(set(flags))
+
+    def shares(self) -> list[Share]:
+        """Per heuristic, the flagged count, scaled from the sample to the whole group."""
+        scale = self.seen / self.read if self.read else 0.0
+        return [Share(key, round(self.counts[key] * scale), self.seen) for key, _, _ in HEURISTICS]
+
+    def __iadd__(self, other: Flagged) -> Flagged:
+        self.seen, self.read = self.seen + other.seen, self.read + other.read
+        self.counts.update(other.counts)
+        return self
+
+
+def quality_panel(kept: dict[str, Flagged], dropped: Flagged, cut_off: dict[str, tuple[int, int]] | None,
                   rejections: list[tuple[str, int]] | None) -> Panel:
-    """``examples``: (status, category, flags) of every example with text (train, test, dropped);
-    ``cut_off``: per category, answers cut off at max tokens and answers received (None: no store);
-    ``rejections``: why answers were rejected, commonest first."""
+    """``kept``: per category, the flags of its kept examples (train and test); ``dropped``: those
+    of the dropped examples with text; ``cut_off``: per category, answers cut off at max tokens and
+    answers received (None: no store); ``rejections``: why answers were rejected, commonest first."""
     panel = Panel(list(HEURISTICS), rejections=rejections or [], store=cut_off is not None)
-    kept = [(category, flags) for status, category, flags in examples if status != "dropped"]
-    dropped = [flags for status, _, flags in examples if status == "dropped"]
-    categories = sorted({category for category, _ in kept} | set(cut_off or {}))
+    categories = sorted(set(kept) | set(cut_off or {}))
 
-    def row(label: str, category: str, status: str, flagged: list[list[str]],
-            cut: tuple[int, int] | None) -> PanelRow:
-        counts = Counter(key for flags in flagged for key in set(flags))
-        return PanelRow(label, category, status, len(flagged),
-                        [Share(key, counts[key], len(flagged)) for key, _, _ in HEURISTICS], cut)
+    def row(label: str, category: str, status: str, flagged: Flagged, cut: tuple[int, int] | None) -> PanelRow:
+        return PanelRow(label, category, status, flagged.seen, flagged.shares(), cut)
 
+    everything = Flagged()
     for category in categories:
-        panel.rows.append(row(category, category, "kept", [f for c, f in kept if c == category],
+        flagged = kept.get(category, Flagged())
+        everything += Flagged(flagged.seen, flagged.seen, Counter(
+            {share.key: share.count for share in flagged.shares()}))  # each category at its own scale
+        panel.rows.append(row(category, category, "kept", flagged,
                               (cut_off or {}).get(category, (0, 0)) if cut_off is not None else None))
     if len(categories) > 1 or not categories:
         total_cut = (sum(c for c, _ in cut_off.values()), sum(t for _, t in cut_off.values())) if cut_off else None
-        panel.rows.append(row("all kept", "", "kept", [f for _, f in kept], total_cut))
-    if dropped:
+        panel.rows.append(row("all kept", "", "kept", everything, total_cut))
+    if dropped.read:
         panel.rows.append(row("dropped (with text)", "", "dropped", dropped, None))
     return panel

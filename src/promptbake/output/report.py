@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import statistics
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,16 +26,22 @@ from markupsafe import Markup
 
 from promptbake.curate.checks import last_assistant
 from promptbake.errors import DataFileError, OutputError, PromptbakeError
+from promptbake.output.bounded import AxisGrid, Buckets, IdIndex, Reservoir, batches, fair_shares
 from promptbake.output.dataset import Dataset
-from promptbake.output.dialogues import conversation_view
+from promptbake.output.dialogues import Conversations
 from promptbake.output.jsonl import read_jsonl
 from promptbake.output.visible import visible
 from promptbake.plan.expand import Expander
 from promptbake.records import Example
 from promptbake.specification.models import Spec
+from promptbake.specification.templates import Templates
 
 REPORT = "report.html"
-SAMPLE = 1000  # examples of each kind (kept, dropped) in the page's table
+SAMPLE = 1000  # examples of each kind (kept, dropped) in the page's table, shared between the categories
+DIST_SAMPLE = 20_000  # kept examples (and dropped ones with text) whose text the figures read; past it, a sample
+CELL_ROWS = 1000  # cells the per-cell table lists
+HEAT_VALUES = 200  # values an axis of the heat map may take (it draws the first plots.HEATMAP_MAX of them)
+BATCH = 2000  # examples looked up in the id index at a time
 OPENING_WORDS = 3
 STAGE_COLORS = {"kept": "#59a14f", "rejected_by_checks": "#e15759", "filtered": "#b07aa1", "judged_out": "#76b7b2",
                 "exact_dupes": "#f28e2b", "near_dupes": "#edc948", "surplus": "#bab0ac", "balanced_away": "#9c755f"}
@@ -59,14 +65,15 @@ class Row:
 
 @dataclass
 class StoreFacts:
-    """What only the store knows: the run, and every example the build saw."""
+    """What only the store knows about the run. Its examples are not held: the report's one pass
+    re-renders them from ``path``."""
 
+    path: Path
     totals: dict[str, Any]
     runs: list[dict[str, Any]]
     attempt_errors: dict[str, int]
     failures: list[dict[str, Any]]
     rounds: list[dict[str, Any]]
-    examples: list[Example]
     spec_text: str | None  # as the run saved it: the spec file may have moved or changed since
     cut_off: dict[str, tuple[int, int]] = field(default_factory=dict)  # category → (cut off, answers)
     rejections: list[tuple[str, int]] = field(default_factory=list)  # why answers were rejected
@@ -74,27 +81,56 @@ class StoreFacts:
 
 
 @dataclass
+class CellTally:
+    """The per-cell table's rows: the first ``limit`` cells (the spec's in grid order, then those of
+    kept examples), with what became of their examples; and, over every cell, the counts of the
+    heat map's axes and the requested count per category."""
+
+    limit: int
+    values: dict[str, dict[str, Any]] = field(default_factory=dict)  # cell key → its variables
+    requested: dict[str, int] = field(default_factory=dict)  # cell key → the spec's count
+    splits: dict[str, Counter[str]] = field(default_factory=dict)
+    fates: dict[str, Counter[str]] = field(default_factory=dict)
+    by_category: Counter[str] = field(default_factory=Counter)  # the spec's requested count per category
+    grid: AxisGrid = field(default_factory=lambda: AxisGrid(HEAT_VALUES))
+    more: bool = False  # cells left out of the table
+    total: int | None = None  # the grid's cell count, when the spec is known
+
+    def track(self, key: str, values: dict[str, Any]) -> bool:
+        if key not in self.values:
+            if len(self.values) >= self.limit:
+                self.more = True
+                return False
+            self.values[key] = values
+            self.splits[key], self.fates[key] = Counter(), Counter()
+        return True
+
+    def fate(self, key: str, *fates: str) -> None:
+        if key in self.fates:
+            self.fates[key].update(fates)
+
+
+@dataclass
 class ReportData:
     """What a dataset report draws: the built ``Dataset`` (its directory, manifest and splits as
-    build wrote them) and what the page adds to it: the drops, and the spec and store when found."""
+    build wrote them, read once by ``dataset_context``) and what the page adds to it: the spec, the
+    store's facts when found, and the requested count of every cell."""
 
     dataset: Dataset
     manifest: dict[str, Any]  # the manifest's keys as written (older builds lack some)
-    kept: list[tuple[str, Example]]  # (split, example) per kept example, train then test
-    dropped: list[dict[str, Any]]
     spec: Spec | None = None
+    templates: Templates | None = None  # the spec's (for re-rendering the store's examples)
+    estimated: str = ""  # the cost estimated before the run, as the glance words it
     store: StoreFacts | None = None
     notes: list[str] = field(default_factory=list)
-    requested: dict[str, Any] = field(default_factory=dict)  # cell key → the spec's Cell (count, category)
+    cells: CellTally = field(default_factory=lambda: CellTally(CELL_ROWS))
 
     @property
     def directory(self) -> Path:
         return self.dataset.directory
 
 
-def _store_facts(store_path: Path, spec: Spec, expander: Expander) -> StoreFacts:
-    from promptbake.curate.examples import ExampleRenderer
-    from promptbake.curate.gates import Gates
+def _store_facts(store_path: Path, spec: Spec) -> StoreFacts:
     from promptbake.store.db import Store
     from promptbake.teacher.parse import CUT_OFF
 
@@ -104,18 +140,29 @@ def _store_facts(store_path: Path, spec: Spec, expander: Expander) -> StoreFacts
             wants = store.wants(spec.name, round_)
             rounds.append({"round": round_, "cells": len(wants), "wanted": sum(wants.values())})
         return StoreFacts(
+            path=store_path,
             totals=store.totals(spec.name),
             runs=store.runs(spec.name),
             attempt_errors=store.attempt_errors(spec.name),
             failures=store.failures(spec.name),
             rounds=rounds,
-            # of a best-of-n step, the choice the build picked: the others were candidates, not examples
-            examples=list(Gates(spec, store).picked(ExampleRenderer(spec, expander.templates).examples(store))),
             spec_text=next((text for name, _, text in store.saved_specs() if name == spec.name), None),
             cut_off=store.cut_off(spec.name, CUT_OFF),
             rejections=store.rejection_reasons(spec.name),
             fanout_cells={f"{d.request_id}:{d.item_index}": d.cell_key for d in store.fanout_drops(spec.name)},
         )
+
+
+def _store_examples(data: ReportData) -> Iterator[Example]:
+    """Every example the build saw, re-rendered from the store's answers, one at a time: of a
+    best-of-n step, the choice the build picked (the others were candidates, not examples)."""
+    from promptbake.curate.examples import ExampleRenderer
+    from promptbake.curate.gates import Gates
+    from promptbake.store.db import Store
+
+    assert data.store is not None and data.spec is not None and data.templates is not None
+    with Store(data.store.path, lock=False) as store:
+        yield from Gates(data.spec, store).picked(ExampleRenderer(data.spec, data.templates).examples(store))
 
 
 def load_dataset(directory: str | Path, store_path: str | Path | None = None, spec: Spec | str | Path | None = None
@@ -129,10 +176,7 @@ def load_dataset(directory: str | Path, store_path: str | Path | None = None, sp
     if not (directory / "manifest.json").is_file():
         raise DataFileError(f"{directory}: no manifest.json; give a directory written by `promptbake build`")
     dataset = Dataset.load(directory, train_version=1)
-    manifest = dataset.manifest.model_dump(mode="json", exclude_unset=True)
-    kept = [*(("train", e) for e in dataset.train), *(("test", e) for e in dataset.test)]
-    data = ReportData(dataset, manifest, kept, [row for _, row in read_jsonl(directory / "dropped.jsonl", "dropped")]
-                      if (directory / "dropped.jsonl").exists() else [])
+    data = ReportData(dataset, dataset.manifest.model_dump(mode="json", exclude_unset=True))
     if dataset.manifest.topups:
         latest = dataset.manifest.topups[-1]
         data.notes.append(f"top-up rounds since this build made {latest.get('train')} the training set "
@@ -143,21 +187,21 @@ def load_dataset(directory: str | Path, store_path: str | Path | None = None, sp
     if isinstance(spec, str | Path):
         spec = load_spec(spec)
     if spec is None and store.exists():
-        spec = spec_from_store(store, manifest.get("spec"))
+        spec = spec_from_store(store, data.manifest.get("spec"))
     data.spec = spec
     if spec is not None:
-        from promptbake.plan.expand import KEEP_CELLS
-
-        expander = Expander(spec)
-        data.requested = {}
-        for cell in expander.cells():  # a grid of millions: its first cells (and every cell with examples)
-            if len(data.requested) == KEEP_CELLS:
-                data.notes.append(f"the grid has {expander.totals()[0]:,} cells: the cell table lists the first "
-                                  f"{KEEP_CELLS:,} and those with examples")
-                break
-            data.requested[cell.key] = cell
+        data.estimated = _estimated_cost(data)  # before the grid below: one inputs table at a time
+        expander = Expander(spec)  # not kept: its inputs table is as long as the dataset
+        data.templates = expander.templates
+        tally = data.cells
+        tally.total = expander.totals()[0]
+        for cell in expander.cells():  # a grid of millions streams by: its first cells are listed
+            tally.by_category[cell.category] += cell.count
+            tally.grid.add(cell.values, wanted=cell.count)
+            if tally.track(cell.key, cell.values):
+                tally.requested[cell.key] = cell.count
         if store.exists():
-            data.store = _store_facts(store, spec, expander)
+            data.store = _store_facts(store, spec)
     if data.store is None:
         data.notes.append(f"no store at {store}: timings, failures" + ("" if spec else ", requested counts")
                           + " and the text of dropped examples are not shown (pass --store)")
@@ -203,15 +247,6 @@ def _drop_reason(row: dict[str, Any]) -> str:
     return reason
 
 
-def main_axes(cells: Iterable[dict[str, Any]]) -> list[str]:
-    """The grid's two main axes: the first two cell variables that take more than one value."""
-    values: dict[str, set[str]] = {}
-    for cell in cells:
-        for key, value in cell.items():
-            values.setdefault(key, set()).add(json.dumps(value, sort_keys=True, default=str))
-    return [k for k, seen in values.items() if len(seen) > 1][:2]
-
-
 def distinct_n(texts: Iterable[str], n: int) -> float | None:
     """Distinct n-grams over all n-grams (Li et al. 2016): 1.0 means nothing repeats."""
     seen: set[tuple[str, ...]] = set()
@@ -229,65 +264,146 @@ def openings(texts: Iterable[str], words: int = OPENING_WORDS) -> Counter[str]:
 
 
 @dataclass
+class Listed:
+    """A row of the example table before it is drawn: its text is made (and its flags read) only
+    for the rows the page shows."""
+
+    order: int
+    status: str
+    category: str
+    cell: str
+    example: Example | None  # None: a drop without text (no store, or a fan-out item)
+    reason: str = ""
+
+
+@dataclass
 class Classified:
-    """Every example the build saw, with what became of it, grouped per cell."""
+    """What one pass over every example the build saw keeps: exact counts, the first rows of each
+    category and kind for the table, a uniform sample per category for the figures that read text,
+    and the table's cells (``data.cells``) filled in."""
 
-    rows: list[Row]
-    fates: dict[str, Counter[str]]  # cell key → {generated, checks, exact, near, count/balance}
-
-
-def _classify(data: ReportData) -> Classified:
-    """Kept rows come from the files; dropped ones are re-rendered from the store when it is here
-    (else listed from ``dropped.jsonl`` without text). Anything rendered that is neither kept nor
-    listed there (a gate's drop or a duplicate) was cut by the cell's count or by balance."""
-    from promptbake.curate.quality import flags
-
-    rows = []
-    for split, example in data.kept:
-        rows.append(Row(split, example.category, _label(example.cell), _prompt(example.messages),
-                        last_assistant(example.messages), flags=flags(example.messages)))
-    fates: dict[str, Counter[str]] = defaultdict(Counter)
-    listed = {row.get("id"): row for row in data.dropped}
-    if data.store is None:
-        rows += [Row("dropped", str(d.get("category", "")), "", "", "", _drop_reason(d)) for d in data.dropped]
-        return Classified(rows, fates)
-    kept_ids = {example.id for _, example in data.kept}
-    rendered: set[str] = set()
-    for ex in data.store.examples:
-        rendered.add(ex.id)
-        key = ex.provenance.get("cell_key", "")
-        fates[key]["generated"] += 1
-        if ex.id in kept_ids:
-            continue
-        answer = last_assistant(ex.messages)
-        if ex.id in listed:
-            fate, reason = str(listed[ex.id].get("reason")), _drop_reason(listed[ex.id])
-        else:
-            fate, reason = "count/balance", "not needed: its cell already had its count, or balance left it out"
-        fates[key][fate] += 1
-        rows.append(Row("dropped", ex.category, _label(ex.cell), _prompt(ex.messages), answer, reason,
-                        flags(ex.messages)))
-    # fan-out items were dropped before the next step was paid for (repeats, or a user line a filter
-    # drops): no example to render, but each counts in its cell, as in its category
-    for id_, d in listed.items():
-        if id_ in rendered:
-            continue
-        rows.append(Row("dropped", str(d.get("category", "")), "", "", "", _drop_reason(d)))
-        cell = data.store.fanout_cells.get(str(id_))
-        if cell is not None:
-            fates[cell]["generated"] += 1
-            fates[cell][str(d.get("reason"))] += 1
-    return Classified(rows, fates)
+    table: dict[str, Buckets[Listed]]  # kept, dropped
+    kept: Reservoir[Example]  # per category
+    dropped: Reservoir[Example]  # dropped examples with text
+    similarity: Reservoir[float]
+    exact: int = 0
+    conversations: Conversations = field(default_factory=Conversations)
 
 
-def _sample(rows: list[Row], limit: int) -> tuple[list[Row], str]:
-    kept = [r for r in rows if r.status != "dropped"]
-    dropped = [r for r in rows if r.status == "dropped"]
-    note = ""
-    if len(kept) > limit or len(dropped) > limit:
-        note = (f"showing the first {min(limit, len(kept))} of {len(kept)} kept and {min(limit, len(dropped))} of "
-                f"{len(dropped)} dropped examples (--sample changes this)")
-    return kept[:limit] + dropped[:limit], note
+def _caps(data: ReportData, sample: int) -> tuple[dict[str, int], dict[str, int]]:
+    """How many rows of each category the table may need, kept and dropped: the manifest's counts
+    shared out as the page will share them, so a pass holds no more than it may show."""
+    counts = data.manifest.get("categories", {})
+    kept = {name: c.get("train", 0) + c.get("test", 0) for name, c in counts.items()}
+    dropped = {name: c.get("rows", 0) - kept[name] for name, c in counts.items()}
+    return fair_shares(kept, sample), fair_shares(dropped, sample)
+
+
+def _classify(data: ReportData, sample: int, folder: Path) -> Classified:
+    """One pass over the kept examples (the files), ``dropped.jsonl`` and, when the store is here,
+    every example it renders to (dropped ones get their text from there). Anything rendered that is
+    neither kept nor listed in ``dropped.jsonl`` (a gate's drop or a duplicate) was cut by the cell's
+    count or by balance. Ids go through a SQLite file in ``folder``, not a set in memory."""
+    kept_caps, dropped_caps = _caps(data, sample)
+    per_category = max(100, DIST_SAMPLE // max(1, len(kept_caps)))
+    fair = max(1, sample // max(1, len(kept_caps)))
+    out = Classified({"kept": Buckets(kept_caps, fair), "dropped": Buckets(dropped_caps, fair)},
+                     Reservoir(per_category), Reservoir(DIST_SAMPLE), Reservoir(DIST_SAMPLE))
+    tally, order = data.cells, 0
+    index = IdIndex(folder)
+    try:
+        for split in ("train", "test"):
+            for batch in batches(data.dataset.stream(split), BATCH):
+                index.keep(example.id for example in batch)
+                for example in batch:
+                    order += 1
+                    key = example.provenance.get("cell_key") or _label(example.cell)
+                    if tally.track(key, example.cell):
+                        tally.splits[key][split] += 1
+                    tally.grid.add(example.cell, kept=1)
+                    out.table["kept"].add(example.category, Listed(order, split, example.category,
+                                                                   _label(example.cell), example))
+                    out.kept.add(example.category, example)
+                    out.conversations.add(split, example)
+        listed = read_jsonl(data.directory / "dropped.jsonl", "dropped") \
+            if (data.directory / "dropped.jsonl").exists() else iter(())
+        for drops in batches((row for _, row in listed), BATCH):
+            for drop in drops:
+                if drop.get("reason") == "exact":
+                    out.exact += 1
+                elif drop.get("reason") == "near" and isinstance(drop.get("similarity"), int | float):
+                    out.similarity.add("", float(drop["similarity"]))
+                if data.store is None:
+                    order += 1
+                    category = str(drop.get("category", ""))
+                    out.table["dropped"].add(category, Listed(order, "dropped", category, "", None,
+                                                              _drop_reason(drop)))
+            if data.store is not None:
+                index.drop(drops)
+        if data.store is None:
+            return out
+        for batch in batches(_store_examples(data), BATCH):
+            kept, dropped = index.look_up([example.id for example in batch])
+            for example in batch:
+                key = example.provenance.get("cell_key", "")
+                tally.fate(key, "generated")
+                if example.id in kept:
+                    continue
+                if example.id in dropped:
+                    fate, reason = str(dropped[example.id].get("reason")), _drop_reason(dropped[example.id])
+                else:
+                    fate, reason = "count/balance", "not needed: its cell already had its count, or balance left it out"
+                tally.fate(key, fate)
+                order += 1
+                out.table["dropped"].add(example.category, Listed(order, "dropped", example.category,
+                                                                  _label(example.cell), example, reason))
+                out.dropped.add("", example)
+        # fan-out items were dropped before the next step was paid for (repeats, or a user line a filter
+        # drops): no example to render, but each counts in its cell, as in its category
+        for drop in index.unrendered():
+            order += 1
+            category = str(drop.get("category", ""))
+            out.table["dropped"].add(category, Listed(order, "dropped", category, "", None, _drop_reason(drop)))
+            cell = data.store.fanout_cells.get(str(drop.get("id")))
+            if cell is not None:
+                tally.fate(cell, "generated", str(drop.get("reason")))
+        return out
+    finally:
+        index.close()
+
+
+class _Flags:
+    """The heuristics' flags of each example read, read once (a shown row is often in the sample)."""
+
+    def __init__(self) -> None:
+        self.known: dict[str, list[str]] = {}
+
+    def __call__(self, example: Example) -> list[str]:
+        from promptbake.curate.quality import flags
+
+        if example.id not in self.known:
+            self.known[example.id] = flags(example.messages)
+        return self.known[example.id]
+
+
+def _rows(classified: Classified, sample: int, flags: _Flags) -> tuple[list[Row], str]:
+    """The table's rows: at most ``sample`` of each kind, shared fairly between the categories, in the
+    order the pass met them; and a note when that is not every example."""
+    rows: list[Listed] = []
+    parts = []
+    for kind in ("kept", "dropped"):
+        buckets = classified.table[kind]
+        picked, most = buckets.pick(sample)
+        rows += picked
+        total = sum(buckets.counts.values())
+        if len(picked) < total:
+            parts.append(f"{len(picked):,} of {total:,} {kind} examples (at most {most:,} of a category)")
+    note = ("showing " + " and ".join(parts) + "; the counts above are of every example (--sample changes this)"
+            if parts else "")
+    rows.sort(key=lambda listed: (listed.status == "dropped", listed.order))
+    return [Row(r.status, r.category, r.cell, _prompt(r.example.messages) if r.example else "",
+                last_assistant(r.example.messages) if r.example else "", r.reason,
+                flags(r.example) if r.example else []) for r in rows], note
 
 
 def _category_table(data: ReportData) -> tuple[list[str], list[list[Any]]]:
@@ -297,9 +413,7 @@ def _category_table(data: ReportData) -> tuple[list[str], list[list[Any]]]:
     columns = list(dict.fromkeys(k for counts in categories.values() for k in counts))
     drops = [c for c in columns if c not in ("rows", "kept", "train", "test")]
     with_balance = "rows" in columns and "kept" in columns
-    requested: Counter[str] = Counter()
-    for cell in data.requested.values():
-        requested[cell.category] += cell.count
+    requested = data.cells.by_category
     rows = []
     for name, counts in categories.items():
         values = [*([requested[name]] if requested else []), *(counts.get(c, 0) for c in columns)]
@@ -320,47 +434,45 @@ class CellView:
     axes: list[str]
     heatmap: Markup | None
     share: bool  # the heat map's colour is kept ÷ requested (the spec is known), else kept
+    total: int = 0  # cells in the grid (or listed, without the spec)
+    note: str = ""
 
 
-def _cells(data: ReportData, classified: Classified) -> CellView:
-    """Per-cell rows (requested, generated, drops, kept, train, test) and the heat map over the
-    two main axes: kept per cell, coloured by the share of the requested count when known."""
+def _cells(data: ReportData) -> CellView:
+    """Per-cell rows (requested, generated, drops, kept, train, test) of the first ``CELL_ROWS``
+    cells and the heat map over the two main axes: kept per cell, coloured by the share of the
+    requested count when known. An axis of more than ``HEAT_VALUES`` values is passed over."""
     from promptbake.output import plots
 
-    requested = {key: (cell.values, cell.count) for key, cell in data.requested.items()}
-    cells: dict[str, dict[str, Any]] = {key: values for key, (values, _) in requested.items()}
-    splits: dict[str, Counter[str]] = defaultdict(Counter)
-    for split, example in data.kept:
-        key = example.provenance.get("cell_key") or _label(example.cell)
-        cells.setdefault(key, example.cell)
-        splits[key][split] += 1
+    tally = data.cells
+    requested = tally.requested
+    fates_seen = list(tally.fates.values())
     fate_names = [f for f in ("checks", "filters", "judge", "exact", "near", "count/balance")
-                  if any(f in c for c in classified.fates.values())]
-    fate_names += sorted({f for c in classified.fates.values() for f in c} - {"generated", *fate_names})
-    view = CellView(["cell", "requested", "generated", *fate_names, "kept", "train", "test"], [],
-                    main_axes(cells.values()), None, bool(requested))
-    for key, values in cells.items():
-        fates, got = classified.fates.get(key, Counter()), splits[key]
-        view.rows.append([_label(values), requested[key][1] if key in requested else "",
+                  if any(f in c for c in fates_seen)]
+    fate_names += sorted({f for c in fates_seen for f in c} - {"generated", *fate_names})
+    axes = tally.grid.axes()
+    view = CellView(["cell", "requested", "generated", *fate_names, "kept", "train", "test"], [], axes, None,
+                    bool(tally.by_category), tally.total or len(tally.values))
+    for key, values in tally.values.items():
+        fates, got = tally.fates[key], tally.splits[key]
+        view.rows.append([_label(values), requested.get(key, ""),
                           fates["generated"] if data.store else "", *(fates[f] for f in fate_names),
                           got["train"] + got["test"], got["train"], got["test"]])
+    if tally.more:
+        view.note = (f"the table lists the first {len(view.rows):,} of {tally.total:,} cells" if tally.total
+                     else f"the table lists the first {len(view.rows):,} cells (there are more)")
+    if tally.grid.wide:
+        view.note += ("; " if view.note else "") + (
+            f"no heat map over {', '.join(tally.grid.wide)}: more than {HEAT_VALUES} values")
     if not view.axes:
         return view
-
-    def at(values: dict[str, Any]) -> tuple[str, str]:
-        return str(values.get(view.axes[0])), str(values.get(view.axes[1])) if len(view.axes) > 1 else "all"
-
-    kept_at: Counter[tuple[str, str]] = Counter()
-    wanted_at: Counter[tuple[str, str]] = Counter()
-    for key, values in cells.items():
-        kept_at[at(values)] += splits[key]["train"] + splits[key]["test"]
-        wanted_at[at(values)] += requested[key][1] if key in requested else 0
-    rows_axis = list(dict.fromkeys(at(v)[0] for v in cells.values()))
-    cols_axis = list(dict.fromkeys(at(v)[1] for v in cells.values()))
-    grid = [[(r, c) if (r, c) in kept_at else None for c in cols_axis] for r in rows_axis]
-    values_grid = [[None if p is None else kept_at[p] / wanted_at[p] if view.share and wanted_at[p] else kept_at[p]
+    at = tally.grid.at(view.axes)
+    rows_axis = list(dict.fromkeys(r for r, _ in at))
+    cols_axis = list(dict.fromkeys(c for _, c in at))
+    grid = [[(r, c) if (r, c) in at else None for c in cols_axis] for r in rows_axis]
+    values_grid = [[None if p is None else at[p][0] / at[p][1] if view.share and at[p][1] else at[p][0]
                     for p in row] for row in grid]
-    labels = [["" if p is None else f"{kept_at[p]}/{wanted_at[p]}" if view.share else str(kept_at[p]) for p in row]
+    labels = [["" if p is None else f"{at[p][0]}/{at[p][1]}" if view.share else str(at[p][0]) for p in row]
               for row in grid]
     view.heatmap = plots.heatmap("heatmap", rows_axis, cols_axis, values_grid, labels, view.axes[0],
                                  view.axes[1] if len(view.axes) > 1 else "",
@@ -379,7 +491,7 @@ def _glance(data: ReportData) -> list[tuple[str, str]]:
                      + (f", {usage['pending']:,} pending" if usage.get("pending") else "")
                      + f"), {usage.get('attempts', 0):,} attempts"),
         ("tokens", f"{usage.get('prompt_tokens', 0):,} prompt + {usage.get('completion_tokens', 0):,} completion"),
-        ("cost", f"${usage.get('cost', 0):.4f} actual" + _estimated_cost(data)),
+        ("cost", f"${usage.get('cost', 0):.4f} actual" + data.estimated),
         ("dataset", f"{m.get('train', 0):,} train, {m.get('test', 0):,} test, seed {m.get('seed', '?')}"),
     ]
     if data.store and data.store.runs:
@@ -417,61 +529,72 @@ def _runs(data: ReportData) -> list[list[str]]:
              if r["finished_at"] else "-", r["status"]] for r in data.store.runs]
 
 
-def _distributions(data: ReportData) -> dict[str, Any]:
+def _distributions(data: ReportData, classified: Classified) -> dict[str, Any]:
+    """Tokens, answer lengths and judge scores of the kept examples (of a uniform sample of each
+    category's, past ``DIST_SAMPLE`` examples; totals scaled to the whole), and the similarity of
+    the near duplicates dropped."""
     from promptbake.output import plots
     from promptbake.teacher.tokens import count_messages, count_tokens, encoding_for
 
     models = data.manifest.get("teacher", {}).get("models") or [None]
     model = models[0]
     prompt_tokens, answer_tokens = [], []
+    totals = [0.0, 0.0]
     lengths: dict[str, list[float]] = defaultdict(list)
     scores: dict[str, list[float]] = defaultdict(list)
-    for _, example in data.kept:
-        messages = example.messages
-        answer = last_assistant(messages)
-        end = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=len(messages))
-        prompt_tokens.append(count_messages(messages[:end], model))
-        answer_tokens.append(count_tokens(answer, model))
-        lengths[example.category].append(len(answer))
-        score = _judge_score(example.scores)
-        if score is not None:
-            scores[example.category].append(score)
+    sample = classified.kept
+    for category, examples in sample.items.items():
+        scale = sample.seen[category] / len(examples)
+        for example in examples:
+            messages = example.messages
+            answer = last_assistant(messages)
+            end = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=len(messages))
+            prompt_tokens.append(count_messages(messages[:end], model))
+            answer_tokens.append(count_tokens(answer, model))
+            totals[0] += prompt_tokens[-1] * scale
+            totals[1] += answer_tokens[-1] * scale
+            lengths[category].append(len(answer))
+            score = _judge_score(example.scores)
+            if score is not None:
+                scores[category].append(score)
     out: dict[str, Any] = {"encoding": encoding_for(model).name, "tokens": None, "lengths": None, "token_stats": [],
-                           "scores": None, "similarity": None}
+                           "scores": None, "similarity": None,
+                           "sampled": _sampled(sample) if sample.sampled else ""}
     if prompt_tokens:
         out["tokens"] = plots.histograms("tokens", {"prompt": prompt_tokens, "answer": answer_tokens},
                                          f"tokens per example ({out['encoding']})")
         out["lengths"] = plots.boxes("lengths", dict(sorted(lengths.items())), "answer length (characters)")
         out["token_stats"] = [
-            (name, min(v), statistics.median(v), max(v), sum(v))
-            for name, v in (("prompt", prompt_tokens), ("answer", answer_tokens))
+            (name, min(v), statistics.median(v), max(v), round(total))
+            for name, v, total in (("prompt", prompt_tokens, totals[0]), ("answer", answer_tokens, totals[1]))
         ]
     if scores:
         out["scores"] = plots.boxes("judge", dict(sorted(scores.items())), "judge score")
-    similar = [float(d["similarity"]) for d in data.dropped
-               if d.get("reason") == "near" and isinstance(d.get("similarity"), int | float)]
-    exact = sum(1 for d in data.dropped if d.get("reason") == "exact")
+    similar = classified.similarity.items.get("", [])
     if similar:
         out["similarity"] = plots.histograms("similarity", {"near-duplicate pairs": similar},
                                              "estimated Jaccard similarity of the dropped example to the one kept")
-    out["exact"], out["near"] = exact, len(similar)
+    out["exact"], out["near"], out["near_drawn"] = classified.exact, classified.similarity.seen[""], len(similar)
     return out
 
 
-def _diversity(data: ReportData) -> tuple[list[dict[str, Any]], Any, list[tuple[str, int]]]:
+def _sampled(sample: Reservoir[Example]) -> str:
+    return (f"from a uniform sample of {sample.read():,} of the {sum(sample.seen.values()):,} kept examples "
+            f"(at most {sample.size:,} of a category)")
+
+
+def _diversity(classified: Classified) -> tuple[list[dict[str, Any]], Any, list[tuple[str, int]]]:
     from promptbake.output import plots
 
-    answers: dict[str, list[str]] = defaultdict(list)
-    prompts: dict[str, list[str]] = defaultdict(list)
-    for _, example in data.kept:
-        answers[example.category].append(last_assistant(example.messages))
-        prompts[example.category].append(_prompt(example.messages))
+    sample = classified.kept
+    answers = {name: [last_assistant(e.messages) for e in examples] for name, examples in sample.items.items()}
     table: list[dict[str, Any]] = []
     for name in sorted(answers):
+        prompts = [_prompt(e.messages) for e in sample.items[name]]
         table.append({
-            "category": name, "n": len(answers[name]),
+            "category": name, "n": sample.seen[name], "read": len(answers[name]),
             "answer_d1": distinct_n(answers[name], 1), "answer_d2": distinct_n(answers[name], 2),
-            "prompt_d2": distinct_n(prompts[name], 2),
+            "prompt_d2": distinct_n(prompts, 2),
             "openings": [(text, n) for text, n in openings(answers[name]).most_common(3) if n > 1],
         })
     if not table:
@@ -515,12 +638,26 @@ def _funnel(header: list[str], rows: list[list[Any]]) -> Markup | None:
     return plots.stacked_bars("funnel", [r[0] for r in rows], stacks, "examples", STAGE_COLORS)
 
 
-def _quality(data: ReportData, classified: Classified) -> Any:
-    from promptbake.output.quality_panel import quality_panel
+def _quality(data: ReportData, classified: Classified, flags: _Flags) -> Any:
+    """The quality panel over the sample each category's figures read (every example, below
+    ``DIST_SAMPLE``), its counts scaled to the whole category."""
+    from promptbake.output.quality_panel import Flagged, quality_panel
 
-    examples = [(r.status, r.category, r.flags) for r in classified.rows if r.prompt or r.answer]
-    return quality_panel(examples, data.store.cut_off if data.store else None,
-                         data.store.rejections if data.store else None)
+    kept: dict[str, Flagged] = {}
+    for category, examples in classified.kept.items.items():
+        kept[category] = Flagged(classified.kept.seen[category])
+        for example in examples:
+            kept[category].add(flags(example))
+    dropped = Flagged(classified.dropped.seen[""])
+    for example in classified.dropped.items.get("", []):
+        dropped.add(flags(example))
+    panel = quality_panel(kept, dropped, data.store.cut_off if data.store else None,
+                          data.store.rejections if data.store else None)
+    if classified.kept.sampled or classified.dropped.sampled:
+        panel.sampled = (f"flags read on a uniform sample of each category's examples (at most "
+                         f"{classified.kept.size:,} kept of a category, {classified.dropped.size:,} dropped), "
+                         "the counts scaled to all of them")
+    return panel
 
 
 def _attempt_errors(data: ReportData) -> list[tuple[str, int]]:
@@ -536,11 +673,17 @@ def _attempt_errors(data: ReportData) -> list[tuple[str, int]]:
 
 
 def dataset_context(data: ReportData, sample: int = SAMPLE) -> dict[str, Any]:
-    classified = _classify(data)
-    rows, sample_note = _sample(classified.rows, sample)
-    cells = _cells(data, classified)
+    """The page's context from one pass over the dataset (and the store's examples): what it holds
+    is bounded by ``sample``, ``DIST_SAMPLE`` and ``CELL_ROWS``, not by the number of examples."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="promptbake-report-") as folder:
+        classified = _classify(data, sample, Path(folder))
+    flags = _Flags()
+    rows, sample_note = _rows(classified, sample, flags)
+    cells = _cells(data)
     category_columns, category_rows = _category_table(data)
-    diversity, diversity_plot, common_openings = _diversity(data)
+    diversity, diversity_plot, common_openings = _diversity(classified)
     size_columns, size_rows, size_plot = _sizes(data.manifest)
     failed_requests = Counter((f["step"], (f["error"] or "")[:120]) for f in data.store.failures) if data.store else {}
     return {
@@ -552,18 +695,19 @@ def dataset_context(data: ReportData, sample: int = SAMPLE) -> dict[str, Any]:
         "runs": _runs(data),
         "rounds": data.store.rounds if data.store else [],
         "attempt_errors": _attempt_errors(data),
-        "quality": _quality(data, classified),
+        "quality": _quality(data, classified, flags),
         "flag_options": [(key, label) for key, label, _ in _heuristics()],
         "failed_requests": sorted(failed_requests.items(), key=lambda kv: -kv[1]),
         "spec_text": data.store.spec_text if data.store else _spec_text(data.spec),
         "category_columns": category_columns, "category_rows": category_rows,
         "funnel": _funnel(category_columns, category_rows),
         "cells": cells,
-        "dist": _distributions(data),
+        "dist": _distributions(data, classified),
         "diversity": diversity, "diversity_plot": diversity_plot, "common_openings": common_openings,
+        "diversity_sampled": _sampled(classified.kept) if classified.kept.sampled else "",
         "opening_words": OPENING_WORDS,
         "size_columns": size_columns, "size_rows": size_rows, "size_plot": size_plot,
-        "conversations": conversation_view(data.kept),
+        "conversations": classified.conversations.view(),
         "rows": rows, "sample_note": sample_note,
         "row_categories": sorted({r.category for r in rows}),
         "statuses": ["train", "test", "dropped"],
@@ -702,9 +846,10 @@ def write_report(directory: str | Path, out: str | Path | None = None, *, store:
                  spec: Spec | str | Path | None = None, sample: int = SAMPLE, sections: Sequence[Markup] = ()) -> Path:
     """``DIR/report.html`` (or ``out``) for the dataset built in ``directory``; ``sections`` are
     HTML sections made elsewhere (people's ratings), added after the report's own."""
-    data = load_dataset(directory, store, spec)
-    return _write(lambda: render({**dataset_context(data, sample), "sections": list(sections)}),
-                  Path(out) if out else Path(directory) / REPORT, Path(directory))
+    def page() -> str:  # reading is drawing: a pass over the files, so a bug in it is the report's
+        return render({**dataset_context(load_dataset(directory, store, spec), sample), "sections": list(sections)})
+
+    return _write(page, Path(out) if out else Path(directory) / REPORT, Path(directory))
 
 
 def write_eval_report(path: str | Path, out: str | Path | None = None, *, sample: int = SAMPLE,

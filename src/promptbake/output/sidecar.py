@@ -7,9 +7,10 @@ gets ``metadata.v2.jsonl``. Eval, top-up and ``Dataset`` read the split's lines 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from promptbake.errors import DataFileError
 from promptbake.output.atomic import json_line
@@ -41,10 +42,7 @@ def split_metadata(data: Path, count: int, metadata: str | Path | None = None) -
     if any("split" in row for row in rows):
         rows = [row for row in rows if row.get("split") == split]
     if len(rows) != count:
-        raise DataFileError(
-            f"{meta_path}: {len(rows)} metadata rows for split {split!r} but {data} has {count} examples; "
-            "pass the matching --metadata"
-        )
+        _mismatch(meta_path, split, data, len(rows), count)
     return rows
 
 
@@ -59,18 +57,48 @@ class Split:
 
 def read_split(path: Path, name: str) -> Split:
     """A built split file with its sidecar lines; without a sidecar, ids are ``name:line``."""
-    lines, examples = [], []
-    raw = list(read_jsonl(path, f"{name} split"))
-    metas = split_metadata(path, len(raw)) or [{} for _ in raw]
-    for (number, row), meta in zip(raw, metas, strict=True):
+    lines, examples, metas = [], [], []
+    for row, example, meta in iter_split(path, name):
+        lines.append(json_line(row))
+        examples.append(example)
+        metas.append(meta)
+    return Split(lines, examples, metas)
+
+
+def iter_split(path: Path, name: str) -> Iterator[tuple[dict[str, Any], Example, dict[str, Any]]]:
+    """``read_split`` a line at a time, (row, example, metadata) each: one pass over a split too large
+    to hold (the report of a million examples) reads it and its sidecar side by side."""
+    meta_path, split = default_metadata(path), path.name.partition(".")[0]
+    metas = _split_rows(meta_path, split) if meta_path is not None else None
+    count = 0
+    lines = read_jsonl(path, f"{name} split")
+    for number, row in lines:
+        meta = {} if metas is None else next(metas, None)
+        if meta is None:
+            assert meta_path is not None
+            _mismatch(meta_path, split, path, count, count + 1 + sum(1 for _ in lines))
+        count += 1
         messages = row.get("messages")
         if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
             raise DataFileError(f"{path}:{number}: no 'messages' list (splits are openai-chat files)")
         meta.setdefault("id", f"{name}:{number}")
         meta.setdefault("category", "")
         meta["split"] = name
-        lines.append(json_line(row))
-        examples.append(Example(id=str(meta["id"]), category=str(meta["category"]), cell=meta.get("cell") or {},
-                                messages=messages, tools=row.get("tools"), rejected=meta.get("rejected"),
-                                provenance=meta.get("provenance") or {}, scores=meta.get("scores") or {}))
-    return Split(lines, examples, metas)
+        yield row, Example(id=str(meta["id"]), category=str(meta["category"]), cell=meta.get("cell") or {},
+                           messages=messages, tools=row.get("tools"), rejected=meta.get("rejected"),
+                           provenance=meta.get("provenance") or {}, scores=meta.get("scores") or {}), meta
+    if metas is not None and (left := sum(1 for _ in metas)):
+        assert meta_path is not None
+        _mismatch(meta_path, split, path, count + left, count)
+
+
+def _split_rows(meta_path: Path, split: str) -> Iterator[dict[str, Any]]:
+    """The sidecar's rows of ``split`` (every row, in a sidecar that tags none)."""
+    for _, row in read_jsonl(meta_path, "metadata"):
+        if row.get("split", split) == split:
+            yield row
+
+
+def _mismatch(meta_path: Path, split: str, data: Path, rows: int, count: int) -> NoReturn:
+    raise DataFileError(f"{meta_path}: {rows} metadata rows for split {split!r} but {data} has {count} examples; "
+                        "pass the matching --metadata")
