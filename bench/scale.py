@@ -71,13 +71,18 @@ def child(argv: list[str], cwd: Path, timeout: float | None = None) -> tuple[flo
     return float(wall), float(peak), int(status)
 
 
-def run_examples(url: str, n: int, folder: Path) -> tuple[float, float, dict[str, float]]:
+def write_run_job(n: int, folder: Path) -> None:
+    """``spec.yaml`` (RUN_SPEC) and its ``inputs.jsonl`` of ``n`` distinct inputs in ``folder``."""
     rng = random.Random(n)
     (folder / "spec.yaml").write_text(RUN_SPEC)
     with (folder / "inputs.jsonl").open("w") as fh:
         for i in range(n):
             words = " ".join(rng.choice(WORDS) for _ in range(6))
             fh.write(json.dumps({"input": f"{words} number {i}", "topic": WORDS[i % 20]}) + "\n")
+
+
+def run_examples(url: str, n: int, folder: Path) -> tuple[float, float, dict[str, float]]:
+    write_run_job(n, folder)
     start = time.time()
     wall, peak, _ = child([sys.executable, "-m", "promptbake", "run", "spec.yaml", "--out", "out", "-q",
                            "--base-url", url, "--concurrency", "64"], folder)
