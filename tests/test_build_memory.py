@@ -100,3 +100,26 @@ def test_the_scratch_files_are_removed_after_the_build_and_after_a_failure(store
     assert isinstance(result.exception, RuntimeError)
     assert len(during[1]) == 2
     assert scratch(out) == []
+
+
+def test_the_shortfall_after_a_round_counts_examples_without_holding_them(store, tmp_path, monkeypatch):
+    import promptbake.curate.dedupe as dedupe_module
+    from promptbake.plan.expand import Expander
+    from promptbake.specification.models import load_spec
+    from promptbake.store.db import Store
+    from promptbake.workflows.pipeline import shortfall
+
+    alive: list[int] = []
+    real = dedupe_module.dedupe
+
+    def dedupe(*args, **kwargs):
+        result = real(*args, **kwargs)
+        alive.append(live_examples())  # every example has been rendered, gated and deduplicated
+        return result
+
+    monkeypatch.setattr(dedupe_module, "dedupe", dedupe)
+    spec = load_spec(store)
+    with Store(tmp_path / "s.db") as db:
+        missing, pass_rate = shortfall(spec, Expander(spec), db)
+    assert (missing, pass_rate) == ({}, 1.0)
+    assert alive == [0]
