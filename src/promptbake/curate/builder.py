@@ -3,6 +3,11 @@
 Order matters and is fixed: render examples in lineage order → dedupe (before splitting, so no
 near-duplicate pair straddles train and test) → keep each cell's ``count`` → balance → seeded,
 stratified split → write every format atomically → metadata sidecar, manifest → validate.
+
+Memory stays flat in the number of examples: each kept example waits in a scratch file beside the
+output while a small handle stands for it (``curate/spill.py``), writers read the examples back one
+at a time, and ``dropped.jsonl``'s dedupe lines wait on disk too. A million examples add a few
+hundred bytes each (bench/build_memory.py), besides dedupe's own index.
 """
 
 from __future__ import annotations
