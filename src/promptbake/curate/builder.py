@@ -82,6 +82,19 @@ class BuildReport:
         return "\n".join(lines)
 
 
+_HEX_KEY = re.compile(r"[0-9a-f]{16}")  # a cell key as ids.stable_hash writes it
+
+
+def _packed(key: str) -> int | str:
+    """A cell key as a dict key: as an int when it is 16 hex digits (36 bytes instead of 65, once
+    per cell of a million-row table), as it is otherwise (an int never equals a str)."""
+    return int(key, 16) if _HEX_KEY.fullmatch(key) else key
+
+
+def _unpacked(key: int | str) -> str:
+    return f"{key:016x}" if isinstance(key, int) else key
+
+
 class _Counts:
     """Each cell keeps its first ``count`` distinct examples (``take``); ``finish`` says which cells
     fall short.
@@ -97,23 +110,24 @@ class _Counts:
         self.expander = expander
         self.cells, self.wanted_total = expander.totals()
         self.whole = self.cells <= KEEP_CELLS
-        self.left: dict[str, int] = {}  # cell key -> examples it still takes
-        self.category: dict[str, str] = {}  # cell key -> its category, while it still takes some
+        self.left: dict[int | str, int] = {}  # cell key (_packed) -> examples it still takes
+        self.category: dict[int | str, str] = {}  # cell key (_packed) -> its category, while it still takes some
         self.counted = 0  # cells looked up that want examples
         self.taken = 0
         self.surplus: Counter[str] = Counter()
         if self.whole:
             for cell in expander.cells():
-                self.left[cell.key] = cell.count
-                self.category[cell.key] = cell.category
+                self.left[_packed(cell.key)] = cell.count
+                self.category[_packed(cell.key)] = cell.category
 
     def take(self, example: Example) -> bool:
         """Whether ``example`` is one its cell still takes (else it counts as surplus)."""
-        key = example.provenance.get("cell_key", "")
+        full = example.provenance.get("cell_key", "")
+        key = _packed(full)
         left = self.left.get(key)
         if left is None and not self.whole:
             cell = self.expander.cell_of(example.cell)
-            left = cell.count if cell is not None and cell.key == key else 0
+            left = cell.count if cell is not None and cell.key == full else 0
             self.left[key] = left
             if left:
                 self.counted += 1
@@ -129,13 +143,13 @@ class _Counts:
 
     def finish(self) -> tuple[list[str], dict[str, int]]:
         """(warnings, cell key -> examples it lacks)."""
-        short = {key: left for key, left in self.left.items() if left}
+        short = {_unpacked(key): left for key, left in self.left.items() if left}
         untouched = 0 if self.whole else self.cells - self.counted
         warnings = []
         if short or untouched:
             by_category: Counter[str] = Counter()
             for key, missing in short.items():
-                by_category[self.category[key]] += missing
+                by_category[self.category[_packed(key)]] += missing
             detail = ", ".join(f"{cat}: {n}" for cat, n in sorted(by_category.items()))
             if untouched:
                 detail = f"{detail}; and {untouched} cells with no example yet" if detail else \
