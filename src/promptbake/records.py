@@ -1,14 +1,29 @@
 """Records that flow between stages: the example a spec produces, before any output format.
 
 Build stages (dedupe, balance, split) and writers (formats, export) all take ``Example``; keeping
-one neutral record lets every fine-tuning format be derived from the same data.
+one neutral record lets every fine-tuning format be derived from the same data. Balancing,
+splitting and subsetting read only an example's id and category (``Member``), so a build can hand
+them small stand-ins for examples it keeps on disk (``curate/spill.py``).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel, Field
+
+
+class Member(Protocol):
+    """What balancing, splitting and subsetting read of an example."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def category(self) -> str: ...
+
+
+M = TypeVar("M", bound=Member)  # an Example, or a build's stand-in for one
 
 
 class Example(BaseModel):

@@ -12,22 +12,23 @@ import random
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Generic
 
-from promptbake.records import Example
+from promptbake.records import M
 from promptbake.specification.models import BalanceConfig
 
 
 @dataclass
-class BalanceResult:
-    kept: list[Example]
+class BalanceResult(Generic[M]):
+    kept: list[M]
     before: dict[str, int]  # per category, in first-seen order (expected-but-empty ones first)
     after: dict[str, int]
     warnings: list[str] = field(default_factory=list)
 
 
 def balance(
-    examples: list[Example], config: BalanceConfig, seed: int, expected: Iterable[str] = ()
-) -> BalanceResult:
+    examples: list[M], config: BalanceConfig, seed: int, expected: Iterable[str] = ()
+) -> BalanceResult[M]:
     """Apply ``config.mode`` per category.
 
     ``expected`` names categories the spec defines: one with no examples at all gets a warning
@@ -62,7 +63,7 @@ def balance(
     return BalanceResult(list(kept), before, after, warnings)
 
 
-def _downsample(examples: list[Example], sizes: dict[str, int], n: int, seed: int) -> list[Example]:
+def _downsample(examples: list[M], sizes: dict[str, int], n: int, seed: int) -> list[M]:
     """At most ``n`` per category (n >= 1, so no category vanishes), survivors in input order."""
     positions: dict[str, list[int]] = {}
     for i, ex in enumerate(examples):

@@ -3,25 +3,35 @@
 Order matters and is fixed: render examples in lineage order → dedupe (before splitting, so no
 near-duplicate pair straddles train and test) → keep each cell's ``count`` → balance → seeded,
 stratified split → write every format atomically → metadata sidecar, manifest → validate.
+
+Memory stays flat in the number of examples: each kept example waits in a scratch file beside the
+output while a small handle stands for it (``curate/spill.py``), writers read the examples back one
+at a time, and ``dropped.jsonl``'s dedupe lines wait on disk too. A million examples add a few
+hundred bytes each (bench/build_memory.py), besides dedupe's own index.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
+import sys
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
+from promptbake import fastjson
 from promptbake.curate.balance import balance
 from promptbake.curate.dedupe import Dropped, dedupe
 from promptbake.curate.examples import ExampleRenderer
 from promptbake.curate.gates import Gates
 from promptbake.curate.sizes import nested_subsets
-from promptbake.curate.split import assign
+from promptbake.curate.spill import Kept, Scratch, Spill
+from promptbake.curate.split import SplitResult, assign, group_key
 from promptbake.errors import InputError
 from promptbake.ids import file_sha256
 from promptbake.output.atomic import ensure_dir, write_jsonl_atomic, write_text_atomic
@@ -72,45 +82,82 @@ class BuildReport:
         return "\n".join(lines)
 
 
-def _keep_counts(spec: Spec, expander: Expander, kept: list[Example]
-                 ) -> tuple[list[Example], Counter[str], list[str], dict[str, int]]:
-    """Each cell keeps its first ``count`` distinct examples; say which cells fall short.
+_HEX_KEY = re.compile(r"[0-9a-f]{16}")  # a cell key as ids.stable_hash writes it
+
+
+def _packed(key: str) -> int | str:
+    """A cell key as a dict key: as an int when it is 16 hex digits (36 bytes instead of 65, once
+    per cell of a million-row table), as it is otherwise (an int never equals a str)."""
+    return int(key, 16) if _HEX_KEY.fullmatch(key) else key
+
+
+def _unpacked(key: int | str) -> str:
+    return f"{key:016x}" if isinstance(key, int) else key
+
+
+class _Counts:
+    """Each cell keeps its first ``count`` distinct examples (``take``); ``finish`` says which cells
+    fall short.
 
     A grid small enough to keep in memory (``KEEP_CELLS``) is walked whole. A bigger one (10^7
     cells: minutes and gigabytes to walk) looks up only the cells its examples belong to, and
     counts the cells and examples still missing from the grid's totals; the shortfall by category
-    then lists the cells that have examples, and says how many have none yet."""
-    cells, wanted_total = expander.totals()
-    whole = cells <= KEEP_CELLS
-    wanted = {c.key: (c.count, c.category) for c in expander.cells()} if whole else {}
-    taken: Counter[str] = Counter()
-    surplus: Counter[str] = Counter()
-    accepted = []
-    for example in kept:
-        key = example.provenance.get("cell_key", "")
-        if key not in wanted and not whole:
-            cell = expander.cell_of(example.cell)
-            wanted[key] = (cell.count, cell.category) if cell is not None and cell.key == key else (0, "")
-        if taken[key] < wanted.get(key, (0, ""))[0]:
-            taken[key] += 1
-            accepted.append(example)
-        else:
-            surplus[example.category] += 1
-    short = {key: count - taken[key] for key, (count, _) in wanted.items() if taken[key] < count}
-    untouched = 0 if whole else cells - sum(1 for count, _ in wanted.values() if count)
-    warnings = []
-    if short or untouched:
-        by_category: Counter[str] = Counter()
-        for key, missing in short.items():
-            by_category[wanted[key][1]] += missing
-        detail = ", ".join(f"{cat}: {n}" for cat, n in sorted(by_category.items()))
-        if untouched:
-            detail = f"{detail}; and {untouched} cells with no example yet" if detail else \
-                f"{untouched} cells with no example yet"
-        missing_total = sum(short.values()) if whole else wanted_total - sum(taken.values())
-        warnings.append(f"{len(short) + untouched} cells are short of their count by {missing_total} examples "
-                        f"({detail})")
-    return accepted, surplus, warnings, short
+    then lists the cells that have examples, and says how many have none yet. Per cell it holds an
+    int (what the cell still takes) and, while the cell is short, its category's shared name: a
+    table of a million rows is a million cells."""
+
+    def __init__(self, expander: Expander) -> None:
+        self.expander = expander
+        self.cells, self.wanted_total = expander.totals()
+        self.whole = self.cells <= KEEP_CELLS
+        self.left: dict[int | str, int] = {}  # cell key (_packed) -> examples it still takes
+        self.category: dict[int | str, str] = {}  # cell key (_packed) -> its category, while it still takes some
+        self.counted = 0  # cells looked up that want examples
+        self.taken = 0
+        self.surplus: Counter[str] = Counter()
+        if self.whole:
+            for cell in expander.cells():
+                self.left[_packed(cell.key)] = cell.count
+                self.category[_packed(cell.key)] = cell.category
+
+    def take(self, example: Example) -> bool:
+        """Whether ``example`` is one its cell still takes (else it counts as surplus)."""
+        full = example.provenance.get("cell_key", "")
+        key = _packed(full)
+        left = self.left.get(key)
+        if left is None and not self.whole:
+            cell = self.expander.cell_of(example.cell)
+            left = cell.count if cell is not None and cell.key == full else 0
+            self.left[key] = left
+            if left:
+                self.counted += 1
+                self.category[key] = sys.intern(cell.category) if cell is not None else ""
+        if not left:
+            self.surplus[example.category] += 1
+            return False
+        self.left[key] = left - 1
+        if left == 1:
+            del self.category[key]
+        self.taken += 1
+        return True
+
+    def finish(self) -> tuple[list[str], dict[str, int]]:
+        """(warnings, cell key -> examples it lacks)."""
+        short = {_unpacked(key): left for key, left in self.left.items() if left}
+        untouched = 0 if self.whole else self.cells - self.counted
+        warnings = []
+        if short or untouched:
+            by_category: Counter[str] = Counter()
+            for key, missing in short.items():
+                by_category[self.category[_packed(key)]] += missing
+            detail = ", ".join(f"{cat}: {n}" for cat, n in sorted(by_category.items()))
+            if untouched:
+                detail = f"{detail}; and {untouched} cells with no example yet" if detail else \
+                    f"{untouched} cells with no example yet"
+            missing_total = sum(short.values()) if self.whole else self.wanted_total - self.taken
+            warnings.append(f"{len(short) + untouched} cells are short of their count by {missing_total} examples "
+                            f"({detail})")
+        return warnings, short
 
 
 def _noting_cells(examples: Iterable[Example], cells: dict[str, str] | None) -> Iterable[Example]:
@@ -141,11 +188,25 @@ def previous_sides(out: Path) -> dict[str, str]:
     return sides
 
 
-def _merge_history(path: Path, assignment: list[dict[str, str]]) -> list[dict[str, Any]]:
-    """Earlier records (examples not in this build keep theirs) updated with this build's."""
-    rows = {row["id"]: row for row in _history(path.parent)}
-    rows.update((a["id"], a) for a in assignment)
-    return list(rows.values())
+def _merge_history(path: Path, sides: SplitResult[Kept]) -> Iterator[dict[str, Any]]:
+    """Earlier records (examples not in this build keep theirs) with this build's in their places,
+    then this build's new ones, in its order; with no earlier record (``metadata.jsonl`` was just
+    rewritten), this build's in the sidecar's order: train, then test. Streamed: an earlier file
+    is read a line at a time, and only this build's examples are indexed."""
+    splits = (("train", sides.train), ("test", sides.test))
+    if not path.exists():
+        for side, rows in splits:
+            for h in rows:
+                yield {"id": h.id, "group": h.group, "split": side}
+        return
+    ours = {h.id: (h, side) for side, rows in splits for h in rows}
+    for _, row in read_jsonl(path, "split record"):
+        if "split" in row and "id" in row:
+            mine = ours.pop(row["id"], None)
+            yield row if mine is None else {"id": mine[0].id, "group": mine[0].group, "split": mine[1]}
+    for record in sides.assignment:
+        if record["id"] in ours:
+            yield record
 
 
 def split_seed(out: Path, spec: Spec, seed: int | None = None) -> int:
@@ -235,38 +296,54 @@ def build(
     gates = Gates(spec, store)
     gates.drop_early((f"{d.request_id}:{d.item_index}", d.category, d.reason) for d in fanout if d.reason is not None)
     existing = list(existing)
-    cells: dict[str, str] = {}  # example id → cell, to find the cells an ``existing`` repeat left short
-    deduped = dedupe(_noting_cells(gates.passing(renderer.examples(store)), cells if existing else None),
-                     spec.dedupe, existing)
-    accepted, surplus, warnings, short = _keep_counts(spec, expander, deduped.kept)
     repeats = {e.id for e in existing}
-    repeated = {cells[d.id] for d in deduped.dropped if d.duplicate_of in repeats and d.id in cells}
-    balanced = balance(accepted, spec.balance, split_config.seed)
-    warnings.extend(balanced.warnings)
+    cells: dict[str, str] = {}  # example id → cell, to find the cells an ``existing`` repeat left short
+    repeated: set[str] = set()
+    counts = _Counts(expander)
+    accepted: list[Kept] = []
     history = out / SPLITS
-    sides = assign(balanced.kept, split_config, previous_sides(out))
-    train, test = sides.train, sides.test
-    warnings.extend(sides.warnings)
-    subsets, size_warnings = nested_subsets(train, sizes)
-    warnings.extend(size_warnings)
+    with Spill(out / "build.spill") as spill, Scratch(out / "dropped.spill") as dedupe_drops:
 
-    writes = []
-    formats = formats or spec.output.formats
-    for fmt in dict.fromkeys([CANONICAL, *formats]):
-        writes += write_format(fmt, {"train": train, "test": test}, out if fmt == CANONICAL else out / fmt,
-                               spec.output, strict=False)
-    for n, rows in subsets.items():
-        writes.append(write_split(rows, CANONICAL, out / f"train.{n}.jsonl", spec.output))
-    write_jsonl_atomic(
-        out / "metadata.jsonl",
-        ({**ex.metadata(), "split": name} for name, rows in (("train", train), ("test", test)) for ex in rows),
-    )
-    write_jsonl_atomic(history, _merge_history(history, sides.assignment))
-    write_jsonl_atomic(out / "dropped.jsonl", [*(d.as_dict() for d in early), *(d.as_dict() for d in gates.dropped),
-                                               *(d.as_dict() for d in deduped.dropped)])
+        def keep(example: Example) -> None:
+            if counts.take(example):
+                accepted.append(Kept(example.id, sys.intern(example.category),
+                                     group_key(example, split_config.group), spill.put(example)))
 
-    categories = _category_table(deduped, Counter(d.category for d in early), gates.counts, surplus, balanced.kept,
-                                 train, test)
+        def drop(dropped: Dropped) -> None:
+            if dropped.duplicate_of in repeats and dropped.id in cells:
+                repeated.add(cells[dropped.id])
+            dedupe_drops.append(fastjson.dumps(dropped.as_dict()))
+
+        deduped = dedupe(_noting_cells(gates.passing(renderer.examples(store)), cells if existing else None),
+                         spec.dedupe, existing, keep=keep, drop=drop)
+        warnings, short = counts.finish()
+        balanced = balance(accepted, spec.balance, split_config.seed)
+        warnings.extend(balanced.warnings)
+        sides = assign(balanced.kept, split_config, previous_sides(out), key=attrgetter("group"))
+        train, test = sides.train, sides.test
+        warnings.extend(sides.warnings)
+        subsets, size_warnings = nested_subsets(train, sizes)
+        warnings.extend(size_warnings)
+
+        writes = []
+        formats = formats or spec.output.formats
+        for fmt in dict.fromkeys([CANONICAL, *formats]):
+            writes += write_format(fmt, {"train": spill.examples(train), "test": spill.examples(test)},
+                                   out if fmt == CANONICAL else out / fmt, spec.output, strict=False)
+        for n, rows in subsets.items():
+            writes.append(write_split(spill.examples(rows), CANONICAL, out / f"train.{n}.jsonl", spec.output))
+        write_jsonl_atomic(
+            out / "metadata.jsonl",
+            ({**ex.metadata(), "split": name} for name, rows in (("train", train), ("test", test))
+             for ex in spill.examples(rows)),
+        )
+        write_jsonl_atomic(history, _merge_history(history, sides))
+        write_jsonl_atomic(out / "dropped.jsonl", itertools.chain(
+            (d.as_dict() for d in early), (d.as_dict() for d in gates.dropped),
+            (fastjson.loads(line) for line in dedupe_drops.lines())))
+
+    categories = _category_table(deduped, Counter(d.category for d in early), gates.counts, counts.surplus,
+                                 balanced.kept, train, test)
     totals = store.totals(spec.name)
     manifest = {
         "spec": spec.name,
@@ -309,9 +386,9 @@ def _category_table(
     early: Counter[str],
     gated: dict[str, Counter[str]],
     surplus: Counter[str],
-    kept: list[Example],
-    train: list[Example],
-    test: list[Example],
+    kept: list[Kept],
+    train: list[Kept],
+    test: list[Kept],
 ) -> dict[str, dict[str, int]]:
     after_balance = Counter(e.category for e in kept)
     in_train = Counter(e.category for e in train)

@@ -29,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import chain
 from typing import Literal, Protocol
@@ -545,21 +545,26 @@ class Deduper:
 
 
 def dedupe(
-    examples: Iterable[Example], config: DedupeConfig, existing: Iterable[Example] = ()
+    examples: Iterable[Example], config: DedupeConfig, existing: Iterable[Example] = (), *,
+    keep: Callable[[Example], object] | None = None, drop: Callable[[Dropped], object] | None = None,
 ) -> DedupeResult:
     """Drop exact and near duplicates; the first occurrence wins and input order is kept.
 
     ``existing`` examples are compared against but never dropped or returned (top-up: new
     examples versus everything already in train/test). ``enabled: false`` keeps repeats among
     ``examples`` but still drops those that repeat ``existing``: a top-up must not copy the test
-    split, nor a distillation the prompt's own examples.
+    split, nor a distillation the prompt's own examples. ``keep`` and ``drop``, when given, are
+    handed each kept example and each drop as it is decided, in order, instead of the result
+    collecting them: a build of a million examples never holds them all.
     """
     result = DedupeResult(kept=[], dropped=[])
+    kept = keep or result.kept.append
+    dropping = drop or result.dropped.append
     existing = list(existing)
     if not config.enabled and not existing:  # nothing to compare with: skip the signing
         for ex in examples:
-            result.kept.append(ex)
             result.counts.setdefault(ex.category, CategoryCounts()).before += 1
+            kept(ex)
         return result
     deduper = Deduper(config)
     deduper.seed(existing)
@@ -567,9 +572,9 @@ def dedupe(
         counts = result.counts.setdefault(ex.category, CategoryCounts())
         counts.before += 1
         if dropped is None:
-            result.kept.append(ex)
+            kept(ex)
         else:
-            result.dropped.append(dropped)
+            dropping(dropped)
             if dropped.reason == "exact":
                 counts.exact += 1
             else:

@@ -6,6 +6,7 @@ examples in the same order: that is what makes builds byte-identical.
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 from collections import Counter
 from collections.abc import Iterator
@@ -44,7 +45,9 @@ class ExampleRenderer:
             return
         last = len(self.spec.steps) - 1
         name = self.spec.steps[last].name
-        seen: Counter[tuple[str, str | None]] = Counter()  # examples so far per (cell, prompt)
+        # examples so far per (cell, prompt), by a digest of the pair: one per example of a million-cell
+        # grid, the tuple of two strings took three times the memory
+        seen: Counter[bytes] = Counter()
         for request in store.succeeded(self.spec.name, last, round_):
             # the row the last step answered: its repeats and n > 1 choices share it (split.group)
             lineage = request.ord.rsplit(".", 1)[0] if last else request.ord
@@ -53,8 +56,9 @@ class ExampleRenderer:
                 # what the example is, whatever the sampling parameters: the k-th example of its
                 # cell with this prompt (the id hashes the request, and so every parameter)
                 place = (request.cell_key, prompt_key(example.messages))
-                example.provenance["slot"] = stable_hash(*place, seen[place])
-                seen[place] += 1
+                digest = hashlib.blake2b(repr(place).encode(), digest_size=16).digest()
+                example.provenance["slot"] = stable_hash(*place, seen[digest])
+                seen[digest] += 1
                 yield example
 
     def _example(self, request: StoredRequest, j: int, variables: dict[str, Any], **provenance: str) -> Example:

@@ -19,10 +19,10 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from promptbake.records import Example
+from promptbake.records import M
 
 
-def priority_order(train: list[Example], limit: int | None = None) -> list[int]:
+def priority_order(train: list[M], limit: int | None = None) -> list[int]:
     """Indices into ``train`` (the first ``limit`` of them): any prefix of this order is a
     stratified sample of its length."""
     names = sorted({ex.category for ex in train})
@@ -42,12 +42,12 @@ def priority_order(train: list[Example], limit: int | None = None) -> list[int]:
     return order
 
 
-def nested_subsets(train: list[Example], sizes: Iterable[int]) -> tuple[dict[int, list[Example]], list[str]]:
+def nested_subsets(train: list[M], sizes: Iterable[int]) -> tuple[dict[int, list[M]], list[str]]:
     """``{N: the first N examples of the priority order, in train order}`` for each size smaller
     than or equal to the train split, and a warning for each size it cannot fill."""
     wanted = sorted(set(sizes))
     order = priority_order(train, max(wanted, default=0))
-    subsets: dict[int, list[Example]] = {}
+    subsets: dict[int, list[M]] = {}
     warnings = []
     for n in wanted:
         if n > len(train):

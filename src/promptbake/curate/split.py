@@ -26,12 +26,12 @@ from __future__ import annotations
 import hashlib
 import heapq
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic
 
 from promptbake.curate.normalise import normalise
-from promptbake.records import Example
+from promptbake.records import Example, M
 from promptbake.specification.models import SplitConfig
 
 TEST, TRAIN = "test", "train"
@@ -62,16 +62,26 @@ def group_key(example: Example, by: str) -> str:
     return example.id
 
 
-def _rank(seed: int, *parts: str) -> str:
-    return hashlib.sha256("\x1f".join((str(seed), *parts)).encode()).hexdigest()
+def _rank(seed: int, *parts: str) -> bytes:
+    """A seeded hash to order by (the digest orders as its hex would, in half the memory)."""
+    return hashlib.sha256("\x1f".join((str(seed), *parts)).encode()).digest()
 
 
 @dataclass
-class SplitResult:
-    train: list[Example]
-    test: list[Example]
+class SplitResult(Generic[M]):
+    train: list[M]
+    test: list[M]
     warnings: list[str] = field(default_factory=list)
-    assignment: list[dict[str, str]] = field(default_factory=list)  # {id, group, split} per example
+    groups: dict[str, list[M]] = field(default_factory=dict)  # group key -> its examples, first seen first
+    sides: dict[str, str] = field(default_factory=dict)  # group key -> its side
+
+    @property
+    def assignment(self) -> Iterator[dict[str, str]]:
+        """``{id, group, split}`` per example, group by group (made as read: a million of them are
+        not held at once)."""
+        for key, members in self.groups.items():
+            for ex in members:
+                yield {"id": ex.id, "group": key, "split": self.sides[key]}
 
 
 def split(examples: list[Example], config: SplitConfig) -> tuple[list[Example], list[Example]]:
@@ -80,45 +90,48 @@ def split(examples: list[Example], config: SplitConfig) -> tuple[list[Example], 
     return result.train, result.test
 
 
-def assign(examples: list[Example], config: SplitConfig, previous: Mapping[str, str] | None = None) -> SplitResult:
+def assign(examples: list[M], config: SplitConfig, previous: Mapping[str, str] | None = None,
+           key: Callable[[M], str] | None = None) -> SplitResult[M]:
     """Split ``examples``; ``previous`` maps example ids (and group keys) to the side an earlier
-    build gave them, which they keep."""
+    build gave them, which they keep. ``key``: each example's group key (default: ``group_key`` of
+    the example by ``config.group``; a build passes the one it computed before spilling it)."""
     previous = previous or {}
-    groups: dict[str, list[Example]] = {}
+    group_of = key or (lambda ex: group_key(ex, config.group))  # type: ignore[arg-type]
+    groups: dict[str, list[M]] = {}
     for ex in examples:
-        groups.setdefault(group_key(ex, config.group), []).append(ex)
+        groups.setdefault(group_of(ex), []).append(ex)
     sizes: dict[str, int] = {}
     for ex in examples:
         sizes[ex.category] = sizes.get(ex.category, 0) + 1
     quota = holdout_sizes(sizes, config.test)
     side: dict[str, str] = {}
     taken: dict[str, int] = {}
-    fresh: dict[str, list[tuple[str, str]]] = {}  # category -> (rank, group key) of unassigned groups
+    fresh: dict[str, list[tuple[bytes, str]]] = {}  # category -> (rank, group key) of unassigned groups
     mixed = 0
-    for key, members in groups.items():
-        before = {previous.get(e.id) for e in members} | {previous.get(key)}
+    for group, members in groups.items():
+        before = {previous.get(e.id) for e in members} | {previous.get(group)}
         category = members[0].category
         if TEST in before:
             mixed += sum(1 for e in members if previous.get(e.id) == TRAIN)
-            side[key] = TEST
+            side[group] = TEST
             taken[category] = taken.get(category, 0) + len(members)
         elif TRAIN in before:
-            side[key] = TRAIN
+            side[group] = TRAIN
         else:
-            fresh.setdefault(category, []).append((_rank(config.seed, key), key))
+            fresh.setdefault(category, []).append((_rank(config.seed, group), group))
     for category, ranked in fresh.items():
         room = quota.get(category, 0) - taken.get(category, 0)
-        for _, key in sorted(ranked):
-            size = len(groups[key])
+        for _, group in sorted(ranked):
+            size = len(groups[group])
             if size <= room and size < sizes[category]:
-                side[key], room = TEST, room - size
+                side[group], room = TEST, room - size
             else:
-                side[key] = TRAIN
-    result = SplitResult([], [])
-    for key, members in groups.items():
+                side[group] = TRAIN
+    del fresh
+    result: SplitResult[M] = SplitResult([], [], groups=groups, sides=side)
+    for group, members in groups.items():
         for ex in members:
-            (result.test if side[key] == TEST else result.train).append(ex)
-            result.assignment.append({"id": ex.id, "group": key, "split": side[key]})
+            (result.test if side[group] == TEST else result.train).append(ex)
     for rows in (result.train, result.test):
         rows.sort(key=lambda e: _rank(config.seed, "order", e.id))
     kept = sum(taken.values())

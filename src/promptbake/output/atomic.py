@@ -37,9 +37,8 @@ def atomic_writer(path: str | os.PathLike[str]) -> Iterator[TextIO]:
     directory, disk full) becomes an ``OutputError`` naming the path, anything else propagates.
     """
     path = Path(path)
-    _sweep_stale(path)
     # Not tempfile.mkstemp: its 0600 mode would survive the rename; os.open honours the umask.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    tmp = temp_beside(path)
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     except OSError as exc:
@@ -57,6 +56,13 @@ def atomic_writer(path: str | os.PathLike[str]) -> Iterator[TextIO]:
             raise OutputError(f"{path}: cannot write ({_reason(exc)})") from None
         raise
     _fsync_dir(path.parent)
+
+
+def temp_beside(path: Path) -> Path:
+    """A fresh temp name for ``path``, in its directory, once the temp files of ``path`` that a dead
+    writer left behind are removed; a live writer's name holds its pid, so two never collide."""
+    _sweep_stale(path)
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
 
 
 def _sweep_stale(path: Path) -> None:

@@ -18,7 +18,7 @@ import json
 import os
 import secrets
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +26,16 @@ from typing import Any
 
 from promptbake.errors import DataFileError, OutputError
 from promptbake.output.atomic import ensure_dir
-from promptbake.output.formats import FORMATS, FormatRefused, Row, WriteReport, convert_all, get_format, write_rows
+from promptbake.output.formats import (
+    FORMATS,
+    FormatRefused,
+    Row,
+    WriteReport,
+    convert_all,
+    get_format,
+    write_rows,
+    write_split,
+)
 from promptbake.output.jsonl import read_jsonl
 from promptbake.output.sidecar import metadata_file
 from promptbake.records import Example
@@ -176,15 +185,19 @@ def export_examples(
 
 def write_format(
     name: str,
-    data: dict[str, list[Example]],
+    data: Mapping[str, Iterable[Example]],
     folder: Path,
     config: OutputConfig | None = None,
     *,
     strict: bool = True,
 ) -> list[WriteReport]:
     """One format's splits into ``folder`` (JSONL per split, or the HF files). ``strict``: a split
-    whose every example the format refuses raises ``FormatRefused`` before anything is written."""
+    whose every example the format refuses raises ``FormatRefused`` before anything is written.
+    Not strict, a JSONL split is converted and written one example at a time (a build reads them
+    from disk); the HF files need every row at once."""
     fmt = get_format(HF_FORMATS.get(name, name))
+    if not strict and name not in HF_FORMATS:
+        return [write_split(examples, fmt, folder / f"{split}.jsonl", config) for split, examples in data.items()]
     converted = {split: convert_all(examples, fmt, config) for split, examples in data.items()}
     for split, (rows, refused) in converted.items():
         if strict and refused and not rows:

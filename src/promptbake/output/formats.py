@@ -11,7 +11,7 @@ Which targets read which format is in ``targets.TARGETS``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -341,8 +341,24 @@ def write_rows(path: str | Path, fmt: str, rows: list[Row], refused: list[Format
 def write_split(
     examples: Iterable[Example], fmt: Format | str, path: str | Path, config: OutputConfig | None = None
 ) -> WriteReport:
-    """Write one split in one format; refused examples are counted and skipped, not fatal."""
+    """Write one split in one format; refused examples are counted and skipped, not fatal. Each
+    example is converted and written as it comes: ``examples`` may be read from disk one by one."""
     fmt = get_format(fmt) if isinstance(fmt, str) else fmt
-    rows, refused = convert_all(examples, fmt, config)
-    return write_rows(path, fmt.name, rows, refused)
+    config = config or OutputConfig()
+    path = Path(path)
+    report = WriteReport(path, fmt.name)
 
+    def rows() -> Iterator[Row]:
+        for example in examples:
+            try:
+                row = fmt.convert(example, config)
+            except FormatRefused as exc:
+                report.refused += 1
+                if len(report.refusals) < WriteReport.KEEP:
+                    report.refusals.append(exc)
+                continue
+            yield row
+
+    ensure_dir(path.parent)
+    report.written = write_jsonl_atomic(path, rows())
+    return report

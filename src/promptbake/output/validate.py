@@ -19,6 +19,7 @@ import itertools
 import json
 import statistics
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -158,26 +159,26 @@ class ValidationReport:
 # --- reading ---------------------------------------------------------------------------------
 
 
-def read_text_lines(path: Path) -> list[str]:
-    """The file's lines, or a one-line DataFileError naming the file (and line for bad bytes)."""
+def read_text_lines(path: Path) -> Iterator[str]:
+    """The file's lines, one at a time (a training file of a million lines is never held whole),
+    or a one-line DataFileError naming the file (and line for bad bytes)."""
     try:
-        data = path.read_bytes()
+        fh = path.open("rb")
     except FileNotFoundError:
         raise DataFileError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise DataFileError(f"{path}: is a directory, not a JSONL file") from None
     except OSError as exc:
         raise DataFileError(f"{path}: cannot read ({exc.strerror})") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise DataFileError(f"{path}:{line}: not UTF-8 (byte 0x{data[exc.start]:02x})") from None
-    # Split on \n only: JSON strings may hold U+2028 and friends, which str.splitlines() splits on.
-    lines = [ln.removesuffix("\r") for ln in text.split("\n")]
-    if lines and lines[-1] == "":
-        lines.pop()
-    return lines
+    # Split on \n only (as binary files are): JSON strings may hold U+2028 and friends, which
+    # str.splitlines() splits on.
+    with fh:
+        for number, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataFileError(f"{path}:{number}: not UTF-8 (byte 0x{raw[exc.start]:02x})") from None
+            yield line.removesuffix("\n").removesuffix("\r")
 
 
 def _detect(obj: dict[str, Any]) -> str | None:

@@ -11,11 +11,12 @@ import csv
 import io
 import itertools
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
+from promptbake import fastjson
 from promptbake.errors import DataFileError
 from promptbake.ids import stable_hash
 from promptbake.output.jsonl import read_jsonl
@@ -44,8 +45,13 @@ def load_axes(spec: Spec) -> dict[str, list[Any]]:
 
 def load_table(path: Path) -> list[dict[str, Any]]:
     """Rows of a JSONL, CSV or plain-text file (text: one ``input`` per non-blank line)."""
+    return list(_table_rows(path))
+
+
+def _table_rows(path: Path) -> Iterator[dict[str, Any]]:
+    """``load_table``'s rows, one at a time (a JSONL or text table is never held whole)."""
     if path.suffix in (".jsonl", ".ndjson"):
-        rows = [row for _, row in read_jsonl(path, "input")]
+        rows: Iterable[dict[str, Any]] = (row for _, row in read_jsonl(path, "input"))
     elif path.suffix == ".csv":
         try:
             text = path.read_text(encoding="utf-8-sig")  # spreadsheets save CSV with a BOM
@@ -55,14 +61,47 @@ def load_table(path: Path) -> list[dict[str, Any]]:
             raise DataFileError(f"{path}: cannot read: {exc.strerror}") from exc
         rows = [dict(r) for r in csv.DictReader(io.StringIO(text))]
     else:
-        rows = [{"input": line} for line in read_lines_file(path, "input file")]
-    if not rows:
+        rows = ({"input": line} for line in read_lines_file(path, "input file"))
+    empty = True
+    for row in rows:
+        empty = False
+        yield row
+    if empty:
         raise DataFileError(f"{path}: no rows")
-    return rows
 
 
-def _canonical(value: Any) -> str:
-    return stable_hash(value)  # short, and the same for equal values whatever their key order
+class Rows(Sequence[dict[str, Any]]):
+    """A grid's table rows, each held as its JSON and decoded when read: a million-row table is
+    a million cells, and as dicts its rows took about 430 bytes each (bench/build_memory.py), as
+    JSON about a quarter of that. A row reads back as the value it was (``fastjson``)."""
+
+    def __init__(self, rows: Iterable[dict[str, Any]]) -> None:
+        # copied to its length: orjson hands out its bytes in a buffer of at least a kilobyte
+        self._lines = [bytes(memoryview(fastjson.dumps(row))) for row in rows]
+
+    def __len__(self) -> int:
+        return len(self._lines)
+
+    @overload
+    def __getitem__(self, index: int) -> dict[str, Any]: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[dict[str, Any]]: ...
+
+    def __getitem__(self, index: int | slice) -> dict[str, Any] | list[dict[str, Any]]:
+        if isinstance(index, slice):
+            return [fastjson.loads(line) for line in self._lines[index]]
+        row: dict[str, Any] = fastjson.loads(self._lines[index])
+        return row
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for line in self._lines:
+            yield fastjson.loads(line)
+
+
+def _canonical(value: Any) -> int:
+    # the same for equal values whatever their key order; an int is half a hex string's bytes
+    return int(stable_hash(value), 16)
 
 
 def _excluded(values: dict[str, Any], rules: list[dict[str, Any]]) -> bool:
@@ -92,9 +131,9 @@ class Expander:
         self.spec = spec
         self.templates = templates or Templates.for_spec_dir(spec.base_dir)
         self.axes = load_axes(spec)
-        self.table = load_table(spec.resolve(spec.grid.table)) if spec.grid.table else [{}]
+        self.table = Rows(_table_rows(spec.resolve(spec.grid.table)) if spec.grid.table else [{}])
         self._kept: list[Cell] | None = None
-        self._members: tuple[list[set[str]], set[str]] | None = None  # see cell_of
+        self._members: tuple[list[set[int]], set[int]] | None = None  # see cell_of
 
     def category(self, values: dict[str, Any]) -> str:
         if self.spec.category is None:

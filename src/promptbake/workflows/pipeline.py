@@ -6,7 +6,7 @@ safe in a notebook cell (``workflows.sync``); ``promptbake.run`` and the CLI sit
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,17 +64,26 @@ def shortfall(spec: Spec, expander: Expander, store: Store, existing: Iterable[E
     from promptbake.curate.gates import Gates
 
     gates = Gates(spec, store)
-    passed = list(gates.passing(ExampleRenderer(spec, expander.templates).examples(store)))
-    kept = dedupe(passed, spec.dedupe, existing).kept
+    passed = 0
     have: dict[str, int] = {}
-    for example in kept:
+
+    def counted(examples: Iterable[Example]) -> Iterator[Example]:
+        nonlocal passed
+        for example in examples:
+            passed += 1
+            yield example
+
+    def keep(example: Example) -> None:  # examples are counted as they pass, not held: a run makes millions
         key = example.provenance["cell_key"]
         have[key] = have.get(key, 0) + 1
+
+    dedupe(counted(gates.passing(ExampleRenderer(spec, expander.templates).examples(store))), spec.dedupe, existing,
+           keep=keep)
     missing = {c.key: c.count - have.get(c.key, 0) for c in expander.cells() if have.get(c.key, 0) < c.count}
     # items whose user line a filter dropped before the next step are turned down by the gates too
     early = sum(1 for d in store.fanout_drops(spec.name) if d.reason is not None)
     dropped = len(gates.dropped) + early
-    return missing, len(passed) / max(len(passed) + dropped, 1)
+    return missing, passed / max(passed + dropped, 1)
 
 
 def ask_for(missing: dict[str, int], pass_rate: float) -> dict[str, int]:
