@@ -584,6 +584,19 @@ class Store:
                 row[9],
             )
 
+    def pending_between(self, spec_name: str, step_index: int, round_: int, first: str,
+                        last: str) -> list[tuple[str, int]]:
+        """(id, est_tokens) of what :meth:`pending` would yield of one round's requests from ord
+        ``first`` to ``last``, in the same order: a slice just planned, whose requests the caller
+        holds already, need not have every body read back and decoded."""
+        rows = self.db.execute(
+            "SELECT r.id, r.est_tokens FROM requests r WHERE r.spec_name = ? AND r.step_index = ? AND r.current = 1 "
+            f"AND r.status IN ('pending', 'failed') AND r.ord >= ? AND r.ord <= ? AND r.round = ? {self._LEADER} "
+            "ORDER BY r.ord",
+            (spec_name, step_index, first, last, round_),
+        )
+        return rows.fetchall()
+
     def succeeded(self, spec_name: str, step_index: int, round_: int | None = None) -> Iterator[StoredRequest]:
         """Done requests of a step with their parsed outputs, in lineage order."""
         sql = (
