@@ -231,18 +231,13 @@ class Generation:
                 self.store.save_cells(self.spec.name, chunk)
                 report.planned += self.store.extend_plan(planned)
                 report.cached += self.store.serve_from_cache(self.spec.name, 0)
-            if not planned:
-                continue
             # the slice's requests still to send, as planned: the same bytes as the stored rows
             # (their ids hash their bodies), without reading every body back
             by_id = {r.id: r for r in planned}
-            first, last = min(r.ord for r in planned), max(r.ord for r in planned)
-            for request_id, est_tokens in self.store.pending_between(self.spec.name, 0, 0, first, last):
-                request = by_id.get(request_id)
-                if request is not None:
-                    job = step_job(request, check)
-                    job.est_tokens = est_tokens  # what a resumed store planned, as the stored row said
-                    yield job
+            for request_id, est_tokens in self.store.pending_among(self.spec.name, 0, by_id):
+                job = step_job(by_id[request_id], check)
+                job.est_tokens = est_tokens  # what a resumed store planned, as the stored row says
+                yield job
 
     def _jobs(self, k: int, round_: int, step: Step) -> Iterator[StepJob]:
         check = checker(step)
