@@ -10,7 +10,8 @@ import sys
 import time
 from contextlib import closing
 
-from fakeserver import FakeServer
+import pytest
+from fakeserver import FakeServer, Fault
 from relkit import cli_env, pure_answer, statuses, text_spec
 
 from promptbake.specification.models import load_spec
@@ -40,6 +41,33 @@ def test_a_streamed_grid_plans_sends_and_resumes_like_a_whole_one(tmp_path, monk
         assert srv.count == 60
         assert report.generate.steps[0].planned == 60 and report.generate.steps[0].sent == 0
     assert statuses(tmp_path / "s.db") == {"ok": 60}
+
+
+@pytest.mark.parametrize("xs", ["[xa, xb, xc, x0, x1, x2]", "[x2]"], ids=["grown in front", "cut in front"])
+def test_a_streamed_grid_changed_since_resends_what_failed(tmp_path, monkeypatch, xs):
+    """A failed request keeps the place (``ord``) its first run planned it at. When the grid has
+    changed since, the re-run plans it at another place, in another slice: it must still be sent,
+    once (it was sent at its old place, or not at all when the grid lost cells in front of it)."""
+    monkeypatch.setattr(generation, "STREAM_CELLS", 2)
+    monkeypatch.setattr(generation, "STREAM_CHUNK", 2)
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(text_spec(3, 3, 1), encoding="utf-8")  # x0..x2 × y0..y2: 9 requests
+
+    def x2_fails(body: dict) -> str | Fault:
+        return Fault("400") if "x2 and" in body["messages"][-1]["content"] else pure_answer(body)
+
+    with FakeServer(responder=x2_fails).running() as srv:
+        report = generate(load_spec(spec_path), tmp_path / "s.db", Teacher(base_url=srv.base_url, concurrency=1),
+                          GenerateOptions(progress=False))
+        assert (report.generate.steps[0].ok, report.generate.steps[0].failed) == (6, 3)
+    spec_path.write_text(text_spec(3, 3, 1).replace("[x0, x1, x2]", xs), encoding="utf-8")
+    with FakeServer(responder=pure_answer).running() as srv:
+        report = generate(load_spec(spec_path), tmp_path / "s.db", Teacher(base_url=srv.base_url, concurrency=1),
+                          GenerateOptions(progress=False))
+        sent = sorted(body["messages"][-1]["content"] for body in srv.bodies)
+    new = 9 if xs.startswith("[xa") else 0
+    assert len(sent) == new + 3 and sum("x2 and" in text for text in sent) == 3 and len(set(sent)) == len(sent)
+    assert statuses(tmp_path / "s.db") == {"ok": new + (6 if new else 0) + 3}
 
 
 def test_a_100_million_cell_grid_sends_its_first_requests_before_planning_the_rest(tmp_path):

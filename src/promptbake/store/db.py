@@ -584,6 +584,24 @@ class Store:
                 row[9],
             )
 
+    def pending_among(self, spec_name: str, step_index: int, ids: Iterable[str]) -> list[tuple[str, int]]:
+        """(id, est_tokens) of the requests among ``ids`` that :meth:`pending` would yield, in its
+        order: a slice just planned, whose requests the caller holds already, need not have every
+        body read back and decoded. Looked up by id, not by place: a request planned by an earlier
+        run keeps the ``ord`` it had then, which a grid changed since no longer gives it."""
+        found: list[tuple[str, str, int]] = []
+        wanted = list(ids)
+        for at in range(0, len(wanted), 500):  # under SQLite's limit on a statement's parameters
+            part = wanted[at:at + 500]
+            found += self.db.execute(
+                f"SELECT r.ord, r.id, r.est_tokens FROM requests r WHERE r.id IN ({', '.join('?' * len(part))}) "
+                f"AND r.spec_name = ? AND r.step_index = ? AND r.current = 1 AND r.status IN ('pending', 'failed') "
+                f"{self._LEADER}",
+                (*part, spec_name, step_index),
+            ).fetchall()
+        found.sort()
+        return [(request_id, est_tokens) for _, request_id, est_tokens in found]
+
     def succeeded(self, spec_name: str, step_index: int, round_: int | None = None) -> Iterator[StoredRequest]:
         """Done requests of a step with their parsed outputs, in lineage order."""
         sql = (

@@ -231,11 +231,13 @@ class Generation:
                 self.store.save_cells(self.spec.name, chunk)
                 report.planned += self.store.extend_plan(planned)
                 report.cached += self.store.serve_from_cache(self.spec.name, 0)
-            ords = {r.ord for r in planned}
-            # the not-done requests of the step are this slice's, plus the few in flight or failed
-            for request in self.store.pending(self.spec.name, 0):
-                if request.ord in ords:
-                    yield step_job(request, check)
+            # the slice's requests still to send, as planned: the same bytes as the stored rows
+            # (their ids hash their bodies), without reading every body back
+            by_id = {r.id: r for r in planned}
+            for request_id, est_tokens in self.store.pending_among(self.spec.name, 0, by_id):
+                job = step_job(by_id[request_id], check)
+                job.est_tokens = est_tokens  # what a resumed store planned, as the stored row says
+                yield job
 
     def _jobs(self, k: int, round_: int, step: Step) -> Iterator[StepJob]:
         check = checker(step)

@@ -106,7 +106,9 @@ class _Writer:
         self.check()
         committed = asyncio.get_running_loop().create_future()
         self.queue.put_nowait((row, committed))
-        await asyncio.shield(committed)
+        # no shield: cancelling this wait cancels only ``committed``, which the writer skips
+        # (it sets a result only on a future not done); the row stays queued and is committed
+        await committed
 
     async def close(self) -> None:
         """Commit what is left and stop; raises what stopped the writer."""

@@ -173,13 +173,14 @@ class Pool:
             job = await pull()
             if job is None or self._stopping:
                 return
-            if not self._budget.reserve(self._worst_cost(job)):
+            worst = self._worst_cost(job)
+            if not self._budget.reserve(worst):
                 self._stopping = True
                 self.stats.stopped_for_budget = True
                 return
             run = _JobRun(job)
             try:
-                outcome = await self._run_job(run)
+                outcome = await self._run_job(run, worst)
             except BaseException:
                 # Cancelled (Ctrl-C, or another worker hit a 401) or our own 401: answers this
                 # job already paid for (rejected ones) must still reach the store.
@@ -222,11 +223,10 @@ class Pool:
     def _worst_cost(self, job: Job) -> float:
         return worst_cost(self.cost, job)
 
-    async def _run_job(self, run: _JobRun) -> Outcome:
-        """Attempt until success, a final error or ``max_attempts``. The first attempt's budget is
-        reserved by the caller; each retry reserves its own."""
+    async def _run_job(self, run: _JobRun, worst: float) -> Outcome:
+        """Attempt until success, a final error or ``max_attempts``. The first attempt's budget
+        (``worst``) is reserved by the caller; each retry reserves its own."""
         job = run.job
-        worst = self._worst_cost(job)
         error = "no attempt"
         for number in range(1, self.max_attempts + 1):
             if number > 1 and not self._budget.reserve(worst):

@@ -63,8 +63,9 @@ class Progress:
 
     def update(self, outcome: Outcome) -> None:
         self.done += 1
-        self.tokens += sum(a.prompt_tokens + a.completion_tokens for a in outcome.attempts)
-        self.spent += sum(a.cost for a in outcome.attempts)
+        for attempt in outcome.attempts:
+            self.tokens += attempt.prompt_tokens + attempt.completion_tokens
+            self.spent += attempt.cost
         self.errors += 0 if outcome.ok else 1
         if self.bar is not None:
             elapsed = max(time.monotonic() - self.start, 1e-6)
