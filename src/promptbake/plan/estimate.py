@@ -93,7 +93,7 @@ def estimate(spec: Spec, model: str | None = None, teacher_kind: str | None = No
         teacher = teacher.model_copy(update={"kind": teacher_kind})
     expander = Expander(spec)
     check_templates(spec, expander)
-    planner = Planner(spec, expander.templates, teacher)
+    planner = Planner(spec, expander.templates, teacher, identify=False)
     prices = prices or PriceTable(spec.teacher.prices)
     asked = sorted({m for models in planner.models for m in models})
     cells = list(itertools.islice(expander.cells(), SAMPLE))

@@ -97,8 +97,12 @@ class Planner:
     top-up round, 0 for its first run) varies the seed of steps that set none, as a later round
     of a run does: a top-up must not send the bytes its dataset was already made of."""
 
-    def __init__(self, spec: Spec, templates: Templates, teacher: TeacherConfig, *, topup_round: int = 0) -> None:
+    def __init__(self, spec: Spec, templates: Templates, teacher: TeacherConfig, *, topup_round: int = 0,
+                 identify: bool = True) -> None:
+        """``identify=False``: requests get no id or cache key (both empty). A dry run prices
+        requests and never stores them, and their two content hashes were a tenth of its time."""
         self.spec = spec
+        self.identify = identify
         self.teacher_kind = teacher.kind
         self.topup_round = topup_round
         # a conversation step is planned as its turns (see plan/conversation.py)
@@ -222,10 +226,12 @@ class Planner:
             # a top-up round must not send round 0's bytes again: a deterministic teacher would
             # answer with the same duplicates (round 0 keeps no seed, so its cache keys stay)
             body["seed"] = int(stable_hash(replicate, round_, *again, length=6), 16) % 1_000_000
-        cache_key = stable_hash(body, step.parse, step.json_schema, step.min_items, replicate, length=32)
+        cache_key = stable_hash(body, step.parse, step.json_schema, step.min_items, replicate, length=32) \
+            if self.identify else ""
         reserve = (step.max_tokens or DEFAULT_RESERVE) * (step.n or 1)
         return PlannedRequest(
-            id=stable_hash(self.spec.name, step.name, cell_key, parent_id, item_index, replicate, cache_key),
+            id=stable_hash(self.spec.name, step.name, cell_key, parent_id, item_index, replicate, cache_key)
+            if self.identify else "",
             spec_name=self.spec.name,
             step=step.name,
             step_index=k,
