@@ -12,6 +12,7 @@ killed build left behind is removed by the next build of the same directory.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -48,9 +49,13 @@ class Scratch:
         try:
             self._fh = open(self.path, "x+b")  # noqa: SIM115 (closed by close(), also on error)
         except OSError as exc:
-            raise OutputError(f"{path.parent}: cannot write a scratch file ({exc.strerror or exc})") from None
+            raise self._error(exc) from None
         self._end = 0
         self._reading = False
+
+    def _error(self, exc: OSError) -> OutputError:
+        """A full disk or a file size limit met while spilling: the output's directory is where."""
+        return OutputError(f"{self.path.parent}: cannot write a scratch file ({exc.strerror or exc})")
 
     def append(self, line: bytes) -> int:
         """Add one line (without its newline); returns the offset it starts at."""
@@ -58,7 +63,10 @@ class Scratch:
             self._fh.seek(0, os.SEEK_END)
             self._reading = False
         at = self._end
-        self._fh.write(line + b"\n")
+        try:
+            self._fh.write(line + b"\n")
+        except OSError as exc:
+            raise self._error(exc) from None
         self._end += len(line) + 1
         return at
 
@@ -69,17 +77,24 @@ class Scratch:
 
     def lines(self) -> Iterator[bytes]:
         """Every line (with its newline), in the order appended."""
-        self._fh.flush()
+        self._flush()
         with open(self.path, "rb") as fh:
             yield from fh
 
     def _read(self) -> None:
         if not self._reading:
-            self._fh.flush()
+            self._flush()
             self._reading = True
 
+    def _flush(self) -> None:
+        try:
+            self._fh.flush()
+        except OSError as exc:
+            raise self._error(exc) from None
+
     def close(self) -> None:
-        self._fh.close()
+        with contextlib.suppress(OSError):  # its buffer could not be written: the file goes anyway
+            self._fh.close()
         self.path.unlink(missing_ok=True)
 
     def __enter__(self) -> Self:
