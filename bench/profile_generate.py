@@ -4,7 +4,7 @@ Runs a bare aiohttp loop over the same requests (the baseline: the HTTP round tr
 ``promptbake generate`` (store on, whole process) against the loopback stand-in twice: once
 plain, timing its phases from the store's own timestamps and taking its CPU time, and once under a
 profiler whose samples are grouped by what the code does (start-up imports, planning, the store,
-the writer thread, our HTTP client, aiohttp, the event loop, the pool). With ``py-spy`` on the
+the writer, our HTTP client, aiohttp, the event loop, the pool). With ``py-spy`` on the
 PATH (``pip install py-spy``) the second run is sampled, every thread, at almost no cost to the
 run, and each group's share of the samples is turned into CPU µs per request. Without it, cProfile
 (which slows the run about 2×); there a builtin or a generic stdlib function (``sqlite3.execute``,
@@ -104,10 +104,10 @@ def breakdown(stats: pstats.Stats) -> dict[str, float]:
     return dict(totals)
 
 
-# py-spy: a sample goes to the first group any frame of its stack names (the writer thread first)
+# py-spy: a sample goes to the first group any frame of its stack names (the writer first)
 SAMPLED = [
     ("start-up: imports", ("_find_and_load",)),
-    ("writer thread: answers into SQLite", ("promptbake-writer", "_Writer._record", "record (promptbake/store/db.py")),
+    ("writer: answers into SQLite", ("_Writer._commits", "record (promptbake/store/db.py")),
 ]
 # ... else to the group of the frame nearest the leaf that one of these names
 NEAREST = [

@@ -72,3 +72,42 @@ def test_past_the_sample_the_figures_say_they_read_a_sample_and_the_counts_stay_
     monkeypatch.setattr(report, "DIST_SAMPLE", 20_000, raising=False)
     page = write_report(tmp_path / "out", tmp_path / "all.html").read_text(encoding="utf-8")
     assert "uniform sample" not in page
+
+
+GRID_SPEC = """
+name: large
+teacher: {model: gpt-4o-mini}
+grid:
+  axes:
+    topic: [calm, angry, rushed]
+    shop: [s0, s1, s2, s3, s4, s5, s6, s7, s8, s9]
+  count: 2
+category: "{{ topic }}"
+steps:
+  - name: answer
+    messages: [{role: user, content: "A {{ topic }} customer in {{ shop }}."}]
+example:
+  messages:
+    - {role: user, content: "{{ topic }}"}
+    - {role: assistant, content: "{{ answer }}"}
+"""
+
+
+def test_a_grid_too_long_to_walk_gets_no_requested_counts_or_heat_map_and_says_so(tmp_path, monkeypatch):
+    """A 10^7-cell grid took 84 s and 1.2 GB to walk for the requested counts (a category per cell
+    when the spec names none); past ``GRID_WALK`` cells the page walks only the cells it lists."""
+    out = write_dataset(tmp_path / "out")
+    (tmp_path / "spec.yaml").write_text(GRID_SPEC, encoding="utf-8")
+
+    def categories_header(page: str) -> str:
+        return page.split('<section id="categories">')[1].split("</tr>")[0]
+
+    page = write_report(out, spec=tmp_path / "spec.yaml").read_text(encoding="utf-8")  # 30 cells: walked
+    assert ">requested<" in categories_header(page)
+    assert re.search(r'<td>calm</td><td class="n">20</td>', page)  # 10 shops x count 2, exact
+    monkeypatch.setattr(report, "GRID_WALK", 20)
+    page = write_report(out, spec=tmp_path / "spec.yaml").read_text(encoding="utf-8")
+    assert "the grid has 30 cells: requested counts are shown for grids of at most 20 (the heat map shows kept " \
+        "counts)" in page
+    assert ">requested<" not in categories_header(page)
+    assert "kept ÷ requested" not in page

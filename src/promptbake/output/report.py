@@ -13,6 +13,7 @@ cell, and the text of every dropped example, re-rendered from the stored answers
 
 from __future__ import annotations
 
+import itertools
 import json
 import statistics
 from collections import Counter, defaultdict
@@ -40,6 +41,7 @@ REPORT = "report.html"
 SAMPLE = 1000  # examples of each kind (kept, dropped) in the page's table, shared between the categories
 DIST_SAMPLE = 20_000  # kept examples (and dropped ones with text) whose text the figures read; past it, a sample
 CELL_ROWS = 1000  # cells the per-cell table lists
+GRID_WALK = 1_000_000  # cells walked for the requested counts (a 10^7-cell grid took minutes)
 HEAT_VALUES = 200  # values an axis of the heat map may take (it draws the first plots.HEATMAP_MAX of them)
 BATCH = 2000  # examples looked up in the id index at a time
 OPENING_WORDS = 3
@@ -195,11 +197,20 @@ def load_dataset(directory: str | Path, store_path: str | Path | None = None, sp
         data.templates = expander.templates
         tally = data.cells
         tally.total = expander.totals()[0]
-        for cell in expander.cells():  # a grid of millions streams by: its first cells are listed
-            tally.by_category[cell.category] += cell.count
-            tally.grid.add(cell.values, wanted=cell.count)
+        # the category table's rows are the manifest's: only their requested counts are kept (a grid
+        # without a category expression has a category per cell)
+        shown = set(data.manifest.get("categories", {}))
+        whole = tally.total <= GRID_WALK  # else counts over part of the grid would mislead: none
+        for cell in itertools.islice(expander.cells(), GRID_WALK if whole else CELL_ROWS):
+            if whole:
+                if cell.category in shown:
+                    tally.by_category[cell.category] += cell.count
+                tally.grid.add(cell.values, wanted=cell.count)
             if tally.track(cell.key, cell.values):
                 tally.requested[cell.key] = cell.count
+        if not whole:
+            data.notes.append(f"the grid has {tally.total:,} cells: requested counts are shown for grids of at most "
+                              f"{GRID_WALK:,} (the heat map shows kept counts)")
         if store.exists():
             data.store = _store_facts(store, spec)
     if data.store is None:
