@@ -127,31 +127,30 @@ class _Writer:
 
     async def _commits(self) -> None:
         while True:
-            batch: list[Pending | None] = []
             try:
                 batch = [await self.queue.get(), *_drain(self.queue)]
             except asyncio.CancelledError:
                 # Ctrl-C: what already finished is paid for, so it is committed before we go
-                rest = [item for item in _drain(self.queue) if item is not None]
-                self.store.record([row for row, _ in rest])
-                for item in rest:
-                    if not item[1].done():
-                        item[1].set_result(None)
+                self._commit([item for item in _drain(self.queue) if item is not None])
                 raise
-            items = [item for item in batch if item is not None]
-            if items:
-                try:
-                    self.store.record([row for row, _ in items])
-                except Exception as exc:
-                    for _, committed in items:
-                        if not committed.done():
-                            committed.set_exception(exc)
-                    raise
-                for _, committed in items:
-                    if not committed.done():
-                        committed.set_result(None)
+            self._commit([item for item in batch if item is not None])
             if None in batch:
                 return
+
+    def _commit(self, items: list[Pending]) -> None:
+        """Record ``items`` in one transaction, then let their workers go on (or hand them the error)."""
+        if not items:
+            return
+        try:
+            self.store.record([row for row, _ in items])
+        except Exception as exc:
+            for _, committed in items:
+                if not committed.done():
+                    committed.set_exception(exc)
+            raise
+        for _, committed in items:
+            if not committed.done():
+                committed.set_result(None)
 
 
 def _drain(queue: asyncio.Queue[Pending | None]) -> list[Pending | None]:
