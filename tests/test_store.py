@@ -81,3 +81,33 @@ def test_a_store_from_a_newer_promptbake_is_refused_untouched(tmp_path):
         assert len(lines) == 1 and lines[0].startswith("Error: ") and "Traceback" not in done.stderr, done.stderr
         assert "s.db was written by a newer promptbake" in lines[0] and "m999_from_the_future" in lines[0]
         assert (tmp_path / "s.db").read_bytes() == before
+
+
+def test_a_store_from_before_m012_keeps_its_latencies_and_every_cached_answer(tmp_path, monkeypatch):
+    """m012 drops the indexes on an answer's cache key and an attempt's request: latencies move to
+    the request's row, and the cache finds answers through requests, so an answer an older store
+    left linked to no request (a re-ask that failed) is linked, not paid for again."""
+    path = tmp_path / "old.db"
+    monkeypatch.setattr(migrations, "MIGRATIONS", MIGRATIONS[:11])  # up to m011
+    db = sqlite3.connect(path, isolation_level=None)
+    migrate(db)
+    rows = (("r1", "k1", "ok", 1), ("r2", "k2", "failed", None), ("r3", "k2", "pending", None))
+    for rid, key, status, answer in rows:
+        db.execute("INSERT INTO requests (id, spec_name, step_index, round, ord, cache_key, vars, body, status, "
+                   "response_id) VALUES (?, 's', 0, 0, ?, ?, '{}', '{}', ?, ?)", (rid, rid, key, status, answer))
+    for key in ("k1", "k2"):
+        db.execute("INSERT INTO responses (cache_key, model, contents, outputs, finish_reasons, prompt_tokens, "
+                   "completion_tokens, cost, created_at) VALUES (?, 'm', '[\"hi\"]', '[\"hi\"]', '[\"stop\"]', 1, 1, "
+                   "0.5, 0)", (key,))
+    for latency in (100.0, 250.0):
+        db.execute("INSERT INTO attempts (request_id, cache_key, number, latency_ms) VALUES ('r1', 'k1', 1, ?)",
+                   (latency,))
+    db.close()
+    monkeypatch.setattr(migrations, "MIGRATIONS", MIGRATIONS)
+    with Store(path) as store:
+        assert store.answer_usage(["r1"])["r1"]["seconds"] == pytest.approx(0.35)
+        assert store.serve_from_cache("s", 0) == 2  # r2 and r3: k2's answer was paid for
+        assert dict(store.db.execute("SELECT id, response_id FROM requests WHERE status = 'ok'")) == {
+            "r1": 1, "r2": 2, "r3": 2}
+        indexed = {r[0] for r in store.db.execute("SELECT tbl_name FROM sqlite_master WHERE type = 'index'")}
+        assert not indexed & {"attempts", "responses"}  # an answer's commit appends; no index on a hash to insert into

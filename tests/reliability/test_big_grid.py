@@ -23,7 +23,7 @@ from promptbake.workflows.pipeline import generate
 
 def test_a_streamed_grid_plans_sends_and_resumes_like_a_whole_one(tmp_path, monkeypatch):
     monkeypatch.setattr(generation, "STREAM_CELLS", 10)
-    monkeypatch.setattr(generation, "STREAM_CHUNK", 7)  # 30 cells: slices of 7, 7, 7, 7 and 2
+    monkeypatch.setattr(generation, "STREAM_CHUNK", 7)  # 30 cells: slices of 7, 14 and 9
     (tmp_path / "spec.yaml").write_text(text_spec(6, 5, 2), encoding="utf-8")
     spec = load_spec(tmp_path / "spec.yaml")
     with FakeServer(responder=pure_answer, latency_ms=(0, 5)).running() as srv:

@@ -533,11 +533,12 @@ class Store:
     def serve_from_cache(self, spec_name: str, step_index: int) -> int:
         """Mark not-done requests whose content-keyed answer is already stored: nothing to pay.
         Each takes the newest answer for its cache key and keeps it, whatever is asked later."""
+        # every answer is the answer of a request of its cache key (m012), the newest the largest id
+        newest = "SELECT MAX(o.response_id) FROM requests o WHERE o.cache_key = requests.cache_key"
         return self._write(
-            "UPDATE requests SET status = 'ok', error = NULL, updated_at = ?, "
-            "response_id = (SELECT MAX(p.id) FROM responses p WHERE p.cache_key = requests.cache_key) "
+            f"UPDATE requests SET status = 'ok', error = NULL, updated_at = ?, response_id = ({newest}) "
             "WHERE spec_name = ? AND step_index = ? AND status IN ('pending', 'failed') AND current = 1 "
-            "AND cache_key IN (SELECT cache_key FROM responses)",
+            f"AND ({newest}) IS NOT NULL",
             [(time.time(), spec_name, step_index)],
         )
 
@@ -636,8 +637,7 @@ class Store:
         for start in range(0, len(wanted), 500):
             chunk = wanted[start:start + 500]
             rows = self.db.execute(
-                "SELECT r.id, p.prompt_tokens, p.completion_tokens, p.cost, "
-                "(SELECT COALESCE(SUM(a.latency_ms), 0) FROM attempts a WHERE a.request_id = r.id) "
+                "SELECT r.id, p.prompt_tokens, p.completion_tokens, p.cost, r.latency_ms "
                 "FROM requests r JOIN responses p ON p.id = r.response_id "
                 f"WHERE r.id IN ({', '.join('?' * len(chunk))})",
                 chunk,
@@ -762,8 +762,9 @@ class Store:
                     )
                 self.db.executemany(
                     "UPDATE requests SET status = ?, attempts = attempts + ?, error = ?, updated_at = ?, "
-                    "response_id = COALESCE(?, response_id) WHERE id = ?",
-                    [(_status(r), len(r.attempts), r.error, now, answer.get(r.request_id), r.request_id)
+                    "response_id = COALESCE(?, response_id), latency_ms = COALESCE(latency_ms, 0) + ? WHERE id = ?",
+                    [(_status(r), len(r.attempts), r.error, now, answer.get(r.request_id),
+                      sum(a.latency_ms for a in r.attempts), r.request_id)
                      for r in results],
                 )
                 # identical requests of the same plan that waited for this one share its answer

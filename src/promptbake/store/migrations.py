@@ -225,3 +225,26 @@ def m011_fanout_drop_reason(db: sqlite3.Connection) -> None:
     # items of a fan-out whose user line fails a filter (``role: user``) are dropped before the next
     # step pays for them too: the reason says which filter (NULL: an exact repeat, as before)
     db.execute("ALTER TABLE fanout_drops ADD COLUMN reason TEXT")
+
+
+@migration
+def m012_indexes_in_insertion_order(db: sqlite3.Connection) -> None:
+    # Every answer's commit inserted into two indexes on hashes (an answer's cache key, an
+    # attempt's request id), so each commit rewrote a page of each per answer: half of what the
+    # writer wrote at 100,000 answers. A request's row now carries the latency of its attempts, and
+    # the newest answer for a cache key is found through the requests that use it (the requests'
+    # cache-key index is written when they are planned, not when they are answered). An answer
+    # an older store left to no request (m007 linked only requests that were ok) is linked to the
+    # requests of its cache key, so the cache still serves it.
+    _statements(
+        db,
+        """
+        ALTER TABLE requests ADD COLUMN latency_ms REAL;
+        UPDATE requests SET latency_ms = (SELECT SUM(a.latency_ms) FROM attempts a WHERE a.request_id = requests.id)
+            WHERE id IN (SELECT request_id FROM attempts);
+        UPDATE requests SET response_id = (SELECT MAX(p.id) FROM responses p WHERE p.cache_key = requests.cache_key)
+            WHERE response_id IS NULL AND cache_key IN (SELECT cache_key FROM responses);
+        DROP INDEX attempts_by_request;
+        DROP INDEX responses_by_cache
+        """,
+    )

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from promptbake.errors import InputError
+from promptbake.errors import InputError, StoreError
 from promptbake.plan.expand import Expander
 from promptbake.plan.preflight import check_templates
 from promptbake.records import Example
@@ -139,7 +139,13 @@ async def generate_async(
             status = "done"
         finally:
             report.totals = store.totals(spec.name)
-            store.finish_run(run_id, status, report.totals)
+            try:
+                store.finish_run(run_id, status, report.totals)
+            except StoreError:
+                if status == "done":
+                    raise
+                # the run is already stopping on an error, which says what happened (a full disk
+                # that refused an answer refuses this row too): that error is the one to tell
     return report
 
 
