@@ -594,10 +594,12 @@ class Store:
         wanted = list(ids)
         for at in range(0, len(wanted), 500):  # under SQLite's limit on a statement's parameters
             part = wanted[at:at + 500]
+            # found by id: the unary + keeps SQLite from walking the step's whole pending plan
+            # (requests_current) once per 500 ids instead, 20× the time for a 16,000-cell slice
             found += self.db.execute(
                 f"SELECT r.ord, r.id, r.est_tokens FROM requests r WHERE r.id IN ({', '.join('?' * len(part))}) "
-                f"AND r.spec_name = ? AND r.step_index = ? AND r.current = 1 AND r.status IN ('pending', 'failed') "
-                f"{self._LEADER}",
+                f"AND +r.spec_name = ? AND +r.step_index = ? AND +r.current = 1 "
+                f"AND +r.status IN ('pending', 'failed') {self._LEADER}",
                 (*part, spec_name, step_index),
             ).fetchall()
         found.sort()
