@@ -38,6 +38,27 @@ def test_expand_dry_run_does_not_import_the_dedupe_engine(tmp_path):
     assert loaded_after(code) == []
 
 
+def test_dry_run_leaves_alone_what_only_other_work_needs():
+    """The dry run of the README's spec (issue 30, start-up) imports no ``regex`` (the spec has no
+    pattern), no ``difflib`` (no typo to suggest a fix for), compiles none of the phrase lists and
+    builds no conversation turn's validator: each is work that other commands or specs pay for."""
+    spec = PACKAGE.parent.parent / "generators" / "rude_agent.yaml"
+    code = ("import contextlib, io, json, sys\n"
+            "from promptbake.cli.main import cli\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            f"    try:\n        cli(['expand', {str(spec)!r}, '--dry-run'])\n"
+            "    except SystemExit as exc:\n        assert not exc.code, exc.code\n"
+            "from promptbake.curate import filters, phrases\n"
+            "from promptbake.plan.conversation import TurnStep\n"
+            "compilers = (phrases.polite, phrases.staff_voice, phrases.apology, filters.refusals)\n"
+            "print(json.dumps({'modules': [m for m in ('regex', 'difflib') if m in sys.modules],\n"
+            "                  'compiled': [f.__name__ for f in compilers if f.cache_info().currsize],\n"
+            "                  'turn_step_built': TurnStep.__pydantic_complete__}))\n")
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert json.loads(result.stdout.splitlines()[-1]) == {"modules": [], "compiled": [], "turn_step_built": False}
+
+
 def imports(module: Path) -> list[str]:
     """Every promptbake module ``module`` imports, at the top or inside a function."""
     found = []

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from promptbake.curate.filters import ECHO_THRESHOLD, echo_score
-from promptbake.curate.phrases import POLITE, STAFF_VOICE
+from promptbake.curate.phrases import polite, staff_voice
 from promptbake.specification.models import load_spec
 
 ROOT = Path(__file__).parent.parent
@@ -57,22 +57,22 @@ def test_no_reply_echoes_the_customer():
 
 @pytest.mark.parametrize("phrase", READER_POLITE)
 def test_the_polite_list_holds_what_a_reader_calls_polite(phrase):
-    assert POLITE.search(phrase)
+    assert polite().search(phrase)
 
 
 def test_the_customer_voice_rule_tells_the_staff_from_the_customer():
-    assert [line for line in STAFF_LINES if not STAFF_VOICE.search(line)] == []
-    assert [line for line in CUSTOMER_LINES if STAFF_VOICE.search(line)] == []
+    assert [line for line in STAFF_LINES if not staff_voice().search(line)] == []
+    assert [line for line in CUSTOMER_LINES if staff_voice().search(line)] == []
 
 
 def test_no_reply_carries_a_phrase_a_reader_calls_polite():
-    polite = [reply for _, reply in examples() if POLITE.search(reply)]
-    assert polite == []
+    polite_replies = [reply for _, reply in examples() if polite().search(reply)]
+    assert polite_replies == []
 
 
 def test_every_customer_line_is_a_customer_not_the_staff():
     assert all(FIRST_PERSON.search(user) for user, _ in examples())
-    staff = [user for user, _ in examples() if STAFF_VOICE.search(user) or re.search(r"(?i)\bsorry\b", user)]
+    staff = [user for user, _ in examples() if staff_voice().search(user) or re.search(r"(?i)\bsorry\b", user)]
     assert staff == []
 
 

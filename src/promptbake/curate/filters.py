@@ -22,13 +22,19 @@ from promptbake.curate.phrases import polite_phrase, staff_phrase
 from promptbake.curate.sentiment import SentimentRange, parse_range, sentiment
 from promptbake.curate.topic import shared_stems
 
-# Refusal and apology boilerplate of chat-tuned models: an answer carrying one did not do the task.
-REFUSALS = re.compile(
-    r"\bas an ai\b|\bas a (large )?language model\b|\bi(?:'| a)m sorry,? but i (?:can(?:no|')t|won't)\b"
-    r"|\bi can(?:no|')t (?:help|assist|comply|provide|do that)\b|\bi(?:'m| am) (?:unable|not able) to "
-    r"(?:help|assist|comply)\b|\bi apologi[sz]e,? but\b",
-    re.IGNORECASE,
-)
+
+@cache
+def refusals() -> re.Pattern[str]:
+    """Refusal and apology boilerplate of chat-tuned models: an answer carrying one did not do the task.
+    (Compiled by its first use, not on import, as ``phrases.py``'s expressions.)"""
+    return re.compile(
+        r"\bas an ai\b|\bas a (large )?language model\b|\bi(?:'| a)m sorry,? but i (?:can(?:no|')t|won't)\b"
+        r"|\bi can(?:no|')t (?:help|assist|comply|provide|do that)\b|\bi(?:'m| am) (?:unable|not able) to "
+        r"(?:help|assist|comply)\b|\bi apologi[sz]e,? but\b",
+        re.IGNORECASE,
+    )
+
+
 ECHO_THRESHOLD = 0.6  # share of the user's word trigrams the answer repeats
 
 
@@ -88,7 +94,7 @@ def _no_echo(threshold: float) -> Check:
 
 
 def _no_refusal(prompt: str, answer: str) -> str | None:
-    match = REFUSALS.search(plain_quotes(answer))  # "I’m sorry, but I can’t" is a refusal too
+    match = refusals().search(plain_quotes(answer))  # "I’m sorry, but I can’t" is a refusal too
     return f"no_refusal: {answer[match.start():match.end()]!r}" if match else None
 
 

@@ -9,15 +9,20 @@ backreferences, and takes a ``timeout`` per match. A match that runs out of time
 one line naming the pattern, rather than passing or failing the example by the machine's speed.
 (google-re2 would bound the time by construction, but refuses lookarounds and backreferences and
 treats ``\\w``/``\\b`` as ASCII: existing specs would change meaning on non-English text.)
+
+``regex`` is imported by the first pattern compiled, not with this module: a spec without one
+(and every dry run of it) does not pay the module's import.
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
-
-import regex
+from typing import TYPE_CHECKING
 
 from promptbake.errors import SpecError
+
+if TYPE_CHECKING:
+    import regex
 
 MATCH_SECONDS = 1.0  # per text: ordinary patterns take microseconds on answers of a few KB
 
@@ -26,6 +31,8 @@ class Pattern:
     """One spec regex; ``where`` names it in errors (``filters: not_regex``)."""
 
     def __init__(self, source: str, where: str) -> None:
+        import regex
+
         try:
             self.compiled = regex.compile(source)
         except regex.error as exc:

@@ -13,12 +13,12 @@ from promptbake.curate.checks import last_assistant
 from promptbake.curate.filters import (
     ECHO_THRESHOLD,
     LANGUAGE_CONFIDENCE,
-    REFUSALS,
     detect_language,
     echo_score,
     last_user,
+    refusals,
 )
-from promptbake.curate.phrases import APOLOGY, POLITE, STAFF_VOICE
+from promptbake.curate.phrases import apology, polite, staff_voice
 
 # The heuristics the report's quality panel shows, in order: (key, label, what it means)
 HEURISTICS: tuple[tuple[str, str, str], ...] = (
@@ -47,11 +47,11 @@ def flags(messages: list[dict[str, Any]]) -> list[str]:
     found = []
     if prompt and echo_score(prompt, answer) >= ECHO_THRESHOLD:
         found.append("echo")
-    if REFUSALS.search(answer) or APOLOGY.search(answer):
+    if refusals().search(answer) or apology().search(answer):
         found.append("refusal")
-    if POLITE.search(answer):
+    if polite().search(answer):
         found.append("polite")
-    if STAFF_VOICE.search(prompt):
+    if staff_voice().search(prompt):
         found.append("staff_voice")
     if _foreign(prompt) or _foreign(answer):
         found.append("non_english")

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import model_validator
+from pydantic import ConfigDict, model_validator
 
 from promptbake.errors import TemplateError
 from promptbake.ids import stable_hash
@@ -65,7 +65,10 @@ class Turn:
 
 class TurnStep(Step):
     """A turn as a step: planned, cached, sent and stored like any step. Its name (``talk.user.2``)
-    is the conversation's and its place, never a template variable."""
+    is the conversation's and its place, never a template variable. Its validator is built by its
+    first turn, not on import: a spec without a conversation never makes one."""
+
+    model_config = ConfigDict(defer_build=True)
 
     @model_validator(mode="after")
     def _check(self) -> TurnStep:  # replaces Step's: the name is no identifier, on purpose

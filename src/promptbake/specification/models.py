@@ -6,7 +6,6 @@ name the line it comes from, then validated by the models below (unknown keys ar
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import re
@@ -710,6 +709,8 @@ def _problem(exc: ValidationError) -> str:
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         msg = "unknown key"
+        import difflib  # only for a spec with a mistake: a dry run of a good one does without
+
         near = difflib.get_close_matches(str(err["loc"][-1]), _keys_at(tuple(err["loc"])), n=1, cutoff=0.6)
         if near:
             msg += f" (did you mean {near[0]}?)"

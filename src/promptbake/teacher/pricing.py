@@ -18,7 +18,6 @@ more than a whole dry run. The snapshot entries below agree with its table (2026
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Iterable, Mapping
 
@@ -93,6 +92,8 @@ def _family(table: Mapping[str, Prices | float], name: str) -> str | None:
 
 def closest_model(model: str, known: Iterable[str]) -> str | None:
     """The known model name nearest to ``model`` (a typo's fix), or None when none is close."""
+    import difflib  # only when a model has no price: a dry run of a priced one does without
+
     names = sorted({*known, *SNAPSHOT_PRICES})
     match = difflib.get_close_matches(base_model(model), names, n=1, cutoff=0.75)
     return match[0] if match else None
