@@ -111,3 +111,22 @@ def test_a_store_from_before_m012_keeps_its_latencies_and_every_cached_answer(tm
             "r1": 1, "r2": 2, "r3": 2}
         indexed = {r[0] for r in store.db.execute("SELECT tbl_name FROM sqlite_master WHERE type = 'index'")}
         assert not indexed & {"attempts", "responses"}  # an answer's commit appends; no index on a hash to insert into
+
+
+def test_an_answers_seconds_are_the_latency_of_every_attempt_it_took(tmp_path):
+    """What ``answer_usage`` reports as an answer's seconds (eval rows, study): the attempts of every
+    run that asked for it, a failed run's and the answering run's, as the attempts table holds them."""
+    from promptbake.store.db import AttemptRow, ResultRow
+
+    with Store(tmp_path / "s.db") as store:
+        store.db.execute("INSERT INTO requests (id, spec_name, step_index, round, ord, cache_key, vars, body) "
+                         "VALUES ('r1', 's', 0, 0, 'a', 'k1', '{}', '{}')")
+        failed = AttemptRow(1, 500, "http_500", "HTTP 500", 120.0, 0, 0, 0.0, None)
+        store.record([ResultRow("r1", "k1", False, [failed, failed], error="gave up")])
+        answered = AttemptRow(1, 200, None, None, 30.0, 5, 7, 0.25, None)
+        store.record([ResultRow("r1", "k1", True, [failed, answered], model="m", contents=["hi"], outputs=["hi"],
+                                finish_reasons=["stop"])])
+        usage = store.answer_usage(["r1"])["r1"]
+        assert usage["seconds"] == pytest.approx(0.39)
+        total = store.db.execute("SELECT SUM(latency_ms) FROM attempts WHERE request_id = 'r1'").fetchone()[0]
+        assert usage["seconds"] == pytest.approx(total / 1000)

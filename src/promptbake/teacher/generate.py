@@ -240,10 +240,12 @@ class Generation:
                 report.planned += self.store.extend_plan(planned)
                 report.cached += self.store.serve_from_cache(self.spec.name, 0)
             # the slice's requests still to send, as planned: the same bytes as the stored rows
-            # (their ids hash their bodies), without reading every body back
+            # (their ids hash their bodies), without reading every body back; each let go of once
+            # it is handed to the pool, so a big slice's memory shrinks as it is sent
             by_id = {r.id: r for r in planned}
+            del planned
             for request_id, est_tokens in self.store.pending_among(self.spec.name, 0, by_id):
-                job = step_job(by_id[request_id], check)
+                job = step_job(by_id.pop(request_id), check)
                 job.est_tokens = est_tokens  # what a resumed store planned, as the stored row says
                 yield job
 
