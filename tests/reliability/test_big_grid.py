@@ -15,6 +15,7 @@ from fakeserver import FakeServer, Fault
 from relkit import cli_env, pure_answer, statuses, text_spec
 
 from promptbake.specification.models import load_spec
+from promptbake.store.db import Store
 from promptbake.teacher import generate as generation
 from promptbake.teacher.config import Teacher
 from promptbake.teacher.generate import GenerateOptions
@@ -23,12 +24,22 @@ from promptbake.workflows.pipeline import generate
 
 def test_a_streamed_grid_plans_sends_and_resumes_like_a_whole_one(tmp_path, monkeypatch):
     monkeypatch.setattr(generation, "STREAM_CELLS", 10)
-    monkeypatch.setattr(generation, "STREAM_CHUNK", 7)  # 30 cells: slices of 7, 14 and 9
+    monkeypatch.setattr(generation, "STREAM_CHUNK", 7)
+    monkeypatch.setattr(generation, "STREAM_CHUNK_MAX", 10)  # 30 cells: slices of 7, 10, 10 and 3
+    slices: list[int] = []
+    extend_plan = Store.extend_plan
+
+    def counted(store: Store, requests: list) -> int:
+        slices.append(len(requests))
+        return extend_plan(store, requests)
+
+    monkeypatch.setattr(Store, "extend_plan", counted)
     (tmp_path / "spec.yaml").write_text(text_spec(6, 5, 2), encoding="utf-8")
     spec = load_spec(tmp_path / "spec.yaml")
     with FakeServer(responder=pure_answer, latency_ms=(0, 5)).running() as srv:
         report = generate(spec, tmp_path / "s.db", Teacher(base_url=srv.base_url, concurrency=4),
                           GenerateOptions(progress=False))
+        assert slices == [14, 20, 20, 6]  # 2 requests a cell: each slice twice the last, at most the cap
         assert srv.count == 60 and not srv.paid_twice()
         step = report.generate.steps[0]
         assert (step.planned, step.sent, step.ok) == (60, 60, 60)
