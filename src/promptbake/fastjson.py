@@ -76,8 +76,10 @@ def _slow(value: Any) -> str:
 
 
 _SORTED = orjson.OPT_SORT_KEYS | _PASSTHROUGH
-_E = re.compile(rb"e[-+0-9]")  # where an exponent may start (orjson writes a lowercase e)
-_NUMBER = frozenset(b"0123456789.-")
+# a number written with an exponent (orjson writes a lowercase e): its digits follow ``[``, ``,``
+# or ``:``, where a hex id such as ``"3e4f"`` follows a quote; text like ``"a,1e5"`` is a harmless
+# false alarm (``json`` writes the bytes)
+_EXPONENT = re.compile(rb"[\[,:][0-9.\-]+e[-+0-9]")
 
 
 def sorted_dumps(value: Any) -> str | None:
@@ -89,11 +91,8 @@ def sorted_dumps(value: Any) -> str | None:
         blob = None
     if blob is None or b"0.0000" in blob:
         return None
-    at = _E.search(blob)
-    while at is not None:  # (search, not finditer: finditer scans several times slower)
-        if _exponent(blob, at.start()):
-            return None
-        at = _E.search(blob, at.end())
+    if _EXPONENT.search(blob):
+        return None
     # a NaN or an infinity became a null: more nulls than the top level's Nones (cheap to count)
     # means one may have, and only reading the bytes back tells
     nones = sum(part is None for part in value) if isinstance(value, list | tuple) else 0
@@ -101,11 +100,3 @@ def sorted_dumps(value: Any) -> str | None:
         return None
     return blob.decode()
 
-
-def _exponent(blob: bytes, at: int) -> bool:
-    """Whether the ``e`` at ``at`` ends the digits of a number: they follow ``[``, ``,`` or ``:``
-    (a hex id such as ``"3e4f"`` follows a quote). Text like ``"a,1e5"`` is a harmless false alarm."""
-    start = at
-    while start > 0 and blob[start - 1] in _NUMBER:
-        start -= 1
-    return start < at and start > 0 and blob[start - 1] in b"[,:"
