@@ -204,7 +204,10 @@ def _blobbable(message: Any) -> bool:
     )
 
 
-def _request_row(r: PlannedRequest, blobs: dict[str, str]) -> tuple[Any, ...]:
+def request_row(r: PlannedRequest, blobs: dict[str, str]) -> tuple[Any, ...]:
+    """The requests table's row for ``r`` (what :meth:`Store.add_plan_rows` takes), its long
+    system prompts moved into ``blobs``: built where the request is planned, which may be
+    another process (see :mod:`promptbake.teacher.ahead`)."""
     return (
         r.id,
         r.spec_name,
@@ -221,6 +224,11 @@ def _request_row(r: PlannedRequest, blobs: dict[str, str]) -> tuple[Any, ...]:
         r.cache_key,
         r.est_tokens,
     )
+
+
+def cell_row(spec_name: str, cell: Any) -> tuple[Any, ...]:
+    """The cells table's row for a planned cell (see :func:`request_row`)."""
+    return spec_name, cell.key, cell.index, cell.category, _dumps(cell.values), cell.count
 
 
 class Store:
@@ -417,10 +425,11 @@ class Store:
 
     # cells and rounds -------------------------------------------------------------------------
     def save_cells(self, spec_name: str, cells: Iterable[Any]) -> None:
-        self._write(
-            "INSERT OR REPLACE INTO cells VALUES (?, ?, ?, ?, ?, ?)",
-            ((spec_name, c.key, c.index, c.category, _dumps(c.values), c.count) for c in cells),
-        )
+        self.save_cell_rows(cell_row(spec_name, c) for c in cells)
+
+    def save_cell_rows(self, rows: Iterable[tuple[Any, ...]]) -> None:
+        """Cells as :func:`cell_row` gives them."""
+        self._write("INSERT OR REPLACE INTO cells VALUES (?, ?, ?, ?, ?, ?)", rows)
 
     def wants(self, spec_name: str, round_: int) -> dict[str, int]:
         rows = self.db.execute(
@@ -457,7 +466,7 @@ class Store:
             nonlocal planned
             for r in requests:
                 planned += 1
-                yield _request_row(r, blobs)
+                yield request_row(r, blobs)
 
         try:
             with self._transaction():
@@ -487,7 +496,10 @@ class Store:
         too big to plan before sending is planned a slice at a time (after ``replan`` with no
         requests retired the old plan). Returns how many were added."""
         blobs: dict[str, str] = {}
-        rows = [_request_row(r, blobs) for r in requests]
+        return self.add_plan_rows([request_row(r, blobs) for r in requests], blobs)
+
+    def add_plan_rows(self, rows: list[tuple[Any, ...]], blobs: dict[str, str]) -> int:
+        """:meth:`extend_plan` with the rows built already (:func:`request_row`)."""
         self._write("INSERT OR IGNORE INTO blobs VALUES (?, ?)", blobs.items())  # before the rows using them
         self._write(_PLAN_INSERT, rows)
         return len(rows)

@@ -8,8 +8,8 @@ task commits finished requests as they come, so a kill loses at most what was in
 from __future__ import annotations
 
 import heapq
-import itertools
 from collections.abc import Iterable, Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -20,6 +20,7 @@ from promptbake.plan.planner import DEFAULT_RESERVE, Planner, row_key
 from promptbake.plan.routing import check_routes
 from promptbake.specification.models import Spec, Step, TeacherConfig
 from promptbake.store.db import FanoutDrop, PlannedRequest, Store
+from promptbake.teacher.ahead import Setup, slices
 from promptbake.teacher.client import Endpoint
 from promptbake.teacher.endpoints import EndpointStats
 from promptbake.teacher.jobs import Outcome, StepJob, capped, checker, step_job, unseeded
@@ -47,6 +48,10 @@ STREAM_CHUNK_MAX = 16_000
 # to be sent (nothing answered, cached or repeated), they are sent as planned instead of being
 # read back from the store (a tenth of generate's work per request at 10,000 requests).
 KEEP_PLANNED = 20_000
+# A grid of more cells than this has its slices planned by a helper process, on another core,
+# while this one sends (a third of generate's CPU per request at 100,000 requests; README,
+# Benchmarks); smaller ones are sent before the helper would have started.
+PLAN_AHEAD_CELLS = 50_000
 
 
 @dataclass
@@ -228,26 +233,28 @@ class Generation:
     def _streamed_jobs(self, step: Step, report: StepReport) -> Iterator[StepJob]:
         """Step 0 of round 0 of a big grid: plan (and save) a slice of cells, hand its unanswered
         requests to the pool, then plan the next slice; the pool pulls lazily, so planning keeps
-        just ahead of sending."""
+        just ahead of sending. Over ``PLAN_AHEAD_CELLS`` cells the slices after the first few are
+        planned by a helper process (see :mod:`promptbake.teacher.ahead`)."""
         check = checker(step)
-        cells = self.expander.cells()
-        size = STREAM_CHUNK
-        while chunk := list(itertools.islice(cells, size)):
-            size = min(2 * size, STREAM_CHUNK_MAX)
-            planned = list(self.planner.first_step(chunk, 0))
-            with self.store.transaction():  # one commit a slice
-                self.store.save_cells(self.spec.name, chunk)
-                report.planned += self.store.extend_plan(planned)
-                report.cached += self.store.serve_from_cache(self.spec.name, 0)
-            # the slice's requests still to send, as planned: the same bytes as the stored rows
-            # (their ids hash their bodies), without reading every body back; each let go of once
-            # it is handed to the pool, so a big slice's memory shrinks as it is sent
-            by_id = {r.id: r for r in planned}
-            del planned
-            for request_id, est_tokens in self.store.pending_among(self.spec.name, 0, by_id):
-                job = step_job(by_id.pop(request_id), check)
-                job.est_tokens = est_tokens  # what a resumed store planned, as the stored row says
-                yield job
+        setup = None
+        if self.expander.totals()[0] > PLAN_AHEAD_CELLS:
+            setup = Setup(self.spec, self.config, self.options.topup_round)
+        parts = slices(self.planner, self.expander.cells, setup, STREAM_CHUNK, STREAM_CHUNK_MAX, self.options.notice)
+        with closing(parts):
+            for part in parts:
+                with self.store.transaction():  # one commit a slice
+                    self.store.save_cell_rows(part.cells)
+                    report.planned += self.store.add_plan_rows(part.rows, part.blobs)
+                    report.cached += self.store.serve_from_cache(self.spec.name, 0)
+                # the slice's requests still to send, as planned: the same bytes as the stored rows
+                # (their ids hash their bodies), without reading every body back; each let go of
+                # once it is handed to the pool, so a big slice's memory shrinks as it is sent
+                by_id = {ask.id: ask for ask in part.asks}
+                del part
+                for request_id, est_tokens in self.store.pending_among(self.spec.name, 0, by_id):
+                    job = step_job(by_id.pop(request_id), check)
+                    job.est_tokens = est_tokens  # what a resumed store planned, as the stored row says
+                    yield job
 
     def _jobs(self, k: int, round_: int, step: Step) -> Iterator[StepJob]:
         check = checker(step)

@@ -14,11 +14,11 @@ import hashlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from promptbake.ids import stable_hash
 from promptbake.plan.planner import DEFAULT_RESERVE
-from promptbake.store.db import AttemptRow, PlannedRequest, ResultRow, StoredRequest
+from promptbake.store.db import AttemptRow, ResultRow
 from promptbake.teacher.client import ChatResult
 from promptbake.teacher.parse import parse_choices
 
@@ -96,7 +96,20 @@ def checker(step: Step) -> Callable[[ChatResult], Any]:
     return check
 
 
-def step_job(request: StoredRequest | PlannedRequest, check: Callable[[ChatResult], Any]) -> StepJob:
+class Sendable(Protocol):
+    """A planned request as the store or the planner hands it over."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def body(self) -> dict[str, Any]: ...
+    @property
+    def est_tokens(self) -> int: ...
+    @property
+    def cache_key(self) -> str: ...
+
+
+def step_job(request: Sendable, check: Callable[[ChatResult], Any]) -> StepJob:
     return StepJob(
         id=request.id,
         body=request.body,
