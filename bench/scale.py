@@ -58,17 +58,20 @@ example:
 
 
 def child(argv: list[str], cwd: Path, timeout: float | None = None) -> tuple[float, float, int]:
-    """(wall seconds, peak RSS in MiB, exit status) of one command in a fresh process."""
-    code = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
+    """(wall seconds, peak RSS in MiB, exit status) of one command in a fresh process. The peak is
+    the largest process's (the kernel's count), or, if larger, the largest sum over the command's
+    processes at one time (``rss.py``: generate plans a big grid's slices in a helper process)."""
+    code = (f"import resource, subprocess, sys, time; sys.path.insert(0, {str(HERE)!r}); from rss import TreePeak; "
+            "peak = TreePeak().start(); t = time.perf_counter(); "
             f"r = subprocess.run({argv!r}, capture_output=True, timeout={timeout!r}); "
             "w = time.perf_counter() - t; "
-            "print(w, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, r.returncode); "
+            "print(w, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, peak.stop(), r.returncode); "
             "sys.stderr.write(r.stderr.decode()[-2000:])")
     done = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True)
-    wall, peak, status = done.stdout.split()
+    wall, largest, together, status = done.stdout.split()
     if int(status) != 0:
         print(f"    (exit {status}: {done.stderr.strip().splitlines()[-1:] or '?'})")
-    return float(wall), float(peak), int(status)
+    return float(wall), max(float(largest), float(together)), int(status)
 
 
 def write_run(n: int, folder: Path) -> None:
