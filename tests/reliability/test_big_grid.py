@@ -229,3 +229,31 @@ def _children(pid: int) -> list[int]:
             if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
                 found.append(int(entry))
     return found
+
+
+@pytest.mark.parametrize("how", ["cannot start", "dies at once"])
+def test_a_grid_whose_helper_never_plans_is_planned_here(tmp_path, monkeypatch, how):
+    (tmp_path / "spec.yaml").write_text(text_spec(6, 5, 2), encoding="utf-8")
+    spec = load_spec(tmp_path / "spec.yaml")
+    _streamed(monkeypatch, helper=True)
+    here = _counting(monkeypatch)
+    start = ahead.Helper.__init__
+
+    def broken(helper: ahead.Helper, setup: ahead.Setup) -> None:
+        if how == "cannot start":
+            raise OSError("Resource temporarily unavailable")
+        start(helper, setup)
+        helper.proc.kill()
+        helper.proc.wait()
+
+    monkeypatch.setattr(ahead.Helper, "__init__", broken)
+    notices: list[str] = []
+    with FakeServer(responder=pure_answer).running() as srv:
+        report = generate(spec, tmp_path / "s.db", Teacher(base_url=srv.base_url), GenerateOptions(
+            progress=False, notice=notices.append))
+        assert srv.count == 60 and not srv.paid_twice()
+    assert report.generate.steps[0].ok == 60 and here == [7, 10, 10, 3]
+    said = [n for n in notices if n.startswith("planning in this process")]
+    assert len(said) == 1, notices
+    assert ("could not start (Resource temporarily unavailable)" if how == "cannot start"
+            else "stopped before it was ready") in said[0]
