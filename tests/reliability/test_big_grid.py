@@ -231,8 +231,10 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-@pytest.mark.parametrize("how", ["cannot start", "dies at once"])
+@pytest.mark.parametrize("how", ["cannot start", "dies at once", "another promptbake"])
 def test_a_grid_whose_helper_never_plans_is_planned_here(tmp_path, monkeypatch, how):
+    """A helper that cannot start, dies before it is ready, or would import another promptbake
+    than the run's (other code would plan other rows) leaves the grid to this process."""
     (tmp_path / "spec.yaml").write_text(text_spec(6, 5, 2), encoding="utf-8")
     spec = load_spec(tmp_path / "spec.yaml")
     _streamed(monkeypatch, helper=True)
@@ -242,9 +244,12 @@ def test_a_grid_whose_helper_never_plans_is_planned_here(tmp_path, monkeypatch, 
     def broken(helper: ahead.Helper, setup: ahead.Setup) -> None:
         if how == "cannot start":
             raise OSError("Resource temporarily unavailable")
+        if how == "another promptbake":
+            setup.origin = "/elsewhere/promptbake"
         start(helper, setup)
-        helper.proc.kill()
-        helper.proc.wait()
+        if how == "dies at once":
+            helper.proc.kill()
+            helper.proc.wait()
 
     monkeypatch.setattr(ahead.Helper, "__init__", broken)
     notices: list[str] = []
@@ -255,5 +260,6 @@ def test_a_grid_whose_helper_never_plans_is_planned_here(tmp_path, monkeypatch, 
     assert report.generate.steps[0].ok == 60 and here == [7, 10, 10, 3]
     said = [n for n in notices if n.startswith("planning in this process")]
     assert len(said) == 1, notices
-    assert ("could not start (Resource temporarily unavailable)" if how == "cannot start"
-            else "stopped before it was ready") in said[0]
+    assert {"cannot start": "could not start (Resource temporarily unavailable)",
+            "dies at once": "it stopped before it was ready",
+            "another promptbake": "from /elsewhere/promptbake"}[how] in said[0]

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import os
 import pickle
 import select
 import signal
 import subprocess
 import sys
 from collections.abc import Callable, Generator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
@@ -83,6 +82,13 @@ class Setup:
     spec: Spec
     config: TeacherConfig
     topup_round: int
+    origin: str = field(default_factory=lambda: _origin())  # the promptbake this run imported
+
+
+def _origin() -> str:
+    import promptbake
+
+    return str(Path(promptbake.__file__).resolve().parent)
 
 
 @dataclass
@@ -99,16 +105,12 @@ class Helper:
     helper is gone: the caller plans the rest itself."""
 
     def __init__(self, setup: Setup) -> None:
-        import promptbake
-
-        env = dict(os.environ)
-        # the helper imports this very promptbake, wherever sys.path found it
-        root = str(Path(promptbake.__file__).resolve().parent.parent)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-        self.proc = subprocess.Popen([sys.executable, "-m", "promptbake.teacher.ahead"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, env=env)
+        # -P: not the working directory first on its path, where a stray module could shadow ours
+        self.proc = subprocess.Popen([sys.executable, "-P", "-m", "promptbake.teacher.ahead"],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         self.ready = False
         self.started = False
+        self.refused: str | None = None  # why it will not plan, when it said so
         if not self._send(setup):
             self.close()
 
@@ -137,7 +139,10 @@ class Helper:
         if not self.ready and self.proc.stdout is not None and not self.proc.stdout.closed:
             readable, _, _ = select.select([self.proc.stdout], [], [], READY_WAIT)
             if readable:
-                self.ready = self._receive() == ("ready", None)
+                message = self._receive()
+                self.ready = message == ("ready", None)
+                if message is not None and message[0] == "refused":
+                    self.refused = message[1]
         return self.ready
 
     def start(self, at: int, first: int, most: int) -> bool:
@@ -200,9 +205,9 @@ def slices(planner: Planner, cells: Callable[[], Iterator[Cell]], setup: Setup |
             if helper is not None and helper.poll_ready():
                 # it plans the slice after this one while this one is sent
                 helper.start(at, next(plan), most)
-            elif helper is not None and not helper.alive:
-                notice(f"planning in this process: the planning helper stopped before it was ready "
-                       f"(exit code {helper.proc.poll()})")
+            elif helper is not None and (helper.refused or not helper.alive):
+                why = helper.refused or f"it stopped before it was ready (exit code {helper.proc.poll()})"
+                notice(f"planning in this process: the planning helper does not plan: {why}")
                 helper.close()
                 helper = None
             yield plan_slice(planner, chunk)
@@ -213,13 +218,16 @@ def slices(planner: Planner, cells: Callable[[], Iterator[Cell]], setup: Setup |
 
 def _serve(stdin: IO[bytes], stdout: IO[bytes]) -> None:
     setup: Setup = pickle.load(stdin)
-    expander = Expander(setup.spec)
-    planner = Planner(setup.spec, expander.templates, setup.config, topup_round=setup.topup_round)
 
     def send(kind: str, value: object) -> None:
         stdout.write(pickle.dumps((kind, value), protocol=pickle.HIGHEST_PROTOCOL))
         stdout.flush()
 
+    if _origin() != setup.origin:  # another promptbake would plan other rows
+        send("refused", f"it imports promptbake from {_origin()}, the run from {setup.origin}")
+        return
+    expander = Expander(setup.spec)
+    planner = Planner(setup.spec, expander.templates, setup.config, topup_round=setup.topup_round)
     send("ready", None)
     try:
         start: Start = pickle.load(stdin)
