@@ -495,15 +495,11 @@ class Store:
             raise StoreError(f"{self.path}: write failed: {exc}") from exc
         return planned
 
-    def extend_plan(self, requests: Iterable[PlannedRequest]) -> int:
-        """Add requests to the current plan of their step without retiring the rest of it: a grid
-        too big to plan before sending is planned a slice at a time (after ``replan`` with no
-        requests retired the old plan). Returns how many were added."""
-        blobs: dict[str, str] = {}
-        return self.add_plan_rows([request_row(r, blobs) for r in requests], blobs)
-
     def add_plan_rows(self, rows: list[tuple[Any, ...]], blobs: dict[str, str]) -> int:
-        """:meth:`extend_plan` with the rows built already (:func:`request_row`)."""
+        """Add requests (their rows, as :func:`request_row` builds them, and the ``blobs`` those
+        name) to the current plan of their step without retiring the rest of it: a grid too big
+        to plan before sending is planned a slice at a time (after ``replan`` with no requests
+        retired the old plan). Returns how many were added."""
         self._write("INSERT OR IGNORE INTO blobs VALUES (?, ?)", blobs.items())  # before the rows using them
         self._write(_PLAN_INSERT, rows)
         return len(rows)
