@@ -36,6 +36,11 @@ def test_run_returns_the_dataset_it_wrote(tmp_path):
     with FakeServer(responder=list_then_reply_responder()).running() as srv:
         ds = promptbake.run(spec, "out", teacher=teacher(srv), progress=False)
     assert isinstance(ds, promptbake.Dataset)
+    # nothing read the splits yet: asyncio's Runner takes the finished task's repr on its way
+    # out, and a repr that loaded them held a million-example run's train split in memory
+    assert "train" not in vars(ds) and "test" not in vars(ds)
+    assert repr(ds) == "Dataset(train=6, test=2, directory='out')"
+    assert "train" not in vars(ds)
     first = ds.train[0]
     assert isinstance(first, promptbake.Example)
     assert [m["role"] for m in first.messages] == ["user", "assistant"]
