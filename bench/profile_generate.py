@@ -214,6 +214,7 @@ def main() -> None:
         end = time.time()
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        timeline = phases(folder, start, end)  # before the next run replaces the store
         helper = helper_cpu(folder, url, args.concurrency)
         # the baseline: a bare aiohttp loop over as many requests, its own process too
         bare_wall, bare_cpu = whole_process([sys.executable, "-c", BARE.format(
@@ -228,7 +229,7 @@ def main() -> None:
                   f"{helper / n * 1e6:.0f} µs/request; generate's own process {cpu - helper:.2f} s = "
                   f"{(cpu - helper) / n * 1e6:.0f} µs/request")
             cpu -= helper  # the profile below samples generate's own process
-        for what, seconds in phases(folder, start, end):
+        for what, seconds in timeline:
             print(f"  {what:48} {seconds:7.2f} s  {seconds / n * 1e6:7.1f} µs/request")
         spy = args.profiler == "py-spy"
         profile = folder / ("generate.txt" if spy else "generate.prof")
