@@ -1,7 +1,7 @@
 """Step 0 of a big grid, planned a slice of cells at a time, the later slices in a helper process.
 
 Planning is Python from end to end (render, three hashes, a token count, the rows' JSON), a
-third of what ``generate`` spends per request on a big grid, and the event loop that sends and
+quarter of what ``generate`` spends per request on a big grid, and the event loop that sends and
 stores the answers runs on one core. A helper process plans the next slice on another core
 while this one sends the slice before; this process keeps the store (its one writer) and the
 sending, so every guarantee about what is stored, and when, is unchanged.

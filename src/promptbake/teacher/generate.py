@@ -49,7 +49,7 @@ STREAM_CHUNK_MAX = 16_000
 # read back from the store (a tenth of generate's work per request at 10,000 requests).
 KEEP_PLANNED = 20_000
 # A grid of more cells than this has its slices planned by a helper process, on another core,
-# while this one sends (a third of generate's CPU per request at 100,000 requests; README,
+# while this one sends (a quarter of generate's CPU per request at 100,000 requests; README,
 # Benchmarks); smaller ones are sent before the helper would have started.
 PLAN_AHEAD_CELLS = 50_000
 
