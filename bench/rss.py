@@ -7,6 +7,7 @@ Linux only (``/proc``); elsewhere the sum reads 0.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -34,8 +35,6 @@ class TreePeak:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        import os
-
         me = os.getpid()
         while not self._done.is_set():
             kids = Path(f"/proc/{me}/task/{me}/children")

@@ -231,7 +231,7 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-@pytest.mark.parametrize("how", ["cannot start", "dies at once", "another promptbake"])
+@pytest.mark.parametrize("how", ["cannot start", "dies at once", "another promptbake", "dies when told to start"])
 def test_a_grid_whose_helper_never_plans_is_planned_here(tmp_path, monkeypatch, how):
     """A helper that cannot start, dies before it is ready, or would import another promptbake
     than the run's (other code would plan other rows) leaves the grid to this process."""
@@ -252,6 +252,15 @@ def test_a_grid_whose_helper_never_plans_is_planned_here(tmp_path, monkeypatch, 
             helper.proc.wait()
 
     monkeypatch.setattr(ahead.Helper, "__init__", broken)
+    told = ahead.Helper.start
+
+    def dies(helper: ahead.Helper, at: int, first: int, most: int) -> bool:
+        if how == "dies when told to start":
+            helper.proc.kill()
+            helper.proc.wait()
+        return told(helper, at, first, most)
+
+    monkeypatch.setattr(ahead.Helper, "start", dies)
     notices: list[str] = []
     with FakeServer(responder=pure_answer).running() as srv:
         report = generate(spec, tmp_path / "s.db", Teacher(base_url=srv.base_url), GenerateOptions(
@@ -262,4 +271,5 @@ def test_a_grid_whose_helper_never_plans_is_planned_here(tmp_path, monkeypatch, 
     assert len(said) == 1, notices
     assert {"cannot start": "could not start (Resource temporarily unavailable)",
             "dies at once": "it stopped before it was ready",
-            "another promptbake": "from /elsewhere/promptbake"}[how] in said[0]
+            "another promptbake": "from /elsewhere/promptbake",
+            "dies when told to start": "it stopped as it was told where to start"}[how] in said[0]

@@ -202,11 +202,11 @@ def slices(planner: Planner, cells: Callable[[], Iterator[Cell]], setup: Setup |
             if not chunk:
                 return
             at += len(chunk)
-            if helper is not None and helper.poll_ready():
-                # it plans the slice after this one while this one is sent
-                helper.start(at, next(plan), most)
-            elif helper is not None and (helper.refused or not helper.alive):
-                why = helper.refused or f"it stopped before it was ready (exit code {helper.proc.poll()})"
+            # once ready, it plans the slice after this one while this one is sent
+            if helper is not None and not (helper.poll_ready() and helper.start(at, next(plan), most)) and (
+                    helper.refused or helper.ready or not helper.alive):
+                stopped = "before it was ready" if not helper.ready else "as it was told where to start"
+                why = helper.refused or f"it stopped {stopped} (exit code {helper.proc.poll()})"
                 notice(f"planning in this process: the planning helper does not plan: {why}")
                 helper.close()
                 helper = None
