@@ -182,8 +182,10 @@ def test_a_planning_helper_that_dies_leaves_the_rest_to_this_process(tmp_path, m
 
     def dies(helper: ahead.Helper):
         got = receive(helper)
-        helper.proc.kill()  # after its first slice (a second may be in the pipe already)
+        helper.proc.kill()  # after its first slice
         helper.proc.wait()
+        assert helper.proc.stdout is not None
+        helper.proc.stdout.close()  # and what it wrote after that is lost with it
         return got
 
     monkeypatch.setattr(ahead.Helper, "next", dies)
