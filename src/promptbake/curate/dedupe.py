@@ -19,7 +19,9 @@ million examples held a Python set per bucket, a bytes key per band per example 
 ``LeanMinHash`` object per example (about 4 GiB). It uses datasketch's band layout (the same
 ``b`` x ``r`` for the threshold, so the same candidates) over flat numpy arrays: a signature
 costs ``num_perm`` uint32 and each band one (uint64 band hash, uint32 key) pair, kept sorted per
-band so that a whole chunk of examples is looked up with one ``searchsorted`` per band. For data
+band so that a whole chunk of examples is looked up with one ``searchsorted`` per band. Only the
+band arrays stay in memory: a signature is read back only for a candidate, so signatures wait in
+an unnamed temporary file (512 bytes an example at 128 permutations, 488 MiB at a million). For data
 spread over several machines, ``dedupe.storage`` puts the index in Redis through datasketch's own
 storage backend instead (:class:`_SharedIndex`).
 """
@@ -28,6 +30,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
+import tempfile
+import weakref
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -56,7 +61,6 @@ _LSH_WEIGHTS = (0.1, 0.9)  # (false positive, false negative)
 # Examples decided per index lookup: large enough that numpy calls dominate Python overhead, small
 # enough that the examples held meanwhile stay a few MiB.
 _CHUNK_MIN, _CHUNK_MAX = 1024, 16384
-_BLOCK_BITS = 16  # signatures are stored in blocks of 65,536 rows, so growing never copies them
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,7 +243,12 @@ class _LocalIndex:
         self._num_perm = config.num_perm
         self._exact: dict[bytes, str] = {}
         self._ids: list[str] = []  # key -> example id
-        self._blocks: list[np.ndarray] = []  # signatures; key k is row k of the concatenation
+        # signatures, key k at row k: in the page cache, not this process (see the module docstring)
+        self._row = config.num_perm * np.dtype(np.uint32).itemsize
+        handle, path = tempfile.mkstemp(prefix="promptbake-dedupe-")
+        os.unlink(path)  # gone with its last descriptor, even after kill -9
+        self._fd = handle
+        weakref.finalize(self, os.close, handle)
         self._hashes = [np.empty(0, np.uint64) for _ in range(bands.count)]  # sorted, per band
         self._keys = [np.empty(0, np.uint32) for _ in range(bands.count)]  # aligned with _hashes
 
@@ -281,23 +290,12 @@ class _LocalIndex:
         return [None] * len(items)
 
     def _store(self, start: int, sigs: np.ndarray) -> None:
-        size = 1 << _BLOCK_BITS
-        done = 0
-        while done < len(sigs):
-            block, row = divmod(start + done, size)
-            if block == len(self._blocks):
-                self._blocks.append(np.empty((size, self._num_perm), np.uint32))
-            n = min(size - row, len(sigs) - done)
-            self._blocks[block][row : row + n] = sigs[done : done + n]
-            done += n
+        os.pwrite(self._fd, np.ascontiguousarray(sigs, np.uint32).tobytes(), start * self._row)
 
     def _signatures(self, keys: np.ndarray) -> np.ndarray:
-        out = np.empty((len(keys), self._num_perm), np.uint32)
-        blocks = keys >> _BLOCK_BITS
-        for block in np.unique(blocks):
-            mask = blocks == block
-            out[mask] = self._blocks[block][keys[mask] & ((1 << _BLOCK_BITS) - 1)]
-        return out
+        unique, where = np.unique(keys, return_inverse=True)
+        data = b"".join(os.pread(self._fd, self._row, int(key) * self._row) for key in unique)
+        return np.frombuffer(data, np.uint32).reshape(len(unique), self._num_perm)[where]
 
 
 class _SharedIndex:

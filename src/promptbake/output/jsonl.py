@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from promptbake import fastjson
 from promptbake.errors import DataFileError
 
 
@@ -33,7 +34,7 @@ def read_jsonl(path: Path, what: str = "JSONL") -> Iterator[tuple[int, dict[str,
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                row = fastjson.loads(line)  # json.loads's value, and its error on a bad line
             except json.JSONDecodeError as exc:
                 raise DataFileError(f"{path}:{number}: not valid JSON: {exc.msg}") from None
             if not isinstance(row, dict):
