@@ -130,3 +130,34 @@ def test_an_answers_seconds_are_the_latency_of_every_attempt_it_took(tmp_path):
         assert usage["seconds"] == pytest.approx(0.39)
         total = store.db.execute("SELECT SUM(latency_ms) FROM attempts WHERE request_id = 'r1'").fetchone()[0]
         assert usage["seconds"] == pytest.approx(total / 1000)
+
+
+@pytest.mark.parametrize("names", [("mini",), ("alpha", "mini", "zeta")])
+def test_totals_count_each_specs_own_attempts(tmp_path, names):
+    """A store holding one spec sums its attempts without looking each one's request up; a store
+    shared by several keeps each spec's counts apart (specs named before and after it)."""
+    from click.testing import CliRunner
+    from fakeserver import FakeServer
+    from helpers import MINIMAL_SPEC, list_then_reply_responder
+
+    from promptbake.cli.main import cli
+
+    with FakeServer(responder=list_then_reply_responder()).running() as srv:
+        for i, name in enumerate(names):
+            text = MINIMAL_SPEC.replace("name: mini", f"name: {name}").replace("count: 2", f"count: {i + 1}")
+            spec = write_spec(tmp_path, text, name=f"{name}.yaml")
+            result = CliRunner().invoke(cli, ["generate", str(spec), "--store", str(tmp_path / "s.db"),
+                                              "--base-url", srv.base_url, "-q"])
+            assert result.exit_code == 0, result.output
+    with Store(tmp_path / "s.db") as store:
+        each = {name: store.totals(name) for name in names}
+        everything = store.totals()
+        joined = {name: store.db.execute(
+            "SELECT COUNT(*), SUM(a.cost) FROM attempts a JOIN requests r ON r.id = a.request_id "
+            "WHERE r.spec_name = ?", (name,)).fetchone() for name in names}
+    for name in names:
+        assert each[name]["attempts"] == joined[name][0] == each[name]["requests"] > 0
+        assert each[name]["cost"] == round(joined[name][1], 6)
+    assert sum(t["attempts"] for t in each.values()) == everything["attempts"]
+    if len(names) > 1:
+        assert len({t["attempts"] for t in each.values()}) == len(names)  # different sizes, told apart

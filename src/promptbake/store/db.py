@@ -797,13 +797,17 @@ class Store:
         status = dict(
             self.db.execute(f"SELECT status, COUNT(*) FROM requests {current} GROUP BY status", params).fetchall()
         )
-        join = (
-            "JOIN requests r ON r.id = a.request_id " + where.replace("spec_name", "r.spec_name") if spec_name else ""
-        )
+        # an attempt names its request, not its spec: the join finds it by a hashed id, one random
+        # probe an attempt (a second at 300,000 attempts), so it is made only when the store
+        # holds another spec too (two probes of the plan's index say whether it does)
+        others = bool(spec_name) and self.db.execute(
+            "SELECT EXISTS(SELECT 1 FROM requests WHERE spec_name < ?1) OR "
+            "EXISTS(SELECT 1 FROM requests WHERE spec_name > ?1)", (spec_name,)).fetchone()[0]
+        join = "JOIN requests r ON r.id = a.request_id WHERE r.spec_name = ?" if others else ""
         row = self.db.execute(
             "SELECT COUNT(*), COALESCE(SUM(a.prompt_tokens), 0), COALESCE(SUM(a.completion_tokens), 0), "
             f"COALESCE(SUM(a.cost), 0) FROM attempts a {join}",
-            params,
+            params if others else (),
         ).fetchone()
         return {
             "requests": sum(status.values()),
