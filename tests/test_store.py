@@ -9,8 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import write_spec
+from click.testing import CliRunner
+from fakeserver import FakeServer
+from helpers import MINIMAL_SPEC, list_then_reply_responder, write_spec
 
+from promptbake.cli.main import cli
 from promptbake.store import migrations
 from promptbake.store.db import Store
 from promptbake.store.migrations import MIGRATIONS, migrate
@@ -136,12 +139,6 @@ def test_an_answers_seconds_are_the_latency_of_every_attempt_it_took(tmp_path):
 def test_totals_count_each_specs_own_attempts(tmp_path, names):
     """A store holding one spec sums its attempts without looking each one's request up; a store
     shared by several keeps each spec's counts apart (specs named before and after it)."""
-    from click.testing import CliRunner
-    from fakeserver import FakeServer
-    from helpers import MINIMAL_SPEC, list_then_reply_responder
-
-    from promptbake.cli.main import cli
-
     with FakeServer(responder=list_then_reply_responder()).running() as srv:
         for i, name in enumerate(names):
             text = MINIMAL_SPEC.replace("name: mini", f"name: {name}").replace("count: 2", f"count: {i + 1}")

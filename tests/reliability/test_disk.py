@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from fakeserver import FakeServer
-from relkit import integrity, one_line_error, promptbake, pure_answer, statuses, text_spec
+from relkit import cli_env, integrity, one_line_error, promptbake, pure_answer, statuses, text_spec
 
 PLANNED = 300
 
@@ -160,3 +160,22 @@ def test_store_in_read_only_directory(tmp_path, spec, server, readonly_dir):
     assert line == f"Error: {readonly_dir}/s.db: cannot create the store: " + (
         "Read-only file system" if os.geteuid() == 0 else "Permission denied"), line
     assert server.count == 0  # refused before paying for anything
+
+
+def test_full_temporary_directory_for_dedupe(tmp_path, spec, server, tmpfs):
+    """dedupe's signatures wait in a temporary file (curate/dedupe.py): a temporary directory
+    without room for them is one line naming it, and the same build with room completes."""
+    spec.write_text(spec.read_text(encoding="utf-8").replace("near: false", "near: true"), encoding="utf-8")
+    assert run(tmp_path, server, tmp_path / "first", tmp_path / "s.db").returncode == 0
+    full = tmpfs("tmp", "4k")  # one page: 300 examples' signatures take 150 kB
+    failed = promptbake("build", "spec.yaml", "--store", "s.db", "--out", "out", "--no-report", cwd=tmp_path,
+                        env=cli_env(TMPDIR=str(full)))
+    assert failed.returncode == 1
+    line = one_line_error(failed.stderr)
+    assert line == (f"Error: {full}: cannot write dedupe's signature file (No space left on device); "
+                    "set TMPDIR to a directory with room"), line
+    assert not list((tmp_path / "out").glob(".*.tmp"))  # the build's own scratch file is gone too
+    assert not list(full.iterdir())  # and the signature file went with its descriptor
+    done = promptbake("build", "spec.yaml", "--store", "s.db", "--out", "out", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "out" / "train.jsonl").read_bytes() == (tmp_path / "first" / "train.jsonl").read_bytes()

@@ -29,6 +29,7 @@ storage backend instead (:class:`_SharedIndex`).
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import tempfile
@@ -43,7 +44,7 @@ import numpy as np
 from datasketch import LeanMinHash, MinHash, MinHashLSH
 
 from promptbake.curate.normalise import normalise
-from promptbake.errors import IndexUnavailable, InputError, SpecError
+from promptbake.errors import IndexUnavailable, InputError, OutputError, SpecError
 from promptbake.records import Example
 from promptbake.specification.models import DedupeConfig, DedupeStorage
 
@@ -245,7 +246,10 @@ class _LocalIndex:
         self._ids: list[str] = []  # key -> example id
         # signatures, key k at row k: in the page cache, not this process (see the module docstring)
         self._row = config.num_perm * np.dtype(np.uint32).itemsize
-        handle, path = tempfile.mkstemp(prefix="promptbake-dedupe-")
+        try:
+            handle, path = tempfile.mkstemp(prefix="promptbake-dedupe-")
+        except OSError as exc:
+            raise _unwritable(exc) from None
         os.unlink(path)  # gone with its last descriptor, even after kill -9
         self._fd = handle
         weakref.finalize(self, os.close, handle)
@@ -290,12 +294,24 @@ class _LocalIndex:
         return [None] * len(items)
 
     def _store(self, start: int, sigs: np.ndarray) -> None:
-        os.pwrite(self._fd, np.ascontiguousarray(sigs, np.uint32).tobytes(), start * self._row)
+        data = np.ascontiguousarray(sigs, np.uint32).tobytes()
+        try:
+            written = os.pwrite(self._fd, data, start * self._row)
+        except OSError as exc:
+            raise _unwritable(exc) from None
+        if written < len(data):  # a file writes short only where it cannot grow
+            raise _unwritable(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
 
     def _signatures(self, keys: np.ndarray) -> np.ndarray:
         unique, where = np.unique(keys, return_inverse=True)
         data = b"".join(os.pread(self._fd, self._row, int(key) * self._row) for key in unique)
         return np.frombuffer(data, np.uint32).reshape(len(unique), self._num_perm)[where]
+
+
+def _unwritable(exc: OSError) -> OutputError:
+    """A full or read-only temporary directory, named, with where to point it instead."""
+    return OutputError(f"{tempfile.gettempdir()}: cannot write dedupe's signature file ({exc.strerror or exc}); "
+                       "set TMPDIR to a directory with room")
 
 
 class _SharedIndex:

@@ -202,11 +202,14 @@ def slices(planner: Planner, cells: Callable[[], Iterator[Cell]], setup: Setup |
             if not chunk:
                 return
             at += len(chunk)
-            # once ready, it plans the slice after this one while this one is sent
-            if helper is not None and not (helper.poll_ready() and helper.start(at, next(plan), most)) and (
-                    helper.refused or helper.ready or not helper.alive):
-                stopped = "before it was ready" if not helper.ready else "as it was told where to start"
-                why = helper.refused or f"it stopped {stopped} (exit code {helper.proc.poll()})"
+            why = None
+            if helper is not None and helper.poll_ready():
+                # it plans the slice after this one while this one is sent
+                if not helper.start(at, next(plan), most):
+                    why = f"it stopped as it was told where to start (exit code {helper.proc.poll()})"
+            elif helper is not None and (helper.refused or not helper.alive):
+                why = helper.refused or f"it stopped before it was ready (exit code {helper.proc.poll()})"
+            if helper is not None and why is not None:
                 notice(f"planning in this process: the planning helper does not plan: {why}")
                 helper.close()
                 helper = None
