@@ -164,6 +164,7 @@ class FakeServer:
     paid_by_hash: Counter[str] = field(default_factory=Counter, init=False)  # 200s with usage
     statuses: Counter[str] = field(default_factory=Counter, init=False)
     auth_headers: list[str | None] = field(default_factory=list, init=False)
+    cookies: list[str | None] = field(default_factory=list, init=False)  # each chat request's Cookie header
     arrivals: list[float] = field(default_factory=list, init=False)  # time.monotonic() per request
     files: dict[str, tuple[dict[str, Any], bytes]] = field(default_factory=dict, init=False)
     uploads: list[str] = field(default_factory=list, init=False)  # ids of accepted batch input files
@@ -289,6 +290,7 @@ class FakeServer:
         if self.record_bodies:
             self.arrivals.append(time.monotonic())
         self.auth_headers.append(request.headers.get("Authorization"))
+        self.cookies.append(request.headers.get("Cookie"))
         peer = request.transport.get_extra_info("peername") if request.transport is not None else None
         self.connections[f"{peer[0]}:{peer[1]}" if peer else "?"] += 1
         try:
