@@ -67,6 +67,19 @@ def test_sync_run_inside_a_running_event_loop(tmp_path):
     assert len(ds.train) == 6 and ds.train[0].messages[1]["content"].startswith("Ugh.")
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="uvloop has no Windows build")
+def test_runs_on_uvloop_unless_told_not_to(monkeypatch):
+    """uvloop is a dependency (README, Dependencies): generate and run get its loop, and
+    PROMPTBAKE_NO_UVLOOP=1 gives them asyncio's own."""
+    async def loop_module() -> str:
+        return type(asyncio.get_running_loop()).__module__
+
+    monkeypatch.delenv("PROMPTBAKE_NO_UVLOOP", raising=False)
+    assert run_sync(loop_module()).startswith("uvloop")
+    monkeypatch.setenv("PROMPTBAKE_NO_UVLOOP", "1")
+    assert run_sync(loop_module()).startswith("asyncio")
+
+
 def test_run_async_is_awaitable_and_resumes_from_the_same_store(tmp_path):
     spec = write_spec(tmp_path)
     with FakeServer(responder=list_then_reply_responder()).running() as srv:

@@ -27,9 +27,10 @@ NO_UVLOOP_ENV = "PROMPTBAKE_NO_UVLOOP"  # set (to anything) to run on asyncio's 
 
 
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's event loop when it is installed (``promptbake[fast]``): its loop and transports
-    are written in C, which takes about a fifth off the client's CPU per request (see the README's
-    Benchmarks). None means asyncio's own loop, the same behaviour, only slower."""
+    """uvloop's event loop (a dependency everywhere but Windows, which it does not support): its
+    loop and transports are written in C, which takes about a fifth off the client's CPU per
+    request (see the README's Benchmarks). None means asyncio's own loop, the same behaviour, only
+    slower."""
     if os.environ.get(NO_UVLOOP_ENV):
         return None
     try:
