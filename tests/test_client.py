@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import email.utils
-import json
 import time
 from typing import Any
 
@@ -83,7 +83,7 @@ def test_no_key_sends_no_authorization_header():
 def test_cookies_a_server_sets_are_not_sent_back():
     """The client keeps no cookie jar (it cost about 5 % of a request's CPU): a cookie a proxy
     sets on one answer never rides along on the requests after it."""
-    cookie = Raw(json.dumps({"choices": [Raw.choice("hi")]}).encode(), headers={"Set-Cookie": "session=abc; Path=/"})
+    cookie = dataclasses.replace(Raw.completion([Raw.choice("hi")]), headers={"Set-Cookie": "session=abc; Path=/"})
     with FakeServer(script=[cookie]).running() as server:
         async def go() -> list[ChatResult]:
             # by name: a cookie jar keeps no cookie that an IP address set
